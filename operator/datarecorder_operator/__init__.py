@@ -1,0 +1,1 @@
+"""Kopf operator for DataRecorder resources: renders and reconciles recorder Deployments."""

@@ -1,0 +1,1 @@
+"""Market-data recorder: Kafka -> TimescaleDB (hot path) + S3 Parquet (cold path), exactly once."""
