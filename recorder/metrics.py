@@ -1,0 +1,115 @@
+"""Every Prometheus metric the recorder exports, declared once.
+
+Dashboards, alert rules and the operator's HPA refer to these names; a test checks that they
+only use names declared here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECORDS_CONSUMED = Counter(
+    "datarecorder_records_consumed",
+    "Kafka records fetched by the consumer, per topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+RECORDS_WRITTEN = Counter(
+    "datarecorder_records_written",
+    "Records made durable by a sink (rows committed / rows in uploaded files), per topic and sink.",
+    ["topic", "sink"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "datarecorder_dead_letters",
+    "Records sent to the dead-letter topic, per source topic and reason.",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+FLUSHES = Counter(
+    "datarecorder_flushes",
+    "Batches flushed by a sink, per sink and outcome (ok, retry, fenced).",
+    ["sink", "outcome"],
+    registry=REGISTRY,
+)
+FLUSH_DURATION = Histogram(
+    "datarecorder_flush_duration_seconds",
+    "Time to make one batch durable (COPY + progress commit, or Parquet upload + progress).",
+    ["sink"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+BUFFER_RECORDS = Gauge(
+    "datarecorder_buffer_records",
+    "Records held in a sink's buffers, not yet durable.",
+    ["sink"],
+    registry=REGISTRY,
+)
+BUFFER_LIMIT = Gauge(
+    "datarecorder_buffer_limit_records",
+    "MAX_BUFFER_SIZE: buffered records at which the consumer pauses.",
+    registry=REGISTRY,
+)
+CONSUMER_PAUSED = Gauge(
+    "datarecorder_consumer_paused",
+    "1 while the consumer is paused because buffers are full, else 0.",
+    registry=REGISTRY,
+)
+PARTITION_LAG = Gauge(
+    "datarecorder_partition_lag_records",
+    "Records in a partition not yet durable in a sink (high watermark minus sink progress).",
+    ["topic", "partition", "sink"],
+    registry=REGISTRY,
+)
+LAG = Gauge(
+    "datarecorder_lag_records",
+    "Sum of this pod's partition lag per sink; the HPA scales on it (sink=timescaledb).",
+    ["sink"],
+    registry=REGISTRY,
+)
+S3_BYTES_UPLOADED = Counter(
+    "datarecorder_s3_bytes_uploaded",
+    "Bytes of Parquet uploaded to the cold path, per topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+SINK_HEALTHY = Gauge(
+    "datarecorder_sink_healthy",
+    "1 when a sink's store answers, 0 while it fails (consumer, timescaledb, s3).",
+    ["sink"],
+    registry=REGISTRY,
+)
+LAST_FLUSH = Gauge(
+    "datarecorder_last_flush_timestamp_seconds",
+    "Unix time of a sink's last successful flush.",
+    ["sink"],
+    registry=REGISTRY,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "datarecorder_assigned_partitions",
+    "Partitions currently assigned to this pod.",
+    registry=REGISTRY,
+)
+
+ALL_METRIC_NAMES: frozenset[str] = frozenset(
+    {
+        "datarecorder_records_consumed_total",
+        "datarecorder_records_written_total",
+        "datarecorder_dead_letters_total",
+        "datarecorder_flushes_total",
+        "datarecorder_flush_duration_seconds_bucket",
+        "datarecorder_flush_duration_seconds_sum",
+        "datarecorder_flush_duration_seconds_count",
+        "datarecorder_buffer_records",
+        "datarecorder_buffer_limit_records",
+        "datarecorder_consumer_paused",
+        "datarecorder_partition_lag_records",
+        "datarecorder_lag_records",
+        "datarecorder_s3_bytes_uploaded_total",
+        "datarecorder_sink_healthy",
+        "datarecorder_last_flush_timestamp_seconds",
+        "datarecorder_assigned_partitions",
+    }
+)
