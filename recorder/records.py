@@ -1,0 +1,216 @@
+"""Decoding and validation of Kafka record values into typed rows (pure, no I/O).
+
+Owns the message contract of DESIGN.md: what a tick and an order book are, which values are
+rejected and with what readable reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Final, NamedTuple
+
+import msgspec
+
+from recorder.settings import TopicKind
+
+NS_PER_SECOND: Final = 1_000_000_000
+MIN_TIME_NS: Final = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp()) * NS_PER_SECOND
+FUTURE_SLACK_NS: Final = 24 * 3600 * NS_PER_SECOND
+MAX_LEVELS: Final = 1000
+INT64_MAX: Final = 2**63 - 1
+
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class _TickWire(msgspec.Struct, forbid_unknown_fields=False):
+    symbol: Symbol
+    price: float
+    volume: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+    change: float | None = None
+    change_rate: float | None = None
+    timestamp: int | str | None = None
+
+
+class Level(msgspec.Struct, array_like=False):
+    price: float
+    quantity: float
+
+
+Levels = Annotated[list[Level], msgspec.Meta(max_length=MAX_LEVELS)]
+
+
+class _OrderBookWire(msgspec.Struct, forbid_unknown_fields=False):
+    symbol: Symbol
+    bids: Levels
+    asks: Levels
+    timestamp: int | str | None = None
+
+
+class TickRow(NamedTuple):
+    time_ns: int
+    symbol: str
+    price: float
+    volume: int
+    change: float | None
+    change_rate: float | None
+
+
+class OrderBookRow(NamedTuple):
+    time_ns: int
+    symbol: str
+    bids: list[Level]
+    asks: list[Level]
+
+
+Row = TickRow | OrderBookRow
+
+
+class RecordError(ValueError):
+    """A record breaks the message contract; `reason` is a short machine label for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_bytes: int = 1_048_576
+
+
+_TICK_DECODER: Final = msgspec.json.Decoder(_TickWire)
+_BOOK_DECODER: Final = msgspec.json.Decoder(_OrderBookWire)
+_RFC3339: Final = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def parse_timestamp(value: int | str | None, fallback_ns: int, now_ns: int) -> int:
+    """Event time in ns since the epoch: int ns, RFC 3339 string with a zone, or the fallback."""
+    if value is None:
+        time_ns = fallback_ns
+    elif isinstance(value, int):
+        time_ns = value
+    else:
+        match = _RFC3339.match(value)
+        if match is None:
+            raise RecordError(
+                "bad_timestamp",
+                f"timestamp {value[:64]!r} is not an RFC 3339 date-time with a zone "
+                "(e.g. 2025-11-26T05:00:00.123456789Z) nor integer nanoseconds",
+            )
+        date, clock, fraction, zone = match.groups()
+        zone = "+00:00" if zone in ("Z", "z") else zone
+        try:
+            whole = datetime.fromisoformat(f"{date}T{clock}{zone}")
+        except ValueError as exc:
+            raise RecordError("bad_timestamp", f"timestamp {value[:64]!r}: {exc}") from None
+        nanos = int((fraction or "0").ljust(9, "0"))
+        time_ns = int(whole.timestamp()) * NS_PER_SECOND + nanos
+    if time_ns < MIN_TIME_NS or time_ns > now_ns + FUTURE_SLACK_NS:
+        raise RecordError(
+            "timestamp_out_of_range",
+            f"timestamp {time_ns} ns is outside 1990-01-01 .. now+24h "
+            "(seconds, milliseconds or microseconds sent as nanoseconds?)",
+        )
+    return time_ns
+
+
+def _finite(
+    name: str, value: float | None, *, positive: bool = False, nonneg: bool = False
+) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise RecordError("not_finite", f"{name} must be a finite number, got {value}")
+    if positive and value <= 0:
+        raise RecordError("out_of_range", f"{name} must be > 0, got {value}")
+    if nonneg and value < 0:
+        raise RecordError("out_of_range", f"{name} must be >= 0, got {value}")
+
+
+def _check_levels(side: str, levels: list[Level]) -> None:
+    for i, level in enumerate(levels):
+        price, qty = level.price, level.quantity
+        if not (math.isfinite(price) and price > 0):
+            raise RecordError(
+                "out_of_range", f"{side}[{i}].price must be finite and > 0, got {price}"
+            )
+        if not (math.isfinite(qty) and qty >= 0):
+            raise RecordError(
+                "out_of_range", f"{side}[{i}].quantity must be finite and >= 0, got {qty}"
+            )
+
+
+def _precheck(value: bytes | None, limits: Limits) -> bytes:
+    if value is None:
+        raise RecordError("empty", "record has no value (tombstone)")
+    if len(value) > limits.max_message_bytes:
+        raise RecordError(
+            "too_large",
+            f"value is {len(value)} bytes, more than MAX_MESSAGE_BYTES={limits.max_message_bytes}",
+        )
+    return value
+
+
+def _decode_error(exc: msgspec.DecodeError, value: bytes) -> RecordError:
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        if "Expected `object`" in text and "at `$`" not in text and "$." not in text:
+            return RecordError("not_object", f"value is not a JSON object: {text}")
+        if "Object missing required field" in text:
+            return RecordError("missing_field", text)
+        return RecordError("invalid_field", text)
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return RecordError("not_utf8", "value is not valid UTF-8")
+    return RecordError("malformed_json", f"value is not valid JSON: {text}")
+
+
+def decode_tick(value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limits) -> TickRow:
+    raw = _precheck(value, limits)
+    try:
+        wire = _TICK_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise _decode_error(exc, raw) from None
+    _finite("price", wire.price, positive=True)
+    _finite("change", wire.change)
+    _finite("change_rate", wire.change_rate)
+    time_ns = parse_timestamp(wire.timestamp, kafka_ts_ns, now_ns)
+    return TickRow(time_ns, wire.symbol, wire.price, wire.volume, wire.change, wire.change_rate)
+
+
+def decode_orderbook(
+    value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limits
+) -> OrderBookRow:
+    raw = _precheck(value, limits)
+    try:
+        wire = _BOOK_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise _decode_error(exc, raw) from None
+    _check_levels("bids", wire.bids)
+    _check_levels("asks", wire.asks)
+    time_ns = parse_timestamp(wire.timestamp, kafka_ts_ns, now_ns)
+    return OrderBookRow(time_ns, wire.symbol, wire.bids, wire.asks)
+
+
+def decode(
+    kind: TopicKind, value: bytes | None, kafka_ts_ms: int, now_ns: int, limits: Limits
+) -> Row:
+    """Decode one record value of a topic of `kind`; raise RecordError when it is invalid."""
+    ts_ns = kafka_ts_ms * 1_000_000
+    if kind is TopicKind.TICK:
+        return decode_tick(value, ts_ns, now_ns, limits)
+    return decode_orderbook(value, ts_ns, now_ns, limits)
+
+
+_LEVELS_ENCODER: Final = msgspec.json.Encoder()
+
+
+def levels_json(levels: list[Level]) -> bytes:
+    """Levels as the JSON array of {"price","quantity"} objects stored in jsonb / json Parquet."""
+    return _LEVELS_ENCODER.encode(levels)

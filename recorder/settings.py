@@ -1,0 +1,286 @@
+"""The recorder's configuration: one validated object built from environment variables.
+
+Owns every setting's name, default, meaning and example in one place; the README's reference
+table is generated from (and tested against) `Settings.model_fields`.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class TopicKind(StrEnum):
+    TICK = "tick"
+    ORDERBOOK = "orderbook"
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable and what it expects."""
+
+
+def _field(default: Any, description: str, example: str, **kw: Any) -> Any:
+    return Field(default, description=description, examples=[example], **kw)
+
+
+class Settings(BaseSettings):
+    """Recorder settings. Variable names are those of the original Go service where it had one."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=True,
+        populate_by_name=True,
+    )
+
+    # --- Kafka -----------------------------------------------------------------------------
+    KAFKA_BROKERS: Annotated[list[str], NoDecode] = _field(
+        ["localhost:9092"],
+        "Comma-separated bootstrap brokers (host:port).",
+        "kafka-0:9092,kafka-1:9092",
+    )
+    KAFKA_GROUP_ID: str = _field(
+        "data-recorder",
+        "Consumer group; its committed offsets follow hot-path progress.",
+        "data-recorder",
+    )
+    KAFKA_TOPICS: Annotated[list[str], NoDecode] = _field(
+        ["market.tick", "market.orderbook"],
+        "Comma-separated topics. A topic whose name contains `orderbook` holds order books, one "
+        "containing `tick` holds ticks; `name:tick` / `name:orderbook` says so explicitly.",
+        "market.tick,market.orderbook",
+    )
+    KAFKA_AUTO_OFFSET_RESET: Literal["earliest", "latest"] = _field(
+        "earliest",
+        "Where to start a partition that no sink has progress for.",
+        "earliest",
+    )
+    KAFKA_SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _field(
+        "PLAINTEXT", "Kafka security protocol.", "SASL_SSL"
+    )
+    KAFKA_SASL_MECHANISM: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = _field(
+        "PLAIN", "SASL mechanism when the protocol is SASL_*.", "SCRAM-SHA-512"
+    )
+    KAFKA_SASL_USERNAME: str | None = _field(None, "SASL user name (from a Secret).", "recorder")
+    KAFKA_SASL_PASSWORD: SecretStr | None = _field(None, "SASL password (from a Secret).", "***")
+    KAFKA_SSL_CA_FILE: Path | None = _field(
+        None, "CA bundle for TLS to Kafka.", "/etc/kafka-tls/ca.crt"
+    )
+    KAFKA_SSL_CERT_FILE: Path | None = _field(
+        None, "Client certificate for mTLS.", "/etc/kafka-tls/tls.crt"
+    )
+    KAFKA_SSL_KEY_FILE: Path | None = _field(None, "Client key for mTLS.", "/etc/kafka-tls/tls.key")
+    NUM_CONSUMERS: int = _field(
+        1, "Kafka consumers (group members) in this process.", "1", ge=1, le=64
+    )
+    FETCH_MAX_RECORDS: int = _field(5000, "Records per getmany() call.", "5000", ge=1, le=1_000_000)
+    DLQ_SUFFIX: str = _field(
+        ".dlq", "Dead-letter topic = source topic + this suffix.", ".dlq", min_length=1
+    )
+
+    # --- TimescaleDB / PostgreSQL ----------------------------------------------------------
+    TIMESCALEDB_HOST: str = _field("localhost", "Database host.", "timescaledb.db.svc")
+    TIMESCALEDB_PORT: int = _field(5432, "Database port.", "5432", ge=1, le=65535)
+    TIMESCALEDB_USER: str = _field("recorder", "Database user.", "recorder")
+    TIMESCALEDB_PASSWORD: SecretStr = _field(
+        SecretStr(""), "Database password (from a Secret).", "***"
+    )
+    TIMESCALEDB_DB: str = _field("marketdata", "Database name.", "marketdata")
+    TIMESCALEDB_SSLMODE: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = (
+        _field("prefer", "libpq-style sslmode for the database connection.", "require")
+    )
+    BATCH_SIZE: int = _field(
+        1000, "Rows per partition at which the hot path flushes.", "1000", ge=1, le=1_000_000
+    )
+    BATCH_TIMEOUT_MS: int = _field(
+        1000, "Longest time a row waits in the hot-path buffer.", "1000", ge=1, le=3_600_000
+    )
+    DB_WRITE_WORKERS: int = _field(
+        4, "Parallel database writers (a partition always goes to the same one).", "4", ge=1, le=64
+    )
+    DB_WRITE_ENABLED: bool = _field(True, "Turns the hot path (database) on or off.", "true")
+    MIGRATE_ON_START: bool = _field(True, "Apply migrations/ when `run` starts.", "true")
+
+    # --- S3 / Parquet ----------------------------------------------------------------------
+    S3_WRITE_ENABLED: bool = _field(True, "Turns the cold path (Parquet) on or off.", "true")
+    S3_BUCKET: str = _field("market-data", "Bucket of the Parquet lake.", "market-data")
+    S3_REGION: str = _field("us-east-1", "S3 region.", "ap-northeast-2")
+    S3_ENDPOINT_URL: str | None = _field(
+        None,
+        "Endpoint of an S3-compatible store (MinIO, moto); unset for AWS.",
+        "http://minio:9000",
+    )
+    S3_PREFIX: str = _field("market-data", "Key prefix of the lake.", "market-data")
+    S3_BATCH_SIZE: int = _field(
+        10000,
+        "Rows per partition at which a Parquet file is written.",
+        "10000",
+        ge=1,
+        le=10_000_000,
+    )
+    S3_BATCH_TIMEOUT_SEC: float = _field(
+        60, "Longest time a row waits before its Parquet file is written.", "60", gt=0, le=86_400
+    )
+    S3_PART_SIZE_MB: int = _field(
+        16, "Multipart upload part size; files above it are uploaded in parts.", "16", ge=5, le=512
+    )
+    LOCAL_LAKE_DIR: Path | None = _field(
+        None,
+        "Write the Parquet lake to this directory instead of S3 (runs without S3).",
+        "./lake",
+    )
+    PARQUET_ORDERBOOK_LEVELS: Literal["typed", "json"] = _field(
+        "typed",
+        "Order book levels as list<struct<price,quantity>> (typed) or JSON strings (original layout).",
+        "typed",
+    )
+    PARQUET_TIMESTAMP_UNIT: Literal["ns", "us"] = _field(
+        "ns", "Parquet timestamp unit; `us` for Spark/Athena readers.", "ns"
+    )
+    PARQUET_ROW_GROUP_SIZE: int = _field(
+        50_000,
+        "Rows per Parquet row group (written as they fill).",
+        "50000",
+        ge=1000,
+        le=10_000_000,
+    )
+
+    # --- Process ---------------------------------------------------------------------------
+    MAX_BUFFER_SIZE: int = _field(
+        100_000,
+        "Buffered records (all sinks) at which consumption pauses.",
+        "100000",
+        ge=1,
+        le=100_000_000,
+    )
+    MAX_MESSAGE_BYTES: int = _field(
+        1_048_576, "Largest accepted record value; larger ones are dead-lettered.", "1048576", ge=64
+    )
+    HTTP_PORT: int = _field(
+        8080, "Port of /health, /ready and /metrics (0 = off).", "8080", ge=0, le=65535
+    )
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field("INFO", "Log level.", "INFO")
+    SHUTDOWN_TIMEOUT_SEC: float = _field(
+        30, "Deadline to flush and commit everything on SIGTERM.", "30", gt=0, le=3600
+    )
+    RETRY_MAX_BACKOFF_SEC: float = _field(
+        10, "Longest pause between retries of a failing store.", "10", gt=0, le=600
+    )
+
+    @field_validator("KAFKA_BROKERS", "KAFKA_TOPICS", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("KAFKA_BROKERS")
+    @classmethod
+    def _check_brokers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("expected at least one host:port")
+        for broker in value:
+            host, _, port = broker.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port, got {broker!r}")
+        return value
+
+    @field_validator("KAFKA_TOPICS")
+    @classmethod
+    def _check_topics(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("expected at least one topic")
+        for topic in value:
+            topic_kind(topic)  # raises a ValueError naming the topic
+        return value
+
+    def topics(self) -> dict[str, TopicKind]:
+        """Topic name → the kind of record it carries."""
+        out: dict[str, TopicKind] = {}
+        for item in self.KAFKA_TOPICS:
+            name, kind = split_topic(item)
+            out[name] = kind
+        return out
+
+    def dlq_topic(self, topic: str) -> str:
+        return topic + self.DLQ_SUFFIX
+
+    def db_dsn_kwargs(self) -> dict[str, Any]:
+        ssl: str | bool = self.TIMESCALEDB_SSLMODE
+        return {
+            "host": self.TIMESCALEDB_HOST,
+            "port": self.TIMESCALEDB_PORT,
+            "user": self.TIMESCALEDB_USER,
+            "password": self.TIMESCALEDB_PASSWORD.get_secret_value() or None,
+            "database": self.TIMESCALEDB_DB,
+            "ssl": ssl,
+        }
+
+    def safe_dump(self) -> dict[str, Any]:
+        """Settings for logs: secrets masked."""
+        out: dict[str, Any] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                out[name] = "***" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def split_topic(item: str) -> tuple[str, TopicKind]:
+    name, sep, kind = item.partition(":")
+    if sep:
+        try:
+            return name, TopicKind(kind)
+        except ValueError:
+            raise ValueError(f"topic {item!r}: kind must be 'tick' or 'orderbook'") from None
+    return name, topic_kind(name)
+
+
+def topic_kind(item: str) -> TopicKind:
+    name, sep, _ = item.partition(":")
+    if sep:
+        return split_topic(item)[1]
+    lowered = name.lower()
+    if "orderbook" in lowered or "order_book" in lowered or "order-book" in lowered:
+        return TopicKind.ORDERBOOK
+    if "tick" in lowered:
+        return TopicKind.TICK
+    raise ValueError(
+        f"cannot tell what topic {name!r} carries: name it with 'tick' or 'orderbook', "
+        f"or write '{name}:tick' / '{name}:orderbook'"
+    )
+
+
+_EXPECTS: dict[str, str] = {
+    "int_parsing": "an integer",
+    "float_parsing": "a number",
+    "bool_parsing": "true or false",
+    "literal_error": "one of the listed values",
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and `.env`); raise ConfigError on a bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            field = Settings.model_fields.get(name)
+            example = field.examples[0] if field and field.examples else ""
+            got = os.environ.get(name, err.get("input"))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(
+                f"{name}={got!r}: {msg}" + (f" (example: {name}={example})" if example else "")
+            )
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
