@@ -167,16 +167,18 @@ def tail(path: Path, lines: int = 25) -> str:
 async def wait_ready(
     what: str,
     probe: Callable[[], Awaitable[None]],
-    timeout: float,
+    limit_s: float,
     alive: Callable[[], bool],
     logfile: Path,
 ) -> None:
-    """Retry `probe` until it succeeds; fail fast if the process died, or after `timeout`."""
-    deadline = time.monotonic() + timeout
+    """Retry `probe` until it succeeds; fail fast if the process died, or after `limit_s`."""
+    deadline = time.monotonic() + limit_s
     last: BaseException | None = None
     while time.monotonic() < deadline:
         if not alive():
-            raise StackError(f"{what} exited while starting; last lines of {logfile}:\n{tail(logfile)}")
+            raise StackError(
+                f"{what} exited while starting; last lines of {logfile}:\n{tail(logfile)}"
+            )
         try:
             await asyncio.wait_for(probe(), timeout=max(1.0, deadline - time.monotonic()))
             return
@@ -184,7 +186,7 @@ async def wait_ready(
             last = exc
         await asyncio.sleep(0.25)
     raise StackError(
-        f"{what} did not answer within {timeout:.0f}s (last error: {last!r}); "
+        f"{what} did not answer within {limit_s:.0f}s (last error: {last!r}); "
         f"last lines of {logfile}:\n{tail(logfile)}"
     )
 

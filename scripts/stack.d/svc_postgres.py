@@ -222,7 +222,11 @@ async def ready(st: ServiceState) -> None:
 
     _, _, logfile = _paths(st)
     await wait_ready(
-        f"postgres at 127.0.0.1:{st.int('port')}", probe, READY_TIMEOUT, lambda: running(st), logfile
+        f"postgres at 127.0.0.1:{st.int('port')}",
+        probe,
+        READY_TIMEOUT,
+        lambda: running(st),
+        logfile,
     )
 
 

@@ -43,7 +43,15 @@ def start(st: ServiceState) -> None:
         configure(st)
     if not moto_running(st):
         env = dict(os.environ, MOTO_PORT=str(st.int("inner_port")))
-        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(st.int("inner_port"))]
+        argv = [
+            sys.executable,
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(st.int("inner_port")),
+        ]
         st.data["moto_pid"] = spawn(argv, st.dir / "moto.log", env=env)
         st.data["bucket_created"] = False  # a new moto process starts empty
     if not pid_alive(st.pid("gate_pid")):
