@@ -1,0 +1,86 @@
+"""What every sink offers the pipeline, and the one retry policy they share.
+
+Owns the Sink protocol (buffer, flush, progress, revoke) and retry-forever-with-backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+from recorder.offsets import TP
+from recorder.records import Row
+
+T = TypeVar("T")
+log = structlog.get_logger("recorder.sinks")
+
+ProgressCallback = Callable[[TP, int], None]
+# Called when a sink dropped a partition's buffer and must be fed again from its progress.
+ResyncCallback = Callable[[TP], None]
+
+
+class Fenced(Exception):
+    """Stored progress moved under us: another owner wrote this partition (we are a zombie)."""
+
+    def __init__(self, tp: TP, stored: int | None) -> None:
+        super().__init__(f"{tp.topic}[{tp.partition}] progress moved to {stored}")
+        self.tp = tp
+        self.stored = stored
+
+
+class Sink(Protocol):
+    name: str
+    healthy: bool
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]: ...
+    def assign(
+        self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]
+    ) -> None: ...
+    def offer(
+        self, tp: TP, offsets: Sequence[int], rows: Sequence[Row | None], end: int
+    ) -> None: ...
+    def buffered(self) -> int: ...
+    def progress(self) -> dict[TP, int | None]: ...
+    async def flush_all(self, tps: Collection[TP] | None = None) -> None: ...
+    def revoke(self, tps: Collection[TP]) -> None: ...
+    async def abandon(self, tps: Collection[TP]) -> None: ...
+    async def check_health(self) -> bool: ...
+
+
+async def retry_forever(
+    what: str,
+    attempt: Callable[[], Awaitable[T]],
+    retriable: Callable[[BaseException], bool],
+    max_backoff: float,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run `attempt` until it succeeds; retriable errors back off (jittered, capped), others
+    propagate. Cancellation stops it (that is how a revoke or a second signal abandons work)."""
+
+    def before_sleep(state: object) -> None:
+        outcome = getattr(state, "outcome", None)
+        exc = outcome.exception() if outcome is not None else None
+        if exc is not None:
+            log.warning("store_retry", what=what, error=f"{type(exc).__name__}: {exc}")
+            if on_failure is not None:
+                on_failure(exc)
+
+    async for try_ in AsyncRetrying(
+        retry=retry_if_exception(retriable),
+        wait=wait_exponential_jitter(initial=0.1, max=max_backoff),
+        before_sleep=before_sleep,
+        reraise=True,
+    ):
+        with try_:
+            return await attempt()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError))

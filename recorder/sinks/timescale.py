@@ -1,0 +1,539 @@
+"""The hot path: rows into TimescaleDB/PostgreSQL by binary COPY, exactly once.
+
+Owns the database writers: each partition belongs to one writer; one transaction per flush
+does a compare-and-set of every batch's progress in `recorder_offsets`, the COPY of the rows
+and (plain PostgreSQL mode) the OHLCV rollup upserts, so a crash never writes a row twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from recorder import metrics
+from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
+from recorder.dlq import DeadLetter, DeadLetters
+from recorder.migrate import DbMode, current_mode, migrate
+from recorder.offsets import TP, CasOutcome, cas_outcome
+from recorder.records import OrderBookRow, Row, TickRow, levels_json
+from recorder.rollups import ROLLUPS, aggregate
+from recorder.settings import Settings, TopicKind
+from recorder.sinks.base import ProgressCallback, ResyncCallback, retry_forever
+
+log = structlog.get_logger("recorder.sinks.timescale")
+
+SINK = "timescaledb"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TICK_COLUMNS = ("time", "symbol", "price", "volume", "change", "change_rate")
+_BOOK_COLUMNS = ("time", "symbol", "bids", "asks")
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+def to_datetime(time_ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=time_ns // 1000)
+
+
+def tick_record(row: TickRow) -> tuple[Any, ...]:
+    return (
+        to_datetime(row.time_ns),
+        row.symbol,
+        row.price,
+        row.volume,
+        row.change,
+        row.change_rate,
+    )
+
+
+def book_record(row: OrderBookRow) -> tuple[Any, ...]:
+    return (
+        to_datetime(row.time_ns),
+        row.symbol,
+        levels_json(row.bids).decode(),
+        levels_json(row.asks).decode(),
+    )
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Connection trouble and server shutdowns are retried; data errors are not."""
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    if isinstance(
+        exc,
+        (
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.ConnectionFailureError,
+            asyncpg.AdminShutdownError,
+            asyncpg.CrashShutdownError,
+            asyncpg.TooManyConnectionsError,
+            asyncpg.DeadlockDetectedError,
+            asyncpg.SerializationError,
+        ),
+    ):
+        return True
+    return isinstance(exc, asyncpg.PostgresConnectionError)
+
+
+@dataclass
+class _Writer:
+    index: int
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    in_flight: dict[TP, Batch[Row]] = field(default_factory=dict)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TimescaleSink:
+    """Hot-path sink; `DB_WRITE_WORKERS` writers share one asyncpg pool."""
+
+    name = SINK
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Mapping[str, TopicKind],
+        dead_letters: DeadLetters,
+        on_progress: ProgressCallback,
+        on_resync: ResyncCallback,
+    ) -> None:
+        self._settings = settings
+        self._on_resync = on_resync
+        self._force: set[TP] = set()
+        self._topics = dict(topics)
+        self._dlq = dead_letters
+        self._on_progress = on_progress
+        self._pool: asyncpg.Pool | None = None
+        self._buffers: dict[TP, PartitionBuffer[Row]] = {}
+        self._progress: dict[TP, int | None] = {}
+        self._writers = [_Writer(i) for i in range(settings.DB_WRITE_WORKERS)]
+        for w in self._writers:
+            w.idle.set()
+        self._mode: DbMode = DbMode.POSTGRES
+        self._known_days: set[tuple[str, int]] = set()
+        self._max_rows = settings.BATCH_SIZE
+        self._max_age = settings.BATCH_TIMEOUT_MS / 1000
+        self._closing = False
+        self.healthy = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        async def connect() -> asyncpg.Pool:
+            pool = await asyncpg.create_pool(
+                min_size=1,
+                max_size=self._settings.DB_WRITE_WORKERS + 2,
+                command_timeout=60,
+                **self._settings.db_dsn_kwargs(),
+            )
+            assert pool is not None
+            return pool
+
+        pool = await retry_forever(
+            "connect", connect, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
+        )
+        self._pool = pool
+        async with pool.acquire() as conn:
+            if self._settings.MIGRATE_ON_START:
+                self._mode = await migrate(conn)
+            else:
+                mode = await current_mode(conn)
+                if mode is None:
+                    raise RuntimeError(
+                        "the database has no schema: run `datarecorder migrate` or set MIGRATE_ON_START=true"
+                    )
+                self._mode = mode
+        self._set_healthy(True)
+        for w in self._writers:
+            w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
+        log.info("sink_started", sink=SINK, mode=self._mode.value, writers=len(self._writers))
+
+    async def close(self) -> None:
+        self._closing = True
+        for w in self._writers:
+            if w.task is not None:
+                w.task.cancel()
+        await asyncio.gather(*(w.task for w in self._writers if w.task), return_exceptions=True)
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def mode(self) -> DbMode:
+        return self._mode
+
+    async def check_health(self) -> bool:
+        """Probe the database (used by /health while no flush is running)."""
+        if self._pool is None:
+            return False
+        try:
+            async with asyncio.timeout(3):
+                conn = await self._pool.acquire()
+                try:
+                    await conn.fetchval("SELECT 1")
+                finally:
+                    await self._pool.release(conn)
+            self._set_healthy(True)
+        except Exception:
+            self._set_healthy(False)
+        return self.healthy
+
+    def _set_healthy(self, ok: bool) -> None:
+        self.healthy = ok
+        metrics.SINK_HEALTHY.labels(SINK).set(1 if ok else 0)
+
+    def _failed(self, _exc: BaseException) -> None:
+        self._set_healthy(False)
+
+    # --- partitions ---------------------------------------------------------------------
+    async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
+        pool = self._pool
+        assert pool is not None
+        topics = [tp.topic for tp in tps]
+        parts = [tp.partition for tp in tps]
+
+        async def read() -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await pool.fetch(
+                """SELECT o.topic, o.partition, o.next_offset FROM recorder_offsets o
+                   JOIN unnest($1::text[], $2::int[]) AS w(topic, partition)
+                   USING (topic, partition)""",
+                topics,
+                parts,
+            )
+            return rows
+
+        rows = await retry_forever(
+            "load_progress", read, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
+        )
+        found = {TP(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+        return {tp: found.get(tp) for tp in tps}
+
+    def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
+        for tp, value in progress.items():
+            self._progress[tp] = value
+            self._buffers[tp] = PartitionBuffer(
+                Batch(start=value, end=value if value is not None else -1)
+            )
+
+    def revoke(self, tps: Collection[TP]) -> None:
+        for tp in tps:
+            self._buffers.pop(tp, None)
+            self._progress.pop(tp, None)
+
+    def progress(self) -> dict[TP, int | None]:
+        return dict(self._progress)
+
+    def offer(self, tp: TP, offsets: Sequence[int], rows: Sequence[Row | None], end: int) -> None:
+        buffer = self._buffers.get(tp)
+        if buffer is None:  # not (or no longer) ours: a fetch that raced a revocation
+            return
+        buffer.offer(offsets, rows, end, time.monotonic())
+        batch = buffer.batch
+        if len(batch.rows) >= self._max_rows:
+            self._writer_of(tp).wake.set()
+
+    def buffered(self) -> int:
+        open_rows = sum(len(b.batch.rows) for b in self._buffers.values())
+        flying = sum(len(b.rows) for w in self._writers for b in w.in_flight.values())
+        return open_rows + flying
+
+    def _writer_of(self, tp: TP) -> _Writer:
+        return self._writers[writer_for(tp.topic, tp.partition, len(self._writers))]
+
+    async def flush_all(self, tps: Collection[TP] | None = None) -> None:
+        """Make everything buffered for `tps` (all when None) durable before returning."""
+        wanted = set(self._buffers if tps is None else tps)
+        while True:
+            pending = [
+                tp
+                for tp in wanted
+                if (tp in self._buffers and self._buffers[tp].batch.advanced)
+                or any(tp in w.in_flight for w in self._writers)
+            ]
+            if not pending:
+                return
+            for tp in pending:
+                w = self._writer_of(tp)
+                w.wake.set()
+            self._force.update(pending)
+            await asyncio.sleep(0.01)
+
+    async def abandon(self, tps: Collection[TP]) -> None:
+        """Give up in-flight writes that touch `tps` (a revocation that cannot wait longer).
+
+        Their progress is not recorded, so whoever owns the partitions next replays them; other
+        partitions caught in the same transaction resume from their stored progress."""
+        wanted = set(tps)
+        for w in self._writers:
+            if w.task is None or not (wanted & set(w.in_flight)):
+                continue
+            hit = list(w.in_flight)
+            w.task.cancel()
+            await asyncio.gather(w.task, return_exceptions=True)
+            for tp in hit:
+                if tp not in wanted and tp in self._buffers:
+                    self._fenced(tp, self._progress.get(tp))
+            w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
+
+    # --- writing ------------------------------------------------------------------------
+    async def _run_writer(self, w: _Writer) -> None:
+        while True:
+            now = time.monotonic()
+            owned = [(tp, b) for tp, b in self._buffers.items() if self._writer_of(tp) is w]
+            due = any(
+                is_due(b.batch, now, self._max_rows, self._max_age)
+                or (tp in self._force and b.batch.advanced)
+                for tp, b in owned
+            )
+            if not due:
+                wait = next_due_in((b.batch for _, b in owned), now, self._max_age)
+                w.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(w.wake.wait(), timeout=max(wait, 0.005))
+                continue
+            # Once one batch is due, flush every open batch of this writer in one transaction.
+            batches = {tp: b.take() for tp, b in owned if b.batch.advanced}
+            w.in_flight = batches
+            w.idle.clear()
+            try:
+                await self._write_until_done(batches)
+            finally:
+                w.in_flight = {}
+                w.idle.set()
+                for tp in batches:
+                    self._force.discard(tp)
+
+    async def _write_until_done(self, batches: dict[TP, Batch[Row]]) -> None:
+        started = time.perf_counter()
+        rows = sum(len(b) for b in batches.values())
+        outcomes = await retry_forever(
+            "copy",
+            lambda: self._write(batches),
+            is_retriable,
+            self._settings.RETRY_MAX_BACKOFF_SEC,
+            self._on_retry,
+        )
+        self._set_healthy(True)
+        elapsed = time.perf_counter() - started
+        metrics.FLUSH_DURATION.labels(SINK).observe(elapsed)
+        metrics.LAST_FLUSH.labels(SINK).set(time.time())
+        fenced = [tp for tp, o in outcomes.items() if o[0] is CasOutcome.FENCED]
+        metrics.FLUSHES.labels(SINK, "fenced" if fenced else "ok").inc()
+        for tp, (outcome, stored) in outcomes.items():
+            batch = batches[tp]
+            if outcome is CasOutcome.FENCED:
+                log.warning(
+                    "batch_fenced",
+                    sink=SINK,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    expected=batch.start,
+                    stored=stored,
+                    dropped_rows=len(batch),
+                )
+                self._fenced(tp, stored)
+                continue
+            if outcome is CasOutcome.APPLIED:
+                metrics.RECORDS_WRITTEN.labels(tp.topic, SINK).inc(len(batch))
+            if tp in self._progress:
+                self._progress[tp] = batch.end
+            self._on_progress(tp, batch.end)
+        log.info(
+            "flush",
+            sink=SINK,
+            partitions=len(batches),
+            rows=rows,
+            seconds=round(elapsed, 4),
+            fenced=len(fenced),
+        )
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self._set_healthy(False)
+        metrics.FLUSHES.labels(SINK, "retry").inc()
+
+    def _fenced(self, tp: TP, stored: int | None) -> None:
+        """Another owner recorded this partition: forget our buffer, resume from its progress."""
+        buffer = self._buffers.get(tp)
+        if buffer is not None:
+            buffer.restart(stored, stored if stored is not None else -1)
+            self._progress[tp] = stored
+        self._on_resync(tp)
+
+    async def _write(
+        self, batches: dict[TP, Batch[Row]]
+    ) -> dict[TP, tuple[CasOutcome, int | None]]:
+        pool = self._pool
+        assert pool is not None
+        if self._mode is DbMode.POSTGRES:
+            await self._ensure_partitions(pool, batches)
+        outcomes: dict[TP, tuple[CasOutcome, int | None]] = {}
+        async with pool.acquire() as conn, conn.transaction():
+            for tp in sorted(batches):
+                outcomes[tp] = await self._cas(conn, tp, batches[tp])
+            ticks: list[TickRow] = []
+            books: list[OrderBookRow] = []
+            for tp, batch in batches.items():
+                if outcomes[tp][0] is not CasOutcome.APPLIED:
+                    continue
+                if self._topics.get(tp.topic) is TopicKind.ORDERBOOK:
+                    books.extend(batch.rows)  # type: ignore[arg-type]
+                else:
+                    ticks.extend(batch.rows)  # type: ignore[arg-type]
+            if ticks:
+                await self._copy(
+                    conn, "tick_data", _TICK_COLUMNS, [tick_record(r) for r in ticks], batches
+                )
+                if self._mode is DbMode.POSTGRES:
+                    await self._upsert_rollups(conn, ticks)
+            if books:
+                await self._copy(
+                    conn, "orderbook", _BOOK_COLUMNS, [book_record(r) for r in books], batches
+                )
+        return outcomes
+
+    async def _cas(
+        self, conn: asyncpg.Connection, tp: TP, batch: Batch[Row]
+    ) -> tuple[CasOutcome, int | None]:
+        """Fenced progress (DESIGN rule 1): move start -> end only if start is still stored."""
+        if batch.start is None:
+            status = await conn.execute(
+                """INSERT INTO recorder_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
+                   ON CONFLICT (topic, partition) DO NOTHING""",
+                tp.topic,
+                tp.partition,
+                batch.end,
+            )
+        else:
+            status = await conn.execute(
+                """UPDATE recorder_offsets SET next_offset = $3, updated_at = now()
+                   WHERE topic = $1 AND partition = $2 AND next_offset = $4""",
+                tp.topic,
+                tp.partition,
+                batch.end,
+                batch.start,
+            )
+        if status.endswith(" 1"):
+            return CasOutcome.APPLIED, batch.end
+        stored = await conn.fetchval(
+            "SELECT next_offset FROM recorder_offsets WHERE topic = $1 AND partition = $2",
+            tp.topic,
+            tp.partition,
+        )
+        outcome = cas_outcome(stored, batch.start, batch.end)
+        # The first branch failed, so "applied" here can only mean a concurrent equal write.
+        return (CasOutcome.FENCED if outcome is CasOutcome.APPLIED else outcome), stored
+
+    async def _copy(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        columns: tuple[str, ...],
+        records: list[tuple[Any, ...]],
+        batches: dict[TP, Batch[Row]],
+    ) -> None:
+        try:
+            async with conn.transaction():  # savepoint: a data error must not lose the batch
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+        except asyncpg.DataError:
+            await self._copy_isolating_bad_rows(conn, table, columns, records)
+
+    async def _copy_isolating_bad_rows(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        columns: tuple[str, ...],
+        records: list[tuple[Any, ...]],
+    ) -> None:
+        """Bisect a batch the database refused for its data; bad rows go to the dead letters."""
+        if len(records) == 1:
+            letter = DeadLetter(
+                topic=table,
+                partition=-1,
+                offset=-1,
+                key=None,
+                value=repr(records[0]).encode(),
+                reason="db_refused",
+                message=f"{table}: the database refused this row",
+            )
+            await self._dlq.send_many([letter])
+            return
+        mid = len(records) // 2
+        for part in (records[:mid], records[mid:]):
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(table, records=part, columns=columns)
+            except asyncpg.DataError:
+                await self._copy_isolating_bad_rows(conn, table, columns, part)
+
+    async def _upsert_rollups(self, conn: asyncpg.Connection, ticks: list[TickRow]) -> None:
+        for view, bucket_ns in ROLLUPS.items():
+            bars = aggregate(ticks, bucket_ns)
+            await conn.execute(
+                f"""INSERT INTO recorder_{view}_state AS t
+                      (bucket, symbol, open, high, low, close, volume, open_time, close_time)
+                    SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::float8[], $4::float8[],
+                                         $5::float8[], $6::float8[], $7::numeric[],
+                                         $8::timestamptz[], $9::timestamptz[])
+                    ON CONFLICT (symbol, bucket) DO UPDATE SET
+                      open = CASE WHEN EXCLUDED.open_time < t.open_time THEN EXCLUDED.open ELSE t.open END,
+                      open_time = LEAST(t.open_time, EXCLUDED.open_time),
+                      high = GREATEST(t.high, EXCLUDED.high),
+                      low = LEAST(t.low, EXCLUDED.low),
+                      close = CASE WHEN EXCLUDED.close_time >= t.close_time
+                                   THEN EXCLUDED.close ELSE t.close END,
+                      close_time = GREATEST(t.close_time, EXCLUDED.close_time),
+                      volume = t.volume + EXCLUDED.volume""",
+                [to_datetime(b.bucket_ns) for b in bars],
+                [b.symbol for b in bars],
+                [b.open for b in bars],
+                [b.high for b in bars],
+                [b.low for b in bars],
+                [b.close for b in bars],
+                [b.volume for b in bars],
+                [to_datetime(b.open_ns) for b in bars],
+                [to_datetime(b.close_ns) for b in bars],
+            )
+
+    async def _ensure_partitions(self, pool: asyncpg.Pool, batches: dict[TP, Batch[Row]]) -> None:
+        """Plain mode: create the daily partitions a batch needs, outside its transaction."""
+        needed: set[tuple[str, int]] = set()
+        for tp, batch in batches.items():
+            table = (
+                "orderbook" if self._topics.get(tp.topic) is TopicKind.ORDERBOOK else "tick_data"
+            )
+            for row in batch.rows:
+                day = row.time_ns // NS_PER_DAY
+                key = (table, day)
+                if key not in self._known_days:
+                    needed.add(key)
+        if not needed:
+            return
+        async with pool.acquire() as conn:
+            for table, day in sorted(needed):
+                await conn.execute(
+                    "SELECT recorder_ensure_partition($1, $2)",
+                    table,
+                    date(1970, 1, 1) + timedelta(days=day),
+                )
+                self._known_days.add((table, day))
+
+    async def ensure_days_ahead(self, days: int = 2) -> None:
+        """Create today's and the next days' partitions ahead of the data (plain mode)."""
+        if self._mode is not DbMode.POSTGRES or self._pool is None:
+            return
+        today = int(time.time() // 86_400)
+        async with self._pool.acquire() as conn:
+            for table in ("tick_data", "orderbook"):
+                for day in range(today, today + days + 1):
+                    if (table, day) not in self._known_days:
+                        await conn.execute(
+                            "SELECT recorder_ensure_partition($1, $2)",
+                            table,
+                            date(1970, 1, 1) + timedelta(days=day),
+                        )
+                        self._known_days.add((table, day))
