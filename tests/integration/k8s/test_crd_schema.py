@@ -1,0 +1,151 @@
+"""The DataRecorder CRD as the real kube-apiserver serves it: schema, CEL rules and defaults.
+
+Owns the checks that crds/ is accepted, validated and defaulted by the server, not by our code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.fixtures.k8s import K8s
+from tests.integration.k8s.manifests import CRD_NAME, GROUP, PLURAL, VERSION, data_recorder
+
+pytestmark = [pytest.mark.k8s, pytest.mark.integration]
+
+
+def test_crd_is_established_with_structural_schema(k8s: K8s) -> None:
+    crd = k8s.get_json("crd", CRD_NAME)
+    conditions = {c["type"]: c for c in crd["status"]["conditions"]}
+    assert conditions["Established"]["status"] == "True"
+    assert conditions["NamesAccepted"]["status"] == "True"
+    # A non-structural schema is accepted by v1 only with this condition set; ours must be clean.
+    assert "NonStructuralSchema" not in conditions
+    assert crd["status"]["acceptedNames"]["shortNames"] == ["dr"]
+    resources = k8s.kubectl("api-resources", f"--api-group={GROUP}", "-o", "wide").stdout
+    assert "datarecorders" in resources and " dr " in resources and "DataRecorder" in resources
+
+
+def _create(k8s: K8s, namespace: str, manifest: dict[str, Any]) -> tuple[int, str]:
+    proc = k8s.kubectl(
+        "create", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
+    )
+    return proc.returncode, proc.stderr
+
+
+INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "missing required image",
+        {"image": None},
+        ["spec.image: Required value"],
+    ),
+    (
+        "negative replicas",
+        {"replicas": -1},
+        ["spec.replicas: Invalid value: -1", "should be greater than or equal to 0"],
+    ),
+    (
+        "broker without port",
+        {"kafka": {"brokers": ["kafka-0"]}},
+        ["spec.kafka.brokers[0]", "should match"],
+    ),
+    (
+        "unknown pull policy",
+        {"imagePullPolicy": "Sometimes"},
+        ['spec.imagePullPolicy: Unsupported value: "Sometimes"'],
+    ),
+    (
+        "autoscaling min above max (CEL)",
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+        ["autoscaling.minReplicas must be <= autoscaling.maxReplicas"],
+    ),
+    (
+        # maxReplicas is not given: its default (6) is filled in before the CEL rule runs.
+        "autoscaling min above the defaulted max (defaults before CEL)",
+        {"autoscaling": {"enabled": True, "minReplicas": 8}},
+        ["autoscaling.minReplicas must be <= autoscaling.maxReplicas"],
+    ),
+    (
+        "s3 enabled without bucket (CEL)",
+        {"s3": {"enabled": True}},
+        ["s3.bucket is required when s3.enabled is true"],
+    ),
+    (
+        "SASL without credentials (CEL)",
+        {"kafka": {"brokers": ["k:9092"], "securityProtocol": "SASL_SSL"}},
+        ["kafka.sasl is required when securityProtocol is SASL_PLAINTEXT or SASL_SSL"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "messages"), INVALID, ids=[case for case, _, _ in INVALID]
+)
+def test_invalid_spec_is_refused_with_the_servers_message(
+    k8s: K8s, k8s_namespace: str, case: str, overrides: dict[str, Any], messages: list[str]
+) -> None:
+    manifest = data_recorder("invalid")
+    for key, value in overrides.items():
+        if value is None:
+            del manifest["spec"][key]
+        else:
+            manifest["spec"][key] = value
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    assert code != 0, f"{case}: the server accepted {manifest['spec']}"
+    assert 'DataRecorder.datarecorder.dev "invalid" is invalid' in stderr
+    for message in messages:
+        assert message in stderr, f"{case}: {message!r} not in the server's answer:\n{stderr}"
+    gone = k8s.kubectl("get", "-n", k8s_namespace, "dr", "invalid", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_root_cel_rule_refuses_a_name_unfit_for_children(k8s: K8s, k8s_namespace: str) -> None:
+    manifest = data_recorder("r" * 57)  # a valid object name, but 57 > 56 characters
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    assert code != 0
+    assert "metadata.name must be a DNS-1035 label of at most 56 characters" in stderr
+
+
+def test_defaults_are_filled_in_by_the_server(k8s: K8s, k8s_namespace: str) -> None:
+    k8s.apply(data_recorder("defaults", s3={"enabled": True, "bucket": "ticks"}), k8s_namespace)
+    spec = k8s.get_json("dr", "defaults", namespace=k8s_namespace)["spec"]
+    assert spec["replicas"] == 1
+    assert spec["imagePullPolicy"] == "IfNotPresent"
+    assert spec["logLevel"] == "INFO"
+    assert spec["kafka"]["topics"] == ["market.tick", "market.orderbook"]
+    assert spec["kafka"]["securityProtocol"] == "PLAINTEXT"
+    assert spec["timescaledb"]["port"] == 5432
+    assert spec["timescaledb"]["database"] == "market_data"
+    assert spec["timescaledb"]["passwordSecret"]["key"] == "password"
+    assert spec["s3"] == {
+        "enabled": True,
+        "bucket": "ticks",
+        "region": "us-east-1",
+        "prefix": "market-data",
+        "batchSize": 10000,
+        "batchTimeoutSeconds": 60,
+        "orderbookLevels": "typed",
+        "timestampUnit": "ns",
+    }
+    # Defaults apply only inside objects that exist: absent sections stay absent.
+    assert "autoscaling" not in spec and "batching" not in spec and "monitoring" not in spec
+
+
+def test_unknown_fields_strict_for_kubectl_pruned_for_plain_clients(
+    k8s: K8s, k8s_namespace: str
+) -> None:
+    manifest = data_recorder("unknown")
+    manifest["spec"]["replica"] = 3  # a typo of replicas
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    # kubectl asks for fieldValidation=Strict, so the server names the field and refuses.
+    assert code != 0 and 'unknown field "spec.replica"' in stderr
+
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(k8s.api_client())
+    # Without fieldValidation the server's default is Warn: the field is pruned, not refused.
+    created = api.create_namespaced_custom_object(GROUP, VERSION, k8s_namespace, PLURAL, manifest)
+    assert "replica" not in created["spec"]
+    assert created["spec"]["replicas"] == 1
