@@ -1,0 +1,81 @@
+"""Reads a consumer group's committed offsets and the topics' log offsets from Kafka.
+
+Owns the aiokafka admin client and consumer used for it; I/O only, the lag math is in `lag`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from datarecorder_operator.lag import PartitionOffsets
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaAccess:
+    """How to reach the cluster; credentials are read from the resource's Secrets."""
+
+    brokers: Sequence[str]
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ca_pem: str | None = None
+
+    def client_options(self) -> dict[str, object]:
+        options: dict[str, object] = {
+            "bootstrap_servers": list(self.brokers),
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": 10_000,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = ssl.create_default_context(cadata=self.ca_pem)
+        if self.security_protocol.startswith("SASL_"):
+            options["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options
+
+
+async def read_offsets(
+    access: KafkaAccess, group_id: str, topics: Sequence[str], within: float = 20.0
+) -> list[PartitionOffsets]:
+    """Log start, log end and committed offset of every partition of `topics`."""
+    async with asyncio.timeout(within):
+        admin = AIOKafkaAdminClient(**access.client_options())
+        await admin.start()
+        try:
+            described = await admin.describe_topics(list(topics))
+            partitions: list[TopicPartition] = []
+            for topic in described:
+                if topic.get("error_code"):
+                    raise RuntimeError(
+                        f"topic {topic.get('topic')!r}: Kafka error code {topic['error_code']}"
+                    )
+                for part in topic.get("partitions") or []:
+                    partitions.append(TopicPartition(topic["topic"], int(part["partition"])))
+            committed = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+        finally:
+            await admin.close()
+        consumer = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, **access.client_options()
+        )
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(partitions)
+            starts = await consumer.beginning_offsets(partitions)
+        finally:
+            await consumer.stop()
+    result = []
+    for tp in sorted(partitions):
+        meta = committed.get(tp)
+        offset = meta.offset if meta is not None and meta.offset >= 0 else None
+        result.append(
+            PartitionOffsets(tp.topic, tp.partition, ends[tp], offset, beginning=starts[tp])
+        )
+    return result

@@ -1,0 +1,74 @@
+"""Least-privilege RBAC of the operator, as data the Helm chart renders and a test checks.
+
+Owns `CLUSTER_ROLE_RULES`; every rule names the handler that needs it.
+
+* DataRecorders: watch them (kopf lists and watches cluster-wide), patch them (kopf's
+  finalizer and progress annotations), patch their status (conditions, lag).
+* Children (ConfigMaps, Services, Deployments, HPAs, PDBs, ServiceMonitors): get, create,
+  patch (restore drift, scale in mode operator), delete (unwanted children, cleanup).
+  No list/watch: the operator only reads children by name.
+* Secrets: get only, to read Kafka SASL/TLS credentials for the lag poll (the recorder pods
+  receive secrets by reference; the operator never copies them).
+* Events: create/patch, so `kubectl describe dr` shows scaling and failures.
+* CustomResourceDefinitions: none; API discovery (is ServiceMonitor served?) is allowed
+  to every authenticated user by the default `system:discovery` role.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["datarecorder.dev"],
+        "resources": ["datarecorders"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {
+        "apiGroups": ["datarecorder.dev"],
+        "resources": ["datarecorders/status"],
+        "verbs": ["get", "patch"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps", "services"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["autoscaling"],
+        "resources": ["horizontalpodautoscalers"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["policy"],
+        "resources": ["poddisruptionbudgets"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["monitoring.coreos.com"],
+        "resources": ["servicemonitors"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+
+def cluster_role_rules() -> list[dict[str, Any]]:
+    """A copy of the rules (callers may mutate it)."""
+    return [{k: list(v) for k, v in rule.items()} for rule in CLUSTER_ROLE_RULES]
+
+
+def cluster_role(name: str = "datarecorder-operator") -> dict[str, Any]:
+    """The ClusterRole manifest itself, e.g. for `kubectl apply` without the chart."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "datarecorder-operator"}},
+        "rules": cluster_role_rules(),
+    }

@@ -1,0 +1,425 @@
+"""Pure rendering of a DataRecorder's children: spec in, Kubernetes manifests out.
+
+Owns the names, labels, environment and the config hash of every child; no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec
+
+Manifest = dict[str, Any]
+
+METRIC_NAME = "datarecorder_lag_records"
+HTTP_PORT = 8080
+TLS_MOUNT = "/etc/datarecorder/kafka-tls"
+CONFIG_HASH_ANNOTATION = "datarecorder.dev/config-hash"
+MANAGED_BY = "datarecorder-operator"
+RUN_AS = 10001
+
+
+def configmap_name(spec: RecorderSpec) -> str:
+    return f"{spec.name}-config"
+
+
+def selector_labels(spec: RecorderSpec) -> dict[str, str]:
+    """The labels the Deployment, Service, PDB and ServiceMonitor select pods by."""
+    return {"app.kubernetes.io/name": "datarecorder", "app.kubernetes.io/instance": spec.name}
+
+
+def selector_string(spec: RecorderSpec) -> str:
+    """The label selector as a string, for the scale subresource (`status.selector`)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(spec).items()))
+
+
+def common_labels(spec: RecorderSpec) -> dict[str, str]:
+    return {
+        **selector_labels(spec),
+        "app.kubernetes.io/component": "recorder",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def _metadata(spec: RecorderSpec, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.namespace, "labels": common_labels(spec)}
+
+
+def config_data(spec: RecorderSpec) -> dict[str, str]:
+    """Non-secret settings as the recorder's environment (the ConfigMap's data)."""
+    data: dict[str, str] = {
+        "KAFKA_BROKERS": ",".join(spec.kafka.brokers),
+        "KAFKA_GROUP_ID": spec.kafka.group_id,
+        "KAFKA_TOPICS": ",".join(spec.kafka.topics),
+        "KAFKA_SECURITY_PROTOCOL": spec.kafka.security_protocol,
+        "TIMESCALEDB_HOST": spec.timescaledb.host,
+        "TIMESCALEDB_PORT": str(spec.timescaledb.port),
+        "TIMESCALEDB_USER": spec.timescaledb.user,
+        "TIMESCALEDB_DB": spec.timescaledb.database,
+        "DB_WRITE_WORKERS": str(spec.timescaledb.write_workers),
+        "S3_WRITE_ENABLED": "true" if spec.s3.enabled else "false",
+        "BATCH_SIZE": str(spec.batching.batch_size),
+        "BATCH_TIMEOUT_MS": str(spec.batching.batch_timeout_ms),
+        "MAX_BUFFER_SIZE": str(spec.batching.max_buffer_size),
+        "NUM_CONSUMERS": str(spec.batching.num_consumers),
+        "HTTP_PORT": str(HTTP_PORT),
+        "LOG_LEVEL": spec.log_level,
+    }
+    if spec.kafka.sasl is not None:
+        data["KAFKA_SASL_MECHANISM"] = spec.kafka.sasl.mechanism
+    if spec.kafka.tls is not None:
+        data["KAFKA_SSL_CA_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.ca_key}"
+        if spec.kafka.tls.cert_key and spec.kafka.tls.key_key:
+            data["KAFKA_SSL_CERT_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.cert_key}"
+            data["KAFKA_SSL_KEY_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.key_key}"
+    if spec.s3.enabled:
+        data.update(
+            {
+                "S3_BUCKET": spec.s3.bucket,
+                "S3_REGION": spec.s3.region,
+                "S3_PREFIX": spec.s3.prefix,
+                "S3_BATCH_SIZE": str(spec.s3.batch_size),
+                "S3_BATCH_TIMEOUT_SEC": str(spec.s3.batch_timeout_sec),
+                "PARQUET_ORDERBOOK_LEVELS": spec.s3.orderbook_levels,
+                "PARQUET_TIMESTAMP_UNIT": spec.s3.timestamp_unit,
+            }
+        )
+        if spec.s3.endpoint_url:
+            data["S3_ENDPOINT_URL"] = spec.s3.endpoint_url
+    return data
+
+
+def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
+    """Environment variables that come from Secrets (never copied into the ConfigMap)."""
+    refs: list[tuple[str, str, str]] = [
+        ("TIMESCALEDB_PASSWORD", spec.timescaledb.password.name, spec.timescaledb.password.key)
+    ]
+    if spec.s3.enabled and spec.s3.access_key_id and spec.s3.secret_access_key:
+        refs.append(("AWS_ACCESS_KEY_ID", spec.s3.access_key_id.name, spec.s3.access_key_id.key))
+        refs.append(
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                spec.s3.secret_access_key.name,
+                spec.s3.secret_access_key.key,
+            )
+        )
+    if spec.kafka.sasl is not None:
+        sasl = spec.kafka.sasl
+        refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
+        refs.append(("KAFKA_SASL_PASSWORD", sasl.password.name, sasl.password.key))
+    return [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for env, secret, key in refs
+    ]
+
+
+def config_hash(spec: RecorderSpec) -> str:
+    """A digest of everything that reaches the container's environment and mounts.
+
+    It is written on the pod template, so any change of it rolls the pods (a ConfigMap change
+    alone would not restart them).
+    """
+    payload = {
+        "config": config_data(spec),
+        "secrets": secret_env(spec),
+        "tls": spec.kafka.tls.secret_name if spec.kafka.tls else None,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def render_configmap(spec: RecorderSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(spec, configmap_name(spec)),
+        "data": config_data(spec),
+    }
+
+
+def initial_replicas(spec: RecorderSpec) -> int:
+    """Replicas a new Deployment starts with (autoscalers take over afterwards)."""
+    if spec.autoscaling.enabled:
+        return spec.autoscaling.min_replicas
+    return spec.replicas
+
+
+def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
+    """The recorder Deployment; `replicas=None` leaves the field to an autoscaler."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if spec.kafka.tls is not None:
+        volumes.append(
+            {
+                "name": "kafka-tls",
+                "secret": {"secretName": spec.kafka.tls.secret_name, "defaultMode": 0o440},
+            }
+        )
+        mounts.append({"name": "kafka-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+
+    container: dict[str, Any] = {
+        "name": "recorder",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["datarecorder", "run"],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": configmap_name(spec)}}],
+        "env": secret_env(spec),
+        "resources": {kind: dict(values) for kind, values in spec.resources.items()},
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        # Long enough for the sinks to flush their buffers on SIGTERM.
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(spec)},
+        # Surge first: every pod joining or leaving rebalances the group, so keep capacity.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        },
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {
+                "labels": {**spec.pod_labels, **common_labels(spec)},
+                "annotations": {
+                    **spec.pod_annotations,
+                    CONFIG_HASH_ANNOTATION: config_hash(spec),
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(HTTP_PORT),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, spec.name),
+        "spec": deployment_spec,
+    }
+
+
+def render_service(spec: RecorderSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec),
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def render_hpa(spec: RecorderSpec) -> Manifest:
+    """An autoscaling/v2 HPA on the per-pod lag gauge (needs a Pods-metrics adapter)."""
+    auto = spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {
+                            "name": METRIC_NAME,
+                            "selector": {"matchLabels": {"sink": "timescaledb"}},
+                        },
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": str(auto.target_lag_per_replica),
+                        },
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                },
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}],
+                },
+            },
+        },
+    }
+
+
+def render_pdb(spec: RecorderSpec) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(spec, spec.name),
+        "spec": {
+            "maxUnavailable": spec.pdb.max_unavailable,
+            "selector": {"matchLabels": selector_labels(spec)},
+        },
+    }
+
+
+def render_service_monitor(spec: RecorderSpec) -> Manifest:
+    meta = _metadata(spec, spec.name)
+    meta["labels"] = {**spec.monitoring.labels, **meta["labels"]}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": selector_labels(spec)},
+            "endpoints": [
+                {"port": "http", "path": "/metrics", "interval": spec.monitoring.interval}
+            ],
+        },
+    }
+
+
+def render_children(
+    spec: RecorderSpec,
+    *,
+    service_monitor_available: bool = True,
+    current_replicas: int | None = None,
+) -> list[Manifest]:
+    """Every child the resource should have, in apply order (config before its consumers).
+
+    `current_replicas` is the Deployment's replica count when an autoscaler owns it; the
+    rendering then keeps it (a fresh Deployment starts at minReplicas).
+    """
+    if spec.autoscaling.enabled:
+        replicas = current_replicas if current_replicas is not None else initial_replicas(spec)
+    else:
+        replicas = spec.replicas
+    children = [render_configmap(spec), render_deployment(spec, replicas), render_service(spec)]
+    if spec.hpa_scaled:
+        children.append(render_hpa(spec))
+    if spec.pdb.enabled:
+        children.append(render_pdb(spec))
+    if spec.monitoring.service_monitor and service_monitor_available:
+        children.append(render_service_monitor(spec))
+    return children
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """Whether `actual` already carries everything in `desired` (extra server fields allowed).
+
+    Lists must match item by item (same length): a merge patch replaces lists wholesale, so
+    an extra container or env entry added by hand is drift too.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(actual, Mapping):
+            return False
+        return all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return False
+        return all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+    if isinstance(desired, bool) or isinstance(actual, bool):
+        return desired is actual
+    if isinstance(desired, int | float) and isinstance(actual, int | float):
+        return desired == actual
+    return bool(desired == actual)
+
+
+# Optional pod fields the operator owns: when the spec drops one, the patch must remove it
+# (a merge patch that simply omits a key leaves the old value in place).
+OWNED_OPTIONAL_POD_FIELDS = ("nodeSelector", "tolerations", "imagePullSecrets", "priorityClassName")
+
+
+def drift_patch(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
+    """The merge patch that brings `actual` back to `desired`, or None if nothing drifted.
+
+    Pure: compares the rendered child with the one read from the API server. Fields added by
+    the server (defaults, status) or by other actors (extra labels, annotations) are left
+    alone; owned maps and optional pod fields that the spec no longer sets are removed.
+    """
+    patch: Manifest = copy.deepcopy(
+        {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
+    )
+    patch["metadata"] = copy.deepcopy(
+        {k: v for k, v in desired["metadata"].items() if k not in ("name", "namespace")}
+    )
+    drifted = not is_subset(patch, actual)
+
+    if desired.get("kind") == "ConfigMap":
+        stale = set(actual.get("data") or {}) - set(desired.get("data") or {})
+        if stale:
+            drifted = True
+            patch["data"] = {**patch.get("data", {}), **{k: None for k in sorted(stale)}}
+
+    if desired.get("kind") == "Deployment":
+        want_pod = desired["spec"]["template"]["spec"]
+        have_pod = ((actual.get("spec") or {}).get("template") or {}).get("spec") or {}
+        removed = [f for f in OWNED_OPTIONAL_POD_FIELDS if f not in want_pod and f in have_pod]
+        if removed:
+            drifted = True
+            pod_patch = patch["spec"]["template"]["spec"] = dict(want_pod)
+            for field in removed:
+                pod_patch[field] = None
+    return patch if drifted else None

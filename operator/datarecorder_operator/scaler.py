@@ -1,0 +1,42 @@
+"""Scale-down stabilization for the operator's built-in scaler (HPA `behavior` semantics).
+
+Owns `Stabilizer`: pure state over an injected clock value; it never reads time itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleDecision:
+    replicas: int
+    reason: str
+
+
+class Stabilizer:
+    """Scales up at once; scales down only to the highest recommendation of the last window.
+
+    A lag that drains for a moment between two bursts then does not remove pods that the next
+    burst needs again (no flapping). The history is seeded with the current replica count, so
+    a restarted operator also waits a full window before it removes a pod.
+    """
+
+    def __init__(self, window_seconds: float) -> None:
+        self.window_seconds = window_seconds
+        self._history: deque[tuple[float, int]] = deque()
+
+    def decide(self, now: float, recommended: int, current: int) -> ScaleDecision:
+        if not self._history:
+            self._history.append((now, current))
+        self._history.append((now, recommended))
+        while self._history and self._history[0][0] < now - self.window_seconds:
+            self._history.popleft()
+        if recommended >= current:
+            return ScaleDecision(recommended, "scale up" if recommended > current else "steady")
+        highest = max(r for _, r in self._history)
+        replicas = min(current, max(recommended, highest))
+        if replicas == current:
+            return ScaleDecision(current, f"scale down to {recommended} held by the window")
+        return ScaleDecision(replicas, "scale down")

@@ -1,0 +1,469 @@
+"""Typed view of a DataRecorder spec: parsing, defaults and the checks the CRD schema cannot do.
+
+Owns `RecorderSpec` and `SpecError`; pure (a mapping in, frozen dataclasses out, no I/O).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+GROUP = "datarecorder.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DataRecorder"
+PLURAL = "datarecorders"
+
+# The longest suffix a child name gets is "-config" (7 characters), and a Service name must be
+# a DNS-1035 label (at most 63), hence 56; the CRD enforces the same with a CEL rule.
+MAX_NAME_LENGTH = 56
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
+_SUFFIX_SCALE: dict[str, Decimal] = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+ScalingMode = Literal["hpa", "operator"]
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot render; the message names the field and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaTLS:
+    secret_name: str
+    ca_key: str
+    cert_key: str | None
+    key_key: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSASL:
+    mechanism: str
+    username: SecretKey
+    password: SecretKey
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSpec:
+    brokers: tuple[str, ...]
+    topics: tuple[str, ...]
+    group_id: str
+    security_protocol: SecurityProtocol
+    sasl: KafkaSASL | None
+    tls: KafkaTLS | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimescaleSpec:
+    host: str
+    port: int
+    database: str
+    user: str
+    password: SecretKey
+    write_workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Spec:
+    enabled: bool
+    bucket: str
+    region: str
+    prefix: str
+    endpoint_url: str
+    access_key_id: SecretKey | None
+    secret_access_key: SecretKey | None
+    batch_size: int
+    batch_timeout_sec: int
+    orderbook_levels: Literal["typed", "json"]
+    timestamp_unit: Literal["ns", "us"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingSpec:
+    batch_size: int
+    batch_timeout_ms: int
+    max_buffer_size: int
+    num_consumers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoscalingSpec:
+    enabled: bool
+    mode: ScalingMode
+    min_replicas: int
+    max_replicas: int
+    target_lag_per_replica: int
+    scale_down_stabilization_seconds: int
+    poll_interval_seconds: int
+    limit_to_partitions_with_lag: bool
+    offset_reset_policy: Literal["earliest", "latest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringSpec:
+    service_monitor: bool
+    interval: str
+    labels: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class PDBSpec:
+    enabled: bool
+    max_unavailable: int | str
+
+
+@dataclasses.dataclass(frozen=True)
+class RecorderSpec:
+    """Everything the renderers need, defaults applied, validated."""
+
+    name: str
+    namespace: str
+    image: str
+    image_pull_policy: str
+    image_pull_secrets: tuple[str, ...]
+    replicas: int
+    log_level: str
+    service_account_name: str | None
+    pod_annotations: Mapping[str, str]
+    pod_labels: Mapping[str, str]
+    node_selector: Mapping[str, str]
+    tolerations: tuple[Mapping[str, Any], ...]
+    priority_class_name: str | None
+    kafka: KafkaSpec
+    timescaledb: TimescaleSpec
+    s3: S3Spec
+    batching: BatchingSpec
+    resources: Mapping[str, Mapping[str, str]]
+    autoscaling: AutoscalingSpec
+    monitoring: MonitoringSpec
+    pdb: PDBSpec
+
+    @property
+    def operator_scaled(self) -> bool:
+        return self.autoscaling.enabled and self.autoscaling.mode == "operator"
+
+    @property
+    def hpa_scaled(self) -> bool:
+        return self.autoscaling.enabled and self.autoscaling.mode == "hpa"
+
+
+class _Reader:
+    """Reads one nested mapping with a field path for messages (`spec.kafka.brokers`)."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{path} must be an object, got {type(data).__name__}")
+        self.data: Mapping[str, Any] = data
+        self.path = path
+
+    def sub(self, key: str) -> _Reader:
+        return _Reader(self.data.get(key), f"{self.path}.{key}")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def text(self, key: str, default: str | None = None, *, choices: Sequence[str] = ()) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise SpecError(f"{self.path}.{key} is required")
+        if not isinstance(value, str):
+            raise SpecError(f"{self.path}.{key} must be a string, got {value!r}")
+        if choices and value not in choices:
+            raise SpecError(f"{self.path}.{key} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        return self.text(key) if self.has(key) else None
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.data.get(key, default)
+        # bool is an int subclass in Python; YAML `true` must not pass as 1.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SpecError(f"{self.path}.{key} must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise SpecError(f"{self.path}.{key} must be between {lo} and {hi}, got {value}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise SpecError(f"{self.path}.{key} must be true or false, got {value!r}")
+        return value
+
+    def text_list(self, key: str, default: Sequence[str] | None = None) -> tuple[str, ...]:
+        value = self.data.get(key, default)
+        if value is None:
+            raise SpecError(f"{self.path}.{key} is required")
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise SpecError(f"{self.path}.{key} must be a list of strings, got {value!r}")
+        if not value:
+            raise SpecError(f"{self.path}.{key} must not be empty")
+        if len(set(value)) != len(value):
+            raise SpecError(f"{self.path}.{key} has duplicates: {value!r}")
+        return tuple(value)
+
+    def text_map(self, key: str) -> dict[str, str]:
+        value = self.data.get(key) or {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise SpecError(f"{self.path}.{key} must map strings to strings, got {value!r}")
+        return dict(value)
+
+
+def parse_quantity(value: str | int | float, field: str) -> Decimal:
+    """A Kubernetes quantity ("500m", "1Gi", 2) as a Decimal in base units."""
+    text = str(value)
+    match = _QUANTITY.match(text)
+    if not match:
+        raise SpecError(f"{field} is not a Kubernetes quantity: {text!r}")
+    number, suffix = match.group(1), match.group(2) or ""
+    try:
+        base = Decimal(number)
+        if suffix[:1] in ("e", "E"):
+            return base * Decimal(10) ** int(suffix[1:])
+        return base * _SUFFIX_SCALE[suffix]
+    except (InvalidOperation, KeyError) as exc:
+        raise SpecError(f"{field} is not a Kubernetes quantity: {text!r}") from exc
+
+
+def _parse_resources(raw: _Reader) -> dict[str, dict[str, str]]:
+    if not raw.data:
+        return {kind: dict(values) for kind, values in DEFAULT_RESOURCES.items()}
+    result: dict[str, dict[str, str]] = {}
+    for kind in ("requests", "limits"):
+        section = raw.sub(kind)
+        values: dict[str, str] = {}
+        for resource in ("cpu", "memory"):
+            if section.has(resource):
+                value = section.data[resource]
+                parse_quantity(value, f"{section.path}.{resource}")
+                values[resource] = str(value)
+        if values:
+            result[kind] = values
+    # The schema cannot compare two quantities; a request above its limit is rejected by the
+    # API server only when the Deployment is created, far from the user's resource.
+    for resource in ("cpu", "memory"):
+        request = result.get("requests", {}).get(resource)
+        limit = result.get("limits", {}).get(resource)
+        if request is not None and limit is not None:
+            req_path, lim_path = f"{raw.path}.requests.{resource}", f"{raw.path}.limits.{resource}"
+            if parse_quantity(request, req_path) > parse_quantity(limit, lim_path):
+                raise SpecError(f"{req_path} ({request}) must not exceed {lim_path} ({limit})")
+    return result
+
+
+def _secret_key(raw: _Reader, name_field: str, key_field: str, default_key: str) -> SecretKey:
+    return SecretKey(name=raw.text(name_field), key=raw.text(key_field, default_key))
+
+
+def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
+    """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
+
+    Repeats the CRD's own checks (an API server without CEL, or an emulator, lets them through)
+    and adds what a schema cannot express: derived names and request <= limit.
+    """
+    if not _DNS1035.match(name) or len(name) > MAX_NAME_LENGTH:
+        raise SpecError(
+            f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
+            "characters (lower-case letters, digits, '-', starting with a letter): it names "
+            "the recorder's Service"
+        )
+    root = _Reader(spec, "spec")
+    image = root.text("image")
+    if not image.strip():
+        raise SpecError("spec.image must not be empty")
+
+    kafka_raw = root.sub("kafka")
+    protocol = kafka_raw.text(
+        "securityProtocol", "PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+    )
+    sasl: KafkaSASL | None = None
+    if protocol.startswith("SASL_"):
+        if not kafka_raw.has("sasl"):
+            raise SpecError(f"spec.kafka.sasl is required when securityProtocol is {protocol}")
+        sasl_raw = kafka_raw.sub("sasl")
+        secret = sasl_raw.text("secretName")
+        sasl = KafkaSASL(
+            mechanism=sasl_raw.text(
+                "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+            ),
+            username=SecretKey(secret, sasl_raw.text("usernameKey", "username")),
+            password=SecretKey(secret, sasl_raw.text("passwordKey", "password")),
+        )
+    tls: KafkaTLS | None = None
+    if kafka_raw.has("tls"):
+        if protocol not in ("SSL", "SASL_SSL"):
+            raise SpecError("spec.kafka.tls is only used with securityProtocol SSL or SASL_SSL")
+        tls_raw = kafka_raw.sub("tls")
+        cert_key, key_key = tls_raw.opt_text("certKey"), tls_raw.opt_text("keyKey")
+        if (cert_key is None) != (key_key is None):
+            raise SpecError("spec.kafka.tls.certKey and spec.kafka.tls.keyKey must be set together")
+        tls = KafkaTLS(
+            tls_raw.text("secretName"), tls_raw.text("caKey", "ca.crt"), cert_key, key_key
+        )
+    kafka = KafkaSpec(
+        brokers=kafka_raw.text_list("brokers"),
+        topics=kafka_raw.text_list("topics", ["market.tick", "market.orderbook"]),
+        group_id=kafka_raw.text("groupId", f"datarecorder.{namespace}.{name}"),
+        security_protocol=protocol,  # type: ignore[arg-type]  # checked by choices above
+        sasl=sasl,
+        tls=tls,
+    )
+    for broker in kafka.brokers:
+        host, _, port = broker.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SpecError(f"spec.kafka.brokers: {broker!r} is not host:port")
+
+    db_raw = root.sub("timescaledb")
+    timescaledb = TimescaleSpec(
+        host=db_raw.text("host"),
+        port=db_raw.integer("port", 5432, 1, 65535),
+        database=db_raw.text("database", "market_data"),
+        user=db_raw.text("user", "recorder"),
+        password=_secret_key(db_raw.sub("passwordSecret"), "name", "key", "password"),
+        write_workers=db_raw.integer("writeWorkers", 4, 1, 64),
+    )
+
+    s3_raw = root.sub("s3")
+    s3_enabled = s3_raw.flag("enabled", False)
+    creds = s3_raw.sub("credentialsSecret") if s3_raw.has("credentialsSecret") else None
+    s3 = S3Spec(
+        enabled=s3_enabled,
+        bucket=s3_raw.text("bucket", ""),
+        region=s3_raw.text("region", "us-east-1"),
+        prefix=s3_raw.text("prefix", "market-data"),
+        endpoint_url=s3_raw.text("endpointURL", ""),
+        access_key_id=_secret_key(creds, "name", "accessKeyIdKey", "AWS_ACCESS_KEY_ID")
+        if creds
+        else None,
+        secret_access_key=_secret_key(creds, "name", "secretAccessKeyKey", "AWS_SECRET_ACCESS_KEY")
+        if creds
+        else None,
+        batch_size=s3_raw.integer("batchSize", 10000, 1, 10_000_000),
+        batch_timeout_sec=s3_raw.integer("batchTimeoutSeconds", 60, 1, 3600),
+        orderbook_levels=s3_raw.text("orderbookLevels", "typed", choices=("typed", "json")),  # type: ignore[arg-type]
+        timestamp_unit=s3_raw.text("timestampUnit", "ns", choices=("ns", "us")),  # type: ignore[arg-type]
+    )
+    if s3.enabled and not s3.bucket:
+        raise SpecError("spec.s3.bucket is required when spec.s3.enabled is true")
+
+    batch_raw = root.sub("batching")
+    batching = BatchingSpec(
+        batch_size=batch_raw.integer("batchSize", 1000, 1, 1_000_000),
+        batch_timeout_ms=batch_raw.integer("batchTimeoutMs", 1000, 1, 600_000),
+        max_buffer_size=batch_raw.integer("maxBufferSize", 100_000, 1, 100_000_000),
+        num_consumers=batch_raw.integer("numConsumers", 1, 1, 64),
+    )
+    if batching.max_buffer_size < batching.batch_size:
+        # A buffer that pauses the consumer before one batch is full never flushes by size.
+        raise SpecError(
+            f"spec.batching.maxBufferSize ({batching.max_buffer_size}) must be at least "
+            f"spec.batching.batchSize ({batching.batch_size})"
+        )
+
+    auto_raw = root.sub("autoscaling")
+    autoscaling = AutoscalingSpec(
+        enabled=auto_raw.flag("enabled", False),
+        mode=auto_raw.text("mode", "hpa", choices=("hpa", "operator")),  # type: ignore[arg-type]
+        min_replicas=auto_raw.integer("minReplicas", 1, 1, 1000),
+        max_replicas=auto_raw.integer("maxReplicas", 6, 1, 1000),
+        target_lag_per_replica=auto_raw.integer("targetLagPerReplica", 10000, 1, 1_000_000_000),
+        scale_down_stabilization_seconds=auto_raw.integer(
+            "scaleDownStabilizationSeconds", 300, 0, 3600
+        ),
+        poll_interval_seconds=auto_raw.integer("pollIntervalSeconds", 15, 1, 3600),
+        limit_to_partitions_with_lag=auto_raw.flag("limitToPartitionsWithLag", False),
+        offset_reset_policy=auto_raw.text(  # type: ignore[arg-type]
+            "offsetResetPolicy", "earliest", choices=("earliest", "latest")
+        ),
+    )
+    if autoscaling.enabled and autoscaling.min_replicas > autoscaling.max_replicas:
+        raise SpecError(
+            f"spec.autoscaling.minReplicas ({autoscaling.min_replicas}) must be <= "
+            f"spec.autoscaling.maxReplicas ({autoscaling.max_replicas})"
+        )
+
+    sm_raw = root.sub("monitoring").sub("serviceMonitor")
+    monitoring = MonitoringSpec(
+        service_monitor=sm_raw.flag("enabled", False),
+        interval=sm_raw.text("interval", "30s"),
+        labels=sm_raw.text_map("labels"),
+    )
+    pdb_raw = root.sub("podDisruptionBudget")
+    max_unavailable = pdb_raw.data.get("maxUnavailable", 1)
+    if not isinstance(max_unavailable, int | str) or isinstance(max_unavailable, bool):
+        raise SpecError(
+            f"spec.podDisruptionBudget.maxUnavailable must be an integer or a percentage, "
+            f"got {max_unavailable!r}"
+        )
+    pdb = PDBSpec(enabled=pdb_raw.flag("enabled", True), max_unavailable=max_unavailable)
+
+    tolerations = root.data.get("tolerations") or []
+    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
+        raise SpecError("spec.tolerations must be a list of objects")
+    pull_secrets = root.data.get("imagePullSecrets") or []
+    if not isinstance(pull_secrets, list) or not all(
+        isinstance(s, Mapping) and isinstance(s.get("name"), str) for s in pull_secrets
+    ):
+        raise SpecError("spec.imagePullSecrets must be a list of {name: ...}")
+
+    return RecorderSpec(
+        name=name,
+        namespace=namespace,
+        image=image,
+        image_pull_policy=root.text(
+            "imagePullPolicy", "IfNotPresent", choices=("Always", "IfNotPresent", "Never")
+        ),
+        image_pull_secrets=tuple(s["name"] for s in pull_secrets),
+        replicas=root.integer("replicas", 1, 0, 1000),
+        log_level=root.text("logLevel", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        service_account_name=root.opt_text("serviceAccountName"),
+        pod_annotations=root.text_map("podAnnotations"),
+        pod_labels=root.text_map("podLabels"),
+        node_selector=root.text_map("nodeSelector"),
+        tolerations=tuple(dict(t) for t in tolerations),
+        priority_class_name=root.opt_text("priorityClassName"),
+        kafka=kafka,
+        timescaledb=timescaledb,
+        s3=s3,
+        batching=batching,
+        resources=_parse_resources(root.sub("resources")),
+        autoscaling=autoscaling,
+        monitoring=monitoring,
+        pdb=pdb,
+    )

@@ -1,0 +1,172 @@
+"""Pure computation of a DataRecorder's status: conditions, replicas, selector and lag.
+
+Owns the condition types (Ready, Progressing, Degraded), their reasons and transition times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from datarecorder_operator.lag import LagReport
+
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What the operator saw in one reconcile pass."""
+
+    generation: int | None
+    deployment: Mapping[str, Any] | None = None
+    selector: str | None = None
+    config_hash: str | None = None
+    error: str | None = None  # a readable message when something is wrong
+    error_reason: str | None = None  # InvalidSpec, ReconcileFailed, ...
+    lag: LagReport | None = None
+    lag_time: str | None = None
+    lag_error: str | None = None
+    last_scale_time: str | None = None
+
+
+def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": ctype,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+    }
+
+
+def _deployment_conditions(deployment: Mapping[str, Any]) -> tuple[bool, bool, str, str]:
+    """(ready, progressing, reason, message) of a Deployment as its controller reported it."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    generation = (deployment.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and (observed is None or observed < generation):
+        return False, True, "RollingOut", "the Deployment's controller has not seen its spec yet"
+    rolled = updated >= want and total == want
+    if want == 0:
+        return total == 0, total != 0, "ScaledToZero", "no recorder replicas are requested"
+    if ready >= want and rolled:
+        return True, False, "RecordersReady", f"{ready}/{want} recorders ready"
+    if not rolled:
+        return False, True, "RollingOut", f"{updated}/{want} recorders updated, {ready} ready"
+    return False, False, "RecordersNotReady", f"{ready}/{want} recorders ready"
+
+
+def _deployment_failure(deployment: Mapping[str, Any]) -> str | None:
+    for cond in (deployment.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("status") == "False":
+            return str(cond.get("message") or cond.get("reason") or "rollout failed")
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return str(cond.get("message") or cond.get("reason") or "replica failure")
+    return None
+
+
+def conditions_for(obs: Observation) -> list[dict[str, Any]]:
+    """Ready / Progressing / Degraded for one observation, without transition times."""
+    if obs.error is not None:
+        reason = obs.error_reason or "ReconcileFailed"
+        return [
+            _condition(READY, False, reason, obs.error),
+            _condition(PROGRESSING, False, reason, "reconciliation is blocked"),
+            _condition(DEGRADED, True, reason, obs.error),
+        ]
+    if obs.deployment is None:
+        return [
+            _condition(READY, False, "Creating", "the recorder Deployment does not exist yet"),
+            _condition(PROGRESSING, True, "Creating", "creating the recorder Deployment"),
+            _condition(DEGRADED, False, "AsExpected", "no problems found"),
+        ]
+    ready, progressing, reason, message = _deployment_conditions(obs.deployment)
+    failure = _deployment_failure(obs.deployment)
+    return [
+        _condition(READY, ready, reason, message),
+        _condition(PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message),
+        _condition(DEGRADED, True, "DeploymentFailed", failure)
+        if failure
+        else _condition(DEGRADED, False, "AsExpected", "no problems found"),
+    ]
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]] | None,
+    current: Sequence[Mapping[str, Any]],
+    *,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Keep a condition's lastTransitionTime while its status does not change."""
+    before = {c.get("type"): c for c in previous or []}
+    merged: list[dict[str, Any]] = []
+    for cond in current:
+        old = before.get(cond["type"])
+        same = old is not None and old.get("status") == cond["status"]
+        entry = dict(cond)
+        entry["lastTransitionTime"] = (old or {}).get("lastTransitionTime", now) if same else now
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        merged.append(entry)
+    return merged
+
+
+def compute_status(
+    obs: Observation, previous: Mapping[str, Any] | None, *, now: str
+) -> dict[str, Any]:
+    """The full `status` the operator wants; fields it cannot know keep their old values."""
+    previous = previous or {}
+    status: dict[str, Any] = {}
+    if obs.generation is not None:
+        status["observedGeneration"] = obs.generation
+    deployment = obs.deployment
+    if deployment is not None:
+        dstatus = deployment.get("status") or {}
+        status["replicas"] = int(dstatus.get("replicas") or 0)
+        status["readyReplicas"] = int(dstatus.get("readyReplicas") or 0)
+        status["desiredReplicas"] = int((deployment.get("spec") or {}).get("replicas", 1))
+    else:
+        status["replicas"] = int(previous.get("replicas") or 0)
+        status["readyReplicas"] = int(previous.get("readyReplicas") or 0)
+    for key, value in (("selector", obs.selector), ("configHash", obs.config_hash)):
+        if value is not None:
+            status[key] = value
+        elif key in previous:
+            status[key] = previous[key]
+    if obs.lag is not None:
+        status["lag"] = {"timescaledb": obs.lag.total}
+        status["partitions"] = obs.lag.partitions
+        status["lagObservedTime"] = obs.lag_time
+        status["lagError"] = None  # a merge patch removes the stale error
+    else:
+        for key in ("lag", "partitions", "lagObservedTime"):
+            if key in previous:
+                status[key] = previous[key]
+        if obs.lag_error is not None:
+            status["lagError"] = obs.lag_error
+    if obs.last_scale_time is not None:
+        status["lastScaleTime"] = obs.last_scale_time
+    elif "lastScaleTime" in previous:
+        status["lastScaleTime"] = previous["lastScaleTime"]
+    status["conditions"] = merge_conditions(
+        previous.get("conditions"), conditions_for(obs), now=now, generation=obs.generation
+    )
+    return status
+
+
+def status_changed(previous: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+    """Whether patching `wanted` would change anything (avoids a write, and a watch event)."""
+    previous = previous or {}
+    for key, value in wanted.items():
+        if value is None:
+            if key in previous:
+                return True
+        elif previous.get(key) != value:
+            return True
+    return False
