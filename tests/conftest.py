@@ -1,0 +1,8 @@
+"""Suite-wide pytest configuration: which fixture plugins every test can use.
+
+Add a plugin module under tests/fixtures/ and name it here.
+"""
+
+pytest_plugins = [
+    "tests.fixtures.stack",
+]
