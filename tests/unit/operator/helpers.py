@@ -1,0 +1,39 @@
+"""Shared loaders for the operator's unit tests: the CRD, the examples, parsed specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from datarecorder_operator.spec import RecorderSpec, parse_spec
+
+REPO = Path(__file__).resolve().parents[3]
+CRD_PATH = REPO / "crds" / "datarecorders.datarecorder.dev.yaml"
+EXAMPLES = REPO / "examples"
+K8S_VERSION = "1.37"  # the newest that kubernetes-validate 1.37.0 ships
+
+
+def load_yaml(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def crd() -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(CRD_PATH)
+    return doc
+
+
+def cr_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def example(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = load_yaml(EXAMPLES / name)
+    return doc
+
+
+def example_spec(name: str) -> RecorderSpec:
+    doc = example(name)
+    return parse_spec(doc["metadata"]["name"], doc["metadata"]["namespace"], doc["spec"])
