@@ -75,8 +75,10 @@ class DeadLetters:
             missing = [self._settings.dlq_topic(t) for t in topics]
             missing = [t for t in missing if t not in existing]
             if missing:
+                cluster = await admin.describe_cluster()
+                replicas = max(1, min(3, len(cluster.get("brokers", [])) or 1))
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=1, replication_factor=-1) for t in missing]
+                    [NewTopic(t, num_partitions=1, replication_factor=replicas) for t in missing]
                 )
                 log.info("dlq_topics_created", topics=missing)
         except TopicAlreadyExistsError:

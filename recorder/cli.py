@@ -1,0 +1,168 @@
+"""The `datarecorder` command: run, migrate, produce, verify, demo, operator.
+
+Owns argument parsing, process signals and exit codes; everything else lives in the modules
+it calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from recorder import logs
+from recorder.settings import ConfigError, Settings, load_settings
+
+log = structlog.get_logger("recorder.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    env_file = getattr(args, "env_file", None)
+    if env_file is not None and not Path(env_file).exists():
+        raise ConfigError(f"--env-file {env_file}: no such file")
+    return load_settings(_env_file=env_file) if env_file else load_settings()
+
+
+async def _run(settings: Settings) -> int:
+    from recorder.http import serve
+    from recorder.pipeline import Recorder
+
+    recorder = Recorder(settings)
+    loop = asyncio.get_running_loop()
+    signals = {"count": 0}
+
+    def on_signal(signum: int) -> None:
+        signals["count"] += 1
+        if signals["count"] == 1:
+            log.info(
+                "shutdown_requested",
+                signal=signal.Signals(signum).name,
+                deadline_seconds=settings.SHUTDOWN_TIMEOUT_SEC,
+            )
+            recorder.stop()
+        else:
+            # Progress is only ever recorded in committed transactions / conditional writes,
+            # so leaving now loses nothing that a restart will not replay.
+            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+            os._exit(130)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    runner = await serve(recorder, settings.HTTP_PORT) if settings.HTTP_PORT else None
+    try:
+        await recorder.run()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    return 1 if recorder.health.consumer_error else 0
+
+
+async def _migrate(settings: Settings) -> int:
+    import asyncpg
+
+    from recorder.migrate import migrate
+
+    conn = await asyncpg.connect(**settings.db_dsn_kwargs())
+    try:
+        mode = await migrate(conn)
+    finally:
+        await conn.close()
+    print(f"migrations applied ({mode.value} mode)")
+    return 0
+
+
+async def _produce(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.produce import FeedSpec, produce
+
+    sent = await produce(
+        settings,
+        ticks=args.ticks,
+        orderbooks=args.orderbooks,
+        rate=args.rate,
+        duration=args.duration,
+        spec=FeedSpec(symbols=args.symbols, seed=args.seed),
+        invalid_ratio=args.invalid_ratio,
+        progress=True,
+    )
+    print(json.dumps({"sent": sent}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="datarecorder", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="record Kafka topics into TimescaleDB and S3 Parquet")
+    p_run.add_argument("--env-file", help="read settings from this .env file (default: ./.env)")
+    p_mig = sub.add_parser("migrate", help="apply the SQL migrations and exit")
+    p_mig.add_argument("--env-file")
+    p_prod = sub.add_parser("produce", help="send a synthetic market feed to the topics")
+    p_prod.add_argument("--env-file")
+    p_prod.add_argument(
+        "--ticks",
+        type=int,
+        default=None,
+        help="tick records to send (default: endless with --rate)",
+    )
+    p_prod.add_argument("--orderbooks", type=int, default=None, help="order books to send")
+    p_prod.add_argument(
+        "--rate", type=float, default=None, help="records per second (default: as fast as possible)"
+    )
+    p_prod.add_argument("--duration", type=float, default=None, help="seconds to run with --rate")
+    p_prod.add_argument("--symbols", type=int, default=20)
+    p_prod.add_argument("--seed", type=int, default=42)
+    p_prod.add_argument(
+        "--invalid-ratio", type=float, default=0.0, help="share of malformed records (tests)"
+    )
+    p_ver = sub.add_parser("verify", help="report missing and duplicated records per store")
+    p_ver.add_argument("--env-file")
+    p_ver.add_argument("--json", action="store_true", help="machine-readable report")
+    p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
+    p_demo.add_argument("--duration", type=float, default=60.0)
+    p_demo.add_argument("--rate", type=float, default=2000.0)
+    sub.add_parser("operator", help="the Kubernetes operator (render, run)", add_help=False)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "operator":
+        from datarecorder_operator.cli import main as operator_main
+
+        return operator_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        settings = _settings(args) if args.command != "demo" else None
+    except ConfigError as exc:
+        print(f"datarecorder: {exc}", file=sys.stderr)
+        return 2
+    if settings is not None:
+        logs.configure(settings.LOG_LEVEL)
+    if args.command == "run":
+        assert settings is not None
+        log.info("settings", **settings.safe_dump())
+        return asyncio.run(_run(settings))
+    if args.command == "migrate":
+        assert settings is not None
+        return asyncio.run(_migrate(settings))
+    if args.command == "produce":
+        assert settings is not None
+        return asyncio.run(_produce(settings, args))
+    if args.command == "verify":
+        from recorder.verify import main as verify_main
+
+        assert settings is not None
+        return asyncio.run(verify_main(settings, as_json=args.json))
+    if args.command == "demo":
+        from recorder.demo import main as demo_main
+
+        return demo_main(duration=args.duration, rate=args.rate)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""One recorder process: Kafka consumers feeding every enabled sink, exactly once.
+
+Owns the coordination of DESIGN.md's data flow: decode and dead-letter, offer to the sinks,
+pause on full buffers, seek on assignment, wait on revocation, commit hot-path progress, and
+the shutdown sequence. Sinks and consumers talk to it through callbacks and shared state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from recorder import metrics
+from recorder.dlq import DeadLetter, DeadLetters
+from recorder.kafka_options import client_options
+from recorder.offsets import TP, partition_lag, seek_position
+from recorder.records import Limits, RecordError, Row, decode
+from recorder.settings import Settings, TopicKind
+from recorder.sinks.base import Sink
+from recorder.sinks.lake import make_lake
+from recorder.sinks.s3 import S3Sink
+from recorder.sinks.timescale import TimescaleSink
+from recorder.source import KafkaSource
+
+log = structlog.get_logger("recorder.pipeline")
+
+REVOKE_DEADLINE_SEC = 25.0
+COMMIT_INTERVAL_SEC = 0.25
+
+
+@dataclass
+class Health:
+    started: bool = False
+    stopping: bool = False
+    consumer_error: str | None = None
+    last_fetch: float = field(default_factory=time.monotonic)
+    assigned_once: bool = False
+
+    def consumer_ok(self) -> bool:
+        return self.consumer_error is None and time.monotonic() - self.last_fetch < 60
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, recorder: Recorder, source: KafkaSource) -> None:
+        self._recorder = recorder
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self._recorder.on_revoked(self._source, {TP(t.topic, t.partition) for t in revoked})
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._recorder.on_assigned(self._source, {TP(t.topic, t.partition) for t in assigned})
+
+
+class Recorder:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics: dict[str, TopicKind] = settings.topics()
+        self.health = Health()
+        self._options: dict[str, Any] = client_options(settings)
+        self.dlq = DeadLetters(settings, self._options)
+        self.sinks: list[Sink] = []
+        self.db: TimescaleSink | None = None
+        self.s3: S3Sink | None = None
+        if settings.DB_WRITE_ENABLED:
+            self.db = TimescaleSink(
+                settings, self.topics, self.dlq, self._on_db_progress, self._on_resync
+            )
+            self.sinks.append(self.db)
+        if settings.S3_WRITE_ENABLED:
+            lake = make_lake(settings)
+            self.s3 = S3Sink(settings, self.topics, lake, self._on_s3_progress, self._on_resync)
+            self.sinks.append(self.s3)
+        if not self.sinks:
+            raise ValueError(
+                "both sinks are disabled (DB_WRITE_ENABLED=false, S3_WRITE_ENABLED=false)"
+            )
+        self.sources = [
+            KafkaSource(settings, self._options, i) for i in range(settings.NUM_CONSUMERS)
+        ]
+        self._limits = Limits(settings.MAX_MESSAGE_BYTES)
+        self._stopping = asyncio.Event()
+        self._pending_commit: dict[TP, int] = {}
+        self._resync: set[TP] = set()
+        self._generation = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paused: dict[int, bool] = {}
+        metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
+
+    # --- callbacks from sinks -----------------------------------------------------------
+    def _on_db_progress(self, tp: TP, offset: int) -> None:
+        self._pending_commit[tp] = offset
+
+    def _on_s3_progress(self, tp: TP, offset: int) -> None:
+        if self.db is None:  # the committed offset follows the hot path when there is one
+            self._pending_commit[tp] = offset
+
+    def _on_resync(self, tp: TP) -> None:
+        self._resync.add(tp)
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.dlq.start(list(self.topics))
+        for sink in self.sinks:
+            await sink.start()
+        for source in self.sources:
+            await source.start(_Listener(self, source))
+        self.health.started = True
+        self._tasks = [
+            asyncio.create_task(self._consume(s), name=f"consume-{s.index}") for s in self.sources
+        ]
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
+        if self.db is not None:
+            self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="partitions"))
+        log.info(
+            "recorder_started",
+            topics=list(self.topics),
+            sinks=[s.name for s in self.sinks],
+            consumers=len(self.sources),
+        )
+
+    async def run(self) -> None:
+        """Run until `stop()`; then flush and commit everything within the deadline."""
+        await self.start()
+        await self._stopping.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self.health.stopping = True
+        self._stopping.set()
+
+    async def shutdown(self) -> None:
+        started = time.monotonic()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(self.settings.SHUTDOWN_TIMEOUT_SEC):
+                await asyncio.gather(*(sink.flush_all() for sink in self.sinks))
+            flushed = True
+        except TimeoutError:
+            flushed = False
+            log.error(
+                "shutdown_deadline_exceeded",
+                seconds=self.settings.SHUTDOWN_TIMEOUT_SEC,
+                buffered={s.name: s.buffered() for s in self.sinks},
+            )
+        for source in self.sources:
+            await source.commit(self._take_commits())
+        for source in self.sources:
+            try:
+                await source.stop()
+            except Exception as exc:  # leaving the group is best effort
+                log.warning("consumer_stop_failed", error=str(exc))
+        for sink in self.sinks:
+            await sink.close()
+        await self.dlq.close()
+        log.info("recorder_stopped", flushed=flushed, seconds=round(time.monotonic() - started, 3))
+
+    # --- rebalancing --------------------------------------------------------------------
+    async def on_revoked(self, source: KafkaSource, tps: set[TP]) -> None:
+        """DESIGN rule 3: finish (or abandon) the revoked partitions' work before giving them up."""
+        self._generation += 1
+        if not tps:
+            return
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(REVOKE_DEADLINE_SEC):
+                await asyncio.gather(*(sink.flush_all(tps) for sink in self.sinks))
+        except TimeoutError:
+            log.warning("revoke_abandoned", partitions=len(tps))
+            for sink in self.sinks:
+                await sink.abandon(tps)
+        await source.commit({tp: off for tp, off in self._pending_commit.items() if tp in tps})
+        for tp in tps:
+            self._pending_commit.pop(tp, None)
+            self._resync.discard(tp)
+        for sink in self.sinks:
+            sink.revoke(tps)
+        metrics.ASSIGNED_PARTITIONS.dec(len(tps))
+        log.info("partitions_revoked", count=len(tps), seconds=round(time.monotonic() - started, 3))
+
+    async def on_assigned(self, source: KafkaSource, tps: set[TP]) -> None:
+        self._generation += 1
+        self.health.assigned_once = True
+        if not tps:
+            return
+        progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
+        for sink in self.sinks:
+            sink.assign(progress[sink.name], {})
+        for tp in tps:
+            position = seek_position(progress[s.name][tp] for s in self.sinks)
+            await source.seek(tp, position)
+        metrics.ASSIGNED_PARTITIONS.inc(len(tps))
+        log.info(
+            "partitions_assigned",
+            count=len(tps),
+            progress={
+                f"{tp.topic}[{tp.partition}]": {n: p[tp] for n, p in progress.items()}
+                for tp in sorted(tps)
+            },
+        )
+
+    # --- consuming ----------------------------------------------------------------------
+    def _full(self) -> bool:
+        return max(sink.buffered() for sink in self.sinks) >= self.settings.MAX_BUFFER_SIZE
+
+    async def _consume(self, source: KafkaSource) -> None:
+        last_commit = 0.0
+        try:
+            while True:
+                await self._apply_resyncs(source)
+                full = self._full()
+                if full != self._paused.get(source.index, False):
+                    owned = source.assignment()
+                    (source.pause if full else source.resume)(owned)
+                    self._paused[source.index] = full
+                    metrics.CONSUMER_PAUSED.set(1 if any(self._paused.values()) else 0)
+                    log.info(
+                        "consumer_paused" if full else "consumer_resumed",
+                        buffered={s.name: s.buffered() for s in self.sinks},
+                    )
+                generation = self._generation
+                # getmany also keeps the group membership alive while paused.
+                data = await source.fetch(100 if full else 250, self.settings.FETCH_MAX_RECORDS)
+                self.health.last_fetch = time.monotonic()
+                if generation != self._generation:
+                    continue  # fetched before a rebalance re-seeked these partitions: refetch
+                if data:
+                    await self._handle(data)
+                now = time.monotonic()
+                if self._pending_commit and now - last_commit >= COMMIT_INTERVAL_SEC:
+                    await source.commit(self._take_commits(source.assignment()))
+                    last_commit = now
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.health.consumer_error = f"{type(exc).__name__}: {exc}"
+            log.exception("consumer_failed")
+            self.stop()
+
+    def _take_commits(self, owned: Collection[TP] | None = None) -> dict[TP, int]:
+        if owned is None:
+            taken, self._pending_commit = self._pending_commit, {}
+            return taken
+        taken = {tp: off for tp, off in self._pending_commit.items() if tp in owned}
+        for tp in taken:
+            del self._pending_commit[tp]
+        return taken
+
+    async def _apply_resyncs(self, source: KafkaSource) -> None:
+        """A sink dropped a buffer (fenced or failed): feed it again from the stored progress."""
+        if not self._resync:
+            return
+        owned = source.assignment()
+        for tp in [tp for tp in self._resync if tp in owned]:
+            self._resync.discard(tp)
+            position = seek_position(sink.progress().get(tp) for sink in self.sinks)
+            log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
+            await source.seek(tp, position)
+            self._generation += 1
+
+    async def _handle(self, data: dict[TP, list[Any]]) -> None:
+        now_ns = time.time_ns()
+        limits = self._limits
+        for tp, messages in data.items():
+            if not messages:
+                continue
+            kind = self.topics[tp.topic]
+            offsets: list[int] = []
+            rows: list[Row | None] = []
+            dead: list[DeadLetter] = []
+            for m in messages:
+                offsets.append(m.offset)
+                try:
+                    rows.append(decode(kind, m.value, m.timestamp, now_ns, limits))
+                except RecordError as exc:
+                    rows.append(None)
+                    dead.append(
+                        DeadLetter(
+                            tp.topic, tp.partition, m.offset, m.key, m.value, exc.reason, str(exc)
+                        )
+                    )
+            if dead:
+                await self._dead_letter(tp, dead)
+            end = messages[-1].offset + 1
+            for sink in self.sinks:
+                sink.offer(tp, offsets, rows, end)
+            metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(messages))
+
+    async def _dead_letter(self, tp: TP, dead: list[DeadLetter]) -> None:
+        # A dead letter below every sink's progress was sent before that progress was recorded.
+        recorded = [sink.progress().get(tp) for sink in self.sinks]
+        floor = max((p for p in recorded if p is not None), default=-1)
+        fresh = [d for d in dead if d.offset >= floor]
+        await self.dlq.send_many(fresh)
+
+    # --- background ---------------------------------------------------------------------
+    async def _watch_health(self) -> None:
+        while True:
+            for sink in self.sinks:
+                await sink.check_health()
+            for name in ("consumer",):
+                metrics.SINK_HEALTHY.labels(name).set(1 if self.health.consumer_ok() else 0)
+            self._update_lag()
+            total = {s.name: s.buffered() for s in self.sinks}
+            for name, value in total.items():
+                metrics.BUFFER_RECORDS.labels(name).set(value)
+            await asyncio.sleep(2)
+
+    def _update_lag(self) -> None:
+        for sink in self.sinks:
+            total = 0
+            progress = sink.progress()
+            for source in self.sources:
+                for tp in source.assignment():
+                    lag = partition_lag(source.highwater(tp), progress.get(tp))
+                    metrics.PARTITION_LAG.labels(tp.topic, str(tp.partition), sink.name).set(lag)
+                    total += lag
+            metrics.LAG.labels(sink.name).set(total)
+
+    async def _maintain_partitions(self) -> None:
+        assert self.db is not None
+        while True:
+            try:
+                await self.db.ensure_days_ahead()
+            except Exception as exc:
+                log.warning("partition_maintenance_failed", error=str(exc))
+            await asyncio.sleep(3600)

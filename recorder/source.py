@@ -1,0 +1,105 @@
+"""The Kafka side of a recorder: one aiokafka consumer-group member fetching in batches.
+
+Owns the consumer's configuration (manual commits, assignment callbacks, pause/resume, seeks);
+what to seek to and when to commit are decided by the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from recorder.offsets import TP
+from recorder.settings import Settings
+
+log = structlog.get_logger("recorder.source")
+
+
+def kafka_tp(tp: TP) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+class KafkaSource:
+    def __init__(self, settings: Settings, client_options: dict[str, object], index: int) -> None:
+        self.index = index
+        self.consumer = AIOKafkaConsumer(
+            group_id=settings.KAFKA_GROUP_ID,
+            client_id=f"datarecorder-{index}",
+            enable_auto_commit=False,
+            auto_offset_reset=settings.KAFKA_AUTO_OFFSET_RESET,
+            max_partition_fetch_bytes=max(settings.MAX_MESSAGE_BYTES + 65536, 1_048_576),
+            fetch_max_bytes=64 * 1024 * 1024,
+            session_timeout_ms=20_000,
+            heartbeat_interval_ms=3_000,
+            rebalance_timeout_ms=60_000,
+            max_poll_interval_ms=300_000,
+            **client_options,
+        )
+        self._topics = list(settings.topics())
+        self._reset = settings.KAFKA_AUTO_OFFSET_RESET
+
+    async def start(self, listener: ConsumerRebalanceListener) -> None:
+        self.consumer.subscribe(topics=self._topics, listener=listener)
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    def assignment(self) -> set[TP]:
+        return {TP(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    async def fetch(self, timeout_ms: int, max_records: int) -> dict[TP, list[object]]:
+        data = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return {TP(tp.topic, tp.partition): msgs for tp, msgs in data.items()}
+
+    async def seek(self, tp: TP, offset: int | None) -> None:
+        """Resume `tp` at `offset`; None means the reset policy (no sink has progress yet)."""
+        try:
+            if offset is None:
+                if self._reset == "latest":
+                    await self.consumer.seek_to_end(kafka_tp(tp))
+                else:
+                    await self.consumer.seek_to_beginning(kafka_tp(tp))
+            else:
+                self.consumer.seek(kafka_tp(tp), offset)
+        except IllegalStateError:
+            log.info("seek_skipped_not_assigned", topic=tp.topic, partition=tp.partition)
+
+    def pause(self, tps: Collection[TP]) -> None:
+        self.consumer.pause(*(kafka_tp(tp) for tp in tps))
+
+    def resume(self, tps: Collection[TP]) -> None:
+        self.consumer.resume(*(kafka_tp(tp) for tp in tps))
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit hot-path progress so lag tools see it; failures only delay the next commit."""
+        owned = self.assignment()
+        wanted = {kafka_tp(tp): off for tp, off in offsets.items() if tp in owned}
+        if not wanted:
+            return
+        try:
+            await self.consumer.commit(wanted)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.info("commit_skipped", reason=type(exc).__name__)
+        except KafkaError as exc:
+            log.warning("commit_failed", error=str(exc))
+
+    def highwater(self, tp: TP) -> int | None:
+        """High watermark seen by the last fetch of `tp` (no request)."""
+        try:
+            value = self.consumer.highwater(kafka_tp(tp))
+        except IllegalStateError:
+            return None
+        return int(value) if value is not None else None
+
+    async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
+        if not tps:
+            return {}
+        try:
+            res = await self.consumer.end_offsets([kafka_tp(tp) for tp in tps])
+        except KafkaError:
+            return {}
+        return {TP(tp.topic, tp.partition): off for tp, off in res.items()}

@@ -1,0 +1,353 @@
+"""`datarecorder verify`: compare what Kafka holds with what each store holds.
+
+Owns the after-incident check: every valid record of the topics must be in `tick_data` /
+`orderbook` and in the Parquet lake exactly once (compared by content and count), and every
+invalid one in the dead-letter topics. Reports missing and duplicated records per store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from recorder.kafka_options import client_options
+from recorder.records import Limits, OrderBookRow, RecordError, TickRow, decode
+from recorder.settings import Settings, TopicKind
+
+
+@dataclass
+class StoreReport:
+    store: str
+    expected: int
+    found: int
+    missing: int
+    duplicated: int
+    unexpected: int
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.duplicated == 0 and self.unexpected == 0
+
+
+@dataclass
+class Report:
+    stores: list[StoreReport]
+    dead_letter_duplicates: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.stores)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dead_letter_duplicates": self.dead_letter_duplicates,
+            "stores": [{**s.__dict__, "ok": s.ok} for s in self.stores],
+        }
+
+
+def compare(store: str, expected: Counter[Hashable], found: Counter[Hashable]) -> StoreReport:
+    """Pure: multiset comparison. A key found more often than produced is a duplicate; a key
+    never produced is unexpected; a key found less often is missing."""
+    missing = duplicated = unexpected = 0
+    examples: list[str] = []
+    for key, want in expected.items():
+        got = found.get(key, 0)
+        if got < want:
+            missing += want - got
+            if len(examples) < 5:
+                examples.append(f"missing {key}")
+        elif got > want:
+            duplicated += got - want
+            if len(examples) < 5:
+                examples.append(f"duplicated x{got - want} {key}")
+    for key, got in found.items():
+        if key not in expected:
+            unexpected += got
+            if len(examples) < 5:
+                examples.append(f"unexpected {key}")
+    return StoreReport(
+        store,
+        sum(expected.values()),
+        sum(found.values()),
+        missing,
+        duplicated,
+        unexpected,
+        examples,
+    )
+
+
+def _levels_key(levels: Iterable[Any]) -> tuple[tuple[float, float], ...]:
+    out = []
+    for level in levels:
+        if isinstance(level, dict):
+            out.append((float(level["price"]), float(level["quantity"])))
+        else:
+            out.append((float(level.price), float(level.quantity)))
+    return tuple(out)
+
+
+def tick_key(
+    time_us: int, symbol: str, price: float, volume: int, change: float | None, rate: float | None
+) -> Hashable:
+    return (time_us, symbol, float(price), int(volume), change, rate)
+
+
+async def read_topics(settings: Settings, topics: Iterable[str]) -> dict[str, list[Any]]:
+    """Every record of `topics` up to their current end offsets."""
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(settings))
+    await consumer.start()
+    out: dict[str, list[Any]] = {}
+    try:
+        tps = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in parts]
+            out[topic] = []
+        if not tps:
+            return out
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        for tp in tps:
+            if ends[tp] > 0 and await consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)
+        deadline = time.monotonic() + 600
+        while remaining and time.monotonic() < deadline:
+            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for tp, msgs in data.items():
+                out[tp.topic].extend(m for m in msgs if m.offset < ends[tp])
+                if msgs and msgs[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def expected_records(
+    settings: Settings, records: dict[str, list[Any]] | None = None
+) -> tuple[list[TickRow], list[OrderBookRow], Counter[Hashable]]:
+    topics = settings.topics()
+    records = records if records is not None else await read_topics(settings, topics)
+    ticks: list[TickRow] = []
+    books: list[OrderBookRow] = []
+    invalid: Counter[Hashable] = Counter()
+    limits = Limits(settings.MAX_MESSAGE_BYTES)
+    for topic, msgs in records.items():
+        kind = topics[topic]
+        for m in msgs:
+            # "now" is the record's append time: what the recorder saw when it read it (close).
+            now_ns = max(time.time_ns(), m.timestamp * 1_000_000)
+            try:
+                row = decode(kind, m.value, m.timestamp, now_ns, limits)
+            except RecordError:
+                invalid[(topic, m.partition, m.offset)] += 1
+                continue
+            if kind is TopicKind.TICK:
+                ticks.append(row)  # type: ignore[arg-type]
+            else:
+                books.append(row)  # type: ignore[arg-type]
+    return ticks, books, invalid
+
+
+async def database_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
+    conn = await asyncpg.connect(**settings.db_dsn_kwargs())
+    try:
+        ticks: Counter[Hashable] = Counter()
+        epoch_us = "(extract(epoch from time) * 1000000)::bigint"
+        for r in await conn.fetch(
+            f"SELECT {epoch_us} AS t, symbol, price, volume, change, change_rate FROM tick_data"
+        ):
+            ticks[
+                tick_key(
+                    r["t"], r["symbol"], r["price"], r["volume"], r["change"], r["change_rate"]
+                )
+            ] += 1
+        books: Counter[Hashable] = Counter()
+        for r in await conn.fetch(
+            f"SELECT {epoch_us} AS t, symbol, bids::text, asks::text FROM orderbook"
+        ):
+            books[
+                (
+                    r["t"],
+                    r["symbol"],
+                    _levels_key(json.loads(r["bids"])),
+                    _levels_key(json.loads(r["asks"])),
+                )
+            ] += 1
+        return ticks, books
+    finally:
+        await conn.close()
+
+
+async def lake_tables(settings: Settings) -> dict[str, Any]:
+    """The lake's tick and orderbook tables, read as hive-partitioned pyarrow datasets."""
+    out: dict[str, Any] = {}
+    if settings.LOCAL_LAKE_DIR is not None:
+        for kind in ("tick", "orderbook"):
+            root = settings.LOCAL_LAKE_DIR / settings.S3_PREFIX / kind
+            out[kind] = (
+                ds.dataset(str(root), format="parquet", partitioning="hive").to_table()
+                if root.exists()
+                else None
+            )
+        return out
+    import aioboto3
+
+    session = aioboto3.Session()
+    async with session.client(
+        "s3", region_name=settings.S3_REGION, endpoint_url=settings.S3_ENDPOINT_URL
+    ) as s3:
+        for kind in ("tick", "orderbook"):
+            tables = []
+            paginator = s3.get_paginator("list_objects_v2")
+            prefix = f"{settings.S3_PREFIX.strip('/')}/{kind}/"
+            async for page in paginator.paginate(Bucket=settings.S3_BUCKET, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    res = await s3.get_object(Bucket=settings.S3_BUCKET, Key=obj["Key"])
+                    async with res["Body"] as stream:
+                        body = await stream.read()
+                    tables.append(pq.read_table(io.BytesIO(body)))
+            import pyarrow as pa
+
+            out[kind] = pa.concat_tables(tables) if tables else None
+    return out
+
+
+def _ns(value: Any) -> int:
+    return int(value.value) if hasattr(value, "value") else int(value)
+
+
+async def lake_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
+    tables = await lake_tables(settings)
+    ticks: Counter[Hashable] = Counter()
+    books: Counter[Hashable] = Counter()
+    factor = 1000 if settings.PARQUET_TIMESTAMP_UNIT == "us" else 1
+    if tables.get("tick") is not None:
+        t = tables["tick"]
+        times = t.column("timestamp").cast("int64").to_pylist()
+        cols = [
+            t.column(c).to_pylist() for c in ("symbol", "price", "volume", "change", "change_rate")
+        ]
+        for i, ts in enumerate(times):
+            ticks[(ts * factor, *(c[i] for c in cols))] += 1
+    if tables.get("orderbook") is not None:
+        t = tables["orderbook"]
+        times = t.column("timestamp").cast("int64").to_pylist()
+        symbols = t.column("symbol").to_pylist()
+        bids = t.column("bids").to_pylist()
+        asks = t.column("asks").to_pylist()
+        for i, ts in enumerate(times):
+            b = json.loads(bids[i]) if isinstance(bids[i], str) else bids[i]
+            a = json.loads(asks[i]) if isinstance(asks[i], str) else asks[i]
+            books[(ts * factor, symbols[i], _levels_key(b), _levels_key(a))] += 1
+    return ticks, books
+
+
+async def dead_letter_counter(settings: Settings) -> Counter[Hashable]:
+    topics = [settings.dlq_topic(t) for t in settings.topics()]
+    records = await read_topics(settings, topics)
+    found: Counter[Hashable] = Counter()
+    for msgs in records.values():
+        for m in msgs:
+            headers = {k: v.decode() for k, v in (m.headers or [])}
+            try:
+                found[
+                    (
+                        headers[HEADER_TOPIC],
+                        int(headers[HEADER_PARTITION]),
+                        int(headers[HEADER_OFFSET]),
+                    )
+                ] += 1
+            except (KeyError, ValueError):
+                found[("?", -1, m.offset)] += 1
+    return found
+
+
+async def verify(settings: Settings) -> Report:
+    ticks, books, invalid = await expected_records(settings)
+    stores: list[StoreReport] = []
+    if settings.DB_WRITE_ENABLED:
+        db_ticks, db_books = await database_counters(settings)
+        stores.append(
+            compare(
+                "timescaledb.tick_data",
+                Counter(tick_key(r.time_ns // 1000, *r[1:]) for r in ticks),
+                db_ticks,
+            )
+        )
+        stores.append(
+            compare(
+                "timescaledb.orderbook",
+                Counter(
+                    (r.time_ns // 1000, r.symbol, _levels_key(r.bids), _levels_key(r.asks))
+                    for r in books
+                ),
+                db_books,
+            )
+        )
+    if settings.S3_WRITE_ENABLED:
+        lake_ticks, lake_books = await lake_counters(settings)
+        scale = 1000 if settings.PARQUET_TIMESTAMP_UNIT == "us" else 1
+        stores.append(
+            compare(
+                "parquet.tick",
+                Counter((r.time_ns // scale * scale, *r[1:]) for r in ticks),
+                lake_ticks,
+            )
+        )
+        stores.append(
+            compare(
+                "parquet.orderbook",
+                Counter(
+                    (r.time_ns // scale * scale, r.symbol, _levels_key(r.bids), _levels_key(r.asks))
+                    for r in books
+                ),
+                lake_books,
+            )
+        )
+    dead = await dead_letter_counter(settings)
+    # Dead letters are at-least-once: a crash between publishing one and recording progress
+    # publishes it again. Count those apart; a missing or unexpected dead letter is a failure.
+    dupes = sum(n - 1 for n in dead.values() if n > 1)
+    dlq = compare("dead_letters", invalid, Counter(dict.fromkeys(dead, 1)))
+    stores.append(dlq)
+    return Report(stores, dead_letter_duplicates=dupes)
+
+
+async def main(settings: Settings, *, as_json: bool = False) -> int:
+    report = await verify(settings)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(
+            f"{'store':<24}{'expected':>10}{'found':>10}{'missing':>9}{'duplicated':>12}{'unexpected':>12}"
+        )
+        for s in report.stores:
+            print(
+                f"{s.store:<24}{s.expected:>10}{s.found:>10}{s.missing:>9}{s.duplicated:>12}{s.unexpected:>12}"
+            )
+            for ex in s.examples:
+                print(f"    {ex}")
+        print(f"dead-letter re-sends (at-least-once): {report.dead_letter_duplicates}")
+        print("OK: every record exactly once" if report.ok else "FAILED: see above")
+    return 0 if report.ok else 1
