@@ -89,12 +89,16 @@ def bring_up(names: list[str]) -> list[str]:
 
 
 def our_stray_processes() -> list[int]:
-    """Processes whose command line points into our state (a crashed `stack` may leave them)."""
-    marks = [str(STATE)]
+    """Our servers whose pid we lost (a crashed `stack`): their command line names our state.
+
+    Only server processes count (not, say, someone's `tail -f .stack/kafka/server.log`).
+    """
+    marks = [f"{STATE}/"]
     pg = ServiceState.load("postgres")
     base = pg.data.get("base")
     if isinstance(base, str):
-        marks.append(base)
+        marks.append(f"{base}/")
+    servers = ("kafka.Kafka", "kafka.tools.StorageTool", "bin/postgres")
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -103,7 +107,7 @@ def our_stray_processes() -> list[int]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(m in cmd for m in marks) and "stackctl.py" not in cmd:
+        if any(m in cmd for m in marks) and any(s in cmd for s in servers):
             found.append(int(proc.name))
     return found
 

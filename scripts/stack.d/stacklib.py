@@ -23,7 +23,9 @@ STATE = Path(os.environ.get("DATARECORDER_STACK_DIR") or REPO / ".stack").resolv
 CACHE = Path(
     os.environ.get("DATARECORDER_CACHE") or Path.home() / ".cache" / "datarecorder"
 ).resolve()
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven postgresql"
+# What to install when a tool is missing (Debian/Ubuntu package names).
+JAVA_HINT = "apt-get install openjdk-17-jre-headless maven"
+PG_HINT = "apt-get install postgresql"
 
 
 class StackError(RuntimeError):

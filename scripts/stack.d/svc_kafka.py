@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stacklib import (
     CACHE,
-    INSTALL_HINT,
+    JAVA_HINT,
     ServiceState,
     StackError,
     free_port,
@@ -28,7 +28,7 @@ from stacklib import (
 )
 
 NAME = "kafka"
-VERSION = os.environ.get("DATARECORDER_KAFKA_VERSION", "4.1.1")
+VERSION = os.environ.get("DATARECORDER_KAFKA_VERSION", "4.4.0")
 POM = Path(__file__).resolve().parent / "kafka-pom.xml"
 HEAP = os.environ.get("DATARECORDER_KAFKA_HEAP", "512m")
 READY_TIMEOUT = float(os.environ.get("DATARECORDER_KAFKA_TIMEOUT", "120"))
@@ -52,14 +52,14 @@ def java_binary() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
-        raise StackError(f"java not found; install a JDK 17+ (`{INSTALL_HINT}`)")
+        raise StackError(f"java not found; install a JDK 17+ (`{JAVA_HINT}`)")
     out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
     major = int(match.group(1)) if match else 0
     if major == 1 and match and match.group(2):  # "1.8.0" style
         major = int(match.group(2))
     if major < 17:
-        raise StackError(f"{java} is Java {major}; Kafka 4 needs 17+ (`{INSTALL_HINT}`)")
+        raise StackError(f"{java} is Java {major}; Kafka 4 needs 17+ (`{JAVA_HINT}`)")
     return java
 
 
@@ -70,7 +70,7 @@ def jars() -> Path:
         return libs
     mvn = shutil.which("mvn")
     if not mvn:
-        raise StackError(f"mvn (Maven) not found; it resolves Kafka's jars (`{INSTALL_HINT}`)")
+        raise StackError(f"mvn (Maven) not found; it resolves Kafka's jars (`{JAVA_HINT}`)")
     partial = libs.with_name("libs.partial")
     shutil.rmtree(partial, ignore_errors=True)
     log(f"resolving Apache Kafka {VERSION} jars with Maven into {libs}")
@@ -248,6 +248,6 @@ def describe(st: ServiceState) -> str:
 
 
 def remove(st: ServiceState) -> None:
-    stop(st)
+    stop(st, kill=True)  # its data goes too: no need for a clean shutdown
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(st.dir)

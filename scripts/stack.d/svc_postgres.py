@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from stacklib import (
-    INSTALL_HINT,
+    PG_HINT,
     ServiceState,
     StackError,
     free_port,
@@ -47,7 +47,7 @@ def bindir() -> Path:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout
         if (Path(out.strip()) / "initdb").exists():
             return Path(out.strip())
-    raise StackError(f"PostgreSQL server (initdb) not found; install it (`{INSTALL_HINT}`)")
+    raise StackError(f"PostgreSQL server (initdb) not found; install it (`{PG_HINT}`)")
 
 
 def has_timescaledb(bins: Path) -> bool:
