@@ -153,8 +153,8 @@ async def test_stop_start_keeps_port_and_data(
     await producer.start()
     await producer.send_and_wait(topic, b"before-restart")
     await producer.stop()
-    stack.stop("kafka", kill=True)
-    stack.start("kafka")
+    await stack.astop("kafka", kill=True)  # the event-loop-friendly variants
+    await stack.astart("kafka")
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest"
     )
