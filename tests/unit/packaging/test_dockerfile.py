@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from tests.unit.packaging.helpers import (
     ROOT,
@@ -161,3 +162,28 @@ def test_build_context_is_an_allow_list_of_what_the_wheel_needs() -> None:
     for unwanted in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "helm/check_chart.py"):
         assert excluded(unwanted, patterns), unwanted
     assert excluded("recorder/__pycache__/cli.cpython-311.pyc", patterns)
+
+
+def test_compose_file_uses_only_known_settings_and_commands() -> None:
+    """docker-compose.yml is not run in CI: at least its names must be the recorder's."""
+    from recorder.settings import Settings
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "timescaledb", "minio", "recorder"} <= set(services)
+    env = services["recorder"]["environment"]
+    aws = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    unknown = set(env) - set(Settings.model_fields) - aws
+    assert not unknown, f"not recorder settings: {sorted(unknown)}"
+    assert services["recorder"]["build"] == "."
+    for name in ("recorder", "feed"):
+        argv = services[name]["command"]
+        module, _, func = pyproject()["project"]["scripts"]["datarecorder"].partition(":")
+        code = f"import sys; from {module} import {func}; sys.exit({func}(sys.argv[1:]))"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, argv[0], "--help"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        for flag in (a for a in argv[1:] if a.startswith("--")):
+            assert flag in proc.stdout, f"{name}: {flag} is not an option of {argv[0]}"
