@@ -186,3 +186,24 @@ def test_operator_accepts_the_arguments_the_chart_passes() -> None:
     template = (CHART / "templates" / "deployment.yaml").read_text()
     for flag in ("--namespace=", "--liveness=http://0.0.0.0:", "--verbose"):
         assert flag in template
+
+
+def _leaf_values(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the values a user sets; free-form maps count as one value."""
+    free_form = {"resources", "podSecurityContext", "securityContext", "labels", "spec"}
+    out = []
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value and key not in free_form:
+            out += _leaf_values(value, path)
+        else:
+            out.append(path)
+    return out
+
+
+def test_readme_documents_every_value() -> None:
+    readme = (ROOT / "helm" / "README.md").read_text()
+    leaves = _leaf_values(load(CHART / "values.yaml"))
+    assert len(leaves) > 40
+    missing = [leaf for leaf in leaves if f"| `{leaf}` |" not in readme]
+    assert missing == []
