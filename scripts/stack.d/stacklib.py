@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,8 +37,27 @@ def log(msg: str) -> None:
     print(f"stack: {msg}", file=sys.stderr, flush=True)
 
 
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A loopback port that nothing listens on now (the kernel's pick)."""
+    """A free loopback port below the kernel's ephemeral range.
+
+    `stop`/`start` must get the same port back; a port from the ephemeral range could meanwhile
+    become the local end of some client's connection, and the restart would then fail.
+    """
+    lo, _ = ephemeral_range()
+    if lo > 12000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(10000, lo)
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -68,6 +88,15 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -113,9 +142,13 @@ class ServiceState:
             raise StackError(f"{self.name}: state has no {key}; run `scripts/stack down` and retry")
         return value
 
-    def pid(self, key: str = "pid") -> int | None:
+    def pid(self, key: str, marker: str) -> int | None:
+        """The recorded pid if that process still runs our program (`marker` in its command
+        line): after a reboot the number may belong to someone else, who must not be signalled."""
         value = self.data.get(key)
-        return value if isinstance(value, int) else None
+        if not isinstance(value, int) or not pid_alive(value):
+            return None
+        return value if marker in cmdline(value) else None
 
 
 def spawn(

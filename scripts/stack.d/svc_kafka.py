@@ -21,7 +21,6 @@ from stacklib import (
     StackError,
     free_port,
     log,
-    pid_alive,
     spawn,
     terminate,
     wait_ready,
@@ -174,7 +173,7 @@ def configure(st: ServiceState) -> None:
 
 
 def running(st: ServiceState) -> bool:
-    return pid_alive(st.pid())
+    return st.pid("pid", "kafka.Kafka") is not None
 
 
 def start(st: ServiceState) -> None:
@@ -230,7 +229,7 @@ async def ready(st: ServiceState) -> None:
 
 
 def stop(st: ServiceState, kill: bool = False) -> None:
-    terminate(st.pid(), timeout=30, kill=kill)
+    terminate(st.pid("pid", "kafka.Kafka"), timeout=30, kill=kill)
     st.data.pop("pid", None)
     st.save()
 

@@ -18,6 +18,7 @@ from stacklib import (
     PG_HINT,
     ServiceState,
     StackError,
+    cmdline,
     free_port,
     pid_alive,
     tail,
@@ -163,7 +164,8 @@ def server_pid(st: ServiceState) -> int | None:
 
 
 def running(st: ServiceState) -> bool:
-    return pid_alive(server_pid(st))
+    pid = server_pid(st)
+    return pid_alive(pid) and pid is not None and "postgres" in cmdline(pid)
 
 
 def start(st: ServiceState) -> None:

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from stacklib import ServiceState, free_port, pid_alive, spawn, terminate, wait_ready
+from stacklib import ServiceState, free_port, spawn, terminate, wait_ready
 
 NAME = "s3"
 BUCKET = "market-data"
@@ -19,6 +19,7 @@ ACCESS_KEY = "recorder-test-key"
 SECRET_KEY = "recorder-test-secret"
 READY_TIMEOUT = float(os.environ.get("DATARECORDER_S3_TIMEOUT", "60"))
 HERE = Path(__file__).resolve().parent
+MOTO, GATE = "moto.server", "tcp_gate.py"  # how our processes are recognised
 
 
 def configure(st: ServiceState) -> None:
@@ -31,11 +32,11 @@ def configure(st: ServiceState) -> None:
 
 
 def moto_running(st: ServiceState) -> bool:
-    return pid_alive(st.pid("moto_pid"))
+    return st.pid("moto_pid", MOTO) is not None
 
 
 def running(st: ServiceState) -> bool:
-    return moto_running(st) and pid_alive(st.pid("gate_pid"))
+    return moto_running(st) and st.pid("gate_pid", GATE) is not None
 
 
 def start(st: ServiceState) -> None:
@@ -54,7 +55,7 @@ def start(st: ServiceState) -> None:
         ]
         st.data["moto_pid"] = spawn(argv, st.dir / "moto.log", env=env)
         st.data["bucket_created"] = False  # a new moto process starts empty
-    if not pid_alive(st.pid("gate_pid")):
+    if st.pid("gate_pid", GATE) is None:
         argv = [
             sys.executable,
             str(HERE / "tcp_gate.py"),
@@ -102,14 +103,14 @@ async def ready(st: ServiceState) -> None:
 
 def stop(st: ServiceState, kill: bool = False) -> None:
     """An outage: the gate goes away (port refuses), moto and its objects stay."""
-    terminate(st.pid("gate_pid"), timeout=10, kill=kill)
+    terminate(st.pid("gate_pid", GATE), timeout=10, kill=kill)
     st.data.pop("gate_pid", None)
     st.save()
 
 
 def stop_all(st: ServiceState) -> None:
     stop(st, kill=True)
-    terminate(st.pid("moto_pid"), timeout=10)
+    terminate(st.pid("moto_pid", MOTO), timeout=10)
     st.data.pop("moto_pid", None)
     st.save()
 
