@@ -95,8 +95,9 @@ def as_server_user(
 def configure(st: ServiceState) -> None:
     """First `up`: initdb into a private temp dir (the socket path must stay short), config."""
     bins = bindir()
-    base = Path(tempfile.mkdtemp(prefix="datarecorder-pg-"))
     user = run_user()
+    # As root the server user must reach the dir: /tmp, not a $TMPDIR it may not traverse.
+    base = Path(tempfile.mkdtemp(prefix="datarecorder-pg-", dir="/tmp" if user else None))
     if user:
         pw = pwd.getpwnam(user)
         os.chown(base, pw.pw_uid, pw.pw_gid)
