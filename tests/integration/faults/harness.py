@@ -1,0 +1,330 @@
+"""The fault scenarios' shared machinery: one isolated recorder deployment on the real stack.
+
+Owns the per-test unit (topics, database, bucket, group, recorder processes), the background
+feed, reading each sink's stored progress, waiting for a drain, the exactly-once check through
+`datarecorder verify`, and the result lines that `scripts/fault-report` turns into a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioboto3
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tests.fixtures.stack import REPO, Stack
+from tests.support.recorder_proc import RecorderProcess, http_get
+from tests.support.recorder_proc import verify as run_verify
+
+RESULTS = REPO / ".cache" / "fault-results.jsonl"
+LOGS = REPO / ".cache" / "faults"
+MIB = 1024 * 1024
+S3_PREFIX = "market-data"  # the recorder's default S3_PREFIX
+
+# Settings every scenario shares: small batches and short timeouts so draining is quick, and
+# a short retry backoff so a store that comes back is used again within a second or two.
+BASE_ENV = {
+    "BATCH_SIZE": 2000,
+    "BATCH_TIMEOUT_MS": 300,
+    "S3_BATCH_SIZE": 5000,
+    "S3_BATCH_TIMEOUT_SEC": 1,
+    "RETRY_MAX_BACKOFF_SEC": 1,
+    "DB_WRITE_WORKERS": 2,
+    "LOG_LEVEL": "INFO",
+}
+
+
+def scale() -> float:
+    """FAULTS_SCALE multiplies record counts: 1 in CI; 5 gives the issue's full 300k crash loop."""
+    return float(os.environ.get("FAULTS_SCALE", "1"))
+
+
+def scaled(n: int) -> int:
+    return max(1000, int(n * scale()))
+
+
+TPs = dict[tuple[str, int], int]
+
+
+@dataclass
+class Feed:
+    """A `datarecorder produce` subprocess running in the background."""
+
+    proc: subprocess.Popen[str]
+    started: float
+
+    async def wait(self, limit_s: float = 600) -> dict[str, int]:
+        out, err = await asyncio.to_thread(self.proc.communicate, None, limit_s)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"produce failed ({self.proc.returncode}): {err[-2000:]}")
+        sent: dict[str, int] = json.loads(out.strip().splitlines()[-1])["sent"]
+        return sent
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@dataclass
+class Deployment:
+    """One scenario's isolation unit and the recorder processes that run against it."""
+
+    name: str
+    stack: Stack
+    env: dict[str, str]
+    topics: list[str]
+    partitions: int
+    processes: list[RecorderProcess] = field(default_factory=list)
+    ended: set[int] = field(default_factory=set)  # ids of processes the test stopped itself
+    started: float = field(default_factory=time.monotonic)
+
+    # --- recorder processes -------------------------------------------------------------
+    def recorder(self, *, wait_ready: float | None = 90.0, **extra: object) -> RecorderProcess:
+        env = dict(self.env, **{k.upper(): str(v) for k, v in extra.items()})
+        index = len(self.processes)
+        proc = RecorderProcess(env, LOGS / self.name / f"recorder-{index}.log")
+        self.processes.append(proc)
+        return proc.start(wait_ready=wait_ready)
+
+    def kill(self, p: RecorderProcess) -> None:
+        self.ended.add(id(p))
+        p.kill()
+
+    def terminate(self, p: RecorderProcess, limit_s: float = 90) -> tuple[int, float]:
+        self.ended.add(id(p))
+        return p.terminate(limit_s)
+
+    def peak_rss_mib(self) -> float:
+        return max((p.peak_rss for p in self.processes), default=0) / MIB
+
+    def stop_all(self) -> None:
+        for p in self.processes:
+            p.ensure_stopped()
+
+    def logs(self, n: int = 30) -> str:
+        return "\n".join(f"--- {p.log_path.name}\n{p.tail(n)}" for p in self.processes[-3:])
+
+    # --- the feed ------------------------------------------------------------------------
+    def feed(
+        self,
+        records: int,
+        *,
+        rate: float | None = None,
+        invalid_ratio: float = 0.0,
+        seed: int = 42,
+    ) -> Feed:
+        """Produce `records` (ticks : order books = 10 : 1) in the background."""
+        books = records // 11
+        args = ["--ticks", str(records - books), "--orderbooks", str(books), "--seed", str(seed)]
+        if rate:
+            args += ["--rate", str(rate)]
+        if invalid_ratio:
+            args += ["--invalid-ratio", str(invalid_ratio)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recorder.cli", "produce", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        return Feed(proc, time.monotonic())
+
+    async def send_raw(self, values: Sequence[tuple[str, bytes | None]]) -> None:
+        """Send (topic, value) pairs as they are (the poison flood's hand-made records)."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.env["KAFKA_BROKERS"],
+            acks="all",
+            linger_ms=20,
+            max_request_size=8 * MIB,
+        )
+        await producer.start()
+        try:
+            pending = []
+            for i, (topic, value) in enumerate(values):
+                pending.append(await producer.send(topic, value=value, key=f"k{i % 97}".encode()))
+                if len(pending) >= 5000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+
+    # --- stored progress -----------------------------------------------------------------
+    async def end_offsets(self) -> TPs:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.env["KAFKA_BROKERS"], enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in self.topics for p in range(self.partitions)]
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        return {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
+
+    async def db_progress(self) -> TPs | None:
+        """`recorder_offsets` of the hot path; None while the database does not answer."""
+        try:
+            conn = await asyncpg.connect(self.stack.pg_dsn(self.env["TIMESCALEDB_DB"]), timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return None
+        try:
+            rows = await conn.fetch("SELECT topic, partition, next_offset FROM recorder_offsets")
+        except asyncpg.UndefinedTableError:
+            return {}
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+    async def s3_progress(self) -> TPs | None:
+        """The cold path's progress objects; None while S3 does not answer."""
+        session = aioboto3.Session()
+        out: TPs = {}
+        try:
+            async with session.client("s3", **self.stack.s3_client_kwargs()) as s3:
+                for topic in self.topics:
+                    for p in range(self.partitions):
+                        key = f"{S3_PREFIX}/_recorder/progress/{topic}/{p}.json"
+                        try:
+                            res = await s3.get_object(Bucket=self.env["S3_BUCKET"], Key=key)
+                        except s3.exceptions.NoSuchKey:
+                            continue
+                        async with res["Body"] as stream:
+                            out[(topic, p)] = int(json.loads(await stream.read())["next_offset"])
+        except Exception:  # connection refused while S3 is stopped, and the like
+            return None
+        return out
+
+    async def progress(self) -> dict[str, TPs | None]:
+        db, s3 = await asyncio.gather(self.db_progress(), self.s3_progress())
+        return {"timescaledb": db, "s3": s3}
+
+    @staticmethod
+    def behind(targets: TPs, stored: TPs | None) -> int:
+        """Records of `targets` not yet covered by a sink's stored progress."""
+        if stored is None:
+            return sum(targets.values())
+        return sum(max(0, end - stored.get(tp, 0)) for tp, end in targets.items() if end > 0)
+
+    async def wait_drained(
+        self, targets: TPs | None = None, limit_s: float = 240, what: str = "drain"
+    ) -> float:
+        """Wait until both sinks' progress reaches `targets` (default: the end offsets now);
+        return the seconds it took."""
+        targets = targets if targets is not None else await self.end_offsets()
+        started = time.monotonic()
+        last: dict[str, int] = {}
+        while time.monotonic() - started < limit_s:
+            progress = await self.progress()
+            last = {sink: self.behind(targets, p) for sink, p in progress.items()}
+            if not any(last.values()):
+                return time.monotonic() - started
+            self.check_alive()
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"{what}: sinks still behind after {limit_s}s: {last}\n{self.logs()}")
+
+    def check_alive(self) -> None:
+        """Fail fast when a process that should be running died by itself."""
+        for p in self.processes:
+            if p.proc is not None and p.proc.poll() is not None and id(p) not in self.ended:
+                raise AssertionError(
+                    f"{p.log_path.name} exited by itself with {p.proc.returncode}\n{p.tail(40)}"
+                )
+
+    # --- health and metrics --------------------------------------------------------------
+    @staticmethod
+    def health(p: RecorderProcess) -> str:
+        try:
+            return http_get(p.url + "/health", 3.0)[1]
+        except OSError as exc:
+            return f"unreachable: {exc}"
+
+    @staticmethod
+    def metric(p: RecorderProcess, name: str, **labels: str) -> float:
+        """Sum of one metric's samples whose labels include `labels` (0 when absent)."""
+        try:
+            text = http_get(p.url + "/metrics", 3.0)[1]
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric, _, rest = head.partition("{")
+            if metric != name:
+                continue
+            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    # --- the check -----------------------------------------------------------------------
+    async def verify_exact(self) -> dict[str, Any]:
+        """`datarecorder verify`: every record exactly once in each store, every invalid one in
+        the dead letters. Returns the report; fails the test with its examples otherwise."""
+        report = await asyncio.to_thread(run_verify, self.env)
+        bad = [s for s in report["stores"] if not s["ok"]]  # type: ignore[attr-defined]
+        assert report["ok"] and not bad, (
+            f"verify found lost/duplicated records: {json.dumps(bad, indent=1)}\n{self.logs()}"
+        )
+        return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, int]:
+    stores = report["stores"]
+    valid = sum(s["expected"] for s in stores if not s["store"].startswith(("dead", "parquet")))
+    return {
+        "valid": valid,
+        "invalid": sum(s["expected"] for s in stores if s["store"] == "dead_letters"),
+        "lost": sum(s["missing"] for s in stores),
+        "duplicated": sum(s["duplicated"] + s["unexpected"] for s in stores),
+        "dlq_resends": int(report["dead_letter_duplicates"]),
+    }
+
+
+def record_result(scenario: str, report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Append one result line to .cache/fault-results.jsonl (read by scripts/fault-report)."""
+    line = {
+        "scenario": scenario,
+        "scale": scale(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **summary(report),
+        **extra,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(f"fault result: {json.dumps(line)}")
+    return line
+
+
+async def sample_while(
+    feed_or_deadline: Callable[[], bool],
+    probe: Callable[[], Awaitable[None]],
+    interval: float = 0.5,
+) -> None:
+    """Call `probe` every `interval` seconds while `feed_or_deadline()` is true."""
+    while feed_or_deadline():
+        await probe()
+        await asyncio.sleep(interval)
+
+
+def random_delays(n: int, low: float, high: float, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.uniform(low, high) for _ in range(n)]
