@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -105,7 +105,7 @@ def test_full_values_recorder_is_a_valid_datarecorder() -> None:
     crd = load(ROOT / "crds" / "datarecorders.datarecorder.dev.yaml")
     spec = {"image": "registry.example.com/market/datarecorder:0.1.0"}
     spec |= full_values()["recorder"]["spec"]
-    doc = {
+    doc: dict[str, Any] = {
         "apiVersion": "datarecorder.dev/v1alpha1",
         "kind": "DataRecorder",
         "metadata": {"name": full_values()["recorder"]["name"]},
@@ -121,7 +121,7 @@ def test_full_values_recorder_is_a_valid_datarecorder() -> None:
 
 def test_checker_rejects_invalid_kubernetes_objects() -> None:
     crd = load(ROOT / "crds" / "datarecorders.datarecorder.dev.yaml")
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "x"},
