@@ -109,9 +109,8 @@ async def apply_children(
     current_replicas = None
     if deployment is not None and spec.autoscaling.enabled:
         current_replicas = (deployment.get("spec") or {}).get("replicas")
-    monitor_served = spec.monitoring.service_monitor and await client.serves(
-        "monitoring.coreos.com/v1", "servicemonitors"
-    )
+    # Asked every pass: the Prometheus Operator may be installed (or removed) at any time.
+    monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
     desired = rendering.render_children(
         spec, service_monitor_available=monitor_served, current_replicas=current_replicas
     )
@@ -137,7 +136,7 @@ async def apply_children(
         patch = rendering.drift_patch(manifest, actual)
         if patch is not None:
             actual = await client.patch(api_version, kind, spec.namespace, name, patch) or actual
-            logger.info(f"restored {kind} {name} to the rendered state")
+            logger.info(f"patched {kind} {name} (spec change or drift)")
         if kind == "Deployment":
             deployment = actual
     for api_version, kind in OPTIONAL_KINDS:
@@ -344,6 +343,8 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         logger: Any,
         **_: Any,
     ) -> None:
+        if meta.get("deletionTimestamp"):
+            return  # being deleted: never re-create what the delete handler removes
         client, state = _client(memo), _state(memo)
         try:
             rspec = parse_spec(meta["name"], meta["namespace"], dict(spec))
