@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
     p_demo.add_argument("--duration", type=float, default=60.0)
     p_demo.add_argument("--rate", type=float, default=2000.0)
+    p_demo.add_argument(
+        "--keep", action="store_true", help="keep the lake, logs and database files"
+    )
+    p_demo.add_argument("--summary-json", help="also write the final summary to this JSON file")
     sub.add_parser("operator", help="the Kubernetes operator (render, run)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
@@ -159,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from recorder.demo import main as demo_main
 
-        return demo_main(duration=args.duration, rate=args.rate)
+        return demo_main(
+            duration=args.duration,
+            rate=args.rate,
+            keep=args.keep,
+            summary_json=args.summary_json,
+        )
     parser.error(f"unknown command {args.command}")
     return 2
 
