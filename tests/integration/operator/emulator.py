@@ -20,7 +20,6 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-
 from datarecorder_operator.handlers import OperatorConfig, build_registry
 
 DR_PATH = "/apis/datarecorder.dev/v1alpha1/namespaces/{ns}/datarecorders"
@@ -77,21 +76,23 @@ class MetadataEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if isinstance(data, list):  # a JSON patch: kopf guards it with a resourceVersion test
                 have = current.get("metadata", {}).get("resourceVersion")
                 for op in data:
-                    if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion":
-                        if op.get("value") != have:
-                            # A real API server answers 422, which kopf retries on a fresh body
-                            # (kmock 0.8 answers 500, which kopf retries with the stale one).
-                            raise kmock.KubernetesError(
-                                status=422, reason="Invalid", message="resourceVersion changed"
-                            )
-                data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
+                    guard = op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
+                    if guard and op.get("value") != have:
+                        # A real API server answers 422, which kopf retries on a fresh body
+                        # (kmock 0.8 answers 500, which kopf retries with the stale one).
+                        raise kmock.KubernetesError(
+                            status=422, reason="Invalid", message="resourceVersion changed"
+                        )
+                data.append(
+                    {"op": "replace", "path": "/metadata/resourceVersion", "value": version}
+                )
             elif isinstance(data, dict):
                 meta = data.setdefault("metadata", {})
                 meta["resourceVersion"] = version
                 old_spec = current.get("spec")
-                if not request.subresource and "spec" in data:
-                    if _merged(old_spec, data["spec"]) != old_spec:
-                        meta["generation"] = current.get("metadata", {}).get("generation", 1) + 1
+                spec_write = not request.subresource and "spec" in data
+                if spec_write and _merged(old_spec, data["spec"]) != old_spec:
+                    meta["generation"] = current.get("metadata", {}).get("generation", 1) + 1
         return await super()._handle(request)
 
 
@@ -135,18 +136,18 @@ class Cluster:
     async def wait_for(
         self,
         probe: Callable[[], Awaitable[Any]],
-        timeout: float = 15.0,
+        within: float = 15.0,
         what: str = "condition",
     ) -> Any:
         """Poll `probe` until it returns something truthy; its last value on timeout."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         value = None
         while asyncio.get_running_loop().time() < deadline:
             value = await probe()
             if value:
                 return value
             await asyncio.sleep(0.1)
-        pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+        pytest.fail(f"timed out after {within}s waiting for {what}; last value: {value!r}")
 
 
 def declare_resources(emulator: MetadataEmulator, *, service_monitors: bool) -> None:
@@ -198,8 +199,7 @@ async def running_operator(
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         registry = build_registry(
-            config
-            or OperatorConfig(tick_seconds=0.3, resync_seconds=0.5, kafka_timeout_seconds=2)
+            config or OperatorConfig(tick_seconds=0.3, resync_seconds=0.5, kafka_timeout_seconds=2)
         )
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(

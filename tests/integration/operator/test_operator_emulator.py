@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from datarecorder_operator.rendering import CONFIG_HASH_ANNOTATION
+
 from tests.integration.operator.emulator import Cluster, running_operator
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,9 @@ async def children(cluster: Cluster, name: str) -> dict[str, dict[str, Any]] | N
     return found
 
 
-async def test_create_update_restore_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_create_update_restore_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with running_operator(tmp_path, monkeypatch) as cluster:
         dr = await cluster.create(recorder())
         uid = dr["metadata"]["uid"]
@@ -85,10 +87,17 @@ async def test_create_update_restore_delete(tmp_path: Path, monkeypatch: pytest.
             return obj if st.get("observedGeneration") == 1 and condition(obj, "Ready") else None
 
         dr = await cluster.wait_for(status_seen, what="status of generation 1")
-        assert {c["type"] for c in dr["status"]["conditions"]} == {"Ready", "Progressing", "Degraded"}
+        assert {c["type"] for c in dr["status"]["conditions"]} == {
+            "Ready",
+            "Progressing",
+            "Degraded",
+        }
         assert condition(dr, "Degraded")["status"] == "False"  # type: ignore[index]
         assert condition(dr, "Ready")["status"] == "False"  # no pods yet: no controller here
-        assert dr["status"]["selector"] == "app.kubernetes.io/instance=rec,app.kubernetes.io/name=datarecorder"
+        assert (
+            dr["status"]["selector"]
+            == "app.kubernetes.io/instance=rec,app.kubernetes.io/name=datarecorder"
+        )
         assert "cannot read lag" in dr["status"].get("lagError", "")
 
         # The emulator has no Deployment controller: report ready pods in its place.
