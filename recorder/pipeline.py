@@ -226,12 +226,14 @@ class Recorder:
                         "consumer_paused" if full else "consumer_resumed",
                         buffered={s.name: s.buffered() for s in self.sinks},
                     )
-                generation = self._generation
-                # getmany also keeps the group membership alive while paused.
+                # getmany also keeps the group membership alive while paused. Its records always
+                # continue from the partition's current position: aiokafka drops fetched data
+                # whose offset no longer matches it (a seek in a rebalance callback or a resync)
+                # and data of partitions no longer assigned, and the returned records move the
+                # position on. So a batch that arrives after a rebalance must be kept: dropping
+                # it would skip its offsets for good (the next fetch starts after them).
                 data = await source.fetch(100 if full else 250, self.settings.FETCH_MAX_RECORDS)
                 self.health.last_fetch = time.monotonic()
-                if generation != self._generation:
-                    continue  # fetched before a rebalance re-seeked these partitions: refetch
                 if data:
                     await self._handle(data)
                 now = time.monotonic()
