@@ -1,0 +1,213 @@
+"""Benchmark entry point: `python bench/run.py [--quick]` on the real stack, one table out.
+
+Owns the run's order and sizes; starts the stack when no services are given (scripts/stack,
+with a lease), and in the full run writes plots to bench/out/ and copies them to docs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `bench`, `recorder`, `tests` importable
+    sys.path.insert(0, str(REPO))
+
+from bench import scenarios as sc  # noqa: E402
+from bench import workload as wl  # noqa: E402
+from bench.report import Results, render  # noqa: E402
+from bench.stack import Stack, acquire  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    ticks: int
+    naive_sample: int
+    latency_rate: float
+    latency_seconds: float
+    outage: bool
+    scaling: bool
+    plots: bool
+
+    @property
+    def books(self) -> int:
+        return self.ticks // 10
+
+
+QUICK = Plan(100_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False)
+FULL = Plan(2_000_000, 20_000, 20_000, 60, outage=True, scaling=True, plots=True)
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} vCPU ({cpu}), {mem:.0f} GiB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}; Kafka, PostgreSQL 15 "
+        "(fsync=off) and moto S3 on the same machine"
+    )
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+async def measure(
+    stack: Stack, plan: Plan, out: Path, mode: str
+) -> tuple[Results, dict[str, object]]:
+    r = Results(mode=mode, ticks=plan.ticks, books=plan.books, machine=machine())
+    r.naive_sample = plan.naive_sample
+    lines: dict[str, object] = {}
+    logs = out / "logs"
+    topics = wl.Topics(wl.unique("market.tick.bench"), wl.unique("market.orderbook.bench"))
+    total = plan.ticks + plan.books
+    await wl.create_topics(stack, topics)
+    try:
+        log(f"producing the backlog: {plan.ticks:,} ticks + {plan.books:,} order books")
+        took = await asyncio.to_thread(
+            wl.produce, stack, topics, ticks=plan.ticks, orderbooks=plan.books
+        )
+        log(f"produced in {took:.1f}s ({total / took:,.0f}/s)")
+
+        log("ceiling (b): fetch-only drain")
+        r.fetch_ceiling, fetch_line, kept = await sc.fetch_ceiling(stack, topics, total, keep=True)
+        backlog, r.decode_rate = sc.decode_backlog(kept)
+        del kept
+        log("ceiling (a): binary COPY from memory")
+        r.copy_ceiling, copy_line = await sc.copy_ceiling(stack, backlog)
+        log("ceiling (c): Parquet encode")
+        r.parquet_ceiling = await asyncio.to_thread(sc.parquet_ceiling, backlog)
+
+        log("recorder: end-to-end drain of the backlog")
+        drain = await sc.drain(
+            stack, topics, total, logs, name="drain", verify=True, S3_BATCH_TIMEOUT_SEC=5
+        )
+        r.recorder_db, r.recorder_s3 = drain.db_rate, drain.s3_rate
+        r.startup_s, r.verified, r.rss_drain = drain.startup_seconds, drain.verified, drain.peak_rss
+        lines = {
+            "recorder → PostgreSQL": drain.db_timeline,
+            "recorder → Parquet/S3": drain.s3_timeline,
+            "ceiling: binary COPY": copy_line,
+            "ceiling: fetch-only": fetch_line,
+        }
+
+        log(f"naive baseline: {plan.naive_sample:,} messages")
+        r.naive = await sc.naive(stack, topics, backlog, plan.naive_sample)
+        del backlog
+
+        log(f"latency: {plan.latency_rate:,.0f} ticks/s for {plan.latency_seconds:.0f}s")
+        lat = await sc.latency(stack, logs, rate=plan.latency_rate, duration=plan.latency_seconds)
+        r.latency, r.latency_rate, r.latency_achieved = (
+            lat.stats,
+            lat.rate_target,
+            lat.rate_achieved,
+        )
+        lines["_latency_samples"] = lat.samples_ms
+
+        if not plan.outage:
+            r.skipped["outage"] = "full run only (stops PostgreSQL)"
+        elif not stack.can_stop_services():
+            r.skipped["outage"] = "skipped: external services or a stack other sessions use"
+        else:
+            log("memory with PostgreSQL stopped")
+            o = await sc.outage_memory(stack, topics, logs)
+            r.rss_outage = o.peak_rss
+            r.outage_note = (
+                f"backlog of {total:,}; DB buffer {o.buffered:,} records at MAX_BUFFER_SIZE="
+                f"100,000, consumer {'paused' if o.paused else 'NOT paused'}, "
+                f"{'resumed' if o.resumed else 'did NOT resume'} when PostgreSQL returned"
+            )
+            if not (o.paused and o.resumed):
+                raise RuntimeError(f"outage scenario: {r.outage_note}")
+
+        if plan.scaling:
+            r.scaling_records = total
+            for workers in (1, 2, 4):
+                log(f"scaling: DB_WRITE_WORKERS={workers}")
+                d = await sc.drain(
+                    stack, topics, total, logs, name=f"w{workers}", s3=False,
+                    DB_WRITE_WORKERS=workers,
+                )  # fmt: skip
+                r.scaling[f"DB_WRITE_WORKERS={workers}"] = d.db_rate
+            log("scaling: 2 recorder processes")
+            d = await sc.drain(stack, topics, total, logs, name="p2", s3=False, processes=2)
+            r.scaling["2 processes x 4 writers"] = d.db_rate
+        else:
+            r.skipped["scaling"] = "full run only"
+    finally:
+        await wl.delete_topics(stack, topics.names)
+    return r, lines
+
+
+def write_outputs(r: Results, lines: dict[str, object], out: Path, plots: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(render(r) + "\n")
+    data = dataclasses.asdict(r)
+    (out / "results.json").write_text(json.dumps(data, indent=2, default=str))
+    if not plots:
+        return
+    from bench import plots as pl
+
+    samples = lines.pop("_latency_samples", [])
+    made = [pl.throughput(out, lines, r.naive)]  # type: ignore[arg-type]
+    if samples and r.latency is not None:
+        made.append(
+            pl.latency(
+                out,
+                samples,  # type: ignore[arg-type]
+                f"Latency at {r.latency_achieved or 0:,.0f} ticks/s: p50 {r.latency.p50:.0f} ms, "
+                f"p99 {r.latency.p99:.0f} ms, max {r.latency.max:.0f} ms",
+            )
+        )
+    scaling = pl.scaling(out, r)
+    if scaling:
+        made.append(scaling)
+    docs = REPO / "docs" / "bench"
+    docs.mkdir(parents=True, exist_ok=True)
+    for path in made:
+        shutil.copy(path, docs / path.name)
+    log(f"plots: {', '.join(str(p) for p in made)} (copied to {docs})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="about a minute: small sizes (CI)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    ap.add_argument("--ticks", type=int, help="override the backlog size")
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.ticks:
+        plan = dataclasses.replace(plan, ticks=args.ticks)
+    started = time.monotonic()
+    stack = acquire()
+    os.environ.update(stack.env)  # aioboto3 in this process reads the S3 credentials from here
+    try:
+        r, lines = asyncio.run(measure(stack, plan, args.out, "quick" if args.quick else "full"))
+    finally:
+        stack.release()
+    write_outputs(r, lines, args.out, plan.plots)
+    print()
+    print(f"Benchmark ({r.mode} run, {time.monotonic() - started:.0f} s) on {r.machine}")
+    print(f"Recorder startup (spawn → /ready): {r.startup_s or 0:.1f} s; check: {r.verified}")
+    print()
+    print(render(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

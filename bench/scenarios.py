@@ -1,0 +1,594 @@
+"""The measurements: recorder drain, the three ceilings, the naive baseline, latency, memory.
+
+Owns how each figure is taken (what is timed, from when to when); every scenario gets its own
+consumer group, database and bucket, and returns plain numbers plus a timeline for the plots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench import workload as wl
+from bench.report import Percentiles, percentiles
+from bench.stack import Stack
+from recorder.migrate import migrate
+from recorder.records import Limits, OrderBookRow, TickRow, decode
+from recorder.settings import TopicKind
+from recorder.sinks.parquet import write_parquet
+from tests.support.recorder_proc import RecorderProcess
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+Timeline = list[tuple[float, float]]  # (seconds since start, records durable/read so far)
+
+
+@dataclass
+class DrainResult:
+    records: int
+    db_seconds: float
+    s3_seconds: float | None
+    startup_seconds: float
+    peak_rss: int
+    db_timeline: Timeline = field(default_factory=list)
+    s3_timeline: Timeline = field(default_factory=list)
+    verified: str = "not checked"
+
+    @property
+    def db_rate(self) -> float:
+        return self.records / self.db_seconds
+
+    @property
+    def s3_rate(self) -> float | None:
+        return self.records / self.s3_seconds if self.s3_seconds else None
+
+
+@dataclass
+class Backlog:
+    """The backlog read once by the fetch ceiling and decoded (outside any timing) for the
+    COPY and Parquet ceilings: the same rows the recorder writes."""
+
+    ticks: list[TickRow]
+    books: list[OrderBookRow]
+
+    @property
+    def total(self) -> int:
+        return len(self.ticks) + len(self.books)
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- the recorder ------------------------------------------------------------------------
+@dataclass
+class ProfiledRecorder(RecorderProcess):
+    """`datarecorder run` under pyinstrument; the session file is written on a clean exit."""
+
+    session: Path | None = None
+
+    def start(self, *, wait_ready: float | None = 60.0) -> RecorderProcess:
+        assert self.session is not None
+        env = dict(self.env, HTTP_PORT=str(self.port))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self._log = log
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "pyinstrument", "-i", "0.002", "-r", "pyisession"),
+                *("-o", str(self.session), "-m", "recorder.cli", "run"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        if wait_ready:
+            self.wait_ready(wait_ready)
+        return self
+
+
+async def drain(
+    stack: Stack,
+    topics: wl.Topics,
+    total: int,
+    logs: Path,
+    *,
+    name: str,
+    processes: int = 1,
+    s3: bool = True,
+    verify: bool = False,
+    limit_s: float = 1800,
+    profile: Path | None = None,
+    **settings: object,
+) -> DrainResult:
+    """Start recorder process(es) on an empty database and bucket with a new group; time until
+    both stores hold all `total` records of the backlog."""
+    database, bucket, group = wl.unique("bdb"), wl.unique("bbk"), wl.unique("bg")
+    await wl.create_database(stack, database)
+    await wl.create_bucket(stack, bucket)
+    env = wl.recorder_env(
+        stack,
+        topics,
+        database=database,
+        bucket=bucket,
+        group=group,
+        S3_WRITE_ENABLED=str(s3).lower(),
+        **settings,
+    )
+    procs: list[RecorderProcess] = []
+    progress = wl.Progress(stack, topics, env)
+    await progress.start()
+    try:
+        spawned = time.monotonic()
+        for i in range(processes):
+            log_path = logs / f"{name}-{i}.log"
+            log_path.unlink(missing_ok=True)
+            proc = (
+                ProfiledRecorder(env=env, log_path=log_path, session=profile)
+                if profile
+                else RecorderProcess(env=env, log_path=log_path)
+            )
+            procs.append(proc.start(wait_ready=None))
+        await asyncio.gather(*(asyncio.to_thread(p.wait_ready, 120) for p in procs))
+        t0 = time.monotonic()
+        db_done = s3_done = None
+        db_line: Timeline = []
+        s3_line: Timeline = []
+        while db_done is None or (s3 and s3_done is None):
+            now = time.monotonic() - t0
+            if now > limit_s:
+                raise TimeoutError(
+                    f"{name}: stores not complete after {limit_s:.0f}s "
+                    f"(db {db_line[-1:]}, s3 {s3_line[-1:]}); log: {procs[0].tail()}"
+                )
+            for p in procs:
+                if not p.alive():
+                    raise RuntimeError(f"{name}: recorder exited; log: {p.tail()}")
+            db = await progress.database()
+            if db >= 0:
+                db_line.append((now, db))
+                if db >= total and db_done is None:
+                    db_done = now
+            if s3:
+                lake = await progress.lake()
+                s3_line.append((now, lake))
+                if lake >= total and s3_done is None:
+                    s3_done = now
+            await asyncio.sleep(0.25)
+        result = DrainResult(
+            records=total,
+            db_seconds=db_done,
+            s3_seconds=s3_done,
+            startup_seconds=t0 - spawned,
+            peak_rss=0,
+            db_timeline=db_line,
+            s3_timeline=s3_line,
+        )
+        if verify:
+            from recorder.verify import verify as run_verify
+
+            _log(f"{name}: verifying both stores record by record")
+            report = await run_verify(wl.settings_for(env))
+            for _ in range(2):
+                # verify.read_topics now and then reads nothing at all (expected 0 of every
+                # kind): a flake of the reader, not of the stores; read again.
+                if report.ok or any(s.expected for s in report.stores):
+                    break
+                report = await run_verify(wl.settings_for(env))
+            if not report.ok:
+                raise RuntimeError(f"{name}: verify failed: {report.as_dict()}")
+            result.verified = "every record exactly once (datarecorder verify)"
+    finally:
+        for p in procs:
+            if p.alive():
+                p.terminate(60)
+            p.ensure_stopped()
+        await progress.close()
+        await wl.drop_database(stack, database)
+        await wl.drop_bucket(stack, bucket)
+    result.peak_rss = max(p.peak_rss for p in procs)
+    return result
+
+
+# --- ceilings ----------------------------------------------------------------------------
+def _consumer(stack: Stack, **kw: Any) -> AIOKafkaConsumer:
+    # The recorder's fetch settings (recorder/source.py), so only the work after fetch differs.
+    return AIOKafkaConsumer(
+        bootstrap_servers=stack.env["KAFKA_BROKERS"],
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        **kw,
+    )
+
+
+async def fetch_ceiling(
+    stack: Stack, topics: wl.Topics, total: int, *, keep: bool
+) -> tuple[float, Timeline, list[tuple[TopicKind, int, bytes | None]]]:
+    """Fetch-only drain of the backlog with aiokafka (getmany of 5,000 like the recorder)."""
+    consumer = _consumer(stack)
+    await consumer.start()
+    kept: list[tuple[TopicKind, int, bytes | None]] = []
+    line: Timeline = []
+    try:
+        tps = [TopicPartition(t, p) for t in topics.names for p in range(wl.PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        kinds = {topics.tick: TopicKind.TICK, topics.book: TopicKind.ORDERBOOK}
+        n = 0
+        t0 = time.monotonic()
+        while n < total:
+            data = await consumer.getmany(timeout_ms=250, max_records=5000)
+            for tp, msgs in data.items():
+                n += len(msgs)
+                if keep:
+                    kind = kinds[tp.topic]
+                    kept.extend((kind, m.timestamp, m.value) for m in msgs)
+            line.append((time.monotonic() - t0, n))
+            if time.monotonic() - t0 > 1800:
+                raise TimeoutError(f"fetch ceiling: {n} of {total} records after 1800s")
+        elapsed = time.monotonic() - t0
+    finally:
+        await consumer.stop()
+    return n / elapsed, line, kept
+
+
+def decode_backlog(
+    kept: Sequence[tuple[TopicKind, int, bytes | None]],
+) -> tuple[Backlog, float]:
+    """The recorder's own decode+validate of every record; returns the rows and records/s."""
+    limits = Limits()
+    now_ns = time.time_ns()
+    ticks: list[TickRow] = []
+    books: list[OrderBookRow] = []
+    started = time.perf_counter()
+    for kind, ts, value in kept:
+        row = decode(kind, value, ts, now_ns, limits)
+        (ticks if kind is TopicKind.TICK else books).append(row)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - started
+    return Backlog(ticks, books), len(kept) / elapsed
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LEVELS = msgspec.json.Encoder()
+
+
+def _copy_tuples(backlog: Backlog) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    ticks = [
+        (_EPOCH + timedelta(microseconds=r.time_ns // 1000), r.symbol, r.price, r.volume,
+         r.change, r.change_rate)
+        for r in backlog.ticks
+    ]  # fmt: skip
+    books = [
+        (_EPOCH + timedelta(microseconds=r.time_ns // 1000), r.symbol,
+         _LEVELS.encode(r.bids).decode(), _LEVELS.encode(r.asks).decode())
+        for r in backlog.books
+    ]  # fmt: skip
+    return ticks, books
+
+
+async def fresh_schema(stack: Stack, database: str, backlog: Backlog) -> None:
+    """A migrated database with the daily partitions of the backlog's event times."""
+    await wl.create_database(stack, database)
+    conn = await asyncpg.connect(**wl.dsn_kwargs(stack, database))
+    try:
+        await migrate(conn)
+        days = {r.time_ns // NS_PER_DAY for r in backlog.ticks[:: max(1, len(backlog.ticks) // 50)]}
+        days |= {backlog.ticks[-1].time_ns // NS_PER_DAY} if backlog.ticks else set()
+        days |= {r.time_ns // NS_PER_DAY for r in backlog.books[:1] + backlog.books[-1:]}
+        for table in ("tick_data", "orderbook"):
+            for day in sorted(days):
+                await conn.execute(
+                    "SELECT recorder_ensure_partition($1, $2)",
+                    table,
+                    date(1970, 1, 1) + timedelta(days=day),
+                )
+    finally:
+        await conn.close()
+
+
+async def copy_ceiling(
+    stack: Stack, backlog: Backlog, *, connections: int = 4, chunk: int = 10_000
+) -> tuple[float, Timeline]:
+    """asyncpg binary COPY of the same rows, prepared in memory beforehand, into the same
+    (migrated, partitioned, indexed) tables; `connections` COPYs in flight like the writers."""
+    database = wl.unique("bcp")
+    await fresh_schema(stack, database, backlog)
+    ticks, books = _copy_tuples(backlog)
+    jobs: asyncio.Queue[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = asyncio.Queue()
+    tick_cols = ("time", "symbol", "price", "volume", "change", "change_rate")
+    book_cols = ("time", "symbol", "bids", "asks")
+    # Interleave ticks and books in their produced proportion (10 : 1).
+    book_chunk = max(1, chunk * len(books) // max(1, len(ticks)))
+    bi = 0
+    for ti in range(0, len(ticks), chunk):
+        jobs.put_nowait(("tick_data", tick_cols, ticks[ti : ti + chunk]))
+        if bi < len(books):
+            jobs.put_nowait(("orderbook", book_cols, books[bi : bi + book_chunk]))
+            bi += book_chunk
+    for rest in range(bi, len(books), chunk):
+        jobs.put_nowait(("orderbook", book_cols, books[rest : rest + chunk]))
+    pool = await asyncpg.create_pool(
+        min_size=connections, max_size=connections, **wl.dsn_kwargs(stack, database)
+    )
+    assert pool is not None
+    done = 0
+    line: Timeline = []
+    t0 = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal done
+        async with pool.acquire() as conn:
+            while not jobs.empty():
+                table, cols, records = jobs.get_nowait()
+                async with conn.transaction():
+                    await conn.copy_records_to_table(table, records=records, columns=cols)
+                done += len(records)
+                line.append((time.monotonic() - t0, done))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.monotonic() - t0
+    finally:
+        await pool.close()
+        await wl.drop_database(stack, database)
+    return (len(ticks) + len(books)) / elapsed, line
+
+
+def parquet_ceiling(backlog: Backlog, chunk: int = 10_000) -> float:
+    """The recorder's Parquet (snappy) encoder over the same rows, S3_BATCH_SIZE rows a file."""
+    started = time.perf_counter()
+    for kind, rows in ((TopicKind.TICK, backlog.ticks), (TopicKind.ORDERBOOK, backlog.books)):
+        for i in range(0, len(rows), chunk):
+            write_parquet(io.BytesIO(), kind, rows[i : i + chunk], "ns", "typed", 50_000)
+    return backlog.total / (time.perf_counter() - started)
+
+
+# --- the naive baseline ------------------------------------------------------------------
+async def naive(stack: Stack, topics: wl.Topics, backlog: Backlog, sample: int) -> float:
+    """What a team writes in an afternoon: a consumer (auto-commit) that parses each message
+    with json and INSERTs it (autocommit, one statement per message). Timed from its first
+    message over `sample` messages; the rate extrapolates to any backlog size."""
+    database = wl.unique("bnv")
+    await fresh_schema(stack, database, backlog)
+    conn = await asyncpg.connect(**wl.dsn_kwargs(stack, database))
+    consumer = AIOKafkaConsumer(
+        *topics.names,
+        bootstrap_servers=stack.env["KAFKA_BROKERS"],
+        group_id=wl.unique("bnaive"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+    )
+    await consumer.start()
+    n = 0
+    t0 = 0.0
+    try:
+        async for msg in consumer:
+            if n == 0:
+                t0 = time.monotonic()
+            doc = json.loads(msg.value)
+            ts = datetime.fromtimestamp(doc["timestamp"] / 1e9, tz=UTC)
+            if msg.topic == topics.tick:
+                await conn.execute(
+                    "INSERT INTO tick_data (time, symbol, price, volume, change, change_rate) "
+                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    ts, doc["symbol"], doc["price"], doc["volume"], doc.get("change"),
+                    doc.get("change_rate"),
+                )  # fmt: skip
+            else:
+                await conn.execute(
+                    "INSERT INTO orderbook (time, symbol, bids, asks) VALUES ($1, $2, $3, $4)",
+                    ts, doc["symbol"], json.dumps(doc["bids"]), json.dumps(doc["asks"]),
+                )  # fmt: skip
+            n += 1
+            if n >= sample:
+                break
+        elapsed = time.monotonic() - t0
+    finally:
+        await consumer.stop()
+        await conn.close()
+        await wl.drop_database(stack, database)
+    return n / elapsed
+
+
+# --- latency -----------------------------------------------------------------------------
+@dataclass
+class LatencyResult:
+    rate_target: float
+    rate_achieved: float
+    records: int
+    stats: Percentiles
+    samples_ms: list[float]
+    peak_rss: int
+
+
+async def latency(
+    stack: Stack, logs: Path, *, rate: float, duration: float, poll: float = 0.025
+) -> LatencyResult:
+    """Ticks at `rate`/s for `duration` s into a fresh topic while a recorder (BATCH_TIMEOUT_MS
+    =1000) writes them. Per record: visible time minus Kafka append time (LogAppendTime), where
+    visible = the first poll (every `poll` s) of `recorder_offsets` that shows the partition's
+    progress past the record's offset; that row commits in the same transaction as the COPY."""
+    topics = wl.Topics(wl.unique("market.tick.blat"), None)
+    await wl.create_topics(stack, topics)
+    database, bucket, group = wl.unique("bldb"), wl.unique("blbk"), wl.unique("blg")
+    await wl.create_database(stack, database)
+    await wl.create_bucket(stack, bucket)
+    env = wl.recorder_env(
+        stack, topics, database=database, bucket=bucket, group=group, BATCH_TIMEOUT_MS=1000
+    )
+    proc = RecorderProcess(env=env, log_path=logs / "latency.log")
+    changes: dict[int, tuple[list[float], list[int]]] = {}
+    progress = wl.Progress(stack, topics, env)
+    try:
+        await asyncio.to_thread(proc.start, wait_ready=120)
+        await _wait_assigned(proc, wl.PARTITIONS)
+        await progress.database()  # opens the connection the poller reuses
+        stop = asyncio.Event()
+
+        async def poller() -> None:
+            while not stop.is_set():
+                seen_at = time.time() * 1000
+                for (_, part), off in (await progress.per_partition()).items():
+                    times, offs = changes.setdefault(part, ([], []))
+                    if not offs or off != offs[-1]:
+                        times.append(seen_at)
+                        offs.append(off)
+                await asyncio.sleep(poll)
+
+        task = asyncio.create_task(poller())
+        produced_for = await asyncio.to_thread(
+            wl.produce,
+            stack,
+            topics,
+            ticks=int(rate * duration),
+            orderbooks=0,
+            rate=rate,
+            duration=duration,
+        )
+        ends = await wl.end_offsets(stack, topics)
+        total = sum(ends.values())
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all(changes.get(p, ([], [0]))[1][-1] >= e for (_, p), e in ends.items() if e):
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+        samples = await _latencies(stack, topics, changes)
+    finally:
+        proc.ensure_stopped() if not proc.alive() else proc.terminate(60)
+        await progress.close()
+        await wl.drop_database(stack, database)
+        await wl.drop_bucket(stack, bucket)
+        await wl.delete_topics(stack, topics.names)
+    if len(samples) < total:
+        raise RuntimeError(f"latency: only {len(samples)} of {total} records became visible")
+    return LatencyResult(
+        rate, total / produced_for, total, percentiles(samples), samples, proc.peak_rss
+    )
+
+
+async def _wait_assigned(proc: RecorderProcess, partitions: int, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        for line in proc.metrics_text().splitlines():
+            if (
+                line.startswith("datarecorder_assigned_partitions ")
+                and float(line.split()[1]) >= partitions
+            ):
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"recorder not assigned {partitions} partitions; log: {proc.tail()}")
+
+
+async def _latencies(
+    stack: Stack, topics: wl.Topics, changes: dict[int, tuple[list[float], list[int]]]
+) -> list[float]:
+    """Visible time minus append time of every record (ms)."""
+    consumer = _consumer(stack)
+    await consumer.start()
+    out: list[float] = []
+    try:
+        tps = [TopicPartition(topics.tick, p) for p in range(wl.PARTITIONS)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        want = sum(ends.values())
+        n = 0
+        while n < want:
+            data = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for tp, msgs in data.items():
+                times, offs = changes.get(tp.partition, ([], []))
+                for m in msgs:
+                    n += 1
+                    i = bisect_right(offs, m.offset)  # first poll with next_offset > offset
+                    if i < len(offs):
+                        out.append(times[i] - m.timestamp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+# --- memory with the database down -------------------------------------------------------
+@dataclass
+class OutageResult:
+    peak_rss: int
+    buffered: int
+    paused: bool
+    resumed: bool
+
+
+async def outage_memory(
+    stack: Stack, topics: wl.Topics, logs: Path, *, hold: float = 20.0
+) -> OutageResult:
+    """A large backlog while PostgreSQL is stopped: the buffers must stop at MAX_BUFFER_SIZE
+    (consumer paused) and RSS stay flat; after PostgreSQL returns the recorder resumes."""
+    database, bucket, group = wl.unique("bodb"), wl.unique("bobk"), wl.unique("bog")
+    await wl.create_database(stack, database)
+    await wl.create_bucket(stack, bucket)
+    env = wl.recorder_env(stack, topics, database=database, bucket=bucket, group=group)
+    proc = RecorderProcess(env=env, log_path=logs / "outage.log")
+    progress = wl.Progress(stack, topics, env)
+    stopped = False
+    try:
+        await asyncio.to_thread(proc.start, wait_ready=120)
+        await asyncio.to_thread(stack.stop, "postgres")
+        stopped = True
+        paused_at = None
+        buffered = 0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            m = _metric_values(proc.metrics_text())
+            buffered = int(m.get('datarecorder_buffer_records{sink="timescaledb"}', 0))
+            if paused_at is None and m.get("datarecorder_consumer_paused", 0) >= 1:
+                paused_at = time.monotonic()
+            if paused_at is not None and time.monotonic() - paused_at >= hold:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.to_thread(stack.start, "postgres")
+        stopped = False
+        before = await progress.database()
+        resumed = False
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not resumed:
+            now = await progress.database()
+            resumed = now > max(before, 0)
+            await asyncio.sleep(0.5)
+    finally:
+        if stopped:
+            await asyncio.to_thread(stack.start, "postgres")
+        proc.terminate(60) if proc.alive() else proc.ensure_stopped()
+        await progress.close()
+        await wl.drop_database(stack, database)
+        await wl.drop_bucket(stack, bucket)
+    return OutageResult(proc.peak_rss, buffered, paused_at is not None, resumed)
+
+
+def _metric_values(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
