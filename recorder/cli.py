@@ -159,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         from recorder.verify import main as verify_main
 
         assert settings is not None
-        return asyncio.run(verify_main(settings, as_json=args.json))
+        return int(asyncio.run(verify_main(settings, as_json=args.json)))
     if args.command == "demo":
         from recorder.demo import main as demo_main
 
-        return demo_main(
-            duration=args.duration,
-            rate=args.rate,
-            keep=args.keep,
-            summary_json=args.summary_json,
+        return int(
+            demo_main(
+                duration=args.duration,
+                rate=args.rate,
+                keep=args.keep,
+                summary_json=args.summary_json,
+            )
         )
     parser.error(f"unknown command {args.command}")
     return 2

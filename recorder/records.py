@@ -171,12 +171,19 @@ def _decode_error(exc: msgspec.DecodeError, value: bytes) -> RecordError:
     return RecordError("malformed_json", f"value is not valid JSON: {text}")
 
 
+def _check_symbol(symbol: str) -> None:
+    # PostgreSQL text cannot hold NUL; refusing it here keeps a COPY from failing later.
+    if "\x00" in symbol:
+        raise RecordError("invalid_field", "symbol must not contain NUL (\\u0000) - at `$.symbol`")
+
+
 def decode_tick(value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limits) -> TickRow:
     raw = _precheck(value, limits)
     try:
         wire = _TICK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
+    _check_symbol(wire.symbol)
     _finite("price", wire.price, positive=True)
     _finite("change", wire.change)
     _finite("change_rate", wire.change_rate)
@@ -192,6 +199,7 @@ def decode_orderbook(
         wire = _BOOK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
+    _check_symbol(wire.symbol)
     _check_levels("bids", wire.bids)
     _check_levels("asks", wire.asks)
     time_ns = parse_timestamp(wire.timestamp, kafka_ts_ns, now_ns)

@@ -171,8 +171,11 @@ async def expected_records(
 
 async def database_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
     conn = await asyncpg.connect(**settings.db_dsn_kwargs())
+    ticks: Counter[Hashable] = Counter()
+    books: Counter[Hashable] = Counter()
     try:
-        ticks: Counter[Hashable] = Counter()
+        if await conn.fetchval("SELECT to_regclass('tick_data')") is None:
+            return ticks, books  # nothing recorded yet: no schema
         epoch_us = "(extract(epoch from time) * 1000000)::bigint"
         for r in await conn.fetch(
             f"SELECT {epoch_us} AS t, symbol, price, volume, change, change_rate FROM tick_data"

@@ -169,8 +169,8 @@ def verify(env: dict[str, str], timeout: float = 600) -> dict[str, object]:
         timeout=timeout,
         check=False,
     )
-    if res.returncode not in (0, 1):
-        raise RuntimeError(f"verify failed ({res.returncode}): {res.stderr[-2000:]}")
+    if res.returncode not in (0, 1) or not res.stdout.strip():
+        raise RuntimeError(f"verify failed ({res.returncode}): {res.stderr[-3000:]}")
     report: dict[str, object] = json.loads(res.stdout)
     return report
 

@@ -1,0 +1,156 @@
+"""Pure cores: offsets (CAS, seek, lag), batching (offer, due, hour split), rollups, keys, health."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, split_by_hour, writer_for
+from recorder.http import health_report
+from recorder.migrate import DbMode, plan_migrations
+from recorder.offsets import CasOutcome, cas_outcome, partition_lag, seek_position
+from recorder.records import TickRow
+from recorder.rollups import Bar, aggregate, merge
+from recorder.settings import TopicKind
+from recorder.sinks.parquet import object_key, progress_key
+
+H = 3600 * 10**9
+
+
+def test_cas_outcomes() -> None:
+    assert cas_outcome(10, 10, 20) is CasOutcome.APPLIED
+    assert cas_outcome(None, None, 20) is CasOutcome.APPLIED
+    assert cas_outcome(20, 10, 20) is CasOutcome.ALREADY_DONE
+    assert cas_outcome(30, 10, 20) is CasOutcome.FENCED  # a new owner moved on: zombie
+    assert cas_outcome(15, 10, 20) is CasOutcome.FENCED
+    assert cas_outcome(5, None, 20) is CasOutcome.FENCED
+
+
+def test_seek_position_is_smallest_progress_or_reset() -> None:
+    assert seek_position([100, 40]) == 40
+    assert seek_position([100, None]) is None
+    assert seek_position([]) is None
+
+
+def test_partition_lag() -> None:
+    assert partition_lag(100, 40) == 60
+    assert partition_lag(100, None, log_start=10) == 90
+    assert partition_lag(100, 5, log_start=10) == 90
+    assert partition_lag(None, 5) == 0
+    assert partition_lag(10, 20) == 0
+
+
+def test_offer_skips_already_buffered_offsets_and_advances_on_invalid() -> None:
+    buf: PartitionBuffer[str] = PartitionBuffer(Batch(start=10, end=10))
+    assert buf.offer([10, 11, 12], ["a", None, "c"], 13, now=1.0) == 2
+    assert buf.batch.rows == ["a", "c"] and buf.batch.offsets == [10, 12] and buf.batch.end == 13
+    # a re-seek replays 11..14: only 13 and 14 are new
+    assert buf.offer([11, 12, 13, 14], ["b", "c", "d", "e"], 15, now=2.0) == 2
+    assert buf.batch.offsets == [10, 12, 13, 14]
+    done = buf.take()
+    assert (done.start, done.end) == (10, 15)
+    assert (buf.batch.start, buf.batch.end, buf.batch.rows) == (15, 15, [])
+
+
+def test_only_invalid_records_still_advance_progress() -> None:
+    buf: PartitionBuffer[str] = PartitionBuffer(Batch(start=None, end=-1))
+    buf.offer([0, 1], [None, None], 2, now=0.0)
+    assert buf.batch.advanced and len(buf.batch) == 0
+    assert is_due(buf.batch, now=5.0, max_rows=10, max_age=1.0)
+
+
+def test_due_by_size_or_age() -> None:
+    batch: Batch[int] = Batch(start=0, end=3, rows=[1, 2, 3], offsets=[0, 1, 2], opened_at=10.0)
+    assert is_due(batch, 10.0, max_rows=3, max_age=5.0)
+    assert not is_due(batch, 10.0, max_rows=4, max_age=5.0)
+    assert is_due(batch, 15.0, max_rows=4, max_age=5.0)
+    assert next_due_in([batch], 12.0, 5.0) == pytest.approx(3.0)
+    assert not is_due(Batch(start=3, end=3), 100.0, 1, 1.0)
+
+
+def test_split_by_hour_names_each_file_by_its_first_offset() -> None:
+    times = [5 * H + 1, 6 * H + 2, 5 * H + 3, 6 * H]
+    groups = split_by_hour(times, [100, 101, 102, 103])
+    assert groups == {5 * H: (100, [0, 2]), 6 * H: (101, [1, 3])}
+
+
+def test_writer_assignment_is_stable() -> None:
+    assert {writer_for("market.tick", p, 4) for _ in range(3) for p in [3]} == {
+        writer_for("market.tick", 3, 4)
+    }
+    assert writer_for("x", 7, 1) == 0
+
+
+def _ticks(seed: int, n: int) -> list[TickRow]:
+    rng = random.Random(seed)
+    return [
+        TickRow(
+            rng.randrange(0, 10 * 60 * 10**9),
+            rng.choice("AB"),
+            float(rng.randrange(1, 100)),
+            rng.randrange(0, 9),
+            None,
+            None,
+        )
+        for _ in range(n)
+    ]
+
+
+def test_rollup_matches_definition() -> None:
+    rows = [
+        TickRow(0, "A", 10.0, 1, None, None),
+        TickRow(30 * 10**9, "A", 12.0, 2, None, None),
+        TickRow(10 * 10**9, "A", 8.0, 3, None, None),
+        TickRow(61 * 10**9, "A", 9.0, 4, None, None),
+    ]
+    bars = aggregate(rows, 60 * 10**9)
+    assert bars[0][:7] == (0, "A", 10.0, 12.0, 8.0, 12.0, 6)
+    assert bars[1][:7] == (60 * 10**9, "A", 9.0, 9.0, 9.0, 9.0, 4)
+
+
+def test_rollup_of_parts_merges_to_rollup_of_whole() -> None:
+    """What the upsert does must not depend on how batches split the ticks."""
+    rows = _ticks(1, 500)
+    whole = {(b.symbol, b.bucket_ns): b for b in aggregate(rows, 60 * 10**9)}
+    merged: dict[tuple[str, int], Bar] = {}
+    for part in (rows[:123], rows[123:400], rows[400:]):
+        for b in aggregate(part, 60 * 10**9):
+            key = (b.symbol, b.bucket_ns)
+            merged[key] = merge(merged[key], b) if key in merged else b
+    assert {k: v[:7] for k, v in merged.items()} == {k: v[:7] for k, v in whole.items()}
+
+
+def test_object_keys_are_hive_partitioned_and_deterministic() -> None:
+    hour = 1764133200 * 10**9  # 2025-11-26T05:00Z
+    key = object_key("market-data", TopicKind.TICK, hour, "market.tick", 3, 12345)
+    assert key == (
+        "market-data/tick/year=2025/month=11/day=26/hour=05/market.tick-p3-o00000000000000012345.parquet"
+    )
+    assert object_key("/", TopicKind.ORDERBOOK, hour, "t", 0, 0).startswith("orderbook/year=2025/")
+    assert (
+        progress_key("market-data", "market.tick", 3)
+        == "market-data/_recorder/progress/market.tick/3.json"
+    )
+
+
+def test_health_report_names_the_failing_part() -> None:
+    assert health_report({"consumer": True, "timescaledb": True, "s3": True}) == (
+        200,
+        "OK\nconsumer: healthy\ntimescaledb: healthy\ns3: healthy\n",
+    )
+    status, body = health_report({"consumer": True, "timescaledb": False})
+    assert status == 503 and "timescaledb: unhealthy" in body
+
+
+def test_migration_plan_picks_the_mode_variant_once() -> None:
+    files = {
+        "0001_a.sql": "A",
+        "0002_b.timescaledb.sql": "TS",
+        "0002_b.postgres.sql": "PG",
+        "README": "",
+    }
+    assert [m.sql for m in plan_migrations(files, DbMode.POSTGRES, set())] == ["A", "PG"]
+    assert [m.sql for m in plan_migrations(files, DbMode.TIMESCALEDB, {1})] == ["TS"]
+    with pytest.raises(ValueError, match="two migrations"):
+        plan_migrations({"0001_a.sql": "", "0001_b.sql": ""}, DbMode.POSTGRES, set())
