@@ -185,7 +185,6 @@ async def database_counters(settings: Settings) -> tuple[Counter[Hashable], Coun
                     r["t"], r["symbol"], r["price"], r["volume"], r["change"], r["change_rate"]
                 )
             ] += 1
-        books: Counter[Hashable] = Counter()
         for r in await conn.fetch(
             f"SELECT {epoch_us} AS t, symbol, bids::text, asks::text FROM orderbook"
         ):
