@@ -123,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     p_ver.add_argument("--env-file")
     p_ver.add_argument("--json", action="store_true", help="machine-readable report")
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
-    p_demo.add_argument("--duration", type=float, default=60.0)
-    p_demo.add_argument("--rate", type=float, default=2000.0)
+    p_demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of feed (default: 60)"
+    )
+    p_demo.add_argument(
+        "--rate", type=float, default=2000.0, help="records per second (default: 2000)"
+    )
     p_demo.add_argument(
         "--keep", action="store_true", help="keep the lake, logs and database files"
     )
