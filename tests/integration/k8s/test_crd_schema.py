@@ -94,7 +94,7 @@ def test_invalid_spec_is_refused_with_the_servers_message(
             manifest["spec"][key] = value
     code, stderr = _create(k8s, k8s_namespace, manifest)
     assert code != 0, f"{case}: the server accepted {manifest['spec']}"
-    assert 'DataRecorder.datarecorder.dev "invalid" is invalid' in stderr
+    assert 'The DataRecorder "invalid" is invalid' in stderr
     for message in messages:
         assert message in stderr, f"{case}: {message!r} not in the server's answer:\n{stderr}"
     gone = k8s.kubectl("get", "-n", k8s_namespace, "dr", "invalid", check=False)
