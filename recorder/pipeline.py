@@ -88,7 +88,6 @@ class Recorder:
         self._stopping = asyncio.Event()
         self._pending_commit: dict[TP, int] = {}
         self._resync: set[TP] = set()
-        self._generation = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
         metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
@@ -166,7 +165,6 @@ class Recorder:
     # --- rebalancing --------------------------------------------------------------------
     async def on_revoked(self, source: KafkaSource, tps: set[TP]) -> None:
         """DESIGN rule 3: finish (or abandon) the revoked partitions' work before giving them up."""
-        self._generation += 1
         if not tps:
             return
         started = time.monotonic()
@@ -187,7 +185,6 @@ class Recorder:
         log.info("partitions_revoked", count=len(tps), seconds=round(time.monotonic() - started, 3))
 
     async def on_assigned(self, source: KafkaSource, tps: set[TP]) -> None:
-        self._generation += 1
         self.health.assigned_once = True
         if not tps:
             return
@@ -266,7 +263,6 @@ class Recorder:
             position = seek_position(sink.progress().get(tp) for sink in self.sinks)
             log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
             await source.seek(tp, position)
-            self._generation += 1
 
     async def _handle(self, data: dict[TP, list[Any]]) -> None:
         now_ns = time.time_ns()
