@@ -367,16 +367,19 @@ def server_user() -> str | None:
 def _usable_bindir(bins: Path, user: str | None, root: Path) -> Path:
     """`bins` if `user` can run it; else a private copy (a venv under /root is not reachable by
     an unprivileged user, and loosening the permissions of someone's home is not ours to do)."""
-    probe = subprocess.run(
-        [str(bins / "postgres"), "--version"],
-        capture_output=True,
-        user=user,
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if probe.returncode == 0:
-        return bins
+    try:
+        probe = subprocess.run(
+            [str(bins / "postgres"), "--version"],
+            capture_output=True,
+            user=user,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if probe.returncode == 0:
+            return bins
+    except PermissionError:  # the user cannot reach or execute it
+        pass
     install = bins.parent
     copy = root / "pginstall"
     shutil.copytree(install, copy, symlinks=True)
