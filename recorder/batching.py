@@ -30,8 +30,11 @@ class Batch(Generic[R]):
 
     @property
     def advanced(self) -> bool:
-        """True when the batch moves progress (it may hold only skipped, invalid offsets)."""
-        return self.start != self.end
+        """True when the batch moves progress (it may hold only skipped, invalid offsets).
+
+        A partition never written before starts with end -1 until its first offset arrives;
+        flushing it then would record progress -1, which no consumer can seek to."""
+        return self.end >= 0 and self.start != self.end
 
 
 @dataclass(slots=True)
