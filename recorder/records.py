@@ -145,6 +145,16 @@ def _check_levels(side: str, levels: list[Level]) -> None:
             )
 
 
+_INF: Final = math.inf
+# tuple.__new__ skips the NamedTuple's Python-level __new__ (a third of a tick's decode time).
+_new_tick: Final = tuple.__new__
+
+
+def _levels_ok(levels: list[Level]) -> bool:
+    """True when every level is valid (the common case); False sends it to _check_levels."""
+    return all(0 < level.price < _INF and 0 <= level.quantity < _INF for level in levels)
+
+
 def _precheck(value: bytes | None, limits: Limits) -> bytes:
     if value is None:
         raise RecordError("empty", "record has no value (tombstone)")
@@ -183,12 +193,24 @@ def decode_tick(value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limi
         wire = _TICK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
-    _check_symbol(wire.symbol)
-    _finite("price", wire.price, positive=True)
-    _finite("change", wire.change)
-    _finite("change_rate", wire.change_rate)
-    time_ns = parse_timestamp(wire.timestamp, kafka_ts_ns, now_ns)
-    return TickRow(time_ns, wire.symbol, wire.price, wire.volume, wire.change, wire.change_rate)
+    symbol, price, change, rate, ts = (
+        wire.symbol, wire.price, wire.change, wire.change_rate, wire.timestamp
+    )  # fmt: skip
+    # Fast path for the common valid record (comparisons are False for NaN); anything else
+    # takes the checks below, which raise the exact reason in the same order.
+    if not (
+        0 < price < _INF
+        and (change is None or -_INF < change < _INF)
+        and (rate is None or -_INF < rate < _INF)
+        and "\x00" not in symbol
+    ):
+        _check_symbol(symbol)
+        _finite("price", price, positive=True)
+        _finite("change", change)
+        _finite("change_rate", rate)
+    if type(ts) is not int or not MIN_TIME_NS <= ts <= now_ns + FUTURE_SLACK_NS:
+        ts = parse_timestamp(ts, kafka_ts_ns, now_ns)
+    return _new_tick(TickRow, (ts, symbol, price, wire.volume, change, rate))
 
 
 def decode_orderbook(
@@ -199,11 +221,14 @@ def decode_orderbook(
         wire = _BOOK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
-    _check_symbol(wire.symbol)
-    _check_levels("bids", wire.bids)
-    _check_levels("asks", wire.asks)
-    time_ns = parse_timestamp(wire.timestamp, kafka_ts_ns, now_ns)
-    return OrderBookRow(time_ns, wire.symbol, wire.bids, wire.asks)
+    symbol, bids, asks, ts = wire.symbol, wire.bids, wire.asks, wire.timestamp
+    if "\x00" in symbol or not (_levels_ok(bids) and _levels_ok(asks)):
+        _check_symbol(symbol)
+        _check_levels("bids", bids)
+        _check_levels("asks", asks)
+    if type(ts) is not int or not MIN_TIME_NS <= ts <= now_ns + FUTURE_SLACK_NS:
+        ts = parse_timestamp(ts, kafka_ts_ns, now_ns)
+    return _new_tick(OrderBookRow, (ts, symbol, bids, asks))
 
 
 def decode(
