@@ -193,6 +193,8 @@ def decode_tick(value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limi
         wire = _TICK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
+    except UnicodeDecodeError:  # msgspec raises it for bad UTF-8 inside a JSON string
+        raise RecordError("not_utf8", "value is not valid UTF-8") from None
     symbol, price, change, rate, ts = (
         wire.symbol, wire.price, wire.change, wire.change_rate, wire.timestamp
     )  # fmt: skip
@@ -221,6 +223,8 @@ def decode_orderbook(
         wire = _BOOK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
+    except UnicodeDecodeError:  # msgspec raises it for bad UTF-8 inside a JSON string
+        raise RecordError("not_utf8", "value is not valid UTF-8") from None
     symbol, bids, asks, ts = wire.symbol, wire.bids, wire.asks, wire.timestamp
     if "\x00" in symbol or not (_levels_ok(bids) and _levels_ok(asks)):
         _check_symbol(symbol)
