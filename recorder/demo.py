@@ -40,6 +40,7 @@ TOPICS = ("market.tick", "market.orderbook")
 PARTITIONS = 4
 SYMBOL = symbols(1)[0]
 DRAIN_TIMEOUT_SEC = 60.0
+DIR_PREFIX = "datarecorder-demo-"
 
 
 def say(msg: str = "") -> None:
@@ -448,6 +449,31 @@ class Demo:
             say(table(columns, rows))
 
 
+def remove_abandoned(tmp: Path) -> list[Path]:
+    """Remove the directories of demos that were killed (SIGKILL leaves no chance to clean
+    up; their processes died with them): those whose recorded demo process is gone."""
+    removed = []
+    for path in tmp.glob(DIR_PREFIX + "*"):
+        try:
+            pid = int((path / "demo.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        if not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _stop_all(children: list[Child]) -> None:
     """Stop in reverse start order: recorder (graceful), then PostgreSQL, then Kafka."""
     for child in reversed(children):
@@ -470,8 +496,10 @@ def main(
         return 2
     # aiokafka logs every refused connection while the broker boots; the demo checks itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    root = Path(tempfile.mkdtemp(prefix="datarecorder-demo-"))
+    remove_abandoned(Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
     root.chmod(0o711)  # PostgreSQL runs as an unprivileged user when we are root
+    (root / "demo.pid").write_text(str(os.getpid()))
     demo = Demo(root, duration, rate)
     summary: dict[str, Any] | None = None
     code = 1

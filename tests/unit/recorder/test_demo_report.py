@@ -82,3 +82,22 @@ def test_kafka_properties_stay_on_loopback_with_one_replica() -> None:
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
     assert props["offsets.topic.replication.factor"] == "1"
     assert props["log.dirs"] == "/d"
+
+
+def test_remove_abandoned_deletes_only_dirs_of_dead_demos(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from recorder.demo import DIR_PREFIX, remove_abandoned
+
+    gone = subprocess.Popen(["true"])  # a pid that has exited
+    gone.wait()
+    abandoned = tmp_path / f"{DIR_PREFIX}old"
+    running = tmp_path / f"{DIR_PREFIX}live"
+    foreign = tmp_path / f"{DIR_PREFIX}nopid"
+    for d in (abandoned, running, foreign):
+        d.mkdir()
+    (abandoned / "demo.pid").write_text(str(gone.pid))
+    (running / "demo.pid").write_text(str(os.getpid()))
+    assert remove_abandoned(tmp_path) == [abandoned]
+    assert not abandoned.exists() and running.exists() and foreign.exists()
