@@ -267,13 +267,14 @@ class Recorder:
     async def _handle(self, data: dict[TP, list[Any]]) -> None:
         now_ns = time.time_ns()
         limits = self._limits
+        decoded: list[tuple[TP, list[int], list[Row | None], int]] = []
+        dead: list[DeadLetter] = []
         for tp, messages in data.items():
             if not messages:
                 continue
             kind = self.topics[tp.topic]
             offsets: list[int] = []
             rows: list[Row | None] = []
-            dead: list[DeadLetter] = []
             for m in messages:
                 offsets.append(m.offset)
                 try:
@@ -285,18 +286,23 @@ class Recorder:
                             tp.topic, tp.partition, m.offset, m.key, m.value, exc.reason, str(exc)
                         )
                     )
-            if dead:
-                await self._dead_letter(tp, dead)
-            end = messages[-1].offset + 1
+            decoded.append((tp, offsets, rows, messages[-1].offset + 1))
+        # One acknowledged send for the whole fetch (not one round trip per partition), and
+        # before any sink may record progress past a dead record.
+        if dead:
+            await self._dead_letter(dead)
+        for tp, offsets, rows, end in decoded:
             for sink in self.sinks:
                 sink.offer(tp, offsets, rows, end)
-            metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(messages))
+            metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(offsets))
 
-    async def _dead_letter(self, tp: TP, dead: list[DeadLetter]) -> None:
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
         # A dead letter below every sink's progress was sent before that progress was recorded.
-        recorded = [sink.progress().get(tp) for sink in self.sinks]
-        floor = max((p for p in recorded if p is not None), default=-1)
-        fresh = [d for d in dead if d.offset >= floor]
+        floors: dict[TP, int] = {}
+        for tp in {TP(d.topic, d.partition) for d in dead}:
+            recorded = [sink.progress().get(tp) for sink in self.sinks]
+            floors[tp] = max((p for p in recorded if p is not None), default=-1)
+        fresh = [d for d in dead if d.offset >= floors[TP(d.topic, d.partition)]]
         await self.dlq.send_many(fresh)
 
     # --- background ---------------------------------------------------------------------
