@@ -56,3 +56,33 @@ async def test_sigkill_loop_loses_and_duplicates_nothing(deployment: Deployment)
         peak_rss_mib=round(dep.peak_rss_mib(), 1),
         recovery_s=round(recovery, 1),
     )
+
+
+async def test_restart_while_cold_path_lags_far_behind(deployment: Deployment) -> None:
+    """SIGKILL when the database holds everything and S3 nothing yet: the restart must seek
+    every partition back to the S3 progress (none), and replay into S3 only."""
+    dep = deployment
+    total = scaled(30_000)
+    rec = dep.recorder(S3_BATCH_TIMEOUT_SEC=600, S3_BATCH_SIZE=1_000_000)
+    await dep.feed(total, invalid_ratio=0.005).wait()
+    ends = await dep.end_offsets()
+    deadline = time.monotonic() + 120
+    while dep.behind(ends, await dep.db_progress()) > 0:
+        assert time.monotonic() < deadline, dep.logs()
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)  # let the committed Kafka offsets follow the database
+    assert not await dep.s3_progress()
+    dep.kill(rec)
+    restarted = time.monotonic()
+    dep.recorder()
+    await dep.wait_drained(ends, limit_s=120, what="after the restart")
+    recovery = time.monotonic() - restarted
+    report = await dep.verify_exact()
+    record_result(
+        "SIGKILL while S3 lags (DB done, S3 empty)",
+        report,
+        produced=total,
+        kills=1,
+        peak_rss_mib=round(dep.peak_rss_mib(), 1),
+        recovery_s=round(recovery, 1),
+    )
