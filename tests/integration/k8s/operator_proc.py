@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[3]
 class Operator:
     """One operator process watching one namespace; its log is kept for failure messages."""
 
-    def __init__(self, k8s: K8s, namespace: str, log_path: Path) -> None:
+    def __init__(
+        self, k8s: K8s, namespace: str, log_path: Path, kubeconfig: Path | None = None
+    ) -> None:
         self.k8s, self.namespace, self.log_path = k8s, namespace, log_path
         port = _free_port()
         self.liveness = f"http://127.0.0.1:{port}/healthz"
@@ -33,7 +35,7 @@ class Operator:
                 "--liveness", self.liveness, "--verbose",
             ],
             cwd=ROOT,
-            env=k8s.env,
+            env={**k8s.env, "KUBECONFIG": str(kubeconfig or k8s.kubeconfig)},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ garbage collection against a real API server, controller-manager, scheduler and 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,23 +22,28 @@ from tests.integration.k8s.operator_proc import Operator
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 
 SELECTOR = "app.kubernetes.io/name=datarecorder,app.kubernetes.io/instance={}"
-CHILDREN = ("deployment", "service", "configmap", "poddisruptionbudget")
+CHILDREN = ("deployment", "service", "configmap", "poddisruptionbudget", "horizontalpodautoscaler")
 
 
 @pytest.fixture(scope="module")
-def operator_ns(k8s: K8s, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A namespace watched by a running operator (the module's tests share both)."""
+def operator(k8s: K8s, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """A running operator watching its own namespace (the module's tests share both)."""
     name = f"op-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
     k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
     op = Operator(k8s, name, tmp_path_factory.mktemp("operator") / "operator.log")
     try:
         op.wait_alive()
-        yield name
+        yield op
     finally:
         op.stop()
         k8s.kubectl("delete", "namespace", name, "--wait=false", check=False)
         op.assert_no_traceback_while_running()
+
+
+@pytest.fixture(scope="module")
+def operator_ns(operator: Operator) -> str:
+    return operator.namespace
 
 
 def _children(k8s: K8s, ns: str, name: str) -> dict[str, dict[str, Any]]:
@@ -107,14 +113,50 @@ def _content(obj: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
 
 
-def test_steady_state_makes_no_writes(k8s: K8s, operator_ns: str) -> None:
-    """Resyncs every 2 s must find nothing to change once the server filled in its defaults."""
-    k8s.apply(data_recorder("steady"), operator_ns)
-    wait_for(lambda: _ready(k8s, operator_ns, "steady", 1), timeout=90, what="steady Ready")
+STEADY_CASES = [
+    pytest.param({}, id="defaults"),
+    pytest.param(
+        {"autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 1, "maxReplicas": 3}},
+        id="hpa",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="operator bug: the HPA's averageValue is rendered as '10000'; the server "
+            "stores the canonical quantity '10k', so drift_patch re-patches it on every resync",
+        ),
+    ),
+    pytest.param(
+        {"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": "1000m"}}},
+        id="non-canonical-quantities",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="operator bug: spec.resources are copied verbatim ('0.5', '1024Mi', '1000m'); "
+            "the server stores '500m', '1Gi', '1', so drift_patch re-patches on every resync",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides", STEADY_CASES)
+def test_steady_state_makes_no_writes(
+    k8s: K8s, operator: Operator, overrides: dict[str, Any]
+) -> None:
+    """Resyncs every 2 s must find nothing to change once the server filled in its defaults
+    and canonicalized what it stores (quantities, defaulted fields)."""
+    ns = operator.namespace
+    name = f"steady-{len(overrides)}-{uuid.uuid4().hex[:4]}"
+    k8s.apply(data_recorder(name, **overrides), ns)
+    wait_for(lambda: _ready(k8s, ns, name, 1), timeout=90, what=f"{name} Ready")
     time.sleep(3)  # let the first resyncs settle
-    before = _children(k8s, operator_ns, "steady")
+    before = _children(k8s, ns, name)
+    log_mark = len(operator.log())
     time.sleep(6)  # three resync periods
-    after = _children(k8s, operator_ns, "steady")
+    after = _children(k8s, ns, name)
+    writes = [
+        line
+        for line in operator.log()[log_mark:].splitlines()
+        if re.search(rf"\b(patched|restored|created) \w+ {name}\b", line)
+    ]
+    assert not writes, "the operator keeps writing:\n" + "\n".join(writes[:10])
     assert set(before) == set(after)
     changed = {k: after[k]["metadata"]["managedFields"] for k in before
                if _content(before[k]) != _content(after[k])
