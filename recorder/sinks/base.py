@@ -73,7 +73,7 @@ async def retry_forever(
 
     async for try_ in AsyncRetrying(
         retry=retry_if_exception(retriable),
-        wait=wait_exponential_jitter(initial=0.1, max=max_backoff),
+        wait=wait_exponential_jitter(multiplier=0.1, max=max_backoff, jitter=0.1),
         before_sleep=before_sleep,
         reraise=True,
     ):

@@ -16,7 +16,13 @@ from typing import IO, Any, Protocol
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+)
 
 from recorder.settings import Settings
 
@@ -43,6 +49,9 @@ class Lake(Protocol):
 
 
 def is_retriable(exc: BaseException) -> bool:
+    # Configuration mistakes never heal by waiting: fail loudly instead of retrying forever.
+    if isinstance(exc, (NoCredentialsError, NoRegionError, ParamValidationError)):
+        return False
     if isinstance(exc, (OSError, BotoCoreError, asyncio.TimeoutError, TimeoutError)):
         return True
     if isinstance(exc, ClientError):
