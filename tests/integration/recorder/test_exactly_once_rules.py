@@ -246,3 +246,22 @@ async def test_rule3_revocation_waits_for_in_flight_work(
         for sink in rec.sinks:
             await sink.close()
     await asyncio.sleep(0)
+
+
+async def test_large_files_are_uploaded_in_parts(
+    fresh_bucket: str, recorder_env: Any, stack: Any
+) -> None:
+    import io
+
+    s = settings_for(recorder_env(bucket=fresh_bucket), S3_PART_SIZE_MB=5)
+    lake = S3Lake(s)
+    await lake.start()
+    try:
+        body = io.BytesIO(bytes(range(256)) * (12 * 4096))  # 12 MiB: three parts of 5 MiB
+        await lake.put_file("big/file.parquet", body, body.getbuffer().nbytes)
+    finally:
+        await lake.close()
+    async with aioboto3.Session().client("s3", **stack.s3_client_kwargs()) as s3:
+        head = await s3.head_object(Bucket=fresh_bucket, Key="big/file.parquet")
+    assert head["ContentLength"] == 12 * 1024 * 1024
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart upload of three parts

@@ -1,0 +1,54 @@
+"""The cold path into a local directory, with JSON order book levels and microsecond times."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as ds
+import pytest
+
+from tests.support.recorder_proc import RecorderProcess, produce, verify, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_local_lake_with_json_levels_and_microseconds(
+    kafka_topics: Any, fresh_database: str, recorder_env: Any, tmp_path: Path
+) -> None:
+    topics = await kafka_topics("market.tick", "market.orderbook", partitions=2)
+    lake = tmp_path / "lake"
+    env = recorder_env(
+        database=fresh_database,
+        topics=topics,
+        LOCAL_LAKE_DIR=lake,
+        PARQUET_ORDERBOOK_LEVELS="json",
+        PARQUET_TIMESTAMP_UNIT="us",
+        S3_BATCH_TIMEOUT_SEC=1,
+    )
+    produce(env, "--ticks", "5000", "--orderbooks", "500")
+    rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+    report: dict[str, Any] = {}
+    try:
+
+        def done() -> bool:
+            nonlocal report
+            report = verify(env)
+            return bool(report["ok"])
+
+        try:
+            wait_until(done, timeout=120, interval=2, what="stores complete")
+        except TimeoutError:
+            pytest.fail(json.dumps(report, indent=1) + rec.tail())
+    finally:
+        rec.terminate()
+    books = ds.dataset(
+        str(lake / "market-data" / "orderbook"), format="parquet", partitioning="hive"
+    ).to_table()
+    assert books.num_rows == 500
+    assert str(books.schema.field("timestamp").type) == "timestamp[us, tz=UTC]"
+    assert str(books.schema.field("bids").type) == "string"
+    first = json.loads(books.column("bids")[0].as_py())
+    assert set(first[0]) == {"price", "quantity"}
+    assert not list(lake.rglob("*.tmp")), "no half-written files are left in the lake"
