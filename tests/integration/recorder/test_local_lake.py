@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 async def test_local_lake_with_json_levels_and_microseconds(
     kafka_topics: Any, fresh_database: str, recorder_env: Any, tmp_path: Path
 ) -> None:
-    topics = await kafka_topics("market.tick", "market.orderbook", partitions=2)
+    topics = await kafka_topics("market.tick", "market.orderbook", partitions=4)
     lake = tmp_path / "lake"
     env = recorder_env(
         database=fresh_database,
@@ -26,6 +26,8 @@ async def test_local_lake_with_json_levels_and_microseconds(
         PARQUET_ORDERBOOK_LEVELS="json",
         PARQUET_TIMESTAMP_UNIT="us",
         S3_BATCH_TIMEOUT_SEC=1,
+        NUM_CONSUMERS=2,  # two group members in one process share the sinks
+        DB_WRITE_WORKERS=2,
     )
     produce(env, "--ticks", "5000", "--orderbooks", "500")
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
