@@ -146,10 +146,10 @@ def test_steady_state_makes_no_writes(
     name = f"steady-{len(overrides)}-{uuid.uuid4().hex[:4]}"
     k8s.apply(data_recorder(name, **overrides), ns)
     wait_for(lambda: _ready(k8s, ns, name, 1), timeout=90, what=f"{name} Ready")
-    time.sleep(3)  # let the first resyncs settle
+    time.sleep(2)  # let the first resync settle
     before = _children(k8s, ns, name)
     log_mark = len(operator.log())
-    time.sleep(6)  # three resync periods
+    time.sleep(5)  # two and a half resync periods (--resync 2)
     after = _children(k8s, ns, name)
     writes = [
         line
