@@ -90,6 +90,7 @@ class Recorder:
         self._resync: set[TP] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
+        self._relief: asyncio.Task[None] | None = None
         metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
 
     # --- callbacks from sinks -----------------------------------------------------------
@@ -136,9 +137,10 @@ class Recorder:
 
     async def shutdown(self) -> None:
         started = time.monotonic()
-        for task in self._tasks:
+        relief = [self._relief] if self._relief is not None else []
+        for task in [*self._tasks, *relief]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *relief, return_exceptions=True)
         try:
             async with asyncio.timeout(self.settings.SHUTDOWN_TIMEOUT_SEC):
                 await asyncio.gather(*(sink.flush_all() for sink in self.sinks))
@@ -188,12 +190,21 @@ class Recorder:
         self.health.assigned_once = True
         if not tps:
             return
-        progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
-        for sink in self.sinks:
-            sink.assign(progress[sink.name], {})
-        for tp in tps:
-            position = seek_position(progress[s.name][tp] for s in self.sinks)
-            await source.seek(tp, position)
+        # aiokafka keeps fetching while this callback awaits (from the group's committed
+        # offsets, or the reset policy). Records fetched before the seek below would land in the
+        # new buffers past their start and leave a gap that the re-fetch from the seek position
+        # then skips as "already buffered". Hold the partitions until every one is seeked.
+        source.pause(tps)
+        try:
+            progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
+            positions = {tp: seek_position(progress[s.name][tp] for s in self.sinks) for tp in tps}
+            for sink in self.sinks:
+                sink.assign(progress[sink.name], {})
+            for tp in sorted(tps):
+                await source.seek(tp, positions[tp])
+        finally:
+            if not self._paused.get(source.index, False):
+                source.resume(tps)
         metrics.ASSIGNED_PARTITIONS.inc(len(tps))
         log.info(
             "partitions_assigned",
@@ -223,6 +234,7 @@ class Recorder:
                         "consumer_paused" if full else "consumer_resumed",
                         buffered={s.name: s.buffered() for s in self.sinks},
                     )
+                    self._relieve(full)
                 # getmany also keeps the group membership alive while paused. Its records always
                 # continue from the partition's current position: aiokafka drops fetched data
                 # whose offset no longer matches it (a seek in a rebalance callback or a resync)
@@ -243,6 +255,22 @@ class Recorder:
             self.health.consumer_error = f"{type(exc).__name__}: {exc}"
             log.exception("consumer_failed")
             self.stop()
+
+    def _relieve(self, full: bool) -> None:
+        """Full buffers flush now instead of at their size or age trigger, and stop doing so on
+        resume. Without this a backlog stalls: S3_BATCH_SIZE rows for every partition can be
+        more than MAX_BUFFER_SIZE in all (10,000 x 24 > 100,000 by default), so the paused
+        consumer waited for S3_BATCH_TIMEOUT_SEC (60 s) before the lake flushed anything."""
+        if self._relief is not None and not self._relief.done():
+            if not full:
+                self._relief.cancel()  # flushes already started finish in their sinks' tasks
+            return
+        if full:
+
+            async def flush_everything() -> None:
+                await asyncio.gather(*(sink.flush_all() for sink in self.sinks))
+
+            self._relief = asyncio.create_task(flush_everything(), name="relieve-buffers")
 
     def _take_commits(self, owned: Collection[TP] | None = None) -> dict[TP, int]:
         if owned is None:

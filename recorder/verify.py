@@ -19,6 +19,7 @@ import asyncpg
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
 from recorder.kafka_options import client_options
@@ -105,36 +106,58 @@ def tick_key(
     return (time_us, symbol, float(price), int(volume), change, rate)
 
 
-async def read_topics(settings: Settings, topics: Iterable[str]) -> dict[str, list[Any]]:
-    """Every record of `topics` up to their current end offsets."""
+UNKNOWN_TOPIC = 3
+
+
+async def topic_partitions(
+    settings: Settings, topics: Iterable[str], *, missing_ok: bool = False
+) -> dict[str, list[int]]:
+    """Partitions of each topic from the brokers (not a client's possibly partial cache)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        names = list(topics)
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    out: dict[str, list[int]] = {}
+    for topic in described:
+        if topic["error_code"] == UNKNOWN_TOPIC and missing_ok:
+            continue
+        if topic["error_code"] != 0:
+            raise RuntimeError(
+                f"topic {topic['topic']!r} cannot be read (error {topic['error_code']})"
+            )
+        out[topic["topic"]] = sorted(p["partition"] for p in topic["partitions"])
+    missing = [n for n in names if n not in out]
+    if missing and not missing_ok:
+        raise RuntimeError(f"topics not found: {missing}")
+    return out
+
+
+async def read_topics(
+    settings: Settings, topics: Iterable[str], *, missing_ok: bool = False
+) -> dict[str, list[Any]]:
+    """Every record of `topics` up to their end offsets at the time of the call."""
+    partitions = await topic_partitions(settings, topics, missing_ok=missing_ok)
+    tps = [TopicPartition(t, p) for t, parts in partitions.items() for p in parts]
+    out: dict[str, list[Any]] = {t: [] for t in partitions}
+    if not tps:
+        return out
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(settings))
     await consumer.start()
-    out: dict[str, list[Any]] = {}
     try:
-        tps = []
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if parts is None:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in parts]
-            out[topic] = []
-        if not tps:
-            return out
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        for tp in tps:
-            if ends[tp] > 0 and await consumer.position(tp) >= ends[tp]:
-                remaining.discard(tp)
+        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
         deadline = time.monotonic() + 600
-        while remaining and time.monotonic() < deadline:
-            data = await consumer.getmany(timeout_ms=500, max_records=50_000)
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {sorted(remaining)} did not reach the end offsets")
+            data = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
             for tp, msgs in data.items():
                 out[tp.topic].extend(m for m in msgs if m.offset < ends[tp])
-                if msgs and msgs[-1].offset >= ends[tp] - 1:
-                    remaining.discard(tp)
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
@@ -267,7 +290,7 @@ async def lake_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[
 
 async def dead_letter_counter(settings: Settings) -> Counter[Hashable]:
     topics = [settings.dlq_topic(t) for t in settings.topics()]
-    records = await read_topics(settings, topics)
+    records = await read_topics(settings, topics, missing_ok=True)  # created on first use
     found: Counter[Hashable] = Counter()
     for msgs in records.values():
         for m in msgs:

@@ -154,3 +154,7 @@ def test_migration_plan_picks_the_mode_variant_once() -> None:
     assert [m.sql for m in plan_migrations(files, DbMode.TIMESCALEDB, {1})] == ["TS"]
     with pytest.raises(ValueError, match="two migrations"):
         plan_migrations({"0001_a.sql": "", "0001_b.sql": ""}, DbMode.POSTGRES, set())
+
+
+def test_a_never_written_empty_buffer_records_no_progress() -> None:
+    assert not Batch(start=None, end=-1).advanced
