@@ -118,20 +118,10 @@ STEADY_CASES = [
     pytest.param(
         {"autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 1, "maxReplicas": 3}},
         id="hpa",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="operator bug: the HPA's averageValue is rendered as '10000'; the server "
-            "stores the canonical quantity '10k', so drift_patch re-patches it on every resync",
-        ),
     ),
     pytest.param(
         {"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": "1000m"}}},
         id="non-canonical-quantities",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="operator bug: spec.resources are copied verbatim ('0.5', '1024Mi', '1000m'); "
-            "the server stores '500m', '1Gi', '1', so drift_patch re-patches on every resync",
-        ),
     ),
 ]
 
