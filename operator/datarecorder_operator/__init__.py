@@ -18,6 +18,6 @@ children, restoring drift; default 30), ``--liveness URL`` (kopf's probe endpoin
 ``datarecorder_operator.rbac.CLUSTER_ROLE_RULES``.
 
 Modules (import layers, checked by import-linter): ``cli`` > ``handlers`` > ``scaler`` >
-``rendering`` | ``status`` > ``spec`` | ``lag`` > ``kube``; ``kafkalag`` (Kafka I/O) and
-``rbac`` (data) stand aside.
+``rendering`` | ``status`` > ``spec`` | ``lag`` > ``kube``; ``quantity`` (pure, used by ``spec``
+and ``rendering``), ``kafkalag`` (Kafka I/O) and ``rbac`` (data) stand aside.
 """

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from datarecorder_operator import quantity
 from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec
 
 Manifest = dict[str, Any]
@@ -366,22 +367,56 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def is_subset(desired: Any, actual: Any) -> bool:
+Path = tuple[str | int, ...]
+
+# Where the children carry a resource.Quantity: the server stores those canonicalized ("0.5"
+# as "500m", "1024Mi" as "1Gi", "10000" as "10k"), so drift compares them by value there, and
+# only there (an environment value "1k" is not "1000"). "*" matches any key or list index.
+QUANTITY_PATHS: dict[str, tuple[Path, ...]] = {
+    "Deployment": (
+        ("spec", "template", "spec", "containers", "*", "resources", "*", "*"),
+        ("spec", "template", "spec", "volumes", "*", "emptyDir", "sizeLimit"),
+    ),
+    "HorizontalPodAutoscaler": (
+        ("spec", "metrics", "*", "*", "target", "averageValue"),
+        ("spec", "metrics", "*", "*", "target", "value"),
+    ),
+}
+
+
+def _matches(path: Path, pattern: Path) -> bool:
+    return len(path) == len(pattern) and all(
+        want == "*" or want == got for got, want in zip(path, pattern, strict=True)
+    )
+
+
+def is_subset(
+    desired: Any, actual: Any, quantities: tuple[Path, ...] = (), path: Path = ()
+) -> bool:
     """Whether `actual` already carries everything in `desired` (extra server fields allowed).
 
     Lists must match item by item (same length): a merge patch replaces lists wholesale, so
-    an extra container or env entry added by hand is drift too.
+    an extra container or env entry added by hand is drift too. Values at a path matching one
+    of `quantities` compare as Kubernetes quantities.
     """
     if isinstance(desired, Mapping):
         if not isinstance(actual, Mapping):
             return False
-        return all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+        return all(
+            k in actual and is_subset(v, actual[k], quantities, (*path, k))
+            for k, v in desired.items()
+        )
     if isinstance(desired, list):
         if not isinstance(actual, list) or len(desired) != len(actual):
             return False
-        return all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
+        return all(
+            is_subset(d, a, quantities, (*path, i))
+            for i, (d, a) in enumerate(zip(desired, actual, strict=True))
+        )
     if isinstance(desired, bool) or isinstance(actual, bool):
         return desired is actual
+    if any(_matches(path, pattern) for pattern in quantities):
+        return quantity.same(desired, actual)
     if isinstance(desired, int | float) and isinstance(actual, int | float):
         return desired == actual
     return bool(desired == actual)
@@ -397,7 +432,7 @@ def drift_patch(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None
 
     Pure: compares the rendered child with the one read from the API server. Fields added by
     the server (defaults, status) or by other actors (extra labels, annotations) are left
-    alone; owned maps and optional pod fields that the spec no longer sets are removed.
+    alone; quantities compare by value (the server rewrites them canonically); owned maps and optional pod fields that the spec no longer sets are removed.
     """
     patch: Manifest = copy.deepcopy(
         {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
@@ -405,7 +440,7 @@ def drift_patch(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None
     patch["metadata"] = copy.deepcopy(
         {k: v for k, v in desired["metadata"].items() if k not in ("name", "namespace")}
     )
-    drifted = not is_subset(patch, actual)
+    drifted = not is_subset(patch, actual, QUANTITY_PATHS.get(desired.get("kind", ""), ()))
 
     if desired.get("kind") == "ConfigMap":
         stale = set(actual.get("data") or {}) - set(desired.get("data") or {})

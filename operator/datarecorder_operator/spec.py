@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
+
+from datarecorder_operator import quantity
 
 GROUP = "datarecorder.dev"
 VERSION = "v1alpha1"
@@ -21,25 +23,6 @@ PLURAL = "datarecorders"
 # a DNS-1035 label (at most 63), hence 56; the CRD enforces the same with a CEL rule.
 MAX_NAME_LENGTH = 56
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
-_SUFFIX_SCALE: dict[str, Decimal] = {
-    "": Decimal(1),
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "k": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15,
-    "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10,
-    "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50,
-    "Ei": Decimal(2) ** 60,
-}
 
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "250m", "memory": "512Mi"},
@@ -247,18 +230,10 @@ class _Reader:
 
 def parse_quantity(value: str | int | float, field: str) -> Decimal:
     """A Kubernetes quantity ("500m", "1Gi", 2) as a Decimal in base units."""
-    text = str(value)
-    match = _QUANTITY.match(text)
-    if not match:
-        raise SpecError(f"{field} is not a Kubernetes quantity: {text!r}")
-    number, suffix = match.group(1), match.group(2) or ""
     try:
-        base = Decimal(number)
-        if suffix[:1] in ("e", "E"):
-            return base * Decimal(10) ** int(suffix[1:])
-        return base * _SUFFIX_SCALE[suffix]
-    except (InvalidOperation, KeyError) as exc:
-        raise SpecError(f"{field} is not a Kubernetes quantity: {text!r}") from exc
+        return quantity.parse(value)
+    except ValueError as exc:
+        raise SpecError(f"{field} is not a Kubernetes quantity: {str(value)!r}") from exc
 
 
 def _parse_resources(raw: _Reader) -> dict[str, dict[str, str]]:
