@@ -262,6 +262,29 @@ def _observation(
     )
 
 
+def tune_settings(settings: kopf.OperatorSettings) -> None:
+    """The operator's kopf settings (applied at startup)."""
+    # Keep kopf's bookkeeping in annotations under our own prefix: the status schema is
+    # strict (no status.kopf), and one operator's marks never collide with another's.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="datarecorder.dev"
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="datarecorder.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "datarecorder.dev/finalizer"
+    # Events: only the explicit ones (kopf.info "Scaled" is a Normal event, so the level must
+    # admit INFO; a higher level silently drops it). Log lines are never posted as Events,
+    # which keeps the resync's "patched ..." and kopf's "Handler succeeded" out of the API.
+    settings.posting.enabled = True
+    settings.posting.level = logging.INFO
+    settings.posting.loggers = False
+    # Re-establish watches regularly: a silently dead connection otherwise stalls forever.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
 def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistry:
     """A fresh registry with every handler of the operator (one per operator run or test)."""
     config = config or OperatorConfig()
@@ -271,20 +294,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         memo.setdefault("kube", kube.KubeClient())
-        # Keep kopf's bookkeeping in annotations under our own prefix: the status schema is
-        # strict (no status.kopf), and one operator's marks never collide with another's.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="datarecorder.dev"
-        )
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="datarecorder.dev", key="last-handled-configuration"
-        )
-        settings.persistence.finalizer = "datarecorder.dev/finalizer"
-        settings.posting.level = logging.WARNING
-        # Re-establish watches regularly: a silently dead connection otherwise stalls forever.
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.request_timeout = 60
+        tune_settings(settings)
 
     @kopf.on.login(registry=registry)
     async def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -133,11 +133,6 @@ async def test_operator_mode_scales_on_kafka_lag(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator bug: handlers.configure sets settings.posting.level = WARNING, which makes "
-    "kopf.info() (the 'Scaled' event in handlers.scale) a no-op; drop this mark once fixed",
-)
 async def test_operator_mode_scaling_posts_an_event(
     k8s: K8s, stack: Any, kafka_topics: Any, watched_ns: str
 ) -> None:
