@@ -62,7 +62,7 @@ class DeadLetters:
             acks="all",
             enable_idempotence=True,
             max_request_size=max(2 * self._settings.MAX_MESSAGE_BYTES, 1_048_576) + 65536,
-            linger_ms=5,
+            linger_ms=0,  # the consumer waits for these acks: do not add latency
             **self._options,
         )
         await self._producer.start()

@@ -144,7 +144,11 @@ async def read_topics(
     out: dict[str, list[Any]] = {t: [] for t in partitions}
     if not tps:
         return out
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(settings))
+    # "earliest" as the default too: assign() starts a background reset with the default policy
+    # ("latest"), which could otherwise finish after seek_to_beginning and read nothing.
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False, auto_offset_reset="earliest", **client_options(settings)
+    )
     await consumer.start()
     try:
         consumer.assign(tps)

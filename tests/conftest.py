@@ -5,4 +5,5 @@ Add a plugin module under tests/fixtures/ and name it here.
 
 pytest_plugins = [
     "tests.fixtures.stack",
+    "tests.fixtures.k8s",
 ]

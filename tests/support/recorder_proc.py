@@ -171,6 +171,9 @@ def verify(env: dict[str, str], timeout: float = 600) -> dict[str, object]:
     )
     if res.returncode not in (0, 1) or not res.stdout.strip():
         raise RuntimeError(f"verify failed ({res.returncode}): {res.stderr[-3000:]}")
+    for line in res.stderr.splitlines():
+        if line.startswith("verify:"):
+            print(line)  # shown with the test's output when it fails
     report: dict[str, object] = json.loads(res.stdout)
     return report
 

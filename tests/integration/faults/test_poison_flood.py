@@ -172,4 +172,5 @@ async def test_poison_flood_goes_to_dead_letters(deployment: Deployment) -> None
     # "Not collapsing": the wall-clock bound is loose because the runs share two cores with
     # everything else; the CPU bound is the one that catches a costly rejection path.
     assert poisoned_cpu >= 0.5 * clean_cpu, (clean_cpu, poisoned_cpu)
-    assert poisoned >= 0.4 * clean, (clean, poisoned)
+    # Wall clock on a shared 2-core machine swings 2x between runs: this only catches a collapse.
+    assert poisoned >= 0.2 * clean, (clean, poisoned)
