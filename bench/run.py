@@ -150,7 +150,7 @@ async def measure(
         else:
             r.skipped["scaling"] = "full run only"
     finally:
-        await wl.delete_topics(stack, topics.names)
+        await wl.delete_topics(stack, [*topics.names, *(f"{t}.dlq" for t in topics.names)])
     return r, lines
 
 

@@ -454,15 +454,7 @@ async def latency(
                 await asyncio.sleep(poll)
 
         task = asyncio.create_task(poller())
-        produced_for = await asyncio.to_thread(
-            wl.produce,
-            stack,
-            topics,
-            ticks=int(rate * duration),
-            orderbooks=0,
-            rate=rate,
-            duration=duration,
-        )
+        _, produced_for = await wl.paced_ticks(stack, topics.tick, rate, duration)
         ends = await wl.end_offsets(stack, topics)
         total = sum(ends.values())
         deadline = time.monotonic() + 120
@@ -478,7 +470,7 @@ async def latency(
         await progress.close()
         await wl.drop_database(stack, database)
         await wl.drop_bucket(stack, bucket)
-        await wl.delete_topics(stack, topics.names)
+        await wl.delete_topics(stack, [*topics.names, *(f"{t}.dlq" for t in topics.names)])
     if len(samples) < total:
         raise RuntimeError(f"latency: only {len(samples)} of {total} records became visible")
     return LatencyResult(

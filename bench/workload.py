@@ -269,3 +269,44 @@ async def end_offsets(stack: Stack, topics: Topics) -> dict[tuple[str, int], int
         return {(tp.topic, tp.partition): int(v) for tp, v in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def paced_ticks(stack: Stack, topic: str, rate: float, duration: float) -> tuple[int, float]:
+    """Ticks at `rate`/s for `duration` s, round-robin over the partitions, sent as one batch
+    per partition every 20 ms (aiokafka's batch builder: a few µs a record, so the feed keeps
+    its rate on two busy cores where one send() per record does not). Returns (sent, seconds)."""
+    from aiokafka import AIOKafkaProducer
+
+    from recorder.produce import FeedSpec, tick_values
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.env["KAFKA_BROKERS"], acks="all", max_batch_size=4 * 2**20
+    )
+    await producer.start()
+    feed = tick_values(FeedSpec(symbols=SYMBOLS), time.time_ns() - 3_600 * 10**9, 1_000_000)
+    sent = 0
+    pending: list[asyncio.Future[object]] = []
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < duration:
+            due = int(rate * elapsed) - sent
+            if due > 0:
+                batches = [producer.create_batch() for _ in range(PARTITIONS)]
+                for i in range(due):
+                    _, value = next(feed)
+                    if (
+                        batches[(sent + i) % PARTITIONS].append(
+                            key=None, value=value, timestamp=None
+                        )
+                        is None
+                    ):
+                        raise RuntimeError("a 20 ms batch outgrew max_batch_size")
+                for partition, batch in enumerate(batches):
+                    if batch.record_count():
+                        pending.append(await producer.send_batch(batch, topic, partition=partition))
+                sent += due
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*pending)
+        return sent, time.monotonic() - started
+    finally:
+        await producer.stop()
