@@ -10,8 +10,13 @@ Owns `CLUSTER_ROLE_RULES`; every rule names the handler that needs it.
 * Secrets: get only, to read Kafka SASL/TLS credentials for the lag poll (the recorder pods
   receive secrets by reference; the operator never copies them).
 * Events: create/patch, so `kubectl describe dr` shows scaling and failures.
-* CustomResourceDefinitions: none; API discovery (is ServiceMonitor served?) is allowed
-  to every authenticated user by the default `system:discovery` role.
+* kopf's own observers (kopf/_core/reactor/observation.py), cluster-scoped, list/watch only:
+  CustomResourceDefinitions, so a resource kind installed or removed while it runs is noticed;
+  Namespaces, when run with `--namespace` (the namespace observer lists and watches them;
+  cluster-wide it does not). Without them kopf retries the refused requests for about a minute
+  before it falls back to assumptions. Peering needs nothing (the operator runs standalone),
+  and API discovery (is ServiceMonitor served?) is allowed to every authenticated user by the
+  default `system:discovery` role.
 """
 
 from __future__ import annotations
@@ -56,6 +61,12 @@ CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
 ]
 
 

@@ -108,11 +108,6 @@ def _forbidden(op: Operator) -> list[str]:
 KOPF_OBSERVED = ("customresourcedefinitions", "namespaces")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator bug: rbac.CLUSTER_ROLE_RULES lacks list/watch on namespaces and "
-    "apiextensions.k8s.io customresourcedefinitions, which kopf's observers request at start",
-)
 def test_operator_starts_without_forbidden_requests(k8s: K8s, rbac_operator: Any) -> None:
     _, op = rbac_operator
     time.sleep(3)  # kopf's observers start right after the liveness endpoint

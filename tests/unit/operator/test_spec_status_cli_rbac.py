@@ -188,4 +188,9 @@ def test_rbac_covers_every_child_kind_without_wildcards() -> None:
     assert ("datarecorder.dev", "datarecorders/status", "patch") in granted
     assert ("", "secrets", "get") in granted
     assert ("", "secrets", "list") not in granted
+    # kopf's observers list and watch CRDs and (namespaced runs) namespaces; nothing more.
+    observed = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    assert {(g, r, v) for g, r, v in granted if (g, r) in observed} == {
+        (g, r, v) for g, r in observed for v in ("list", "watch")
+    }
     assert rbac.cluster_role()["rules"] == rules
