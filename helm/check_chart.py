@@ -76,6 +76,10 @@ RENDERS = (
         ("monitoring.coreos.com/v1/PrometheusRule", "monitoring.coreos.com/v1/ServiceMonitor"),
         BASE_KINDS
         | {"Role", "RoleBinding", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+        | {
+            "ClusterRole",
+            "ClusterRoleBinding",
+        }  # the cluster-scoped reads of a one-namespace install
         | {"DataRecorder"},
     ),
 )
@@ -229,18 +233,31 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, Any]]) -> list[str]:
-    """The rendered (Cluster)Role must grant exactly what the operator declares it needs."""
+    """The rendered roles must grant together exactly what the operator declares it needs: one
+    (Cluster)Role with every rule, plus, when one namespace is watched, a ClusterRole holding
+    only the cluster-scoped reads a namespaced Role cannot grant."""
     wanted = _normalized_rules(wanted_rules)
     roles = [doc for doc in docs if doc["kind"] in ("ClusterRole", "Role")]
-    if len(roles) != 1:
-        return [f"expected one Role or ClusterRole, rendered {len(roles)}"]
-    got = _normalized_rules(roles[0].get("rules") or [])
-    if got == wanted:
-        return []
-    return [
-        f"{describe(roles[0])} rules differ from operator/datarecorder_operator/rbac.py: "
-        f"only in chart {sorted(got - wanted)}, only in rbac.py {sorted(wanted - got)}"
-    ]
+    main = [r for r in roles if not r["metadata"]["name"].endswith("-cluster-scope")]
+    extra = [r for r in roles if r["metadata"]["name"].endswith("-cluster-scope")]
+    if len(main) != 1 or len(extra) > 1:
+        return [f"expected one Role or ClusterRole (+ one -cluster-scope), rendered {len(roles)}"]
+    errors = []
+    got = _normalized_rules(main[0].get("rules") or [])
+    if got != wanted:
+        errors.append(
+            f"{describe(main[0])} rules differ from operator/datarecorder_operator/rbac.py: "
+            f"only in chart {sorted(got - wanted)}, only in rbac.py {sorted(wanted - got)}"
+        )
+    if extra:
+        if main[0]["kind"] != "Role":
+            errors.append("a -cluster-scope ClusterRole is only for the one-namespace install")
+        scoped = _normalized_rules(extra[0].get("rules") or [])
+        if not scoped <= wanted:
+            errors.append(
+                f"{describe(extra[0])} grants more than rbac.py: {sorted(scoped - wanted)}"
+            )
+    return errors
 
 
 def _normalized_rules(rules: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
