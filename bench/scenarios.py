@@ -210,9 +210,12 @@ async def drain(
 # --- ceilings ----------------------------------------------------------------------------
 def _consumer(stack: Stack, **kw: Any) -> AIOKafkaConsumer:
     # The recorder's fetch settings (recorder/source.py), so only the work after fetch differs.
+    # auto_offset_reset="earliest": assign() starts a background reset with the default policy
+    # ("latest") that can finish after seek_to_beginning and leave nothing to read.
     return AIOKafkaConsumer(
         bootstrap_servers=stack.env["KAFKA_BROKERS"],
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=2 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
         **kw,
@@ -505,7 +508,10 @@ async def _latencies(
         await consumer.seek_to_beginning(*tps)
         want = sum(ends.values())
         n = 0
+        deadline = time.monotonic() + 300
         while n < want:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"latency: read {n} of {want} records back from Kafka")
             data = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for tp, msgs in data.items():
                 times, offs = changes.get(tp.partition, ([], []))
