@@ -88,6 +88,12 @@ class Recorder:
         self._stopping = asyncio.Event()
         self._pending_commit: dict[TP, int] = {}
         self._resync: set[TP] = set()
+        # Bumped at every seek of a partition; a fetched batch is offered only if no seek of its
+        # partition happened since the fetch returned.
+        self._seek_epoch: dict[TP, int] = {}
+        # Partitions assigned and seeked: records of others (fetched around a rebalance) are
+        # neither dead-lettered nor offered; they come again from the seek position.
+        self._ready: set[TP] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
         self._relief: asyncio.Task[None] | None = None
@@ -169,6 +175,7 @@ class Recorder:
         """DESIGN rule 3: finish (or abandon) the revoked partitions' work before giving them up."""
         if not tps:
             return
+        self._ready.difference_update(tps)
         started = time.monotonic()
         try:
             async with asyncio.timeout(REVOKE_DEADLINE_SEC):
@@ -190,21 +197,22 @@ class Recorder:
         self.health.assigned_once = True
         if not tps:
             return
-        # aiokafka keeps fetching while this callback awaits (from the group's committed
-        # offsets, or the reset policy). Records fetched before the seek below would land in the
-        # new buffers past their start and leave a gap that the re-fetch from the seek position
-        # then skips as "already buffered". Hold the partitions until every one is seeked.
-        source.pause(tps)
-        try:
-            progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
-            positions = {tp: seek_position(progress[s.name][tp] for s in self.sinks) for tp in tps}
-            for sink in self.sinks:
-                sink.assign(progress[sink.name], {})
-            for tp in sorted(tps):
-                await source.seek(tp, positions[tp])
-        finally:
-            if not self._paused.get(source.index, False):
-                source.resume(tps)
+        progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
+        positions = {tp: seek_position(progress[s.name][tp] for s in self.sinks) for tp in tps}
+        unknown = [tp for tp, position in positions.items() if position is None]
+        if unknown:  # no sink has written these: start where the reset policy says
+            positions.update(await source.reset_positions(unknown))
+        # No await from here to the last seek: aiokafka keeps fetching while this callback runs,
+        # and a fetch landing between a buffer's creation and its partition's seek would leave
+        # a gap that the re-fetch from the seek position then skips as already buffered.
+        for sink in self.sinks:
+            sink.assign(progress[sink.name], {})
+        for tp in sorted(tps):
+            position = positions.get(tp)
+            if position is not None:
+                source.seek(tp, position)
+            self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
+        self._ready.update(tps)
         metrics.ASSIGNED_PARTITIONS.inc(len(tps))
         log.info(
             "partitions_assigned",
@@ -225,6 +233,10 @@ class Recorder:
             while True:
                 await self._apply_resyncs(source)
                 full = self._full()
+                if full:
+                    # Every round, not only on the change: partitions assigned by a rebalance
+                    # while paused start unpaused.
+                    source.pause(source.assignment())
                 if full != self._paused.get(source.index, False):
                     owned = source.assignment()
                     (source.pause if full else source.resume)(owned)
@@ -244,7 +256,8 @@ class Recorder:
                 data = await source.fetch(100 if full else 250, self.settings.FETCH_MAX_RECORDS)
                 self.health.last_fetch = time.monotonic()
                 if data:
-                    await self._handle(data)
+                    epochs = {tp: self._seek_epoch.get(tp, 0) for tp in data}
+                    await self._handle(data, epochs)
                 now = time.monotonic()
                 if self._pending_commit and now - last_commit >= COMMIT_INTERVAL_SEC:
                     await source.commit(self._take_commits(source.assignment()))
@@ -290,15 +303,18 @@ class Recorder:
             self._resync.discard(tp)
             position = seek_position(sink.progress().get(tp) for sink in self.sinks)
             log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
-            await source.seek(tp, position)
+            if position is None:
+                position = (await source.reset_positions([tp]))[tp]
+            source.seek(tp, position)
+            self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
 
-    async def _handle(self, data: dict[TP, list[Any]]) -> None:
+    async def _handle(self, data: dict[TP, list[Any]], epochs: dict[TP, int]) -> None:
         now_ns = time.time_ns()
         limits = self._limits
         decoded: list[tuple[TP, list[int], list[Row | None], int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
-            if not messages:
+            if not messages or tp not in self._ready or self._seek_epoch.get(tp, 0) != epochs[tp]:
                 continue
             kind = self.topics[tp.topic]
             offsets: list[int] = []
@@ -320,6 +336,10 @@ class Recorder:
         if dead:
             await self._dead_letter(dead)
         for tp, offsets, rows, end in decoded:
+            if self._seek_epoch.get(tp, 0) != epochs[tp]:
+                # Seeked while this batch waited (a rebalance during the dead-letter send): the
+                # position was reset behind these records, so they come again from there.
+                continue
             for sink in self.sinks:
                 sink.offer(tp, offsets, rows, end)
             metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(offsets))

@@ -55,18 +55,21 @@ class KafkaSource:
         data = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return {TP(tp.topic, tp.partition): msgs for tp, msgs in data.items()}
 
-    async def seek(self, tp: TP, offset: int | None) -> None:
-        """Resume `tp` at `offset`; None means the reset policy (no sink has progress yet)."""
+    def seek(self, tp: TP, offset: int) -> None:
+        """Resume `tp` at `offset` (synchronous: callers rely on nothing running in between)."""
         try:
-            if offset is None:
-                if self._reset == "latest":
-                    await self.consumer.seek_to_end(kafka_tp(tp))
-                else:
-                    await self.consumer.seek_to_beginning(kafka_tp(tp))
-            else:
-                self.consumer.seek(kafka_tp(tp), offset)
+            self.consumer.seek(kafka_tp(tp), offset)
         except IllegalStateError:
             log.info("seek_skipped_not_assigned", topic=tp.topic, partition=tp.partition)
+
+    async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
+        """Where the reset policy starts partitions no sink has written: first or next offset."""
+        ktps = [kafka_tp(tp) for tp in tps]
+        if self._reset == "latest":
+            found = await self.consumer.end_offsets(ktps)
+        else:
+            found = await self.consumer.beginning_offsets(ktps)
+        return {TP(tp.topic, tp.partition): int(off) for tp, off in found.items()}
 
     def pause(self, tps: Collection[TP]) -> None:
         self.consumer.pause(*(kafka_tp(tp) for tp in tps))
