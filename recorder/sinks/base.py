@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
+from recorder import metrics
 from recorder.offsets import TP
 from recorder.records import Row
 
@@ -51,6 +52,33 @@ class Sink(Protocol):
     def revoke(self, tps: Collection[TP]) -> None: ...
     async def abandon(self, tps: Collection[TP]) -> None: ...
     async def check_health(self) -> bool: ...
+
+
+PROBE_TIMEOUT_SEC = 3.0
+
+
+class SinkHealth:
+    """A sink's health flag, shown on /health and as `datarecorder_sink_healthy{sink}`."""
+
+    name: str
+    healthy: bool = False
+
+    def _set_healthy(self, ok: bool) -> None:
+        self.healthy = ok
+        metrics.SINK_HEALTHY.labels(self.name).set(1 if ok else 0)
+
+    def _failed(self, _exc: BaseException) -> None:
+        self._set_healthy(False)
+
+    async def _probe(self, check: Callable[[], Awaitable[object]]) -> bool:
+        """Run the store's cheapest request; healthy when it answers within PROBE_TIMEOUT_SEC."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SEC):
+                await check()
+            self._set_healthy(True)
+        except Exception:
+            self._set_healthy(False)
+        return self.healthy
 
 
 async def retry_forever(

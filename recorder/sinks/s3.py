@@ -20,7 +20,7 @@ from recorder.batching import Batch, PartitionBuffer, is_due, split_by_hour
 from recorder.offsets import TP, CasOutcome, cas_outcome
 from recorder.records import OrderBookRow, Row, TickRow
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import ProgressCallback, ResyncCallback, retry_forever
+from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
 from recorder.sinks.lake import Lake, StoredProgress, is_retriable
 from recorder.sinks.parquet import object_key, progress_key, write_parquet
 
@@ -29,7 +29,7 @@ log = structlog.get_logger("recorder.sinks.s3")
 SINK = "s3"
 
 
-class S3Sink:
+class S3Sink(SinkHealth):
     name = SINK
 
     def __init__(
@@ -81,20 +81,7 @@ class S3Sink:
         await self._lake.close()
 
     async def check_health(self) -> bool:
-        try:
-            async with asyncio.timeout(3):
-                await self._lake.check()
-            self._set_healthy(True)
-        except Exception:
-            self._set_healthy(False)
-        return self.healthy
-
-    def _set_healthy(self, ok: bool) -> None:
-        self.healthy = ok
-        metrics.SINK_HEALTHY.labels(SINK).set(1 if ok else 0)
-
-    def _failed(self, _exc: BaseException) -> None:
-        self._set_healthy(False)
+        return await self._probe(self._lake.check)
 
     # --- partitions ---------------------------------------------------------------------
     async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:

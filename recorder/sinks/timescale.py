@@ -27,7 +27,7 @@ from recorder.offsets import TP, CasOutcome, cas_outcome
 from recorder.records import OrderBookRow, Row, TickRow, levels_json
 from recorder.rollups import ROLLUPS, Bar, aggregate, merge
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import ProgressCallback, ResyncCallback, retry_forever
+from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
 
 log = structlog.get_logger("recorder.sinks.timescale")
 
@@ -125,7 +125,7 @@ class _Writer:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class TimescaleSink:
+class TimescaleSink(SinkHealth):
     """Hot-path sink; `DB_WRITE_WORKERS` writers share one asyncpg pool."""
 
     name = SINK
@@ -203,26 +203,18 @@ class TimescaleSink:
 
     async def check_health(self) -> bool:
         """Probe the database (used by /health while no flush is running)."""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             return False
-        try:
-            async with asyncio.timeout(3):
-                conn = await self._pool.acquire()
-                try:
-                    await conn.fetchval("SELECT 1")
-                finally:
-                    await self._pool.release(conn)
-            self._set_healthy(True)
-        except Exception:
-            self._set_healthy(False)
-        return self.healthy
 
-    def _set_healthy(self, ok: bool) -> None:
-        self.healthy = ok
-        metrics.SINK_HEALTHY.labels(SINK).set(1 if ok else 0)
+        async def select_one() -> None:
+            conn = await pool.acquire()
+            try:
+                await conn.fetchval("SELECT 1")
+            finally:
+                await pool.release(conn)
 
-    def _failed(self, _exc: BaseException) -> None:
-        self._set_healthy(False)
+        return await self._probe(select_one)
 
     # --- partitions ---------------------------------------------------------------------
     async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
