@@ -6,6 +6,7 @@ and the per-process log file; tests never import the pipeline to "run" it in-pro
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -157,10 +159,8 @@ def produce(env: dict[str, str], *args: str, timeout: float = 600) -> str:
     return res.stdout
 
 
-def verify(env: dict[str, str], timeout: float = 600) -> dict[str, object]:
+def verify(env: dict[str, str], timeout: float = 600) -> dict[str, Any]:
     """`datarecorder verify --json`; returns the report."""
-    import json
-
     res = subprocess.run(
         [sys.executable, "-m", "recorder.cli", "verify", "--json"],
         env=env,
@@ -174,7 +174,7 @@ def verify(env: dict[str, str], timeout: float = 600) -> dict[str, object]:
     for line in res.stderr.splitlines():
         if line.startswith("verify:"):
             print(line)  # shown with the test's output when it fails
-    report: dict[str, object] = json.loads(res.stdout)
+    report: dict[str, Any] = json.loads(res.stdout)
     return report
 
 
@@ -190,3 +190,24 @@ def wait_until(
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def wait_exactly_once(
+    env: dict[str, str], rec: RecorderProcess, timeout: float, interval: float = 3.0
+) -> dict[str, Any]:
+    """Poll `verify` until every store holds every record exactly once; fail the test with the
+    last report and the recorder's log otherwise. Returns the passing report."""
+    import pytest
+
+    report: dict[str, Any] = {}
+
+    def done() -> bool:
+        nonlocal report
+        report = verify(env)
+        return bool(report["ok"])
+
+    try:
+        wait_until(done, timeout=timeout, interval=interval, what="stores exactly once")
+    except TimeoutError:
+        pytest.fail(f"not exactly once: {json.dumps(report, indent=1)}\n{rec.tail()}")
+    return report

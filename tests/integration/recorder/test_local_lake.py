@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow.dataset as ds
 import pytest
 
-from tests.support.recorder_proc import RecorderProcess, produce, verify, wait_until
+from tests.support.recorder_proc import RecorderProcess, produce, wait_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,8 @@ async def test_local_lake_with_json_levels_and_microseconds(
     )
     produce(env, "--ticks", "5000", "--orderbooks", "500")
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
-    report: dict[str, Any] = {}
     try:
-
-        def done() -> bool:
-            nonlocal report
-            report = verify(env)
-            return bool(report["ok"])
-
-        try:
-            wait_until(done, timeout=120, interval=2, what="stores complete")
-        except TimeoutError:
-            pytest.fail(json.dumps(report, indent=1) + rec.tail())
+        wait_exactly_once(env, rec, timeout=120, interval=2)
     finally:
         rec.terminate()
     books = ds.dataset(

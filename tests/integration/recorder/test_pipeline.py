@@ -15,13 +15,9 @@ import pyarrow.dataset as ds
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.recorder_proc import RecorderProcess, produce, verify, wait_until
+from tests.support.recorder_proc import RecorderProcess, produce, verify, wait_exactly_once
 
 pytestmark = pytest.mark.integration
-
-
-def _stores_ok(report: dict[str, Any]) -> bool:
-    return bool(report["ok"])
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -67,17 +63,7 @@ async def test_exactly_once_in_both_stores_with_dead_letters(
 
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
     try:
-        report: dict[str, Any] = {}
-
-        def done() -> bool:
-            nonlocal report
-            report = verify(env)
-            return _stores_ok(report)
-
-        try:
-            wait_until(done, timeout=240, interval=3, what="both stores complete")
-        except TimeoutError:
-            pytest.fail(f"not exactly once: {_summary(report)}\n{rec.tail()}")
+        report = wait_exactly_once(env, rec, timeout=240)
         stores = {s["store"]: s for s in report["stores"]}
         valid_ticks = stores["timescaledb.tick_data"]["expected"]
         invalid = stores["dead_letters"]["expected"]
@@ -192,17 +178,7 @@ async def test_sigterm_halfway_then_restart_records_everything_once(
         await conn.close()
     second = RecorderProcess(env, tmp_path / "second.log").start()
     try:
-        report: dict[str, Any] = {}
-
-        def done() -> bool:
-            nonlocal report
-            report = verify(env)
-            return _stores_ok(report)
-
-        try:
-            wait_until(done, timeout=120, interval=3, what="both stores complete after restart")
-        except TimeoutError:
-            pytest.fail(f"not exactly once after restart: {_summary(report)}\n{second.tail()}")
+        report = wait_exactly_once(env, second, timeout=120)
     finally:
         code, _ = second.terminate()
     assert code == 0
