@@ -30,7 +30,7 @@ DEAD_LETTERS = Counter(
 )
 FLUSHES = Counter(
     "datarecorder_flushes",
-    "Batches flushed by a sink, per sink and outcome (ok, retry, fenced).",
+    "Batches flushed by a sink, per sink and outcome (ok, retry, fenced, failed).",
     ["sink", "outcome"],
     registry=REGISTRY,
 )

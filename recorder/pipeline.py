@@ -108,7 +108,13 @@ class Recorder:
             self._pending_commit[tp] = offset
 
     def _on_resync(self, tp: TP) -> None:
+        # A sink restarted this partition's buffer at its stored progress. Until the consumer is
+        # seeked there, fetched records continue from the old position: offered now, they would
+        # open the new buffer past a gap, and the re-fetch from the seek would then be skipped as
+        # already buffered. So the partition takes nothing until `_apply_resyncs` has seeked it.
         self._resync.add(tp)
+        self._ready.discard(tp)
+        self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -305,8 +311,11 @@ class Recorder:
             log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
             if position is None:
                 position = (await source.reset_positions([tp]))[tp]
+            if tp in self._resync or tp not in source.assignment():
+                continue  # failed again, or revoked, while the position was looked up
             source.seek(tp, position)
             self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
+            self._ready.add(tp)
 
     async def _handle(self, data: dict[TP, list[Any]], epochs: dict[TP, int]) -> None:
         now_ns = time.time_ns()

@@ -155,6 +155,7 @@ class TimescaleSink(SinkHealth):
         self._max_rows = settings.BATCH_SIZE
         self._max_age = settings.BATCH_TIMEOUT_MS / 1000
         self._closing = False
+        self._failing = False  # the last flush failed for a reason that retrying did not fix
         self.healthy = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -202,9 +203,13 @@ class TimescaleSink(SinkHealth):
         return self._mode
 
     async def check_health(self) -> bool:
-        """Probe the database (used by /health while no flush is running)."""
+        """Probe the database (used by /health while no flush is running); a flush refused for
+        good keeps the sink unhealthy until one succeeds."""
         pool = self._pool
         if pool is None:
+            return False
+        if self._failing:  # reachable is not enough while flushes are refused
+            self._set_healthy(False)
             return False
 
         async def select_one() -> None:
@@ -308,6 +313,7 @@ class TimescaleSink(SinkHealth):
 
     # --- writing ------------------------------------------------------------------------
     async def _run_writer(self, w: _Writer) -> None:
+        failures = 0
         while True:
             now = time.monotonic()
             owned = [(tp, b) for tp, b in self._buffers.items() if self._writer_of(tp) is w]
@@ -328,11 +334,22 @@ class TimescaleSink(SinkHealth):
             w.idle.clear()
             try:
                 await self._write_until_done(batches)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Connection trouble is retried inside; this is what retrying cannot fix (a
+                # revoked privilege, a table changed by hand, a bug). The writer must survive it:
+                # a dead writer task keeps its partitions' rows unwritten for good, silently.
+                failures += 1
+                self._flush_failed(batches, exc)
             finally:
                 w.in_flight = {}
                 w.idle.set()
                 for tp in batches:
                     self._force.discard(tp)
+            if failures:
+                await asyncio.sleep(min(self._settings.RETRY_MAX_BACKOFF_SEC, 0.5 * 2**failures))
 
     async def _write_until_done(self, batches: dict[TP, Batch[Row]]) -> None:
         started = time.perf_counter()
@@ -344,6 +361,7 @@ class TimescaleSink(SinkHealth):
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._on_retry,
         )
+        self._failing = False
         self._set_healthy(True)
         elapsed = time.perf_counter() - started
         metrics.FLUSH_DURATION.labels(SINK).observe(elapsed)
@@ -377,6 +395,23 @@ class TimescaleSink(SinkHealth):
             seconds=round(elapsed, 4),
             fenced=len(fenced),
         )
+
+    def _flush_failed(self, batches: dict[TP, Batch[Row]], exc: Exception) -> None:
+        """Drop the batches and feed their partitions again from the stored progress."""
+        log.error(
+            "flush_failed",
+            sink=SINK,
+            partitions=len(batches),
+            rows=sum(len(b) for b in batches.values()),
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
+        self._failing = True
+        self._set_healthy(False)
+        metrics.FLUSHES.labels(SINK, "failed").inc()
+        for tp in batches:
+            if tp in self._buffers:
+                self._fenced(tp, self._progress.get(tp))
 
     def _on_retry(self, exc: BaseException) -> None:
         self._set_healthy(False)
