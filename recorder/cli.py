@@ -60,7 +60,7 @@ async def _run(settings: Settings) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
-    return 1 if recorder.health.consumer_error else 0
+    return 1 if recorder.health.consumer_error or recorder.health.failed else 0
 
 
 async def _migrate(settings: Settings) -> int:

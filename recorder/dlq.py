@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from recorder import metrics
 from recorder.settings import Settings
@@ -58,14 +58,19 @@ class DeadLetters:
 
     async def start(self, topics: Sequence[str]) -> None:
         await self._ensure_topics(topics)
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
             max_request_size=max(2 * self._settings.MAX_MESSAGE_BYTES, 1_048_576) + 65536,
             linger_ms=0,  # the consumer waits for these acks: do not add latency
             **self._options,
         )
-        await self._producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a failed start still holds a client; the caller may retry
+            raise
+        self._producer = producer
 
     async def _ensure_topics(self, topics: Sequence[str]) -> None:
         admin = AIOKafkaAdminClient(**self._options)
@@ -83,6 +88,8 @@ class DeadLetters:
                 log.info("dlq_topics_created", topics=missing)
         except TopicAlreadyExistsError:
             pass
+        except KafkaConnectionError:
+            raise  # no cluster yet: the caller waits for it
         except KafkaError as exc:  # e.g. not authorized: the cluster may auto-create them
             log.warning("dlq_topics_not_created", error=str(exc))
         finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
 from recorder.settings import Settings
 
 
@@ -32,3 +34,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
             else None
         )
     return opts
+
+
+def is_kafka_retriable(exc: BaseException) -> bool:
+    """The cluster is unreachable or busy (worth waiting for), not misconfigured or refusing."""
+    if isinstance(exc, (KafkaConnectionError, OSError, TimeoutError)):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from recorder import metrics
+from recorder import metrics, supervise
 from recorder.dlq import DeadLetter, DeadLetters
-from recorder.kafka_options import client_options
+from recorder.kafka_options import client_options, is_kafka_retriable
 from recorder.offsets import TP, partition_lag, seek_position
 from recorder.records import Limits, RecordError, Row, decode
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import Sink
+from recorder.sinks.base import Sink, retry_forever
 from recorder.sinks.lake import make_lake
 from recorder.sinks.s3 import S3Sink
 from recorder.sinks.timescale import TimescaleSink
@@ -39,11 +40,15 @@ class Health:
     started: bool = False
     stopping: bool = False
     consumer_error: str | None = None
+    failed: str | None = None  # a long-running task died: the recorder stops and exits with 1
     last_fetch: float = field(default_factory=time.monotonic)
     assigned_once: bool = False
 
     def consumer_ok(self) -> bool:
-        return self.consumer_error is None and time.monotonic() - self.last_fetch < 60
+        """Joined the group (not still waiting for Kafka), not failed, and fetching."""
+        return (
+            self.started and self.consumer_error is None and time.monotonic() - self.last_fetch < 60
+        )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -118,11 +123,15 @@ class Recorder:
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        await self.dlq.start(list(self.topics))
+        # Kafka may come up after the recorder (a cluster starting, a broker restarting): wait
+        # for it like for the stores, instead of exiting into a crash loop.
         for sink in self.sinks:
             await sink.start()
+        await self._when_kafka_answers("kafka_connect", lambda: self.dlq.start(list(self.topics)))
         for source in self.sources:
-            await source.start(_Listener(self, source))
+            listener = _Listener(self, source)
+            await self._when_kafka_answers("kafka_join", partial(source.start, listener))
+        self.health.last_fetch = time.monotonic()  # the wait for Kafka is not a stalled fetch
         self.health.started = True
         self._tasks = [
             asyncio.create_task(self._consume(s), name=f"consume-{s.index}") for s in self.sources
@@ -130,12 +139,17 @@ class Recorder:
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
         if self.db is not None:
             self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="partitions"))
+        for task in self._tasks:
+            supervise.on_failure(task, self._fail)
         log.info(
             "recorder_started",
             topics=list(self.topics),
             sinks=[s.name for s in self.sinks],
             consumers=len(self.sources),
         )
+
+    async def _when_kafka_answers(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+        await retry_forever(what, attempt, is_kafka_retriable, self.settings.RETRY_MAX_BACKOFF_SEC)
 
     async def run(self) -> None:
         """Run until `stop()`; then flush and commit everything within the deadline."""
@@ -146,6 +160,12 @@ class Recorder:
     def stop(self) -> None:
         self.health.stopping = True
         self._stopping.set()
+
+    def _fail(self, reason: str) -> None:
+        if self.health.failed is None:
+            log.error("recorder_failed", reason=reason)
+            self.health.failed = reason
+        self.stop()
 
     async def shutdown(self) -> None:
         started = time.monotonic()
@@ -366,6 +386,9 @@ class Recorder:
     async def _watch_health(self) -> None:
         while True:
             for sink in self.sinks:
+                reason = sink.failure()
+                if reason is not None:
+                    self._fail(f"{sink.name} {reason}")
                 await sink.check_health()
             for name in ("consumer",):
                 metrics.SINK_HEALTHY.labels(name).set(1 if self.health.consumer_ok() else 0)

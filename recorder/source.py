@@ -25,9 +25,17 @@ def kafka_tp(tp: TP) -> TopicPartition:
 class KafkaSource:
     def __init__(self, settings: Settings, client_options: dict[str, object], index: int) -> None:
         self.index = index
-        self.consumer = AIOKafkaConsumer(
+        self._settings = settings
+        self._client_options = client_options
+        self.consumer = self._new_consumer()
+        self._topics = list(settings.topics())
+        self._reset = settings.KAFKA_AUTO_OFFSET_RESET
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        settings = self._settings
+        return AIOKafkaConsumer(
             group_id=settings.KAFKA_GROUP_ID,
-            client_id=f"datarecorder-{index}",
+            client_id=f"datarecorder-{self.index}",
             enable_auto_commit=False,
             auto_offset_reset=settings.KAFKA_AUTO_OFFSET_RESET,
             max_partition_fetch_bytes=max(settings.MAX_MESSAGE_BYTES + 65536, 1_048_576),
@@ -36,14 +44,18 @@ class KafkaSource:
             heartbeat_interval_ms=3_000,
             rebalance_timeout_ms=60_000,
             max_poll_interval_ms=300_000,
-            **client_options,
+            **self._client_options,
         )
-        self._topics = list(settings.topics())
-        self._reset = settings.KAFKA_AUTO_OFFSET_RESET
 
     async def start(self, listener: ConsumerRebalanceListener) -> None:
+        """Join the group; after a failed start (no cluster yet) a retry gets a fresh consumer."""
         self.consumer.subscribe(topics=self._topics, listener=listener)
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await self.consumer.stop()
+            self.consumer = self._new_consumer()
+            raise
 
     async def stop(self) -> None:
         await self.consumer.stop()

@@ -15,7 +15,7 @@ from typing import Literal
 
 import structlog
 
-from recorder import metrics
+from recorder import metrics, supervise
 from recorder.batching import Batch, PartitionBuffer, is_due, split_by_hour
 from recorder.offsets import TP, CasOutcome, cas_outcome
 from recorder.records import OrderBookRow, Row, TickRow
@@ -72,6 +72,9 @@ class S3Sink(SinkHealth):
         self._set_healthy(True)
         self._timer = asyncio.create_task(self._run_timer(), name="s3-flush-timer")
         log.info("sink_started", sink=SINK, lake=self._lake.description)
+
+    def failure(self) -> str | None:
+        return supervise.failure([self._timer])
 
     async def close(self) -> None:
         tasks = [t for t in (self._timer, *self._tasks.values()) if t is not None]

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from recorder import metrics
+from recorder import metrics, supervise
 from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
 from recorder.dlq import DeadLetter, DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
@@ -197,6 +197,9 @@ class TimescaleSink(SinkHealth):
         await asyncio.gather(*(w.task for w in self._writers if w.task), return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
+
+    def failure(self) -> str | None:
+        return supervise.failure(w.task for w in self._writers)
 
     @property
     def mode(self) -> DbMode:
