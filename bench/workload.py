@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,6 +22,7 @@ from bench.stack import REPO, Stack
 from recorder.settings import Settings
 from recorder.sinks.lake import make_lake
 from recorder.sinks.parquet import progress_key
+from tests.support.recorder_proc import produce as run_produce
 
 PARTITIONS = 12
 SYMBOLS = 100  # spreads keys over the 12 partitions (20 symbols leave some nearly empty)
@@ -189,17 +188,7 @@ def produce(
     if duration is not None:
         args += ["--duration", str(duration)]
     started = time.monotonic()
-    res = subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "produce", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"produce failed ({res.returncode}): {res.stderr[-2000:]}")
+    run_produce(env, *args, timeout=timeout)
     return time.monotonic() - started
 
 

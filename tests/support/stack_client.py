@@ -1,0 +1,98 @@
+"""Talking to `scripts/stack` (or to external services) without pytest: shared by the test
+fixtures (tests/fixtures/stack.py) and the benchmark (bench/stack.py), so both find, start and
+describe the services the same way."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = REPO / "scripts" / "stack"
+
+# The variables `scripts/stack up` writes to .stack/env; the recorder reads the same names.
+ENV_KEYS = (
+    "KAFKA_BROKERS",
+    "TIMESCALEDB_HOST",
+    "TIMESCALEDB_PORT",
+    "TIMESCALEDB_USER",
+    "TIMESCALEDB_PASSWORD",
+    "TIMESCALEDB_DB",
+    "S3_BUCKET",
+    "S3_REGION",
+    "S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+# When all of these are set, those services are used instead of starting our own.
+EXTERNAL_MARKERS = ("KAFKA_BROKERS", "TIMESCALEDB_HOST", "S3_ENDPOINT_URL")
+EXTERNAL_DEFAULTS = {
+    "TIMESCALEDB_PORT": "5432",
+    "TIMESCALEDB_USER": "recorder",
+    "TIMESCALEDB_PASSWORD": "recorder",
+    "TIMESCALEDB_DB": "marketdata",
+    "S3_BUCKET": "market-data",
+    "S3_REGION": "us-east-1",
+}
+STACK_UP_TIMEOUT_S = 900  # a cold Maven resolve of Kafka's jars included
+
+
+class StackUnavailable(RuntimeError):
+    """The services cannot be had (the message says why)."""
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s*export\s+([A-Z_][A-Z0-9_]*)=(.*)$", line)
+        if m:
+            env[m.group(1)] = m.group(2).strip().strip("'\"")
+    return env
+
+
+def run_stack(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(STACK_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def external_env() -> dict[str, str] | None:
+    """The external services' variables when all markers are set, with defaults filled in."""
+    if not all(os.environ.get(k) for k in EXTERNAL_MARKERS):
+        return None
+    env = {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
+    for key, default in EXTERNAL_DEFAULTS.items():
+        env.setdefault(key, default)
+    env.setdefault("AWS_DEFAULT_REGION", env["S3_REGION"])
+    return env
+
+
+def up_with_lease(lease: str) -> tuple[dict[str, str], Path]:
+    """`scripts/stack up --lease LEASE`; returns the stack's environment and state directory.
+    On failure the lease is released and StackUnavailable says why."""
+    try:
+        res = run_stack("up", "--lease", lease, timeout=STACK_UP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        run_stack("release", lease)
+        raise StackUnavailable(
+            f"scripts/stack up did not finish in {STACK_UP_TIMEOUT_S}s"
+        ) from None
+    if res.returncode != 0:
+        run_stack("release", lease)
+        raise StackUnavailable(f"scripts/stack up failed:\n{res.stdout}{res.stderr}")
+    state_dir = Path(os.environ.get("DATARECORDER_STACK_DIR") or REPO / ".stack")
+    env = parse_env_file((state_dir / "env").read_text())
+    missing = [k for k in ENV_KEYS if k not in env]
+    if missing:
+        run_stack("release", lease)
+        raise StackUnavailable(f"{state_dir}/env lacks {missing}")
+    return env, state_dir
