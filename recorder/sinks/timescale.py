@@ -311,7 +311,7 @@ class TimescaleSink(SinkHealth):
             await asyncio.gather(w.task, return_exceptions=True)
             for tp in hit:
                 if tp not in wanted and tp in self._buffers:
-                    self._fenced(tp, self._progress.get(tp))
+                    self._replay_from(tp, self._progress.get(tp))
             w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
 
     # --- writing ------------------------------------------------------------------------
@@ -352,7 +352,9 @@ class TimescaleSink(SinkHealth):
                 for tp in batches:
                     self._force.discard(tp)
             if failures:
-                await asyncio.sleep(min(self._settings.RETRY_MAX_BACKOFF_SEC, 0.5 * 2**failures))
+                await asyncio.sleep(
+                    min(self._settings.RETRY_MAX_BACKOFF_SEC, 0.5 * 2 ** min(failures, 10))
+                )
 
     async def _write_until_done(self, batches: dict[TP, Batch[Row]]) -> None:
         started = time.perf_counter()
@@ -383,7 +385,7 @@ class TimescaleSink(SinkHealth):
                     stored=stored,
                     dropped_rows=len(batch),
                 )
-                self._fenced(tp, stored)
+                self._replay_from(tp, stored)
                 continue
             if outcome is CasOutcome.APPLIED:
                 metrics.RECORDS_WRITTEN.labels(tp.topic, SINK).inc(len(batch))
@@ -414,14 +416,15 @@ class TimescaleSink(SinkHealth):
         metrics.FLUSHES.labels(SINK, "failed").inc()
         for tp in batches:
             if tp in self._buffers:
-                self._fenced(tp, self._progress.get(tp))
+                self._replay_from(tp, self._progress.get(tp))
 
     def _on_retry(self, exc: BaseException) -> None:
         self._set_healthy(False)
         metrics.FLUSHES.labels(SINK, "retry").inc()
 
-    def _fenced(self, tp: TP, stored: int | None) -> None:
-        """Another owner recorded this partition: forget our buffer, resume from its progress."""
+    def _replay_from(self, tp: TP, stored: int | None) -> None:
+        """Forget our buffer of `tp` and have it fed again from `stored` (the progress another
+        owner recorded, for a fenced batch; our own, for an abandoned or failed one)."""
         buffer = self._buffers.get(tp)
         if buffer is not None:
             buffer.restart(stored, stored if stored is not None else -1)
