@@ -464,9 +464,12 @@ class S3Sink(SinkHealth):
     async def _record_intent(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
         """Step 1 of the protocol: make [start, end) the recorded range, or find out why not.
         A decision other than FREE is taken on the store's view, never on a stale cache alone."""
-        if batch.start is None:
-            return IntentOutcome.FENCED  # unreachable: assignment stores every partition's start
         key = self._key(tp)
+        # A partition never written before (the pipeline stores a start at assignment; direct
+        # users of the sink may not): its range starts at the batch's first record.
+        first = batch.start
+        if first is None:
+            first = batch.offsets[0] if batch.offsets else batch.end
         stored = self._stored.get(tp)
         fresh = False
         if stored is None:
@@ -474,9 +477,9 @@ class S3Sink(SinkHealth):
         for _ in range(5):
             outcome = intent_outcome(stored.offset, stored.flush_end, batch.start, batch.end)
             if outcome is IntentOutcome.FREE:
-                token = await self._lake.write_progress(key, stored, batch.start, batch.end)
+                token = await self._lake.write_progress(key, stored, first, batch.end)
                 if token is not None:
-                    self._remember(tp, StoredProgress(batch.start, token, batch.end))
+                    self._remember(tp, StoredProgress(first, token, batch.end))
                     return IntentOutcome.RECORDED
             elif outcome is not IntentOutcome.FENCED or fresh:
                 return outcome
