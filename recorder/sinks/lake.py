@@ -201,7 +201,13 @@ class S3Lake:
                 Bucket=self._bucket, Key=key, Body=encode_progress(offset, flush_end), **condition
             )
         except ClientError as exc:
-            if _precondition_failed(exc):
+            # If-Match on a key that is gone (deleted by hand or by a lifecycle rule) is
+            # answered 404: the object is not the one we expected either.
+            gone = expected.token is not None and exc.response.get("Error", {}).get("Code") in (
+                "NoSuchKey",
+                "404",
+            )
+            if _precondition_failed(exc) or gone:
                 return None
             raise
         return str(res["ETag"])

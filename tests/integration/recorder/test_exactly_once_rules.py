@@ -66,6 +66,28 @@ def noop(*_: Any) -> None:
     return None
 
 
+class SlowLake(S3Lake):
+    """The real S3 lake with a delay before each file upload, and a record of how many uploads
+    of one partition run at once (rule 2) and when the last one ended (rule 3)."""
+
+    def __init__(self, settings: Settings, delay: float) -> None:
+        super().__init__(settings)
+        self.delay = delay
+        self.running = 0
+        self.most_at_once = 0
+        self.uploads = 0
+
+    async def put_file(self, key: str, body: Any, size: int) -> None:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            await super().put_file(key, body, size)
+            self.uploads += 1
+        finally:
+            self.running -= 1
+
+
 async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
     fresh_database: str, recorder_env: Any, stack: Any
 ) -> None:
@@ -206,9 +228,38 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
     assert total == 300 and seen == set(range(300))
 
 
+async def test_rule2_one_unrecorded_upload_per_partition(
+    fresh_bucket: str, recorder_env: Any
+) -> None:
+    """Three batches become due while the first upload is still running: the next upload of
+    the partition starts only after the previous one's progress is recorded."""
+    s = settings_for(recorder_env(bucket=fresh_bucket), S3_PREFIX="p", S3_BATCH_SIZE=100)
+    lake = SlowLake(s, delay=0.5)
+    recorded: list[int] = []
+    resyncs: list[TP] = []
+    sink = S3Sink(
+        s, {TOPIC: TopicKind.TICK}, lake, lambda _tp, o: recorded.append(o), resyncs.append
+    )
+    await sink.start()
+    try:
+        sink.assign(await sink.load_progress([TPX]), {})
+        for first in (0, 100, 200):  # each offer fills a batch: due at once
+            offsets, batch = rows(first, 100)
+            sink.offer(TPX, offsets, batch, first + 100)
+            await asyncio.sleep(0.05)
+        await sink.flush_all([TPX])
+    finally:
+        await sink.close()
+    assert lake.most_at_once == 1
+    assert recorded[-1] == 300 and recorded == sorted(recorded)
+    assert resyncs == []  # nothing was fenced: no upload raced its predecessor
+
+
 async def test_rule3_revocation_waits_for_in_flight_work(
     kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any
 ) -> None:
+    """A revocation that arrives while an upload is in flight returns only after that upload
+    and its progress are recorded (and the buffered rest flushed)."""
     from recorder.pipeline import Recorder
 
     topics = await kafka_topics("market.tick", partitions=2)
@@ -219,27 +270,37 @@ async def test_rule3_revocation_waits_for_in_flight_work(
             "BATCH_TIMEOUT_MS": 60_000,
             "S3_BATCH_TIMEOUT_SEC": 600,
             "BATCH_SIZE": 10**6,
-            "S3_BATCH_SIZE": 10**6,
+            "S3_BATCH_SIZE": 300,
         }
     )
     s = load_settings(**kw)
     rec = Recorder(s)
+    assert rec.s3 is not None
+    lake = SlowLake(s, delay=1.5)
+    rec.s3._lake = lake
     for sink in rec.sinks:
         await sink.start()
     try:
         tp = TP(topics[0], 0)
         for sink in rec.sinks:
             sink.assign({tp: None}, {})
-        offsets, batch = rows(0, 500)
+        offsets, batch = rows(0, 300)
+        for sink in rec.sinks:
+            sink.offer(tp, offsets, batch, 300)
+        deadline = time.monotonic() + 10
+        while lake.running == 0:  # the first 300 rows are being uploaded
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        offsets, batch = rows(300, 200)  # and more arrive behind them
         for sink in rec.sinks:
             sink.offer(tp, offsets, batch, 500)
-        assert all(sink.buffered() == 500 for sink in rec.sinks)  # far from any flush trigger
 
         class Source:
             async def commit(self, offsets: Any) -> None:
                 return None
 
         await rec.on_revoked(Source(), {tp})  # type: ignore[arg-type]
+        assert lake.running == 0 and lake.uploads == 2
         assert all(sink.buffered() == 0 for sink in rec.sinks)
         assert [await sink.load_progress([tp]) for sink in rec.sinks] == [{tp: 500}, {tp: 500}]
     finally:
