@@ -475,6 +475,8 @@ class Recorder:
         owned = source.assignment()
         for tp in [tp for tp in self._resync if tp in owned]:
             self._resync.discard(tp)
+            if tp in self._held:
+                continue  # halted or waiting for its progress: taken over as a whole later
             position = seek_position(sink.progress().get(tp) for sink in self.sinks)
             log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
             if position is None:
