@@ -66,14 +66,16 @@ async def _run(settings: Settings) -> int:
 async def _migrate(settings: Settings) -> int:
     import asyncpg
 
-    from recorder.migrate import migrate
+    from recorder.migrate import migrate_explained
 
     conn = await asyncpg.connect(**settings.db_dsn_kwargs())
     try:
-        mode = await migrate(conn)
+        result = await migrate_explained(conn)
     finally:
         await conn.close()
-    print(f"migrations applied ({mode.value} mode)")
+    applied = ", ".join(f"{m.version:04d}_{m.name}" for m in result.applied) or "none pending"
+    print(f"mode: {result.mode.value} ({result.reason})")
+    print(f"migrations applied: {applied}")
     return 0
 
 
