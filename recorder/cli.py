@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the lake, logs and database files"
     )
     p_demo.add_argument("--summary-json", help="also write the final summary to this JSON file")
+    p_demo.add_argument(
+        "--db",
+        choices=("postgres", "timescaledb"),
+        default="postgres",
+        help="postgres (default) or timescaledb: native TimescaleDB, Apache edition "
+        "(fetched once by scripts/timescaledb build)",
+    )
     sub.add_parser("operator", help="the Kubernetes operator (render, run)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate=args.rate,
                 keep=args.keep,
                 summary_json=args.summary_json,
+                db=args.db,
             )
         )
     parser.error(f"unknown command {args.command}")

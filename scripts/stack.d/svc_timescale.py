@@ -1,9 +1,9 @@
 """Native TimescaleDB (Apache edition) for scripts/stack: PostgreSQL 17 + TimescaleDB 2.19 from
 Debian trixie, run from the folder `scripts/timescaledb build` unpacked into the cache.
 
-Owns the run copy of that folder (with wrappers that start each binary through the folder's own
-loader), the cluster's config and its `.stack/env` names (TSDB_APACHE_*); the server process is
-managed like svc_postgres's (the same pg_ctl calls, the same role and database).
+Owns the cluster's config and its `.stack/env` names (TSDB_APACHE_*); the runnable copy of the
+folder comes from recorder/demo_timescaledb.py, and the server process is managed like
+svc_postgres's (the same pg_ctl calls, the same role and database).
 """
 
 from __future__ import annotations
@@ -11,60 +11,22 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import svc_postgres
 from stacklib import ServiceState, StackError, free_port
 
+from recorder import demo_timescaledb as native  # shared with `datarecorder demo --db timescaledb`
+
 NAME = "timescale"
-SCRIPT = Path(__file__).resolve().parents[1] / "timescaledb"
-# The binaries a cluster needs; each gets a wrapper (initdb and pg_ctl exec `postgres` by path).
-WRAPPED = ("postgres", "initdb", "pg_ctl", "psql", "pg_isready")
-PG_DIR = Path("usr/lib/postgresql/17")
-LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
-
-
-def cached_root() -> Path:
-    """The unpacked trixie root in the cache (fetched once by scripts/bootstrap)."""
-    res = subprocess.run(["bash", str(SCRIPT), "root"], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise StackError(
-            f"native TimescaleDB is not fetched yet: run `scripts/timescaledb build` "
-            f"(scripts/bootstrap does): {res.stderr.strip()}"
-        )
-    return Path(res.stdout.strip())
-
-
-def wrapper(root: Path, real: Path) -> str:
-    """A shell script that runs `real` through the root's loader and libraries.
-
-    --argv0 keeps the wrapper's path as argv[0]: PostgreSQL finds its share and lib folders
-    relative to it, and initdb/pg_ctl then exec the wrapped `postgres` beside it."""
-    libs = ":".join(str(root / d) for d in LIB_DIRS)
-    loader = root / "lib64" / "ld-linux-x86-64.so.2"
-    return f'#!/bin/sh\nexec {loader} --library-path {libs} --argv0 "$0" {real} "$@"\n'
 
 
 def make_run_root(base: Path) -> Path:
-    """A copy of the cached root the server user can reach (the cache may sit under a private
-    home), hard-linked when possible (instant), with the wrapped binaries."""
-    source = cached_root()
-    root = base / "root"
-    res = subprocess.run(["cp", "-al", str(source), str(root)], capture_output=True, text=True)
-    if res.returncode != 0:  # another filesystem: a real copy (~160 MB, a second or two)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(source, root, symlinks=True)
-    bins = root / PG_DIR / "bin"
-    real_dir = bins / ".real"
-    real_dir.mkdir()
-    for name in WRAPPED:
-        real = real_dir / name
-        (bins / name).rename(real)
-        (bins / name).write_text(wrapper(root, real))
-        (bins / name).chmod(0o755)
-    return bins
+    try:
+        return native.make_run_root(base)
+    except native.NotFetched as exc:
+        raise StackError(str(exc)) from None
 
 
 def configure(st: ServiceState) -> None:
@@ -106,10 +68,7 @@ def configure(st: ServiceState) -> None:
         "timezone = 'UTC'",
         "log_min_messages = warning",
         "log_line_prefix = '%m [%p] %q%u@%d '",
-        # libLLVM is not unpacked (130 MB for a feature short test queries never use).
-        "jit = off",
-        "shared_preload_libraries = 'timescaledb'",
-        "timescaledb.telemetry_level = off",
+        *(f"{k} = '{v}'" for k, v in native.SERVER_SETTINGS.items()),
     ]
     with open(data / "postgresql.conf", "a") as f:
         f.write("\n# scripts/stack (native TimescaleDB)\n" + "\n".join(conf) + "\n")
