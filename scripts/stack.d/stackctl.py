@@ -21,12 +21,14 @@ import svc_kafka
 import svc_postgres
 import svc_s3
 import svc_timescale
+import svc_timescale_full
 from stacklib import STATE, ServiceState, StackError, locked, log, pid_alive, terminate
 
 SERVICES: dict[str, ModuleType] = {
     "kafka": svc_kafka,
     "postgres": svc_postgres,
     "timescale": svc_timescale,
+    "timescale-full": svc_timescale_full,
     "s3": svc_s3,
 }
 ENV_FILE = STATE / "env"
@@ -105,7 +107,13 @@ def our_stray_processes() -> list[int]:
         if isinstance(base, str):
             marks.append(f"{base}/")
     # svc_timescale's server runs as the trixie loader with bin/.real/postgres as its program.
-    servers = ("kafka.Kafka", "kafka.tools.StorageTool", "bin/postgres", "bin/.real/postgres")
+    servers = (
+        "kafka.Kafka",
+        "kafka.tools.StorageTool",
+        "bin/postgres",
+        "bin/.real/postgres",
+        "pglite_bridge.mjs",
+    )
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():

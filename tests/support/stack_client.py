@@ -27,6 +27,12 @@ ENV_KEYS = (
     "TSDB_APACHE_USER",
     "TSDB_APACHE_PASSWORD",
     "TSDB_APACHE_DB",
+    # The full edition (PGlite behind scripts/stack.d/pglite_bridge.mjs): one shared session.
+    "TSDB_FULL_HOST",
+    "TSDB_FULL_PORT",
+    "TSDB_FULL_USER",
+    "TSDB_FULL_PASSWORD",
+    "TSDB_FULL_DB",
     "S3_BUCKET",
     "S3_REGION",
     "S3_ENDPOINT_URL",
