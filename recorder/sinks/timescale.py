@@ -22,6 +22,7 @@ import structlog
 
 from recorder import metrics, supervise
 from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
+from recorder.compression import apply_compression
 from recorder.dlq import DeadLetter, DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.offsets import TP, CasOutcome, cas_outcome
@@ -195,6 +196,7 @@ class TimescaleSink(SinkHealth):
                         "the database has no schema: run `datarecorder migrate` or set MIGRATE_ON_START=true"
                     )
                 self._mode = mode
+            await self._apply_compression(conn)
         self._set_healthy(True)
         for w in self._writers:
             w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
@@ -639,6 +641,15 @@ class TimescaleSink(SinkHealth):
                             date(1970, 1, 1) + timedelta(days=day),
                         )
                         self._known_days.add((table, day))
+
+    async def _apply_compression(self, conn: asyncpg.Connection) -> None:
+        days = self._settings.DB_COMPRESS_AFTER_DAYS
+        if self._mode is DbMode.TIMESCALEDB:
+            await apply_compression(conn, days)
+        elif days > 0:
+            log.warning(
+                "compression_unavailable", mode=self._mode.value, setting="DB_COMPRESS_AFTER_DAYS"
+            )
 
     async def _run_retention(self) -> None:
         """DB_RETENTION_DAYS by the recorder (no policies in the Apache edition or plain

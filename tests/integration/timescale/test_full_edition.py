@@ -1,7 +1,8 @@
 """The full TimescaleDB edition (license `timescale`, 2.23) at SQL level, through our PGlite
 bridge (scripts/stack.d/pglite_bridge.mjs): the migrations of `timescaledb` mode, binary COPY
 into the hypertables, continuous aggregates refreshed -> the same OHLCV bars the other modes
-keep, refresh policy definitions, late data, and retention by drop_chunks.
+keep, refresh policy definitions, late data, compression settings and policy, and retention by
+drop_chunks.
 
 One shared session (no CREATE DATABASE per test): the test starts by dropping our objects.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from recorder.compression import apply_compression
 from recorder.migrate import DbMode, migrate_explained
 from recorder.records import TickRow
 from recorder.retention import apply_retention
@@ -118,6 +120,36 @@ async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any
             bucket + timedelta(minutes=1),
         )
         assert await conn.fetchval(high, bucket) == 999.0
+
+        # DB_COMPRESS_AFTER_DAYS: settings and policy; the policy's job compresses the old
+        # chunks (jobs never run by themselves in PGlite: run it), and a late row still lands.
+        await apply_compression(conn, 2)
+        settings = await conn.fetch(
+            """SELECT hypertable_name, attname, segmentby_column_index, orderby_asc
+               FROM timescaledb_information.compression_settings ORDER BY 1, 2"""
+        )
+        assert {(r[0], r[1]): (r[2], r[3]) for r in settings} == {
+            ("orderbook", "symbol"): (1, None),
+            ("orderbook", "time"): (None, False),
+            ("tick_data", "symbol"): (1, None),
+            ("tick_data", "time"): (None, False),
+        }
+        job = await conn.fetchval(
+            """SELECT job_id FROM timescaledb_information.jobs
+               WHERE proc_name = 'policy_compression' AND hypertable_name = 'tick_data'
+                 AND config->>'compress_after' = '2 days'"""
+        )
+        assert job is not None
+        await conn.execute(f"CALL run_job({job})")
+        compressed = await conn.fetchval(
+            """SELECT bool_and(is_compressed) FROM timescaledb_information.chunks
+               WHERE hypertable_name = 'tick_data'"""
+        )
+        assert compressed is True
+        await conn.copy_records_to_table(
+            "tick_data", records=[tick_record(late._replace(price=1.0))], columns=COLUMNS
+        )
+        assert await conn.fetchval("SELECT count(*) FROM tick_data") == len(ticks) + 2
 
         # Retention by the recorder (drop_chunks) works here too; the aggregates keep the bars.
         now = (datetime.fromtimestamp(T0 // 10**9, tz=UTC) + timedelta(days=10)).timestamp()
