@@ -64,6 +64,10 @@ class Results:
     scaling_records: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     machine: str = ""
+    # The same COPY ceiling and drain on native TimescaleDB (Apache edition) hypertables.
+    tsdb_copy_ceiling: float | None = None
+    tsdb_recorder_db: float | None = None
+    tsdb_verified: str | None = None
 
     @property
     def ceiling(self) -> float | None:
@@ -183,7 +187,29 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
         )
     if not r.scaling:
         out.append(("Scaling", "—", "", r.skipped.get("scaling", "")))
+    out.extend(timescaledb_rows(r))
     return out
+
+
+def timescaledb_rows(r: Results) -> list[tuple[str, str, str, str]]:
+    """The hot path on TimescaleDB hypertables beside the PostgreSQL 15 figures above."""
+    if r.tsdb_copy_ceiling is None and r.tsdb_recorder_db is None:
+        return [("TimescaleDB (Apache edition)", "—", "", r.skipped.get("timescaledb", ""))]
+    how = "PostgreSQL 17 + TimescaleDB 2.19 (Debian trixie, fsync=off), hypertables, 1-day chunks"
+    return [
+        (
+            "Recorder drain → TimescaleDB",
+            rate(r.tsdb_recorder_db),
+            _ratio(r.tsdb_recorder_db, r.recorder_db, " of PG15 drain"),
+            f"same backlog and settings as the PostgreSQL drain; {how}; {r.tsdb_verified}",
+        ),
+        (
+            "Ceiling (a) on TimescaleDB: binary COPY",
+            rate(r.tsdb_copy_ceiling),
+            _ratio(r.tsdb_copy_ceiling, r.copy_ceiling, " of PG15 COPY"),
+            f"same rows and connections as ceiling (a); {how}",
+        ),
+    ]
 
 
 def render(r: Results) -> str:

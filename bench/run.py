@@ -106,6 +106,8 @@ async def measure(
             "ceiling: fetch-only": fetch_line,
         }
 
+        await measure_timescaledb(stack, topics, total, backlog, logs, r)
+
         log(f"naive baseline: {plan.naive_sample:,} messages")
         r.naive = await sc.naive(stack, topics, backlog, plan.naive_sample)
         del backlog
@@ -152,6 +154,32 @@ async def measure(
     finally:
         await wl.delete_topics(stack, [*topics.names, *(f"{t}.dlq" for t in topics.names)])
     return r, lines
+
+
+def on_timescaledb(stack: Stack) -> Stack | None:
+    """The stack with TIMESCALEDB_* pointing at its native TimescaleDB server (None: absent)."""
+    keys = ("HOST", "PORT", "USER", "PASSWORD", "DB")
+    if not all(f"TSDB_APACHE_{k}" in stack.env for k in keys):
+        return None
+    env = dict(stack.env) | {f"TIMESCALEDB_{k}": stack.env[f"TSDB_APACHE_{k}"] for k in keys}
+    return dataclasses.replace(stack, env=env, lease=None)  # the lease stays with `stack`
+
+
+async def measure_timescaledb(
+    stack: Stack, topics: wl.Topics, total: int, backlog: sc.Backlog, logs: Path, r: Results
+) -> None:
+    """Ceiling (a) and the recorder's drain again, on TimescaleDB hypertables, same run."""
+    ts = on_timescaledb(stack)
+    if ts is None:
+        r.skipped["timescaledb"] = "no TSDB_APACHE_* server (external services)"
+        return
+    log("ceiling (a) on TimescaleDB: binary COPY into hypertables")
+    r.tsdb_copy_ceiling, _ = await sc.copy_ceiling(ts, backlog)
+    log("recorder: end-to-end drain into TimescaleDB")
+    drain = await sc.drain(
+        ts, topics, total, logs, name="drain-tsdb", verify=True, S3_BATCH_TIMEOUT_SEC=5
+    )
+    r.tsdb_recorder_db, r.tsdb_verified = drain.db_rate, drain.verified
 
 
 def write_outputs(r: Results, lines: dict[str, object], out: Path, plots: bool) -> None:

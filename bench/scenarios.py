@@ -292,7 +292,8 @@ async def fresh_schema(stack: Stack, database: str, backlog: Backlog) -> None:
     await wl.create_database(stack, database)
     conn = await asyncpg.connect(**wl.dsn_kwargs(stack, database))
     try:
-        await migrate(conn)
+        if (await migrate(conn)).hypertables:  # TimescaleDB makes its chunks itself
+            return
         days = {r.time_ns // NS_PER_DAY for r in backlog.ticks[:: max(1, len(backlog.ticks) // 50)]}
         days |= {backlog.ticks[-1].time_ns // NS_PER_DAY} if backlog.ticks else set()
         days |= {r.time_ns // NS_PER_DAY for r in backlog.books[:1] + backlog.books[-1:]}

@@ -66,14 +66,16 @@ async def _run(settings: Settings) -> int:
 async def _migrate(settings: Settings) -> int:
     import asyncpg
 
-    from recorder.migrate import migrate
+    from recorder.migrate import migrate_explained
 
     conn = await asyncpg.connect(**settings.db_dsn_kwargs())
     try:
-        mode = await migrate(conn)
+        result = await migrate_explained(conn)
     finally:
         await conn.close()
-    print(f"migrations applied ({mode.value} mode)")
+    applied = ", ".join(f"{m.version:04d}_{m.name}" for m in result.applied) or "none pending"
+    print(f"mode: {result.mode.value} ({result.reason})")
+    print(f"migrations applied: {applied}")
     return 0
 
 
@@ -144,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the lake, logs and database files"
     )
     p_demo.add_argument("--summary-json", help="also write the final summary to this JSON file")
+    p_demo.add_argument(
+        "--db",
+        choices=("postgres", "timescaledb"),
+        default="postgres",
+        help="postgres (default) or timescaledb: native TimescaleDB, Apache edition "
+        "(fetched once by scripts/timescaledb build)",
+    )
     sub.add_parser("operator", help="the Kubernetes operator (render, run)", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
@@ -198,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate=args.rate,
                 keep=args.keep,
                 summary_json=args.summary_json,
+                db=args.db,
             )
         )
     parser.error(f"unknown command {args.command}")

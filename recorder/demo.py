@@ -106,8 +106,9 @@ def recorder_environ(values: dict[str, str]) -> dict[str, str]:
 
 
 class Demo:
-    def __init__(self, root: Path, duration: float, rate: float) -> None:
+    def __init__(self, root: Path, duration: float, rate: float, db: str = "postgres") -> None:
         self.root = root
+        self.db = db
         self.duration = duration
         self.rate = rate
         self.children: list[Child] = []
@@ -120,13 +121,14 @@ class Demo:
         say(f"datarecorder demo: starting Apache Kafka and PostgreSQL under {self.root}")
         kafka, bootstrap = services.start_kafka(self.root, say)
         self.children.append(kafka)
-        pg, db, origin = services.start_postgres(self.root)
+        pg, db, origin = services.start_postgres(self.root, timescaledb=self.db == "timescaledb")
         self.children.append(pg)
         await asyncio.gather(
             services.kafka_ready(kafka, bootstrap), services.postgres_ready(pg, db)
         )
         say(f"  kafka      {bootstrap} (Apache Kafka {services.KAFKA_VERSION}, KRaft, 1 node)")
-        say(f"  postgres   {db.host}:{db.port}/{db.database} ({origin}, plain PostgreSQL mode)")
+        mode = "TimescaleDB Apache mode" if self.db == "timescaledb" else "plain PostgreSQL mode"
+        say(f"  postgres   {db.host}:{db.port}/{db.database} ({origin}, {mode})")
         await self._create_topics(bootstrap)
 
         lake_dir = self.root / "lake"
@@ -489,6 +491,7 @@ def main(
     *,
     keep: bool = False,
     summary_json: str | None = None,
+    db: str = "postgres",
 ) -> int:
     """Run the demo; 0 when every store agrees with what was produced."""
     if duration <= 0 or rate <= 0:
@@ -500,7 +503,7 @@ def main(
     root = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
     root.chmod(0o711)  # PostgreSQL runs as an unprivileged user when we are root
     (root / "demo.pid").write_text(str(os.getpid()))
-    demo = Demo(root, duration, rate)
+    demo = Demo(root, duration, rate, db)
     summary: dict[str, Any] | None = None
     code = 1
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from recorder import demo_timescaledb as native_timescaledb
+
 KAFKA_VERSION = os.environ.get("DATARECORDER_KAFKA_VERSION", "4.4.0")
 CACHE = Path(
     os.environ.get("DATARECORDER_CACHE") or Path.home() / ".cache" / "datarecorder"
@@ -402,14 +404,26 @@ def _chown_tree(path: Path, user: str | None) -> None:
             os.lchown(name, pw.pw_uid, pw.pw_gid)
 
 
-def start_postgres(root: Path) -> tuple[Child, Database, str]:
-    """initdb a fresh cluster under `root` and launch it on a free loopback port (TCP only)."""
-    bins, origin = postgres_bindir()
+def start_postgres(root: Path, *, timescaledb: bool = False) -> tuple[Child, Database, str]:
+    """initdb a fresh cluster under `root` and launch it on a free loopback port (TCP only);
+    `timescaledb`: native TimescaleDB (Apache edition) from the cache instead of PostgreSQL."""
     user = server_user()
     pg = root / "postgres"
     pg.mkdir(parents=True, exist_ok=True)
     _chown_tree(pg, user)
-    bins = _usable_bindir(bins, user, root)
+    extra: dict[str, str] = {}
+    if timescaledb:
+        try:
+            bins = native_timescaledb.make_run_root(root)
+        except native_timescaledb.NotFetched as exc:
+            raise ServiceError(str(exc)) from None
+        origin, extra = (
+            "TimescaleDB 2.19 Apache edition, Debian trixie",
+            dict(native_timescaledb.SERVER_SETTINGS),
+        )
+    else:
+        bins, origin = postgres_bindir()
+        bins = _usable_bindir(bins, user, root)
     password = secrets.token_urlsafe(16)
     pwfile = pg / "pwfile"
     pwfile.write_text(password + "\n")
@@ -453,6 +467,7 @@ def start_postgres(root: Path) -> tuple[Child, Database, str]:
         "full_page_writes": "off",
         "timezone": "UTC",
         "log_min_messages": "warning",
+        **extra,
     }
     argv = [str(bins / "postgres"), "-D", str(data)]
     for key, value in settings.items():

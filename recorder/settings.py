@@ -181,6 +181,27 @@ class Settings(BaseSettings):
     RETRY_MAX_BACKOFF_SEC: float = _field(
         10, "Longest pause between retries of a failing store.", "10", gt=0, le=600
     )
+    DB_RETENTION_DAYS: int = _field(
+        0,
+        "Days of rows (by event time) the database keeps; older day partitions (plain "
+        "PostgreSQL) or chunks (TimescaleDB, by drop_chunks) are dropped by the recorder. "
+        "0 keeps everything. Rollups are kept.",
+        "30",
+        ge=0,
+        le=100_000,
+    )
+    DB_RETENTION_INTERVAL_SEC: float = _field(
+        3600, "Pause between two retention runs (the first runs at start).", "3600", gt=0, le=86_400
+    )
+    DB_COMPRESS_AFTER_DAYS: int = _field(
+        0,
+        "TimescaleDB (license `timescale`) only: compress chunks older than this many days, by "
+        "a compression policy set at start. 0 leaves compression as it is. Ignored in the other "
+        "modes.",
+        "7",
+        ge=0,
+        le=100_000,
+    )
 
     @field_validator("KAFKA_BROKERS", "KAFKA_TOPICS", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 Owns the database writers: each partition belongs to one writer; one transaction per flush
 does a compare-and-set of every batch's progress in `recorder_offsets`, the COPY of the rows
-and (plain PostgreSQL mode) the OHLCV rollup upserts, so a crash never writes a row twice.
+and (plain PostgreSQL and TimescaleDB Apache modes) the OHLCV rollup upserts, so a crash never
+writes a row twice. Also runs the retention (DB_RETENTION_DAYS) on its schedule.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import structlog
 
 from recorder import metrics, supervise
 from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
+from recorder.compression import apply_compression
 from recorder.dlq import DeadLetter, DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.offsets import TP, CasOutcome, cas_outcome
 from recorder.records import OrderBookRow, Row, TickRow, levels_json
+from recorder.retention import apply_retention
 from recorder.rollups import ROLLUPS, Bar, aggregate, merge
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
@@ -95,9 +98,17 @@ def rollup_bars(ticks: list[TickRow]) -> dict[str, list[Bar]]:
     return out
 
 
+class PartitionMissing(RuntimeError):
+    """A row's day partition is gone although we had it as known (dropped by retention or by
+    hand): the cache is cleared and the write retried, which creates the partition again."""
+
+
 def is_retriable(exc: BaseException) -> bool:
-    """Connection trouble and server shutdowns are retried; data errors are not."""
+    """Connection trouble, server shutdowns and a read-only server (a standby, or a primary
+    just demoted by a failover: retried on fresh connections) are retried; data errors not."""
     if isinstance(exc, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, (PartitionMissing, asyncpg.ReadOnlySQLTransactionError)):
         return True
     if isinstance(
         exc,
@@ -155,6 +166,7 @@ class TimescaleSink(SinkHealth):
         self._max_rows = settings.BATCH_SIZE
         self._max_age = settings.BATCH_TIMEOUT_MS / 1000
         self._closing = False
+        self._retention: asyncio.Task[None] | None = None
         self._failing = False  # the last flush failed for a reason that retrying did not fix
         self.healthy = False
 
@@ -184,17 +196,20 @@ class TimescaleSink(SinkHealth):
                         "the database has no schema: run `datarecorder migrate` or set MIGRATE_ON_START=true"
                     )
                 self._mode = mode
+            await self._apply_compression(conn)
         self._set_healthy(True)
         for w in self._writers:
             w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
+        if self._settings.DB_RETENTION_DAYS > 0:
+            self._retention = asyncio.create_task(self._run_retention(), name="db-retention")
         log.info("sink_started", sink=SINK, mode=self._mode.value, writers=len(self._writers))
 
     async def close(self) -> None:
         self._closing = True
-        for w in self._writers:
-            if w.task is not None:
-                w.task.cancel()
-        await asyncio.gather(*(w.task for w in self._writers if w.task), return_exceptions=True)
+        tasks = [t for t in (*(w.task for w in self._writers), self._retention) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
 
@@ -471,6 +486,24 @@ class TimescaleSink(SinkHealth):
     ) -> dict[TP, tuple[CasOutcome, int | None]]:
         pool = self._pool
         assert pool is not None
+        try:
+            return await self._write_once(pool, batches)
+        except asyncpg.ReadOnlySQLTransactionError as exc:
+            # After a failover the pool's connections may still reach the demoted server (same
+            # address, new role, or a DNS name that now points elsewhere): replace them all.
+            log.warning("db_read_only", sink=SINK, error=str(exc), action="reconnecting")
+            await pool.expire_connections()
+            raise
+        except asyncpg.CheckViolationError as exc:
+            if self._mode is not DbMode.POSTGRES or "no partition" not in str(exc):
+                raise
+            log.warning("partition_missing", sink=SINK, error=str(exc))
+            self._known_days.clear()
+            raise PartitionMissing(str(exc)) from exc
+
+    async def _write_once(
+        self, pool: asyncpg.Pool, batches: dict[TP, Batch[Row]]
+    ) -> dict[TP, tuple[CasOutcome, int | None]]:
         if self._mode is DbMode.POSTGRES:
             await self._ensure_partitions(pool, batches)
         outcomes: dict[TP, tuple[CasOutcome, int | None]] = {}
@@ -493,7 +526,7 @@ class TimescaleSink(SinkHealth):
                     for t, sym, price, vol, chg, rate in ticks
                 ]
                 await self._copy(conn, "tick_data", _TICK_COLUMNS, records, batches)
-                if self._mode is DbMode.POSTGRES:
+                if self._mode.recorder_rollups:
                     await self._upsert_rollups(conn, ticks)
             if books:
                 await self._copy(
@@ -643,3 +676,33 @@ class TimescaleSink(SinkHealth):
                             date(1970, 1, 1) + timedelta(days=day),
                         )
                         self._known_days.add((table, day))
+
+    async def _apply_compression(self, conn: asyncpg.Connection) -> None:
+        days = self._settings.DB_COMPRESS_AFTER_DAYS
+        if self._mode is DbMode.TIMESCALEDB:
+            await apply_compression(conn, days)
+        elif days > 0:
+            log.warning(
+                "compression_unavailable", mode=self._mode.value, setting="DB_COMPRESS_AFTER_DAYS"
+            )
+
+    async def _run_retention(self) -> None:
+        """DB_RETENTION_DAYS by the recorder (no policies in the Apache edition or plain
+        PostgreSQL): at start, then every DB_RETENTION_INTERVAL_SEC. A failed run is logged
+        and tried again next time; it never stops the writers."""
+        pool = self._pool
+        assert pool is not None
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    dropped = await apply_retention(
+                        conn, self._mode, self._settings.DB_RETENTION_DAYS, time.time()
+                    )
+                for d in dropped:
+                    # The writer recreates a dropped day if a (late) row for it still arrives.
+                    self._known_days = {k for k in self._known_days if k[0] != d.table}
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("retention_failed", sink=SINK, error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self._settings.DB_RETENTION_INTERVAL_SEC)

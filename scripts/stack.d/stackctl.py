@@ -20,9 +20,17 @@ from types import ModuleType
 import svc_kafka
 import svc_postgres
 import svc_s3
+import svc_timescale
+import svc_timescale_full
 from stacklib import STATE, ServiceState, StackError, locked, log, pid_alive, terminate
 
-SERVICES: dict[str, ModuleType] = {"kafka": svc_kafka, "postgres": svc_postgres, "s3": svc_s3}
+SERVICES: dict[str, ModuleType] = {
+    "kafka": svc_kafka,
+    "postgres": svc_postgres,
+    "timescale": svc_timescale,
+    "timescale-full": svc_timescale_full,
+    "s3": svc_s3,
+}
 ENV_FILE = STATE / "env"
 LEASES = STATE / "leases"
 OWNER = STATE / "owner"
@@ -94,11 +102,18 @@ def our_stray_processes() -> list[int]:
     Only server processes count (not, say, someone's `tail -f .stack/kafka/server.log`).
     """
     marks = [f"{STATE}/"]
-    pg = ServiceState.load("postgres")
-    base = pg.data.get("base")
-    if isinstance(base, str):
-        marks.append(f"{base}/")
-    servers = ("kafka.Kafka", "kafka.tools.StorageTool", "bin/postgres")
+    for name in ("postgres", "timescale"):
+        base = ServiceState.load(name).data.get("base")
+        if isinstance(base, str):
+            marks.append(f"{base}/")
+    # svc_timescale's server runs as the trixie loader with bin/.real/postgres as its program.
+    servers = (
+        "kafka.Kafka",
+        "kafka.tools.StorageTool",
+        "bin/postgres",
+        "bin/.real/postgres",
+        "pglite_bridge.mjs",
+    )
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():

@@ -143,3 +143,24 @@ def test_ctrl_c_stops_the_feed_and_still_flushes_verifies_and_cleans_up(tmp_path
     _check_summary(summary, output)
     assert summary["feed_seconds"] < 60, summary
     _check_output_and_cleanup(output)
+
+
+def test_demo_on_native_timescaledb(tmp_path: Path) -> None:
+    """`--db timescaledb`: the same demo on TimescaleDB's Apache edition (hypertables)."""
+    summary_file = tmp_path / "summary.json"
+    proc = _demo(
+        tmp_path,
+        "--db",
+        "timescaledb",
+        "--duration",
+        "8",
+        "--rate",
+        "1000",
+        "--summary-json",
+        str(summary_file),
+    )
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output
+    assert "(TimescaleDB 2.19 Apache edition, Debian trixie, TimescaleDB Apache mode)" in output
+    _check_summary(json.loads(summary_file.read_text()), output)
+    _check_output_and_cleanup(output)

@@ -20,6 +20,19 @@ ENV_KEYS = (
     "TIMESCALEDB_USER",
     "TIMESCALEDB_PASSWORD",
     "TIMESCALEDB_DB",
+    # The native TimescaleDB (Apache edition) server beside the plain one; tests point the
+    # recorder's TIMESCALEDB_* at it (tests/fixtures/stack.py, Stack.on_server).
+    "TSDB_APACHE_HOST",
+    "TSDB_APACHE_PORT",
+    "TSDB_APACHE_USER",
+    "TSDB_APACHE_PASSWORD",
+    "TSDB_APACHE_DB",
+    # The full edition (PGlite behind scripts/stack.d/pglite_bridge.mjs): one shared session.
+    "TSDB_FULL_HOST",
+    "TSDB_FULL_PORT",
+    "TSDB_FULL_USER",
+    "TSDB_FULL_PASSWORD",
+    "TSDB_FULL_DB",
     "S3_BUCKET",
     "S3_REGION",
     "S3_ENDPOINT_URL",

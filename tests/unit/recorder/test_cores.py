@@ -8,7 +8,7 @@ import pytest
 
 from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, split_by_hour, writer_for
 from recorder.http import health_report
-from recorder.migrate import DbMode, plan_migrations
+from recorder.migrate import DbMode, mode_for_license, plan_migrations
 from recorder.offsets import CasOutcome, cas_outcome, partition_lag, seek_position
 from recorder.records import TickRow
 from recorder.rollups import Bar, aggregate, merge
@@ -149,12 +149,24 @@ def test_migration_plan_picks_the_mode_variant_once() -> None:
         "0001_a.sql": "A",
         "0002_b.timescaledb.sql": "TS",
         "0002_b.postgres.sql": "PG",
+        "0003_c.timescaledb+apache.sql": "HYPER",
+        "0004_d.postgres+apache.sql": "OURS",
         "README": "",
     }
-    assert [m.sql for m in plan_migrations(files, DbMode.POSTGRES, set())] == ["A", "PG"]
-    assert [m.sql for m in plan_migrations(files, DbMode.TIMESCALEDB, {1})] == ["TS"]
+    assert [m.sql for m in plan_migrations(files, DbMode.POSTGRES, set())] == ["A", "PG", "OURS"]
+    assert [m.sql for m in plan_migrations(files, DbMode.TIMESCALEDB, {1})] == ["TS", "HYPER"]
+    apache = plan_migrations(files, DbMode.TIMESCALEDB_APACHE, set())
+    assert [m.sql for m in apache] == ["A", "HYPER", "OURS"]
     with pytest.raises(ValueError, match="two migrations"):
         plan_migrations({"0001_a.sql": "", "0001_b.sql": ""}, DbMode.POSTGRES, set())
+
+
+def test_the_license_decides_the_mode() -> None:
+    assert mode_for_license(None)[0] is DbMode.POSTGRES
+    assert mode_for_license("apache")[0] is DbMode.TIMESCALEDB_APACHE
+    assert mode_for_license("timescale")[0] is DbMode.TIMESCALEDB
+    with pytest.raises(ValueError, match=r"timescaledb.license = 'community'"):
+        mode_for_license("community")
 
 
 def test_a_never_written_empty_buffer_records_no_progress() -> None:

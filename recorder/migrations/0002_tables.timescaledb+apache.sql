@@ -1,4 +1,4 @@
--- TimescaleDB mode: hypertables partitioned by event time.
+-- TimescaleDB modes (both editions): hypertables partitioned by event time.
 CREATE TABLE IF NOT EXISTS tick_data (
     time        timestamptz      NOT NULL,
     symbol      text             NOT NULL,

@@ -1,5 +1,5 @@
--- Plain PostgreSQL mode: rollups kept current by the recorder in the same transaction as the
--- rows. State tables carry the times of open and close so partial batches merge correctly;
+-- Plain PostgreSQL and TimescaleDB Apache modes: rollups kept current by the recorder in the
+-- transaction of the rows. State tables carry the times of open and close so partial batches merge correctly;
 -- views expose the same columns as TimescaleDB's continuous aggregates.
 DO $$
 DECLARE
