@@ -92,13 +92,20 @@ def external_env() -> dict[str, str] | None:
 def up_with_lease(lease: str) -> tuple[dict[str, str], Path]:
     """`scripts/stack up --lease LEASE`; returns the stack's environment and state directory.
     On failure the lease is released and StackUnavailable says why."""
-    try:
-        res = run_stack("up", "--lease", lease, timeout=STACK_UP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        run_stack("release", lease)
-        raise StackUnavailable(
-            f"scripts/stack up did not finish in {STACK_UP_TIMEOUT_S}s"
-        ) from None
+    for attempt in (1, 2):
+        try:
+            res = run_stack("up", "--lease", lease, timeout=STACK_UP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            run_stack("release", lease)
+            raise StackUnavailable(
+                f"scripts/stack up did not finish in {STACK_UP_TIMEOUT_S}s"
+            ) from None
+        if res.returncode == 0:
+            break
+        # `up` keeps what runs and starts the rest: one more try rides out a service that
+        # fell over while starting on a loaded machine (its log is in the message if not).
+        if attempt == 1:
+            print(f"scripts/stack up failed once, retrying:\n{res.stdout}{res.stderr}")
     if res.returncode != 0:
         run_stack("release", lease)
         raise StackUnavailable(f"scripts/stack up failed:\n{res.stdout}{res.stderr}")
