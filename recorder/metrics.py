@@ -28,6 +28,17 @@ DEAD_LETTERS = Counter(
     ["topic", "reason"],
     registry=REGISTRY,
 )
+DEAD_LETTER_FAILURES = Counter(
+    "datarecorder_dead_letter_failures",
+    "Dead-letter sends the cluster refused (the partitions pause and retry), per source topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTER_BLOCKED = Gauge(
+    "datarecorder_dead_letter_blocked_partitions",
+    "Partitions paused because their dead letters cannot be written (the pod is unready).",
+    registry=REGISTRY,
+)
 FLUSHES = Counter(
     "datarecorder_flushes",
     "Batches flushed by a sink, per sink and outcome (ok, retry, fenced, failed).",
@@ -98,6 +109,8 @@ ALL_METRIC_NAMES: frozenset[str] = frozenset(
         "datarecorder_records_consumed_total",
         "datarecorder_records_written_total",
         "datarecorder_dead_letters_total",
+        "datarecorder_dead_letter_failures_total",
+        "datarecorder_dead_letter_blocked_partitions",
         "datarecorder_flushes_total",
         "datarecorder_flush_duration_seconds_bucket",
         "datarecorder_flush_duration_seconds_sum",

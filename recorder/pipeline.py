@@ -338,7 +338,6 @@ class Recorder:
             self._ready.add(tp)
 
     async def _handle(self, data: dict[TP, list[Any]], epochs: dict[TP, int]) -> None:
-        now_ns = time.time_ns()
         limits = self._limits
         decoded: list[tuple[TP, list[int], list[Row | None], int]] = []
         dead: list[DeadLetter] = []
@@ -351,7 +350,7 @@ class Recorder:
             for m in messages:
                 offsets.append(m.offset)
                 try:
-                    rows.append(decode(kind, m.value, m.timestamp, now_ns, limits))
+                    rows.append(decode(kind, m.value, m.timestamp, limits))
                 except RecordError as exc:
                     rows.append(None)
                     dead.append(

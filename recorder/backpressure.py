@@ -1,0 +1,62 @@
+"""When the consumer stops reading: pure rules over buffer sizes and refused dead letters.
+
+Owns the pause decision (whole consumer on full buffers, single partitions whose dead letters
+the cluster refused, until their backoff ends) and the cheap estimate of a decoded row's bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from recorder.offsets import TP
+from recorder.records import OrderBookRow, Row
+
+# Decoded sizes measured with tracemalloc (`python bench/row_bytes.py`): a tick row (a tuple of
+# six fields with its floats, int and symbol, and its slot in the batch list) is 299 bytes; an
+# order book row is ~373 bytes plus 104.8 per level (a msgspec Level struct with two floats and
+# its slot in the side's list): 2,468 B with 10 levels a side, 209,892 B with 1,000. Rounded up,
+# so the estimate errs on the side of pausing early (1,000 a side: estimated 212,384 B).
+TICK_ROW_BYTES: Final = 320
+BOOK_ROW_BYTES: Final = 384
+LEVEL_BYTES: Final = 106
+
+
+def row_bytes(row: Row) -> int:
+    """Estimated memory of one decoded row (no deep walk: a length or two per row)."""
+    if type(row) is OrderBookRow:
+        return BOOK_ROW_BYTES + LEVEL_BYTES * (len(row.bids) + len(row.asks))
+    return TICK_ROW_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A partition whose dead letters were refused: paused until `retry_at` (monotonic)."""
+
+    retry_at: float
+    failures: int
+    reason: str
+
+
+def block(previous: Blocked | None, now: float, reason: str, max_backoff: float) -> Blocked:
+    """The next state after a refused send: exponential backoff from 0.5 s, capped."""
+    failures = 1 if previous is None else previous.failures + 1
+    delay = min(max_backoff, 0.5 * 2 ** min(failures - 1, 16))
+    return Blocked(now + delay, failures, reason)
+
+
+def held(blocked: Mapping[TP, Blocked], owned: Collection[TP], now: float) -> set[TP]:
+    """Owned partitions still waiting out their backoff (paused even when buffers have room)."""
+    return {tp for tp in owned if (b := blocked.get(tp)) is not None and now < b.retry_at}
+
+
+def to_pause(owned: Collection[TP], full: bool, holding: Collection[TP]) -> set[TP]:
+    """Which owned partitions the consumer must not fetch: all of them while the buffers are
+    full (by records or by bytes), else only those held for their dead letters."""
+    return set(owned) if full else set(holding) & set(owned)
+
+
+def is_full(records: int, nbytes: int, max_records: int, max_bytes: int) -> bool:
+    """Buffers are full at whichever limit comes first."""
+    return records >= max_records or nbytes >= max_bytes
