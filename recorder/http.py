@@ -27,11 +27,15 @@ def build_app(recorder: Recorder) -> web.Application:
             parts["timescaledb"] = recorder.db.healthy
         if recorder.s3 is not None:
             parts["s3"] = recorder.s3.healthy
+        parts["dead_letters"] = recorder.dead_letter_part()[0]
         status, body = health_report(parts)
         return web.Response(status=status, text=body)
 
     async def ready(_: web.Request) -> web.Response:
         h = recorder.health
+        dead_letters_ok, why = recorder.dead_letter_part()
+        if not dead_letters_ok:
+            return web.Response(status=503, text=f"not ready\ndead_letters: {why}\n")
         if h.started and not h.stopping and h.consumer_ok():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")

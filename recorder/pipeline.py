@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from recorder import metrics, supervise
-from recorder.dlq import DeadLetter, DeadLetters
+from recorder import backpressure, metrics, supervise
+from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
 from recorder.kafka_options import client_options, is_kafka_retriable
 from recorder.offsets import TP, partition_lag, seek_position
 from recorder.records import Limits, RecordError, Row, decode
@@ -101,6 +101,10 @@ class Recorder:
         self._ready: set[TP] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
+        # Partitions whose dead letters the cluster refused: paused, unready, retried after a
+        # backoff (DESIGN: a DLQ that refuses writes must not crash-loop the pod).
+        self._dlq_blocked: dict[TP, backpressure.Blocked] = {}
+        self._held: dict[int, set[TP]] = {}
         self._relief: asyncio.Task[None] | None = None
         metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
 
@@ -263,9 +267,13 @@ class Recorder:
                     # Every round, not only on the change: partitions assigned by a rebalance
                     # while paused start unpaused.
                     source.pause(source.assignment())
+                self._hold_refused(source, full)
                 if full != self._paused.get(source.index, False):
                     owned = source.assignment()
-                    (source.pause if full else source.resume)(owned)
+                    if full:
+                        source.pause(owned)
+                    else:
+                        source.resume(owned - self._held.get(source.index, set()))
                     self._paused[source.index] = full
                     metrics.CONSUMER_PAUSED.set(1 if any(self._paused.values()) else 0)
                     log.info(
@@ -294,6 +302,35 @@ class Recorder:
             self.health.consumer_error = f"{type(exc).__name__}: {exc}"
             log.exception("consumer_failed")
             self.stop()
+
+    def _hold_refused(self, source: KafkaSource, full: bool) -> None:
+        """Keep partitions whose dead letters were refused paused until their backoff ends;
+        then they fetch again from their stored progress and the send is retried."""
+        owned = source.assignment()
+        for tp in list(self._dlq_blocked):
+            if not any(tp in s.assignment() for s in self.sources):
+                del self._dlq_blocked[tp]  # revoked: its new owner sends the dead letters
+        metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
+        holding = backpressure.held(self._dlq_blocked, owned, time.monotonic())
+        before = self._held.get(source.index, set())
+        if holding == before:
+            return
+        self._held[source.index] = holding
+        if holding:
+            source.pause(holding)
+        if not full and before - holding:
+            source.resume((before - holding) & owned)
+
+    def dead_letter_part(self) -> tuple[bool, str]:
+        """Readiness part "dead_letters": not ready while a partition waits for its dead
+        letters to be accepted (the reason is the cluster's refusal)."""
+        if not self._dlq_blocked:
+            return True, ""
+        tps = sorted(self._dlq_blocked)
+        names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps[:5])
+        more = f" and {len(tps) - 5} more" if len(tps) > 5 else ""
+        reason = self._dlq_blocked[tps[0]].reason
+        return False, f"{len(tps)} partition(s) paused ({names}{more}): {reason}"
 
     def _relieve(self, full: bool) -> None:
         """Full buffers flush now instead of at their size or age trigger, and stop doing so on
@@ -361,9 +398,10 @@ class Recorder:
             decoded.append((tp, offsets, rows, messages[-1].offset + 1))
         # One acknowledged send for the whole fetch (not one round trip per partition), and
         # before any sink may record progress past a dead record.
-        if dead:
-            await self._dead_letter(dead)
+        refused = await self._dead_letter(dead) if dead else set()
         for tp, offsets, rows, end in decoded:
+            if tp in refused:
+                continue  # not offered: fetched again from stored progress after the backoff
             if self._seek_epoch.get(tp, 0) != epochs[tp]:
                 # Seeked while this batch waited (a rebalance during the dead-letter send): the
                 # position was reset behind these records, so they come again from there.
@@ -372,14 +410,36 @@ class Recorder:
                 sink.offer(tp, offsets, rows, end)
             metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(offsets))
 
-    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+    async def _dead_letter(self, dead: list[DeadLetter]) -> set[TP]:
+        """Send the dead letters; returns the partitions whose letters were refused."""
         # A dead letter below every sink's progress was sent before that progress was recorded.
         floors: dict[TP, int] = {}
         for tp in {TP(d.topic, d.partition) for d in dead}:
             recorded = [sink.progress().get(tp) for sink in self.sinks]
             floors[tp] = max((p for p in recorded if p is not None), default=-1)
         fresh = [d for d in dead if d.offset >= floors[TP(d.topic, d.partition)]]
-        await self.dlq.send_many(fresh)
+        try:
+            await self.dlq.send_many(fresh)
+        except DeadLetterRefused as exc:
+            return self._refused(exc)
+        for tp in {TP(d.topic, d.partition) for d in fresh}:
+            if self._dlq_blocked.pop(tp, None) is not None:
+                log.info("dead_letters_accepted", topic=tp.topic, partition=tp.partition)
+        return set()
+
+    def _refused(self, exc: DeadLetterRefused) -> set[TP]:
+        """The cluster refused these partitions' dead letters: none of their records of this
+        fetch may be offered (progress must not pass an unsent dead letter), so they are fed
+        again from stored progress, after a backoff during which they stay paused."""
+        now = time.monotonic()
+        tps = {TP(t, p) for t, p in exc.partitions}
+        for tp in tps:
+            self._dlq_blocked[tp] = backpressure.block(
+                self._dlq_blocked.get(tp), now, exc.reason, self.settings.RETRY_MAX_BACKOFF_SEC
+            )
+            self._on_resync(tp)  # not ready, fetched again from the stored progress
+        metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
+        return tps
 
     # --- background ---------------------------------------------------------------------
     async def _watch_health(self) -> None:
