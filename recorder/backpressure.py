@@ -23,6 +23,43 @@ BOOK_ROW_BYTES: Final = 384
 LEVEL_BYTES: Final = 106
 
 
+MIB: Final = 1024 * 1024
+# Without a memory limit: enough for ~800,000 ticks or ~1,200 1,000-level books.
+DEFAULT_BUFFER_BYTES: Final = 256 * MIB
+# At most the recorder pod's /tmp emptyDir size limit: in-flight batches count in the buffer
+# bytes, and their Parquet (smaller than the decoded rows) is what spills to /tmp.
+MAX_DERIVED_BUFFER_BYTES: Final = 1024 * MIB
+# Buffers take a quarter of the memory limit; the rest is the interpreter and libraries
+# (~150 MiB), aiokafka's fetch buffers (up to 64 MiB raw per fetch), one fetch decoded beyond
+# the limit, and the flush copies (COPY records with JSON levels, Arrow arrays and Parquet).
+BUFFER_SHARE_OF_LIMIT: Final = 4
+
+
+def parse_memory_max(text: str | None) -> int | None:
+    """The cgroup v2 `memory.max` file's limit in bytes; None when absent or "max"."""
+    if text is None:
+        return None
+    value = text.strip()
+    return int(value) if value.isdigit() else None
+
+
+def buffer_bytes_limit(setting: int, memory_limit: int | None) -> int:
+    """MAX_BUFFER_BYTES when set (> 0), else derived from the container's memory limit."""
+    if setting > 0:
+        return setting
+    if memory_limit is None:
+        return DEFAULT_BUFFER_BYTES
+    return max(MIB, min(MAX_DERIVED_BUFFER_BYTES, memory_limit // BUFFER_SHARE_OF_LIMIT))
+
+
+def fetch_limit(max_records: int, room_bytes: int, average_row_bytes: int) -> int:
+    """Records one fetch may return so that decoding them stays within the bytes left (at
+    least one, so a consumer below its limit always moves)."""
+    if average_row_bytes <= 0:
+        return max_records
+    return max(1, min(max_records, room_bytes // average_row_bytes))
+
+
 def row_bytes(row: Row) -> int:
     """Estimated memory of one decoded row (no deep walk: a length or two per row)."""
     if type(row) is OrderBookRow:

@@ -24,6 +24,7 @@ class Batch(Generic[R]):
     rows: list[R] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     opened_at: float | None = None  # monotonic time the batch got its first offset
+    nbytes: int = 0  # estimated decoded bytes of `rows` (recorder.backpressure.row_bytes)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -47,10 +48,18 @@ class PartitionBuffer(Generic[R]):
     def starting_at(cls, progress: int | None, first_offset: int) -> PartitionBuffer[R]:
         return cls(Batch(start=progress, end=first_offset if progress is None else progress))
 
-    def offer(self, offsets: Sequence[int], rows: Sequence[R | None], end: int, now: float) -> int:
+    def offer(
+        self,
+        offsets: Sequence[int],
+        rows: Sequence[R | None],
+        end: int,
+        now: float,
+        row_bytes: int = 0,
+    ) -> int:
         """Append the records at or above the batch end; None rows are invalid records that only
         advance the offset. Returns how many rows were taken. Offsets below the end were already
-        buffered or made durable (a re-seek or replay) and are skipped."""
+        buffered or made durable (a re-seek or replay) and are skipped. `row_bytes` is the
+        estimated size of one taken row (the average over the offered ones)."""
         batch = self.batch
         if end <= batch.end:
             return 0
@@ -65,6 +74,7 @@ class PartitionBuffer(Generic[R]):
                 batch.rows.append(row)
                 batch.offsets.append(offsets[i])
                 taken += 1
+        batch.nbytes += taken * row_bytes
         batch.end = end
         if batch.opened_at is None:
             batch.opened_at = now

@@ -63,6 +63,17 @@ BUFFER_LIMIT = Gauge(
     "MAX_BUFFER_SIZE: buffered records at which the consumer pauses.",
     registry=REGISTRY,
 )
+BUFFER_BYTES = Gauge(
+    "datarecorder_buffer_bytes",
+    "Estimated decoded bytes held in a sink's buffers, not yet durable.",
+    ["sink"],
+    registry=REGISTRY,
+)
+BUFFER_LIMIT_BYTES = Gauge(
+    "datarecorder_buffer_limit_bytes",
+    "MAX_BUFFER_BYTES (or its derived default): buffered bytes at which the consumer pauses.",
+    registry=REGISTRY,
+)
 CONSUMER_PAUSED = Gauge(
     "datarecorder_consumer_paused",
     "1 while the consumer is paused because buffers are full, else 0.",
@@ -117,6 +128,8 @@ ALL_METRIC_NAMES: frozenset[str] = frozenset(
         "datarecorder_flush_duration_seconds_count",
         "datarecorder_buffer_records",
         "datarecorder_buffer_limit_records",
+        "datarecorder_buffer_bytes",
+        "datarecorder_buffer_limit_bytes",
         "datarecorder_consumer_paused",
         "datarecorder_partition_lag_records",
         "datarecorder_lag_records",

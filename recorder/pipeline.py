@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from recorder import backpressure, metrics, supervise
 from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
 from recorder.kafka_options import client_options, is_kafka_retriable
 from recorder.offsets import TP, partition_lag, seek_position
-from recorder.records import Limits, RecordError, Row, decode
+from recorder.records import Limits, RecordError, Row, TickRow, decode
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink, retry_forever
 from recorder.sinks.lake import make_lake
@@ -33,6 +34,17 @@ log = structlog.get_logger("recorder.pipeline")
 
 REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
+
+
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+
+
+def container_memory_limit(path: Path = CGROUP_MEMORY_MAX) -> int | None:
+    """The container's memory limit (cgroup v2), None when unlimited or not in a cgroup."""
+    try:
+        return backpressure.parse_memory_max(path.read_text())
+    except OSError:
+        return None
 
 
 @dataclass
@@ -107,6 +119,11 @@ class Recorder:
         self._held: dict[int, set[TP]] = {}
         self._relief: asyncio.Task[None] | None = None
         metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
+        self.max_buffer_bytes = backpressure.buffer_bytes_limit(
+            settings.MAX_BUFFER_BYTES, container_memory_limit()
+        )
+        metrics.BUFFER_LIMIT_BYTES.set(self.max_buffer_bytes)
+        self._row_bytes = 0  # running average of decoded row sizes, to size the next fetch
 
     # --- callbacks from sinks -----------------------------------------------------------
     def _on_db_progress(self, tp: TP, offset: int) -> None:
@@ -254,8 +271,25 @@ class Recorder:
         )
 
     # --- consuming ----------------------------------------------------------------------
+    def _buffered_bytes(self) -> int:
+        # Both sinks hold the same row objects: memory follows the larger of the two.
+        return max(sink.buffered_bytes() for sink in self.sinks)
+
     def _full(self) -> bool:
-        return max(sink.buffered() for sink in self.sinks) >= self.settings.MAX_BUFFER_SIZE
+        return backpressure.is_full(
+            max(sink.buffered() for sink in self.sinks),
+            self._buffered_bytes(),
+            self.settings.MAX_BUFFER_SIZE,
+            self.max_buffer_bytes,
+        )
+
+    def _fetch_limit(self, full: bool) -> int:
+        """Records the next fetch may bring: what the bytes left can hold at the recent row
+        size, so a fetch of large order books does not overshoot the limit by much."""
+        if full:
+            return self.settings.FETCH_MAX_RECORDS
+        room = max(0, self.max_buffer_bytes - self._buffered_bytes())
+        return backpressure.fetch_limit(self.settings.FETCH_MAX_RECORDS, room, self._row_bytes)
 
     async def _consume(self, source: KafkaSource) -> None:
         last_commit = 0.0
@@ -279,6 +313,7 @@ class Recorder:
                     log.info(
                         "consumer_paused" if full else "consumer_resumed",
                         buffered={s.name: s.buffered() for s in self.sinks},
+                        buffered_bytes={s.name: s.buffered_bytes() for s in self.sinks},
                     )
                     self._relieve(full)
                 # getmany also keeps the group membership alive while paused. Its records always
@@ -287,7 +322,7 @@ class Recorder:
                 # and data of partitions no longer assigned, and the returned records move the
                 # position on. So a batch that arrives after a rebalance must be kept: dropping
                 # it would skip its offsets for good (the next fetch starts after them).
-                data = await source.fetch(100 if full else 250, self.settings.FETCH_MAX_RECORDS)
+                data = await source.fetch(100 if full else 250, self._fetch_limit(full))
                 self.health.last_fetch = time.monotonic()
                 if data:
                     epochs = {tp: self._seek_epoch.get(tp, 0) for tp in data}
@@ -376,7 +411,7 @@ class Recorder:
 
     async def _handle(self, data: dict[TP, list[Any]], epochs: dict[TP, int]) -> None:
         limits = self._limits
-        decoded: list[tuple[TP, list[int], list[Row | None], int]] = []
+        decoded: list[tuple[TP, list[int], list[Row | None], int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
             if not messages or tp not in self._ready or self._seek_epoch.get(tp, 0) != epochs[tp]:
@@ -395,11 +430,11 @@ class Recorder:
                             tp.topic, tp.partition, m.offset, m.key, m.value, exc.reason, str(exc)
                         )
                     )
-            decoded.append((tp, offsets, rows, messages[-1].offset + 1))
+            decoded.append((tp, offsets, rows, messages[-1].offset + 1, self._average_bytes(rows)))
         # One acknowledged send for the whole fetch (not one round trip per partition), and
         # before any sink may record progress past a dead record.
         refused = await self._dead_letter(dead) if dead else set()
-        for tp, offsets, rows, end in decoded:
+        for tp, offsets, rows, end, row_bytes in decoded:
             if tp in refused:
                 continue  # not offered: fetched again from stored progress after the backoff
             if self._seek_epoch.get(tp, 0) != epochs[tp]:
@@ -407,8 +442,20 @@ class Recorder:
                 # position was reset behind these records, so they come again from there.
                 continue
             for sink in self.sinks:
-                sink.offer(tp, offsets, rows, end)
+                sink.offer(tp, offsets, rows, end, row_bytes)
             metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(offsets))
+
+    def _average_bytes(self, rows: list[Row | None]) -> int:
+        """Estimated bytes of one row of this partition's fetch (a pass over lengths only)."""
+        valid = [r for r in rows if r is not None]
+        if not valid:
+            return 0
+        if type(valid[0]) is TickRow:  # a topic holds one kind: ticks all weigh the same
+            average = backpressure.TICK_ROW_BYTES
+        else:
+            average = sum(map(backpressure.row_bytes, valid)) // len(valid)
+        self._row_bytes = max(average, (self._row_bytes * 7 + average) // 8)
+        return average
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> set[TP]:
         """Send the dead letters; returns the partitions whose letters were refused."""
@@ -455,6 +502,8 @@ class Recorder:
             total = {s.name: s.buffered() for s in self.sinks}
             for name, value in total.items():
                 metrics.BUFFER_RECORDS.labels(name).set(value)
+            for sink in self.sinks:
+                metrics.BUFFER_BYTES.labels(sink.name).set(sink.buffered_bytes())
             await asyncio.sleep(2)
 
     def _update_lag(self) -> None:
