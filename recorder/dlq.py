@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
@@ -151,7 +151,9 @@ class DeadLetters:
             }
             existing = set(await admin.list_topics())
             for dlq, source in wanted.items():
-                needed = dlq_limit(self._source_limits[source])
+                # An existing topic as large as its source holds any value of it (the headers
+                # are ~1 KB of the batch overhead's slack); smaller cannot.
+                needed = self._source_limits[source]
                 if dlq in existing and limits.get(dlq, needed) < needed:
                     log.warning(
                         "dlq_topic_too_small",
@@ -159,7 +161,7 @@ class DeadLetters:
                         max_message_bytes=limits[dlq],
                         needed=needed,
                         hint=f"kafka-configs --alter --topic {dlq} "
-                        f"--add-config {MAX_MESSAGE_BYTES_CONFIG}={needed}",
+                        f"--add-config {MAX_MESSAGE_BYTES_CONFIG}={dlq_limit(needed)}",
                     )
             missing = [t for t in wanted if t not in existing]
             if missing:
@@ -227,6 +229,59 @@ class DeadLetters:
             log.error("dead_letters_refused", error=reason, letters=len(letters))
             raise DeadLetterRefused(partitions, reason) from exc
         self.refusal = None
+
+    async def send_refused(
+        self, positions: Sequence[tuple[str, int, int]], messages: Sequence[str]
+    ) -> None:
+        """Dead-letter records the database refused: to their source topic's DLQ, with their
+        original key and bytes read back from Kafka.
+
+        The rows in memory no longer hold the original bytes, and keeping a copy of every value
+        until its flush would double the buffers for a case that almost never happens; a
+        short-lived consumer reading just the refused offsets costs nothing until then."""
+        if not positions:
+            return
+        originals = await self.read_originals(positions)
+        letters = []
+        for (topic, partition, offset), message in zip(positions, messages, strict=True):
+            key, value, found = originals.get((topic, partition, offset), (None, None, False))
+            if not found:  # gone from the log (retention) between the fetch and the flush
+                message += " (original no longer in Kafka)"
+            letters.append(DeadLetter(topic, partition, offset, key, value, "db_refused", message))
+        await self.send_many(letters)
+
+    async def read_originals(
+        self, positions: Sequence[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]]:
+        """(key, value, found) of the records at these positions, read with a group-less
+        consumer that lives for this call only."""
+        wanted: dict[TopicPartition, set[int]] = {}
+        for topic, partition, offset in positions:
+            wanted.setdefault(TopicPartition(topic, partition), set()).add(offset)
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=max(self._source_limits.values(), default=1_048_576)
+            + HEADROOM_BYTES,
+            **self._options,
+        )
+        out: dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]] = {}
+        await consumer.start()
+        try:
+            consumer.assign(list(wanted))
+            ends = await consumer.end_offsets(list(wanted))
+            for tp, offsets in wanted.items():
+                first = min(offsets)
+                last = min(max(offsets) + 1, ends[tp])
+                consumer.seek(tp, first)
+                while await consumer.position(tp) < last:
+                    batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                    for m in batch.get(tp, []):
+                        if m.offset in offsets:
+                            out[(tp.topic, tp.partition, m.offset)] = (m.key, m.value, True)
+        finally:
+            await consumer.stop()
+        return out
 
     async def _send(self, letters: Sequence[DeadLetter]) -> None:
         producer = self._producer

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -35,8 +36,10 @@ async def set_max_message_bytes(dep: Deployment, topic: str, limit: int) -> None
         await admin.close()
 
 
-async def dead_letter_values(dep: Deployment, topic: str) -> dict[tuple[str, int, int], bytes]:
-    """Every dead letter of `topic` by its source position -> its value."""
+async def dead_letters(
+    dep: Deployment, topic: str
+) -> dict[tuple[str, int, int], tuple[bytes, dict[str, str]]]:
+    """Every dead letter of `topic` by its source position -> (value, headers)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=dep.env["KAFKA_BROKERS"],
         enable_auto_commit=False,
@@ -52,7 +55,7 @@ async def dead_letter_values(dep: Deployment, topic: str) -> dict[tuple[str, int
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        out: dict[tuple[str, int, int], bytes] = {}
+        out: dict[tuple[str, int, int], tuple[bytes, dict[str, str]]] = {}
         for tp in tps:
             if ends[tp] == 0:
                 continue
@@ -65,7 +68,7 @@ async def dead_letter_values(dep: Deployment, topic: str) -> dict[tuple[str, int
                         int(h["x-recorder-source-partition"]),
                         int(h["x-recorder-source-offset"]),
                     )
-                    out[where] = msg.value or b""
+                    out[where] = (msg.value or b"", h)
     finally:
         await consumer.stop()
     return out
@@ -122,8 +125,8 @@ async def test_dlq_refusing_writes_pauses_and_recovers_exactly_once(
     assert dep.metric(rec, "datarecorder_dead_letter_blocked_partitions") == 0
 
     report = await dep.verify_exact()
-    letters = await dead_letter_values(dep, dlq_topic)
-    big = [v for v in letters.values() if v.startswith(b'{"symbol": "BIG"')]
+    letters = await dead_letters(dep, dlq_topic)
+    big = [v for v, _ in letters.values() if v.startswith(b'{"symbol": "BIG"')]
     assert big == [oversized], [len(v) for v in big]  # the original bytes, not a cut copy
     code, _ = dep.terminate(rec)
     assert code == 0, rec.tail()
@@ -134,4 +137,69 @@ async def test_dlq_refusing_writes_pauses_and_recovers_exactly_once(
         dead_letter_failures=int(dep.metric(rec, "datarecorder_dead_letter_failures_total")),
         peak_rss_mib=round(dep.peak_rss_mib(), 1),
         recovery_s=round(recovery, 1),
+    )
+
+
+REFUSE_TRIGGER = """
+CREATE FUNCTION test_refuse_symbol() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.symbol = 'REFUSE' THEN
+    RAISE EXCEPTION 'refused by the test trigger' USING ERRCODE = '22023';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER test_refuse BEFORE INSERT ON tick_data
+  FOR EACH ROW EXECUTE FUNCTION test_refuse_symbol();
+"""
+
+
+async def test_rows_the_database_refuses_go_to_their_source_topics_dlq(
+    deployment: Deployment,
+) -> None:
+    """A valid record the database refuses (here: a trigger raising a data exception, SQLSTATE
+    22023) is a dead letter of its source topic with its original bytes and the source
+    headers, and no rollup counts it; the lake still holds it (S3 took it)."""
+    dep = deployment
+    tick_topic = dep.topics[0]
+    rec = dep.recorder()  # migrations done once ready
+    conn = await asyncpg.connect(dep.stack.pg_dsn(dep.env["TIMESCALEDB_DB"]))
+    try:
+        await conn.execute(REFUSE_TRIGGER)
+    finally:
+        await conn.close()
+    now_ns = time.time_ns()
+    refused = [
+        json.dumps(
+            {"symbol": "REFUSE", "price": 100.0 + i, "volume": 7, "timestamp": now_ns + i}
+        ).encode()
+        for i in range(3)
+    ]
+    await dep.feed(VALID).wait()
+    await dep.send_raw([(tick_topic, v) for v in refused])
+    await dep.feed(VALID, seed=43).wait()
+    await dep.wait_drained(limit_s=120, what="with refused rows")
+    report = await dep.verify_exact()  # the DB lacks exactly the dead-lettered db_refused rows
+    letters = await dead_letters(dep, f"{tick_topic}.dlq")
+    by_value = {v: (where, h) for where, (v, h) in letters.items()}
+    for value in refused:
+        assert value in by_value, sorted(len(v) for v in by_value)
+        (topic, partition, offset), headers = by_value[value]
+        assert topic == tick_topic and partition >= 0 and offset >= 0
+        assert headers["x-recorder-error-reason"] == "db_refused"
+        assert "refused by the test trigger" in headers["x-recorder-error"], headers
+    conn = await asyncpg.connect(dep.stack.pg_dsn(dep.env["TIMESCALEDB_DB"]))
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM tick_data WHERE symbol = 'REFUSE'")
+        bars = await conn.fetchval("SELECT count(*) FROM tick_1min WHERE symbol = 'REFUSE'")
+    finally:
+        await conn.close()
+    assert (rows, bars) == (0, 0)
+    assert rec.alive()
+    record_result(
+        "rows the database refuses (db_refused)",
+        report,
+        produced=2 * VALID + len(refused),
+        db_refused=len(refused),
+        peak_rss_mib=round(dep.peak_rss_mib(), 1),
+        recovery_s=None,
     )
