@@ -35,12 +35,19 @@ MAX_DERIVED_BUFFER_BYTES: Final = 1024 * MIB
 BUFFER_SHARE_OF_LIMIT: Final = 4
 
 
+# cgroup v1 writes "no limit" as a page-rounded 2**63 - 1.
+UNLIMITED_FROM: Final = 2**62
+
+
 def parse_memory_max(text: str | None) -> int | None:
-    """The cgroup v2 `memory.max` file's limit in bytes; None when absent or "max"."""
+    """A cgroup memory limit file's value in bytes (v2 `memory.max`, v1
+    `memory.limit_in_bytes`); None when absent or unlimited ("max", v1's huge number)."""
     if text is None:
         return None
     value = text.strip()
-    return int(value) if value.isdigit() else None
+    if not value.isdigit() or int(value) >= UNLIMITED_FROM:
+        return None
+    return int(value)
 
 
 def buffer_bytes_limit(setting: int, memory_limit: int | None) -> int:

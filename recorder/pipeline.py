@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,15 +36,21 @@ REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
 
 
-CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+# cgroup v2, then v1: a container sees its own cgroup at these paths.
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
 
 
-def container_memory_limit(path: Path = CGROUP_MEMORY_MAX) -> int | None:
-    """The container's memory limit (cgroup v2), None when unlimited or not in a cgroup."""
-    try:
-        return backpressure.parse_memory_max(path.read_text())
-    except OSError:
-        return None
+def container_memory_limit(paths: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """The container's memory limit, None when unlimited or not in a cgroup."""
+    for path in paths:
+        try:
+            return backpressure.parse_memory_max(path.read_text())
+        except OSError:
+            continue
+    return None
 
 
 @dataclass

@@ -60,3 +60,22 @@ def test_max_message_bytes_from_describe_configs_responses() -> None:
     )
     assert max_message_bytes([response]) == {"market.tick": 2_097_152}
     assert dlq_limit(2_097_152) == 2_097_152 + HEADROOM_BYTES
+
+
+def test_buffer_bytes_default_follows_the_memory_limit() -> None:
+    gib = 1024 * bp.MIB
+    assert bp.parse_memory_max("1073741824\n") == gib
+    assert bp.parse_memory_max("max\n") is None
+    assert bp.parse_memory_max("9223372036854771712") is None  # cgroup v1: no limit
+    assert bp.parse_memory_max(None) is None
+    assert bp.buffer_bytes_limit(0, gib) == 256 * bp.MIB
+    assert bp.buffer_bytes_limit(0, 16 * gib) == gib  # at most /tmp's size limit
+    assert bp.buffer_bytes_limit(0, None) == bp.DEFAULT_BUFFER_BYTES
+    assert bp.buffer_bytes_limit(12345, gib) == 12345  # an explicit setting wins
+
+
+def test_fetch_is_sized_to_the_bytes_left() -> None:
+    assert bp.fetch_limit(5000, 100 * bp.MIB, 0) == 5000  # nothing seen yet
+    assert bp.fetch_limit(5000, 100 * bp.MIB, 320) == 5000
+    assert bp.fetch_limit(5000, 21_238_400, 212_384) == 100
+    assert bp.fetch_limit(5000, 0, 212_384) == 1  # always moves
