@@ -206,7 +206,7 @@ class Progress:
         self._conn: asyncpg.Connection | None = None
         self._lake = make_lake(self._settings)
         self._keys = [
-            progress_key(self._settings.S3_PREFIX, t, p)
+            progress_key(self._settings.S3_PREFIX, self._settings.KAFKA_GROUP_ID, t, p)
             for t in topics.names
             for p in range(PARTITIONS)
         ]

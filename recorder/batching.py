@@ -6,6 +6,7 @@ progress the batch started from (its compare-and-set expectation) and the next o
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -84,6 +85,18 @@ class PartitionBuffer(Generic[R]):
         """Detach the open batch for flushing; a new one continues from its end."""
         done = self.batch
         self.batch = Batch(start=done.end, end=done.end)
+        return done
+
+    def take_until(self, end: int) -> Batch[R]:
+        """Detach the records below `end` (a recorded flush range's end); the rest stays open."""
+        b = self.batch
+        k = bisect_left(b.offsets, end)
+        done = Batch(b.start, end, b.rows[:k], b.offsets[:k], b.opened_at)
+        rest_opened = b.opened_at if b.end > end else None
+        self.batch = Batch(end, max(end, b.end), b.rows[k:], b.offsets[k:], rest_opened)
+        # The estimate splits with the rows (rows of one partition are of one kind).
+        done.nbytes = b.nbytes * k // len(b.rows) if b.rows else 0
+        self.batch.nbytes = b.nbytes - done.nbytes
         return done
 
     def restart(self, progress: int | None, end: int) -> None:

@@ -122,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     p_ver = sub.add_parser("verify", help="report missing and duplicated records per store")
     p_ver.add_argument("--env-file")
     p_ver.add_argument("--json", action="store_true", help="machine-readable report")
+    p_reset = sub.add_parser(
+        "reset-progress",
+        help="move the sinks' stored progress of a topic's partitions (dry run by default)",
+    )
+    p_reset.add_argument("--env-file")
+    p_reset.add_argument("--topic", required=True)
+    p_reset.add_argument("--partition", type=int, default=None, help="default: every partition")
+    p_reset.add_argument(
+        "--to", required=True, help="earliest, latest, or an offset (where recording resumes)"
+    )
+    p_reset.add_argument("--apply", action="store_true", help="write the new progress")
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
     p_demo.add_argument(
         "--duration", type=float, default=60.0, help="seconds of feed (default: 60)"
@@ -164,6 +175,20 @@ def main(argv: list[str] | None = None) -> int:
 
         assert settings is not None
         return int(asyncio.run(verify_main(settings, as_json=args.json)))
+    if args.command == "reset-progress":
+        from recorder.reset_progress import reset_progress
+
+        assert settings is not None
+        try:
+            print(
+                asyncio.run(
+                    reset_progress(settings, args.topic, args.partition, args.to, args.apply)
+                )
+            )
+        except ConfigError as exc:
+            print(f"datarecorder: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "demo":
         from recorder.demo import main as demo_main
 

@@ -33,12 +33,11 @@ def build_app(recorder: Recorder) -> web.Application:
 
     async def ready(_: web.Request) -> web.Response:
         h = recorder.health
-        dead_letters_ok, why = recorder.dead_letter_part()
-        if not dead_letters_ok:
-            return web.Response(status=503, text=f"not ready\ndead_letters: {why}\n")
-        if h.started and not h.stopping and h.consumer_ok():
+        problems = recorder.problems()
+        if h.started and not h.stopping and h.consumer_ok() and not problems:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        lines = [f"{part}: {reason}" for part, reason in problems.items()]
+        return web.Response(status=503, text="\n".join(["not ready", *lines]) + "\n")
 
     async def metrics_view(_: web.Request) -> web.Response:
         body = generate_latest(metrics.REGISTRY)

@@ -114,6 +114,20 @@ ASSIGNED_PARTITIONS = Gauge(
     "Partitions currently assigned to this pod.",
     registry=REGISTRY,
 )
+PARTITION_HALTED = Gauge(
+    "datarecorder_partition_halted",
+    "1 while a partition is halted: a sink's progress lies beyond the log end (topic recreated, "
+    "unclean leader election); resolve with `datarecorder reset-progress`.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+STORE_ERRORS = Counter(
+    "datarecorder_store_errors",
+    "Errors from a store that retrying does not fix (permission, missing bucket, corrupt "
+    "progress, disk full), by sink and operation; the sink backs off and reports unhealthy.",
+    ["sink", "operation"],
+    registry=REGISTRY,
+)
 
 ALL_METRIC_NAMES: frozenset[str] = frozenset(
     {
@@ -137,5 +151,7 @@ ALL_METRIC_NAMES: frozenset[str] = frozenset(
         "datarecorder_sink_healthy",
         "datarecorder_last_flush_timestamp_seconds",
         "datarecorder_assigned_partitions",
+        "datarecorder_partition_halted",
+        "datarecorder_store_errors_total",
     }
 )

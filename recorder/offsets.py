@@ -32,15 +32,57 @@ def cas_outcome(stored: int | None, batch_start: int | None, batch_end: int) -> 
     return CasOutcome.FENCED
 
 
+class IntentOutcome(Enum):
+    """What a lake writer holding the batch [start, end) may do, given the progress object."""
+
+    FREE = "free"  # progress is `start`, no range recorded: record [start, end) and flush it
+    RECORDED = "recorded"  # [start, end) is the recorded range: upload it, then commit
+    ADOPT = "adopt"  # another range [start, E) is recorded: drop ours, flush exactly that one
+    DONE = "done"  # progress already is `end`: someone flushed these records
+    FENCED = "fenced"  # progress moved elsewhere: we are a zombie, drop the batch
+
+
+def intent_outcome(
+    stored: int | None, flush_end: int | None, start: int | None, end: int
+) -> IntentOutcome:
+    """The lake protocol's decision (pure): see recorder.sinks.s3 for the argument."""
+    if stored == start and stored is not None:
+        if flush_end is None:
+            return IntentOutcome.FREE
+        return IntentOutcome.RECORDED if flush_end == end else IntentOutcome.ADOPT
+    if stored is None and start is None:
+        return IntentOutcome.FREE
+    if stored == end and flush_end is None and end != start:
+        return IntentOutcome.DONE
+    return IntentOutcome.FENCED
+
+
 def seek_position(progress: Iterable[int | None]) -> int | None:
     """Where a newly assigned partition must resume: the smallest progress of the enabled sinks.
 
-    None means some sink has never written this partition, so it starts at the reset policy.
+    None means no sink has written this partition: it starts where the reset policy says.
     """
-    values = list(progress)
-    if not values or any(v is None for v in values):
+    values = [v for v in progress if v is not None]
+    return min(values) if values else None
+
+
+def unknown_progress(progress: Mapping[str, Mapping[TP, int | None]], tps: Iterable[TP]) -> set[TP]:
+    """Partitions for which at least one sink has no progress yet (they need the reset policy's
+    start, which that sink then stores; the other sinks keep their own)."""
+    return {tp for tp in tps if any(p.get(tp) is None for p in progress.values())}
+
+
+def beyond_log_end(progress: Iterable[int | None], log_end: int | None) -> int | None:
+    """The largest stored progress if it lies past the partition's log end, else None.
+
+    Progress counts records that were in the log; a log that ends before it was truncated
+    (deleted and recreated, unclean leader election). Resuming would skip every new record
+    below that progress, so the partition must halt instead."""
+    values = [v for v in progress if v is not None]
+    if log_end is None or not values:
         return None
-    return min(v for v in values if v is not None)
+    top = max(values)
+    return top if top > log_end else None
 
 
 def partition_lag(high_watermark: int | None, progress: int | None, log_start: int = 0) -> int:

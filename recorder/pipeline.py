@@ -8,6 +8,7 @@ the shutdown sequence. Sinks and consumers talk to it through callbacks and shar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,13 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from recorder import backpressure, metrics, supervise
 from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
 from recorder.kafka_options import client_options, is_kafka_retriable
-from recorder.offsets import TP, partition_lag, seek_position
+from recorder.offsets import (
+    TP,
+    beyond_log_end,
+    partition_lag,
+    seek_position,
+    unknown_progress,
+)
 from recorder.records import Limits, RecordError, Row, TickRow, decode
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink, retry_forever
@@ -34,6 +41,8 @@ log = structlog.get_logger("recorder.pipeline")
 
 REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
+HELD_RETRY_MIN_SEC = 2.0
+HELD_RETRY_MAX_SEC = 30.0
 
 
 # cgroup v2, then v1: a container sees its own cgroup at these paths.
@@ -122,8 +131,14 @@ class Recorder:
         # Partitions whose dead letters the cluster refused: paused, unready, retried after a
         # backoff (DESIGN: a DLQ that refuses writes must not crash-loop the pod).
         self._dlq_blocked: dict[TP, backpressure.Blocked] = {}
-        self._held: dict[int, set[TP]] = {}
+        self._dlq_held: dict[int, set[TP]] = {}  # per consumer: paused for their dead letters
         self._relief: asyncio.Task[None] | None = None
+        # Partitions assigned but not taken: halted past the log end, or their progress could
+        # not be loaded; reason shown on /ready. Kept paused; retried by `_retry_held`.
+        self._held: dict[TP, str] = {}
+        self._held_retry: asyncio.Task[None] | None = None
+        # Progress of each sink when a partition halted past its log end, with the numbers.
+        self._halted_at: dict[TP, tuple[tuple[int | None, ...], int, int]] = {}
         metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
         self.max_buffer_bytes = backpressure.buffer_bytes_limit(
             settings.MAX_BUFFER_BYTES, container_memory_limit()
@@ -196,7 +211,7 @@ class Recorder:
 
     async def shutdown(self) -> None:
         started = time.monotonic()
-        relief = [self._relief] if self._relief is not None else []
+        relief = [t for t in (self._relief, self._held_retry) if t is not None]
         for task in [*self._tasks, *relief]:
             task.cancel()
         await asyncio.gather(*self._tasks, *relief, return_exceptions=True)
@@ -243,6 +258,13 @@ class Recorder:
             self._resync.discard(tp)
         for sink in self.sinks:
             sink.revoke(tps)
+        for tp in tps:
+            self._halted_at.pop(tp, None)
+            if self._held.pop(tp, None) is not None:
+                metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(0)
+            for sink in self.sinks:  # no stale per-partition series for partitions gone
+                with contextlib.suppress(KeyError):
+                    metrics.PARTITION_LAG.remove(tp.topic, str(tp.partition), sink.name)
         metrics.ASSIGNED_PARTITIONS.dec(len(tps))
         log.info("partitions_revoked", count=len(tps), seconds=round(time.monotonic() - started, 3))
 
@@ -250,31 +272,156 @@ class Recorder:
         self.health.assigned_once = True
         if not tps:
             return
+        metrics.ASSIGNED_PARTITIONS.inc(len(tps))
+        try:
+            await self._take_over(source, tps)
+        except Exception as exc:
+            # aiokafka swallows what a rebalance callback raises, which would leave these
+            # partitions assigned but never read while /health said OK. Hold them instead
+            # (paused, unready, counted) and retry in the background with backoff.
+            reason = f"{type(exc).__name__}: {exc}"
+            metrics.STORE_ERRORS.labels("pipeline", "assign").inc()
+            log.error("assignment_failed", partitions=len(tps), error=reason)
+            for tp in tps:
+                self._hold(source, tp, f"cannot load progress: {reason}")
+            self._retry_held_soon()
+
+    async def _take_over(self, source: KafkaSource, tps: set[TP]) -> None:
+        """Seek newly assigned partitions to the smallest position any sink needs (DESIGN):
+        each sink's stored progress, or for a sink with none the reset policy's start, which
+        that sink then stores. A partition whose progress lies past its log end halts."""
         progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
-        positions = {tp: seek_position(progress[s.name][tp] for s in self.sinks) for tp in tps}
-        unknown = [tp for tp, position in positions.items() if position is None]
-        if unknown:  # no sink has written these: start where the reset policy says
-            positions.update(await source.reset_positions(unknown))
+        ends = await source.end_offsets(tps)
+        halted: set[TP] = set()
+        for tp in tps:
+            values = tuple(p[tp] for p in progress.values())
+            earlier = self._halted_at.get(tp)
+            if earlier is not None and earlier[0] == values:
+                # Sticky: a recreated log may outgrow the old progress, but resuming there would
+                # still skip its first records. Only a changed progress (reset-progress) frees it.
+                halted.add(tp)
+                self._halt(source, tp, earlier[1], earlier[2])
+                continue
+            self._halted_at.pop(tp, None)
+            beyond = beyond_log_end(values, ends.get(tp))
+            if beyond is not None:
+                halted.add(tp)
+                self._halted_at[tp] = (values, beyond, ends[tp])
+                self._halt(source, tp, beyond, ends[tp])
+        live = tps - halted
+        unknown = unknown_progress(progress, live)
+        if unknown:
+            starts = await source.reset_positions(unknown)
+            for sink in self.sinks:
+                missing = {tp: starts[tp] for tp in unknown if progress[sink.name][tp] is None}
+                if missing:
+                    progress[sink.name].update(await sink.store_start(missing))
+        positions = {tp: seek_position(p[tp] for p in progress.values()) for tp in live}
+        live &= source.assignment()  # a retry outside the callback may race a revocation
         # No await from here to the last seek: aiokafka keeps fetching while this callback runs,
         # and a fetch landing between a buffer's creation and its partition's seek would leave
         # a gap that the re-fetch from the seek position then skips as already buffered.
         for sink in self.sinks:
-            sink.assign(progress[sink.name], {})
-        for tp in sorted(tps):
+            sink.assign({tp: progress[sink.name][tp] for tp in live}, {})
+        for tp in sorted(live):
             position = positions.get(tp)
             if position is not None:
                 source.seek(tp, position)
             self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
-        self._ready.update(tps)
-        metrics.ASSIGNED_PARTITIONS.inc(len(tps))
+            self._release(source, tp)
+        self._ready.update(live)
         log.info(
             "partitions_assigned",
-            count=len(tps),
+            count=len(live),
+            halted=len(halted),
             progress={
                 f"{tp.topic}[{tp.partition}]": {n: p[tp] for n, p in progress.items()}
-                for tp in sorted(tps)
+                for tp in sorted(live)
             },
         )
+
+    # --- held partitions (halted past the log end, or waiting for their progress) -----------
+    def _hold(self, source: KafkaSource, tp: TP, reason: str) -> None:
+        self._held[tp] = reason
+        self._ready.discard(tp)
+        source.pause([tp])
+
+    def _release(self, source: KafkaSource, tp: TP) -> None:
+        if self._held.pop(tp, None) is not None:
+            metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(0)
+            log.info("partition_released", topic=tp.topic, partition=tp.partition)
+            if not self._paused.get(source.index, False):
+                source.resume([tp])
+
+    def _halt(self, source: KafkaSource, tp: TP, progress: int, log_end: int) -> None:
+        reason = (
+            f"{tp.topic}[{tp.partition}] progress {progress} is beyond the log end {log_end} "
+            "(topic deleted and recreated, or an unclean leader election): halted; resolve with "
+            f"`datarecorder reset-progress --topic {tp.topic} --partition {tp.partition} "
+            "--to earliest --apply`"
+        )
+        if self._held.get(tp) != reason:
+            log.error(
+                "partition_halted",
+                topic=tp.topic,
+                partition=tp.partition,
+                progress=progress,
+                log_end=log_end,
+                reason=reason,
+            )
+        metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(1)
+        self._hold(source, tp, reason)
+
+    async def _halt_running(self, source: KafkaSource, tp: TP, log_end: int) -> None:
+        """The log of an assigned partition now ends before our progress: stop taking it."""
+        values = tuple(s.progress().get(tp) for s in self.sinks)
+        progress = max(v for v in values if v is not None)
+        self._halted_at[tp] = (values, progress, log_end)
+        self._halt(source, tp, progress, log_end)
+        for sink in self.sinks:
+            await sink.abandon([tp])
+            sink.revoke([tp])
+        self._pending_commit.pop(tp, None)
+        self._retry_held_soon()
+
+    def _retry_held_soon(self) -> None:
+        if self._held_retry is None or self._held_retry.done():
+            self._held_retry = asyncio.create_task(self._retry_held(), name="retry-held")
+
+    async def _retry_held(self) -> None:
+        """Take held partitions over again until each loads its progress and lies within its
+        log: a store that comes back, or an operator's `reset-progress`, releases them."""
+        wait = HELD_RETRY_MIN_SEC
+        while self._held:
+            await asyncio.sleep(wait)
+            for source in self.sources:
+                owned = source.assignment()
+                for tp in [tp for tp in self._held if tp not in owned]:
+                    self._held.pop(tp, None)  # revoked meanwhile: its next owner decides
+                mine = {tp for tp in self._held if tp in owned}
+                if not mine:
+                    continue
+                try:
+                    await self._take_over(source, mine)
+                except Exception as exc:
+                    log.warning(
+                        "held_partitions_retry_failed", error=f"{type(exc).__name__}: {exc}"
+                    )
+            wait = min(HELD_RETRY_MAX_SEC, wait * 2)
+
+    def problems(self) -> dict[str, str]:
+        """What keeps this pod from being ready, by part (the readiness endpoint shows it)."""
+        out: dict[str, str] = {}
+        if self._held:
+            out["partitions"] = "; ".join(sorted(self._held.values()))
+        dead_letters_ok, why = self.dead_letter_part()
+        if not dead_letters_ok:
+            out["dead_letters"] = why
+        for sink in self.sinks:
+            error = getattr(sink, "error", None)
+            if error:
+                out[sink.name] = error
+        return out
 
     # --- consuming ----------------------------------------------------------------------
     def _buffered_bytes(self) -> int:
@@ -313,7 +460,8 @@ class Recorder:
                     if full:
                         source.pause(owned)
                     else:
-                        source.resume(owned - self._held.get(source.index, set()))
+                        held = self._held.keys() | self._dlq_held.get(source.index, set())
+                        source.resume(owned - held)
                     self._paused[source.index] = full
                     metrics.CONSUMER_PAUSED.set(1 if any(self._paused.values()) else 0)
                     log.info(
@@ -332,7 +480,7 @@ class Recorder:
                 self.health.last_fetch = time.monotonic()
                 if data:
                     epochs = {tp: self._seek_epoch.get(tp, 0) for tp in data}
-                    await self._handle(data, epochs)
+                    await self._handle(source, data, epochs)
                 now = time.monotonic()
                 if self._pending_commit and now - last_commit >= COMMIT_INTERVAL_SEC:
                     await source.commit(self._take_commits(source.assignment()))
@@ -353,14 +501,14 @@ class Recorder:
                 del self._dlq_blocked[tp]  # revoked: its new owner sends the dead letters
         metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
         holding = backpressure.held(self._dlq_blocked, owned, time.monotonic())
-        before = self._held.get(source.index, set())
+        before = self._dlq_held.get(source.index, set())
         if holding == before:
             return
-        self._held[source.index] = holding
+        self._dlq_held[source.index] = holding
         if holding:
             source.pause(holding)
         if not full and before - holding:
-            source.resume((before - holding) & owned)
+            source.resume((before - holding) & owned - self._held.keys())
 
     def dead_letter_part(self) -> tuple[bool, str]:
         """Readiness part "dead_letters": not ready while a partition waits for its dead
@@ -415,12 +563,19 @@ class Recorder:
             self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
             self._ready.add(tp)
 
-    async def _handle(self, data: dict[TP, list[Any]], epochs: dict[TP, int]) -> None:
+    async def _handle(
+        self, source: KafkaSource, data: dict[TP, list[Any]], epochs: dict[TP, int]
+    ) -> None:
         limits = self._limits
         decoded: list[tuple[TP, list[int], list[Row | None], int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
             if not messages or tp not in self._ready or self._seek_epoch.get(tp, 0) != epochs[tp]:
+                continue
+            log_end = source.highwater(tp)
+            if beyond_log_end((s.progress().get(tp) for s in self.sinks), log_end) is not None:
+                assert log_end is not None
+                await self._halt_running(source, tp, log_end)
                 continue
             kind = self.topics[tp.topic]
             offsets: list[int] = []

@@ -1,15 +1,22 @@
 """Object stores for the cold path: S3 (aioboto3) or a local directory, same interface.
 
-Owns uploads (multipart above the part size) and the compare-and-set progress objects: S3
-conditional writes (If-Match / If-None-Match) or, locally, a lock file around read-compare-write.
+Owns uploads (multipart above the part size), the compare-and-set progress objects (S3
+conditional writes If-Match / If-None-Match or, locally, a lock file around read-compare-write)
+and the start-up check that the store really honours those conditions: the lake protocol of
+`recorder.sinks.s3` is only as strong as they are, so a store that ignores them is refused.
+
+A progress object is `{"next_offset": N}` or, while a flush is under way,
+`{"next_offset": N, "flush_end": E}`: the range [N, E) that every writer must flush next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -31,6 +38,11 @@ from recorder.settings import Settings
 class StoredProgress:
     offset: int | None
     token: str | None  # S3 ETag or local marker; None when there is no progress object
+    flush_end: int | None = None  # a recorded flush range [offset, flush_end) not yet done
+
+
+class ConditionalWritesUnsupported(RuntimeError):
+    """The object store accepted a write whose precondition was false."""
 
 
 class Lake(Protocol):
@@ -40,12 +52,22 @@ class Lake(Protocol):
     async def close(self) -> None: ...
     async def put_file(self, key: str, body: IO[bytes], size: int) -> None: ...
     async def read_progress(self, key: str) -> StoredProgress: ...
-    async def write_progress(self, key: str, expected: StoredProgress, offset: int) -> str | None:
-        """Store `offset` if the stored object is still `expected`; return the new token, or
-        None when the precondition failed (someone else moved it)."""
+    async def write_progress(
+        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
+    ) -> str | None:
+        """Store `offset` (and a pending `flush_end`) if the stored object is still `expected`;
+        return the new token, or None when the precondition failed (someone else moved it)."""
         ...
 
+    async def list_groups(self, root: str) -> list[str]:
+        """Names directly under `root` (the consumer groups with progress in this lake)."""
+        ...
+
+    async def has_objects(self, prefix: str) -> bool: ...
     async def check(self) -> None: ...
+    async def check_conditional_writes(self, scratch_prefix: str) -> None:
+        """Raise ConditionalWritesUnsupported unless If-None-Match and If-Match are honoured."""
+        ...
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -66,12 +88,38 @@ def is_retriable(exc: BaseException) -> bool:
     return False
 
 
-def _encode(offset: int) -> bytes:
-    return json.dumps({"next_offset": offset}).encode()
+class CorruptProgress(ValueError):
+    """A progress object that is not what the recorder writes (never retried: a person must look)."""
 
 
-def _decode(body: bytes) -> int:
-    return int(json.loads(body)["next_offset"])
+def encode_progress(offset: int, flush_end: int | None = None) -> bytes:
+    doc: dict[str, int] = {"next_offset": offset}
+    if flush_end is not None:
+        doc["flush_end"] = flush_end
+    return json.dumps(doc).encode()
+
+
+def decode_progress(body: bytes, key: str) -> tuple[int, int | None]:
+    """(next_offset, flush_end) of a progress object, or CorruptProgress naming the key."""
+    try:
+        doc = json.loads(body)
+        offset = int(doc["next_offset"])
+        end = doc.get("flush_end")
+        flush_end = None if end is None else int(end)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptProgress(
+            f"progress object {key} is corrupt ({exc!r}): expected JSON "
+            '{"next_offset": <int>}; fix it with `datarecorder reset-progress`'
+        ) from None
+    if offset < 0 or (flush_end is not None and flush_end <= offset):
+        raise CorruptProgress(f"progress object {key} holds an impossible range: {doc}")
+    return offset, flush_end
+
+
+def _precondition_failed(exc: ClientError) -> bool:
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
 class S3Lake:
@@ -141,21 +189,67 @@ class S3Lake:
             raise
         async with res["Body"] as stream:
             body = await stream.read()
-        return StoredProgress(_decode(body), res["ETag"])
+        offset, flush_end = decode_progress(body, key)
+        return StoredProgress(offset, res["ETag"], flush_end)
 
-    async def write_progress(self, key: str, expected: StoredProgress, offset: int) -> str | None:
+    async def write_progress(
+        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
+    ) -> str | None:
         condition = {"IfMatch": expected.token} if expected.token else {"IfNoneMatch": "*"}
         try:
             res = await self._client.put_object(
-                Bucket=self._bucket, Key=key, Body=_encode(offset), **condition
+                Bucket=self._bucket, Key=key, Body=encode_progress(offset, flush_end), **condition
             )
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            if _precondition_failed(exc):
                 return None
             raise
         return str(res["ETag"])
+
+    async def list_groups(self, root: str) -> list[str]:
+        found: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self._bucket, Prefix=root, Delimiter="/"):
+            for cp in page.get("CommonPrefixes", []):
+                found.append(cp["Prefix"][len(root) :].rstrip("/"))
+        return found
+
+    async def has_objects(self, prefix: str) -> bool:
+        res = await self._client.list_objects_v2(Bucket=self._bucket, Prefix=prefix, MaxKeys=1)
+        return bool(res.get("KeyCount", 0))
+
+    async def check_conditional_writes(self, scratch_prefix: str) -> None:
+        """Write a scratch object, then try writes whose preconditions are false: each must be
+        refused with 412/409. Stores that ignore the headers (older MinIO, Ceph RGW before
+        Squid, some gateways) would let a zombie's progress write win."""
+        key = f"{scratch_prefix}{uuid.uuid4().hex}"
+        where = f"{self.description} ({self._settings.S3_ENDPOINT_URL or 'AWS'})"
+        try:
+            first = await self._client.put_object(
+                Bucket=self._bucket, Key=key, Body=b"1", IfNoneMatch="*"
+            )
+            trials = [("If-None-Match: *", {"IfNoneMatch": "*"})]
+            trials.append(("If-Match: <stale ETag>", {"IfMatch": '"0000000000000000"'}))
+            for header, condition in trials:
+                try:
+                    await self._client.put_object(
+                        Bucket=self._bucket, Key=key, Body=b"2", **condition
+                    )
+                except ClientError as exc:
+                    if _precondition_failed(exc):
+                        continue
+                    raise
+                raise ConditionalWritesUnsupported(
+                    f"the S3 store at {where} ignored a conditional PUT ({header}); the lake's "
+                    "exactly-once protocol needs conditional writes (AWS S3, MinIO, Ceph RGW "
+                    "19+, Cloudflare R2 support them). Use such a store or S3_WRITE_ENABLED=false"
+                )
+            await self._client.put_object(
+                Bucket=self._bucket, Key=key, Body=b"3", IfMatch=first["ETag"]
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await self._client.delete_object(Bucket=self._bucket, Key=key)
 
 
 class LocalLake:
@@ -202,13 +296,17 @@ class LocalLake:
             body = path.read_bytes()
         except FileNotFoundError:
             return StoredProgress(None, None)
-        offset = _decode(body)
-        return StoredProgress(offset, str(offset))
+        offset, flush_end = decode_progress(body, key)
+        return StoredProgress(offset, f"{offset}:{flush_end}", flush_end)
 
-    async def write_progress(self, key: str, expected: StoredProgress, offset: int) -> str | None:
-        return await asyncio.to_thread(self._write_sync, key, expected, offset)
+    async def write_progress(
+        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
+    ) -> str | None:
+        return await asyncio.to_thread(self._write_sync, key, expected, offset, flush_end)
 
-    def _write_sync(self, key: str, expected: StoredProgress, offset: int) -> str | None:
+    def _write_sync(
+        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None
+    ) -> str | None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "a+b") as lock:
@@ -217,9 +315,22 @@ class LocalLake:
             if current.token != expected.token:
                 return None
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(_encode(offset))
+            tmp.write_bytes(encode_progress(offset, flush_end))
             os.replace(tmp, path)
-            return str(offset)
+            return f"{offset}:{flush_end}"
+
+    async def list_groups(self, root: str) -> list[str]:
+        base = self._path(root)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+    async def has_objects(self, prefix: str) -> bool:
+        base = self._path(prefix)
+        return base.is_dir() and any(p.suffix == ".json" for p in base.rglob("*"))
+
+    async def check_conditional_writes(self, scratch_prefix: str) -> None:
+        return None  # the lock file makes every progress write a compare-and-set
 
 
 def make_lake(settings: Settings) -> Lake:

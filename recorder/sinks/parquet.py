@@ -137,8 +137,28 @@ def object_key(
     return f"{base}/{path}" if base else path
 
 
-def progress_key(prefix: str, topic: str, partition: int) -> str:
-    """Where the cold path records its progress for a partition (ignored by hive readers)."""
+def _under(prefix: str, path: str) -> str:
     base = prefix.strip("/")
-    path = f"_recorder/progress/{topic}/{partition}.json"
     return f"{base}/{path}" if base else path
+
+
+def groups_root(prefix: str) -> str:
+    """The folder holding one sub-folder of progress objects per consumer group."""
+    return _under(prefix, "_recorder/groups/")
+
+
+def progress_key(prefix: str, group: str, topic: str, partition: int) -> str:
+    """Where a consumer group's cold path records its progress for a partition (scoped by group,
+    so two deployments on one bucket never fence or overwrite each other; hive readers skip
+    `_`-prefixed folders)."""
+    return _under(prefix, f"_recorder/groups/{group}/progress/{topic}/{partition}.json")
+
+
+def legacy_progress_key(prefix: str, topic: str, partition: int) -> str:
+    """The key releases before group scoping used; read once to carry progress over."""
+    return _under(prefix, f"_recorder/progress/{topic}/{partition}.json")
+
+
+def scratch_prefix(prefix: str, group: str) -> str:
+    """Where the start-up check of conditional writes puts (and deletes) its probe object."""
+    return _under(prefix, f"_recorder/groups/{group}/probe/")

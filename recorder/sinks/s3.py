@@ -1,8 +1,38 @@
 """The cold path: Parquet files in a hive-partitioned lake (S3 or a local directory).
 
 Owns per-partition file batches: a timer flushes them at S3_BATCH_SIZE rows or
-S3_BATCH_TIMEOUT_SEC; keys come from topic, partition and first offset per hour, so a replay
-overwrites; a partition's next upload starts only after the previous one's progress is recorded.
+S3_BATCH_TIMEOUT_SEC; keys come from topic, partition and the first offset per event hour; a
+partition's next upload starts only after the previous one's progress is recorded (rule 2).
+
+The lake protocol (DESIGN rule 4: a fenced writer cannot change the lake). An S3 PUT cannot be
+fenced: a writer that stalled past its session timeout (a zombie) may wake up and upload after
+a new owner moved on. So the protocol makes every upload harmless instead of preventing it.
+A partition's progress object is `{next_offset: N}` or `{next_offset: N, flush_end: E}`:
+
+1. *Intent.* Before uploading the batch [N, E) a writer records `flush_end: E` by a
+   compare-and-set (If-Match on the ETag it read, If-None-Match for a new object). Only the
+   state `{N}` (no range) may take an intent, and the only way out of `{N, E}` is the commit to
+   `{E}`; progress never moves back (except by the explicit `reset-progress`). So for each N at
+   most one E is ever recorded.
+2. *Upload only a recorded range.* A writer uploads the files of [N, E) only after it saw that
+   very range recorded (it wrote it, or read it). A writer whose batch [N, E') finds another
+   range [N, E) recorded drops its batch and flushes exactly [N, E) once it holds those
+   records ("adopt"), whoever recorded it; one that finds N moved on is fenced and uploads
+   nothing.
+3. *Commit.* After all files of [N, E) are uploaded, compare-and-set `{N, E}` -> `{E}`.
+
+Why the lake then equals the log: a file's key is (topic, partition, event hour, first offset
+of that hour within the range). Recorded ranges of a partition are disjoint and consecutive, so
+two different ranges never produce the same key, and every upload under a key comes from the one
+range [N, E) recorded for its N: the same Kafka records (the log is immutable), the same rows
+(every decision is a function of the record alone), the same encoder settings, hence the same
+Parquet bytes. A zombie waking up with a PUT in flight, an abandoned revocation whose PUT lands
+later, or a replay after a crash can therefore only rewrite a file with its own contents. And a
+commit to E happens only after every file of [N, E) is in the lake, so progress never covers a
+missing file. The argument needs the store to honour conditional writes: `start()` checks that
+and refuses to run where it does not. Progress objects are scoped by consumer group (see
+`recorder.sinks.parquet.progress_key`), and a second group recording one of our topics into the
+same prefix is refused at start (it would write every record twice and share our file keys).
 """
 
 from __future__ import annotations
@@ -17,16 +47,32 @@ import structlog
 
 from recorder import metrics, supervise
 from recorder.batching import Batch, PartitionBuffer, is_due, split_by_hour
-from recorder.offsets import TP, CasOutcome, cas_outcome
+from recorder.offsets import TP, IntentOutcome, intent_outcome
 from recorder.records import OrderBookRow, Row, TickRow
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
 from recorder.sinks.lake import Lake, StoredProgress, is_retriable
-from recorder.sinks.parquet import object_key, progress_key, write_parquet
+from recorder.sinks.parquet import (
+    groups_root,
+    legacy_progress_key,
+    object_key,
+    progress_key,
+    scratch_prefix,
+    write_parquet,
+)
 
 log = structlog.get_logger("recorder.sinks.s3")
 
 SINK = "s3"
+PARALLEL_UPLOADS = 8
+# A flush that failed with an error retrying does not fix (403, disk full) waits this long
+# before its partition is fed again, doubling per consecutive failure up to the cap.
+FAILED_FLUSH_BACKOFF_SEC = 1.0
+FAILED_FLUSH_BACKOFF_MAX_SEC = 60.0
+
+
+class LakeClaimed(RuntimeError):
+    """Another consumer group already records one of our topics into this prefix."""
 
 
 class S3Sink(SinkHealth):
@@ -43,6 +89,7 @@ class S3Sink(SinkHealth):
         self._settings = settings
         self._topics = dict(topics)
         self._lake = lake
+        self._group = settings.KAFKA_GROUP_ID
         self._on_progress = on_progress
         self._on_resync = on_resync
         self._buffers: dict[TP, PartitionBuffer[Row]] = {}
@@ -50,14 +97,19 @@ class S3Sink(SinkHealth):
         self._in_flight: dict[TP, Batch[Row]] = {}
         self._tasks: dict[TP, asyncio.Task[None]] = {}
         self._force: set[TP] = set()
+        # Partitions being given up after an abandoned revocation: the timer starts no new
+        # upload for them between abandon() and revoke().
+        self._closing: set[TP] = set()
+        self._failures: dict[TP, int] = {}
         self._max_rows = settings.S3_BATCH_SIZE
         self._max_age = settings.S3_BATCH_TIMEOUT_SEC
-        self._uploads = asyncio.Semaphore(8)
+        self._uploads = asyncio.Semaphore(PARALLEL_UPLOADS)
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unit: Literal["ns", "us"] = settings.PARQUET_TIMESTAMP_UNIT
         self._levels: Literal["typed", "json"] = settings.PARQUET_ORDERBOOK_LEVELS
         self.healthy = False
+        self.error: str | None = None  # the last error retrying does not fix, until a flush works
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -69,9 +121,33 @@ class S3Sink(SinkHealth):
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._failed,
         )
+        prefix = self._settings.S3_PREFIX
+        await retry_forever(
+            "conditional_writes_check",
+            lambda: self._lake.check_conditional_writes(scratch_prefix(prefix, self._group)),
+            is_retriable,
+            self._settings.RETRY_MAX_BACKOFF_SEC,
+            self._failed,
+        )
+        await self._check_unclaimed()
         self._set_healthy(True)
         self._timer = asyncio.create_task(self._run_timer(), name="s3-flush-timer")
-        log.info("sink_started", sink=SINK, lake=self._lake.description)
+        log.info("sink_started", sink=SINK, lake=self._lake.description, group=self._group)
+
+    async def _check_unclaimed(self) -> None:
+        root = groups_root(self._settings.S3_PREFIX)
+        for group in await self._lake.list_groups(root):
+            if group == self._group:
+                continue
+            for topic in self._topics:
+                if await self._lake.has_objects(f"{root}{group}/progress/{topic}/"):
+                    raise LakeClaimed(
+                        f"{self._lake.description} already holds topic {topic!r} recorded by "
+                        f"consumer group {group!r} (this one is {self._group!r}): two groups "
+                        "would write every record twice under the same file keys. Give this "
+                        "deployment its own S3_PREFIX, or, if that group is retired, delete "
+                        f"{root}{group}/ from the bucket"
+                    )
 
     def failure(self) -> str | None:
         return supervise.failure([self._timer])
@@ -84,16 +160,31 @@ class S3Sink(SinkHealth):
         await self._lake.close()
 
     async def check_health(self) -> bool:
-        return await self._probe(self._lake.check)
+        ok = await self._probe(self._lake.check)
+        if ok and self.error is not None:
+            self._set_healthy(False)  # the bucket answers, but writes keep failing
+        return self.healthy
 
     # --- partitions ---------------------------------------------------------------------
+    def _key(self, tp: TP) -> str:
+        return progress_key(self._settings.S3_PREFIX, self._group, tp.topic, tp.partition)
+
+    async def _read_stored(self, tp: TP) -> StoredProgress:
+        stored = await self._lake.read_progress(self._key(tp))
+        if stored.offset is None:
+            # Carried over from before group scoping: the first write creates our own object.
+            legacy = await self._lake.read_progress(
+                legacy_progress_key(self._settings.S3_PREFIX, tp.topic, tp.partition)
+            )
+            if legacy.offset is not None:
+                return StoredProgress(legacy.offset, None, None)
+        return stored
+
     async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
         async def read_all() -> dict[TP, StoredProgress]:
-            keys = {
-                tp: progress_key(self._settings.S3_PREFIX, tp.topic, tp.partition) for tp in tps
-            }
-            values = await asyncio.gather(*(self._lake.read_progress(k) for k in keys.values()))
-            return dict(zip(keys, values, strict=True))
+            ordered = list(tps)
+            values = await asyncio.gather(*(self._read_stored(tp) for tp in ordered))
+            return dict(zip(ordered, values, strict=True))
 
         stored = await retry_forever(
             "load_progress",
@@ -105,16 +196,43 @@ class S3Sink(SinkHealth):
         self._stored.update(stored)
         return {tp: s.offset for tp, s in stored.items()}
 
+    async def store_start(self, starts: Mapping[TP, int]) -> dict[TP, int]:
+        """Record where partitions without progress start (the reset policy's position), so a
+        restart before the first flush resumes there instead of asking the policy again."""
+
+        async def store(tp: TP, offset: int) -> tuple[TP, StoredProgress]:
+            expected = self._stored.get(tp, StoredProgress(None, None))
+            token = await self._lake.write_progress(self._key(tp), expected, offset)
+            if token is not None:
+                return tp, StoredProgress(offset, token)
+            return tp, await self._lake.read_progress(self._key(tp))
+
+        async def store_all() -> list[tuple[TP, StoredProgress]]:
+            return await asyncio.gather(*(store(tp, off) for tp, off in starts.items()))
+
+        done = await retry_forever(
+            "store_start", store_all, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC
+        )
+        out: dict[TP, int] = {}
+        for tp, stored in done:
+            self._stored[tp] = stored
+            out[tp] = stored.offset if stored.offset is not None else starts[tp]
+        return out
+
     def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
         for tp, value in progress.items():
             self._buffers[tp] = PartitionBuffer(
                 Batch(start=value, end=value if value is not None else -1)
             )
+            self._closing.discard(tp)
+            self._failures.pop(tp, None)
 
     def revoke(self, tps: Collection[TP]) -> None:
         for tp in tps:
             self._buffers.pop(tp, None)
             self._stored.pop(tp, None)
+            self._closing.discard(tp)
+            self._failures.pop(tp, None)
 
     def progress(self) -> dict[TP, int | None]:
         return {tp: s.offset for tp, s in self._stored.items() if tp in self._buffers}
@@ -131,7 +249,8 @@ class S3Sink(SinkHealth):
         if buffer is None:
             return
         buffer.offer(offsets, rows, end, time.monotonic(), row_bytes)
-        if len(buffer.batch.rows) >= self._max_rows:
+        recorded = self._recorded_end(tp)
+        if len(buffer.batch.rows) >= self._max_rows or (recorded is not None and end >= recorded):
             self._wake.set()
 
     def buffered(self) -> int:
@@ -146,15 +265,29 @@ class S3Sink(SinkHealth):
             b.nbytes for b in self._in_flight.values()
         )
 
+    def _recorded_end(self, tp: TP) -> int | None:
+        """End of the recorded flush range that the open batch of `tp` must complete next."""
+        stored = self._stored.get(tp)
+        buffer = self._buffers.get(tp)
+        if stored is None or stored.flush_end is None or buffer is None:
+            return None
+        return stored.flush_end if buffer.batch.start == stored.offset else None
+
+    def _flushable(self, tp: TP) -> bool:
+        """Whether the open batch of `tp` can be flushed now (a recorded range needs all of its
+        records; nothing else to wait for otherwise)."""
+        buffer = self._buffers.get(tp)
+        if buffer is None or tp in self._closing:
+            return False
+        recorded = self._recorded_end(tp)
+        if recorded is not None:
+            return buffer.batch.end >= recorded
+        return buffer.batch.advanced
+
     async def flush_all(self, tps: Collection[TP] | None = None) -> None:
         wanted = set(self._buffers if tps is None else tps)
         while True:
-            pending = [
-                tp
-                for tp in wanted
-                if (tp in self._buffers and self._buffers[tp].batch.advanced)
-                or tp in self._in_flight
-            ]
+            pending = [tp for tp in wanted if self._flushable(tp) or tp in self._in_flight]
             if not pending:
                 return
             self._force.update(pending)
@@ -162,6 +295,7 @@ class S3Sink(SinkHealth):
             await asyncio.sleep(0.01)
 
     async def abandon(self, tps: Collection[TP]) -> None:
+        self._closing.update(tps)
         tasks = [self._tasks[tp] for tp in tps if tp in self._tasks]
         for t in tasks:
             t.cancel()
@@ -173,13 +307,17 @@ class S3Sink(SinkHealth):
         while True:
             now = time.monotonic()
             for tp, buffer in list(self._buffers.items()):
-                if tp in self._in_flight:
+                if tp in self._in_flight or not self._flushable(tp):
                     continue  # rule 2: one unrecorded file set per partition
-                forced = tp in self._force and buffer.batch.advanced
-                if forced or is_due(buffer.batch, now, self._max_rows, self._max_age):
+                recorded = self._recorded_end(tp)
+                if recorded is not None:
+                    batch = buffer.take_until(recorded)  # complete the recorded range first
+                elif tp in self._force or is_due(buffer.batch, now, self._max_rows, self._max_age):
                     batch = buffer.take()
-                    self._in_flight[tp] = batch
-                    self._tasks[tp] = asyncio.create_task(self._flush(tp, batch), name=f"s3-{tp}")
+                else:
+                    continue
+                self._in_flight[tp] = batch
+                self._tasks[tp] = asyncio.create_task(self._flush(tp, batch), name=f"s3-{tp}")
             self._wake.clear()
             try:
                 async with asyncio.timeout(min(0.2, self._max_age)):
@@ -189,12 +327,28 @@ class S3Sink(SinkHealth):
 
     async def _flush(self, tp: TP, batch: Batch[Row]) -> None:
         try:
-            async with self._uploads:
-                await self._flush_batch(tp, batch)
+            await self._flush_batch(tp, batch)
+            self._failures.pop(tp, None)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("flush_failed", sink=SINK, topic=tp.topic, partition=tp.partition)
+        except Exception as exc:
+            failures = self._failures.get(tp, 0) + 1
+            self._failures[tp] = failures
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._set_healthy(False)
+            metrics.STORE_ERRORS.labels(SINK, "flush").inc()
+            wait = min(FAILED_FLUSH_BACKOFF_MAX_SEC, FAILED_FLUSH_BACKOFF_SEC * 2 ** (failures - 1))
+            log.error(
+                "flush_failed",
+                sink=SINK,
+                topic=tp.topic,
+                partition=tp.partition,
+                error=self.error,
+                retry_in_seconds=wait,
+            )
+            # Still in flight while waiting: no re-fetch and re-encode loop against a store that
+            # refuses (rule 2 holds too); a revocation or shutdown cancels the wait.
+            await asyncio.sleep(wait)
             self._resync(tp)
         finally:
             self._in_flight.pop(tp, None)
@@ -203,46 +357,45 @@ class S3Sink(SinkHealth):
 
     async def _flush_batch(self, tp: TP, batch: Batch[Row]) -> None:
         started = time.perf_counter()
-        kind = self._topics.get(tp.topic, TopicKind.TICK)
-        files = await asyncio.to_thread(self._encode, tp, kind, batch)
-        nbytes = sum(size for _, _, size in files)
-        try:
-            for key, body, size in files:
-                await retry_forever(
-                    "upload",
-                    lambda key=key, body=body, size=size: self._lake.put_file(key, body, size),  # type: ignore[misc]
-                    is_retriable,
-                    self._settings.RETRY_MAX_BACKOFF_SEC,
-                    self._on_retry,
-                )
-        finally:
-            for _, body, _ in files:
-                body.close()
         outcome = await retry_forever(
-            "progress",
-            lambda: self._record_progress(tp, batch),
+            "flush_intent",
+            lambda: self._record_intent(tp, batch),
             is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._on_retry,
         )
+        if outcome is IntentOutcome.DONE:
+            self._on_progress(tp, batch.end)  # someone else flushed exactly these records
+            return
+        if outcome is not IntentOutcome.RECORDED:
+            self._fenced(tp, batch, outcome)
+            return
+        kind = self._topics.get(tp.topic, TopicKind.TICK)
+        files = await asyncio.to_thread(self._encode, tp, kind, batch)
+        nbytes = sum(size for _, _, size in files)
+        try:
+            await asyncio.gather(*(self._upload(key, body, size) for key, body, size in files))
+        finally:
+            for _, body, _ in files:
+                body.close()
+        committed = await retry_forever(
+            "progress",
+            lambda: self._commit(tp, batch),
+            is_retriable,
+            self._settings.RETRY_MAX_BACKOFF_SEC,
+            self._on_retry,
+        )
+        self.error = None
         self._set_healthy(True)
         elapsed = time.perf_counter() - started
         metrics.FLUSH_DURATION.labels(SINK).observe(elapsed)
-        if outcome is CasOutcome.FENCED:
-            metrics.FLUSHES.labels(SINK, "fenced").inc()
-            log.warning(
-                "batch_fenced",
-                sink=SINK,
-                topic=tp.topic,
-                partition=tp.partition,
-                expected=batch.start,
-                dropped_rows=len(batch),
-            )
-            self._resync(tp)
+        if committed is IntentOutcome.FENCED:
+            # Our files are the recorded range's own bytes (rule 4), so the lake is intact.
+            self._fenced(tp, batch, committed)
             return
         metrics.FLUSHES.labels(SINK, "ok").inc()
         metrics.LAST_FLUSH.labels(SINK).set(time.time())
-        if outcome is CasOutcome.APPLIED:
+        if committed is IntentOutcome.RECORDED:
             metrics.RECORDS_WRITTEN.labels(tp.topic, SINK).inc(len(batch))
             metrics.S3_BYTES_UPLOADED.labels(tp.topic).inc(nbytes)
         self._on_progress(tp, batch.end)
@@ -257,6 +410,32 @@ class S3Sink(SinkHealth):
             seconds=round(elapsed, 4),
         )
 
+    async def _upload(
+        self, key: str, body: tempfile.SpooledTemporaryFile[bytes], size: int
+    ) -> None:
+        async with self._uploads:
+            await retry_forever(
+                "upload",
+                lambda: self._lake.put_file(key, body, size),
+                is_retriable,
+                self._settings.RETRY_MAX_BACKOFF_SEC,
+                self._on_retry,
+            )
+
+    def _fenced(self, tp: TP, batch: Batch[Row], outcome: IntentOutcome) -> None:
+        metrics.FLUSHES.labels(SINK, "fenced").inc()
+        stored = self._stored.get(tp)
+        log.warning(
+            "batch_fenced" if outcome is IntentOutcome.FENCED else "batch_adopts_recorded_range",
+            sink=SINK,
+            topic=tp.topic,
+            partition=tp.partition,
+            batch=[batch.start, batch.end],
+            stored=None if stored is None else [stored.offset, stored.flush_end],
+            dropped_rows=len(batch),
+        )
+        self._resync(tp)
+
     def _on_retry(self, _exc: BaseException) -> None:
         self._set_healthy(False)
         metrics.FLUSHES.labels(SINK, "retry").inc()
@@ -267,45 +446,79 @@ class S3Sink(SinkHealth):
         """One Parquet file per UTC event hour, spilled to disk above the part size."""
         rows = batch.rows
         groups = split_by_hour([r.time_ns for r in rows], batch.offsets)
-        out = []
+        out: list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]] = []
         spill = self._settings.S3_PART_SIZE_MB * 1024 * 1024
-        for hour, (first_offset, indexes) in sorted(groups.items()):
-            part: list[TickRow] | list[OrderBookRow] = [rows[i] for i in indexes]  # type: ignore[assignment]
-            # Closed by _flush_batch after the upload.
-            body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-                max_size=spill
-            )
-            write_parquet(
-                body, kind, part, self._unit, self._levels, self._settings.PARQUET_ROW_GROUP_SIZE
-            )
-            size = body.tell()
-            key = object_key(
-                self._settings.S3_PREFIX, kind, hour, tp.topic, tp.partition, first_offset
-            )
-            out.append((key, body, size))
+        try:
+            for hour, (first_offset, indexes) in sorted(groups.items()):
+                part: list[TickRow] | list[OrderBookRow] = [rows[i] for i in indexes]  # type: ignore[assignment]
+                # Closed by _flush_batch after the upload.
+                body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+                    max_size=spill
+                )
+                key = object_key(
+                    self._settings.S3_PREFIX, kind, hour, tp.topic, tp.partition, first_offset
+                )
+                out.append((key, body, 0))
+                write_parquet(
+                    body,
+                    kind,
+                    part,
+                    self._unit,
+                    self._levels,
+                    self._settings.PARQUET_ROW_GROUP_SIZE,
+                )
+                out[-1] = (key, body, body.tell())
+        except BaseException:
+            for _, spilled, _ in out:
+                spilled.close()  # the spill files of a failed encode (disk full) must not linger
+            raise
         return out
 
-    async def _record_progress(self, tp: TP, batch: Batch[Row]) -> CasOutcome:
-        key = progress_key(self._settings.S3_PREFIX, tp.topic, tp.partition)
-        expected = self._stored.get(tp, StoredProgress(batch.start, None))
-        if expected.offset != batch.start:
-            # Our cached view already disagrees with the batch (a resync raced it): re-read.
-            expected = await self._lake.read_progress(key)
-            if cas_outcome(expected.offset, batch.start, batch.end) is not CasOutcome.APPLIED:
-                self._stored[tp] = expected
-                return cas_outcome(expected.offset, batch.start, batch.end)
+    # --- the progress object ------------------------------------------------------------
+    async def _record_intent(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
+        """Step 1 of the protocol: make [start, end) the recorded range, or find out why not.
+        A decision other than FREE is taken on the store's view, never on a stale cache alone."""
+        key = self._key(tp)
+        # A partition never written before (the pipeline stores a start at assignment; direct
+        # users of the sink may not): its range starts at the batch's first record.
+        first = batch.start
+        if first is None:
+            first = batch.offsets[0] if batch.offsets else batch.end
+        stored = self._stored.get(tp)
+        fresh = False
+        if stored is None:
+            stored, fresh = await self._read_stored(tp), True
+        for _ in range(5):
+            outcome = intent_outcome(stored.offset, stored.flush_end, batch.start, batch.end)
+            if outcome is IntentOutcome.FREE:
+                token = await self._lake.write_progress(key, stored, first, batch.end)
+                if token is not None:
+                    self._remember(tp, StoredProgress(first, token, batch.end))
+                    return IntentOutcome.RECORDED
+            elif outcome is not IntentOutcome.FENCED or fresh:
+                return outcome
+            stored, fresh = await self._read_stored(tp), True
+            self._remember(tp, stored)
+        return IntentOutcome.FENCED  # lost five races in a row: drop the batch, replay from store
+
+    async def _commit(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
+        """Step 3: `{start, end}` -> `{end}`. RECORDED when ours moved it; DONE when another
+        writer committed the same range first; FENCED otherwise."""
+        key = self._key(tp)
+        expected = self._stored.get(tp, StoredProgress(batch.start, None, batch.end))
         token = await self._lake.write_progress(key, expected, batch.end)
         if token is not None:
-            if tp in self._buffers:
-                self._stored[tp] = StoredProgress(batch.end, token)
-            return CasOutcome.APPLIED
-        current = await self._lake.read_progress(key)
-        outcome = cas_outcome(current.offset, batch.start, batch.end)
-        if outcome is CasOutcome.APPLIED:
-            outcome = CasOutcome.FENCED  # the write failed, so it was not ours
-        if tp in self._buffers:
-            self._stored[tp] = current
-        return outcome
+            self._remember(tp, StoredProgress(batch.end, token))
+            return IntentOutcome.RECORDED
+        current = await self._read_stored(tp)
+        self._remember(tp, current)
+        if current.offset == batch.end and current.flush_end is None:
+            return IntentOutcome.DONE
+        return IntentOutcome.FENCED
+
+    def _remember(self, tp: TP, stored: StoredProgress) -> None:
+        if tp in self._buffers:  # not for a partition revoked meanwhile
+            self._stored[tp] = stored
 
     def _resync(self, tp: TP) -> None:
         """Forget what is buffered for `tp`; the pipeline re-seeks it to the stored progress."""

@@ -247,6 +247,41 @@ class TimescaleSink(SinkHealth):
         found = {TP(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
         return {tp: found.get(tp) for tp in tps}
 
+    async def store_start(self, starts: Mapping[TP, int]) -> dict[TP, int]:
+        """Record where partitions without progress start (the reset policy's position), so a
+        restart before the first flush resumes there; a row another writer stored first wins."""
+        pool = self._pool
+        assert pool is not None
+        ordered = list(starts)
+
+        async def store() -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await pool.fetch(
+                """WITH wanted AS (
+                       SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+                           AS w(topic, partition, next_offset)),
+                   added AS (
+                       INSERT INTO recorder_offsets (topic, partition, next_offset)
+                       SELECT topic, partition, next_offset FROM wanted
+                       ON CONFLICT (topic, partition) DO NOTHING
+                       RETURNING topic, partition, next_offset)
+                   SELECT topic, partition, next_offset FROM added
+                   UNION ALL
+                   SELECT o.topic, o.partition, o.next_offset FROM recorder_offsets o
+                   JOIN wanted USING (topic, partition)""",
+                [tp.topic for tp in ordered],
+                [tp.partition for tp in ordered],
+                [starts[tp] for tp in ordered],
+            )
+            return rows
+
+        rows = await retry_forever(
+            "store_start", store, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
+        )
+        # The CTE's second branch does not see the first one's inserts (one snapshot): a row
+        # from `added` is ours, one from the table was there before.
+        found = {TP(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+        return {tp: found.get(tp, starts[tp]) for tp in ordered}
+
     def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
         for tp, value in progress.items():
             self._progress[tp] = value

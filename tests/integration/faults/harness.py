@@ -23,6 +23,7 @@ import aioboto3
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from recorder.sinks.parquet import progress_key
 from tests.fixtures.stack import REPO, Stack
 from tests.support.recorder_proc import RecorderProcess, http_get
 from tests.support.recorder_proc import verify as run_verify
@@ -214,7 +215,7 @@ class Deployment:
             async with session.client("s3", **self.stack.s3_client_kwargs()) as s3:
                 for topic in self.topics:
                     for p in range(self.partitions):
-                        key = f"{S3_PREFIX}/_recorder/progress/{topic}/{p}.json"
+                        key = progress_key(S3_PREFIX, self.env["KAFKA_GROUP_ID"], topic, p)
                         try:
                             res = await s3.get_object(Bucket=self.env["S3_BUCKET"], Key=key)
                         except s3.exceptions.NoSuchKey:

@@ -71,7 +71,8 @@ async def test_restart_while_cold_path_lags_far_behind(deployment: Deployment) -
         assert time.monotonic() < deadline, dep.logs()
         await asyncio.sleep(0.5)
     await asyncio.sleep(1)  # let the committed Kafka offsets follow the database
-    assert not await dep.s3_progress()
+    # The cold path stored only its starting point at assignment (offset 0), nothing flushed.
+    assert set((await dep.s3_progress() or {}).values()) <= {0}
     dep.kill(rec)
     restarted = time.monotonic()
     dep.recorder()

@@ -29,7 +29,8 @@ def test_cas_outcomes() -> None:
 
 def test_seek_position_is_smallest_progress_or_reset() -> None:
     assert seek_position([100, 40]) == 40
-    assert seek_position([100, None]) is None
+    assert seek_position([100, None]) == 100  # a sink without progress keeps no one back
+    assert seek_position([None, None]) is None
     assert seek_position([]) is None
 
 
@@ -129,8 +130,8 @@ def test_object_keys_are_hive_partitioned_and_deterministic() -> None:
     )
     assert object_key("/", TopicKind.ORDERBOOK, hour, "t", 0, 0).startswith("orderbook/year=2025/")
     assert (
-        progress_key("market-data", "market.tick", 3)
-        == "market-data/_recorder/progress/market.tick/3.json"
+        progress_key("market-data", "grp", "market.tick", 3)
+        == "market-data/_recorder/groups/grp/progress/market.tick/3.json"
     )
 
 
