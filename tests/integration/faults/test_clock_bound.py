@@ -53,7 +53,8 @@ async def test_record_just_past_the_bound_is_decided_alike_on_replay(
         assert time.monotonic() < deadline, dep.logs()
         await asyncio.sleep(0.2)
     first_seen_ns = time.time_ns()
-    assert not await dep.s3_progress()
+    # The lake stored only its starting point at assignment (offset 0), nothing flushed.
+    assert set((await dep.s3_progress() or {}).values()) <= {0}
     dep.kill(rec)
     # The replay happens once the clock has moved past the record's stamp minus 24 h: a
     # clock-based bound now accepts what the first attempt rejected.
