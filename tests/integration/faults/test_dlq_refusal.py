@@ -128,13 +128,14 @@ async def test_dlq_refusing_writes_pauses_and_recovers_exactly_once(
     letters = await dead_letters(dep, dlq_topic)
     big = [v for v, _ in letters.values() if v.startswith(b'{"symbol": "BIG"')]
     assert big == [oversized], [len(v) for v in big]  # the original bytes, not a cut copy
+    failures = dep.metric(rec, "datarecorder_dead_letter_failures_total")
     code, _ = dep.terminate(rec)
     assert code == 0, rec.tail()
     record_result(
         "DLQ refusing writes (max.message.bytes too small)",
         report,
         produced=VALID + 1,
-        dead_letter_failures=int(dep.metric(rec, "datarecorder_dead_letter_failures_total")),
+        dead_letter_failures=int(failures),
         peak_rss_mib=round(dep.peak_rss_mib(), 1),
         recovery_s=round(recovery, 1),
     )
