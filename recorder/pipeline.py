@@ -371,6 +371,7 @@ class Recorder:
             )
         metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(1)
         self._hold(source, tp, reason)
+        self._retry_held_soon()
 
     async def _halt_running(self, source: KafkaSource, tp: TP, log_end: int) -> None:
         """The log of an assigned partition now ends before our progress: stop taking it."""

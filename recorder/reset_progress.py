@@ -88,10 +88,10 @@ def render(changes: list[Change], applied: bool) -> str:
 async def log_bounds(
     settings: Settings, topic: str, partition: int | None
 ) -> dict[TP, tuple[int, int]]:
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(settings))
+    # Subscribed without a group: start() then holds the topic's metadata.
+    consumer = AIOKafkaConsumer(topic, enable_auto_commit=False, **client_options(settings))
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the cluster's metadata
         parts = consumer.partitions_for_topic(topic)
         if not parts:
             raise ConfigError(f"--topic {topic!r}: no such topic on {settings.KAFKA_BROKERS}")

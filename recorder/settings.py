@@ -58,8 +58,17 @@ class Settings(BaseSettings):
     )
     KAFKA_AUTO_OFFSET_RESET: Literal["earliest", "latest"] = _field(
         "earliest",
-        "Where to start a partition that no sink has progress for.",
+        "Where a sink without progress for a partition starts; that start is stored at once, so "
+        "a restart resumes there, and the other sink keeps its own progress.",
         "earliest",
+    )
+    KAFKA_SESSION_TIMEOUT_MS: int = _field(
+        20_000,
+        "Consumer group session timeout: a member silent this long (a GC pause, CPU throttling, "
+        "a network blip) loses its partitions; the lake protocol keeps it from changing the lake.",
+        "20000",
+        ge=6_000,
+        le=300_000,
     )
     KAFKA_SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _field(
         "PLAINTEXT", "Kafka security protocol.", "SASL_SSL"

@@ -22,6 +22,9 @@ def kafka_tp(tp: TP) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
 
 
+METADATA_MAX_AGE_MS = 30_000
+
+
 class KafkaSource:
     def __init__(self, settings: Settings, client_options: dict[str, object], index: int) -> None:
         self.index = index
@@ -40,10 +43,14 @@ class KafkaSource:
             auto_offset_reset=settings.KAFKA_AUTO_OFFSET_RESET,
             max_partition_fetch_bytes=max(settings.MAX_MESSAGE_BYTES + 65536, 1_048_576),
             fetch_max_bytes=64 * 1024 * 1024,
-            session_timeout_ms=20_000,
-            heartbeat_interval_ms=3_000,
+            session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+            # Kafka wants at least three heartbeats per session.
+            heartbeat_interval_ms=min(3_000, settings.KAFKA_SESSION_TIMEOUT_MS // 3),
             rebalance_timeout_ms=60_000,
             max_poll_interval_ms=300_000,
+            # A recreated topic or added partitions rejoin the group within this (aiokafka's
+            # default, 5 minutes, left a recreated topic unrecorded and unnoticed that long).
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
             **self._client_options,
         )
 

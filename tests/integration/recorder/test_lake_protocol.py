@@ -167,7 +167,7 @@ async def test_progress_is_scoped_by_group_and_a_second_group_is_refused(
 
     b = settings_for(env, S3_PREFIX="p", KAFKA_GROUP_ID="group-b")
     sink_b = S3Sink(b, topics, S3Lake(b), noop, noop)
-    with pytest.raises(LakeClaimed, match="group-a.*own S3_PREFIX"):
+    with pytest.raises(LakeClaimed, match=r"group-a.*own S3_PREFIX"):
         await sink_b.start()
     await sink_b.close()
 

@@ -1,0 +1,146 @@
+"""Pure decisions of the exactly-once rules: the lake protocol, seek positions, halts, resets.
+
+Each also has an integration test on the real stack (tests/integration/recorder/
+test_lake_protocol.py, tests/integration/faults/test_topic_recreated.py and
+test_reset_policy.py); these pin the decision tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from recorder.batching import Batch, PartitionBuffer
+from recorder.offsets import (
+    TP,
+    IntentOutcome,
+    beyond_log_end,
+    intent_outcome,
+    seek_position,
+    unknown_progress,
+)
+from recorder.reset_progress import plan, render, target_offset
+from recorder.settings import ConfigError, load_settings
+from recorder.sinks.lake import (
+    ConditionalWritesUnsupported,
+    CorruptProgress,
+    S3Lake,
+    decode_progress,
+    encode_progress,
+)
+
+A, B = TP("t", 0), TP("t", 1)
+
+
+@pytest.mark.parametrize(
+    ("stored", "flush_end", "start", "end", "expected"),
+    [
+        (100, None, 100, 160, IntentOutcome.FREE),  # ours to record
+        (None, None, None, 60, IntentOutcome.FREE),  # never written
+        (100, 160, 100, 160, IntentOutcome.RECORDED),  # our range is the recorded one
+        (100, 130, 100, 160, IntentOutcome.ADOPT),  # another range for our start: flush that
+        (100, 190, 100, 160, IntentOutcome.ADOPT),
+        (160, None, 100, 160, IntentOutcome.DONE),  # someone flushed exactly these
+        (200, None, 100, 160, IntentOutcome.FENCED),  # the owner moved on: we are a zombie
+        (160, 220, 100, 160, IntentOutcome.FENCED),  # the owner moved on and records more
+        (40, None, 100, 160, IntentOutcome.FENCED),  # reset behind us by reset-progress
+        (100, None, None, 60, IntentOutcome.FENCED),  # we never saw it written; it was
+    ],
+)
+def test_intent_decisions(
+    stored: int | None, flush_end: int | None, start: int | None, end: int, expected: Any
+) -> None:
+    assert intent_outcome(stored, flush_end, start, end) is expected
+
+
+def test_take_until_cuts_a_batch_at_the_recorded_range() -> None:
+    buf: PartitionBuffer[str] = PartitionBuffer(Batch(start=10, end=10))
+    buf.offer([10, 11, 12, 13, 14], ["a", None, "c", "d", None], 15, now=1.0)
+    done = buf.take_until(13)
+    assert (done.start, done.end, done.rows, done.offsets) == (10, 13, ["a", "c"], [10, 12])
+    rest = buf.batch
+    assert (rest.start, rest.end, rest.rows, rest.offsets) == (13, 15, ["d"], [13])
+    assert rest.opened_at == 1.0 and rest.advanced
+    exact = buf.take_until(15)
+    assert exact.rows == ["d"] and buf.batch.start == buf.batch.end == 15
+    assert buf.batch.opened_at is None and not buf.batch.advanced
+
+
+def test_seek_keeps_every_known_progress() -> None:
+    assert seek_position([100, 40]) == 40
+    assert seek_position([100, None]) == 100
+    assert seek_position([None, None]) is None
+    progress = {"timescaledb": {A: 100, B: 5}, "s3": {A: None, B: 3}}
+    assert unknown_progress(progress, [A, B]) == {A}
+
+
+def test_progress_beyond_the_log_end_is_named() -> None:
+    assert beyond_log_end([100, 40], 100) is None  # at the end: nothing new yet
+    assert beyond_log_end([100, 40], 60) == 100
+    assert beyond_log_end([None, None], 0) is None
+    assert beyond_log_end([100], None) is None  # end unknown: no decision
+
+
+def test_progress_objects_round_trip_and_corruption_is_named() -> None:
+    assert decode_progress(encode_progress(7), "k") == (7, None)
+    assert decode_progress(encode_progress(7, 9), "k") == (7, 9)
+    for body in (b"{not json", b'{"offset": 1}', b'{"next_offset": 5, "flush_end": 5}', b"[]"):
+        with pytest.raises(CorruptProgress, match="progress object k"):
+            decode_progress(body, "k")
+
+
+def test_reset_plan() -> None:
+    assert target_offset("earliest", 5, 90) == 5
+    assert target_offset("latest", 5, 90) == 90
+    assert target_offset("42", 5, 90) == 42
+    for bad in ("-1", "first", ""):
+        with pytest.raises(ConfigError, match="expected earliest, latest or an offset"):
+            target_offset(bad, 0, 1)
+    changes = plan({"timescaledb": {A: 500}, "s3": {A: None}}, {A: (0, 20)}, "earliest")
+    assert [(c.sink, c.current, c.new) for c in changes] == [
+        ("timescaledb", 500, 0),
+        ("s3", None, 0),
+    ]
+    text = render(changes, applied=False)
+    assert "t[0]" in text and "dry run" in text
+
+
+class _IgnoresConditions:
+    """An S3 client of a store that ignores If-None-Match / If-Match (pure stand-in; the real
+    server's check passes in tests/integration/recorder/test_lake_protocol.py)."""
+
+    def __init__(self, honours: bool) -> None:
+        self.honours = honours
+        self.objects: dict[str, bytes] = {}
+
+    async def put_object(self, Bucket: str, Key: str, Body: bytes, **cond: str) -> dict[str, str]:
+        refused = cond.get("IfNoneMatch") == "*" or cond.get("IfMatch") not in (None, '"etag"')
+        if self.honours and Key in self.objects and refused:
+            raise ClientError(
+                {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {}}, "PutObject"
+            )
+        self.objects[Key] = Body
+        return {"ETag": '"etag"'}
+
+    async def delete_object(self, Bucket: str, Key: str) -> None:
+        self.objects.pop(Key, None)
+
+
+@pytest.mark.parametrize("honours", [True, False])
+def test_a_store_without_conditional_writes_is_refused(honours: bool) -> None:
+    lake = S3Lake(load_settings(S3_BUCKET="b", S3_ENDPOINT_URL="http://gateway:9000"))
+    client = _IgnoresConditions(honours)
+    lake._client = client
+
+    async def check() -> None:
+        await lake.check_conditional_writes("p/_recorder/groups/g/probe/")
+
+    if honours:
+        asyncio.run(check())
+    else:
+        with pytest.raises(ConditionalWritesUnsupported, match=r"If-None-Match.*S3_WRITE_ENABLED"):
+            asyncio.run(check())
+    assert client.objects == {}  # the probe object is removed either way
