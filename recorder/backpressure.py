@@ -95,12 +95,6 @@ def held(blocked: Mapping[TP, Blocked], owned: Collection[TP], now: float) -> se
     return {tp for tp in owned if (b := blocked.get(tp)) is not None and now < b.retry_at}
 
 
-def to_pause(owned: Collection[TP], full: bool, holding: Collection[TP]) -> set[TP]:
-    """Which owned partitions the consumer must not fetch: all of them while the buffers are
-    full (by records or by bytes), else only those held for their dead letters."""
-    return set(owned) if full else set(holding) & set(owned)
-
-
 def is_full(records: int, nbytes: int, max_records: int, max_bytes: int) -> bool:
     """Buffers are full at whichever limit comes first."""
     return records >= max_records or nbytes >= max_bytes

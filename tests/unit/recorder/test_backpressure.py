@@ -30,12 +30,6 @@ def test_only_partitions_within_their_backoff_are_held() -> None:
     assert bp.held(blocked, {A, B}, now=11.0) == set()  # retry time: fetch and send again
 
 
-def test_full_buffers_pause_everything_else_only_the_held() -> None:
-    assert bp.to_pause({A, B, C}, True, {A}) == {A, B, C}
-    assert bp.to_pause({A, B, C}, False, {A}) == {A}
-    assert bp.to_pause({B, C}, False, {A}) == set()
-
-
 def test_whichever_limit_comes_first() -> None:
     assert bp.is_full(10, 0, 10, 100)
     assert bp.is_full(1, 100, 10, 100)
