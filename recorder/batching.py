@@ -25,6 +25,7 @@ class Batch(Generic[R]):
     rows: list[R] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     opened_at: float | None = None  # monotonic time the batch got its first offset
+    nbytes: int = 0  # estimated decoded bytes of `rows` (recorder.backpressure.row_bytes)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -48,10 +49,18 @@ class PartitionBuffer(Generic[R]):
     def starting_at(cls, progress: int | None, first_offset: int) -> PartitionBuffer[R]:
         return cls(Batch(start=progress, end=first_offset if progress is None else progress))
 
-    def offer(self, offsets: Sequence[int], rows: Sequence[R | None], end: int, now: float) -> int:
+    def offer(
+        self,
+        offsets: Sequence[int],
+        rows: Sequence[R | None],
+        end: int,
+        now: float,
+        row_bytes: int = 0,
+    ) -> int:
         """Append the records at or above the batch end; None rows are invalid records that only
         advance the offset. Returns how many rows were taken. Offsets below the end were already
-        buffered or made durable (a re-seek or replay) and are skipped."""
+        buffered or made durable (a re-seek or replay) and are skipped. `row_bytes` is the
+        estimated size of one taken row (the average over the offered ones)."""
         batch = self.batch
         if end <= batch.end:
             return 0
@@ -66,6 +75,7 @@ class PartitionBuffer(Generic[R]):
                 batch.rows.append(row)
                 batch.offsets.append(offsets[i])
                 taken += 1
+        batch.nbytes += taken * row_bytes
         batch.end = end
         if batch.opened_at is None:
             batch.opened_at = now
@@ -84,6 +94,9 @@ class PartitionBuffer(Generic[R]):
         done = Batch(b.start, end, b.rows[:k], b.offsets[:k], b.opened_at)
         rest_opened = b.opened_at if b.end > end else None
         self.batch = Batch(end, max(end, b.end), b.rows[k:], b.offsets[k:], rest_opened)
+        # The estimate splits with the rows (rows of one partition are of one kind).
+        done.nbytes = b.nbytes * k // len(b.rows) if b.rows else 0
+        self.batch.nbytes = b.nbytes - done.nbytes
         return done
 
     def restart(self, progress: int | None, end: int) -> None:

@@ -2,6 +2,9 @@
 
 Owns the dead-letter headers of DESIGN.md; sends are awaited (acks=all) before any sink may
 record progress past the dead record, so a crash can duplicate a dead letter but never lose it.
+A dead letter carries the original bytes, never a cut: the DLQ topics are created able to hold
+what their source topics hold, and a send the cluster refuses raises `DeadLetterRefused` (the
+pipeline pauses the partitions and retries) instead of a shortened copy being sent.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from recorder import metrics
@@ -25,6 +29,25 @@ HEADER_REASON = "x-recorder-error-reason"
 HEADER_TOPIC = "x-recorder-source-topic"
 HEADER_PARTITION = "x-recorder-source-partition"
 HEADER_OFFSET = "x-recorder-source-offset"
+
+MAX_MESSAGE_BYTES_CONFIG = "max.message.bytes"
+# Room for the key, the five headers (the error text is cut at 1,000 bytes) and the record
+# batch overhead on top of the largest value the source topic can hold.
+HEADROOM_BYTES = 64 * 1024
+# Kafka's broker default (message.max.bytes): the limit assumed when a topic cannot be described.
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# A send that gets no acknowledgement in this time counts as refused (e.g. a missing topic that
+# cannot be created: the producer would wait for its metadata for request_timeout_ms).
+SEND_TIMEOUT_SEC = 10.0
+
+
+class DeadLetterRefused(Exception):
+    """The cluster did not take a dead letter (topic missing, not authorized, too large...)."""
+
+    def __init__(self, partitions: frozenset[tuple[str, int]], reason: str) -> None:
+        super().__init__(reason)
+        self.partitions = partitions  # the source (topic, partition)s whose letters failed
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +71,27 @@ def headers_for(letter: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
+def max_message_bytes(described: Sequence[object]) -> dict[str, int]:
+    """Pure: topic -> `max.message.bytes` from the admin client's DescribeConfigs responses
+    (resources are (error_code, error_message, type, name, entries); entries (name, value,
+    ...)); topics that came back with an error are left out."""
+    limits: dict[str, int] = {}
+    for response in described:
+        for resource in getattr(response, "resources", []):
+            error_code, _, _, name, entries = resource[:5]
+            if error_code:
+                continue
+            for entry in entries:
+                if entry[0] == MAX_MESSAGE_BYTES_CONFIG and entry[1] is not None:
+                    limits[str(name)] = int(entry[1])
+    return limits
+
+
+def dlq_limit(source_limit: int) -> int:
+    """The `max.message.bytes` a DLQ topic needs to take any record of its source topic."""
+    return source_limit + HEADROOM_BYTES
+
+
 class DeadLetters:
     """A producer for dead letters; one per process."""
 
@@ -55,13 +99,23 @@ class DeadLetters:
         self._settings = settings
         self._options = client_options
         self._producer: AIOKafkaProducer | None = None
+        self._topics: list[str] = []
+        self._source_limits: dict[str, int] = {}
+        self._broken = False  # the last send failed: use a fresh producer for the next one
+        self.refusal: str | None = None  # why the last send failed; None once one succeeded
 
     async def start(self, topics: Sequence[str]) -> None:
+        self._topics = list(topics)
         await self._ensure_topics(topics)
+        await self._start_producer()
+
+    async def _start_producer(self) -> None:
+        largest = max(self._source_limits.values(), default=KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
         producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
-            max_request_size=max(2 * self._settings.MAX_MESSAGE_BYTES, 1_048_576) + 65536,
+            # Whatever the source topic could hold, its dead letter must fit in one request.
+            max_request_size=max(largest, self._settings.MAX_MESSAGE_BYTES) + HEADROOM_BYTES,
             linger_ms=0,  # the consumer waits for these acks: do not add latency
             **self._options,
         )
@@ -73,17 +127,60 @@ class DeadLetters:
         self._producer = producer
 
     async def _ensure_topics(self, topics: Sequence[str]) -> None:
+        """Read the source topics' `max.message.bytes` and create the missing DLQ topics able
+        to hold as much (existing ones are left as they are, with a warning when smaller)."""
         admin = AIOKafkaAdminClient(**self._options)
         try:
             await admin.start()
+            wanted = {self._settings.dlq_topic(t): t for t in topics}
+            try:
+                described = await admin.describe_configs(
+                    [
+                        ConfigResource(ConfigResourceType.TOPIC, t, {MAX_MESSAGE_BYTES_CONFIG: ""})
+                        for t in [*topics, *wanted]
+                    ]
+                )
+                limits = max_message_bytes(described)
+            except KafkaConnectionError:
+                raise
+            except KafkaError as exc:  # e.g. not authorized to describe: assume the default
+                log.warning("topic_configs_not_read", error=str(exc))
+                limits = {}
+            self._source_limits = {
+                t: limits.get(t, KAFKA_DEFAULT_MAX_MESSAGE_BYTES) for t in topics
+            }
             existing = set(await admin.list_topics())
-            missing = [self._settings.dlq_topic(t) for t in topics]
-            missing = [t for t in missing if t not in existing]
+            for dlq, source in wanted.items():
+                # An existing topic as large as its source holds any value of it (the headers
+                # are ~1 KB of the batch overhead's slack); smaller cannot.
+                needed = self._source_limits[source]
+                if dlq in existing and limits.get(dlq, needed) < needed:
+                    log.warning(
+                        "dlq_topic_too_small",
+                        topic=dlq,
+                        max_message_bytes=limits[dlq],
+                        needed=needed,
+                        hint=f"kafka-configs --alter --topic {dlq} "
+                        f"--add-config {MAX_MESSAGE_BYTES_CONFIG}={dlq_limit(needed)}",
+                    )
+            missing = [t for t in wanted if t not in existing]
             if missing:
                 cluster = await admin.describe_cluster()
                 replicas = max(1, min(3, len(cluster.get("brokers", [])) or 1))
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=1, replication_factor=replicas) for t in missing]
+                    [
+                        NewTopic(
+                            t,
+                            num_partitions=1,
+                            replication_factor=replicas,
+                            topic_configs={
+                                MAX_MESSAGE_BYTES_CONFIG: str(
+                                    dlq_limit(self._source_limits[wanted[t]])
+                                )
+                            },
+                        )
+                        for t in missing
+                    ]
                 )
                 log.info("dlq_topics_created", topics=missing)
         except TopicAlreadyExistsError:
@@ -95,27 +192,112 @@ class DeadLetters:
         finally:
             await admin.close()
 
+    async def _recover(self) -> None:
+        """After a refused send: try to create what is missing again, on a fresh producer (an
+        idempotent producer whose batch failed may keep failing on its sequence numbers)."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await producer.stop()
+            except Exception as exc:
+                log.warning("dlq_producer_stop_failed", error=str(exc))
+        await self._ensure_topics(self._topics)
+        await self._start_producer()
+        self._broken = False
+
     async def send_many(self, letters: Sequence[DeadLetter]) -> None:
-        """Publish and wait for every acknowledgement."""
+        """Publish the original bytes and wait for every acknowledgement; raise
+        `DeadLetterRefused` (naming the source partitions) when the cluster does not take them.
+        Some letters may have landed before the failure: the retry sends them again (a dead
+        letter may be duplicated, never lost)."""
         if not letters:
             return
+        partitions = frozenset((d.topic, d.partition) for d in letters)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SEC):
+                if self._broken or self._producer is None:
+                    await self._recover()
+                await self._send(letters)
+        except (KafkaError, TimeoutError) as exc:
+            self._broken = True
+            topics = sorted({self._settings.dlq_topic(t) for t, _ in partitions})
+            what = "no acknowledgement" if isinstance(exc, TimeoutError) else type(exc).__name__
+            reason = f"dead-letter topic {', '.join(topics)} refused the write: {what}: {exc}"
+            self.refusal = reason
+            for topic, _ in partitions:
+                metrics.DEAD_LETTER_FAILURES.labels(topic).inc()
+            log.error("dead_letters_refused", error=reason, letters=len(letters))
+            raise DeadLetterRefused(partitions, reason) from exc
+        self.refusal = None
+
+    async def send_refused(
+        self, positions: Sequence[tuple[str, int, int]], messages: Sequence[str]
+    ) -> None:
+        """Dead-letter records the database refused: to their source topic's DLQ, with their
+        original key and bytes read back from Kafka.
+
+        The rows in memory no longer hold the original bytes, and keeping a copy of every value
+        until its flush would double the buffers for a case that almost never happens; a
+        short-lived consumer reading just the refused offsets costs nothing until then."""
+        if not positions:
+            return
+        originals = await self.read_originals(positions)
+        letters = []
+        for (topic, partition, offset), message in zip(positions, messages, strict=True):
+            key, value, found = originals.get((topic, partition, offset), (None, None, False))
+            if not found:  # gone from the log (retention) between the fetch and the flush
+                message += " (original no longer in Kafka)"
+            letters.append(DeadLetter(topic, partition, offset, key, value, "db_refused", message))
+        await self.send_many(letters)
+
+    async def read_originals(
+        self, positions: Sequence[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]]:
+        """(key, value, found) of the records at these positions, read with a group-less
+        consumer that lives for this call only."""
+        wanted: dict[TopicPartition, set[int]] = {}
+        for topic, partition, offset in positions:
+            wanted.setdefault(TopicPartition(topic, partition), set()).add(offset)
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=max(self._source_limits.values(), default=1_048_576)
+            + HEADROOM_BYTES,
+            **self._options,
+        )
+        out: dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]] = {}
+        await consumer.start()
+        try:
+            consumer.assign(list(wanted))
+            ends = await consumer.end_offsets(list(wanted))
+            for tp, offsets in wanted.items():
+                first = min(offsets)
+                last = min(max(offsets) + 1, ends[tp])
+                consumer.seek(tp, first)
+                while await consumer.position(tp) < last:
+                    batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                    for m in batch.get(tp, []):
+                        if m.offset in offsets:
+                            out[(tp.topic, tp.partition, m.offset)] = (m.key, m.value, True)
+        finally:
+            await consumer.stop()
+        return out
+
+    async def _send(self, letters: Sequence[DeadLetter]) -> None:
         producer = self._producer
-        if producer is None:
-            raise RuntimeError("dead-letter producer not started")
+        assert producer is not None
         futures = []
         for letter in letters:
-            value = letter.value
-            if value is not None and len(value) > 2 * self._settings.MAX_MESSAGE_BYTES:
-                # Keep the dead letter publishable: the headers still say where the original is.
-                value = value[: 2 * self._settings.MAX_MESSAGE_BYTES]
             futures.append(
                 await producer.send(
                     self._settings.dlq_topic(letter.topic),
-                    value=value,
+                    value=letter.value,  # the original bytes, however large
                     key=letter.key,
                     headers=headers_for(letter),
                 )
             )
+        await asyncio.gather(*futures)
+        for letter in letters:
             metrics.DEAD_LETTERS.labels(letter.topic, letter.reason).inc()
             log.debug(
                 "dead_letter",
@@ -125,7 +307,6 @@ class DeadLetters:
                 reason=letter.reason,
                 error=letter.message,
             )
-        await asyncio.gather(*futures)
 
     async def close(self) -> None:
         if self._producer is not None:

@@ -27,6 +27,7 @@ def build_app(recorder: Recorder) -> web.Application:
             parts["timescaledb"] = recorder.db.healthy
         if recorder.s3 is not None:
             parts["s3"] = recorder.s3.healthy
+        parts["dead_letters"] = recorder.dead_letter_part()[0]
         status, body = health_report(parts)
         return web.Response(status=status, text=body)
 

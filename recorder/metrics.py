@@ -28,6 +28,17 @@ DEAD_LETTERS = Counter(
     ["topic", "reason"],
     registry=REGISTRY,
 )
+DEAD_LETTER_FAILURES = Counter(
+    "datarecorder_dead_letter_failures",
+    "Dead-letter sends the cluster refused (the partitions pause and retry), per source topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTER_BLOCKED = Gauge(
+    "datarecorder_dead_letter_blocked_partitions",
+    "Partitions paused because their dead letters cannot be written (the pod is unready).",
+    registry=REGISTRY,
+)
 FLUSHES = Counter(
     "datarecorder_flushes",
     "Batches flushed by a sink, per sink and outcome (ok, retry, fenced, failed).",
@@ -50,6 +61,17 @@ BUFFER_RECORDS = Gauge(
 BUFFER_LIMIT = Gauge(
     "datarecorder_buffer_limit_records",
     "MAX_BUFFER_SIZE: buffered records at which the consumer pauses.",
+    registry=REGISTRY,
+)
+BUFFER_BYTES = Gauge(
+    "datarecorder_buffer_bytes",
+    "Estimated decoded bytes held in a sink's buffers, not yet durable.",
+    ["sink"],
+    registry=REGISTRY,
+)
+BUFFER_LIMIT_BYTES = Gauge(
+    "datarecorder_buffer_limit_bytes",
+    "MAX_BUFFER_BYTES (or its derived default): buffered bytes at which the consumer pauses.",
     registry=REGISTRY,
 )
 CONSUMER_PAUSED = Gauge(
@@ -112,12 +134,16 @@ ALL_METRIC_NAMES: frozenset[str] = frozenset(
         "datarecorder_records_consumed_total",
         "datarecorder_records_written_total",
         "datarecorder_dead_letters_total",
+        "datarecorder_dead_letter_failures_total",
+        "datarecorder_dead_letter_blocked_partitions",
         "datarecorder_flushes_total",
         "datarecorder_flush_duration_seconds_bucket",
         "datarecorder_flush_duration_seconds_sum",
         "datarecorder_flush_duration_seconds_count",
         "datarecorder_buffer_records",
         "datarecorder_buffer_limit_records",
+        "datarecorder_buffer_bytes",
+        "datarecorder_buffer_limit_bytes",
         "datarecorder_consumer_paused",
         "datarecorder_partition_lag_records",
         "datarecorder_lag_records",

@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from recorder import metrics, supervise
-from recorder.dlq import DeadLetter, DeadLetters
+from recorder import backpressure, metrics, supervise
+from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
 from recorder.kafka_options import client_options, is_kafka_retriable
 from recorder.offsets import (
     TP,
@@ -28,7 +29,7 @@ from recorder.offsets import (
     seek_position,
     unknown_progress,
 )
-from recorder.records import Limits, RecordError, Row, decode
+from recorder.records import Limits, RecordError, Row, TickRow, decode
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink, retry_forever
 from recorder.sinks.lake import make_lake
@@ -42,6 +43,23 @@ REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
 HELD_RETRY_MIN_SEC = 2.0
 HELD_RETRY_MAX_SEC = 30.0
+
+
+# cgroup v2, then v1: a container sees its own cgroup at these paths.
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def container_memory_limit(paths: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """The container's memory limit, None when unlimited or not in a cgroup."""
+    for path in paths:
+        try:
+            return backpressure.parse_memory_max(path.read_text())
+        except OSError:
+            continue
+    return None
 
 
 @dataclass
@@ -110,6 +128,10 @@ class Recorder:
         self._ready: set[TP] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
+        # Partitions whose dead letters the cluster refused: paused, unready, retried after a
+        # backoff (DESIGN: a DLQ that refuses writes must not crash-loop the pod).
+        self._dlq_blocked: dict[TP, backpressure.Blocked] = {}
+        self._dlq_held: dict[int, set[TP]] = {}  # per consumer: paused for their dead letters
         self._relief: asyncio.Task[None] | None = None
         # Partitions assigned but not taken: halted past the log end, or their progress could
         # not be loaded; reason shown on /ready. Kept paused; retried by `_retry_held`.
@@ -118,6 +140,11 @@ class Recorder:
         # Progress of each sink when a partition halted past its log end, with the numbers.
         self._halted_at: dict[TP, tuple[tuple[int | None, ...], int, int]] = {}
         metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
+        self.max_buffer_bytes = backpressure.buffer_bytes_limit(
+            settings.MAX_BUFFER_BYTES, container_memory_limit()
+        )
+        metrics.BUFFER_LIMIT_BYTES.set(self.max_buffer_bytes)
+        self._row_bytes = 0  # running average of decoded row sizes, to size the next fetch
 
     # --- callbacks from sinks -----------------------------------------------------------
     def _on_db_progress(self, tp: TP, offset: int) -> None:
@@ -388,6 +415,9 @@ class Recorder:
         out: dict[str, str] = {}
         if self._held:
             out["partitions"] = "; ".join(sorted(self._held.values()))
+        dead_letters_ok, why = self.dead_letter_part()
+        if not dead_letters_ok:
+            out["dead_letters"] = why
         for sink in self.sinks:
             error = getattr(sink, "error", None)
             if error:
@@ -395,8 +425,25 @@ class Recorder:
         return out
 
     # --- consuming ----------------------------------------------------------------------
+    def _buffered_bytes(self) -> int:
+        # Both sinks hold the same row objects: memory follows the larger of the two.
+        return max(sink.buffered_bytes() for sink in self.sinks)
+
     def _full(self) -> bool:
-        return max(sink.buffered() for sink in self.sinks) >= self.settings.MAX_BUFFER_SIZE
+        return backpressure.is_full(
+            max(sink.buffered() for sink in self.sinks),
+            self._buffered_bytes(),
+            self.settings.MAX_BUFFER_SIZE,
+            self.max_buffer_bytes,
+        )
+
+    def _fetch_limit(self, full: bool) -> int:
+        """Records the next fetch may bring: what the bytes left can hold at the recent row
+        size, so a fetch of large order books does not overshoot the limit by much."""
+        if full:
+            return self.settings.FETCH_MAX_RECORDS
+        room = max(0, self.max_buffer_bytes - self._buffered_bytes())
+        return backpressure.fetch_limit(self.settings.FETCH_MAX_RECORDS, room, self._row_bytes)
 
     async def _consume(self, source: KafkaSource) -> None:
         last_commit = 0.0
@@ -408,17 +455,20 @@ class Recorder:
                     # Every round, not only on the change: partitions assigned by a rebalance
                     # while paused start unpaused.
                     source.pause(source.assignment())
+                self._hold_refused(source, full)
                 if full != self._paused.get(source.index, False):
                     owned = source.assignment()
                     if full:
                         source.pause(owned)
                     else:
-                        source.resume(owned - self._held.keys())
+                        held = self._held.keys() | self._dlq_held.get(source.index, set())
+                        source.resume(owned - held)
                     self._paused[source.index] = full
                     metrics.CONSUMER_PAUSED.set(1 if any(self._paused.values()) else 0)
                     log.info(
                         "consumer_paused" if full else "consumer_resumed",
                         buffered={s.name: s.buffered() for s in self.sinks},
+                        buffered_bytes={s.name: s.buffered_bytes() for s in self.sinks},
                     )
                     self._relieve(full)
                 # getmany also keeps the group membership alive while paused. Its records always
@@ -427,7 +477,7 @@ class Recorder:
                 # and data of partitions no longer assigned, and the returned records move the
                 # position on. So a batch that arrives after a rebalance must be kept: dropping
                 # it would skip its offsets for good (the next fetch starts after them).
-                data = await source.fetch(100 if full else 250, self.settings.FETCH_MAX_RECORDS)
+                data = await source.fetch(100 if full else 250, self._fetch_limit(full))
                 self.health.last_fetch = time.monotonic()
                 if data:
                     epochs = {tp: self._seek_epoch.get(tp, 0) for tp in data}
@@ -442,6 +492,35 @@ class Recorder:
             self.health.consumer_error = f"{type(exc).__name__}: {exc}"
             log.exception("consumer_failed")
             self.stop()
+
+    def _hold_refused(self, source: KafkaSource, full: bool) -> None:
+        """Keep partitions whose dead letters were refused paused until their backoff ends;
+        then they fetch again from their stored progress and the send is retried."""
+        owned = source.assignment()
+        for tp in list(self._dlq_blocked):
+            if not any(tp in s.assignment() for s in self.sources):
+                del self._dlq_blocked[tp]  # revoked: its new owner sends the dead letters
+        metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
+        holding = backpressure.held(self._dlq_blocked, owned, time.monotonic())
+        before = self._dlq_held.get(source.index, set())
+        if holding == before:
+            return
+        self._dlq_held[source.index] = holding
+        if holding:
+            source.pause(holding)
+        if not full and before - holding:
+            source.resume((before - holding) & owned - self._held.keys())
+
+    def dead_letter_part(self) -> tuple[bool, str]:
+        """Readiness part "dead_letters": not ready while a partition waits for its dead
+        letters to be accepted (the reason is the cluster's refusal)."""
+        if not self._dlq_blocked:
+            return True, ""
+        tps = sorted(self._dlq_blocked)
+        names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps[:5])
+        more = f" and {len(tps) - 5} more" if len(tps) > 5 else ""
+        reason = self._dlq_blocked[tps[0]].reason
+        return False, f"{len(tps)} partition(s) paused ({names}{more}): {reason}"
 
     def _relieve(self, full: bool) -> None:
         """Full buffers flush now instead of at their size or age trigger, and stop doing so on
@@ -490,9 +569,8 @@ class Recorder:
     async def _handle(
         self, source: KafkaSource, data: dict[TP, list[Any]], epochs: dict[TP, int]
     ) -> None:
-        now_ns = time.time_ns()
         limits = self._limits
-        decoded: list[tuple[TP, list[int], list[Row | None], int]] = []
+        decoded: list[tuple[TP, list[int], list[Row | None], int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
             if not messages or tp not in self._ready or self._seek_epoch.get(tp, 0) != epochs[tp]:
@@ -508,7 +586,7 @@ class Recorder:
             for m in messages:
                 offsets.append(m.offset)
                 try:
-                    rows.append(decode(kind, m.value, m.timestamp, now_ns, limits))
+                    rows.append(decode(kind, m.value, m.timestamp, limits))
                 except RecordError as exc:
                     rows.append(None)
                     dead.append(
@@ -516,28 +594,63 @@ class Recorder:
                             tp.topic, tp.partition, m.offset, m.key, m.value, exc.reason, str(exc)
                         )
                     )
-            decoded.append((tp, offsets, rows, messages[-1].offset + 1))
+            decoded.append((tp, offsets, rows, messages[-1].offset + 1, self._average_bytes(rows)))
         # One acknowledged send for the whole fetch (not one round trip per partition), and
         # before any sink may record progress past a dead record.
-        if dead:
-            await self._dead_letter(dead)
-        for tp, offsets, rows, end in decoded:
+        refused = await self._dead_letter(dead) if dead else set()
+        for tp, offsets, rows, end, row_bytes in decoded:
+            if tp in refused:
+                continue  # not offered: fetched again from stored progress after the backoff
             if self._seek_epoch.get(tp, 0) != epochs[tp]:
                 # Seeked while this batch waited (a rebalance during the dead-letter send): the
                 # position was reset behind these records, so they come again from there.
                 continue
             for sink in self.sinks:
-                sink.offer(tp, offsets, rows, end)
+                sink.offer(tp, offsets, rows, end, row_bytes)
             metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(offsets))
 
-    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+    def _average_bytes(self, rows: list[Row | None]) -> int:
+        """Estimated bytes of one row of this partition's fetch (a pass over lengths only)."""
+        valid = [r for r in rows if r is not None]
+        if not valid:
+            return 0
+        if type(valid[0]) is TickRow:  # a topic holds one kind: ticks all weigh the same
+            average = backpressure.TICK_ROW_BYTES
+        else:
+            average = sum(map(backpressure.row_bytes, valid)) // len(valid)
+        self._row_bytes = max(average, (self._row_bytes * 7 + average) // 8)
+        return average
+
+    async def _dead_letter(self, dead: list[DeadLetter]) -> set[TP]:
+        """Send the dead letters; returns the partitions whose letters were refused."""
         # A dead letter below every sink's progress was sent before that progress was recorded.
         floors: dict[TP, int] = {}
         for tp in {TP(d.topic, d.partition) for d in dead}:
             recorded = [sink.progress().get(tp) for sink in self.sinks]
             floors[tp] = max((p for p in recorded if p is not None), default=-1)
         fresh = [d for d in dead if d.offset >= floors[TP(d.topic, d.partition)]]
-        await self.dlq.send_many(fresh)
+        try:
+            await self.dlq.send_many(fresh)
+        except DeadLetterRefused as exc:
+            return self._refused(exc)
+        for tp in {TP(d.topic, d.partition) for d in fresh}:
+            if self._dlq_blocked.pop(tp, None) is not None:
+                log.info("dead_letters_accepted", topic=tp.topic, partition=tp.partition)
+        return set()
+
+    def _refused(self, exc: DeadLetterRefused) -> set[TP]:
+        """The cluster refused these partitions' dead letters: none of their records of this
+        fetch may be offered (progress must not pass an unsent dead letter), so they are fed
+        again from stored progress, after a backoff during which they stay paused."""
+        now = time.monotonic()
+        tps = {TP(t, p) for t, p in exc.partitions}
+        for tp in tps:
+            self._dlq_blocked[tp] = backpressure.block(
+                self._dlq_blocked.get(tp), now, exc.reason, self.settings.RETRY_MAX_BACKOFF_SEC
+            )
+            self._on_resync(tp)  # not ready, fetched again from the stored progress
+        metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
+        return tps
 
     # --- background ---------------------------------------------------------------------
     async def _watch_health(self) -> None:
@@ -553,6 +666,8 @@ class Recorder:
             total = {s.name: s.buffered() for s in self.sinks}
             for name, value in total.items():
                 metrics.BUFFER_RECORDS.labels(name).set(value)
+            for sink in self.sinks:
+                metrics.BUFFER_BYTES.labels(sink.name).set(sink.buffered_bytes())
             await asyncio.sleep(2)
 
     def _update_lag(self) -> None:

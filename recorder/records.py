@@ -88,10 +88,14 @@ _RFC3339: Final = re.compile(
 )
 
 
-def parse_timestamp(value: int | str | None, fallback_ns: int, now_ns: int) -> int:
-    """Event time in ns since the epoch: int ns, RFC 3339 string with a zone, or the fallback."""
+def parse_timestamp(value: int | str | None, kafka_ts_ns: int) -> int:
+    """Event time in ns since the epoch: int ns, RFC 3339 string with a zone, or (absent) the
+    Kafka record's timestamp. The upper bound is measured from that Kafka timestamp, never
+    from the recorder's clock: a replay must decide exactly as the first attempt did, or one
+    store keeps a record that the other dead-lettered (DESIGN: decisions independent of the
+    clock)."""
     if value is None:
-        time_ns = fallback_ns
+        time_ns = kafka_ts_ns
     elif isinstance(value, int):
         time_ns = value
     else:
@@ -110,10 +114,11 @@ def parse_timestamp(value: int | str | None, fallback_ns: int, now_ns: int) -> i
             raise RecordError("bad_timestamp", f"timestamp {value[:64]!r}: {exc}") from None
         nanos = int((fraction or "0").ljust(9, "0"))
         time_ns = int(whole.timestamp()) * NS_PER_SECOND + nanos
-    if time_ns < MIN_TIME_NS or time_ns > now_ns + FUTURE_SLACK_NS:
+    if time_ns < MIN_TIME_NS or time_ns > kafka_ts_ns + FUTURE_SLACK_NS:
         raise RecordError(
             "timestamp_out_of_range",
-            f"timestamp {time_ns} ns is outside 1990-01-01 .. now+24h "
+            f"timestamp {time_ns} ns is outside 1990-01-01 .. the Kafka record's timestamp "
+            f"({kafka_ts_ns} ns) + 24 h "
             "(seconds, milliseconds or microseconds sent as nanoseconds?)",
         )
     return time_ns
@@ -187,7 +192,7 @@ def _check_symbol(symbol: str) -> None:
         raise RecordError("invalid_field", "symbol must not contain NUL (\\u0000) - at `$.symbol`")
 
 
-def decode_tick(value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limits) -> TickRow:
+def decode_tick(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> TickRow:
     raw = _precheck(value, limits)
     try:
         wire = _TICK_DECODER.decode(raw)
@@ -210,14 +215,12 @@ def decode_tick(value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limi
         _finite("price", price, positive=True)
         _finite("change", change)
         _finite("change_rate", rate)
-    if type(ts) is not int or not MIN_TIME_NS <= ts <= now_ns + FUTURE_SLACK_NS:
-        ts = parse_timestamp(ts, kafka_ts_ns, now_ns)
+    if type(ts) is not int or not MIN_TIME_NS <= ts <= kafka_ts_ns + FUTURE_SLACK_NS:
+        ts = parse_timestamp(ts, kafka_ts_ns)
     return _new_tick(TickRow, (ts, symbol, price, wire.volume, change, rate))
 
 
-def decode_orderbook(
-    value: bytes | None, kafka_ts_ns: int, now_ns: int, limits: Limits
-) -> OrderBookRow:
+def decode_orderbook(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> OrderBookRow:
     raw = _precheck(value, limits)
     try:
         wire = _BOOK_DECODER.decode(raw)
@@ -230,19 +233,19 @@ def decode_orderbook(
         _check_symbol(symbol)
         _check_levels("bids", bids)
         _check_levels("asks", asks)
-    if type(ts) is not int or not MIN_TIME_NS <= ts <= now_ns + FUTURE_SLACK_NS:
-        ts = parse_timestamp(ts, kafka_ts_ns, now_ns)
+    if type(ts) is not int or not MIN_TIME_NS <= ts <= kafka_ts_ns + FUTURE_SLACK_NS:
+        ts = parse_timestamp(ts, kafka_ts_ns)
     return _new_tick(OrderBookRow, (ts, symbol, bids, asks))
 
 
-def decode(
-    kind: TopicKind, value: bytes | None, kafka_ts_ms: int, now_ns: int, limits: Limits
-) -> Row:
-    """Decode one record value of a topic of `kind`; raise RecordError when it is invalid."""
+def decode(kind: TopicKind, value: bytes | None, kafka_ts_ms: int, limits: Limits) -> Row:
+    """Decode one record value of a topic of `kind`; raise RecordError when it is invalid.
+
+    A function of the record alone (value and Kafka timestamp): no clock is read here."""
     ts_ns = kafka_ts_ms * 1_000_000
     if kind is TopicKind.TICK:
-        return decode_tick(value, ts_ns, now_ns, limits)
-    return decode_orderbook(value, ts_ns, now_ns, limits)
+        return decode_tick(value, ts_ns, limits)
+    return decode_orderbook(value, ts_ns, limits)
 
 
 _LEVELS_ENCODER: Final = msgspec.json.Encoder()

@@ -168,6 +168,15 @@ class Settings(BaseSettings):
         ge=1,
         le=100_000_000,
     )
+    MAX_BUFFER_BYTES: int = _field(
+        0,
+        "Estimated decoded bytes buffered (all sinks) at which consumption pauses, whichever of "
+        "it and MAX_BUFFER_SIZE comes first; 0 = derived: a quarter of the container's memory "
+        "limit (cgroup `memory.max`), at most 1 GiB (the pod's /tmp size limit, where Parquet "
+        "files spill), or 256 MiB without a limit.",
+        "268435456",
+        ge=0,
+    )
     MAX_MESSAGE_BYTES: int = _field(
         1_048_576, "Largest accepted record value; larger ones are dead-lettered.", "1048576", ge=64
     )

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC
+from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from recorder.kafka_options import client_options
-from recorder.records import Limits, OrderBookRow, RecordError, TickRow, decode
+from recorder.records import Limits, OrderBookRow, RecordError, Row, TickRow, decode
 from recorder.settings import Settings, TopicKind
 
 
@@ -171,29 +171,37 @@ async def read_topics(
 
 
 async def expected_records(
-    settings: Settings, records: dict[str, list[Any]] | None = None
-) -> tuple[list[TickRow], list[OrderBookRow], Counter[Hashable]]:
+    settings: Settings,
+    records: dict[str, list[Any]] | None = None,
+    db_refused: set[Hashable] | None = None,
+) -> tuple[list[TickRow], list[OrderBookRow], Counter[Hashable], list[Row]]:
+    """Rows every store should hold, invalid positions (dead letters), and the rows the
+    database refused (`db_refused`: positions dead-lettered with reason db_refused) — those
+    belong in the dead letters and the lake, not in the database."""
     topics = settings.topics()
     records = records if records is not None else await read_topics(settings, topics)
     ticks: list[TickRow] = []
     books: list[OrderBookRow] = []
     invalid: Counter[Hashable] = Counter()
+    refused_rows: list[Row] = []
+    refused = db_refused or set()
     limits = Limits(settings.MAX_MESSAGE_BYTES)
     for topic, msgs in records.items():
         kind = topics[topic]
         for m in msgs:
-            # "now" is the record's append time: what the recorder saw when it read it (close).
-            now_ns = max(time.time_ns(), m.timestamp * 1_000_000)
-            try:
-                row = decode(kind, m.value, m.timestamp, now_ns, limits)
+            try:  # a function of the record alone: verify decides as the recorder did
+                row = decode(kind, m.value, m.timestamp, limits)
             except RecordError:
                 invalid[(topic, m.partition, m.offset)] += 1
                 continue
+            if (topic, m.partition, m.offset) in refused:
+                invalid[(topic, m.partition, m.offset)] += 1
+                refused_rows.append(row)
             if kind is TopicKind.TICK:
                 ticks.append(row)  # type: ignore[arg-type]
             else:
                 books.append(row)  # type: ignore[arg-type]
-    return ticks, books, invalid
+    return ticks, books, invalid, refused_rows
 
 
 async def database_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
@@ -292,35 +300,43 @@ async def lake_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[
     return ticks, books
 
 
-async def dead_letter_counter(settings: Settings) -> Counter[Hashable]:
+async def dead_letter_counter(settings: Settings) -> tuple[Counter[Hashable], set[Hashable]]:
+    """Dead letters by source position, and the positions dead-lettered as db_refused."""
     topics = [settings.dlq_topic(t) for t in settings.topics()]
     records = await read_topics(settings, topics, missing_ok=True)  # created on first use
     found: Counter[Hashable] = Counter()
+    refused: set[Hashable] = set()
     for msgs in records.values():
         for m in msgs:
             headers = {k: v.decode() for k, v in (m.headers or [])}
             try:
-                found[
-                    (
-                        headers[HEADER_TOPIC],
-                        int(headers[HEADER_PARTITION]),
-                        int(headers[HEADER_OFFSET]),
-                    )
-                ] += 1
+                where = (
+                    headers[HEADER_TOPIC],
+                    int(headers[HEADER_PARTITION]),
+                    int(headers[HEADER_OFFSET]),
+                )
             except (KeyError, ValueError):
                 found[("?", -1, m.offset)] += 1
-    return found
+                continue
+            found[where] += 1
+            if headers.get(HEADER_REASON) == "db_refused":
+                refused.add(where)
+    return found, refused
 
 
 async def verify(settings: Settings) -> Report:
-    ticks, books, invalid = await expected_records(settings)
+    dead, db_refused = await dead_letter_counter(settings)
+    ticks, books, invalid, refused_rows = await expected_records(settings, db_refused=db_refused)
     stores: list[StoreReport] = []
     if settings.DB_WRITE_ENABLED:
         db_ticks, db_books = await database_counters(settings)
+        not_in_db = {id(r) for r in refused_rows}
         stores.append(
             compare(
                 "timescaledb.tick_data",
-                Counter(tick_key(r.time_ns // 1000, *r[1:]) for r in ticks),
+                Counter(
+                    tick_key(r.time_ns // 1000, *r[1:]) for r in ticks if id(r) not in not_in_db
+                ),
                 db_ticks,
             )
         )
@@ -330,6 +346,7 @@ async def verify(settings: Settings) -> Report:
                 Counter(
                     (r.time_ns // 1000, r.symbol, _levels_key(r.bids), _levels_key(r.asks))
                     for r in books
+                    if id(r) not in not_in_db
                 ),
                 db_books,
             )
@@ -354,7 +371,6 @@ async def verify(settings: Settings) -> Report:
                 lake_books,
             )
         )
-    dead = await dead_letter_counter(settings)
     # Dead letters are at-least-once: a crash between publishing one and recording progress
     # publishes it again. Count those apart; a missing or unexpected dead letter is a failure.
     dupes = sum(n - 1 for n in dead.values() if n > 1)

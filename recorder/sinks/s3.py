@@ -237,11 +237,18 @@ class S3Sink(SinkHealth):
     def progress(self) -> dict[TP, int | None]:
         return {tp: s.offset for tp, s in self._stored.items() if tp in self._buffers}
 
-    def offer(self, tp: TP, offsets: Sequence[int], rows: Sequence[Row | None], end: int) -> None:
+    def offer(
+        self,
+        tp: TP,
+        offsets: Sequence[int],
+        rows: Sequence[Row | None],
+        end: int,
+        row_bytes: int = 0,
+    ) -> None:
         buffer = self._buffers.get(tp)
         if buffer is None:
             return
-        buffer.offer(offsets, rows, end, time.monotonic())
+        buffer.offer(offsets, rows, end, time.monotonic(), row_bytes)
         recorded = self._recorded_end(tp)
         if len(buffer.batch.rows) >= self._max_rows or (recorded is not None and end >= recorded):
             self._wake.set()
@@ -249,6 +256,13 @@ class S3Sink(SinkHealth):
     def buffered(self) -> int:
         return sum(len(b.batch.rows) for b in self._buffers.values()) + sum(
             len(b.rows) for b in self._in_flight.values()
+        )
+
+    def buffered_bytes(self) -> int:
+        """In-flight batches count until uploaded: their Parquet (no larger than the decoded
+        rows) may sit in a spill file under /tmp, so this bounds the spill files too."""
+        return sum(b.batch.nbytes for b in self._buffers.values()) + sum(
+            b.nbytes for b in self._in_flight.values()
         )
 
     def _recorded_end(self, tp: TP) -> int | None:

@@ -23,7 +23,7 @@ import structlog
 from recorder import metrics, supervise
 from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
 from recorder.compression import apply_compression
-from recorder.dlq import DeadLetter, DeadLetters
+from recorder.dlq import DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.offsets import TP, CasOutcome, cas_outcome
 from recorder.records import OrderBookRow, Row, TickRow, levels_json
@@ -312,11 +312,18 @@ class TimescaleSink(SinkHealth):
     def progress(self) -> dict[TP, int | None]:
         return dict(self._progress)
 
-    def offer(self, tp: TP, offsets: Sequence[int], rows: Sequence[Row | None], end: int) -> None:
+    def offer(
+        self,
+        tp: TP,
+        offsets: Sequence[int],
+        rows: Sequence[Row | None],
+        end: int,
+        row_bytes: int = 0,
+    ) -> None:
         buffer = self._buffers.get(tp)
         if buffer is None:  # not (or no longer) ours: a fetch that raced a revocation
             return
-        buffer.offer(offsets, rows, end, time.monotonic())
+        buffer.offer(offsets, rows, end, time.monotonic(), row_bytes)
         batch = buffer.batch
         if len(batch.rows) >= self._max_rows:
             self._writer_of(tp).wake.set()
@@ -325,6 +332,10 @@ class TimescaleSink(SinkHealth):
         open_rows = sum(len(b.batch.rows) for b in self._buffers.values())
         flying = sum(len(b.rows) for w in self._writers for b in w.in_flight.values())
         return open_rows + flying
+
+    def buffered_bytes(self) -> int:
+        open_bytes = sum(b.batch.nbytes for b in self._buffers.values())
+        return open_bytes + sum(b.nbytes for w in self._writers for b in w.in_flight.values())
 
     def _writer_of(self, tp: TP) -> _Writer:
         return self._writers[writer_for(tp.topic, tp.partition, len(self._writers))]
@@ -512,26 +523,32 @@ class TimescaleSink(SinkHealth):
                 outcomes[tp] = await self._cas(conn, tp, batches[tp])
             ticks: list[TickRow] = []
             books: list[OrderBookRow] = []
+            # Where each row came from, for a dead letter if the database refuses it.
+            tick_from: list[tuple[TP, list[int]]] = []
+            book_from: list[tuple[TP, list[int]]] = []
             for tp, batch in batches.items():
                 if outcomes[tp][0] is not CasOutcome.APPLIED:
                     continue
                 if self._topics.get(tp.topic) is TopicKind.ORDERBOOK:
                     books.extend(batch.rows)  # type: ignore[arg-type]
+                    book_from.append((tp, batch.offsets))
                 else:
                     ticks.extend(batch.rows)  # type: ignore[arg-type]
+                    tick_from.append((tp, batch.offsets))
             if ticks:
                 # tick_record inlined: one tuple per row without two calls per row.
                 records = [
                     (_EPOCH + _US(microseconds=t // 1000), sym, price, vol, chg, rate)
                     for t, sym, price, vol, chg, rate in ticks
                 ]
-                await self._copy(conn, "tick_data", _TICK_COLUMNS, records, batches)
+                refused = await self._copy(conn, "tick_data", _TICK_COLUMNS, records, tick_from)
+                if refused:  # a refused row is a dead letter, not a trade: no bar counts it
+                    ticks = [t for i, t in enumerate(ticks) if i not in refused]
                 if self._mode.recorder_rollups:
                     await self._upsert_rollups(conn, ticks)
             if books:
-                await self._copy(
-                    conn, "orderbook", _BOOK_COLUMNS, [book_record(r) for r in books], batches
-                )
+                records = [book_record(r) for r in books]
+                await self._copy(conn, "orderbook", _BOOK_COLUMNS, records, book_from)
         return outcomes
 
     async def _cas(
@@ -572,13 +589,25 @@ class TimescaleSink(SinkHealth):
         table: str,
         columns: tuple[str, ...],
         records: list[tuple[Any, ...]],
-        batches: dict[TP, Batch[Row]],
-    ) -> None:
+        sources: list[tuple[TP, list[int]]],
+    ) -> set[int]:
+        """COPY the records; rows the database refuses for their data go to the dead letters
+        of their source topic. Returns the indexes of the refused records."""
         try:
             async with conn.transaction():  # savepoint: a data error must not lose the batch
                 await conn.copy_records_to_table(table, records=records, columns=columns)
-        except asyncpg.DataError:
-            await self._copy_isolating_bad_rows(conn, table, columns, records)
+            return set()
+        except asyncpg.DataError as exc:
+            refused: dict[int, str] = {}
+            await self._copy_isolating_bad_rows(
+                conn, table, columns, records, list(range(len(records))), refused, str(exc)
+            )
+        origin = [(tp, offset) for tp, offsets in sources for offset in offsets]
+        await self._dlq.send_refused(
+            [(origin[i][0].topic, origin[i][0].partition, origin[i][1]) for i in sorted(refused)],
+            [f"{table}: the database refused this row: {refused[i]}" for i in sorted(refused)],
+        )
+        return set(refused)
 
     async def _copy_isolating_bad_rows(
         self,
@@ -586,27 +615,26 @@ class TimescaleSink(SinkHealth):
         table: str,
         columns: tuple[str, ...],
         records: list[tuple[Any, ...]],
+        indexes: list[int],
+        refused: dict[int, str],
+        error: str = "",
     ) -> None:
-        """Bisect a batch the database refused for its data; bad rows go to the dead letters."""
-        if len(records) == 1:
-            letter = DeadLetter(
-                topic=table,
-                partition=-1,
-                offset=-1,
-                key=None,
-                value=repr(records[0]).encode(),
-                reason="db_refused",
-                message=f"{table}: the database refused this row",
-            )
-            await self._dlq.send_many([letter])
+        """Bisect a batch the database refused for its data; collects the bad rows' indexes
+        (into `records` as first given) with the database's message."""
+        if len(indexes) == 1:
+            refused[indexes[0]] = error
             return
-        mid = len(records) // 2
-        for part in (records[:mid], records[mid:]):
+        mid = len(indexes) // 2
+        for part in (indexes[:mid], indexes[mid:]):
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(table, records=part, columns=columns)
-            except asyncpg.DataError:
-                await self._copy_isolating_bad_rows(conn, table, columns, part)
+                    await conn.copy_records_to_table(
+                        table, records=[records[i] for i in part], columns=columns
+                    )
+            except asyncpg.DataError as exc:
+                await self._copy_isolating_bad_rows(
+                    conn, table, columns, records, part, refused, str(exc)
+                )
 
     async def _upsert_rollups(self, conn: asyncpg.Connection, ticks: list[TickRow]) -> None:
         for view, bars in rollup_bars(ticks).items():

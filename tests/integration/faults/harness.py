@@ -164,6 +164,19 @@ class Deployment:
         finally:
             await producer.stop()
 
+    async def send_stamped(self, values: Sequence[tuple[str, bytes, int]]) -> None:
+        """Send (topic, value, Kafka timestamp in ms) triples: the producer sets the record's
+        timestamp instead of the broker's clock at send time."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.env["KAFKA_BROKERS"], acks="all")
+        await producer.start()
+        try:
+            for i, (topic, value, ts_ms) in enumerate(values):
+                await producer.send_and_wait(
+                    topic, value=value, key=f"s{i}".encode(), timestamp_ms=ts_ms
+                )
+        finally:
+            await producer.stop()
+
     # --- stored progress -----------------------------------------------------------------
     async def end_offsets(self) -> TPs:
         consumer = AIOKafkaConsumer(
@@ -369,13 +382,7 @@ async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
     for topic, msgs in records.items():
         for m in msgs:
             try:
-                r = decode(
-                    kinds[topic],
-                    m.value,
-                    m.timestamp,
-                    time.time_ns(),
-                    Limits(settings.MAX_MESSAGE_BYTES),
-                )
+                r = decode(kinds[topic], m.value, m.timestamp, Limits(settings.MAX_MESSAGE_BYTES))
             except RecordError:
                 continue
             where = (topic, m.partition, m.offset)

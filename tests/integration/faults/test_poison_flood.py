@@ -94,7 +94,7 @@ def assert_all_invalid(kind: TopicKind, values: list[bytes | None], now_ns: int)
     limits = Limits(MAX_MESSAGE_BYTES)
     for value in values:
         with pytest.raises(RecordError) as err:
-            decode(kind, value, now_ns // 1_000_000, now_ns, limits)
+            decode(kind, value, now_ns // 1_000_000, limits)
         reasons.add(err.value.reason)
     return reasons
 

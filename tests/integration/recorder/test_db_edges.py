@@ -108,6 +108,11 @@ async def test_a_read_only_server_is_retried_on_fresh_connections(
         RETRY_MAX_BACKOFF_SEC=1,
     )
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+
+    async def assigned() -> bool:  # the starts are stored at assignment: writable until then
+        return '"partitions_assigned"' in rec.tail(400)
+
+    await wait_for(assigned, 60, "the recorder took its partitions", rec.tail)
     admin = await asyncpg.connect(stack.pg_dsn())
     read_only_since = 0.0
     try:

@@ -24,14 +24,14 @@ LIMITS = Limits(1024)
 
 
 def tick(value: bytes, kafka_ms: int = 1764133200000) -> TickRow:
-    row = decode(TopicKind.TICK, value, kafka_ms, NOW, LIMITS)
+    row = decode(TopicKind.TICK, value, kafka_ms, LIMITS)
     assert isinstance(row, TickRow)
     return row
 
 
 def reason(kind: TopicKind, value: bytes | None) -> str:
     with pytest.raises(RecordError) as info:
-        decode(kind, value, 1764133200000, NOW, LIMITS)
+        decode(kind, value, 1764133200000, LIMITS)
     assert str(info.value)  # every rejection has a readable message
     return info.value.reason
 
@@ -49,7 +49,7 @@ def test_design_example_orderbook() -> None:
         b'{"symbol":"005930","timestamp":1764133200123456789,'
         b'"bids":[{"price":70900.0,"quantity":1200}],"asks":[{"price":71000.0,"quantity":800}]}'
     )
-    row = decode(TopicKind.ORDERBOOK, value, 0, NOW, LIMITS)
+    row = decode(TopicKind.ORDERBOOK, value, 1764133200000, LIMITS)
     assert isinstance(row, OrderBookRow)
     assert row.time_ns == TS and row.symbol == "005930"
     assert levels_json(row.bids) == b'[{"price":70900.0,"quantity":1200.0}]'
@@ -63,10 +63,10 @@ def test_optional_fields_absent_or_null_and_extra_fields_ignored() -> None:
 
 
 def test_rfc3339_timestamps_keep_nanoseconds() -> None:
-    assert parse_timestamp("2025-11-26T05:00:00.123456789Z", 0, NOW) == 1764133200123456789
-    assert parse_timestamp("2025-11-26T14:00:00.5+09:00", 0, NOW) == 1764133200500000000
+    assert parse_timestamp("2025-11-26T05:00:00.123456789Z", NOW) == 1764133200123456789
+    assert parse_timestamp("2025-11-26T14:00:00.5+09:00", NOW) == 1764133200500000000
     with pytest.raises(RecordError):
-        parse_timestamp("2025-11-26T05:00:00", 0, NOW)  # no zone
+        parse_timestamp("2025-11-26T05:00:00", NOW)  # no zone
 
 
 @pytest.mark.parametrize(
@@ -110,11 +110,24 @@ def test_tick_rejections(value: bytes | None, expected: str) -> None:
 
 def test_future_timestamp_limit_is_24_hours() -> None:
     ahead = NOW + 23 * 3600 * 10**9
-    assert parse_timestamp(ahead, 0, NOW) == ahead
+    assert parse_timestamp(ahead, NOW) == ahead
     with pytest.raises(RecordError):
-        parse_timestamp(NOW + 25 * 3600 * 10**9, 0, NOW)
+        parse_timestamp(NOW + 25 * 3600 * 10**9, NOW)
     with pytest.raises(RecordError):
-        parse_timestamp(MIN_TIME_NS - 1, 0, NOW)
+        parse_timestamp(MIN_TIME_NS - 1, NOW)
+
+
+def test_future_bound_is_measured_from_the_kafka_timestamp_not_the_clock() -> None:
+    """A record stamped 24 h + 1 s after its Kafka timestamp is rejected whenever it is
+    decoded, and one 1 s inside the bound is kept however late it is replayed."""
+    kafka_ms = 1764133200000  # a year before NOW-ish: a replay long after the append
+    bound = kafka_ms * 1_000_000 + 24 * 3600 * 10**9
+    late = f'{{"symbol":"A","price":1,"volume":1,"timestamp":{bound + 10**9}}}'.encode()
+    inside = f'{{"symbol":"A","price":1,"volume":1,"timestamp":{bound - 10**9}}}'.encode()
+    with pytest.raises(RecordError) as info:
+        decode(TopicKind.TICK, late, kafka_ms, LIMITS)
+    assert info.value.reason == "timestamp_out_of_range"
+    assert tick(inside, kafka_ms).time_ns == bound - 10**9
 
 
 @pytest.mark.parametrize(
@@ -132,13 +145,13 @@ def test_future_timestamp_limit_is_24_hours() -> None:
 )
 def test_orderbook_rejections(value: bytes) -> None:
     with pytest.raises(RecordError):
-        decode(TopicKind.ORDERBOOK, value, 1764133200000, NOW, Limits(1 << 20))
+        decode(TopicKind.ORDERBOOK, value, 1764133200000, Limits(1 << 20))
 
 
 def test_empty_sides_and_1000_levels_are_valid() -> None:
     levels = b",".join([b'{"price":1,"quantity":0}'] * 1000)
     value = b'{"symbol":"A","bids":[],"asks":[' + levels + b"]}"
-    row = decode(TopicKind.ORDERBOOK, value, 1764133200000, NOW, Limits(1 << 20))
+    row = decode(TopicKind.ORDERBOOK, value, 1764133200000, Limits(1 << 20))
     assert isinstance(row, OrderBookRow) and row.bids == [] and len(row.asks) == 1000
 
 

@@ -1,0 +1,100 @@
+"""When the consumer stops reading: pure rules over buffer sizes and refused dead letters.
+
+Owns the pause decision (whole consumer on full buffers, single partitions whose dead letters
+the cluster refused, until their backoff ends) and the cheap estimate of a decoded row's bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from recorder.offsets import TP
+from recorder.records import OrderBookRow, Row
+
+# Decoded sizes measured with tracemalloc (`python bench/row_bytes.py`): a tick row (a tuple of
+# six fields with its floats, int and symbol, and its slot in the batch list) is 299 bytes; an
+# order book row is ~373 bytes plus 104.8 per level (a msgspec Level struct with two floats and
+# its slot in the side's list): 2,468 B with 10 levels a side, 209,892 B with 1,000. Rounded up,
+# so the estimate errs on the side of pausing early (1,000 a side: estimated 212,384 B).
+TICK_ROW_BYTES: Final = 320
+BOOK_ROW_BYTES: Final = 384
+LEVEL_BYTES: Final = 106
+
+
+MIB: Final = 1024 * 1024
+# Without a memory limit: enough for ~800,000 ticks or ~1,200 1,000-level books.
+DEFAULT_BUFFER_BYTES: Final = 256 * MIB
+# At most the recorder pod's /tmp emptyDir size limit: in-flight batches count in the buffer
+# bytes, and their Parquet (smaller than the decoded rows) is what spills to /tmp.
+MAX_DERIVED_BUFFER_BYTES: Final = 1024 * MIB
+# Buffers take a quarter of the memory limit; the rest is the interpreter and libraries
+# (~150 MiB), aiokafka's fetch buffers (up to 64 MiB raw per fetch), one fetch decoded beyond
+# the limit, and the flush copies (COPY records with JSON levels, Arrow arrays and Parquet).
+BUFFER_SHARE_OF_LIMIT: Final = 4
+
+
+# cgroup v1 writes "no limit" as a page-rounded 2**63 - 1.
+UNLIMITED_FROM: Final = 2**62
+
+
+def parse_memory_max(text: str | None) -> int | None:
+    """A cgroup memory limit file's value in bytes (v2 `memory.max`, v1
+    `memory.limit_in_bytes`); None when absent or unlimited ("max", v1's huge number)."""
+    if text is None:
+        return None
+    value = text.strip()
+    if not value.isdigit() or int(value) >= UNLIMITED_FROM:
+        return None
+    return int(value)
+
+
+def buffer_bytes_limit(setting: int, memory_limit: int | None) -> int:
+    """MAX_BUFFER_BYTES when set (> 0), else derived from the container's memory limit."""
+    if setting > 0:
+        return setting
+    if memory_limit is None:
+        return DEFAULT_BUFFER_BYTES
+    return max(MIB, min(MAX_DERIVED_BUFFER_BYTES, memory_limit // BUFFER_SHARE_OF_LIMIT))
+
+
+def fetch_limit(max_records: int, room_bytes: int, average_row_bytes: int) -> int:
+    """Records one fetch may return so that decoding them stays within the bytes left (at
+    least one, so a consumer below its limit always moves)."""
+    if average_row_bytes <= 0:
+        return max_records
+    return max(1, min(max_records, room_bytes // average_row_bytes))
+
+
+def row_bytes(row: Row) -> int:
+    """Estimated memory of one decoded row (no deep walk: a length or two per row)."""
+    if type(row) is OrderBookRow:
+        return BOOK_ROW_BYTES + LEVEL_BYTES * (len(row.bids) + len(row.asks))
+    return TICK_ROW_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A partition whose dead letters were refused: paused until `retry_at` (monotonic)."""
+
+    retry_at: float
+    failures: int
+    reason: str
+
+
+def block(previous: Blocked | None, now: float, reason: str, max_backoff: float) -> Blocked:
+    """The next state after a refused send: exponential backoff from 0.5 s, capped."""
+    failures = 1 if previous is None else previous.failures + 1
+    delay = min(max_backoff, 0.5 * 2 ** min(failures - 1, 16))
+    return Blocked(now + delay, failures, reason)
+
+
+def held(blocked: Mapping[TP, Blocked], owned: Collection[TP], now: float) -> set[TP]:
+    """Owned partitions still waiting out their backoff (paused even when buffers have room)."""
+    return {tp for tp in owned if (b := blocked.get(tp)) is not None and now < b.retry_at}
+
+
+def is_full(records: int, nbytes: int, max_records: int, max_bytes: int) -> bool:
+    """Buffers are full at whichever limit comes first."""
+    return records >= max_records or nbytes >= max_bytes
