@@ -30,7 +30,9 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_unit_tests(groups: list[dict[str, Any]], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run_unit_tests(
+    groups: list[dict[str, Any]], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
     write_rules(without_descriptions(groups), tmp_path / "alerts.yaml")
     shutil.copy(UNIT_TESTS, tmp_path / UNIT_TESTS.name)
     return promtool("test", "rules", str(tmp_path / UNIT_TESTS.name))
