@@ -84,7 +84,7 @@ async def test_db_outage_and_backlog_fire_then_resolve(
             timeout=60,
             what="Prometheus to scrape the recorder",
         )
-        await asyncio.to_thread(produce, env, "--ticks", "2000")
+        await asyncio.to_thread(produce, env, "--ticks", "2000", "--orderbooks", "200")
         await asyncio.to_thread(
             poll,
             lambda: (
@@ -98,7 +98,7 @@ async def test_db_outage_and_backlog_fire_then_resolve(
 
         # A steady feed into a recorder whose database is down: unhealthy, and lag grows.
         feed = asyncio.create_task(
-            asyncio.to_thread(produce, env, "--rate", "400", "--duration", "150")
+            asyncio.to_thread(produce, env, "--rate", "400", "--duration", "60")
         )
         await stack_faults.astop("postgres")
         unhealthy_after = await wait_alert(
@@ -143,7 +143,7 @@ async def test_db_outage_and_backlog_fire_then_resolve(
             f"restored: StoreUnhealthy resolved after {healthy_after:.1f}s, "
             f"LagGrowing after {healthy_after + drained_after:.1f}s"
         )
-        feed.cancel()
+        await feed  # ends by itself (--duration); a thread cannot be cancelled
 
         # A recorder that dies: its scrapes fail and DataRecorderDown fires.
         rec.kill()
