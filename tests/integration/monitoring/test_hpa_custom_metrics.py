@@ -28,14 +28,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.k8s, pytest.mark.slow]
 
 PARTITIONS = 3
 TARGET_LAG = 2000  # per replica: the backlog below asks for far more than the cap
-# A store with a fixed cost per write (a statement trigger that sleeps), so that one pod drains
-# about 1,000 ticks/s (one writer, 200-row COPYs) and more pods drain faster: the shape of a
-# real store-bound recorder, slow enough for the HPA's 5 s period to see it.
+# A store with a fixed cost per row (a row trigger that sleeps 3 ms): one recorder writes about
+# 300 ticks/s, so the backlog below takes it about a minute and the HPA's 5 s period sees the
+# lag: the shape of a store-bound recorder. (A sleep per statement would not do: one flush
+# writes everything buffered in one COPY.)
 SLOW_STORE_SQL = """
 CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+  $$ BEGIN PERFORM pg_sleep(0.003); RETURN NEW; END $$;
 CREATE TRIGGER slow_store BEFORE INSERT ON tick_data
-  FOR EACH STATEMENT EXECUTE FUNCTION slow_store();
+  FOR EACH ROW EXECUTE FUNCTION slow_store();
 """
 
 
@@ -71,7 +72,7 @@ def running_pods(k8s: K8s, namespace: str, app: str) -> list[str]:
 def custom_metric(k8s: K8s, namespace: str) -> list[dict[str, Any]]:
     path = (
         f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/*/"
-        f"datarecorder_lag_records?labelSelector={quote('sink=timescaledb')}"
+        f"datarecorder_lag_records?metricLabelSelector={quote('sink=timescaledb')}"
     )
     res = k8s.kubectl("get", "--raw", path, check=False)
     if res.returncode != 0:
@@ -108,7 +109,6 @@ async def test_hpa_scales_on_recorder_lag_through_the_adapter(
         topics=topics,
         S3_WRITE_ENABLED="false",
         DB_WRITE_WORKERS=1,
-        BATCH_SIZE=200,
     )
     await slow_down_store(env)
     spec = parse_spec(
@@ -163,7 +163,7 @@ async def test_hpa_scales_on_recorder_lag_through_the_adapter(
 
     try:
         # The backlog first: the first recorder finds it and reports it as lag.
-        await asyncio.to_thread(produce, env, "--ticks", "60000", "--orderbooks", "6000")
+        await asyncio.to_thread(produce, env, "--ticks", "20000", "--orderbooks", "600")
         await asyncio.to_thread(
             poll, lambda: len(sync_recorders()) == 1, timeout=120, what="the first pod Running"
         )
