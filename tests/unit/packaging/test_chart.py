@@ -190,7 +190,7 @@ def test_operator_accepts_the_arguments_the_chart_passes() -> None:
 
 def _leaf_values(values: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths of the values a user sets; free-form maps count as one value."""
-    free_form = {"resources", "podSecurityContext", "securityContext", "labels", "spec"}
+    free_form = {"resources", "podSecurityContext", "securityContext", "labels", "spec", "alerts"}
     out = []
     for key, value in values.items():
         path = f"{prefix}.{key}" if prefix else key
