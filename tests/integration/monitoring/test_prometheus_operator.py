@@ -112,7 +112,9 @@ def test_scrape_config_and_rule_files_from_the_chart(
     for doc in docs:
         k8s.apply(doc, namespace=ns)
     # The recorder's ServiceMonitor as the operator renders it for a DataRecorder.
-    spec = parse_spec("rec", ns, {**MINIMAL_SPEC, "monitoring": {"serviceMonitor": {"enabled": True}}})
+    spec = parse_spec(
+        "rec", ns, {**MINIMAL_SPEC, "monitoring": {"serviceMonitor": {"enabled": True}}}
+    )
     for child in render_children(spec, service_monitor_available=True):
         if child["kind"] in ("Service", "ServiceMonitor"):
             k8s.apply(child, namespace=ns)
