@@ -22,6 +22,9 @@ TLS_MOUNT = "/etc/datarecorder/kafka-tls"
 CONFIG_HASH_ANNOTATION = "datarecorder.dev/config-hash"
 MANAGED_BY = "datarecorder-operator"
 RUN_AS = 10001
+# startupProbe: 5 s x 60 = 5 minutes for a cold start before liveness takes over.
+STARTUP_FAILURE_THRESHOLD = 60
+SHUTDOWN_MARGIN_SECONDS = 15
 
 
 def configmap_name(spec: RecorderSpec) -> str:
@@ -68,6 +71,7 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
         "MAX_BUFFER_SIZE": str(spec.batching.max_buffer_size),
         "NUM_CONSUMERS": str(spec.batching.num_consumers),
         "HTTP_PORT": str(HTTP_PORT),
+        "SHUTDOWN_TIMEOUT_SEC": str(spec.shutdown_timeout_seconds),
         "LOG_LEVEL": spec.log_level,
     }
     if spec.kafka.sasl is not None:
@@ -149,6 +153,44 @@ def initial_replicas(spec: RecorderSpec) -> int:
     return spec.replicas
 
 
+def probes() -> dict[str, Any]:
+    """The recorder container's probes; what each endpoint means is in recorder/http.py.
+
+    Liveness is /live (the event loop answers), never a store: a restart during a database
+    outage would stop the S3 path too and rebalance the group. The startupProbe holds the
+    liveness probe off until the HTTP server listens (imports, settings); migrations and the
+    wait for Kafka then run with /live answering and /ready at 503, so no probe has to guess
+    how long they take.
+    """
+    return {
+        "startupProbe": {
+            "httpGet": {"path": "/live", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+    }
+
+
+def termination_grace_seconds(spec: RecorderSpec) -> int:
+    """The kubelet's SIGKILL deadline: the recorder's own flush deadline plus room to leave
+    the consumer group and close its clients (a kill before that loses no data, but it
+    replays the unflushed buffers and delays the next owner's rebalance)."""
+    return spec.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
+
+
 def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
     """The recorder Deployment; `replicas=None` leaves the field to an autoscaler."""
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
@@ -171,19 +213,7 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         "envFrom": [{"configMapRef": {"name": configmap_name(spec)}}],
         "env": secret_env(spec),
         "resources": {kind: dict(values) for kind, values in spec.resources.items()},
-        "livenessProbe": {
-            "httpGet": {"path": "/health", "port": "http"},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
-            "timeoutSeconds": 3,
-            "failureThreshold": 3,
-        },
-        "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": "http"},
-            "periodSeconds": 5,
-            "timeoutSeconds": 3,
-            "failureThreshold": 3,
-        },
+        **probes(),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -197,8 +227,7 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        # Long enough for the sinks to flush their buffers on SIGTERM.
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -258,6 +287,9 @@ def render_service(spec: RecorderSpec) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(spec),
+            # The Service exists for scraping /metrics: a recorder that is unready because a
+            # store is down is exactly the one whose metrics matter.
+            "publishNotReadyAddresses": True,
             "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -138,6 +138,7 @@ class RecorderSpec:
     image_pull_secrets: tuple[str, ...]
     replicas: int
     log_level: str
+    shutdown_timeout_seconds: int
     service_account_name: str | None
     pod_annotations: Mapping[str, str]
     pod_labels: Mapping[str, str]
@@ -427,6 +428,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         image_pull_secrets=tuple(s["name"] for s in pull_secrets),
         replicas=root.integer("replicas", 1, 0, 1000),
         log_level=root.text("logLevel", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        shutdown_timeout_seconds=root.integer("shutdownTimeoutSeconds", 30, 1, 3600),
         service_account_name=root.opt_text("serviceAccountName"),
         pod_annotations=root.text_map("podAnnotations"),
         pod_labels=root.text_map("podLabels"),

@@ -103,6 +103,27 @@ def test_datarecorder_gets_owned_children_and_ready_status(k8s: K8s, operator_ns
     assert row[:3] == ["rec", "True", "2"]
 
 
+def test_probes_and_grace_period_as_stored_by_the_api_server(k8s: K8s, operator_ns: str) -> None:
+    """Liveness on /live (never a store), a startupProbe before it, readiness on the stores,
+    and the SIGKILL deadline derived from the recorder's own shutdown deadline."""
+    k8s.apply(data_recorder("probes", shutdownTimeoutSeconds=90), operator_ns)
+    wait_for(lambda: _ready(k8s, operator_ns, "probes", 1), timeout=90, what="probes Ready")
+    pod = k8s.get_json("deploy", "probes", namespace=operator_ns)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert container["startupProbe"]["httpGet"]["path"] == "/live"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 300
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert pod["terminationGracePeriodSeconds"] == 105
+    config = k8s.get_json("configmap", "probes-config", namespace=operator_ns)["data"]
+    assert config["SHUTDOWN_TIMEOUT_SEC"] == "90"
+    service = k8s.get_json("service", "probes", namespace=operator_ns)
+    assert service["spec"]["publishNotReadyAddresses"] is True  # unready pods keep /metrics
+
+
 def _content(obj: dict[str, Any]) -> dict[str, Any]:
     """What an operator write would change: everything but status and bookkeeping."""
     meta = {

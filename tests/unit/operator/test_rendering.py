@@ -20,6 +20,7 @@ CONFIG_ENV = {
     "S3_BATCH_TIMEOUT_SEC", "DB_WRITE_WORKERS", "MAX_BUFFER_SIZE", "NUM_CONSUMERS", "HTTP_PORT",
     "LOG_LEVEL", "PARQUET_ORDERBOOK_LEVELS", "PARQUET_TIMESTAMP_UNIT", "KAFKA_SECURITY_PROTOCOL",
     "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE",
+    "SHUTDOWN_TIMEOUT_SEC",
 }  # fmt: skip
 SECRET_ENV = {
     "TIMESCALEDB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -139,7 +140,9 @@ def test_deployment_is_hardened_and_probed(spec: RecorderSpec) -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["datarecorder", "run"]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    # Liveness never looks at a store (/health does): a database outage must not restart pods.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/live", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     sc = container["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
@@ -150,6 +153,15 @@ def test_deployment_is_hardened_and_probed(spec: RecorderSpec) -> None:
     assert container["envFrom"] == [{"configMapRef": {"name": f"{spec.name}-config"}}]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_termination_grace_follows_the_shutdown_deadline() -> None:
+    spec = example_spec("minimal.yaml")
+    assert spec.shutdown_timeout_seconds == 30
+    slow = dataclasses.replace(spec, shutdown_timeout_seconds=120)
+    pod = rendering.render_deployment(slow, 1)["spec"]["template"]["spec"]
+    assert rendering.render_configmap(slow)["data"]["SHUTDOWN_TIMEOUT_SEC"] == "120"
+    assert pod["terminationGracePeriodSeconds"] == 135  # the deadline plus room to leave the group
 
 
 def test_config_hash_follows_config_and_secret_refs_only() -> None:
