@@ -32,8 +32,16 @@ def configmap_name(spec: RecorderSpec) -> str:
 
 
 def selector_labels(spec: RecorderSpec) -> dict[str, str]:
-    """The labels the Deployment, Service, PDB and ServiceMonitor select pods by."""
-    return {"app.kubernetes.io/name": "datarecorder", "app.kubernetes.io/instance": spec.name}
+    """The labels the Deployment, Service, PDB and ServiceMonitor select pods by.
+
+    The component keeps a DataRecorder named like the Helm release (both `datarecorder` by
+    default) from selecting the operator's own pod, whose component is `operator`.
+    """
+    return {
+        "app.kubernetes.io/name": "datarecorder",
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/component": "recorder",
+    }
 
 
 def selector_string(spec: RecorderSpec) -> str:
@@ -44,7 +52,6 @@ def selector_string(spec: RecorderSpec) -> str:
 def common_labels(spec: RecorderSpec) -> dict[str, str]:
     return {
         **selector_labels(spec),
-        "app.kubernetes.io/component": "recorder",
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
 
@@ -454,39 +461,57 @@ def is_subset(
     return bool(desired == actual)
 
 
-# Optional pod fields the operator owns: when the spec drops one, the patch must remove it
-# (a merge patch that simply omits a key leaves the old value in place).
-OWNED_OPTIONAL_POD_FIELDS = ("nodeSelector", "tolerations", "imagePullSecrets", "priorityClassName")
+# On every child: a digest of what the operator last applied to it. Server-side apply removes a
+# field the operator applied before and no longer sends; the digest is how a pass notices that
+# the rendering changed even when everything it still renders is already in place.
+APPLIED_ANNOTATION = "datarecorder.dev/applied-digest"
 
 
-def drift_patch(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
-    """The merge patch that brings `actual` back to `desired`, or None if nothing drifted.
+def applied_digest(manifest: Manifest) -> str:
+    """A digest of a rendered child, without `spec.replicas` (an autoscaler's to move)."""
+    body = copy.deepcopy(manifest)
+    (body.get("spec") or {}).pop("replicas", None)
+    annotations = body["metadata"].pop("annotations", None) or {}
+    annotations.pop(APPLIED_ANNOTATION, None)
+    if annotations:
+        body["metadata"]["annotations"] = annotations
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
-    Pure: compares the rendered child with the one read from the API server. Fields added by
-    the server (defaults, status) or by other actors (extra labels, annotations) are left
-    alone; quantities compare by value (the server rewrites them canonically); owned maps and optional pod fields that the spec no longer sets are removed.
+
+def stamped(manifest: Manifest) -> Manifest:
+    """The child as the operator applies it: the rendering plus its digest annotation."""
+    out = copy.deepcopy(manifest)
+    meta = out["metadata"]
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        APPLIED_ANNOTATION: applied_digest(manifest),
+    }
+    return out
+
+
+def needs_apply(desired: Manifest, actual: Mapping[str, Any] | None) -> bool:
+    """Whether the stamped child `desired` must be applied over `actual` (None: absent).
+
+    Pure. Applied when the object is missing, when a field the operator sets differs (an edit
+    by hand, a spec change), or when the digest differs (the rendering dropped a field: the
+    apply removes it). Fields only the server or other actors set are left alone; quantities
+    compare by value (the server rewrites them canonically).
     """
-    patch: Manifest = copy.deepcopy(
-        {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
-    )
-    patch["metadata"] = copy.deepcopy(
-        {k: v for k, v in desired["metadata"].items() if k not in ("name", "namespace")}
-    )
-    drifted = not is_subset(patch, actual, QUANTITY_PATHS.get(desired.get("kind", ""), ()))
+    if actual is None:
+        return True
+    if stale_config_keys(desired, actual):
+        return True
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+    return not is_subset(body, actual, QUANTITY_PATHS.get(desired.get("kind", ""), ()))
 
-    if desired.get("kind") == "ConfigMap":
-        stale = set(actual.get("data") or {}) - set(desired.get("data") or {})
-        if stale:
-            drifted = True
-            patch["data"] = {**patch.get("data", {}), **{k: None for k in sorted(stale)}}
 
-    if desired.get("kind") == "Deployment":
-        want_pod = desired["spec"]["template"]["spec"]
-        have_pod = ((actual.get("spec") or {}).get("template") or {}).get("spec") or {}
-        removed = [f for f in OWNED_OPTIONAL_POD_FIELDS if f not in want_pod and f in have_pod]
-        if removed:
-            drifted = True
-            pod_patch = patch["spec"]["template"]["spec"] = dict(want_pod)
-            for field in removed:
-                pod_patch[field] = None
-    return patch if drifted else None
+def stale_config_keys(desired: Manifest, actual: Mapping[str, Any]) -> list[str]:
+    """Keys of the recorder's ConfigMap that the rendering does not have.
+
+    The whole map is the operator's: every key becomes the recorder's environment, so a key
+    added by hand (which server-side apply would keep, as another manager's) is removed too.
+    """
+    if desired.get("kind") != "ConfigMap":
+        return []
+    return sorted(set(actual.get("data") or {}) - set(desired.get("data") or {}))

@@ -12,6 +12,15 @@ from typing import Any
 from datarecorder_operator.lag import LagReport
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+NOT_OWNED = "ChildNotOwned"
+
+
+def foreign_message(foreign: Sequence[str]) -> str:
+    """Why the operator leaves objects alone (also the text of its Warning event)."""
+    return (
+        f"{', '.join(foreign)} already exist(s) and is not owned by this DataRecorder: left "
+        "alone; delete or rename it, or rename the DataRecorder"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +37,7 @@ class Observation:
     lag_time: str | None = None
     lag_error: str | None = None
     last_scale_time: str | None = None
+    foreign: tuple[str, ...] = ()  # children's names taken by objects this resource does not own
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -79,6 +89,12 @@ def conditions_for(obs: Observation) -> list[dict[str, Any]]:
             _condition(PROGRESSING, False, reason, "reconciliation is blocked"),
             _condition(DEGRADED, True, reason, obs.error),
         ]
+    if obs.deployment is None and obs.foreign:
+        return [
+            _condition(READY, False, NOT_OWNED, foreign_message(obs.foreign)),
+            _condition(PROGRESSING, False, NOT_OWNED, "reconciliation is blocked"),
+            _condition(DEGRADED, True, NOT_OWNED, foreign_message(obs.foreign)),
+        ]
     if obs.deployment is None:
         return [
             _condition(READY, False, "Creating", "the recorder Deployment does not exist yet"),
@@ -87,6 +103,14 @@ def conditions_for(obs: Observation) -> list[dict[str, Any]]:
         ]
     ready, progressing, reason, message = _deployment_conditions(obs.deployment)
     failure = _deployment_failure(obs.deployment)
+    if obs.foreign:
+        return [
+            _condition(READY, ready, reason, message),
+            _condition(
+                PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message
+            ),
+            _condition(DEGRADED, True, NOT_OWNED, foreign_message(obs.foreign)),
+        ]
     return [
         _condition(READY, ready, reason, message),
         _condition(PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message),

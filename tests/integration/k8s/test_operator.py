@@ -21,7 +21,10 @@ from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 
-SELECTOR = "app.kubernetes.io/name=datarecorder,app.kubernetes.io/instance={}"
+SELECTOR = (
+    "app.kubernetes.io/name=datarecorder,app.kubernetes.io/instance={},"
+    "app.kubernetes.io/component=recorder"
+)
 CHILDREN = ("deployment", "service", "configmap", "poddisruptionbudget", "horizontalpodautoscaler")
 
 
@@ -165,7 +168,7 @@ def test_steady_state_makes_no_writes(
     writes = [
         line
         for line in operator.log()[log_mark:].splitlines()
-        if re.search(rf"\b(patched|restored|created) \w+ {name}\b", line)
+        if re.search(rf"\b(applied|patched|restored|created) \w+ {name}\b", line)
     ]
     assert not writes, "the operator keeps writing:\n" + "\n".join(writes[:10])
     assert set(before) == set(after)

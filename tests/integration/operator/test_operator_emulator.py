@@ -96,7 +96,8 @@ async def test_create_update_restore_delete(
         assert condition(dr, "Ready")["status"] == "False"  # no pods yet: no controller here
         assert (
             dr["status"]["selector"]
-            == "app.kubernetes.io/instance=rec,app.kubernetes.io/name=datarecorder"
+            == "app.kubernetes.io/component=recorder,app.kubernetes.io/instance=rec,"
+            "app.kubernetes.io/name=datarecorder"
         )
         assert "cannot read lag" in dr["status"].get("lagError", "")
 
