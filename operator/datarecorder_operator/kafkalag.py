@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -26,6 +28,21 @@ class KafkaAccess:
     sasl_username: str | None = None
     sasl_password: str | None = None
     ca_pem: str | None = None
+    cert_pem: str | None = None  # client certificate and key, for mTLS listeners
+    key_pem: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=self.ca_pem)
+        if self.cert_pem and self.key_pem:
+            # load_cert_chain reads files only: write them to a private directory that is
+            # gone once the context holds them.
+            with tempfile.TemporaryDirectory() as tmp:
+                cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+                cert.write_text(self.cert_pem)
+                key.touch(mode=0o600)
+                key.write_text(self.key_pem)
+                context.load_cert_chain(cert, key)
+        return context
 
     def client_options(self) -> dict[str, object]:
         options: dict[str, object] = {
@@ -34,7 +51,7 @@ class KafkaAccess:
             "request_timeout_ms": 10_000,
         }
         if self.security_protocol in ("SSL", "SASL_SSL"):
-            options["ssl_context"] = ssl.create_default_context(cadata=self.ca_pem)
+            options["ssl_context"] = self.ssl_context()
         if self.security_protocol.startswith("SASL_"):
             options["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
             options["sasl_plain_username"] = self.sasl_username

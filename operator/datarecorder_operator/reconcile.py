@@ -154,15 +154,26 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     )
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
+        username = sasl.username
         access = dataclasses.replace(
             access,
             sasl_mechanism=sasl.mechanism,
-            sasl_username=await secret_value(sasl.username.name, sasl.username.key),
+            sasl_username=username
+            if isinstance(username, str)
+            else await secret_value(username.name, username.key),
             sasl_password=await secret_value(sasl.password.name, sasl.password.key),
         )
-    if spec.kafka.tls is not None:
-        ca = await secret_value(spec.kafka.tls.secret_name, spec.kafka.tls.ca_key)
-        access = dataclasses.replace(access, ca_pem=ca)
+    tls = spec.kafka.tls
+    if tls is not None:
+        # The same trust and client certificate as the recorders: on an mTLS listener the
+        # operator's lag reads are refused without the certificate.
+        access = dataclasses.replace(access, ca_pem=await secret_value(tls.ca.name, tls.ca.key))
+        if tls.cert is not None and tls.key is not None:
+            access = dataclasses.replace(
+                access,
+                cert_pem=await secret_value(tls.cert.name, tls.cert.key),
+                key_pem=await secret_value(tls.key.name, tls.key.key),
+            )
     return access
 
 

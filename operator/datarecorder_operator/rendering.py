@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from datarecorder_operator import quantity
-from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec
+from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec, SecretKey
 
 Manifest = dict[str, Any]
 
 METRIC_NAME = "datarecorder_lag_records"
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/datarecorder/kafka-tls"
+CLIENT_TLS_MOUNT = "/etc/datarecorder/kafka-client-tls"
 CONFIG_HASH_ANNOTATION = "datarecorder.dev/config-hash"
 MANAGED_BY = "datarecorder-operator"
 RUN_AS = 10001
@@ -83,11 +84,13 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
     }
     if spec.kafka.sasl is not None:
         data["KAFKA_SASL_MECHANISM"] = spec.kafka.sasl.mechanism
-    if spec.kafka.tls is not None:
-        data["KAFKA_SSL_CA_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.ca_key}"
-        if spec.kafka.tls.cert_key and spec.kafka.tls.key_key:
-            data["KAFKA_SSL_CERT_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.cert_key}"
-            data["KAFKA_SSL_KEY_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.key_key}"
+    tls = spec.kafka.tls
+    if tls is not None:
+        data["KAFKA_SSL_CA_FILE"] = f"{TLS_MOUNT}/{tls.ca.key}"
+        if tls.cert is not None and tls.key is not None:
+            mount = tls_mounts(spec)[tls.cert.name]
+            data["KAFKA_SSL_CERT_FILE"] = f"{mount}/{tls.cert.key}"
+            data["KAFKA_SSL_KEY_FILE"] = f"{mount}/{tls.key.key}"
     if spec.s3.enabled:
         data.update(
             {
@@ -105,6 +108,18 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
     return data
 
 
+def tls_mounts(spec: RecorderSpec) -> dict[str, str]:
+    """Where each Kafka TLS Secret is mounted: the CA's at TLS_MOUNT, a client certificate
+    kept in another Secret (Strimzi's KafkaUser) at CLIENT_TLS_MOUNT."""
+    tls = spec.kafka.tls
+    if tls is None:
+        return {}
+    mounts = {tls.ca.name: TLS_MOUNT}
+    if tls.cert is not None and tls.cert.name not in mounts:
+        mounts[tls.cert.name] = CLIENT_TLS_MOUNT
+    return mounts
+
+
 def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
     """Environment variables that come from Secrets (never copied into the ConfigMap)."""
     refs: list[tuple[str, str, str]] = [
@@ -119,11 +134,15 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
                 spec.s3.secret_access_key.key,
             )
         )
+    literal: list[dict[str, Any]] = []
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
-        refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
+        if isinstance(sasl.username, SecretKey):
+            refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
+        else:  # a user name is no secret (Strimzi's is the KafkaUser's metadata.name)
+            literal.append({"name": "KAFKA_SASL_USERNAME", "value": sasl.username})
         refs.append(("KAFKA_SASL_PASSWORD", sasl.password.name, sasl.password.key))
-    return [
+    return literal + [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for env, secret, key in refs
     ]
@@ -138,7 +157,7 @@ def config_hash(spec: RecorderSpec) -> str:
     payload = {
         "config": config_data(spec),
         "secrets": secret_env(spec),
-        "tls": spec.kafka.tls.secret_name if spec.kafka.tls else None,
+        "tls": sorted(tls_mounts(spec).items()),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -202,14 +221,10 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
     """The recorder Deployment; `replicas=None` leaves the field to an autoscaler."""
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if spec.kafka.tls is not None:
-        volumes.append(
-            {
-                "name": "kafka-tls",
-                "secret": {"secretName": spec.kafka.tls.secret_name, "defaultMode": 0o440},
-            }
-        )
-        mounts.append({"name": "kafka-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    for secret, path in tls_mounts(spec).items():
+        volume = "kafka-tls" if path == TLS_MOUNT else "kafka-client-tls"
+        volumes.append({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
 
     container: dict[str, Any] = {
         "name": "recorder",

@@ -45,16 +45,22 @@ class SecretKey:
 
 @dataclasses.dataclass(frozen=True)
 class KafkaTLS:
-    secret_name: str
-    ca_key: str
-    cert_key: str | None
-    key_key: str | None
+    """The CA to trust and an optional client certificate, each from its own Secret (as
+    Strimzi keeps `<cluster>-cluster-ca-cert` apart from a `KafkaUser`'s Secret)."""
+
+    ca: SecretKey
+    cert: SecretKey | None  # the client certificate and key live in one Secret
+    key: SecretKey | None
+
+    @property
+    def secret_name(self) -> str:
+        return self.ca.name
 
 
 @dataclasses.dataclass(frozen=True)
 class KafkaSASL:
     mechanism: str
-    username: SecretKey
+    username: SecretKey | str  # a Secret key, or the literal name (a Strimzi KafkaUser's)
     password: SecretKey
 
 
@@ -267,6 +273,67 @@ def _secret_key(raw: _Reader, name_field: str, key_field: str, default_key: str)
     return SecretKey(name=raw.text(name_field), key=raw.text(key_field, default_key))
 
 
+def _parse_sasl(kafka_raw: _Reader, protocol: str) -> KafkaSASL | None:
+    """SASL credentials: the password always from a Secret; the username from the same Secret
+    (`usernameKey`) or literal (`username`: a Strimzi KafkaUser's Secret has no username key)."""
+    if not protocol.startswith("SASL_"):
+        return None
+    if not kafka_raw.has("sasl"):
+        raise SpecError(f"spec.kafka.sasl is required when securityProtocol is {protocol}")
+    raw = kafka_raw.sub("sasl")
+    secret = raw.text("secretName")
+    literal = raw.opt_text("username")
+    # The CRD defaults usernameKey, so a literal username simply wins over it.
+    return KafkaSASL(
+        mechanism=raw.text(
+            "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        ),
+        username=literal
+        if literal is not None
+        else SecretKey(secret, raw.text("usernameKey", "username")),
+        password=SecretKey(secret, raw.text("passwordKey", "password")),
+    )
+
+
+def _parse_tls(raw: _Reader) -> KafkaTLS:
+    """Either one Secret (`secretName` + `caKey`/`certKey`/`keyKey`) or Strimzi's shape:
+    `trustedCertificates: [{secretName, certificate}]` and `certificateAndKey: {secretName,
+    certificate, key}`, each naming its own Secret."""
+    strimzi = raw.has("trustedCertificates") or raw.has("certificateAndKey")
+    if strimzi and (raw.has("secretName") or raw.has("certKey") or raw.has("keyKey")):
+        raise SpecError(
+            "spec.kafka.tls: use either secretName/caKey/certKey/keyKey or "
+            "trustedCertificates/certificateAndKey, not both"
+        )
+    if not strimzi:
+        cert_key, key_key = raw.opt_text("certKey"), raw.opt_text("keyKey")
+        if (cert_key is None) != (key_key is None):
+            raise SpecError("spec.kafka.tls.certKey and spec.kafka.tls.keyKey must be set together")
+        secret = raw.text("secretName")
+        return KafkaTLS(
+            ca=SecretKey(secret, raw.text("caKey", "ca.crt")),
+            cert=SecretKey(secret, cert_key) if cert_key else None,
+            key=SecretKey(secret, key_key) if key_key else None,
+        )
+    trusted = raw.data.get("trustedCertificates")
+    if not isinstance(trusted, list) or len(trusted) != 1:
+        raise SpecError(
+            "spec.kafka.tls.trustedCertificates must hold exactly one {secretName, certificate} "
+            "(the recorder trusts one CA file)"
+        )
+    ca_raw = _Reader(trusted[0], "spec.kafka.tls.trustedCertificates[0]")
+    ca = SecretKey(ca_raw.text("secretName"), ca_raw.text("certificate", "ca.crt"))
+    if not raw.has("certificateAndKey"):
+        return KafkaTLS(ca=ca, cert=None, key=None)
+    pair = raw.sub("certificateAndKey")
+    secret = pair.text("secretName")
+    return KafkaTLS(
+        ca=ca,
+        cert=SecretKey(secret, pair.text("certificate", "user.crt")),
+        key=SecretKey(secret, pair.text("key", "user.key")),
+    )
+
+
 def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
     """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
 
@@ -288,30 +355,12 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
     protocol = kafka_raw.text(
         "securityProtocol", "PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
     )
-    sasl: KafkaSASL | None = None
-    if protocol.startswith("SASL_"):
-        if not kafka_raw.has("sasl"):
-            raise SpecError(f"spec.kafka.sasl is required when securityProtocol is {protocol}")
-        sasl_raw = kafka_raw.sub("sasl")
-        secret = sasl_raw.text("secretName")
-        sasl = KafkaSASL(
-            mechanism=sasl_raw.text(
-                "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-            ),
-            username=SecretKey(secret, sasl_raw.text("usernameKey", "username")),
-            password=SecretKey(secret, sasl_raw.text("passwordKey", "password")),
-        )
+    sasl = _parse_sasl(kafka_raw, protocol)
     tls: KafkaTLS | None = None
     if kafka_raw.has("tls"):
         if protocol not in ("SSL", "SASL_SSL"):
             raise SpecError("spec.kafka.tls is only used with securityProtocol SSL or SASL_SSL")
-        tls_raw = kafka_raw.sub("tls")
-        cert_key, key_key = tls_raw.opt_text("certKey"), tls_raw.opt_text("keyKey")
-        if (cert_key is None) != (key_key is None):
-            raise SpecError("spec.kafka.tls.certKey and spec.kafka.tls.keyKey must be set together")
-        tls = KafkaTLS(
-            tls_raw.text("secretName"), tls_raw.text("caKey", "ca.crt"), cert_key, key_key
-        )
+        tls = _parse_tls(kafka_raw.sub("tls"))
     kafka = KafkaSpec(
         brokers=kafka_raw.text_list("brokers"),
         topics=kafka_raw.text_list("topics", ["market.tick", "market.orderbook"]),

@@ -75,7 +75,7 @@ def test_schema_is_structural() -> None:
         assert "type" in node or node.get("x-kubernetes-int-or-string"), path
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml", "strimzi.yaml"])
 def test_examples_pass_the_schema_and_the_operator(name: str) -> None:
     doc = example(name)
     assert schema_errors(doc) == []
@@ -121,7 +121,12 @@ def test_cel_rules_have_messages() -> None:
 
 def test_examples_readme_names_every_example() -> None:
     readme = (EXAMPLES / "README.md").read_text()
-    for path in [EXAMPLES / "minimal.yaml", EXAMPLES / "full.yaml", *INVALID]:
+    for path in [
+        EXAMPLES / "minimal.yaml",
+        EXAMPLES / "full.yaml",
+        EXAMPLES / "strimzi.yaml",
+        *INVALID,
+    ]:
         assert path.name in readme, path.name
 
 
