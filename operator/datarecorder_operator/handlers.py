@@ -28,13 +28,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from aiohttp import web
 
-from datarecorder_operator import kube
+from datarecorder_operator import kube, metrics
 from datarecorder_operator.reconcile import (
     Events,
     ObjectState,
     OperatorConfig,
     delete_children,
+    measured,
     reconcile,
 )
 from datarecorder_operator.spec import GROUP, PLURAL, VERSION, SpecError
@@ -109,8 +111,9 @@ async def resync_one(
             return  # being deleted: never re-create what the garbage collector removes
         due = now - entry.state.last_resync >= config.resync_seconds
         events = event_poster(client, body)
-        outcome = await reconcile(
-            client, body, entry.state, config, events, log, apply=due, now=now
+        outcome = await measured(
+            "resync",
+            reconcile(client, body, entry.state, config, events, log, apply=due, now=now),
         )
         if isinstance(outcome.error, kube.KubeError):
             where = f"{meta['namespace']}/{meta['name']}"
@@ -175,6 +178,8 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         _table(memo)  # before any resource handler copies the memo
         tune_settings(settings)
         memo["resync"] = asyncio.create_task(resync_all(memo, config), name="resync")
+        if config.metrics_port:
+            memo["metrics"] = await metrics.serve(config.metrics_port)
 
     @kopf.on.login(registry=registry)
     async def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -191,6 +196,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        runner = memo.get("metrics")
+        if isinstance(runner, web.AppRunner):
+            await runner.cleanup()
         client = memo.get("kube")
         if isinstance(client, kube.KubeClient):
             await client.close()
@@ -219,8 +227,10 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         client = _client(memo)
         entry = _track(_table(memo), body)
         async with entry.lock:
-            outcome = await reconcile(
-                client, body, entry.state, config, event_poster(client, body), logger, apply=True
+            events = event_poster(client, body)
+            outcome = await measured(
+                "handler",
+                reconcile(client, body, entry.state, config, events, logger, apply=True),
             )
         for key, value in (outcome.status or {}).items():
             patch.status[key] = value

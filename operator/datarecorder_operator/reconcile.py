@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from datarecorder_operator import kafkalag, kube, rendering, status
+from datarecorder_operator import kafkalag, kube, metrics, rendering, status
 from datarecorder_operator.lag import LagReport, compute_lag, desired_replicas
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
@@ -46,6 +46,7 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     kafka_timeout_seconds: float = 20.0
     read_lag: bool = True  # also read lag for status when autoscaling is not in operator mode
+    metrics_port: int = 0  # serve the operator's /metrics on this port (0: off)
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ class ObjectState:
     stabilizer: Stabilizer | None = None
     last_scale_time: str | None = None
     foreign: tuple[str, ...] = ()
+    lag_failures: int = 0  # lag reads in a row that failed (KEDA's fallback counts them)
 
 
 def _now_iso() -> str:
@@ -121,6 +123,7 @@ async def apply_children(
         if rendering.needs_apply(manifest, actual):
             stale = rendering.stale_config_keys(manifest, actual or {})
             actual = await client.apply(manifest)
+            metrics.APPLIES.labels(kind).inc()
             if stale:
                 drop = {"data": dict.fromkeys(stale)}  # a merge patch deletes null keys
                 actual = await client.patch(api_version, kind, spec.namespace, name, drop) or actual
@@ -187,9 +190,12 @@ async def poll_lag(
         )
     except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
         state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc!r}"[:300]
+        state.lag_failures += 1
+        metrics.LAG_READS.labels("error").inc()
         return
     state.lag = compute_lag(offsets, spec.autoscaling.offset_reset_policy)
-    state.lag_time, state.lag_error = _now_iso(), None
+    state.lag_time, state.lag_error, state.lag_failures = _now_iso(), None, 0
+    metrics.LAG_READS.labels("ok").inc()
 
 
 async def scale(
@@ -200,40 +206,53 @@ async def scale(
     deployment: dict[str, Any],
     now: float,
 ) -> dict[str, Any]:
-    """Operator mode: move the Deployment's replicas towards what the lag asks for."""
-    if state.lag is None:
-        return deployment
+    """Operator mode: move the Deployment's replicas towards what the lag asks for; while the
+    lag cannot be read, keep them, or after `fallback.failureThreshold` failed reads in a row
+    run `fallback.replicas` (as KEDA does)."""
     auto = spec.autoscaling
-    if state.stabilizer is None or state.stabilizer.window_seconds != (
-        auto.scale_down_stabilization_seconds
-    ):
-        state.stabilizer = Stabilizer(auto.scale_down_stabilization_seconds)
     current = int((deployment.get("spec") or {}).get("replicas", 1))
-    wanted = desired_replicas(
-        state.lag,
-        target_lag_per_replica=auto.target_lag_per_replica,
-        min_replicas=auto.min_replicas,
-        max_replicas=auto.max_replicas,
-        limit_to_partitions_with_lag=auto.limit_to_partitions_with_lag,
-    )
-    decision = state.stabilizer.decide(now, wanted, current)
-    if decision.replicas == current:
-        return deployment
+    if state.lag is None:
+        fallback = fallback_replicas(spec, state.lag_failures)
+        if fallback is None or fallback == current:
+            return deployment
+        target, reason, detail = fallback, "fallback", f"{state.lag_failures} lag reads failed"
+    else:
+        if state.stabilizer is None or state.stabilizer.window_seconds != (
+            auto.scale_down_stabilization_seconds
+        ):
+            state.stabilizer = Stabilizer(auto.scale_down_stabilization_seconds)
+        wanted = desired_replicas(
+            state.lag,
+            target_lag_per_replica=auto.target_lag_per_replica,
+            min_replicas=auto.min_replicas,
+            max_replicas=auto.max_replicas,
+            limit_to_partitions_with_lag=auto.limit_to_partitions_with_lag,
+        )
+        decision = state.stabilizer.decide(now, wanted, current)
+        if decision.replicas == current:
+            return deployment
+        target, reason = decision.replicas, decision.reason
+        detail = f"lag {state.lag.total} on {state.lag.partitions} partitions"
     patched = await client.patch(
         "apps/v1",
         "Deployment",
         spec.namespace,
         spec.name,
-        {"spec": {"replicas": decision.replicas}},
+        {"spec": {"replicas": target}},
     )
     state.last_scale_time = _now_iso()
-    await events(
-        "Normal",
-        "Scaled",
-        f"{decision.reason}: {current} -> {decision.replicas} replicas "
-        f"(lag {state.lag.total} on {state.lag.partitions} partitions)",
-    )
+    metrics.SCALE_DECISIONS.labels("up" if target > current else "down", reason).inc()
+    kind = "Warning" if reason == "fallback" else "Normal"
+    await events(kind, "Scaled", f"{reason}: {current} -> {target} replicas ({detail})")
     return patched or deployment
+
+
+def fallback_replicas(spec: RecorderSpec, failures: int) -> int | None:
+    """Pure: the replicas KEDA-style fallback asks for after `failures` failed reads, if any."""
+    fallback = spec.autoscaling.fallback
+    if fallback is None or failures < fallback.failure_threshold:
+        return None
+    return min(fallback.replicas, spec.autoscaling.max_replicas)
 
 
 def _observation(
@@ -252,6 +271,7 @@ def _observation(
         lag_error=state.lag_error,
         last_scale_time=state.last_scale_time,
         foreign=state.foreign,
+        lag_available=None if state.last_lag_poll == float("-inf") else state.lag is not None,
     )
 
 
@@ -273,6 +293,22 @@ class Outcome:
 
     status: dict[str, Any] | None
     error: SpecError | kube.KubeError | None = None
+
+    @property
+    def result(self) -> str:
+        """The `result` label of the reconcile counter."""
+        if isinstance(self.error, SpecError):
+            return "invalid_spec"
+        return "ok" if self.error is None else "api_error"
+
+
+async def measured(trigger: str, pass_: Awaitable[Outcome]) -> Outcome:
+    """Run one pass, counting it and timing it in the operator's metrics."""
+    started = time.monotonic()
+    outcome = await pass_
+    metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(trigger, outcome.result).inc()
+    return outcome
 
 
 def _status_patch(
@@ -320,6 +356,8 @@ async def reconcile(
         if (rspec.operator_scaled or config.read_lag) and now - state.last_lag_poll >= poll_every:
             state.last_lag_poll = now
             await poll_lag(client, rspec, state, config)
+            if state.lag_failures == 1:  # once per outage, not per failed read
+                await events("Warning", status.LAG_UNAVAILABLE, state.lag_error or "lag unknown")
         if rspec.operator_scaled and deployment is not None:
             deployment = await scale(client, events, rspec, state, deployment, now)
     except kube.KubeError as exc:

@@ -108,6 +108,14 @@ class BatchingSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fallback:
+    """KEDA's fallback: replicas to run once `failure_threshold` lag reads in a row failed."""
+
+    failure_threshold: int
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AutoscalingSpec:
     enabled: bool
     mode: ScalingMode
@@ -118,6 +126,7 @@ class AutoscalingSpec:
     poll_interval_seconds: int
     limit_to_partitions_with_lag: bool
     offset_reset_policy: Literal["earliest", "latest"]
+    fallback: Fallback | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +343,18 @@ def _parse_tls(raw: _Reader) -> KafkaTLS:
     )
 
 
+def _parse_fallback(auto_raw: _Reader) -> Fallback | None:
+    if not auto_raw.has("fallback"):
+        return None
+    raw = auto_raw.sub("fallback")
+    if not raw.has("replicas"):
+        raise SpecError("spec.autoscaling.fallback.replicas is required")
+    return Fallback(
+        failure_threshold=raw.integer("failureThreshold", 3, 1, 100),
+        replicas=raw.integer("replicas", 1, 0, 1000),
+    )
+
+
 def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
     """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
 
@@ -436,6 +457,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         offset_reset_policy=auto_raw.text(  # type: ignore[arg-type]
             "offsetResetPolicy", "earliest", choices=("earliest", "latest")
         ),
+        fallback=_parse_fallback(auto_raw),
     )
     if autoscaling.enabled and autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(

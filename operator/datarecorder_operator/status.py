@@ -13,6 +13,7 @@ from datarecorder_operator.lag import LagReport
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 NOT_OWNED = "ChildNotOwned"
+LAG_AVAILABLE, LAG_UNAVAILABLE = "LagAvailable", "LagUnavailable"
 
 
 def foreign_message(foreign: Sequence[str]) -> str:
@@ -38,6 +39,7 @@ class Observation:
     lag_error: str | None = None
     last_scale_time: str | None = None
     foreign: tuple[str, ...] = ()  # children's names taken by objects this resource does not own
+    lag_available: bool | None = None  # None: lag is not read for this resource
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -81,7 +83,18 @@ def _deployment_failure(deployment: Mapping[str, Any]) -> str | None:
 
 
 def conditions_for(obs: Observation) -> list[dict[str, Any]]:
-    """Ready / Progressing / Degraded for one observation, without transition times."""
+    """Ready / Progressing / Degraded (and LagAvailable where lag is read), without times."""
+    conditions = _main_conditions(obs)
+    if obs.lag_available is not None and obs.error is None:
+        if obs.lag_available:
+            conditions.append(_condition(LAG_AVAILABLE, True, "LagRead", "lag read from Kafka"))
+        else:
+            message = obs.lag_error or "the lag cannot be read from Kafka"
+            conditions.append(_condition(LAG_AVAILABLE, False, "LagReadFailed", message))
+    return conditions
+
+
+def _main_conditions(obs: Observation) -> list[dict[str, Any]]:
     if obs.error is not None:
         reason = obs.error_reason or "ReconcileFailed"
         return [
