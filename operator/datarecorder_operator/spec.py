@@ -399,7 +399,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
     timescaledb = TimescaleSpec(
         host=db_raw.text("host"),
         port=db_raw.integer("port", 5432, 1, 65535),
-        database=db_raw.text("database", "market_data"),
+        database=db_raw.text("database", "marketdata"),  # the recorder's TIMESCALEDB_DB default
         user=db_raw.text("user", "recorder"),
         password=_secret_key(db_raw.sub("passwordSecret"), "name", "key", "password"),
         write_workers=db_raw.integer("writeWorkers", 4, 1, 64),

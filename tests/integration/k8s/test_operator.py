@@ -63,7 +63,7 @@ def _labels(selector: str) -> set[str]:
 
 
 def _ready(k8s: K8s, ns: str, name: str, replicas: int) -> dict[str, Any] | None:
-    dr = k8s.get_json("dr", name, namespace=ns)
+    dr = k8s.get_json("datarecorder", name, namespace=ns)
     status = dr.get("status") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     ok = (
@@ -102,7 +102,7 @@ def test_datarecorder_gets_owned_children_and_ready_status(k8s: K8s, operator_ns
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
     assert _labels(dr["status"]["selector"]) == _labels(SELECTOR.format("rec"))
     # The printer columns read the operator's status.
-    row = k8s.kubectl("get", "-n", operator_ns, "dr", "rec", "--no-headers").stdout.split()
+    row = k8s.kubectl("get", "-n", operator_ns, "datarecorder", "rec", "--no-headers").stdout.split()
     assert row[:3] == ["rec", "True", "2"]
 
 
@@ -189,7 +189,7 @@ def test_spec_change_rolls_a_new_replicaset(k8s: K8s, operator_ns: str) -> None:
     }
 
     k8s.kubectl(
-        "patch", "-n", operator_ns, "dr", "roll", "--type=merge",
+        "patch", "-n", operator_ns, "datarecorder", "roll", "--type=merge",
         "-p", json.dumps({"spec": {"logLevel": "DEBUG"}}),
     )  # fmt: skip
 
@@ -248,7 +248,7 @@ def test_drifted_deployment_replicas_are_restored(k8s: K8s, operator_ns: str) ->
 def test_kubectl_scale_datarecorder_scales_the_recorders(k8s: K8s, operator_ns: str) -> None:
     k8s.apply(data_recorder("scaled"), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, "scaled", 1), timeout=90, what="scaled Ready")
-    k8s.kubectl("scale", "-n", operator_ns, "dr", "scaled", "--replicas=3")
+    k8s.kubectl("scale", "-n", operator_ns, "datarecorder", "scaled", "--replicas=3")
     wait_for(lambda: _ready(k8s, operator_ns, "scaled", 3), timeout=90, what="3 ready recorders")
     scale = json.loads(
         k8s.kubectl(
@@ -264,7 +264,7 @@ def test_kubectl_scale_datarecorder_scales_the_recorders(k8s: K8s, operator_ns: 
 def test_deleted_datarecorder_takes_its_children_and_pods(k8s: K8s, operator_ns: str) -> None:
     k8s.apply(data_recorder("gone", replicas=2), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, "gone", 2), timeout=90, what="gone Ready")
-    k8s.kubectl("delete", "-n", operator_ns, "dr", "gone", "--wait=true", "--timeout=60s")
+    k8s.kubectl("delete", "-n", operator_ns, "datarecorder", "gone", "--wait=true", "--timeout=60s")
 
     def empty() -> bool:
         left = k8s.kubectl(
