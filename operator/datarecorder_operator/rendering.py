@@ -20,6 +20,7 @@ METRIC_NAME = "datarecorder_lag_records"
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/datarecorder/kafka-tls"
 CLIENT_TLS_MOUNT = "/etc/datarecorder/kafka-client-tls"
+DB_CA_MOUNT = "/etc/datarecorder/db-ca"
 CONFIG_HASH_ANNOTATION = "datarecorder.dev/config-hash"
 MANAGED_BY = "datarecorder-operator"
 RUN_AS = 10001
@@ -73,6 +74,9 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
         "TIMESCALEDB_USER": spec.timescaledb.user,
         "TIMESCALEDB_DB": spec.timescaledb.database,
         "DB_WRITE_WORKERS": str(spec.timescaledb.write_workers),
+        "DB_WRITE_ENABLED": "true" if spec.timescaledb.write_enabled else "false",
+        "TIMESCALEDB_SSLMODE": spec.timescaledb.ssl_mode,
+        "KAFKA_AUTO_OFFSET_RESET": spec.autoscaling.offset_reset_policy,
         "S3_WRITE_ENABLED": "true" if spec.s3.enabled else "false",
         "BATCH_SIZE": str(spec.batching.batch_size),
         "BATCH_TIMEOUT_MS": str(spec.batching.batch_timeout_ms),
@@ -91,6 +95,9 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
             mount = tls_mounts(spec)[tls.cert.name]
             data["KAFKA_SSL_CERT_FILE"] = f"{mount}/{tls.cert.key}"
             data["KAFKA_SSL_KEY_FILE"] = f"{mount}/{tls.key.key}"
+    if spec.timescaledb.ca is not None:
+        # asyncpg reads libpq's variable for the CA of verify-ca / verify-full.
+        data["PGSSLROOTCERT"] = f"{DB_CA_MOUNT}/{spec.timescaledb.ca.key}"
     if spec.s3.enabled:
         data.update(
             {
@@ -158,6 +165,7 @@ def config_hash(spec: RecorderSpec) -> str:
         "config": config_data(spec),
         "secrets": secret_env(spec),
         "tls": sorted(tls_mounts(spec).items()),
+        "db_ca": spec.timescaledb.ca.name if spec.timescaledb.ca else None,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -225,6 +233,13 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         volume = "kafka-tls" if path == TLS_MOUNT else "kafka-client-tls"
         volumes.append({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}})
         mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    if spec.timescaledb.ca is not None:
+        ca = spec.timescaledb.ca
+        volumes.append({"name": "db-ca", "secret": {"secretName": ca.name, "defaultMode": 0o440}})
+        mounts.append({"name": "db-ca", "mountPath": DB_CA_MOUNT, "readOnly": True})
+    template = spec.pod
+    volumes += [dict(v) for v in template.volumes]
+    mounts += [dict(m) for m in template.volume_mounts]
 
     container: dict[str, Any] = {
         "name": "recorder",
@@ -232,11 +247,16 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["datarecorder", "run"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "envFrom": [{"configMapRef": {"name": configmap_name(spec)}}],
-        "env": secret_env(spec),
+        "envFrom": [
+            {"configMapRef": {"name": configmap_name(spec)}},
+            *(dict(e) for e in template.env_from),
+        ],
+        "env": secret_env(spec) + [dict(e) for e in template.env],
         "resources": {kind: dict(values) for kind, values in spec.resources.items()},
         **probes(),
-        "securityContext": {
+        "securityContext": dict(template.container_security_context)
+        if template.container_security_context is not None
+        else {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
             "runAsGroup": RUN_AS,
@@ -250,14 +270,25 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
-        "securityContext": {
+        "securityContext": dict(template.pod_security_context)
+        if template.pod_security_context is not None
+        else {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
             "runAsGroup": RUN_AS,
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        # Recorders never call the Kubernetes API: no token unless asked (IRSA, workload
+        # identity).
+        "automountServiceAccountToken": template.automount_service_account_token,
     }
+    if template.affinity is not None:
+        pod_spec["affinity"] = dict(template.affinity)
+    if template.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = [
+            dict(c) for c in template.topology_spread_constraints
+        ]
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.image_pull_secrets:

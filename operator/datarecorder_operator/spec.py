@@ -82,6 +82,9 @@ class TimescaleSpec:
     user: str
     password: SecretKey
     write_workers: int
+    write_enabled: bool = True
+    ssl_mode: str = "prefer"
+    ca: SecretKey | None = None  # the CA of the server's certificate (verify-ca / verify-full)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +146,21 @@ class PDBSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodTemplate:
+    """What the recorder pods take from the spec as it is (Strimzi's `template`, flat)."""
+
+    affinity: Mapping[str, Any] | None = None
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    env_from: tuple[Mapping[str, Any], ...] = ()
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+    automount_service_account_token: bool = False
+    pod_security_context: Mapping[str, Any] | None = None  # None: the operator's default
+    container_security_context: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RecorderSpec:
     """Everything the renderers need, defaults applied, validated."""
 
@@ -168,6 +186,7 @@ class RecorderSpec:
     autoscaling: AutoscalingSpec
     monitoring: MonitoringSpec
     pdb: PDBSpec
+    pod: PodTemplate = dataclasses.field(default_factory=lambda: PodTemplate())
 
     @property
     def operator_scaled(self) -> bool:
@@ -355,6 +374,50 @@ def _parse_fallback(auto_raw: _Reader) -> Fallback | None:
     )
 
 
+def _objects(root: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
+    value = root.data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise SpecError(f"{root.path}.{key} must be a list of objects")
+    return tuple(dict(v) for v in value)
+
+
+def _object(root: _Reader, key: str) -> Mapping[str, Any] | None:
+    value = root.data.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise SpecError(f"{root.path}.{key} must be an object")
+    return None if value is None else dict(value)
+
+
+# Names the operator gives its own env entries and volumes: an extra one of the same name would
+# silently shadow (or be shadowed by) the operator's.
+RESERVED_ENV = frozenset(
+    {"TIMESCALEDB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAFKA_SASL_USERNAME",
+     "KAFKA_SASL_PASSWORD", "PGSSLROOTCERT"}
+)  # fmt: skip
+RESERVED_VOLUMES = frozenset({"tmp", "kafka-tls", "kafka-client-tls", "db-ca"})
+
+
+def _parse_pod_template(root: _Reader) -> PodTemplate:
+    template = PodTemplate(
+        affinity=_object(root, "affinity"),
+        topology_spread_constraints=_objects(root, "topologySpreadConstraints"),
+        env=_objects(root, "env"),
+        env_from=_objects(root, "envFrom"),
+        volumes=_objects(root, "volumes"),
+        volume_mounts=_objects(root, "volumeMounts"),
+        automount_service_account_token=root.flag("automountServiceAccountToken", False),
+        pod_security_context=_object(root, "podSecurityContext"),
+        container_security_context=_object(root, "containerSecurityContext"),
+    )
+    for i, entry in enumerate(template.env):
+        if entry.get("name") in RESERVED_ENV:
+            raise SpecError(f"spec.env[{i}].name {entry.get('name')!r} is set by the operator")
+    for i, volume in enumerate(template.volumes):
+        if volume.get("name") in RESERVED_VOLUMES:
+            raise SpecError(f"spec.volumes[{i}].name {volume.get('name')!r} is the operator's")
+    return template
+
+
 def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
     """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
 
@@ -403,6 +466,15 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         user=db_raw.text("user", "recorder"),
         password=_secret_key(db_raw.sub("passwordSecret"), "name", "key", "password"),
         write_workers=db_raw.integer("writeWorkers", 4, 1, 64),
+        write_enabled=db_raw.flag("writeEnabled", True),
+        ssl_mode=db_raw.text(
+            "sslMode",
+            "prefer",
+            choices=("disable", "prefer", "require", "verify-ca", "verify-full"),
+        ),
+        ca=_secret_key(db_raw.sub("caSecret"), "name", "key", "ca.crt")
+        if db_raw.has("caSecret")
+        else None,
     )
 
     s3_raw = root.sub("s3")
@@ -514,4 +586,5 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         autoscaling=autoscaling,
         monitoring=monitoring,
         pdb=pdb,
+        pod=_parse_pod_template(root),
     )
