@@ -20,7 +20,7 @@ import kopf
 from datarecorder_operator import kafkalag, kube, metrics, rendering, status
 from datarecorder_operator.lag import LagReport, compute_lag, desired_replicas
 from datarecorder_operator.scaler import Stabilizer
-from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
+from datarecorder_operator.spec import RecorderSpec, SpecError, is_paused, parse_spec
 
 # Posts one Event on the DataRecorder: (type, reason, message).
 Events = Callable[[str, str, str], Awaitable[None]]
@@ -89,7 +89,11 @@ class ApplyResult:
 
 
 async def apply_children(
-    client: kube.KubeClient, body: Mapping[str, Any], spec: RecorderSpec, logger: Any
+    client: kube.KubeClient,
+    body: Mapping[str, Any],
+    spec: RecorderSpec,
+    logger: Any,
+    partitions: int | None = None,
 ) -> ApplyResult:
     """Apply every rendered child that is missing or differs, remove unwanted ones.
 
@@ -106,7 +110,10 @@ async def apply_children(
     # Asked every pass: the Prometheus Operator may be installed (or removed) at any time.
     monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
     desired = rendering.render_children(
-        spec, service_monitor_available=monitor_served, current_replicas=current_replicas
+        spec,
+        service_monitor_available=monitor_served,
+        current_replicas=current_replicas,
+        partitions=partitions,
     )
     kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
     result = ApplyResult(deployment=None)
@@ -275,6 +282,14 @@ def _observation(
     )
 
 
+def _paused(meta: Mapping[str, Any], spec: RecorderSpec) -> status.Observation:
+    return status.Observation(
+        generation=meta.get("generation"),
+        selector=rendering.selector_string(spec),
+        paused=True,
+    )
+
+
 def _error(meta: Mapping[str, Any], message: str, reason: str) -> status.Observation:
     return status.Observation(generation=meta.get("generation"), error=message, error_reason=reason)
 
@@ -343,8 +358,12 @@ async def reconcile(
     except SpecError as exc:
         return Outcome(_status_patch(previous, _error(meta, str(exc), "InvalidSpec")), exc)
     try:
+        if is_paused(meta.get("annotations")):
+            # Strimzi's pause: children and replicas stay as they are until it is removed.
+            return Outcome(_status_patch(previous, _paused(meta, rspec)))
         if apply:
-            applied = await apply_children(client, body, rspec, logger)
+            partitions = state.lag.partitions if state.lag is not None else None
+            applied = await apply_children(client, body, rspec, logger, partitions)
             await _note_foreign(events, state, applied)
             deployment = applied.deployment
             state.last_resync = now

@@ -348,9 +348,33 @@ def render_service(spec: RecorderSpec) -> Manifest:
     }
 
 
-def render_hpa(spec: RecorderSpec) -> Manifest:
+def hpa_max_replicas(spec: RecorderSpec, partitions: int | None) -> int:
+    """maxReplicas, capped where the partition count is known: a pod beyond partitions ÷
+    consumers per pod would hold no partition and only add rebalances."""
+    auto = spec.autoscaling
+    if partitions is None:
+        return auto.max_replicas
+    useful = max(1, partitions // spec.batching.num_consumers)
+    return max(auto.min_replicas, min(auto.max_replicas, useful))
+
+
+def render_hpa(spec: RecorderSpec, partitions: int | None = None) -> Manifest:
     """An autoscaling/v2 HPA on the per-pod lag gauge (needs a Pods-metrics adapter)."""
     auto = spec.autoscaling
+    behavior = (
+        dict(auto.behavior)
+        if auto.behavior is not None
+        else {
+            "scaleDown": {
+                "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds,
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+            },
+            "scaleUp": {
+                "stabilizationWindowSeconds": 0,
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}],
+            },
+        }
+    )
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -358,7 +382,7 @@ def render_hpa(spec: RecorderSpec) -> Manifest:
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
             "minReplicas": auto.min_replicas,
-            "maxReplicas": auto.max_replicas,
+            "maxReplicas": hpa_max_replicas(spec, partitions),
             "metrics": [
                 {
                     "type": "Pods",
@@ -374,16 +398,7 @@ def render_hpa(spec: RecorderSpec) -> Manifest:
                     },
                 }
             ],
-            "behavior": {
-                "scaleDown": {
-                    "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-                },
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}],
-                },
-            },
+            "behavior": behavior,
         },
     }
 
@@ -421,11 +436,13 @@ def render_children(
     *,
     service_monitor_available: bool = True,
     current_replicas: int | None = None,
+    partitions: int | None = None,
 ) -> list[Manifest]:
     """Every child the resource should have, in apply order (config before its consumers).
 
     `current_replicas` is the Deployment's replica count when an autoscaler owns it; the
-    rendering then keeps it (a fresh Deployment starts at minReplicas).
+    rendering then keeps it (a fresh Deployment starts at minReplicas). `partitions`, when the
+    operator has read it from Kafka, caps the HPA's maxReplicas.
     """
     if spec.autoscaling.enabled:
         replicas = current_replicas if current_replicas is not None else initial_replicas(spec)
@@ -433,7 +450,7 @@ def render_children(
         replicas = spec.replicas
     children = [render_configmap(spec), render_deployment(spec, replicas), render_service(spec)]
     if spec.hpa_scaled:
-        children.append(render_hpa(spec))
+        children.append(render_hpa(spec, partitions))
     if spec.pdb.enabled:
         children.append(render_pdb(spec))
     if spec.monitoring.service_monitor and service_monitor_available:

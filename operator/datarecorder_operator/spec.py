@@ -130,6 +130,7 @@ class AutoscalingSpec:
     limit_to_partitions_with_lag: bool
     offset_reset_policy: Literal["earliest", "latest"]
     fallback: Fallback | None = None
+    behavior: Mapping[str, Any] | None = None  # the HPA's behavior as given (mode hpa)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +188,7 @@ class RecorderSpec:
     monitoring: MonitoringSpec
     pdb: PDBSpec
     pod: PodTemplate = dataclasses.field(default_factory=lambda: PodTemplate())
+    paused: bool = False  # annotation datarecorder.dev/paused: "true"
 
     @property
     def operator_scaled(self) -> bool:
@@ -418,6 +420,14 @@ def _parse_pod_template(root: _Reader) -> PodTemplate:
     return template
 
 
+PAUSED_ANNOTATION = "datarecorder.dev/paused"
+
+
+def is_paused(annotations: Mapping[str, str] | None) -> bool:
+    """Strimzi's convention: reconciliation stops while the annotation is "true"."""
+    return (annotations or {}).get(PAUSED_ANNOTATION, "").strip().lower() == "true"
+
+
 def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
     """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
 
@@ -530,6 +540,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
             "offsetResetPolicy", "earliest", choices=("earliest", "latest")
         ),
         fallback=_parse_fallback(auto_raw),
+        behavior=_object(auto_raw, "behavior"),
     )
     if autoscaling.enabled and autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(

@@ -14,6 +14,7 @@ from datarecorder_operator.lag import LagReport
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 NOT_OWNED = "ChildNotOwned"
 LAG_AVAILABLE, LAG_UNAVAILABLE = "LagAvailable", "LagUnavailable"
+PAUSED = "ReconciliationPaused"
 
 
 def foreign_message(foreign: Sequence[str]) -> str:
@@ -40,6 +41,7 @@ class Observation:
     last_scale_time: str | None = None
     foreign: tuple[str, ...] = ()  # children's names taken by objects this resource does not own
     lag_available: bool | None = None  # None: lag is not read for this resource
+    paused: bool = False  # annotation datarecorder.dev/paused: nothing reconciled meanwhile
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -84,6 +86,11 @@ def _deployment_failure(deployment: Mapping[str, Any]) -> str | None:
 
 def conditions_for(obs: Observation) -> list[dict[str, Any]]:
     """Ready / Progressing / Degraded (and LagAvailable where lag is read), without times."""
+    if obs.paused:
+        message = (
+            "annotation datarecorder.dev/paused is true: children and replicas are left as they are"
+        )
+        return [_condition(PAUSED, True, "Paused", message)]
     conditions = _main_conditions(obs)
     if obs.lag_available is not None and obs.error is None:
         if obs.lag_available:

@@ -77,7 +77,7 @@ def test_schema_is_structural() -> None:
         assert "type" in node or node.get("x-kubernetes-int-or-string"), path
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml", "strimzi.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml", "strimzi.yaml", "hpa.yaml"])
 def test_examples_pass_the_schema_and_the_operator(name: str) -> None:
     doc = example(name)
     assert schema_errors(doc) == []
