@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from datarecorder_operator import metrics
+
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
 FIELD_MANAGER = "datarecorder-operator"
@@ -115,6 +117,7 @@ class KubeClient:
     ) -> dict[str, Any] | None:
         """One request; returns the decoded JSON, or None for 404."""
         session, server = self._ensure()
+        metrics.API_REQUESTS.labels(method).inc()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
         async with session.request(

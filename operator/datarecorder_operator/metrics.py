@@ -51,6 +51,14 @@ SCALE_DECISIONS = Counter(
 )
 
 
+API_REQUESTS = Counter(
+    "datarecorder_operator_api_requests_total",
+    "Requests of the operator's own Kubernetes client (not kopf's watches), by HTTP method.",
+    ["method"],
+    registry=REGISTRY,
+)
+
+
 async def serve(port: int) -> web.AppRunner:
     """Serve GET /metrics on `port` (all interfaces: the Service reaches the pod's IP)."""
 

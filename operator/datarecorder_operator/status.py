@@ -186,7 +186,14 @@ def compute_status(
     if obs.lag is not None:
         status["lag"] = {"timescaledb": obs.lag.total}
         status["partitions"] = obs.lag.partitions
-        status["lagObservedTime"] = obs.lag_time
+        # When the lag last changed: a steady lag then costs no status write (and no watch
+        # event to every client) per poll; LagAvailable says whether reads still work.
+        unchanged = previous.get("lag") == status["lag"] and (
+            previous.get("partitions") == status["partitions"]
+        )
+        status["lagObservedTime"] = (
+            previous.get("lagObservedTime", obs.lag_time) if unchanged else obs.lag_time
+        )
         status["lagError"] = None  # a merge patch removes the stale error
     else:
         for key in ("lag", "partitions", "lagObservedTime"):
