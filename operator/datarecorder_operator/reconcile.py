@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from datarecorder_operator import kafkalag, kube, metrics, rendering, status
-from datarecorder_operator.lag import LagReport, compute_lag, desired_replicas
+from datarecorder_operator.lag import LagReport, compute_lag, desired_replicas, with_activation
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import RecorderSpec, SpecError, is_paused, parse_spec
 
@@ -224,16 +224,24 @@ async def scale(
             return deployment
         target, reason, detail = fallback, "fallback", f"{state.lag_failures} lag reads failed"
     else:
-        if state.stabilizer is None or state.stabilizer.window_seconds != (
-            auto.scale_down_stabilization_seconds
+        window, step = auto.scale_down_stabilization_seconds, auto.scale_down_step
+        if state.stabilizer is None or (state.stabilizer.window_seconds, state.stabilizer.step) != (
+            window,
+            step,
         ):
-            state.stabilizer = Stabilizer(auto.scale_down_stabilization_seconds)
+            state.stabilizer = Stabilizer(window, step)
         wanted = desired_replicas(
             state.lag,
             target_lag_per_replica=auto.target_lag_per_replica,
             min_replicas=auto.min_replicas,
             max_replicas=auto.max_replicas,
             limit_to_partitions_with_lag=auto.limit_to_partitions_with_lag,
+        )
+        wanted = with_activation(
+            wanted,
+            state.lag,
+            activation_lag=auto.activation_lag_threshold,
+            idle_replicas=auto.idle_replicas,
         )
         decision = state.stabilizer.decide(now, wanted, current)
         if decision.replicas == current:

@@ -131,6 +131,9 @@ class AutoscalingSpec:
     offset_reset_policy: Literal["earliest", "latest"]
     fallback: Fallback | None = None
     behavior: Mapping[str, Any] | None = None  # the HPA's behavior as given (mode hpa)
+    activation_lag_threshold: int = 0
+    idle_replicas: int | None = None  # KEDA's idleReplicaCount (0: scale to zero when idle)
+    scale_down_step: int | None = None  # pods fewer per stabilization window at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -541,6 +544,13 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         ),
         fallback=_parse_fallback(auto_raw),
         behavior=_object(auto_raw, "behavior"),
+        activation_lag_threshold=auto_raw.integer("activationLagThreshold", 0, 0, 1_000_000_000),
+        idle_replicas=auto_raw.integer("idleReplicas", 0, 0, 0)
+        if auto_raw.has("idleReplicas")
+        else None,
+        scale_down_step=auto_raw.integer("scaleDownStep", 1, 1, 1000)
+        if auto_raw.has("scaleDownStep")
+        else None,
     )
     if autoscaling.enabled and autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from datarecorder_operator import kube, rendering
+from datarecorder_operator.lag import LagReport, with_activation
 from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.scaler import Stabilizer
+from datarecorder_operator.spec import SpecError, parse_spec
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
@@ -68,3 +71,35 @@ async def test_a_paused_resource_is_left_alone_and_says_so() -> None:
         "Paused",
     )
     assert outcome.status["observedGeneration"] == 3
+
+
+def test_activation_scales_to_idle_replicas_and_back() -> None:
+    quiet, busy = LagReport(50, 6, 1, {}), LagReport(5000, 6, 6, {})
+    assert with_activation(2, quiet, activation_lag=100, idle_replicas=0) == 0
+    assert with_activation(2, busy, activation_lag=100, idle_replicas=0) == 2
+    assert with_activation(2, quiet, activation_lag=100, idle_replicas=None) == 2  # off
+
+
+def test_gradual_scale_down_one_step_per_window() -> None:
+    stab = Stabilizer(60, step=1)
+    assert stab.decide(0, 6, 6).replicas == 6
+    # The lag drained: the window holds 6 until t=60, then one pod per 60 s.
+    assert stab.decide(30, 1, 6).replicas == 6
+    assert stab.decide(61, 1, 6).replicas == 5
+    assert stab.decide(90, 1, 5).replicas == 5
+    assert stab.decide(122, 1, 5).replicas == 4
+    unlimited = Stabilizer(60)
+    unlimited.decide(0, 6, 6)
+    assert unlimited.decide(61, 1, 6).replicas == 1  # without a step: straight down
+
+
+def test_keda_fields_parse_and_check_ranges() -> None:
+    spec = parse_spec(
+        "rec", "md",
+        {**BASE, "autoscaling": {"enabled": True, "mode": "operator", "idleReplicas": 0,
+                                 "activationLagThreshold": 100, "scaleDownStep": 2}},
+    )  # fmt: skip
+    auto = spec.autoscaling
+    assert (auto.idle_replicas, auto.activation_lag_threshold, auto.scale_down_step) == (0, 100, 2)
+    with pytest.raises(SpecError, match=r"spec\.autoscaling\.idleReplicas"):
+        parse_spec("rec", "md", {**BASE, "autoscaling": {"idleReplicas": 1}})
