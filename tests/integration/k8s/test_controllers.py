@@ -95,7 +95,9 @@ def test_owned_deployment_is_garbage_collected_with_its_datarecorder(
         lambda: _pods(k8s, k8s_namespace, "app=owned"), timeout=60, what="pods of Deployment owned"
     )
 
-    k8s.kubectl("delete", "-n", k8s_namespace, "datarecorder", "owner", "--wait=true", "--timeout=60s")
+    k8s.kubectl(
+        "delete", "-n", k8s_namespace, "datarecorder", "owner", "--wait=true", "--timeout=60s"
+    )
 
     def collected() -> bool:
         names = k8s.kubectl("get", "-n", k8s_namespace, "deploy,rs,pods", "-o", "name").stdout

@@ -49,7 +49,9 @@ def test_status_is_a_subresource_and_does_not_bump_generation(k8s: K8s, k8s_name
         "patch", "-n", k8s_namespace, "datarecorder", "st", "--type=merge",
         "-p", json.dumps({"spec": {"replicas": 4}}),
     )  # fmt: skip
-    assert k8s.get_json("datarecorder", "st", namespace=k8s_namespace)["metadata"]["generation"] == 2
+    assert (
+        k8s.get_json("datarecorder", "st", namespace=k8s_namespace)["metadata"]["generation"] == 2
+    )
 
 
 def test_status_is_validated_against_the_schema(k8s: K8s, k8s_namespace: str) -> None:
@@ -107,7 +109,9 @@ def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(
     assert scale["status"] == {"replicas": 1, "selector": "app=sc"}
 
     # The scale write is checked against the CRD schema (maximum: 1000) like any spec write.
-    proc = k8s.kubectl("scale", "-n", k8s_namespace, "datarecorder", "sc", "--replicas=1001", check=False)
+    proc = k8s.kubectl(
+        "scale", "-n", k8s_namespace, "datarecorder", "sc", "--replicas=1001", check=False
+    )
     assert proc.returncode != 0
     assert "should be less than or equal to 1000" in proc.stderr
     assert k8s.get_json("datarecorder", "sc", namespace=k8s_namespace)["spec"]["replicas"] == 3

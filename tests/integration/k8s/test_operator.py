@@ -102,7 +102,9 @@ def test_datarecorder_gets_owned_children_and_ready_status(k8s: K8s, operator_ns
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
     assert _labels(dr["status"]["selector"]) == _labels(SELECTOR.format("rec"))
     # The printer columns read the operator's status.
-    row = k8s.kubectl("get", "-n", operator_ns, "datarecorder", "rec", "--no-headers").stdout.split()
+    row = k8s.kubectl(
+        "get", "-n", operator_ns, "datarecorder", "rec", "--no-headers"
+    ).stdout.split()
     assert row[:3] == ["rec", "True", "2"]
 
 

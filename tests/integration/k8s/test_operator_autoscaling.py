@@ -122,7 +122,9 @@ async def test_operator_mode_scales_on_kafka_lag(
 
     status = wait_for(lag_in_status, timeout=60, what="status.lag and 3 ready replicas")
     assert status["partitions"] == PARTITIONS and status["desiredReplicas"] == 3
-    row = k8s.kubectl("get", "-n", watched_ns, "datarecorder", "auto", "--no-headers").stdout.split()
+    row = k8s.kubectl(
+        "get", "-n", watched_ns, "datarecorder", "auto", "--no-headers"
+    ).stdout.split()
     assert row[2:4] == ["3", str(RECORDS)]  # REPLICAS and LAG printer columns
 
     await _commit_end_offsets(stack.kafka_bootstrap, topic, PARTITIONS, group)
