@@ -196,6 +196,8 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for entry in _table(memo).values():
+            await entry.state.lag_reader.close()
         runner = memo.get("metrics")
         if isinstance(runner, web.AppRunner):
             await runner.cleanup()
@@ -213,7 +215,9 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     ) -> None:
         table = _table(memo)
         if event.get("type") == "DELETED":
-            table.pop(str(body["metadata"].get("uid")), None)
+            gone = table.pop(str(body["metadata"].get("uid")), None)
+            if gone is not None:
+                await gone.state.lag_reader.close()
             client = memo.get("kube")
             if isinstance(client, kube.KubeClient):
                 await delete_children(client, body["metadata"], logger)

@@ -62,6 +62,7 @@ class ObjectState:
     last_scale_time: str | None = None
     foreign: tuple[str, ...] = ()
     lag_failures: int = 0  # lag reads in a row that failed (KEDA's fallback counts them)
+    lag_reader: kafkalag.LagReader = dataclasses.field(default_factory=kafkalag.LagReader)
 
 
 def _now_iso() -> str:
@@ -192,7 +193,7 @@ async def poll_lag(
 ) -> None:
     try:
         access = await _kafka_access(client, spec)
-        offsets = await kafkalag.read_offsets(
+        offsets = await state.lag_reader.read(
             access, spec.kafka.group_id, spec.kafka.topics, within=config.kafka_timeout_seconds
         )
     except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
