@@ -289,8 +289,10 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         pod_spec["topologySpreadConstraints"] = [
             dict(c) for c in template.topology_spread_constraints
         ]
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
+    # Always set: the API server copies a Deployment's deprecated `serviceAccount` (which it
+    # filled in from serviceAccountName) back into an unset serviceAccountName, so dropping the
+    # field would leave the old account in place. Naming "default" removes it for real.
+    pod_spec["serviceAccountName"] = spec.service_account_name or "default"
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
     if spec.node_selector:

@@ -76,7 +76,10 @@ REMOVALS = [
     pytest.param(
         {"serviceAccountName": "recorder-sa"},
         {},
-        lambda t: t["spec"].get("serviceAccountName") in (None, "default"),
+        lambda t: (
+            t["spec"].get("serviceAccountName") == "default"
+            and t["spec"].get("serviceAccount") in (None, "default")
+        ),
         id="scalar-serviceAccountName",
     ),
 ]
