@@ -74,9 +74,16 @@ def test_printer_columns_show_status_fields(k8s: K8s, k8s_namespace: str) -> Non
         {
             "replicas": 3,
             "lag": {"timescaledb": 4242},
+            # Typed like metav1.Condition: reason, message and lastTransitionTime are required.
             "conditions": [
-                {"type": "Progressing", "status": "False"},
-                {"type": "Ready", "status": "True"},
+                {
+                    "type": t,
+                    "status": v,
+                    "reason": "Test",
+                    "message": "set by the test",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+                for t, v in (("Progressing", "False"), ("Ready", "True"))
             ],
         },
     )
@@ -84,9 +91,10 @@ def test_printer_columns_show_status_fields(k8s: K8s, k8s_namespace: str) -> Non
     assert lines[0].split() == ["NAME", "READY", "REPLICAS", "LAG", "AGE"]
     name, ready, replicas, lag, _age = lines[1].split()
     assert (name, ready, replicas, lag) == ("cols", "True", "3", "4242")
-    # The CRD puts itself in the "all" category, so `kubectl get all` lists it.
+    # Not in the "all" category: `kubectl delete all --all` must not take recorders with it.
     listed = k8s.kubectl("get", "-n", k8s_namespace, "all", "-o", "name").stdout.split()
-    assert "datarecorder.datarecorder.dev/cols" in listed
+    assert "datarecorder.datarecorder.dev/cols" not in listed
+    assert k8s.kubectl("get", "-n", k8s_namespace, "drec", "cols").returncode == 0
 
 
 def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(
