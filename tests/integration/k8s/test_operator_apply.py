@@ -94,7 +94,9 @@ def test_a_field_removed_from_the_spec_is_removed_from_the_deployment(
     k8s.apply(data_recorder(name, **before), ns)
     first = wait_for(lambda: _pod_spec(k8s, ns, name), timeout=60, what=f"Deployment {name}")
     assert not removed(first), "the field to remove is not there to begin with"
-    k8s.kubectl("replace", "-n", ns, "-f", "-", input=json.dumps(data_recorder(name, **after)))
+    # kubectl apply: its last-applied annotation makes it remove what `after` drops, and as a
+    # patch it cannot lose a race with the operator's own writes (a replace can: 409).
+    k8s.apply(data_recorder(name, **after), ns)
     wait_for(
         lambda: (t := _pod_spec(k8s, ns, name)) is not None and removed(t),
         timeout=60,
