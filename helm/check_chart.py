@@ -67,7 +67,9 @@ class Render:
     expected_kinds: frozenset[str]
 
 
-BASE_KINDS = frozenset({"CustomResourceDefinition", "ServiceAccount", "Deployment"})
+BASE_KINDS = frozenset(
+    {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Pod"}
+)  # Pod: the helm test hook
 RENDERS = (
     Render("default values", (), (), BASE_KINDS | {"ClusterRole", "ClusterRoleBinding"}),
     Render(
@@ -80,7 +82,7 @@ RENDERS = (
             "ClusterRole",
             "ClusterRoleBinding",
         }  # the cluster-scoped reads of a one-namespace install
-        | {"DataRecorder"},
+        | {"DataRecorder", "NetworkPolicy"},
     ),
 )
 

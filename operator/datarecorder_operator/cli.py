@@ -63,7 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = handlers.OperatorConfig(tick_seconds=args.tick, resync_seconds=args.resync)
+    config = handlers.OperatorConfig(
+        tick_seconds=args.tick, resync_seconds=args.resync, metrics_port=args.metrics_port
+    )
     registry = handlers.build_registry(config)
     namespaces: Sequence[str] = args.namespace or ()
     asyncio.run(
@@ -91,9 +93,12 @@ def parser() -> argparse.ArgumentParser:
     )
     run = sub.add_parser("run", help="run the operator (kopf, standalone)")
     run.add_argument("-n", "--namespace", action="append", help="watch only this namespace")
-    run.add_argument("--tick", type=float, default=5.0, help="timer period in seconds")
+    run.add_argument("--tick", type=float, default=5.0, help="resync loop period in seconds")
     run.add_argument("--resync", type=float, default=30.0, help="re-apply children every N s")
     run.add_argument("--liveness", default=None, help="kopf liveness endpoint URL")
+    run.add_argument(
+        "--metrics-port", type=int, default=0, help="serve the operator's /metrics here (0: off)"
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -1,9 +1,9 @@
 """Thin asynchronous Kubernetes API client for the operator's children (aiohttp, JSON).
 
 Owns URLs, authentication from kopf's `ConnectionInfo`, and HTTP error mapping; no decisions.
-Writes are JSON merge patches: they replace lists wholesale, which is what restoring a
-rendered child needs, and they work on every API server (also on emulators without
-strategic merge or server-side apply).
+Children are written by server-side apply under the field manager `datarecorder-operator`
+(forced: the operator's fields are the operator's), so a field the operator stops sending is
+removed; other writes (replicas, status) are JSON merge patches.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from typing import Any
 import aiohttp
 import kopf
 
+from datarecorder_operator import metrics
+
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
+FIELD_MANAGER = "datarecorder-operator"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +54,7 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ResourceType(
         "monitoring.coreos.com", "v1", "servicemonitors"
     ),
+    ("v1", "Event"): ResourceType("", "v1", "events"),
     ("datarecorder.dev/v1alpha1", "DataRecorder"): ResourceType(
         "datarecorder.dev", "v1alpha1", "datarecorders"
     ),
@@ -112,6 +117,7 @@ class KubeClient:
     ) -> dict[str, Any] | None:
         """One request; returns the decoded JSON, or None for 404."""
         session, server = self._ensure()
+        metrics.API_REQUESTS.labels(method).inc()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
         async with session.request(
@@ -159,6 +165,56 @@ class KubeClient:
         if subresource:
             path = f"{path}/{subresource}"
         return await self._request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of a whole child (creates it when absent)."""
+        res = resource_of(manifest["apiVersion"], manifest["kind"])
+        meta = manifest["metadata"]
+        path = res.path(meta.get("namespace"), meta["name"])
+        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        result = await self._request(
+            "PATCH", path, body=manifest, content_type=APPLY_PATCH, params=params
+        )
+        if result is None:
+            # A real API server creates on apply; a 404 means an emulator without server-side
+            # apply (the tests' kmock), or a namespace that is gone (create says so).
+            try:
+                result = await self.create(manifest)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                result = await self._request(  # created meanwhile: apply over it
+                    "PATCH", path, body=manifest, content_type=APPLY_PATCH, params=params
+                )
+        if result is None:
+            raise KubeError(404, "NotFound", f"{res.api_version} {res.plural} {meta['name']}")
+        return result
+
+    async def post_event(
+        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *, now: str
+    ) -> None:
+        """A core/v1 Event about `obj` (what `kubectl describe` shows)."""
+        meta = obj["metadata"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.create(event)
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Delete in the background (dependents go by garbage collection); False if absent."""

@@ -79,3 +79,13 @@ def desired_replicas(
     upper = max_replicas if report.partitions == 0 else min(max_replicas, report.partitions)
     lower = min(min_replicas, upper)
     return max(lower, min(upper, wanted))
+
+
+def with_activation(
+    wanted: int, report: LagReport, *, activation_lag: int, idle_replicas: int | None
+) -> int:
+    """KEDA's activation: with `idle_replicas` set, run that many (0: none) while the total lag
+    is at most `activation_lag`; above it, `wanted` as computed."""
+    if idle_replicas is not None and report.total <= activation_lag:
+        return idle_replicas
+    return wanted

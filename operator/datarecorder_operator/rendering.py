@@ -12,16 +12,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from datarecorder_operator import quantity
-from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec
+from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec, SecretKey
 
 Manifest = dict[str, Any]
 
 METRIC_NAME = "datarecorder_lag_records"
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/datarecorder/kafka-tls"
+CLIENT_TLS_MOUNT = "/etc/datarecorder/kafka-client-tls"
+DB_CA_MOUNT = "/etc/datarecorder/db-ca"
 CONFIG_HASH_ANNOTATION = "datarecorder.dev/config-hash"
 MANAGED_BY = "datarecorder-operator"
 RUN_AS = 10001
+# startupProbe: 5 s x 60 = 5 minutes for a cold start before liveness takes over.
+STARTUP_FAILURE_THRESHOLD = 60
+SHUTDOWN_MARGIN_SECONDS = 15
 
 
 def configmap_name(spec: RecorderSpec) -> str:
@@ -29,8 +34,16 @@ def configmap_name(spec: RecorderSpec) -> str:
 
 
 def selector_labels(spec: RecorderSpec) -> dict[str, str]:
-    """The labels the Deployment, Service, PDB and ServiceMonitor select pods by."""
-    return {"app.kubernetes.io/name": "datarecorder", "app.kubernetes.io/instance": spec.name}
+    """The labels the Deployment, Service, PDB and ServiceMonitor select pods by.
+
+    The component keeps a DataRecorder named like the Helm release (both `datarecorder` by
+    default) from selecting the operator's own pod, whose component is `operator`.
+    """
+    return {
+        "app.kubernetes.io/name": "datarecorder",
+        "app.kubernetes.io/instance": spec.name,
+        "app.kubernetes.io/component": "recorder",
+    }
 
 
 def selector_string(spec: RecorderSpec) -> str:
@@ -41,7 +54,6 @@ def selector_string(spec: RecorderSpec) -> str:
 def common_labels(spec: RecorderSpec) -> dict[str, str]:
     return {
         **selector_labels(spec),
-        "app.kubernetes.io/component": "recorder",
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
 
@@ -62,21 +74,30 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
         "TIMESCALEDB_USER": spec.timescaledb.user,
         "TIMESCALEDB_DB": spec.timescaledb.database,
         "DB_WRITE_WORKERS": str(spec.timescaledb.write_workers),
+        "DB_WRITE_ENABLED": "true" if spec.timescaledb.write_enabled else "false",
+        "TIMESCALEDB_SSLMODE": spec.timescaledb.ssl_mode,
+        "KAFKA_AUTO_OFFSET_RESET": spec.autoscaling.offset_reset_policy,
         "S3_WRITE_ENABLED": "true" if spec.s3.enabled else "false",
         "BATCH_SIZE": str(spec.batching.batch_size),
         "BATCH_TIMEOUT_MS": str(spec.batching.batch_timeout_ms),
         "MAX_BUFFER_SIZE": str(spec.batching.max_buffer_size),
         "NUM_CONSUMERS": str(spec.batching.num_consumers),
         "HTTP_PORT": str(HTTP_PORT),
+        "SHUTDOWN_TIMEOUT_SEC": str(spec.shutdown_timeout_seconds),
         "LOG_LEVEL": spec.log_level,
     }
     if spec.kafka.sasl is not None:
         data["KAFKA_SASL_MECHANISM"] = spec.kafka.sasl.mechanism
-    if spec.kafka.tls is not None:
-        data["KAFKA_SSL_CA_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.ca_key}"
-        if spec.kafka.tls.cert_key and spec.kafka.tls.key_key:
-            data["KAFKA_SSL_CERT_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.cert_key}"
-            data["KAFKA_SSL_KEY_FILE"] = f"{TLS_MOUNT}/{spec.kafka.tls.key_key}"
+    tls = spec.kafka.tls
+    if tls is not None:
+        data["KAFKA_SSL_CA_FILE"] = f"{TLS_MOUNT}/{tls.ca.key}"
+        if tls.cert is not None and tls.key is not None:
+            mount = tls_mounts(spec)[tls.cert.name]
+            data["KAFKA_SSL_CERT_FILE"] = f"{mount}/{tls.cert.key}"
+            data["KAFKA_SSL_KEY_FILE"] = f"{mount}/{tls.key.key}"
+    if spec.timescaledb.ca is not None:
+        # asyncpg reads libpq's variable for the CA of verify-ca / verify-full.
+        data["PGSSLROOTCERT"] = f"{DB_CA_MOUNT}/{spec.timescaledb.ca.key}"
     if spec.s3.enabled:
         data.update(
             {
@@ -94,6 +115,18 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
     return data
 
 
+def tls_mounts(spec: RecorderSpec) -> dict[str, str]:
+    """Where each Kafka TLS Secret is mounted: the CA's at TLS_MOUNT, a client certificate
+    kept in another Secret (Strimzi's KafkaUser) at CLIENT_TLS_MOUNT."""
+    tls = spec.kafka.tls
+    if tls is None:
+        return {}
+    mounts = {tls.ca.name: TLS_MOUNT}
+    if tls.cert is not None and tls.cert.name not in mounts:
+        mounts[tls.cert.name] = CLIENT_TLS_MOUNT
+    return mounts
+
+
 def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
     """Environment variables that come from Secrets (never copied into the ConfigMap)."""
     refs: list[tuple[str, str, str]] = [
@@ -108,11 +141,15 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
                 spec.s3.secret_access_key.key,
             )
         )
+    literal: list[dict[str, Any]] = []
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
-        refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
+        if isinstance(sasl.username, SecretKey):
+            refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
+        else:  # a user name is no secret (Strimzi's is the KafkaUser's metadata.name)
+            literal.append({"name": "KAFKA_SASL_USERNAME", "value": sasl.username})
         refs.append(("KAFKA_SASL_PASSWORD", sasl.password.name, sasl.password.key))
-    return [
+    return literal + [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for env, secret, key in refs
     ]
@@ -127,7 +164,8 @@ def config_hash(spec: RecorderSpec) -> str:
     payload = {
         "config": config_data(spec),
         "secrets": secret_env(spec),
-        "tls": spec.kafka.tls.secret_name if spec.kafka.tls else None,
+        "tls": sorted(tls_mounts(spec).items()),
+        "db_ca": spec.timescaledb.ca.name if spec.timescaledb.ca else None,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -149,33 +187,26 @@ def initial_replicas(spec: RecorderSpec) -> int:
     return spec.replicas
 
 
-def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
-    """The recorder Deployment; `replicas=None` leaves the field to an autoscaler."""
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if spec.kafka.tls is not None:
-        volumes.append(
-            {
-                "name": "kafka-tls",
-                "secret": {"secretName": spec.kafka.tls.secret_name, "defaultMode": 0o440},
-            }
-        )
-        mounts.append({"name": "kafka-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+def probes() -> dict[str, Any]:
+    """The recorder container's probes; what each endpoint means is in recorder/http.py.
 
-    container: dict[str, Any] = {
-        "name": "recorder",
-        "image": spec.image,
-        "imagePullPolicy": spec.image_pull_policy,
-        "command": ["datarecorder", "run"],
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "envFrom": [{"configMapRef": {"name": configmap_name(spec)}}],
-        "env": secret_env(spec),
-        "resources": {kind: dict(values) for kind, values in spec.resources.items()},
-        "livenessProbe": {
-            "httpGet": {"path": "/health", "port": "http"},
-            "initialDelaySeconds": 10,
-            "periodSeconds": 10,
+    Liveness is /live (the event loop answers), never a store: a restart during a database
+    outage would stop the S3 path too and rebalance the group. The startupProbe holds the
+    liveness probe off until the HTTP server listens (imports, settings); migrations and the
+    wait for Kafka then run with /live answering and /ready at 503, so no probe has to guess
+    how long they take.
+    """
+    return {
+        "startupProbe": {
+            "httpGet": {"path": "/live", "port": "http"},
+            "periodSeconds": 5,
             "timeoutSeconds": 3,
+            "failureThreshold": STARTUP_FAILURE_THRESHOLD,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "readinessProbe": {
@@ -184,7 +215,48 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
             "timeoutSeconds": 3,
             "failureThreshold": 3,
         },
-        "securityContext": {
+    }
+
+
+def termination_grace_seconds(spec: RecorderSpec) -> int:
+    """The kubelet's SIGKILL deadline: the recorder's own flush deadline plus room to leave
+    the consumer group and close its clients (a kill before that loses no data, but it
+    replays the unflushed buffers and delays the next owner's rebalance)."""
+    return spec.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
+
+
+def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
+    """The recorder Deployment; `replicas=None` leaves the field to an autoscaler."""
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    for secret, path in tls_mounts(spec).items():
+        volume = "kafka-tls" if path == TLS_MOUNT else "kafka-client-tls"
+        volumes.append({"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    if spec.timescaledb.ca is not None:
+        ca = spec.timescaledb.ca
+        volumes.append({"name": "db-ca", "secret": {"secretName": ca.name, "defaultMode": 0o440}})
+        mounts.append({"name": "db-ca", "mountPath": DB_CA_MOUNT, "readOnly": True})
+    template = spec.pod
+    volumes += [dict(v) for v in template.volumes]
+    mounts += [dict(m) for m in template.volume_mounts]
+
+    container: dict[str, Any] = {
+        "name": "recorder",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["datarecorder", "run"],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "envFrom": [
+            {"configMapRef": {"name": configmap_name(spec)}},
+            *(dict(e) for e in template.env_from),
+        ],
+        "env": secret_env(spec) + [dict(e) for e in template.env],
+        "resources": {kind: dict(values) for kind, values in spec.resources.items()},
+        **probes(),
+        "securityContext": dict(template.container_security_context)
+        if template.container_security_context is not None
+        else {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
             "runAsGroup": RUN_AS,
@@ -197,18 +269,30 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
-        # Long enough for the sinks to flush their buffers on SIGTERM.
-        "terminationGracePeriodSeconds": 60,
-        "securityContext": {
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
+        "securityContext": dict(template.pod_security_context)
+        if template.pod_security_context is not None
+        else {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
             "runAsGroup": RUN_AS,
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        # Recorders never call the Kubernetes API: no token unless asked (IRSA, workload
+        # identity).
+        "automountServiceAccountToken": template.automount_service_account_token,
     }
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
+    if template.affinity is not None:
+        pod_spec["affinity"] = dict(template.affinity)
+    if template.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = [
+            dict(c) for c in template.topology_spread_constraints
+        ]
+    # Always set: the API server copies a Deployment's deprecated `serviceAccount` (which it
+    # filled in from serviceAccountName) back into an unset serviceAccountName, so dropping the
+    # field would leave the old account in place. Naming "default" removes it for real.
+    pod_spec["serviceAccountName"] = spec.service_account_name or "default"
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
     if spec.node_selector:
@@ -258,14 +342,41 @@ def render_service(spec: RecorderSpec) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(spec),
+            # The Service exists for scraping /metrics: a recorder that is unready because a
+            # store is down is exactly the one whose metrics matter.
+            "publishNotReadyAddresses": True,
             "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
 
-def render_hpa(spec: RecorderSpec) -> Manifest:
+def hpa_max_replicas(spec: RecorderSpec, partitions: int | None) -> int:
+    """maxReplicas, capped where the partition count is known: a pod beyond partitions ÷
+    consumers per pod would hold no partition and only add rebalances."""
+    auto = spec.autoscaling
+    if partitions is None:
+        return auto.max_replicas
+    useful = max(1, partitions // spec.batching.num_consumers)
+    return max(auto.min_replicas, min(auto.max_replicas, useful))
+
+
+def render_hpa(spec: RecorderSpec, partitions: int | None = None) -> Manifest:
     """An autoscaling/v2 HPA on the per-pod lag gauge (needs a Pods-metrics adapter)."""
     auto = spec.autoscaling
+    behavior = (
+        dict(auto.behavior)
+        if auto.behavior is not None
+        else {
+            "scaleDown": {
+                "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds,
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+            },
+            "scaleUp": {
+                "stabilizationWindowSeconds": 0,
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}],
+            },
+        }
+    )
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -273,7 +384,7 @@ def render_hpa(spec: RecorderSpec) -> Manifest:
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
             "minReplicas": auto.min_replicas,
-            "maxReplicas": auto.max_replicas,
+            "maxReplicas": hpa_max_replicas(spec, partitions),
             "metrics": [
                 {
                     "type": "Pods",
@@ -289,16 +400,7 @@ def render_hpa(spec: RecorderSpec) -> Manifest:
                     },
                 }
             ],
-            "behavior": {
-                "scaleDown": {
-                    "stabilizationWindowSeconds": auto.scale_down_stabilization_seconds,
-                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-                },
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 0,
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 30}],
-                },
-            },
+            "behavior": behavior,
         },
     }
 
@@ -336,11 +438,13 @@ def render_children(
     *,
     service_monitor_available: bool = True,
     current_replicas: int | None = None,
+    partitions: int | None = None,
 ) -> list[Manifest]:
     """Every child the resource should have, in apply order (config before its consumers).
 
     `current_replicas` is the Deployment's replica count when an autoscaler owns it; the
-    rendering then keeps it (a fresh Deployment starts at minReplicas).
+    rendering then keeps it (a fresh Deployment starts at minReplicas). `partitions`, when the
+    operator has read it from Kafka, caps the HPA's maxReplicas.
     """
     if spec.autoscaling.enabled:
         replicas = current_replicas if current_replicas is not None else initial_replicas(spec)
@@ -348,7 +452,7 @@ def render_children(
         replicas = spec.replicas
     children = [render_configmap(spec), render_deployment(spec, replicas), render_service(spec)]
     if spec.hpa_scaled:
-        children.append(render_hpa(spec))
+        children.append(render_hpa(spec, partitions))
     if spec.pdb.enabled:
         children.append(render_pdb(spec))
     if spec.monitoring.service_monitor and service_monitor_available:
@@ -422,39 +526,57 @@ def is_subset(
     return bool(desired == actual)
 
 
-# Optional pod fields the operator owns: when the spec drops one, the patch must remove it
-# (a merge patch that simply omits a key leaves the old value in place).
-OWNED_OPTIONAL_POD_FIELDS = ("nodeSelector", "tolerations", "imagePullSecrets", "priorityClassName")
+# On every child: a digest of what the operator last applied to it. Server-side apply removes a
+# field the operator applied before and no longer sends; the digest is how a pass notices that
+# the rendering changed even when everything it still renders is already in place.
+APPLIED_ANNOTATION = "datarecorder.dev/applied-digest"
 
 
-def drift_patch(desired: Manifest, actual: Mapping[str, Any]) -> Manifest | None:
-    """The merge patch that brings `actual` back to `desired`, or None if nothing drifted.
+def applied_digest(manifest: Manifest) -> str:
+    """A digest of a rendered child, without `spec.replicas` (an autoscaler's to move)."""
+    body = copy.deepcopy(manifest)
+    (body.get("spec") or {}).pop("replicas", None)
+    annotations = body["metadata"].pop("annotations", None) or {}
+    annotations.pop(APPLIED_ANNOTATION, None)
+    if annotations:
+        body["metadata"]["annotations"] = annotations
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
-    Pure: compares the rendered child with the one read from the API server. Fields added by
-    the server (defaults, status) or by other actors (extra labels, annotations) are left
-    alone; quantities compare by value (the server rewrites them canonically); owned maps and optional pod fields that the spec no longer sets are removed.
+
+def stamped(manifest: Manifest) -> Manifest:
+    """The child as the operator applies it: the rendering plus its digest annotation."""
+    out = copy.deepcopy(manifest)
+    meta = out["metadata"]
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        APPLIED_ANNOTATION: applied_digest(manifest),
+    }
+    return out
+
+
+def needs_apply(desired: Manifest, actual: Mapping[str, Any] | None) -> bool:
+    """Whether the stamped child `desired` must be applied over `actual` (None: absent).
+
+    Pure. Applied when the object is missing, when a field the operator sets differs (an edit
+    by hand, a spec change), or when the digest differs (the rendering dropped a field: the
+    apply removes it). Fields only the server or other actors set are left alone; quantities
+    compare by value (the server rewrites them canonically).
     """
-    patch: Manifest = copy.deepcopy(
-        {k: v for k, v in desired.items() if k not in ("apiVersion", "kind", "metadata")}
-    )
-    patch["metadata"] = copy.deepcopy(
-        {k: v for k, v in desired["metadata"].items() if k not in ("name", "namespace")}
-    )
-    drifted = not is_subset(patch, actual, QUANTITY_PATHS.get(desired.get("kind", ""), ()))
+    if actual is None:
+        return True
+    if stale_config_keys(desired, actual):
+        return True
+    body = {k: v for k, v in desired.items() if k not in ("apiVersion", "kind")}
+    return not is_subset(body, actual, QUANTITY_PATHS.get(desired.get("kind", ""), ()))
 
-    if desired.get("kind") == "ConfigMap":
-        stale = set(actual.get("data") or {}) - set(desired.get("data") or {})
-        if stale:
-            drifted = True
-            patch["data"] = {**patch.get("data", {}), **{k: None for k in sorted(stale)}}
 
-    if desired.get("kind") == "Deployment":
-        want_pod = desired["spec"]["template"]["spec"]
-        have_pod = ((actual.get("spec") or {}).get("template") or {}).get("spec") or {}
-        removed = [f for f in OWNED_OPTIONAL_POD_FIELDS if f not in want_pod and f in have_pod]
-        if removed:
-            drifted = True
-            pod_patch = patch["spec"]["template"]["spec"] = dict(want_pod)
-            for field in removed:
-                pod_patch[field] = None
-    return patch if drifted else None
+def stale_config_keys(desired: Manifest, actual: Mapping[str, Any]) -> list[str]:
+    """Keys of the recorder's ConfigMap that the rendering does not have.
+
+    The whole map is the operator's: every key becomes the recorder's environment, so a key
+    added by hand (which server-side apply would keep, as another manager's) is removed too.
+    """
+    if desired.get("kind") != "ConfigMap":
+        return []
+    return sorted(set(actual.get("data") or {}) - set(desired.get("data") or {}))

@@ -23,9 +23,12 @@ class Stabilizer:
     a restarted operator also waits a full window before it removes a pod.
     """
 
-    def __init__(self, window_seconds: float) -> None:
+    def __init__(self, window_seconds: float, step: int | None = None) -> None:
         self.window_seconds = window_seconds
+        # At most `step` pods fewer per window (the HPA's `Pods` policy); None: no limit.
+        self.step = step
         self._history: deque[tuple[float, int]] = deque()
+        self._last_down: float | None = None
 
     def decide(self, now: float, recommended: int, current: int) -> ScaleDecision:
         if not self._history:
@@ -39,4 +42,9 @@ class Stabilizer:
         replicas = min(current, max(recommended, highest))
         if replicas == current:
             return ScaleDecision(current, f"scale down to {recommended} held by the window")
+        if self.step is not None:
+            if self._last_down is not None and now - self._last_down < self.window_seconds:
+                return ScaleDecision(current, f"scale down to {recommended}: next step later")
+            replicas = max(replicas, current - self.step)
+        self._last_down = now
         return ScaleDecision(replicas, "scale down")

@@ -45,16 +45,22 @@ class SecretKey:
 
 @dataclasses.dataclass(frozen=True)
 class KafkaTLS:
-    secret_name: str
-    ca_key: str
-    cert_key: str | None
-    key_key: str | None
+    """The CA to trust and an optional client certificate, each from its own Secret (as
+    Strimzi keeps `<cluster>-cluster-ca-cert` apart from a `KafkaUser`'s Secret)."""
+
+    ca: SecretKey
+    cert: SecretKey | None  # the client certificate and key live in one Secret
+    key: SecretKey | None
+
+    @property
+    def secret_name(self) -> str:
+        return self.ca.name
 
 
 @dataclasses.dataclass(frozen=True)
 class KafkaSASL:
     mechanism: str
-    username: SecretKey
+    username: SecretKey | str  # a Secret key, or the literal name (a Strimzi KafkaUser's)
     password: SecretKey
 
 
@@ -76,6 +82,9 @@ class TimescaleSpec:
     user: str
     password: SecretKey
     write_workers: int
+    write_enabled: bool = True
+    ssl_mode: str = "prefer"
+    ca: SecretKey | None = None  # the CA of the server's certificate (verify-ca / verify-full)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +111,14 @@ class BatchingSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fallback:
+    """KEDA's fallback: replicas to run once `failure_threshold` lag reads in a row failed."""
+
+    failure_threshold: int
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AutoscalingSpec:
     enabled: bool
     mode: ScalingMode
@@ -112,6 +129,11 @@ class AutoscalingSpec:
     poll_interval_seconds: int
     limit_to_partitions_with_lag: bool
     offset_reset_policy: Literal["earliest", "latest"]
+    fallback: Fallback | None = None
+    behavior: Mapping[str, Any] | None = None  # the HPA's behavior as given (mode hpa)
+    activation_lag_threshold: int = 0
+    idle_replicas: int | None = None  # KEDA's idleReplicaCount (0: scale to zero when idle)
+    scale_down_step: int | None = None  # pods fewer per stabilization window at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +150,21 @@ class PDBSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class PodTemplate:
+    """What the recorder pods take from the spec as it is (Strimzi's `template`, flat)."""
+
+    affinity: Mapping[str, Any] | None = None
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    env_from: tuple[Mapping[str, Any], ...] = ()
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+    automount_service_account_token: bool = False
+    pod_security_context: Mapping[str, Any] | None = None  # None: the operator's default
+    container_security_context: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class RecorderSpec:
     """Everything the renderers need, defaults applied, validated."""
 
@@ -138,6 +175,7 @@ class RecorderSpec:
     image_pull_secrets: tuple[str, ...]
     replicas: int
     log_level: str
+    shutdown_timeout_seconds: int
     service_account_name: str | None
     pod_annotations: Mapping[str, str]
     pod_labels: Mapping[str, str]
@@ -152,6 +190,8 @@ class RecorderSpec:
     autoscaling: AutoscalingSpec
     monitoring: MonitoringSpec
     pdb: PDBSpec
+    pod: PodTemplate = dataclasses.field(default_factory=lambda: PodTemplate())
+    paused: bool = False  # annotation datarecorder.dev/paused: "true"
 
     @property
     def operator_scaled(self) -> bool:
@@ -266,6 +306,131 @@ def _secret_key(raw: _Reader, name_field: str, key_field: str, default_key: str)
     return SecretKey(name=raw.text(name_field), key=raw.text(key_field, default_key))
 
 
+def _parse_sasl(kafka_raw: _Reader, protocol: str) -> KafkaSASL | None:
+    """SASL credentials: the password always from a Secret; the username from the same Secret
+    (`usernameKey`) or literal (`username`: a Strimzi KafkaUser's Secret has no username key)."""
+    if not protocol.startswith("SASL_"):
+        return None
+    if not kafka_raw.has("sasl"):
+        raise SpecError(f"spec.kafka.sasl is required when securityProtocol is {protocol}")
+    raw = kafka_raw.sub("sasl")
+    secret = raw.text("secretName")
+    literal = raw.opt_text("username")
+    # The CRD defaults usernameKey, so a literal username simply wins over it.
+    return KafkaSASL(
+        mechanism=raw.text(
+            "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        ),
+        username=literal
+        if literal is not None
+        else SecretKey(secret, raw.text("usernameKey", "username")),
+        password=SecretKey(secret, raw.text("passwordKey", "password")),
+    )
+
+
+def _parse_tls(raw: _Reader) -> KafkaTLS:
+    """Either one Secret (`secretName` + `caKey`/`certKey`/`keyKey`) or Strimzi's shape:
+    `trustedCertificates: [{secretName, certificate}]` and `certificateAndKey: {secretName,
+    certificate, key}`, each naming its own Secret."""
+    strimzi = raw.has("trustedCertificates") or raw.has("certificateAndKey")
+    if strimzi and (raw.has("secretName") or raw.has("certKey") or raw.has("keyKey")):
+        raise SpecError(
+            "spec.kafka.tls: use either secretName/caKey/certKey/keyKey or "
+            "trustedCertificates/certificateAndKey, not both"
+        )
+    if not strimzi:
+        cert_key, key_key = raw.opt_text("certKey"), raw.opt_text("keyKey")
+        if (cert_key is None) != (key_key is None):
+            raise SpecError("spec.kafka.tls.certKey and spec.kafka.tls.keyKey must be set together")
+        secret = raw.text("secretName")
+        return KafkaTLS(
+            ca=SecretKey(secret, raw.text("caKey", "ca.crt")),
+            cert=SecretKey(secret, cert_key) if cert_key else None,
+            key=SecretKey(secret, key_key) if key_key else None,
+        )
+    trusted = raw.data.get("trustedCertificates")
+    if not isinstance(trusted, list) or len(trusted) != 1:
+        raise SpecError(
+            "spec.kafka.tls.trustedCertificates must hold exactly one {secretName, certificate} "
+            "(the recorder trusts one CA file)"
+        )
+    ca_raw = _Reader(trusted[0], "spec.kafka.tls.trustedCertificates[0]")
+    ca = SecretKey(ca_raw.text("secretName"), ca_raw.text("certificate", "ca.crt"))
+    if not raw.has("certificateAndKey"):
+        return KafkaTLS(ca=ca, cert=None, key=None)
+    pair = raw.sub("certificateAndKey")
+    secret = pair.text("secretName")
+    return KafkaTLS(
+        ca=ca,
+        cert=SecretKey(secret, pair.text("certificate", "user.crt")),
+        key=SecretKey(secret, pair.text("key", "user.key")),
+    )
+
+
+def _parse_fallback(auto_raw: _Reader) -> Fallback | None:
+    if not auto_raw.has("fallback"):
+        return None
+    raw = auto_raw.sub("fallback")
+    if not raw.has("replicas"):
+        raise SpecError("spec.autoscaling.fallback.replicas is required")
+    return Fallback(
+        failure_threshold=raw.integer("failureThreshold", 3, 1, 100),
+        replicas=raw.integer("replicas", 1, 0, 1000),
+    )
+
+
+def _objects(root: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
+    value = root.data.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise SpecError(f"{root.path}.{key} must be a list of objects")
+    return tuple(dict(v) for v in value)
+
+
+def _object(root: _Reader, key: str) -> Mapping[str, Any] | None:
+    value = root.data.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise SpecError(f"{root.path}.{key} must be an object")
+    return None if value is None else dict(value)
+
+
+# Names the operator gives its own env entries and volumes: an extra one of the same name would
+# silently shadow (or be shadowed by) the operator's.
+RESERVED_ENV = frozenset(
+    {"TIMESCALEDB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAFKA_SASL_USERNAME",
+     "KAFKA_SASL_PASSWORD", "PGSSLROOTCERT"}
+)  # fmt: skip
+RESERVED_VOLUMES = frozenset({"tmp", "kafka-tls", "kafka-client-tls", "db-ca"})
+
+
+def _parse_pod_template(root: _Reader) -> PodTemplate:
+    template = PodTemplate(
+        affinity=_object(root, "affinity"),
+        topology_spread_constraints=_objects(root, "topologySpreadConstraints"),
+        env=_objects(root, "env"),
+        env_from=_objects(root, "envFrom"),
+        volumes=_objects(root, "volumes"),
+        volume_mounts=_objects(root, "volumeMounts"),
+        automount_service_account_token=root.flag("automountServiceAccountToken", False),
+        pod_security_context=_object(root, "podSecurityContext"),
+        container_security_context=_object(root, "containerSecurityContext"),
+    )
+    for i, entry in enumerate(template.env):
+        if entry.get("name") in RESERVED_ENV:
+            raise SpecError(f"spec.env[{i}].name {entry.get('name')!r} is set by the operator")
+    for i, volume in enumerate(template.volumes):
+        if volume.get("name") in RESERVED_VOLUMES:
+            raise SpecError(f"spec.volumes[{i}].name {volume.get('name')!r} is the operator's")
+    return template
+
+
+PAUSED_ANNOTATION = "datarecorder.dev/paused"
+
+
+def is_paused(annotations: Mapping[str, str] | None) -> bool:
+    """Strimzi's convention: reconciliation stops while the annotation is "true"."""
+    return (annotations or {}).get(PAUSED_ANNOTATION, "").strip().lower() == "true"
+
+
 def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
     """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
 
@@ -287,30 +452,12 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
     protocol = kafka_raw.text(
         "securityProtocol", "PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
     )
-    sasl: KafkaSASL | None = None
-    if protocol.startswith("SASL_"):
-        if not kafka_raw.has("sasl"):
-            raise SpecError(f"spec.kafka.sasl is required when securityProtocol is {protocol}")
-        sasl_raw = kafka_raw.sub("sasl")
-        secret = sasl_raw.text("secretName")
-        sasl = KafkaSASL(
-            mechanism=sasl_raw.text(
-                "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-            ),
-            username=SecretKey(secret, sasl_raw.text("usernameKey", "username")),
-            password=SecretKey(secret, sasl_raw.text("passwordKey", "password")),
-        )
+    sasl = _parse_sasl(kafka_raw, protocol)
     tls: KafkaTLS | None = None
     if kafka_raw.has("tls"):
         if protocol not in ("SSL", "SASL_SSL"):
             raise SpecError("spec.kafka.tls is only used with securityProtocol SSL or SASL_SSL")
-        tls_raw = kafka_raw.sub("tls")
-        cert_key, key_key = tls_raw.opt_text("certKey"), tls_raw.opt_text("keyKey")
-        if (cert_key is None) != (key_key is None):
-            raise SpecError("spec.kafka.tls.certKey and spec.kafka.tls.keyKey must be set together")
-        tls = KafkaTLS(
-            tls_raw.text("secretName"), tls_raw.text("caKey", "ca.crt"), cert_key, key_key
-        )
+        tls = _parse_tls(kafka_raw.sub("tls"))
     kafka = KafkaSpec(
         brokers=kafka_raw.text_list("brokers"),
         topics=kafka_raw.text_list("topics", ["market.tick", "market.orderbook"]),
@@ -328,10 +475,19 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
     timescaledb = TimescaleSpec(
         host=db_raw.text("host"),
         port=db_raw.integer("port", 5432, 1, 65535),
-        database=db_raw.text("database", "market_data"),
+        database=db_raw.text("database", "marketdata"),  # the recorder's TIMESCALEDB_DB default
         user=db_raw.text("user", "recorder"),
         password=_secret_key(db_raw.sub("passwordSecret"), "name", "key", "password"),
         write_workers=db_raw.integer("writeWorkers", 4, 1, 64),
+        write_enabled=db_raw.flag("writeEnabled", True),
+        ssl_mode=db_raw.text(
+            "sslMode",
+            "prefer",
+            choices=("disable", "prefer", "require", "verify-ca", "verify-full"),
+        ),
+        ca=_secret_key(db_raw.sub("caSecret"), "name", "key", "ca.crt")
+        if db_raw.has("caSecret")
+        else None,
     )
 
     s3_raw = root.sub("s3")
@@ -386,6 +542,15 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         offset_reset_policy=auto_raw.text(  # type: ignore[arg-type]
             "offsetResetPolicy", "earliest", choices=("earliest", "latest")
         ),
+        fallback=_parse_fallback(auto_raw),
+        behavior=_object(auto_raw, "behavior"),
+        activation_lag_threshold=auto_raw.integer("activationLagThreshold", 0, 0, 1_000_000_000),
+        idle_replicas=auto_raw.integer("idleReplicas", 0, 0, 0)
+        if auto_raw.has("idleReplicas")
+        else None,
+        scale_down_step=auto_raw.integer("scaleDownStep", 1, 1, 1000)
+        if auto_raw.has("scaleDownStep")
+        else None,
     )
     if autoscaling.enabled and autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(
@@ -427,6 +592,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         image_pull_secrets=tuple(s["name"] for s in pull_secrets),
         replicas=root.integer("replicas", 1, 0, 1000),
         log_level=root.text("logLevel", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        shutdown_timeout_seconds=root.integer("shutdownTimeoutSeconds", 30, 1, 3600),
         service_account_name=root.opt_text("serviceAccountName"),
         pod_annotations=root.text_map("podAnnotations"),
         pod_labels=root.text_map("podLabels"),
@@ -441,4 +607,5 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         autoscaling=autoscaling,
         monitoring=monitoring,
         pdb=pdb,
+        pod=_parse_pod_template(root),
     )

@@ -12,6 +12,17 @@ from typing import Any
 from datarecorder_operator.lag import LagReport
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+NOT_OWNED = "ChildNotOwned"
+LAG_AVAILABLE, LAG_UNAVAILABLE = "LagAvailable", "LagUnavailable"
+PAUSED = "ReconciliationPaused"
+
+
+def foreign_message(foreign: Sequence[str]) -> str:
+    """Why the operator leaves objects alone (also the text of its Warning event)."""
+    return (
+        f"{', '.join(foreign)} already exist(s) and is not owned by this DataRecorder: left "
+        "alone; delete or rename it, or rename the DataRecorder"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +39,9 @@ class Observation:
     lag_time: str | None = None
     lag_error: str | None = None
     last_scale_time: str | None = None
+    foreign: tuple[str, ...] = ()  # children's names taken by objects this resource does not own
+    lag_available: bool | None = None  # None: lag is not read for this resource
+    paused: bool = False  # annotation datarecorder.dev/paused: nothing reconciled meanwhile
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -71,13 +85,35 @@ def _deployment_failure(deployment: Mapping[str, Any]) -> str | None:
 
 
 def conditions_for(obs: Observation) -> list[dict[str, Any]]:
-    """Ready / Progressing / Degraded for one observation, without transition times."""
+    """Ready / Progressing / Degraded (and LagAvailable where lag is read), without times."""
+    if obs.paused:
+        message = (
+            "annotation datarecorder.dev/paused is true: children and replicas are left as they are"
+        )
+        return [_condition(PAUSED, True, "Paused", message)]
+    conditions = _main_conditions(obs)
+    if obs.lag_available is not None and obs.error is None:
+        if obs.lag_available:
+            conditions.append(_condition(LAG_AVAILABLE, True, "LagRead", "lag read from Kafka"))
+        else:
+            message = obs.lag_error or "the lag cannot be read from Kafka"
+            conditions.append(_condition(LAG_AVAILABLE, False, "LagReadFailed", message))
+    return conditions
+
+
+def _main_conditions(obs: Observation) -> list[dict[str, Any]]:
     if obs.error is not None:
         reason = obs.error_reason or "ReconcileFailed"
         return [
             _condition(READY, False, reason, obs.error),
             _condition(PROGRESSING, False, reason, "reconciliation is blocked"),
             _condition(DEGRADED, True, reason, obs.error),
+        ]
+    if obs.deployment is None and obs.foreign:
+        return [
+            _condition(READY, False, NOT_OWNED, foreign_message(obs.foreign)),
+            _condition(PROGRESSING, False, NOT_OWNED, "reconciliation is blocked"),
+            _condition(DEGRADED, True, NOT_OWNED, foreign_message(obs.foreign)),
         ]
     if obs.deployment is None:
         return [
@@ -87,6 +123,14 @@ def conditions_for(obs: Observation) -> list[dict[str, Any]]:
         ]
     ready, progressing, reason, message = _deployment_conditions(obs.deployment)
     failure = _deployment_failure(obs.deployment)
+    if obs.foreign:
+        return [
+            _condition(READY, ready, reason, message),
+            _condition(
+                PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message
+            ),
+            _condition(DEGRADED, True, NOT_OWNED, foreign_message(obs.foreign)),
+        ]
     return [
         _condition(READY, ready, reason, message),
         _condition(PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message),
@@ -142,7 +186,14 @@ def compute_status(
     if obs.lag is not None:
         status["lag"] = {"timescaledb": obs.lag.total}
         status["partitions"] = obs.lag.partitions
-        status["lagObservedTime"] = obs.lag_time
+        # When the lag last changed: a steady lag then costs no status write (and no watch
+        # event to every client) per poll; LagAvailable says whether reads still work.
+        unchanged = previous.get("lag") == status["lag"] and (
+            previous.get("partitions") == status["partitions"]
+        )
+        status["lagObservedTime"] = (
+            previous.get("lagObservedTime", obs.lag_time) if unchanged else obs.lag_time
+        )
         status["lagError"] = None  # a merge patch removes the stale error
     else:
         for key in ("lag", "partitions", "lagObservedTime"):

@@ -88,14 +88,16 @@ def test_owned_deployment_is_garbage_collected_with_its_datarecorder(
     k8s: K8s, k8s_namespace: str
 ) -> None:
     k8s.apply(data_recorder("owner"), k8s_namespace)
-    owner = k8s.get_json("dr", "owner", namespace=k8s_namespace)
+    owner = k8s.get_json("datarecorder", "owner", namespace=k8s_namespace)
     k8s.apply(deployment("owned", 1, owner=owner), k8s_namespace)
     k8s.apply(deployment("bystander", 1), k8s_namespace)
     wait_for(
         lambda: _pods(k8s, k8s_namespace, "app=owned"), timeout=60, what="pods of Deployment owned"
     )
 
-    k8s.kubectl("delete", "-n", k8s_namespace, "dr", "owner", "--wait=true", "--timeout=60s")
+    k8s.kubectl(
+        "delete", "-n", k8s_namespace, "datarecorder", "owner", "--wait=true", "--timeout=60s"
+    )
 
     def collected() -> bool:
         names = k8s.kubectl("get", "-n", k8s_namespace, "deploy,rs,pods", "-o", "name").stdout
@@ -108,10 +110,10 @@ def test_owned_deployment_is_garbage_collected_with_its_datarecorder(
 
 def test_foreground_deletion_waits_for_dependents(k8s: K8s, k8s_namespace: str) -> None:
     k8s.apply(data_recorder("fg"), k8s_namespace)
-    owner = k8s.get_json("dr", "fg", namespace=k8s_namespace)
+    owner = k8s.get_json("datarecorder", "fg", namespace=k8s_namespace)
     k8s.apply(deployment("fg-child", 1, owner=owner), k8s_namespace)
 
-    k8s.kubectl("delete", "-n", k8s_namespace, "dr", "fg", "--cascade=foreground", "--wait=true",
+    k8s.kubectl("delete", "-n", k8s_namespace, "datarecorder", "fg", "--cascade=foreground", "--wait=true",
                 "--timeout=90s", timeout=100)  # fmt: skip
     # With foreground propagation the owner disappears only after its blocking dependents.
     gone = k8s.kubectl("get", "-n", k8s_namespace, "deploy", "fg-child", check=False)
@@ -122,10 +124,10 @@ def test_orphan_deletion_keeps_the_child_and_drops_the_reference(
     k8s: K8s, k8s_namespace: str
 ) -> None:
     k8s.apply(data_recorder("orph"), k8s_namespace)
-    owner = k8s.get_json("dr", "orph", namespace=k8s_namespace)
+    owner = k8s.get_json("datarecorder", "orph", namespace=k8s_namespace)
     k8s.apply(deployment("orph-child", 1, owner=owner), k8s_namespace)
 
-    k8s.kubectl("delete", "-n", k8s_namespace, "dr", "orph", "--cascade=orphan", "--wait=true",
+    k8s.kubectl("delete", "-n", k8s_namespace, "datarecorder", "orph", "--cascade=orphan", "--wait=true",
                 "--timeout=60s")  # fmt: skip
     child = k8s.get_json("deploy", "orph-child", namespace=k8s_namespace)
     assert not child["metadata"].get("ownerReferences"), json.dumps(child["metadata"])

@@ -23,9 +23,9 @@ def test_crd_is_established_with_structural_schema(k8s: K8s) -> None:
     assert conditions["NamesAccepted"]["status"] == "True"
     # A non-structural schema is accepted by v1 only with this condition set; ours must be clean.
     assert "NonStructuralSchema" not in conditions
-    assert crd["status"]["acceptedNames"]["shortNames"] == ["dr"]
+    assert crd["status"]["acceptedNames"]["shortNames"] == ["drec"]
     resources = k8s.kubectl("api-resources", f"--api-group={GROUP}", "-o", "wide").stdout
-    assert "datarecorders" in resources and " dr " in resources and "DataRecorder" in resources
+    assert "datarecorders" in resources and " drec " in resources and "DataRecorder" in resources
 
 
 def _create(k8s: K8s, namespace: str, manifest: dict[str, Any]) -> tuple[int, str]:
@@ -97,7 +97,7 @@ def test_invalid_spec_is_refused_with_the_servers_message(
     assert 'The DataRecorder "invalid" is invalid' in stderr
     for message in messages:
         assert message in stderr, f"{case}: {message!r} not in the server's answer:\n{stderr}"
-    gone = k8s.kubectl("get", "-n", k8s_namespace, "dr", "invalid", check=False)
+    gone = k8s.kubectl("get", "-n", k8s_namespace, "datarecorder", "invalid", check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
 
@@ -110,14 +110,14 @@ def test_root_cel_rule_refuses_a_name_unfit_for_children(k8s: K8s, k8s_namespace
 
 def test_defaults_are_filled_in_by_the_server(k8s: K8s, k8s_namespace: str) -> None:
     k8s.apply(data_recorder("defaults", s3={"enabled": True, "bucket": "ticks"}), k8s_namespace)
-    spec = k8s.get_json("dr", "defaults", namespace=k8s_namespace)["spec"]
+    spec = k8s.get_json("datarecorder", "defaults", namespace=k8s_namespace)["spec"]
     assert spec["replicas"] == 1
     assert spec["imagePullPolicy"] == "IfNotPresent"
     assert spec["logLevel"] == "INFO"
     assert spec["kafka"]["topics"] == ["market.tick", "market.orderbook"]
     assert spec["kafka"]["securityProtocol"] == "PLAINTEXT"
     assert spec["timescaledb"]["port"] == 5432
-    assert spec["timescaledb"]["database"] == "market_data"
+    assert spec["timescaledb"]["database"] == "marketdata"
     assert spec["timescaledb"]["passwordSecret"]["key"] == "password"
     assert spec["s3"] == {
         "enabled": True,

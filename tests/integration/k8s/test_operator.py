@@ -21,7 +21,10 @@ from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 
-SELECTOR = "app.kubernetes.io/name=datarecorder,app.kubernetes.io/instance={}"
+SELECTOR = (
+    "app.kubernetes.io/name=datarecorder,app.kubernetes.io/instance={},"
+    "app.kubernetes.io/component=recorder"
+)
 CHILDREN = ("deployment", "service", "configmap", "poddisruptionbudget", "horizontalpodautoscaler")
 
 
@@ -60,7 +63,7 @@ def _labels(selector: str) -> set[str]:
 
 
 def _ready(k8s: K8s, ns: str, name: str, replicas: int) -> dict[str, Any] | None:
-    dr = k8s.get_json("dr", name, namespace=ns)
+    dr = k8s.get_json("datarecorder", name, namespace=ns)
     status = dr.get("status") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     ok = (
@@ -99,8 +102,31 @@ def test_datarecorder_gets_owned_children_and_ready_status(k8s: K8s, operator_ns
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
     assert _labels(dr["status"]["selector"]) == _labels(SELECTOR.format("rec"))
     # The printer columns read the operator's status.
-    row = k8s.kubectl("get", "-n", operator_ns, "dr", "rec", "--no-headers").stdout.split()
+    row = k8s.kubectl(
+        "get", "-n", operator_ns, "datarecorder", "rec", "--no-headers"
+    ).stdout.split()
     assert row[:3] == ["rec", "True", "2"]
+
+
+def test_probes_and_grace_period_as_stored_by_the_api_server(k8s: K8s, operator_ns: str) -> None:
+    """Liveness on /live (never a store), a startupProbe before it, readiness on the stores,
+    and the SIGKILL deadline derived from the recorder's own shutdown deadline."""
+    k8s.apply(data_recorder("probes", shutdownTimeoutSeconds=90), operator_ns)
+    wait_for(lambda: _ready(k8s, operator_ns, "probes", 1), timeout=90, what="probes Ready")
+    pod = k8s.get_json("deploy", "probes", namespace=operator_ns)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert container["startupProbe"]["httpGet"]["path"] == "/live"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 300
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert pod["terminationGracePeriodSeconds"] == 105
+    config = k8s.get_json("configmap", "probes-config", namespace=operator_ns)["data"]
+    assert config["SHUTDOWN_TIMEOUT_SEC"] == "90"
+    service = k8s.get_json("service", "probes", namespace=operator_ns)
+    assert service["spec"]["publishNotReadyAddresses"] is True  # unready pods keep /metrics
 
 
 def _content(obj: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +170,7 @@ def test_steady_state_makes_no_writes(
     writes = [
         line
         for line in operator.log()[log_mark:].splitlines()
-        if re.search(rf"\b(patched|restored|created) \w+ {name}\b", line)
+        if re.search(rf"\b(applied|patched|restored|created) \w+ {name}\b", line)
     ]
     assert not writes, "the operator keeps writing:\n" + "\n".join(writes[:10])
     assert set(before) == set(after)
@@ -165,7 +191,7 @@ def test_spec_change_rolls_a_new_replicaset(k8s: K8s, operator_ns: str) -> None:
     }
 
     k8s.kubectl(
-        "patch", "-n", operator_ns, "dr", "roll", "--type=merge",
+        "patch", "-n", operator_ns, "datarecorder", "roll", "--type=merge",
         "-p", json.dumps({"spec": {"logLevel": "DEBUG"}}),
     )  # fmt: skip
 
@@ -224,7 +250,7 @@ def test_drifted_deployment_replicas_are_restored(k8s: K8s, operator_ns: str) ->
 def test_kubectl_scale_datarecorder_scales_the_recorders(k8s: K8s, operator_ns: str) -> None:
     k8s.apply(data_recorder("scaled"), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, "scaled", 1), timeout=90, what="scaled Ready")
-    k8s.kubectl("scale", "-n", operator_ns, "dr", "scaled", "--replicas=3")
+    k8s.kubectl("scale", "-n", operator_ns, "datarecorder", "scaled", "--replicas=3")
     wait_for(lambda: _ready(k8s, operator_ns, "scaled", 3), timeout=90, what="3 ready recorders")
     scale = json.loads(
         k8s.kubectl(
@@ -240,7 +266,7 @@ def test_kubectl_scale_datarecorder_scales_the_recorders(k8s: K8s, operator_ns: 
 def test_deleted_datarecorder_takes_its_children_and_pods(k8s: K8s, operator_ns: str) -> None:
     k8s.apply(data_recorder("gone", replicas=2), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, "gone", 2), timeout=90, what="gone Ready")
-    k8s.kubectl("delete", "-n", operator_ns, "dr", "gone", "--wait=true", "--timeout=60s")
+    k8s.kubectl("delete", "-n", operator_ns, "datarecorder", "gone", "--wait=true", "--timeout=60s")
 
     def empty() -> bool:
         left = k8s.kubectl(

@@ -116,13 +116,15 @@ async def test_operator_mode_scales_on_kafka_lag(
     topic, group = await _lagging_recorder(k8s, stack, kafka_topics, watched_ns, "auto")
 
     def lag_in_status() -> dict[str, Any] | None:
-        status = k8s.get_json("dr", "auto", namespace=watched_ns).get("status") or {}
+        status = k8s.get_json("datarecorder", "auto", namespace=watched_ns).get("status") or {}
         ok = (status.get("lag") or {}).get("timescaledb") == RECORDS
         return status if ok and status.get("readyReplicas") == 3 else None
 
     status = wait_for(lag_in_status, timeout=60, what="status.lag and 3 ready replicas")
     assert status["partitions"] == PARTITIONS and status["desiredReplicas"] == 3
-    row = k8s.kubectl("get", "-n", watched_ns, "dr", "auto", "--no-headers").stdout.split()
+    row = k8s.kubectl(
+        "get", "-n", watched_ns, "datarecorder", "auto", "--no-headers"
+    ).stdout.split()
     assert row[2:4] == ["3", str(RECORDS)]  # REPLICAS and LAG printer columns
 
     await _commit_end_offsets(stack.kafka_bootstrap, topic, PARTITIONS, group)

@@ -126,7 +126,7 @@ def test_operator_runs_a_full_lifecycle_with_its_own_rbac(k8s: K8s, rbac_operato
     )
 
     def ready() -> dict[str, Any] | None:
-        dr = k8s.get_json("dr", "least", namespace=ns)
+        dr = k8s.get_json("datarecorder", "least", namespace=ns)
         conditions = {
             c["type"]: c["status"] for c in (dr.get("status") or {}).get("conditions", [])
         }
@@ -142,7 +142,7 @@ def test_operator_runs_a_full_lifecycle_with_its_own_rbac(k8s: K8s, rbac_operato
         timeout=60,
         what="the Service to be restored",
     )
-    k8s.kubectl("delete", "-n", ns, "dr", "least", "--wait=true", "--timeout=60s")
+    k8s.kubectl("delete", "-n", ns, "datarecorder", "least", "--wait=true", "--timeout=60s")
     # Not "no objects at all": the controller-manager puts kube-root-ca.crt in every namespace.
     wait_for(
         lambda: not CHILDREN & _names(k8s, ns),

@@ -159,7 +159,7 @@ def declare_resources(emulator: MetadataEmulator, *, service_monitors: bool) -> 
         kind="DataRecorder",
         singular="datarecorder",
         namespaced=True,
-        shortnames={"dr"},
+        shortnames={"drec"},
         subresources={"status", "scale"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     )

@@ -11,10 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from datarecorder_operator.handlers import OperatorConfig
 from datarecorder_operator.rendering import CONFIG_HASH_ANNOTATION
 
 from tests.integration.operator.emulator import Cluster, running_operator
+from tests.support.recorder_proc import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -91,12 +94,15 @@ async def test_create_update_restore_delete(
             "Ready",
             "Progressing",
             "Degraded",
+            "LagAvailable",  # the lag is read (for status), and Kafka is unreachable here
         }
+        assert condition(dr, "LagAvailable")["status"] == "False"  # type: ignore[index]
         assert condition(dr, "Degraded")["status"] == "False"  # type: ignore[index]
         assert condition(dr, "Ready")["status"] == "False"  # no pods yet: no controller here
         assert (
             dr["status"]["selector"]
-            == "app.kubernetes.io/instance=rec,app.kubernetes.io/name=datarecorder"
+            == "app.kubernetes.io/component=recorder,app.kubernetes.io/instance=rec,"
+            "app.kubernetes.io/name=datarecorder"
         )
         assert "cannot read lag" in dr["status"].get("lagError", "")
 
@@ -271,3 +277,40 @@ async def test_no_service_monitor_without_its_crd(
         requests = [str(r.url.path) for r in list(cluster.emulator)]
         assert "/apis/monitoring.coreos.com/v1" in requests  # it asked discovery
         assert not any("servicemonitors" in p for p in requests)  # and never touched them
+
+
+async def test_lag_failures_fall_back_and_show_in_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka unreachable: after failureThreshold failed reads the operator runs the fallback
+    replicas (KEDA's rule), says LagAvailable=False, and counts all of it on /metrics."""
+    port = free_port()
+    config = OperatorConfig(
+        tick_seconds=0.3, resync_seconds=0.5, kafka_timeout_seconds=2, metrics_port=port
+    )
+    scaling = {
+        "enabled": True,
+        "mode": "operator",
+        "minReplicas": 1,
+        "maxReplicas": 5,
+        "pollIntervalSeconds": 1,
+        "fallback": {"failureThreshold": 2, "replicas": 3},
+    }
+    async with running_operator(tmp_path, monkeypatch, config=config) as cluster:
+        await cluster.create(recorder("fb", autoscaling=scaling))
+
+        async def fell_back() -> bool:
+            dep = await cluster.get("Deployment", NS, "fb")
+            return bool(dep and dep["spec"].get("replicas") == 3)
+
+        await cluster.wait_for(fell_back, within=30, what="the fallback replicas")
+        dr = await cluster.get("DataRecorder", NS, "fb")
+        assert condition(dr, "LagAvailable")["status"] == "False"  # type: ignore[index]
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
+        assert 'datarecorder_operator_lag_reads_total{result="error"}' in text
+        assert (
+            'datarecorder_operator_scale_decisions_total{direction="up",reason="fallback"}' in text
+        )
+        assert 'datarecorder_operator_reconciles_total{result="ok",trigger="handler"}' in text

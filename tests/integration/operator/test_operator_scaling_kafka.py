@@ -77,6 +77,38 @@ async def test_read_offsets_reports_end_and_committed_offsets(
     assert compute_lag(offsets, "latest").total == 10
 
 
+async def test_a_lag_reader_reuses_its_clients_across_polls(
+    stack: Stack, kafka_topics: TopicFactory, unique_name: str
+) -> None:
+    """One admin client and consumer per DataRecorder, not one per poll; and what it reads
+    after new records and commits is fresh, not cached."""
+    (topic,) = await kafka_topics("market.tick", partitions=2)
+    brokers, group = stack.kafka_bootstrap, f"g-{unique_name}"
+    await produce(brokers, topic, {0: 5, 1: 5})
+    access = kafkalag.KafkaAccess(brokers=brokers.split(","))
+    reader = kafkalag.LagReader()
+    try:
+        first = await reader.read(access, group, [topic])
+        clients = (reader._admin, reader._consumer)
+        await produce(brokers, topic, {0: 3, 1: 0})
+        await commit(brokers, group, {TopicPartition(topic, 1): 5})
+        second = await reader.read(access, group, [topic])
+        assert (reader._admin, reader._consumer) == clients and clients[0] is not None
+    finally:
+        await reader.close()
+    assert [(o.end, o.committed) for o in first] == [(5, None), (5, None)]
+    assert [(o.end, o.committed) for o in second] == [(8, None), (5, 5)]
+    # A changed access (new credentials, brokers) starts new clients.
+    other = kafkalag.KafkaAccess(brokers=[*brokers.split(","), brokers.split(",")[0]])
+    try:
+        await reader.read(access, group, [topic])
+        before = reader._admin
+        await reader.read(other, group, [topic])
+        assert reader._admin is not before
+    finally:
+        await reader.close()
+
+
 async def test_backlog_scales_up_to_partitions_then_down_after_window(
     stack: Stack,
     kafka_topics: TopicFactory,

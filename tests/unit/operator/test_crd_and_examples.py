@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jsonschema
@@ -41,7 +42,8 @@ def test_crd_names_and_subresources_match_the_fixed_interface() -> None:
     assert spec["names"]["kind"] == "DataRecorder"
     assert spec["names"]["plural"] == "datarecorders"
     assert spec["names"]["singular"] == "datarecorder"
-    assert spec["names"]["shortNames"] == ["dr"]
+    assert spec["names"]["shortNames"] == ["drec"]  # `dr` is Istio's DestinationRule
+    assert "all" not in spec["names"].get("categories", [])  # kubectl delete all --all
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1"
     assert version["subresources"]["status"] == {}
@@ -75,7 +77,7 @@ def test_schema_is_structural() -> None:
         assert "type" in node or node.get("x-kubernetes-int-or-string"), path
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml", "strimzi.yaml", "hpa.yaml"])
 def test_examples_pass_the_schema_and_the_operator(name: str) -> None:
     doc = example(name)
     assert schema_errors(doc) == []
@@ -121,9 +123,49 @@ def test_cel_rules_have_messages() -> None:
 
 def test_examples_readme_names_every_example() -> None:
     readme = (EXAMPLES / "README.md").read_text()
-    for path in [EXAMPLES / "minimal.yaml", EXAMPLES / "full.yaml", *INVALID]:
+    for path in [
+        EXAMPLES / "minimal.yaml",
+        EXAMPLES / "full.yaml",
+        EXAMPLES / "strimzi.yaml",
+        *INVALID,
+    ]:
         assert path.name in readme, path.name
 
 
 def test_crd_file_is_the_one_named_by_the_group() -> None:
     assert CRD_PATH.name == f"{crd()['metadata']['name']}.yaml"
+
+
+def test_every_cel_rule_names_its_field_and_reason() -> None:
+    rules = [
+        rule
+        for _, node in _walk(cr_schema())
+        for rule in node.get("x-kubernetes-validations") or []
+        if "metadata.name" not in rule["rule"]  # a rule on metadata has no fieldPath there
+    ]
+    assert len(rules) >= 7
+    for rule in rules:
+        assert rule.get("fieldPath", "").startswith("."), rule
+        assert rule.get("reason") in (
+            "FieldValueInvalid",
+            "FieldValueRequired",
+            "FieldValueForbidden",
+        ), rule
+
+
+@pytest.mark.parametrize(
+    ("image", "ok"),
+    [
+        ("ghcr.io/example/datarecorder:0.1.0", True),
+        ("registry.local:5000/md/datarecorder:v1.2-RC1", True),
+        ("datarecorder:Latest_Build", True),
+        ("ghcr.io/example/datarecorder@sha256:" + "a" * 64, True),
+        ("ghcr.io/example/datarecorder:1.0@sha256:" + "0" * 64, True),
+        ("GHCR.io/example/datarecorder:1", False),
+        ("ghcr.io/example/datarecorder:", False),
+        ("ghcr.io/example/datarecorder:-x", False),
+    ],
+)
+def test_image_pattern(image: str, ok: bool) -> None:
+    pattern = cr_schema()["properties"]["spec"]["properties"]["image"]["pattern"]
+    assert bool(re.match(pattern, image)) is ok

@@ -20,6 +20,8 @@ CONFIG_ENV = {
     "S3_BATCH_TIMEOUT_SEC", "DB_WRITE_WORKERS", "MAX_BUFFER_SIZE", "NUM_CONSUMERS", "HTTP_PORT",
     "LOG_LEVEL", "PARQUET_ORDERBOOK_LEVELS", "PARQUET_TIMESTAMP_UNIT", "KAFKA_SECURITY_PROTOCOL",
     "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE",
+    "SHUTDOWN_TIMEOUT_SEC", "DB_WRITE_ENABLED", "TIMESCALEDB_SSLMODE", "KAFKA_AUTO_OFFSET_RESET",
+    "PGSSLROOTCERT",
 }  # fmt: skip
 SECRET_ENV = {
     "TIMESCALEDB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -139,7 +141,9 @@ def test_deployment_is_hardened_and_probed(spec: RecorderSpec) -> None:
     (container,) = pod["containers"]
     assert container["command"] == ["datarecorder", "run"]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    # Liveness never looks at a store (/health does): a database outage must not restart pods.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/live", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     sc = container["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
@@ -150,6 +154,15 @@ def test_deployment_is_hardened_and_probed(spec: RecorderSpec) -> None:
     assert container["envFrom"] == [{"configMapRef": {"name": f"{spec.name}-config"}}]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_termination_grace_follows_the_shutdown_deadline() -> None:
+    spec = example_spec("minimal.yaml")
+    assert spec.shutdown_timeout_seconds == 30
+    slow = dataclasses.replace(spec, shutdown_timeout_seconds=120)
+    pod = rendering.render_deployment(slow, 1)["spec"]["template"]["spec"]
+    assert rendering.render_configmap(slow)["data"]["SHUTDOWN_TIMEOUT_SEC"] == "120"
+    assert pod["terminationGracePeriodSeconds"] == 135  # the deadline plus room to leave the group
 
 
 def test_config_hash_follows_config_and_secret_refs_only() -> None:
@@ -193,34 +206,43 @@ def test_replicas_follow_the_spec_unless_an_autoscaler_owns_them() -> None:
     assert by_kind(fresh)["Deployment"]["spec"]["replicas"] == full.autoscaling.min_replicas
 
 
-def test_drift_patch_is_none_when_the_server_only_added_fields() -> None:
-    desired = rendering.render_deployment(example_spec("minimal.yaml"), 1)
+def test_no_apply_when_the_server_only_added_fields() -> None:
+    desired = rendering.stamped(rendering.render_deployment(example_spec("minimal.yaml"), 1))
     actual = {
         **desired,
         "metadata": {**desired["metadata"], "uid": "u", "resourceVersion": "7"},
         "status": {"replicas": 1},
     }
     actual["spec"] = {**desired["spec"], "progressDeadlineSeconds": 600}
-    assert rendering.drift_patch(desired, actual) is None
+    assert not rendering.needs_apply(desired, actual)
+    assert rendering.needs_apply(desired, None)  # absent: apply creates it
 
 
-def test_drift_patch_restores_an_edited_field() -> None:
-    desired = rendering.render_configmap(example_spec("minimal.yaml"))
-    actual = {**desired, "data": {**desired["data"], "BATCH_SIZE": "5", "EXTRA": "x"}}
-    patch = rendering.drift_patch(desired, actual)
-    assert patch is not None
-    assert patch["data"]["BATCH_SIZE"] == "1000"
-    assert patch["data"]["EXTRA"] is None  # a merge patch deletes it
+def test_apply_restores_an_edited_field() -> None:
+    desired = rendering.stamped(rendering.render_configmap(example_spec("minimal.yaml")))
+    actual = {**desired, "data": {**desired["data"], "BATCH_SIZE": "5"}}
+    assert rendering.needs_apply(desired, actual)
 
 
-def test_drift_patch_removes_pod_fields_the_spec_dropped() -> None:
+def test_a_field_the_spec_dropped_changes_the_digest() -> None:
+    """Everything still rendered is in place, but the last apply carried a nodeSelector: only
+    the digest tells, and applying the new rendering makes the server remove it."""
     full = example_spec("full.yaml")
-    before = rendering.render_deployment(full, 2)
-    after = rendering.render_deployment(dataclasses.replace(full, node_selector={}), 2)
-    patch = rendering.drift_patch(after, before)
-    assert patch is not None
-    assert patch["spec"]["template"]["spec"]["nodeSelector"] is None
-    assert "nodeSelector" not in after["spec"]["template"]["spec"]  # desired left untouched
+    before = rendering.stamped(rendering.render_deployment(full, 2))
+    after = rendering.stamped(
+        rendering.render_deployment(dataclasses.replace(full, node_selector={}), 2)
+    )
+    assert "nodeSelector" in before["spec"]["template"]["spec"]
+    assert rendering.needs_apply(after, before)
+
+
+def test_the_digest_ignores_replicas_an_autoscaler_moves() -> None:
+    full = example_spec("full.yaml")
+    two = rendering.render_deployment(full, 2)
+    assert rendering.applied_digest(two) == rendering.applied_digest(
+        rendering.render_deployment(full, 5)
+    )
+    assert rendering.applied_digest(rendering.stamped(two)) == rendering.applied_digest(two)
 
 
 def test_owner_reference_marks_the_controller() -> None:

@@ -148,6 +148,22 @@ def test_status_carries_lag_replicas_selector() -> None:
     assert got["lagError"] is None  # removes the stale error
 
 
+def test_a_steady_lag_writes_no_status() -> None:
+    def observed(total: int, when: str) -> status.Observation:
+        return status.Observation(
+            generation=1, deployment=deployment(1, 1, 1, 1), lag=LagReport(total, 6, 3, {}),
+            lag_time=when, lag_available=True,
+        )  # fmt: skip
+
+    first = status.compute_status(observed(10, "T1"), None, now="T1")
+    first = {k: v for k, v in first.items() if v is not None}  # as stored: null keys removed
+    again = status.compute_status(observed(10, "T2"), first, now="T2")
+    assert again["lagObservedTime"] == "T1"
+    assert not status.status_changed(first, again)
+    moved = status.compute_status(observed(11, "T3"), again, now="T3")
+    assert moved["lagObservedTime"] == "T3" and status.status_changed(again, moved)
+
+
 def test_render_cli_prints_every_child_of_every_document(tmp_path: Any) -> None:
     both = tmp_path / "both.yaml"
     both.write_text(

@@ -1,0 +1,407 @@
+"""One reconcile pass over one DataRecorder, as a typed function of its inputs.
+
+Owns what a pass does: apply the rendered children (server-side apply, never taking over an
+object the resource does not own), read the group's lag, scale in mode `operator`, and
+compute the status to write. The kopf handlers and the resync loop in `handlers` both call
+`reconcile`; it reads and writes Kubernetes only through `kube.KubeClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import kopf
+
+from datarecorder_operator import kafkalag, kube, metrics, rendering, status
+from datarecorder_operator.lag import LagReport, compute_lag, desired_replicas, with_activation
+from datarecorder_operator.scaler import Stabilizer
+from datarecorder_operator.spec import RecorderSpec, SpecError, is_paused, parse_spec
+
+# Posts one Event on the DataRecorder: (type, reason, message).
+Events = Callable[[str, str, str], Awaitable[None]]
+
+# Children that exist only for some specs; the others always exist.
+OPTIONAL_KINDS: tuple[tuple[str, str], ...] = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+)
+ALWAYS_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    """Operator-wide timing; tests shorten it, production keeps the defaults."""
+
+    tick_seconds: float = 5.0
+    resync_seconds: float = 30.0
+    kafka_timeout_seconds: float = 20.0
+    read_lag: bool = True  # also read lag for status when autoscaling is not in operator mode
+    metrics_port: int = 0  # serve the operator's /metrics on this port (0: off)
+
+
+@dataclasses.dataclass
+class ObjectState:
+    """Per-resource memory between timer ticks (lost on restart, which is safe)."""
+
+    last_resync: float = float("-inf")
+    last_lag_poll: float = float("-inf")
+    lag: LagReport | None = None
+    lag_time: str | None = None
+    lag_error: str | None = None
+    stabilizer: Stabilizer | None = None
+    last_scale_time: str | None = None
+    foreign: tuple[str, ...] = ()
+    lag_failures: int = 0  # lag reads in a row that failed (KEDA's fallback counts them)
+    lag_reader: kafkalag.LagReader = dataclasses.field(default_factory=kafkalag.LagReader)
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def child_names(name: str) -> dict[tuple[str, str], str]:
+    """The name of every child kind of the resource `name` (for deletion without a spec)."""
+    names = {kind: name for kind in ALWAYS_KINDS + OPTIONAL_KINDS}
+    names[("v1", "ConfigMap")] = f"{name}-config"
+    return names
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    """What one pass over the children found: the Deployment, and children it left alone."""
+
+    deployment: dict[str, Any] | None
+    foreign: list[str] = dataclasses.field(default_factory=list)  # "Kind name" not ours
+
+
+async def apply_children(
+    client: kube.KubeClient,
+    body: Mapping[str, Any],
+    spec: RecorderSpec,
+    logger: Any,
+    partitions: int | None = None,
+) -> ApplyResult:
+    """Apply every rendered child that is missing or differs, remove unwanted ones.
+
+    An object with a child's name that this DataRecorder does not own (someone else's, or a
+    leftover of a deleted resource with the same name) is never taken over: it is reported in
+    `foreign` and the caller makes that visible.
+    """
+    meta = body["metadata"]
+    uid = meta.get("uid")
+    deployment = await client.get("apps/v1", "Deployment", spec.namespace, spec.name)
+    current_replicas = None
+    if deployment is not None and spec.autoscaling.enabled:
+        current_replicas = (deployment.get("spec") or {}).get("replicas")
+    # Asked every pass: the Prometheus Operator may be installed (or removed) at any time.
+    monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
+    desired = rendering.render_children(
+        spec,
+        service_monitor_available=monitor_served,
+        current_replicas=current_replicas,
+        partitions=partitions,
+    )
+    kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
+    result = ApplyResult(deployment=None)
+    wanted = {(m["apiVersion"], m["kind"]) for m in desired}
+    for manifest in map(rendering.stamped, desired):
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
+        name = manifest["metadata"]["name"]
+        actual = deployment if kind == "Deployment" else None
+        if actual is None:
+            actual = await client.get(api_version, kind, spec.namespace, name)
+        if actual is not None and not _owned_by(actual, uid):
+            result.foreign.append(f"{kind} {name}")
+            continue
+        if rendering.needs_apply(manifest, actual):
+            stale = rendering.stale_config_keys(manifest, actual or {})
+            actual = await client.apply(manifest)
+            metrics.APPLIES.labels(kind).inc()
+            if stale:
+                drop = {"data": dict.fromkeys(stale)}  # a merge patch deletes null keys
+                actual = await client.patch(api_version, kind, spec.namespace, name, drop) or actual
+            logger.info(f"applied {kind} {name} (created, spec change or drift)")
+        if kind == "Deployment":
+            result.deployment = actual
+    for api_version, kind in OPTIONAL_KINDS:
+        if (api_version, kind) in wanted:
+            continue
+        if kind == "ServiceMonitor" and not monitor_served:
+            continue
+        existing = await client.get(api_version, kind, spec.namespace, spec.name)
+        if existing is not None and _owned_by(existing, uid):
+            await client.delete(api_version, kind, spec.namespace, spec.name)
+            logger.info(f"deleted {kind} {spec.name}: the spec no longer asks for it")
+    return result
+
+
+async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag.KafkaAccess:
+    """Broker address and, for secured clusters, credentials from the referenced Secrets."""
+
+    async def secret_value(name: str, key: str) -> str:
+        secret = await client.get("v1", "Secret", spec.namespace, name)
+        data = (secret or {}).get("data") or {}
+        if key not in data:
+            raise SpecError(f"Secret {spec.namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode()
+
+    access = kafkalag.KafkaAccess(
+        brokers=spec.kafka.brokers, security_protocol=spec.kafka.security_protocol
+    )
+    if spec.kafka.sasl is not None:
+        sasl = spec.kafka.sasl
+        username = sasl.username
+        access = dataclasses.replace(
+            access,
+            sasl_mechanism=sasl.mechanism,
+            sasl_username=username
+            if isinstance(username, str)
+            else await secret_value(username.name, username.key),
+            sasl_password=await secret_value(sasl.password.name, sasl.password.key),
+        )
+    tls = spec.kafka.tls
+    if tls is not None:
+        # The same trust and client certificate as the recorders: on an mTLS listener the
+        # operator's lag reads are refused without the certificate.
+        access = dataclasses.replace(access, ca_pem=await secret_value(tls.ca.name, tls.ca.key))
+        if tls.cert is not None and tls.key is not None:
+            access = dataclasses.replace(
+                access,
+                cert_pem=await secret_value(tls.cert.name, tls.cert.key),
+                key_pem=await secret_value(tls.key.name, tls.key.key),
+            )
+    return access
+
+
+async def poll_lag(
+    client: kube.KubeClient, spec: RecorderSpec, state: ObjectState, config: OperatorConfig
+) -> None:
+    try:
+        access = await _kafka_access(client, spec)
+        offsets = await state.lag_reader.read(
+            access, spec.kafka.group_id, spec.kafka.topics, within=config.kafka_timeout_seconds
+        )
+    except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
+        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc!r}"[:300]
+        state.lag_failures += 1
+        metrics.LAG_READS.labels("error").inc()
+        return
+    state.lag = compute_lag(offsets, spec.autoscaling.offset_reset_policy)
+    state.lag_time, state.lag_error, state.lag_failures = _now_iso(), None, 0
+    metrics.LAG_READS.labels("ok").inc()
+
+
+async def scale(
+    client: kube.KubeClient,
+    events: Events,
+    spec: RecorderSpec,
+    state: ObjectState,
+    deployment: dict[str, Any],
+    now: float,
+) -> dict[str, Any]:
+    """Operator mode: move the Deployment's replicas towards what the lag asks for; while the
+    lag cannot be read, keep them, or after `fallback.failureThreshold` failed reads in a row
+    run `fallback.replicas` (as KEDA does)."""
+    auto = spec.autoscaling
+    current = int((deployment.get("spec") or {}).get("replicas", 1))
+    if state.lag is None:
+        fallback = fallback_replicas(spec, state.lag_failures)
+        if fallback is None or fallback == current:
+            return deployment
+        target, reason, detail = fallback, "fallback", f"{state.lag_failures} lag reads failed"
+    else:
+        window, step = auto.scale_down_stabilization_seconds, auto.scale_down_step
+        if state.stabilizer is None or (state.stabilizer.window_seconds, state.stabilizer.step) != (
+            window,
+            step,
+        ):
+            state.stabilizer = Stabilizer(window, step)
+        wanted = desired_replicas(
+            state.lag,
+            target_lag_per_replica=auto.target_lag_per_replica,
+            min_replicas=auto.min_replicas,
+            max_replicas=auto.max_replicas,
+            limit_to_partitions_with_lag=auto.limit_to_partitions_with_lag,
+        )
+        wanted = with_activation(
+            wanted,
+            state.lag,
+            activation_lag=auto.activation_lag_threshold,
+            idle_replicas=auto.idle_replicas,
+        )
+        decision = state.stabilizer.decide(now, wanted, current)
+        if decision.replicas == current:
+            return deployment
+        target, reason = decision.replicas, decision.reason
+        detail = f"lag {state.lag.total} on {state.lag.partitions} partitions"
+    patched = await client.patch(
+        "apps/v1",
+        "Deployment",
+        spec.namespace,
+        spec.name,
+        {"spec": {"replicas": target}},
+    )
+    state.last_scale_time = _now_iso()
+    metrics.SCALE_DECISIONS.labels("up" if target > current else "down", reason).inc()
+    kind = "Warning" if reason == "fallback" else "Normal"
+    await events(kind, "Scaled", f"{reason}: {current} -> {target} replicas ({detail})")
+    return patched or deployment
+
+
+def fallback_replicas(spec: RecorderSpec, failures: int) -> int | None:
+    """Pure: the replicas KEDA-style fallback asks for after `failures` failed reads, if any."""
+    fallback = spec.autoscaling.fallback
+    if fallback is None or failures < fallback.failure_threshold:
+        return None
+    return min(fallback.replicas, spec.autoscaling.max_replicas)
+
+
+def _observation(
+    meta: Mapping[str, Any],
+    spec: RecorderSpec,
+    deployment: dict[str, Any] | None,
+    state: ObjectState,
+) -> status.Observation:
+    return status.Observation(
+        generation=meta.get("generation"),
+        deployment=deployment,
+        selector=rendering.selector_string(spec),
+        config_hash=rendering.config_hash(spec),
+        lag=state.lag,
+        lag_time=state.lag_time,
+        lag_error=state.lag_error,
+        last_scale_time=state.last_scale_time,
+        foreign=state.foreign,
+        lag_available=None if state.last_lag_poll == float("-inf") else state.lag is not None,
+    )
+
+
+def _paused(meta: Mapping[str, Any], spec: RecorderSpec) -> status.Observation:
+    return status.Observation(
+        generation=meta.get("generation"),
+        selector=rendering.selector_string(spec),
+        paused=True,
+    )
+
+
+def _error(meta: Mapping[str, Any], message: str, reason: str) -> status.Observation:
+    return status.Observation(generation=meta.get("generation"), error=message, error_reason=reason)
+
+
+async def _note_foreign(events: Events, state: ObjectState, applied: ApplyResult) -> None:
+    """Remember the children left alone; a Warning event each time that set changes."""
+    foreign = tuple(applied.foreign)
+    if foreign and foreign != state.foreign:
+        await events("Warning", status.NOT_OWNED, status.foreign_message(foreign))
+    state.foreign = foreign
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a pass wants written: the status (None: unchanged) and what stopped it, if any."""
+
+    status: dict[str, Any] | None
+    error: SpecError | kube.KubeError | None = None
+
+    @property
+    def result(self) -> str:
+        """The `result` label of the reconcile counter."""
+        if isinstance(self.error, SpecError):
+            return "invalid_spec"
+        return "ok" if self.error is None else "api_error"
+
+
+async def measured(trigger: str, pass_: Awaitable[Outcome]) -> Outcome:
+    """Run one pass, counting it and timing it in the operator's metrics."""
+    started = time.monotonic()
+    outcome = await pass_
+    metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(trigger, outcome.result).inc()
+    return outcome
+
+
+def _status_patch(
+    previous: Mapping[str, Any] | None, obs: status.Observation
+) -> dict[str, Any] | None:
+    wanted = status.compute_status(obs, previous, now=_now_iso())
+    return wanted if status.status_changed(previous, wanted) else None
+
+
+async def reconcile(
+    client: kube.KubeClient,
+    body: Mapping[str, Any],
+    state: ObjectState,
+    config: OperatorConfig,
+    events: Events,
+    logger: Any,
+    *,
+    apply: bool,
+    now: float | None = None,
+) -> Outcome:
+    """One pass over the DataRecorder `body`.
+
+    `apply`: apply the children (on create, update and resume, and every `resync_seconds`);
+    otherwise only read the Deployment. Then lag (every `pollIntervalSeconds`), scaling in
+    mode `operator`, and the status. An invalid spec or a refused API call ends the pass
+    early with a Degraded status and the error in the outcome.
+    """
+    now = time.monotonic() if now is None else now
+    meta, previous = body["metadata"], body.get("status")
+    try:
+        rspec = parse_spec(meta["name"], meta["namespace"], dict(body.get("spec") or {}))
+    except SpecError as exc:
+        return Outcome(_status_patch(previous, _error(meta, str(exc), "InvalidSpec")), exc)
+    try:
+        if is_paused(meta.get("annotations")):
+            # Strimzi's pause: children and replicas stay as they are until it is removed.
+            return Outcome(_status_patch(previous, _paused(meta, rspec)))
+        if apply:
+            partitions = state.lag.partitions if state.lag is not None else None
+            applied = await apply_children(client, body, rspec, logger, partitions)
+            await _note_foreign(events, state, applied)
+            deployment = applied.deployment
+            state.last_resync = now
+        elif f"Deployment {rspec.name}" in state.foreign:
+            deployment = None  # not ours: never read or scale someone else's Deployment
+        else:
+            deployment = await client.get("apps/v1", "Deployment", rspec.namespace, rspec.name)
+        poll_every = rspec.autoscaling.poll_interval_seconds
+        if (rspec.operator_scaled or config.read_lag) and now - state.last_lag_poll >= poll_every:
+            state.last_lag_poll = now
+            await poll_lag(client, rspec, state, config)
+            if state.lag_failures == 1:  # once per outage, not per failed read
+                await events("Warning", status.LAG_UNAVAILABLE, state.lag_error or "lag unknown")
+        if rspec.operator_scaled and deployment is not None:
+            deployment = await scale(client, events, rspec, state, deployment, now)
+    except kube.KubeError as exc:
+        return Outcome(_status_patch(previous, _error(meta, str(exc), "ReconcileFailed")), exc)
+    return Outcome(_status_patch(previous, _observation(meta, rspec, deployment, state)))
+
+
+async def delete_children(client: kube.KubeClient, meta: Mapping[str, Any], logger: Any) -> None:
+    """Delete the children a deleted DataRecorder owned (the garbage collector does the same on
+    a real cluster; this covers API servers without one, such as the tests' emulator)."""
+    namespace, uid = meta["namespace"], meta.get("uid")
+    monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
+    for (api_version, kind), name in child_names(meta["name"]).items():
+        if kind == "ServiceMonitor" and not monitor_served:
+            continue
+        existing = await client.get(api_version, kind, namespace, name)
+        if existing is not None and _owned_by(existing, uid):
+            await client.delete(api_version, kind, namespace, name)
+            logger.info(f"deleted {kind} {name} with its DataRecorder")
