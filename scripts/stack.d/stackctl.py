@@ -98,7 +98,7 @@ def our_stray_processes() -> list[int]:
     base = pg.data.get("base")
     if isinstance(base, str):
         marks.append(f"{base}/")
-    servers = ("kafka.Kafka", "kafka.tools.StorageTool", "bin/postgres")
+    servers = ("kafka.Kafka", "kafka.tools.StorageTool", "bin/postgres", "bin/minio")
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
