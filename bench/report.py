@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.peers.table import PeerRun, peer_rows
+
 
 @dataclass(frozen=True)
 class Percentiles:
@@ -64,6 +66,7 @@ class Results:
     scaling_records: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     machine: str = ""
+    peers: list[PeerRun] = field(default_factory=list)
 
     @property
     def ceiling(self) -> float | None:
@@ -183,6 +186,9 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
         )
     if not r.scaling:
         out.append(("Scaling", "—", "", r.skipped.get("scaling", "")))
+    out += peer_rows(r.peers)
+    if not r.peers and "peers" in r.skipped:
+        out.append(("Peers (Kafka Connect, Benthos)", "—", "", r.skipped["peers"]))
     return out
 
 
