@@ -40,8 +40,8 @@ NOTES = {
     "pre-created partitions; at-least-once, no validation, no rollups",
     ("recorder", S3): "exactly once (progress compare-and-set), validated; 10k-row files, "
     "S3_BATCH_TIMEOUT_SEC=5",
-    ("Benthos", S3): "10k-row snappy files, 4 uploads in flight, timed by its committed "
-    "offsets; at-least-once, no validation, one file layout",
+    ("Benthos", S3): "a snappy file per partition per 10k rows or 5 s, 4 uploads in flight, "
+    "timed by its committed offsets; at-least-once, no validation, no partitioned layout",
 }
 
 
@@ -58,7 +58,7 @@ def peer_rows(runs: list[PeerRun]) -> list[tuple[str, str, str, str]]:
             compared = f"{r.rate / base.rate:.2f}x recorder"
         db = f", PostgreSQL {us_per_row(r.db_cpu, r.rows)}" if r.store == PG else ""
         how = (
-            f"{r.rows:,} rows timed ready → last durable; CPU/row: process "
+            f"{r.rows:,} rows, partitions assigned → last durable; CPU/row: process "
             f"{us_per_row(r.cpu, r.rows)}{db}; {NOTES.get((r.label, r.store), '')}; {r.check}"
         )
         label = LABELS.get((r.label, r.store), f"{r.label} → {r.store}")
