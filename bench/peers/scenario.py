@@ -1,9 +1,8 @@
 """The peer measurements: the same tick backlog drained by the recorder and by each peer.
 
-Owns what is timed and how alike: every run gets a fresh database (migrated, the backlog's day
-partitions created beforehand) and consumer group; rows/s and CPU are taken over the same window
-for all, from the moment its consumer group is Stable with members (partitions assigned) to the
-last record durable, polled by one probe connection whose own CPU is not counted.
+Owns the PostgreSQL runs and their order: every run gets a fresh database (migrated, the
+backlog's day partitions created beforehand) and consumer group, one probe connection (whose own
+CPU is not counted) and the window of window.py; the Parquet runs are in lake.py.
 """
 
 from __future__ import annotations
@@ -16,12 +15,13 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import workload as wl
 from bench.peers import procs
-from bench.peers.cpu import postmaster_of, process_cpu, server_cpu
+from bench.peers.cpu import postmaster_of, server_cpu
+from bench.peers.lake import benthos_to_s3, recorder_to_s3
 from bench.peers.table import PeerRun
+from bench.peers.window import consuming, timed_drain
 from bench.stack import Stack
 from recorder.migrate import migrate
 from tests.support.recorder_proc import RecorderProcess
@@ -89,49 +89,6 @@ class Probe:
         return tuple(row) if row else ()
 
 
-async def timed_drain(
-    label: str,
-    store: str,
-    count: Callable[[], Awaitable[int]],
-    db_cpu: Callable[[], float | None],
-    total: int,
-    pid: int,
-    alive: Callable[[], bool],
-    tail: Callable[[], str],
-    limit_s: float,
-    ready: Callable[[], Awaitable[bool]],
-) -> PeerRun:
-    """Wait until `ready` (the consumer group has its partitions), then poll `count` until it
-    reaches `total`; time and CPU from then to the last record (start-up left out)."""
-    started = time.monotonic()
-    while not await ready():
-        if not alive():
-            raise RuntimeError(f"{label}: exited while starting; log:\n{tail()}")
-        if time.monotonic() - started > 300:
-            raise TimeoutError(f"{label}: not ready after 300 s; log:\n{tail()}")
-        await asyncio.sleep(0.1)
-    t0, n0, cpu0, db0 = time.monotonic(), await count(), process_cpu(pid), db_cpu()
-    while True:
-        if time.monotonic() - t0 > limit_s:
-            raise TimeoutError(f"{label}: {await count()} of {total} records after {limit_s}s")
-        if not alive():
-            raise RuntimeError(f"{label}: exited; log:\n{tail()}")
-        n = await count()
-        now = time.monotonic()
-        if n >= total:
-            break
-        await asyncio.sleep(0.25)
-    cpu, db = process_cpu(pid), db_cpu()
-    return PeerRun(
-        label,
-        store,
-        total - n0,
-        now - t0,
-        cpu - cpu0,
-        None if db is None or db0 is None else db - db0,
-    )
-
-
 async def _db_drain(
     label: str, probe: Probe, total: int, pid: int, alive: Callable[[], bool],
     tail: Callable[[], str], limit_s: float, ready: Callable[[], Awaitable[bool]],
@@ -187,25 +144,6 @@ async def reproduce_with_schema(stack: Stack, src: str, dst: str) -> int:
 
 
 # --- one run per pipeline ----------------------------------------------------------------
-def consuming(stack: Stack, group: str) -> Callable[[], Awaitable[bool]]:
-    """A probe: has `group` become Stable with members, i.e. have the partitions been assigned
-    and fetching begun? The same signal for all three programs (each is a consumer group);
-    their own readiness checks differ (the recorder's /ready waits for a first fetch)."""
-
-    async def probe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.env["KAFKA_BROKERS"])
-        await admin.start()
-        try:
-            (res,) = await admin.describe_consumer_groups([group])
-        finally:
-            await admin.close()
-        # DescribeGroups v0+: (error_code, group_id, state, protocol_type, protocol, members)
-        _, _, state, _, _, members = res.groups[0][:6]
-        return bool(state == "Stable" and members)
-
-    return probe
-
-
 async def _with_database(stack: Stack, run: Callable[[str, Probe], object], prefix: str) -> PeerRun:
     database = wl.unique(prefix)
     await prepare_database(stack, database)
@@ -302,102 +240,6 @@ async def connect_to_postgres(
             peer.stop()
 
     return await _with_database(stack, run, "pcdb")
-
-
-# --- Parquet on S3 ------------------------------------------------------------------------
-async def committed(stack: Stack, group: str, topic: str) -> int:
-    """Offsets the group committed on `topic` (Benthos commits after its output's ack)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.env["KAFKA_BROKERS"])
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(max(0, om.offset) for tp, om in offsets.items() if tp.topic == topic)
-
-
-async def lake_fingerprint(stack: Stack, bucket: str) -> tuple[object, ...]:
-    """(rows, sum of volume) over every Parquet file in `bucket`."""
-    import io
-
-    import aioboto3
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    e = stack.env
-    kwargs = {
-        "endpoint_url": e["S3_ENDPOINT_URL"], "region_name": e["S3_REGION"],
-        "aws_access_key_id": e["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": e["AWS_SECRET_ACCESS_KEY"],
-    }  # fmt: skip
-    rows = volume = 0
-    async with aioboto3.Session().client("s3", **kwargs) as s3:
-        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith(".parquet"):
-                    continue
-                got = await s3.get_object(Bucket=bucket, Key=obj["Key"])
-                async with got["Body"] as body:
-                    table = pq.read_table(io.BytesIO(await body.read()), columns=["volume"])
-                rows += table.num_rows
-                volume += int(pc.sum(table["volume"]).as_py() or 0)
-    return (rows, volume)
-
-
-async def recorder_to_s3(
-    stack: Stack, topic: str, total: int, logs: Path, limit_s: float
-) -> PeerRun:
-    bucket, database = wl.unique("psbk"), wl.unique("psdb")
-    await wl.create_bucket(stack, bucket)
-    await wl.create_database(stack, database)
-    topics = wl.Topics(topic, None)
-    group = wl.unique("psg")
-    env = wl.recorder_env(
-        stack, topics, database=database, bucket=bucket, group=group,
-        DB_WRITE_ENABLED="false", S3_BATCH_TIMEOUT_SEC=5,
-    )  # fmt: skip
-    progress = wl.Progress(stack, topics, env)
-    await progress.start()
-    proc = RecorderProcess(env=env, log_path=logs / "peers-recorder-s3.log")
-    proc.start(wait_ready=None)
-    try:
-        assert proc.proc is not None
-        run = await timed_drain(
-            "recorder", "Parquet/S3", progress.lake, lambda: None, total, proc.proc.pid,
-            proc.alive, proc.tail, limit_s, consuming(stack, group),
-        )  # fmt: skip
-        run.fingerprint = await lake_fingerprint(stack, bucket)
-        return run
-    finally:
-        proc.terminate(60) if proc.alive() else proc.ensure_stopped()
-        await progress.close()
-        await wl.drop_bucket(stack, bucket)
-        await wl.drop_database(stack, database)
-
-
-async def benthos_to_s3(
-    stack: Stack, topic: str, total: int, logs: Path, limit_s: float
-) -> PeerRun:
-    bucket, group = wl.unique("pbbk"), wl.unique("pbsg")
-    await wl.create_bucket(stack, bucket)
-    e = stack.env
-    env = {
-        "BROKERS": e["KAFKA_BROKERS"], "TOPIC": topic, "GROUP": group, "BUCKET": bucket,
-        "AWS_REGION": e["S3_REGION"], "S3_ENDPOINT_URL": e["S3_ENDPOINT_URL"],
-        "AWS_ACCESS_KEY_ID": e["AWS_ACCESS_KEY_ID"],
-        "AWS_SECRET_ACCESS_KEY": e["AWS_SECRET_ACCESS_KEY"],
-    }  # fmt: skip
-    peer = procs.start_benthos(workdir=logs / "peers", pipeline="parquet-s3.yaml", env=env)
-    try:
-        run = await timed_drain(
-            "Benthos", "Parquet/S3", lambda: committed(stack, group, topic), lambda: None,
-            total, peer.pid, peer.alive, peer.tail, limit_s, consuming(stack, group),
-        )  # fmt: skip
-        run.fingerprint = await lake_fingerprint(stack, bucket)
-        return run
-    finally:
-        peer.stop()
-        await wl.drop_bucket(stack, bucket)
 
 
 def same_rows(a: tuple[object, ...], b: tuple[object, ...]) -> bool:

@@ -164,5 +164,6 @@ require (
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
 
-// The one replace line Benthos itself carries: keyring's upstream lost a tag it depends on.
+// The one replace line of Benthos' own go.mod: replace lines do not carry over to a module
+// that requires it, so this one repeats it.
 replace github.com/99designs/keyring => github.com/Jeffail/keyring v1.2.3
