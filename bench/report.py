@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.peers.table import PeerRun, peer_rows
+
 
 @dataclass(frozen=True)
 class Percentiles:
@@ -68,6 +70,7 @@ class Results:
     tsdb_copy_ceiling: float | None = None
     tsdb_recorder_db: float | None = None
     tsdb_verified: str | None = None
+    peers: list[PeerRun] = field(default_factory=list)
 
     @property
     def ceiling(self) -> float | None:
@@ -188,6 +191,9 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
     if not r.scaling:
         out.append(("Scaling", "—", "", r.skipped.get("scaling", "")))
     out.extend(timescaledb_rows(r))
+    out += peer_rows(r.peers)
+    if not r.peers and "peers" in r.skipped:
+        out.append(("Peers (Kafka Connect, Benthos)", "—", "", r.skipped["peers"]))
     return out
 
 

@@ -23,6 +23,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench`, `recorder`, `tes
 
 from bench import scenarios as sc  # noqa: E402
 from bench import workload as wl  # noqa: E402
+from bench.peers.scenario import run_peers  # noqa: E402
 from bench.report import Results, render  # noqa: E402
 from bench.stack import Stack, acquire  # noqa: E402
 
@@ -36,14 +37,19 @@ class Plan:
     outage: bool
     scaling: bool
     plots: bool
+    peers: tuple[str, ...] = ()
 
     @property
     def books(self) -> int:
         return self.ticks // 10
 
 
-QUICK = Plan(100_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False)
-FULL = Plan(2_000_000, 20_000, 20_000, 60, outage=True, scaling=True, plots=True)
+# --quick runs one peer, Benthos (a Go binary that starts in a second); Kafka Connect's JVM,
+# plugin load and the schema re-produce step would double the quick run's time.
+QUICK = Plan(100_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False,
+             peers=("benthos",))  # fmt: skip
+FULL = Plan(2_000_000, 20_000, 20_000, 60, outage=True, scaling=True, plots=True,
+            peers=("benthos", "connect", "benthos-s3"))  # fmt: skip
 
 
 def machine() -> str:
@@ -59,8 +65,18 @@ def machine() -> str:
     return (
         f"{os.cpu_count()} vCPU ({cpu}), {mem:.0f} GiB RAM, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}; Kafka, PostgreSQL 15 "
-        "(fsync=off) and moto S3 on the same machine"
+        f"(fsync=off) and {s3_server()} on the same machine"
     )
+
+
+def s3_server() -> str:
+    """Which S3 server scripts/stack runs (MinIO, or moto where MinIO is not built)."""
+    state = Path(os.environ.get("DATARECORDER_STACK_DIR") or REPO / ".stack") / "s3" / "state.json"
+    try:
+        server = json.loads(state.read_text()).get("server")
+    except (OSError, ValueError):
+        return "the S3 server"
+    return "MinIO S3" if server == "minio" else "moto S3"
 
 
 def log(msg: str) -> None:
@@ -107,6 +123,10 @@ async def measure(
         }
 
         await measure_timescaledb(stack, topics, total, backlog, logs, r)
+        if plan.peers:
+            r.peers = await run_peers(stack, topics.tick, plan.ticks, logs, peers=list(plan.peers))
+        else:
+            r.skipped["peers"] = "not in this plan"
 
         log(f"naive baseline: {plan.naive_sample:,} messages")
         r.naive = await sc.naive(stack, topics, backlog, plan.naive_sample)

@@ -113,6 +113,7 @@ def our_stray_processes() -> list[int]:
         "bin/postgres",
         "bin/.real/postgres",
         "pglite_bridge.mjs",
+        "bin/minio",
     )
     found = []
     for proc in Path("/proc").iterdir():

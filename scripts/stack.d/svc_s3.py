@@ -1,6 +1,9 @@
-"""S3 for scripts/stack: moto's server mode behind a TCP gate, with the recorder's bucket.
+"""S3 for scripts/stack: MinIO (built by scripts/bootstrap) or, where it is not built, moto.
 
-Owns both processes; `stop s3` closes only the gate so the objects survive an outage test.
+Owns the server process, its port and data, and the recorder's bucket. MinIO keeps its objects
+on disk, so `stop s3` ends the server itself (an outage: the port refuses) and `start s3` runs it
+again on the same port and data. moto keeps them in memory, so for moto `stop` closes only a TCP
+gate in front of it. Which server a stack runs is chosen at its first `up` and kept until `down`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from stacklib import ServiceState, free_port, spawn, terminate, wait_ready
+import minio_server
+from stacklib import ServiceState, StackError, free_port, log, spawn, terminate, wait_ready
 
 NAME = "s3"
 BUCKET = "market-data"
@@ -18,43 +22,79 @@ REGION = "us-east-1"
 ACCESS_KEY = "recorder-test-key"
 SECRET_KEY = "recorder-test-secret"
 READY_TIMEOUT = float(os.environ.get("DATARECORDER_S3_TIMEOUT", "60"))
+# auto: MinIO when it is built, else moto; minio: fail when it is not built; moto: always moto.
+SERVER_CHOICE = os.environ.get("DATARECORDER_S3_SERVER", "auto")
 HERE = Path(__file__).resolve().parent
 MOTO, GATE = "moto.server", "tcp_gate.py"  # how our processes are recognised
 
 
+def choose_server(choice: str, minio_built: bool) -> str:
+    if choice not in ("auto", "minio", "moto"):
+        raise StackError(f"DATARECORDER_S3_SERVER={choice!r}: expected auto, minio or moto")
+    if choice == "minio" and not minio_built:
+        raise StackError(
+            "DATARECORDER_S3_SERVER=minio but MinIO is not built; run scripts/bootstrap "
+            f"(or `python {HERE / 'minio_server.py'} build`)"
+        )
+    if choice == "auto":
+        return "minio" if minio_built else "moto"
+    return choice
+
+
+def server(st: ServiceState) -> str:
+    return "minio" if st.data.get("server") == "minio" else "moto"
+
+
 def configure(st: ServiceState) -> None:
-    port = free_port()
-    inner = free_port()
-    while inner == port:
-        inner = free_port()
-    st.data.update(configured=True, port=port, inner_port=inner)
+    chosen = choose_server(SERVER_CHOICE, minio_server.built())
+    if chosen == "moto" and SERVER_CHOICE == "auto":
+        log("MinIO is not built (scripts/bootstrap builds it); S3 falls back to moto")
+    ports: set[int] = set()
+    while len(ports) < 2:
+        ports.add(free_port())
+    port, inner = sorted(ports)
+    st.data.update(configured=True, server=chosen, port=port, inner_port=inner)
     st.save()
 
 
-def moto_running(st: ServiceState) -> bool:
+# --- MinIO: the server is the public port; its objects live in .stack/s3/data ---------------
+
+
+def _minio_running(st: ServiceState) -> bool:
+    return st.pid("minio_pid", minio_server.MARKER) is not None
+
+
+def _minio_start(st: ServiceState) -> None:
+    if _minio_running(st):
+        return
+    if not minio_server.built():
+        raise StackError(f"MinIO binary {minio_server.BINARY} is gone; run scripts/bootstrap")
+    data = st.dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    # The console port is the inner one: MinIO always listens for its console, even when off.
+    argv = minio_server.argv(st.int("port"), st.int("inner_port"), data)
+    env = minio_server.environment(ACCESS_KEY, SECRET_KEY, REGION)
+    st.data["minio_pid"] = spawn(argv, st.dir / "minio.log", env=env)
+
+
+def _minio_stop(st: ServiceState, kill: bool) -> None:
+    terminate(st.pid("minio_pid", minio_server.MARKER), timeout=10, kill=kill)
+    st.data.pop("minio_pid", None)
+
+
+# --- moto: in memory, so an outage is a closed gate in front of it -------------------------------
+
+
+def _moto_running(st: ServiceState) -> bool:
     return st.pid("moto_pid", MOTO) is not None
 
 
-def running(st: ServiceState) -> bool:
-    return moto_running(st) and st.pid("gate_pid", GATE) is not None
-
-
-def start(st: ServiceState) -> None:
-    if not st.configured:
-        configure(st)
-    if not moto_running(st):
+def _moto_start(st: ServiceState) -> None:
+    if not _moto_running(st):
         env = dict(os.environ, MOTO_PORT=str(st.int("inner_port")))
-        argv = [
-            sys.executable,
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            str(st.int("inner_port")),
-        ]
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1"]
+        argv += ["-p", str(st.int("inner_port"))]
         st.data["moto_pid"] = spawn(argv, st.dir / "moto.log", env=env)
-        st.data["bucket_created"] = False  # a new moto process starts empty
     if st.pid("gate_pid", GATE) is None:
         argv = [
             sys.executable,
@@ -65,6 +105,24 @@ def start(st: ServiceState) -> None:
             f"127.0.0.1:{st.int('inner_port')}",
         ]
         st.data["gate_pid"] = spawn(argv, st.dir / "gate.log")
+
+
+# --- the service interface of stackctl ----------------------------------------------------------
+
+
+def running(st: ServiceState) -> bool:
+    if server(st) == "minio":
+        return _minio_running(st)
+    return _moto_running(st) and st.pid("gate_pid", GATE) is not None
+
+
+def start(st: ServiceState) -> None:
+    if not st.configured:
+        configure(st)
+    if server(st) == "minio":
+        _minio_start(st)
+    else:
+        _moto_start(st)
     st.save()
 
 
@@ -94,17 +152,17 @@ async def ready(st: ServiceState) -> None:
         if BUCKET not in names:
             await asyncio.to_thread(client.create_bucket, Bucket=BUCKET)
 
-    await wait_ready(
-        f"s3 at {endpoint(st)}", probe, READY_TIMEOUT, lambda: running(st), st.dir / "moto.log"
-    )
-    st.data["bucket_created"] = True
-    st.save()
+    logfile = st.dir / ("minio.log" if server(st) == "minio" else "moto.log")
+    await wait_ready(f"s3 at {endpoint(st)}", probe, READY_TIMEOUT, lambda: running(st), logfile)
 
 
 def stop(st: ServiceState, kill: bool = False) -> None:
-    """An outage: the gate goes away (port refuses), moto and its objects stay."""
-    terminate(st.pid("gate_pid", GATE), timeout=10, kill=kill)
-    st.data.pop("gate_pid", None)
+    """An outage: the public port refuses; the objects stay (MinIO's disk, moto's memory)."""
+    if server(st) == "minio":
+        _minio_stop(st, kill)
+    else:
+        terminate(st.pid("gate_pid", GATE), timeout=10, kill=kill)
+        st.data.pop("gate_pid", None)
     st.save()
 
 
@@ -135,7 +193,8 @@ def env(st: ServiceState) -> dict[str, str]:
 
 
 def describe(st: ServiceState) -> str:
-    return f"{endpoint(st)} (moto S3 server, bucket {BUCKET}, region {REGION})"
+    what = f"MinIO {minio_server.VERSION}" if server(st) == "minio" else "moto S3 server"
+    return f"{endpoint(st)} ({what}, bucket {BUCKET}, region {REGION})"
 
 
 def remove(st: ServiceState) -> None:

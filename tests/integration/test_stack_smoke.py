@@ -118,6 +118,31 @@ async def test_s3_put_list_get(stack: Stack, fresh_bucket: str) -> None:
             assert await stream.read() == body
 
 
+async def test_s3_conditional_puts_are_compare_and_set(stack: Stack, fresh_bucket: str) -> None:
+    """The lake's progress objects rely on these answers (recorder/sinks/lake.py)."""
+    from botocore.exceptions import ClientError
+
+    def status(exc: ClientError) -> int:
+        return int(exc.response["ResponseMetadata"]["HTTPStatusCode"])
+
+    async with aioboto3.Session().client("s3", **stack.s3_client_kwargs()) as s3:
+        first = await s3.put_object(Bucket=fresh_bucket, Key="p", Body=b"1", IfNoneMatch="*")
+        with pytest.raises(ClientError) as exists:
+            await s3.put_object(Bucket=fresh_bucket, Key="p", Body=b"x", IfNoneMatch="*")
+        assert status(exists.value) == 412, exists.value.response
+        second = await s3.put_object(Bucket=fresh_bucket, Key="p", Body=b"2", IfMatch=first["ETag"])
+        with pytest.raises(ClientError) as stale:  # the first ETag no longer matches
+            await s3.put_object(Bucket=fresh_bucket, Key="p", Body=b"x", IfMatch=first["ETag"])
+        assert status(stale.value) == 412, stale.value.response
+        with pytest.raises(ClientError) as missing:  # If-Match on a key that does not exist
+            await s3.put_object(Bucket=fresh_bucket, Key="q", Body=b"x", IfMatch=second["ETag"])
+        assert status(missing.value) in (404, 412), missing.value.response
+        got = await s3.get_object(Bucket=fresh_bucket, Key="p")
+        async with got["Body"] as stream:
+            assert await stream.read() == b"2"
+        assert got["ETag"] == second["ETag"]
+
+
 @pytest.mark.faults
 async def test_stop_start_keeps_port_and_data(
     stack_faults: Stack, fresh_database: str, fresh_bucket: str, kafka_topics: TopicFactory

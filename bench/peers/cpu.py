@@ -1,0 +1,46 @@
+"""CPU seconds of a process and of a local PostgreSQL server (psutil), for CPU-per-row figures.
+
+Owns the arithmetic of a server's CPU: the postmaster's own time, its exited children's (it
+waits for them, so their time lands in its children_* fields) and its live children's, minus
+the benchmark's own probe connection.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+
+def process_cpu(pid: int) -> float:
+    """User + system seconds of `pid` (all threads) and of its children that exited."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def postmaster_of(backend_pid: int) -> int | None:
+    """The server process of a backend (its parent), when the server runs on this machine."""
+    try:
+        return int(psutil.Process(backend_pid).ppid())
+    except psutil.Error:
+        return None
+
+
+def server_cpu(postmaster: int, exclude: int | None = None) -> float:
+    """CPU so far of a PostgreSQL server: postmaster, backends, walwriter, checkpointer...,
+    without the backend `exclude` (the benchmark's own probe)."""
+    total = process_cpu(postmaster)
+    try:
+        kids = psutil.Process(postmaster).children()
+    except psutil.Error:
+        return total
+    for child in kids:
+        if child.pid == exclude:
+            continue
+        try:
+            t = child.cpu_times()
+        except psutil.Error:
+            continue  # exited meanwhile: its time is in the postmaster's children_* next read
+        total += float(t.user + t.system)
+    return total

@@ -1,0 +1,66 @@
+"""The peers' lines of the benchmark table (pure): labels, rates, CPU per row, ratios.
+
+Owns how a peer is described in one line: what it is, what it was given and what it skips
+(bench/peers/README.md says the same at length).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PeerRun:
+    label: str
+    store: str
+    rows: int
+    seconds: float
+    cpu: float  # CPU seconds of the pipeline's process over the window
+    db_cpu: float | None  # of the PostgreSQL server; None where it is not on this machine
+    fingerprint: tuple[object, ...] = ()
+    check: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+PG, S3 = "PostgreSQL", "Parquet/S3"
+LABELS = {
+    ("recorder", PG): "Recorder → PostgreSQL, ticks only (peers' reference)",
+    ("Benthos", PG): "Peer: Benthos 4.27 kafka_franz → sql_insert",
+    ("Kafka Connect", PG): "Peer: Kafka Connect 4.4 + Debezium JDBC sink 3.5",
+    ("recorder", S3): "Recorder → Parquet on S3, ticks only (database off)",
+    ("Benthos", S3): "Peer: Benthos 4.27 kafka_franz → parquet_encode → aws_s3",
+}
+NOTES = {
+    ("recorder", PG): "exactly once, validated, rollups; S3 off",
+    ("Benthos", PG): "500-row batches, 4 in flight; at-least-once, no validation, no rollups",
+    ("Kafka Connect", PG): "4 tasks, 500-row batches; given a JSON schema per message and "
+    "pre-created partitions; at-least-once, no validation, no rollups",
+    ("recorder", S3): "exactly once (progress compare-and-set), validated; 10k-row files, "
+    "S3_BATCH_TIMEOUT_SEC=5",
+    ("Benthos", S3): "a snappy file per partition per 10k rows or 5 s, 4 uploads in flight, "
+    "timed by its committed offsets; at-least-once, no validation, no partitioned layout",
+}
+
+
+def us_per_row(seconds: float | None, rows: int) -> str:
+    return "n/a" if seconds is None else f"{seconds / rows * 1e6:,.1f} µs"
+
+
+def peer_rows(runs: list[PeerRun]) -> list[tuple[str, str, str, str]]:
+    out = []
+    for r in runs:
+        base = next((b for b in runs if b.label == "recorder" and b.store == r.store), None)
+        compared = ""
+        if base is not None and r is not base:
+            compared = f"{r.rate / base.rate:.2f}x recorder"
+        db = f", PostgreSQL {us_per_row(r.db_cpu, r.rows)}" if r.store == PG else ""
+        how = (
+            f"{r.rows:,} rows, partitions assigned → last durable; CPU/row: process "
+            f"{us_per_row(r.cpu, r.rows)}{db}; {NOTES.get((r.label, r.store), '')}; {r.check}"
+        )
+        label = LABELS.get((r.label, r.store), f"{r.label} → {r.store}")
+        out.append((label, f"{r.rate:,.0f} rec/s", compared, how))
+    return out
