@@ -258,12 +258,11 @@ def decode_backlog(
 ) -> tuple[Backlog, float]:
     """The recorder's own decode+validate of every record; returns the rows and records/s."""
     limits = Limits()
-    now_ns = time.time_ns()
     ticks: list[TickRow] = []
     books: list[OrderBookRow] = []
     started = time.perf_counter()
     for kind, ts, value in kept:
-        row = decode(kind, value, ts, now_ns, limits)
+        row = decode(kind, value, ts, limits)
         (ticks if kind is TopicKind.TICK else books).append(row)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
     return Backlog(ticks, books), len(kept) / elapsed

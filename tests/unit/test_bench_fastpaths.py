@@ -35,3 +35,14 @@ def test_rollup_bars_equal_aggregating_each_bucket_from_the_ticks() -> None:
 
 def test_coarsen_of_nothing_is_nothing() -> None:
     assert coarsen([], 300 * 10**9) == []
+
+
+def test_the_benchmarks_decode_step_runs_the_recorders_decode() -> None:
+    """bench/scenarios.decode_backlog calls recorder.records.decode directly (it broke once
+    when decode's signature changed: bench/ is not type-checked in CI)."""
+    from bench.scenarios import decode_backlog
+    from recorder.settings import TopicKind
+
+    value = b'{"symbol":"AAA","price":1.5,"volume":3,"timestamp":1764133200123456789}'
+    backlog, rate = decode_backlog([(TopicKind.TICK, 1764133200123, value)])
+    assert [r.symbol for r in backlog.ticks] == ["AAA"] and rate > 0
