@@ -1,6 +1,7 @@
 """DESIGN's three rules of exactly-once, each shown against the real stores.
 
-1. fenced progress: a zombie's batch is refused (database and S3);
+1. fenced progress: a zombie's batch is refused (database here; S3, with the lake's contents,
+   in test_lake_protocol.py);
 2. one unrecorded file per partition: a replay overwrites the leftover file of a crash;
 3. revocation waits: after on_revoked returns, nothing of the revoked partitions is pending.
 """
@@ -139,34 +140,6 @@ async def _keys(stack: Any, bucket: str) -> dict[str, int]:
             for obj in page.get("Contents", []):
                 out[obj["Key"]] = obj["Size"]
     return out
-
-
-async def test_rule1_s3_zombie_progress_is_refused(
-    fresh_bucket: str, recorder_env: Any, stack: Any
-) -> None:
-    s = settings_for(recorder_env(bucket=fresh_bucket), S3_PREFIX="p")
-    topics = {TOPIC: TopicKind.TICK}
-    zombie_resyncs: list[TP] = []
-    zombie = S3Sink(s, topics, S3Lake(s), noop, zombie_resyncs.append)
-    owner = S3Sink(s, topics, S3Lake(s), noop, noop)
-    await zombie.start()
-    await owner.start()
-    try:
-        assert await zombie.load_progress([TPX]) == {TPX: None}
-        assert await owner.load_progress([TPX]) == {TPX: None}
-        zombie.assign({TPX: None}, {})
-        owner.assign({TPX: None}, {})
-        offsets, batch = rows(0, 100)
-        owner.offer(TPX, offsets, batch, 100)
-        await owner.flush_all([TPX])
-        offsets, batch = rows(0, 60)
-        zombie.offer(TPX, offsets, batch, 60)
-        await zombie.flush_all([TPX])
-        assert (await owner.load_progress([TPX]))[TPX] == 100
-        assert zombie_resyncs == [TPX]  # fenced: it drops its batch and asks to be re-fed
-    finally:
-        await zombie.close()
-        await owner.close()
 
 
 async def test_rule2_replay_overwrites_the_leftover_of_a_crash(

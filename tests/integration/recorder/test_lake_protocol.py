@@ -19,22 +19,16 @@ from recorder.settings import TopicKind
 from recorder.sinks.lake import S3Lake
 from recorder.sinks.parquet import legacy_progress_key, progress_key
 from recorder.sinks.s3 import LakeClaimed, S3Sink
-from tests.integration.recorder.test_exactly_once_rules import (
+from tests.integration.recorder.test_exactly_once_rules import (  # noqa: F401 (a fixture)
     TOPIC,
     TPX,
+    aws_credentials,
     noop,
     rows,
     settings_for,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def aws_credentials(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-        if key in stack.env:
-            monkeypatch.setenv(key, stack.env[key])
 
 
 async def lake_files(stack: Any, bucket: str) -> dict[str, tuple[str, list[int]]]:
