@@ -1,4 +1,4 @@
-"""Measure the decoded size of tick and order-book rows (calibrates recorder.backpressure).
+"""Measure the decoded size of tick and order-book rows (calibrates recorder.core.backpressure).
 
 Usage: .venv/bin/python bench/row_bytes.py   (prints a table: bytes per row, measured vs estimated)
 """
@@ -9,8 +9,8 @@ import gc
 import json
 import tracemalloc
 
-from recorder.backpressure import row_bytes
-from recorder.records import Limits, Row, decode
+from recorder.core.backpressure import row_bytes
+from recorder.core.records import Limits, Row, decode
 from recorder.settings import TopicKind
 
 N = 10_000

@@ -27,10 +27,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench import workload as wl
 from bench.report import Percentiles, percentiles
 from bench.stack import Stack
+from recorder.core.records import Limits, OrderBookRow, TickRow, decode
 from recorder.migrate import migrate
-from recorder.records import Limits, OrderBookRow, TickRow, decode
 from recorder.settings import TopicKind
-from recorder.sinks.parquet import write_parquet
+from recorder.sinks.lake.parquet import write_parquet
 from tests.support.recorder_proc import RecorderProcess
 
 NS_PER_DAY = 86_400 * 1_000_000_000
@@ -182,7 +182,7 @@ async def drain(
             s3_timeline=s3_line,
         )
         if verify:
-            from recorder.verify import verify as run_verify
+            from recorder.tools.verify import verify as run_verify
 
             _log(f"{name}: verifying both stores record by record")
             report = await run_verify(wl.settings_for(env))

@@ -20,8 +20,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.stack import REPO, Stack
 from recorder.settings import Settings
-from recorder.sinks.lake import make_lake
-from recorder.sinks.parquet import progress_key
+from recorder.sinks.lake.parquet import progress_key
+from recorder.sinks.lake.store import make_lake
 from tests.support.recorder_proc import produce as run_produce
 
 PARTITIONS = 12
@@ -266,7 +266,7 @@ async def paced_ticks(stack: Stack, topic: str, rate: float, duration: float) ->
     its rate on two busy cores where one send() per record does not). Returns (sent, seconds)."""
     from aiokafka import AIOKafkaProducer
 
-    from recorder.produce import FeedSpec, tick_values
+    from recorder.tools.produce import FeedSpec, tick_values
 
     producer = AIOKafkaProducer(
         bootstrap_servers=stack.env["KAFKA_BROKERS"], acks="all", max_batch_size=4 * 2**20

@@ -80,7 +80,7 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _produce(settings: Settings, args: argparse.Namespace) -> int:
-    from recorder.produce import FeedSpec, produce
+    from recorder.tools.produce import FeedSpec, produce
 
     sent = await produce(
         settings,
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         assert settings is not None
         return asyncio.run(_produce(settings, args))
     if args.command == "verify":
-        from recorder.verify import main as verify_main
+        from recorder.tools.verify import main as verify_main
 
         assert settings is not None
         return int(asyncio.run(verify_main(settings, as_json=args.json)))
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "demo":
-        from recorder.demo import main as demo_main
+        from recorder.tools.demo import main as demo_main
 
         return int(
             demo_main(

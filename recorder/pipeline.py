@@ -19,22 +19,23 @@ from typing import Any
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from recorder import backpressure, metrics, supervise
-from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
-from recorder.kafka_options import client_options, is_kafka_retriable
-from recorder.offsets import (
+from recorder import metrics, supervise
+from recorder.core import backpressure
+from recorder.core.offsets import (
     TP,
     beyond_log_end,
     partition_lag,
     seek_position,
     unknown_progress,
 )
-from recorder.records import Limits, RecordError, Row, TickRow, decode
+from recorder.core.records import Limits, RecordError, Row, TickRow, decode
+from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
+from recorder.kafka_options import client_options, is_kafka_retriable
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink, retry_forever
-from recorder.sinks.lake import make_lake
-from recorder.sinks.s3 import S3Sink
-from recorder.sinks.timescale import TimescaleSink
+from recorder.sinks.lake.sink import S3Sink
+from recorder.sinks.lake.store import make_lake
+from recorder.sinks.timescale.sink import TimescaleSink
 from recorder.source import KafkaSource
 
 log = structlog.get_logger("recorder.pipeline")

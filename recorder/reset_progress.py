@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from recorder.core.offsets import TP
 from recorder.kafka_options import client_options
-from recorder.offsets import TP
 from recorder.settings import ConfigError, Settings
-from recorder.sinks.lake import make_lake
-from recorder.sinks.parquet import progress_key
+from recorder.sinks.lake.parquet import progress_key
+from recorder.sinks.lake.store import make_lake
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from recorder.offsets import TP
+from recorder.core.offsets import TP
 from recorder.settings import Settings
 
 log = structlog.get_logger("recorder.source")

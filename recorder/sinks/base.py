@@ -13,8 +13,8 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from recorder import metrics
-from recorder.offsets import TP
-from recorder.records import Row
+from recorder.core.offsets import TP
+from recorder.core.records import Row
 
 T = TypeVar("T")
 log = structlog.get_logger("recorder.sinks")

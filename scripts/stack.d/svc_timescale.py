@@ -2,7 +2,7 @@
 Debian trixie, run from the folder `scripts/timescaledb build` unpacked into the cache.
 
 Owns the cluster's config and its `.stack/env` names (TSDB_APACHE_*); the runnable copy of the
-folder comes from recorder/demo_timescaledb.py, and the server process is managed like
+folder comes from recorder/tools/demo_timescaledb.py, and the server process is managed like
 svc_postgres's (the same pg_ctl calls, the same role and database).
 """
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import svc_postgres
 from stacklib import ServiceState, StackError, free_port
 
-from recorder import demo_timescaledb as native  # shared with `datarecorder demo --db timescaledb`
+from recorder.tools import (
+    demo_timescaledb as native,  # shared with `datarecorder demo --db timescaledb`
+)
 
 NAME = "timescale"
 

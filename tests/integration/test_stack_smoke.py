@@ -119,7 +119,7 @@ async def test_s3_put_list_get(stack: Stack, fresh_bucket: str) -> None:
 
 
 async def test_s3_conditional_puts_are_compare_and_set(stack: Stack, fresh_bucket: str) -> None:
-    """The lake's progress objects rely on these answers (recorder/sinks/lake.py)."""
+    """The lake's progress objects rely on these answers (recorder/sinks/lake/store.py)."""
     from botocore.exceptions import ClientError
 
     def status(exc: ClientError) -> int:

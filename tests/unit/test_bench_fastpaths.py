@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import random
 
-from recorder.records import TickRow
-from recorder.rollups import ROLLUPS, aggregate
-from recorder.sinks.timescale import coarsen, rollup_bars
+from recorder.core.records import TickRow
+from recorder.core.rollups import ROLLUPS, aggregate
+from recorder.sinks.timescale.sink import coarsen, rollup_bars
 
 
 def _ticks(n: int, seed: int) -> list[TickRow]:
@@ -38,7 +38,7 @@ def test_coarsen_of_nothing_is_nothing() -> None:
 
 
 def test_the_benchmarks_decode_step_runs_the_recorders_decode() -> None:
-    """bench/scenarios.decode_backlog calls recorder.records.decode directly (it broke once
+    """bench/scenarios.decode_backlog calls recorder.core.records.decode directly (it broke once
     when decode's signature changed: bench/ is not type-checked in CI)."""
     from bench.scenarios import decode_backlog
     from recorder.settings import TopicKind

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable
 
-from recorder.verify import Report, StoreReport, compare, tick_key
+from recorder.tools.verify import Report, StoreReport, compare, tick_key
 
 
 def counter(*keys: Hashable) -> Counter[Hashable]:

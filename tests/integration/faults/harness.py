@@ -23,7 +23,7 @@ import aioboto3
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from recorder.sinks.parquet import progress_key
+from recorder.sinks.lake.parquet import progress_key
 from tests.fixtures.stack import REPO, Stack
 from tests.support.recorder_proc import RecorderProcess, http_get
 from tests.support.recorder_proc import verify as run_verify
@@ -366,9 +366,9 @@ def random_delays(n: int, low: float, high: float, seed: int) -> list[float]:
 async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
     """Diagnosis of a failed verify: the Kafka offsets whose records a store lacks, as
     `store topic[partition]` -> [first, last, count]."""
-    from recorder import verify as v
-    from recorder.records import Limits, RecordError, decode
+    from recorder.core.records import Limits, RecordError, decode
     from recorder.settings import Settings, TopicKind
+    from recorder.tools import verify as v
 
     settings = Settings(**{k: v for k, v in env.items() if k in Settings.model_fields})
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):

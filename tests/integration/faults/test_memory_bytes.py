@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from recorder.backpressure import buffer_bytes_limit
-from recorder.produce import FeedSpec, orderbook_values
+from recorder.core.backpressure import buffer_bytes_limit
 from recorder.settings import Settings
+from recorder.tools.produce import FeedSpec, orderbook_values
 from tests.integration.faults.harness import BASE_ENV, MIB, Deployment, record_result
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from recorder.produce import FeedSpec, orderbook_values, tick_values
-from recorder.records import Limits, RecordError, decode
+from recorder.core.records import Limits, RecordError, decode
 from recorder.settings import TopicKind
+from recorder.tools.produce import FeedSpec, orderbook_values, tick_values
 from tests.integration.faults.harness import Deployment, record_result, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]

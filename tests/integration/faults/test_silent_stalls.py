@@ -14,7 +14,7 @@ import time
 import aioboto3
 import pytest
 
-from recorder.sinks.parquet import progress_key
+from recorder.sinks.lake.parquet import progress_key
 from tests.integration.faults.harness import S3_PREFIX, Deployment, record_result
 from tests.support.recorder_proc import http_get
 

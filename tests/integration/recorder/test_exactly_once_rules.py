@@ -16,14 +16,14 @@ import aioboto3
 import asyncpg
 import pytest
 
+from recorder.core.offsets import TP
+from recorder.core.records import TickRow
 from recorder.dlq import DeadLetters
 from recorder.kafka_options import client_options
-from recorder.offsets import TP
-from recorder.records import TickRow
 from recorder.settings import Settings, TopicKind, load_settings
-from recorder.sinks.lake import S3Lake
-from recorder.sinks.s3 import S3Sink
-from recorder.sinks.timescale import TimescaleSink
+from recorder.sinks.lake.sink import S3Sink
+from recorder.sinks.lake.store import S3Lake
+from recorder.sinks.timescale.sink import TimescaleSink
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +159,7 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
         crashed.assign({TPX: None}, {})
         offsets, batch = rows(0, 300, hour_of)
         # encode and upload like a flush, then "crash" before the progress is recorded
-        from recorder.batching import Batch
+        from recorder.core.batching import Batch
 
         files = crashed._encode(TPX, TopicKind.TICK, Batch(None, 300, batch, offsets))
         for key, body, size in files:

@@ -14,11 +14,11 @@ import aioboto3
 import pyarrow.parquet as pq
 import pytest
 
-from recorder.offsets import TP
+from recorder.core.offsets import TP
 from recorder.settings import TopicKind
-from recorder.sinks.lake import S3Lake
-from recorder.sinks.parquet import legacy_progress_key, progress_key
-from recorder.sinks.s3 import LakeClaimed, S3Sink
+from recorder.sinks.lake.parquet import legacy_progress_key, progress_key
+from recorder.sinks.lake.sink import LakeClaimed, S3Sink
+from recorder.sinks.lake.store import S3Lake
 from tests.integration.recorder.test_exactly_once_rules import (  # noqa: F401 (a fixture)
     TOPIC,
     TPX,
@@ -106,7 +106,7 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
         offsets, batch = rows(0, 60, two_hours)
         zombie.offer(TPX, offsets, batch, 60)
         stalled = zombie._buffers[TPX].take()  # the zombie's flush, stopped after step 1
-        from recorder.offsets import IntentOutcome
+        from recorder.core.offsets import IntentOutcome
 
         assert await zombie._record_intent(TPX, stalled) is IntentOutcome.RECORDED
         zombie_files = zombie._encode(TPX, TopicKind.TICK, stalled)

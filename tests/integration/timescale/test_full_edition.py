@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 
 from recorder.compression import apply_compression
+from recorder.core.records import TickRow
+from recorder.core.rollups import ROLLUPS, aggregate
 from recorder.migrate import DbMode, migrate_explained
-from recorder.records import TickRow
 from recorder.retention import apply_retention
-from recorder.rollups import ROLLUPS, aggregate
-from recorder.sinks.timescale import tick_record, to_datetime
+from recorder.sinks.timescale.sink import tick_record, to_datetime
 from tests.integration.recorder.test_rollups import T0, TICKS
 
 pytestmark = pytest.mark.integration

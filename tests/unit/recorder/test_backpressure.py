@@ -1,13 +1,13 @@
-"""Pure rules of recorder.backpressure and the DLQ sizing of recorder.dlq (fake clock)."""
+"""Pure rules of recorder.core.backpressure and the DLQ sizing of recorder.dlq (fake clock)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from recorder import backpressure as bp
+from recorder.core import backpressure as bp
+from recorder.core.offsets import TP
+from recorder.core.records import Level, OrderBookRow, TickRow
 from recorder.dlq import HEADROOM_BYTES, dlq_limit, max_message_bytes
-from recorder.offsets import TP
-from recorder.records import Level, OrderBookRow, TickRow
 
 A, B, C = TP("t", 0), TP("t", 1), TP("t", 2)
 

@@ -6,14 +6,21 @@ import random
 
 import pytest
 
-from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, split_by_hour, writer_for
+from recorder.core.batching import (
+    Batch,
+    PartitionBuffer,
+    is_due,
+    next_due_in,
+    split_by_hour,
+    writer_for,
+)
+from recorder.core.offsets import CasOutcome, cas_outcome, partition_lag, seek_position
+from recorder.core.records import TickRow
+from recorder.core.rollups import Bar, aggregate, merge
 from recorder.http import health_report
 from recorder.migrate import DbMode, mode_for_license, plan_migrations
-from recorder.offsets import CasOutcome, cas_outcome, partition_lag, seek_position
-from recorder.records import TickRow
-from recorder.rollups import Bar, aggregate, merge
 from recorder.settings import TopicKind
-from recorder.sinks.parquet import object_key, progress_key
+from recorder.sinks.lake.parquet import object_key, progress_key
 
 H = 3600 * 10**9
 

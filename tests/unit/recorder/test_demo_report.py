@@ -6,8 +6,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from recorder.demo_report import Snapshot, consistency, lag_by_sink, progress_line, rate, table
-from recorder.demo_services import kafka_properties
+from recorder.devstack.services import kafka_properties
+from recorder.tools.demo_report import (
+    Snapshot,
+    consistency,
+    lag_by_sink,
+    progress_line,
+    rate,
+    table,
+)
 
 METRICS = """\
 # HELP datarecorder_lag_records Sum of lag.
@@ -88,7 +95,7 @@ def test_remove_abandoned_deletes_only_dirs_of_dead_demos(tmp_path: Path) -> Non
     import os
     import subprocess
 
-    from recorder.demo import DIR_PREFIX, remove_abandoned
+    from recorder.tools.demo import DIR_PREFIX, remove_abandoned
 
     gone = subprocess.Popen(["true"])  # a pid that has exited
     gone.wait()

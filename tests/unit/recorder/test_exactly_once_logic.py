@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from recorder.batching import Batch, PartitionBuffer
-from recorder.offsets import (
+from recorder.core.batching import Batch, PartitionBuffer
+from recorder.core.offsets import (
     TP,
     IntentOutcome,
     beyond_log_end,
@@ -24,7 +24,7 @@ from recorder.offsets import (
 )
 from recorder.reset_progress import plan, render, target_offset
 from recorder.settings import ConfigError, load_settings
-from recorder.sinks.lake import (
+from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
     CorruptProgress,
     S3Lake,

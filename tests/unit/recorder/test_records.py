@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from recorder.records import (
+from recorder.core.records import (
     MIN_TIME_NS,
     Limits,
     OrderBookRow,

@@ -25,7 +25,7 @@ class Batch(Generic[R]):
     rows: list[R] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     opened_at: float | None = None  # monotonic time the batch got its first offset
-    nbytes: int = 0  # estimated decoded bytes of `rows` (recorder.backpressure.row_bytes)
+    nbytes: int = 0  # estimated decoded bytes of `rows` (recorder.core.backpressure.row_bytes)
 
     def __len__(self) -> int:
         return len(self.rows)

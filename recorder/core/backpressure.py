@@ -10,8 +10,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from recorder.offsets import TP
-from recorder.records import OrderBookRow, Row
+from recorder.core.offsets import TP
+from recorder.core.records import OrderBookRow, Row
 
 # Decoded sizes measured with tracemalloc (`python bench/row_bytes.py`): a tick row (a tuple of
 # six fields with its floats, int and symbol, and its slot in the batch list) is 299 bytes; an

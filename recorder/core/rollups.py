@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from recorder.records import TickRow
+from recorder.core.records import TickRow
 
 NS_PER_MINUTE = 60 * 1_000_000_000
 ROLLUPS: dict[str, int] = {

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from recorder.core.records import Limits, OrderBookRow, RecordError, Row, TickRow, decode
 from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from recorder.kafka_options import client_options
-from recorder.records import Limits, OrderBookRow, RecordError, Row, TickRow, decode
 from recorder.settings import Settings, TopicKind
 
 

@@ -28,13 +28,13 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from recorder import demo_services as services
-from recorder.demo_report import Snapshot, consistency, lag_by_sink, progress_line, table
-from recorder.demo_services import Child, Database, ServiceError
+from recorder.devstack import services
+from recorder.devstack.services import Child, Database, ServiceError
 from recorder.kafka_options import client_options
-from recorder.produce import FeedSpec, produce, symbols
 from recorder.settings import Settings
-from recorder.verify import verify
+from recorder.tools.demo_report import Snapshot, consistency, lag_by_sink, progress_line, table
+from recorder.tools.produce import FeedSpec, produce, symbols
+from recorder.tools.verify import verify
 
 TOPICS = ("market.tick", "market.orderbook")
 PARTITIONS = 4

@@ -13,7 +13,7 @@ from typing import IO, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recorder.records import OrderBookRow, TickRow, levels_json
+from recorder.core.records import OrderBookRow, TickRow, levels_json
 from recorder.settings import TopicKind
 
 LEVEL_TYPE = pa.list_(pa.struct([("price", pa.float64()), ("quantity", pa.float64())]))

@@ -21,14 +21,14 @@ import asyncpg
 import structlog
 
 from recorder import metrics, supervise
-from recorder.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
 from recorder.compression import apply_compression
+from recorder.core.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
+from recorder.core.offsets import TP, CasOutcome, cas_outcome
+from recorder.core.records import OrderBookRow, Row, TickRow, levels_json
+from recorder.core.rollups import ROLLUPS, Bar, aggregate, merge
 from recorder.dlq import DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
-from recorder.offsets import TP, CasOutcome, cas_outcome
-from recorder.records import OrderBookRow, Row, TickRow, levels_json
 from recorder.retention import apply_retention
-from recorder.rollups import ROLLUPS, Bar, aggregate, merge
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
 

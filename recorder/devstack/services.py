@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from recorder import demo_timescaledb as native_timescaledb
+from recorder.tools import demo_timescaledb as native_timescaledb
 
 KAFKA_VERSION = os.environ.get("DATARECORDER_KAFKA_VERSION", "4.4.0")
 CACHE = Path(

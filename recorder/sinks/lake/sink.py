@@ -31,7 +31,7 @@ later, or a replay after a crash can therefore only rewrite a file with its own 
 commit to E happens only after every file of [N, E) is in the lake, so progress never covers a
 missing file. The argument needs the store to honour conditional writes: `start()` checks that
 and refuses to run where it does not. Progress objects are scoped by consumer group (see
-`recorder.sinks.parquet.progress_key`), and a second group recording one of our topics into the
+`recorder.sinks.lake.parquet.progress_key`), and a second group recording one of our topics into the
 same prefix is refused at start (it would write every record twice and share our file keys).
 """
 
@@ -46,13 +46,12 @@ from typing import Literal
 import structlog
 
 from recorder import metrics, supervise
-from recorder.batching import Batch, PartitionBuffer, is_due, split_by_hour
-from recorder.offsets import TP, IntentOutcome, intent_outcome
-from recorder.records import OrderBookRow, Row, TickRow
+from recorder.core.batching import Batch, PartitionBuffer, is_due, split_by_hour
+from recorder.core.offsets import TP, IntentOutcome, intent_outcome
+from recorder.core.records import OrderBookRow, Row, TickRow
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
-from recorder.sinks.lake import Lake, StoredProgress, is_retriable
-from recorder.sinks.parquet import (
+from recorder.sinks.lake.parquet import (
     groups_root,
     legacy_progress_key,
     object_key,
@@ -60,8 +59,9 @@ from recorder.sinks.parquet import (
     scratch_prefix,
     write_parquet,
 )
+from recorder.sinks.lake.store import Lake, StoredProgress, is_retriable
 
-log = structlog.get_logger("recorder.sinks.s3")
+log = structlog.get_logger("recorder.sinks.lake")
 
 SINK = "s3"
 PARALLEL_UPLOADS = 8

@@ -3,7 +3,7 @@
 Owns uploads (multipart above the part size), the compare-and-set progress objects (S3
 conditional writes If-Match / If-None-Match or, locally, a lock file around read-compare-write)
 and the start-up check that the store really honours those conditions: the lake protocol of
-`recorder.sinks.s3` is only as strong as they are, so a store that ignores them is refused.
+`recorder.sinks.lake.sink` is only as strong as they are, so a store that ignores them is refused.
 
 A progress object is `{"next_offset": N}` or, while a flush is under way,
 `{"next_offset": N, "flush_end": E}`: the range [N, E) that every writer must flush next.

@@ -45,7 +45,7 @@ class IntentOutcome(Enum):
 def intent_outcome(
     stored: int | None, flush_end: int | None, start: int | None, end: int
 ) -> IntentOutcome:
-    """The lake protocol's decision (pure): see recorder.sinks.s3 for the argument."""
+    """The lake protocol's decision (pure): see recorder.sinks.lake.sink for the argument."""
     if stored == start and stored is not None:
         if flush_end is None:
             return IntentOutcome.FREE

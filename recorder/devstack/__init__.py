@@ -1,0 +1,1 @@
+"""Development services (Kafka, PostgreSQL/TimescaleDB, S3) for the demo, the stack, tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""The database sink: TimescaleDB or PostgreSQL through binary COPY."""
