@@ -1,4 +1,5 @@
-"""Command line of the operator: `render -f FILE` (print children) and `run` (kopf).
+"""Command line of the operator: `render -f FILE` (print children) and `run` (kopf, with
+optional leader election on a Lease).
 
 Owns argument parsing and the kopf runtime wiring; `main(argv) -> int` is what
 `datarecorder operator ...` and `python -m datarecorder_operator ...` call.
@@ -8,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import sys
-from collections.abc import Iterable, Sequence
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, TextIO
 
 import yaml
 
-from datarecorder_operator import handlers, rendering
+from datarecorder_operator import handlers, kube, leader, rendering
 from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
 
 
@@ -56,29 +62,100 @@ def _render(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def election_config(args: argparse.Namespace) -> leader.ElectionConfig:
+    """Where the Lease lives (the pod's namespace from the downward API, else the first
+    watched namespace) and who we are (the pod's name, plus a suffix unique to this process)."""
+    namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE")
+    namespace = namespace or (args.namespace or ["default"])[0]
+    identity = (
+        args.identity
+        or f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    )
+    return leader.ElectionConfig(
+        namespace=namespace,
+        identity=identity,
+        name=args.lease_name,
+        lease_seconds=args.lease_duration,
+        renew_deadline_seconds=args.renew_deadline,
+        retry_seconds=args.retry_period,
+    )
+
+
+@contextlib.asynccontextmanager
+async def standby_liveness(url: str | None) -> AsyncIterator[None]:
+    """While a replica waits for the Lease, its liveness endpoint answers (kopf's starts only
+    with kopf): a standby is alive, and the kubelet must not restart it."""
+    if not url:
+        yield
+        return
+    from aiohttp import web
+
+    async def alive(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    parts = urllib.parse.urlsplit(url)
+    app = web.Application()
+    app.router.add_get(parts.path or "/", alive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, parts.hostname, parts.port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _operate(args: argparse.Namespace) -> int:
     import kopf
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     config = handlers.OperatorConfig(
         tick_seconds=args.tick, resync_seconds=args.resync, metrics_port=args.metrics_port
     )
-    registry = handlers.build_registry(config)
     namespaces: Sequence[str] = args.namespace or ()
-    asyncio.run(
+    elector = None
+    if args.leader_election:
+        settings = kopf.OperatorSettings()
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
+        if info is None:
+            raise SystemExit("leader election: no service account and no kubeconfig to log in")
+        elector = leader.LeaseElector(kube.KubeClient(info, timeout=10), election_config(args))
+        async with standby_liveness(args.liveness):
+            await elector.acquire()
+    operator = asyncio.create_task(
         kopf.operator(
-            registry=registry,
-            standalone=True,  # one operator per cluster (Deployment with 1 replica, Recreate)
+            registry=handlers.build_registry(config),
+            # kopf's peering stays off: the Lease above is the one election.
+            standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(),
         )
     )
+    if elector is None:
+        await operator
+        return 0
+    holding = asyncio.create_task(elector.hold())
+    await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
+    if holding.done():
+        # Renewals failed for the renew deadline: another replica may lead soon, and this
+        # one must not write a moment longer: exit at once, as client-go's leaders do.
+        logging.shutdown()
+        os._exit(1)
+    holding.cancel()
+    await elector.release()  # a clean stop (SIGTERM): the standby takes over at once
+    await elector.client.close()
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(_operate(args))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,6 +176,24 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-port", type=int, default=0, help="serve the operator's /metrics here (0: off)"
     )
+    election = run.add_argument_group("leader election (several replicas, one leader)")
+    election.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="hold a coordination.k8s.io Lease before working (for more than one replica)",
+    )
+    election.add_argument("--lease-name", default="datarecorder-operator")
+    election.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the first --namespace)",
+    )
+    election.add_argument(
+        "--identity", default=None, help="holder identity (default: $POD_NAME + a random suffix)"
+    )
+    election.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    election.add_argument("--renew-deadline", type=float, default=10.0, help="seconds")
+    election.add_argument("--retry-period", type=float, default=2.0, help="seconds")
     run.add_argument("-v", "--verbose", action="store_true")
     return p
 

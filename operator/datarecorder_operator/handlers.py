@@ -7,6 +7,9 @@ DataRecorders it has seen (each with its per-resource state).
   `Degraded` condition and raises `kopf.PermanentError` (no retry loop until the spec changes).
 * event (every watch event): keeps the table current; a deleted DataRecorder leaves it (its
   children go by garbage collection through their owner references).
+* Deployment events (a watch on apps/v1 Deployments with the recorders' labels): the table of
+  owned Deployments by owner uid, so a pass reads replicas and readiness from memory instead of
+  a GET per tick (`bench/operator_api_calls.py` counts the difference).
 * the resync loop (one task for the whole operator, every `tick_seconds`): for each known
   DataRecorder, re-applies the children every `resync_seconds` (a child edited or deleted by
   hand is restored), reads lag, scales in mode `operator` and refreshes the status.
@@ -39,7 +42,8 @@ from datarecorder_operator.reconcile import (
     measured,
     reconcile,
 )
-from datarecorder_operator.spec import GROUP, PLURAL, VERSION, SpecError
+from datarecorder_operator.rendering import MANAGED_BY
+from datarecorder_operator.spec import GROUP, KIND, PLURAL, VERSION, SpecError
 
 __all__ = ["OperatorConfig", "Tracked", "build_registry", "resync_all", "tune_settings"]
 
@@ -57,6 +61,14 @@ class Tracked:
 
 
 Table = dict[str, Tracked]  # by uid
+Deployments = dict[str, dict[str, Any] | None]  # the watched Deployment by its owner's uid
+
+# What the Deployment watch selects: the labels every recorder Deployment carries.
+RECORDER_LABELS = {
+    "app.kubernetes.io/name": "datarecorder",
+    "app.kubernetes.io/component": "recorder",
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+}
 
 
 def _client(memo: Any) -> kube.KubeClient:
@@ -72,6 +84,29 @@ def _table(memo: Any) -> Table:
         table = memo["recorders"] = {}
     recorders: Table = table
     return recorders
+
+
+def _deployments(memo: Any) -> Deployments:
+    table = memo.get("deployments")
+    if not isinstance(table, dict):
+        table = memo["deployments"] = {}
+    deployments: Deployments = table
+    return deployments
+
+
+def owner_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid of the DataRecorder that owns `body` (None: not a DataRecorder's child)."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return str(ref.get("uid"))
+    return None
+
+
+def _with_watched(entry: Tracked, deployments: Deployments) -> None:
+    """Hand the watch's view of the entry's Deployment to the next pass."""
+    uid = str(entry.body["metadata"].get("uid"))
+    entry.state.deployment_watched = uid in deployments
+    entry.state.watched_deployment = deployments.get(uid)
 
 
 def _track(table: Table, body: Mapping[str, Any]) -> Tracked:
@@ -101,10 +136,16 @@ def event_poster(client: kube.KubeClient, body: Mapping[str, Any]) -> Events:
 
 
 async def resync_one(
-    client: kube.KubeClient, entry: Tracked, config: OperatorConfig, now: float
+    client: kube.KubeClient,
+    entry: Tracked,
+    config: OperatorConfig,
+    now: float,
+    deployments: Deployments | None = None,
 ) -> None:
     """The loop's pass over one DataRecorder; writes its status through the subresource."""
     async with entry.lock:
+        if deployments is not None:
+            _with_watched(entry, deployments)
         body = entry.body
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
@@ -138,7 +179,7 @@ async def resync_all(memo: Any, config: OperatorConfig) -> None:
         if isinstance(client, kube.KubeClient):
             for entry in list(_table(memo).values()):
                 try:
-                    await resync_one(client, entry, config, time.monotonic())
+                    await resync_one(client, entry, config, time.monotonic(), _deployments(memo))
                 except Exception as exc:  # one resource's failure must not stop the others
                     meta = entry.body["metadata"]
                     log.warning("resync of %s/%s failed: %r", meta["namespace"], meta["name"], exc)
@@ -176,6 +217,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         memo.setdefault("kube", kube.KubeClient())
         _table(memo)  # before any resource handler copies the memo
+        _deployments(memo)
         tune_settings(settings)
         memo["resync"] = asyncio.create_task(resync_all(memo, config), name="resync")
         if config.metrics_port:
@@ -215,6 +257,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     ) -> None:
         table = _table(memo)
         if event.get("type") == "DELETED":
+            _deployments(memo).pop(str(body["metadata"].get("uid")), None)
             gone = table.pop(str(body["metadata"].get("uid")), None)
             if gone is not None:
                 await gone.state.lag_reader.close()
@@ -224,6 +267,20 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             return
         _track(table, body)
 
+    @kopf.on.event("apps", "v1", "deployments", labels=RECORDER_LABELS, registry=registry)
+    async def deployment_seen(
+        event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any
+    ) -> None:
+        # Only remembered, never acted on here: the resync loop reads it on its next tick.
+        uid = owner_uid(body)
+        if uid is None:
+            return
+        deployments = _deployments(memo)
+        if event.get("type") == "DELETED":
+            deployments[uid] = None
+        else:
+            deployments[uid] = dict(body)
+
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, registry=registry)
@@ -231,6 +288,7 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
         client = _client(memo)
         entry = _track(_table(memo), body)
         async with entry.lock:
+            _with_watched(entry, _deployments(memo))
             events = event_poster(client, body)
             outcome = await measured(
                 "handler",

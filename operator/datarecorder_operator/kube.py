@@ -55,6 +55,7 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
         "monitoring.coreos.com", "v1", "servicemonitors"
     ),
     ("v1", "Event"): ResourceType("", "v1", "events"),
+    ("coordination.k8s.io/v1", "Lease"): ResourceType("coordination.k8s.io", "v1", "leases"),
     ("datarecorder.dev/v1alpha1", "DataRecorder"): ResourceType(
         "datarecorder.dev", "v1alpha1", "datarecorders"
     ),
@@ -165,6 +166,17 @@ class KubeClient:
         if subresource:
             path = f"{path}/{subresource}"
         return await self._request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+
+    async def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT a whole object; its `metadata.resourceVersion` makes a concurrent write a 409."""
+        res = resource_of(manifest["apiVersion"], manifest["kind"])
+        meta = manifest["metadata"]
+        result = await self._request(
+            "PUT", res.path(meta.get("namespace"), meta["name"]), body=manifest
+        )
+        if result is None:
+            raise KubeError(404, "NotFound", f"{res.api_version} {res.plural} {meta['name']}")
+        return result
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply of a whole child (creates it when absent)."""

@@ -6,7 +6,8 @@ Owns `CLUSTER_ROLE_RULES`; every rule names the handler that needs it.
   finalizer and progress annotations), patch their status (conditions, lag).
 * Children (ConfigMaps, Services, Deployments, HPAs, PDBs, ServiceMonitors): get, create,
   patch (restore drift, scale in mode operator), delete (unwanted children, cleanup).
-  No list/watch: the operator only reads children by name.
+  Deployments also list/watch: the operator watches the recorders' Deployments (a GET per
+  tick otherwise); the other children are only read by name, once per resync.
 * Secrets: get only, to read Kafka SASL/TLS credentials for the lag poll (the recorder pods
   receive secrets by reference; the operator never copies them).
 * Events: create/patch, so `kubectl describe dr` shows scaling and failures.
@@ -42,7 +43,7 @@ CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
-        "verbs": ["get", "create", "patch", "delete"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {
         "apiGroups": ["autoscaling"],

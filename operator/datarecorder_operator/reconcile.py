@@ -63,6 +63,11 @@ class ObjectState:
     foreign: tuple[str, ...] = ()
     lag_failures: int = 0  # lag reads in a row that failed (KEDA's fallback counts them)
     lag_reader: kafkalag.LagReader = dataclasses.field(default_factory=kafkalag.LagReader)
+    # The Deployment as the watch last showed it (`handlers.deployment_seen`): a pass reads it
+    # from here instead of a GET per tick. `deployment_watched` is False until the watch has
+    # reported on it (absent included), and a pass then GETs it.
+    deployment_watched: bool = False
+    watched_deployment: dict[str, Any] | None = None
 
 
 def _now_iso() -> str:
@@ -95,6 +100,7 @@ async def apply_children(
     spec: RecorderSpec,
     logger: Any,
     partitions: int | None = None,
+    state: ObjectState | None = None,
 ) -> ApplyResult:
     """Apply every rendered child that is missing or differs, remove unwanted ones.
 
@@ -104,7 +110,11 @@ async def apply_children(
     """
     meta = body["metadata"]
     uid = meta.get("uid")
-    deployment = await client.get("apps/v1", "Deployment", spec.namespace, spec.name)
+    # The watch only shows Deployments this resource owns: when it shows none, GET by name,
+    # so that someone else's Deployment of that name is seen (and left alone) before applying.
+    deployment = state.watched_deployment if state is not None else None
+    if deployment is None:
+        deployment = await client.get("apps/v1", "Deployment", spec.namespace, spec.name)
     current_replicas = None
     if deployment is not None and spec.autoscaling.enabled:
         current_replicas = (deployment.get("spec") or {}).get("replicas")
@@ -372,12 +382,14 @@ async def reconcile(
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
         if apply:
             partitions = state.lag.partitions if state.lag is not None else None
-            applied = await apply_children(client, body, rspec, logger, partitions)
+            applied = await apply_children(client, body, rspec, logger, partitions, state)
             await _note_foreign(events, state, applied)
             deployment = applied.deployment
             state.last_resync = now
         elif f"Deployment {rspec.name}" in state.foreign:
             deployment = None  # not ours: never read or scale someone else's Deployment
+        elif state.deployment_watched:
+            deployment = state.watched_deployment  # the watch keeps it current: no GET
         else:
             deployment = await client.get("apps/v1", "Deployment", rspec.namespace, rspec.name)
         poll_every = rspec.autoscaling.poll_interval_seconds

@@ -22,7 +22,12 @@ class Operator:
     """One operator process watching one namespace; its log is kept for failure messages."""
 
     def __init__(
-        self, k8s: K8s, namespace: str, log_path: Path, kubeconfig: Path | None = None
+        self,
+        k8s: K8s,
+        namespace: str,
+        log_path: Path,
+        kubeconfig: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.k8s, self.namespace, self.log_path = k8s, namespace, log_path
         port = _free_port()
@@ -32,7 +37,7 @@ class Operator:
             [
                 sys.executable, "-m", "datarecorder_operator", "run",
                 "--namespace", namespace, "--tick", "1", "--resync", "2",
-                "--liveness", self.liveness, "--verbose",
+                "--liveness", self.liveness, "--verbose", *extra_args,
             ],
             cwd=ROOT,
             env={**k8s.env, "KUBECONFIG": str(kubeconfig or k8s.kubeconfig)},
@@ -64,6 +69,11 @@ class Operator:
                 return False
 
         wait_for(alive, timeout=timeout, what="the operator's liveness endpoint")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no Lease release (a node lost, an OOM kill)."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

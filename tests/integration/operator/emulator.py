@@ -163,6 +163,12 @@ def declare_resources(emulator: MetadataEmulator, *, service_monitors: bool) -> 
         subresources={"status", "scale"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     )
+    # The operator watches its Deployments (list + watch), as on a real API server.
+    emulator.resources["apps/v1/deployments"] = kmock.ResourceInfo(
+        kind="Deployment",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "delete"},
+    )
     if service_monitors:
         emulator.resources["monitoring.coreos.com/v1/servicemonitors"] = kmock.ResourceInfo(
             kind="ServiceMonitor",
