@@ -5,7 +5,9 @@ timing: tick 5 s, resync 30 s) against the kmock emulator of tests/integration/o
 more DataRecorders without autoscaling, Kafka unreachable (the lag poll fails fast, so its
 Secret reads are not counted: plaintext Kafka has none). Counts
 `datarecorder_operator_api_requests_total` by method over the window, after one resync period
-of settling, and prints a table. kopf's own watch connections are not in the count.
+of settling, twice: with the Deployment watch (the default) and without it (a GET of the
+Deployment per tick, as before the watch), and prints both side by side. kopf's own watch
+connections (one per watched kind, not per resource) are not in the count.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ async def counts(port: int) -> dict[str, float]:
     return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.M)}
 
 
-async def main(seconds: float, recorders: int) -> None:
+async def measure(seconds: float, recorders: int, *, watch: bool) -> dict[str, float]:
     port = free_port()
-    config = OperatorConfig(metrics_port=port, kafka_timeout_seconds=2)
+    config = OperatorConfig(metrics_port=port, kafka_timeout_seconds=2, watch_deployments=watch)
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         async with running_operator(Path(tmp), mp, config=config) as cluster:
             for i in range(recorders):
@@ -48,15 +50,22 @@ async def main(seconds: float, recorders: int) -> None:
             before = await counts(port)
             await asyncio.sleep(seconds)
             after = await counts(port)
-    per_minute = {m: (after.get(m, 0) - before.get(m, 0)) * 60 / seconds / recorders for m in after}
+    return {m: (after.get(m, 0) - before.get(m, 0)) * 60 / seconds / recorders for m in after}
+
+
+async def main(seconds: float, recorders: int) -> None:
+    polled = await measure(seconds, recorders, watch=False)
+    watched = await measure(seconds, recorders, watch=True)
     print(
         f"operator API requests per minute per DataRecorder ({recorders} recorders, {seconds:.0f} s)"
     )
-    print("| method | requests/min |")
-    print("| --- | --- |")
-    for method, value in sorted(per_minute.items()):
-        print(f"| {method} | {value:.1f} |")
-    print(f"| all | {sum(per_minute.values()):.1f} |")
+    print("| method | GET per tick | Deployment watch | watch / GET per tick |")
+    print("| --- | --- | --- | --- |")
+    polled["all"], watched["all"] = sum(polled.values()), sum(watched.values())
+    for method in sorted(set(polled) | set(watched), key=lambda m: (m == "all", m)):
+        a, b = polled.get(method, 0.0), watched.get(method, 0.0)
+        ratio = f"{b / a:.2f}" if a else "-"
+        print(f"| {method} | {a:.1f} | {b:.1f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,13 @@ BASE_KINDS = frozenset(
     {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Pod"}
 )  # Pod: the helm test hook
 RENDERS = (
-    Render("default values", (), (), BASE_KINDS | {"ClusterRole", "ClusterRoleBinding"}),
+    Render(
+        "default values",
+        (),
+        (),
+        # Role and RoleBinding: the leader election's Lease in the release namespace.
+        BASE_KINDS | {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"},
+    ),
     Render(
         "ci/full-values.yaml",
         ("-f", str(CHART / "ci" / "full-values.yaml")),
@@ -90,7 +96,11 @@ RENDERS = (
 BAD_VALUES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("unknown top-level key", ("--set", "imagee.tag=1")),
     ("pull policy outside the enum", ("--set", "image.pullPolicy=Sometimes")),
-    ("two operator replicas (no kopf peering)", ("--set", "operator.replicas=2")),
+    (
+        "two operator replicas without leader election",
+        ("--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"),
+    ),
+    ("a leader election without its timing", ("--set", "operator.leaderElection=null")),
     ("replicas as a string", ("--set-string", "operator.replicas=one")),
     ("recorder enabled without kafka/timescaledb", ("--set", "recorder.enabled=true")),
 )
@@ -238,13 +248,23 @@ def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, A
     """The rendered roles must grant together exactly what the operator declares it needs: one
     (Cluster)Role with every rule, plus, when one namespace is watched, a ClusterRole holding
     only the cluster-scoped reads a namespaced Role cannot grant."""
+    from datarecorder_operator import rbac
+
     wanted = _normalized_rules(wanted_rules)
+    errors = []
     roles = [doc for doc in docs if doc["kind"] in ("ClusterRole", "Role")]
+    # The leader-election Role (operator namespace, Leases only) is checked on its own.
+    election = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    roles = [r for r in roles if r not in election]
+    for role in election:
+        if role["kind"] != "Role" or _normalized_rules(role.get("rules") or []) != (
+            _normalized_rules(rbac.LEASE_RULES)
+        ):
+            errors.append(f"{describe(role)} must be a Role with exactly rbac.LEASE_RULES")
     main = [r for r in roles if not r["metadata"]["name"].endswith("-cluster-scope")]
     extra = [r for r in roles if r["metadata"]["name"].endswith("-cluster-scope")]
     if len(main) != 1 or len(extra) > 1:
         return [f"expected one Role or ClusterRole (+ one -cluster-scope), rendered {len(roles)}"]
-    errors = []
     got = _normalized_rules(main[0].get("rules") or [])
     if got != wanted:
         errors.append(

@@ -267,7 +267,6 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             return
         _track(table, body)
 
-    @kopf.on.event("apps", "v1", "deployments", labels=RECORDER_LABELS, registry=registry)
     async def deployment_seen(
         event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any
     ) -> None:
@@ -280,6 +279,11 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
             deployments[uid] = None
         else:
             deployments[uid] = dict(body)
+
+    if config.watch_deployments:
+        kopf.on.event("apps", "v1", "deployments", labels=RECORDER_LABELS, registry=registry)(
+            deployment_seen
+        )
 
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)

@@ -1,6 +1,6 @@
 """Least-privilege RBAC of the operator, as data the Helm chart renders and a test checks.
 
-Owns `CLUSTER_ROLE_RULES`; every rule names the handler that needs it.
+Owns `CLUSTER_ROLE_RULES` and `LEASE_RULES`; every rule names the handler that needs it.
 
 * DataRecorders: watch them (kopf lists and watches cluster-wide), patch them (kopf's
   finalizer and progress annotations), patch their status (conditions, lag).
@@ -18,6 +18,9 @@ Owns `CLUSTER_ROLE_RULES`; every rule names the handler that needs it.
   before it falls back to assumptions. Peering needs nothing (the operator runs standalone),
   and API discovery (is ServiceMonitor served?) is allowed to every authenticated user by the
   default `system:discovery` role.
+* Leader election (`LEASE_RULES`, a Role in the operator's own namespace, not in the ClusterRole):
+  get/create/update of coordination.k8s.io Leases (`leader.LeaseElector`; update is a PUT
+  guarded by the resourceVersion, so two candidates cannot both win).
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
         "verbs": ["list", "watch"],
     },
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
+
+LEASE_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
+    },
 ]
 
 

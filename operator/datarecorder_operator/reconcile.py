@@ -47,6 +47,8 @@ class OperatorConfig:
     kafka_timeout_seconds: float = 20.0
     read_lag: bool = True  # also read lag for status when autoscaling is not in operator mode
     metrics_port: int = 0  # serve the operator's /metrics on this port (0: off)
+    # Watch the recorders' Deployments (off: a GET per tick, as before; kept for the bench).
+    watch_deployments: bool = True
 
 
 @dataclasses.dataclass

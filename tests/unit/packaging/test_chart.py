@@ -86,7 +86,10 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     [
         ({"imagee": {"tag": "1"}}, "unknown top-level key"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pull policy outside the enum"),
-        ({"operator": {"replicas": 2}}, "kopf without peering runs one replica"),
+        (
+            {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}},
+            "two operators without leader election",
+        ),
         ({"operator": {"replicas": "1"}}, "a string where an integer belongs"),
         ({"operator": {"logLevel": "TRACE"}}, "a level the operator CLI cannot express"),
         ({"operator": {"watchNamespace": "Not_A_Namespace"}}, "not a DNS label"),
