@@ -234,6 +234,17 @@ class KubeClient:
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         return await self._request("DELETE", path, body=options) is not None
 
+    async def api_available(self, api_version: str) -> bool:
+        """Whether an API group version answers discovery (an aggregated API such as
+        custom.metrics.k8s.io answers 503 while its APIService's backend is down)."""
+        base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            return await self._request("GET", base) is not None
+        except KubeError as exc:
+            if exc.status == 503:
+                return False
+            raise
+
     async def serves(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves a resource (e.g. the ServiceMonitor CRD is installed)."""
         base = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"

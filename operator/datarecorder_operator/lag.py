@@ -1,6 +1,7 @@
 """Consumer-group lag with KEDA's Kafka-scaler semantics, and the replicas it asks for.
 
-Owns `PartitionOffsets`, `LagReport`, `compute_lag` and `desired_replicas`; pure functions.
+Owns `PartitionOffsets`, `LagReport`, `compute_lag`, `persistent_partitions` and
+`desired_replicas`; pure functions.
 
 Lag of a partition = log-end offset minus the group's committed offset (the recorder commits
 its hot-path progress, so this is "records not yet durable in TimescaleDB"). A partition
@@ -55,6 +56,43 @@ def compute_lag(
         partitions=len(per_partition),
         partitions_with_lag=sum(1 for lag in per_partition.values() if lag > 0),
         per_partition=per_partition,
+    )
+
+
+Committed = dict[tuple[str, int], int | None]  # the group's committed offset by partition
+
+
+def committed_offsets(offsets: Iterable[PartitionOffsets]) -> Committed:
+    return {(o.topic, o.partition): o.committed for o in offsets}
+
+
+def persistent_partitions(
+    report: LagReport, now: Committed, before: Committed | None
+) -> set[tuple[str, int]]:
+    """KEDA's `excludePersistentLag`: partitions with lag whose committed offset has not moved
+    since the previous poll (a record the consumer cannot get past, or no consumer at all).
+    More replicas would not help them, so their lag is left out of the scaling lag. The first
+    poll has nothing to compare with and excludes nothing; a partition without a committed
+    offset is never persistent (KEDA counts it by the reset policy before this check)."""
+    if before is None:
+        return set()
+    return {
+        key
+        for key, lag in report.per_partition.items()
+        if lag > 0 and now.get(key) is not None and key in before and before[key] == now[key]
+    }
+
+
+def excluding(report: LagReport, partitions: set[tuple[str, int]]) -> LagReport:
+    """`report` with the lag of `partitions` counted as 0 (they still count as partitions)."""
+    if not partitions:
+        return report
+    per = {key: (0 if key in partitions else lag) for key, lag in report.per_partition.items()}
+    return LagReport(
+        total=sum(per.values()),
+        partitions=report.partitions,
+        partitions_with_lag=sum(1 for lag in per.values() if lag > 0),
+        per_partition=per,
     )
 
 

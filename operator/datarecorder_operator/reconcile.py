@@ -18,7 +18,16 @@ from typing import Any
 import kopf
 
 from datarecorder_operator import kafkalag, kube, metrics, rendering, status
-from datarecorder_operator.lag import LagReport, compute_lag, desired_replicas, with_activation
+from datarecorder_operator.lag import (
+    Committed,
+    LagReport,
+    committed_offsets,
+    compute_lag,
+    desired_replicas,
+    excluding,
+    persistent_partitions,
+    with_activation,
+)
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import RecorderSpec, SpecError, is_paused, parse_spec
 
@@ -69,6 +78,9 @@ class ObjectState:
     # from here instead of a GET per tick. `deployment_watched` is False until the watch has
     # reported on it (absent included), and a pass then GETs it.
     deployment_watched: bool = False
+    custom_metrics_served: bool | None = None  # mode hpa: asked on every apply pass
+    committed: Committed | None = None  # the previous poll's committed offsets
+    persistent: set[tuple[str, int]] = dataclasses.field(default_factory=set)
     watched_deployment: dict[str, Any] | None = None
 
 
@@ -117,9 +129,10 @@ async def apply_children(
     deployment = state.watched_deployment if state is not None else None
     if deployment is None:
         deployment = await client.get("apps/v1", "Deployment", spec.namespace, spec.name)
-    current_replicas = None
+    current_replicas, elsewhere = None, False
     if deployment is not None and spec.autoscaling.enabled:
         current_replicas = (deployment.get("spec") or {}).get("replicas")
+        elsewhere = not rendering.applies_replicas(deployment, kube.FIELD_MANAGER)
     # Asked every pass: the Prometheus Operator may be installed (or removed) at any time.
     monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
     desired = rendering.render_children(
@@ -127,6 +140,7 @@ async def apply_children(
         service_monitor_available=monitor_served,
         current_replicas=current_replicas,
         partitions=partitions,
+        replicas_owned_elsewhere=elsewhere,
     )
     kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
     result = ApplyResult(deployment=None)
@@ -214,6 +228,9 @@ async def poll_lag(
         metrics.LAG_READS.labels("error").inc()
         return
     state.lag = compute_lag(offsets, spec.autoscaling.offset_reset_policy)
+    committed = committed_offsets(offsets)
+    state.persistent = persistent_partitions(state.lag, committed, state.committed)
+    state.committed = committed
     state.lag_time, state.lag_error, state.lag_failures = _now_iso(), None, 0
     metrics.LAG_READS.labels("ok").inc()
 
@@ -243,8 +260,13 @@ async def scale(
             step,
         ):
             state.stabilizer = Stabilizer(window, step)
+        # Persistent lag (KEDA's excludePersistentLag) does not ask for replicas, but still
+        # counts for activation: a stuck partition keeps the recorders from idling, as in KEDA.
+        scaling_lag = (
+            excluding(state.lag, state.persistent) if auto.exclude_persistent_lag else state.lag
+        )
         wanted = desired_replicas(
-            state.lag,
+            scaling_lag,
             target_lag_per_replica=auto.target_lag_per_replica,
             min_replicas=auto.min_replicas,
             max_replicas=auto.max_replicas,
@@ -300,6 +322,7 @@ def _observation(
         last_scale_time=state.last_scale_time,
         foreign=state.foreign,
         lag_available=None if state.last_lag_poll == float("-inf") else state.lag is not None,
+        custom_metrics_served=state.custom_metrics_served if spec.hpa_scaled else None,
     )
 
 
@@ -321,6 +344,15 @@ async def _note_foreign(events: Events, state: ObjectState, applied: ApplyResult
     if foreign and foreign != state.foreign:
         await events("Warning", status.NOT_OWNED, status.foreign_message(foreign))
     state.foreign = foreign
+
+
+async def _note_custom_metrics(client: kube.KubeClient, events: Events, state: ObjectState) -> None:
+    """Mode hpa: whether the custom metrics API the HPA reads is served; a Warning event when
+    it stops being (or is not at the first pass)."""
+    served = await client.api_available(status.CUSTOM_METRICS_API)
+    if not served and state.custom_metrics_served is not False:
+        await events("Warning", "CustomMetricsAPINotServed", status.CUSTOM_METRICS_MISSING)
+    state.custom_metrics_served = served
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +418,8 @@ async def reconcile(
             partitions = state.lag.partitions if state.lag is not None else None
             applied = await apply_children(client, body, rspec, logger, partitions, state)
             await _note_foreign(events, state, applied)
+            if rspec.hpa_scaled:
+                await _note_custom_metrics(client, events, state)
             deployment = applied.deployment
             state.last_resync = now
         elif f"Deployment {rspec.name}" in state.foreign:

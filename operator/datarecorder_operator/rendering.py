@@ -433,20 +433,43 @@ def render_service_monitor(spec: RecorderSpec) -> Manifest:
     }
 
 
+def applies_replicas(deployment: Mapping[str, Any], manager: str) -> bool:
+    """Whether `manager`'s server-side apply still owns the Deployment's `spec.replicas`.
+
+    An HPA (or `kubectl scale`, or the operator's own scale patch) writes replicas through an
+    update, and the API server then moves the field's ownership to that writer.
+    """
+    for entry in (deployment.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        if entry.get("subresource"):
+            continue
+        fields = entry.get("fieldsV1") or {}
+        if "f:replicas" in (fields.get("f:spec") or {}):
+            return True
+    return False
+
+
 def render_children(
     spec: RecorderSpec,
     *,
     service_monitor_available: bool = True,
     current_replicas: int | None = None,
     partitions: int | None = None,
+    replicas_owned_elsewhere: bool = False,
 ) -> list[Manifest]:
     """Every child the resource should have, in apply order (config before its consumers).
 
     `current_replicas` is the Deployment's replica count when an autoscaler owns it; the
-    rendering then keeps it (a fresh Deployment starts at minReplicas). `partitions`, when the
+    rendering then keeps it (a fresh Deployment starts at minReplicas). Once an autoscaler has
+    written replicas (`replicas_owned_elsewhere`, see `applies_replicas`) the field is left out
+    of the applied Deployment: a forced apply of a value read a moment earlier would take the
+    field back and could undo a scale that happened in between. `partitions`, when the
     operator has read it from Kafka, caps the HPA's maxReplicas.
     """
-    if spec.autoscaling.enabled:
+    if spec.autoscaling.enabled and replicas_owned_elsewhere:
+        replicas = None
+    elif spec.autoscaling.enabled:
         replicas = current_replicas if current_replicas is not None else initial_replicas(spec)
     else:
         replicas = spec.replicas

@@ -134,6 +134,7 @@ class AutoscalingSpec:
     activation_lag_threshold: int = 0
     idle_replicas: int | None = None  # KEDA's idleReplicaCount (0: scale to zero when idle)
     scale_down_step: int | None = None  # pods fewer per stabilization window at most
+    exclude_persistent_lag: bool = False  # KEDA's: lag whose commit does not move is left out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,6 +540,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         ),
         poll_interval_seconds=auto_raw.integer("pollIntervalSeconds", 15, 1, 3600),
         limit_to_partitions_with_lag=auto_raw.flag("limitToPartitionsWithLag", False),
+        exclude_persistent_lag=auto_raw.flag("excludePersistentLag", False),
         offset_reset_policy=auto_raw.text(  # type: ignore[arg-type]
             "offsetResetPolicy", "earliest", choices=("earliest", "latest")
         ),

@@ -15,6 +15,13 @@ READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 NOT_OWNED = "ChildNotOwned"
 LAG_AVAILABLE, LAG_UNAVAILABLE = "LagAvailable", "LagUnavailable"
 PAUSED = "ReconciliationPaused"
+CUSTOM_METRICS = "CustomMetricsAvailable"
+CUSTOM_METRICS_API = "custom.metrics.k8s.io/v1beta1"
+CUSTOM_METRICS_MISSING = (
+    f"the HPA reads the recorders' lag from {CUSTOM_METRICS_API}, which this cluster does not "
+    "serve (no APIService, or its backend is down): the HPA cannot scale. Install an adapter "
+    "(prometheus-adapter, see the README's Autoscaling section) or use autoscaling.mode operator"
+)
 
 
 def foreign_message(foreign: Sequence[str]) -> str:
@@ -42,6 +49,7 @@ class Observation:
     foreign: tuple[str, ...] = ()  # children's names taken by objects this resource does not own
     lag_available: bool | None = None  # None: lag is not read for this resource
     paused: bool = False  # annotation datarecorder.dev/paused: nothing reconciled meanwhile
+    custom_metrics_served: bool | None = None  # None: not in hpa mode (or not asked yet)
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -98,6 +106,14 @@ def conditions_for(obs: Observation) -> list[dict[str, Any]]:
         else:
             message = obs.lag_error or "the lag cannot be read from Kafka"
             conditions.append(_condition(LAG_AVAILABLE, False, "LagReadFailed", message))
+    if obs.custom_metrics_served is not None and obs.error is None:
+        if obs.custom_metrics_served:
+            message = f"{CUSTOM_METRICS_API} is served"
+            conditions.append(_condition(CUSTOM_METRICS, True, "APIServed", message))
+        else:
+            conditions.append(
+                _condition(CUSTOM_METRICS, False, "APINotServed", CUSTOM_METRICS_MISSING)
+            )
     return conditions
 
 

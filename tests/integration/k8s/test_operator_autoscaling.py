@@ -20,6 +20,7 @@ from tests.integration.k8s.operator_proc import Operator
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 
 RECORDS = 200
+HASH = "datarecorder.dev/config-hash"
 PARTITIONS = 4
 
 
@@ -64,6 +65,25 @@ async def _commit_end_offsets(bootstrap: str, topic: str, partitions: int, group
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.commit(dict(ends))
+    finally:
+        await consumer.stop()
+
+
+async def _commit_offsets(
+    bootstrap: str, topic: str, partitions: int, group: str, *, offset: int
+) -> None:
+    """Commit `offset` on every partition for `group` (and never again)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp in tps})
     finally:
         await consumer.stop()
 
@@ -181,3 +201,113 @@ def test_hpa_mode_creates_an_hpa_the_controller_works_on(k8s: K8s, watched_ns: s
     conditions = {c["type"]: c for c in hpa["status"]["conditions"]}
     assert conditions["AbleToScale"]["status"] == "True"
     assert conditions["ScalingActive"]["status"] == "False"
+
+
+def _operator_owns_replicas(deployment: dict[str, Any]) -> bool:
+    for entry in deployment["metadata"].get("managedFields") or []:
+        ours = entry["manager"] == "datarecorder-operator" and entry["operation"] == "Apply"
+        if ours and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            return True
+    return False
+
+
+def test_hpa_mode_leaves_replicas_to_their_scaler_and_reports_the_metrics_api(
+    k8s: K8s, watched_ns: str
+) -> None:
+    """Once something else has scaled the Deployment (the HPA; here `kubectl scale`, which
+    writes the same scale subresource), the operator's applies leave `spec.replicas` out, so a
+    forced apply can never take the field back and undo a scale. And the DataRecorder says
+    whether the custom metrics API the HPA needs is served."""
+    auto = {"enabled": True, "mode": "hpa", "minReplicas": 1, "maxReplicas": 4}
+    k8s.apply(data_recorder("handoff", autoscaling=auto), watched_ns)
+    wait_for(lambda: _deployment_replicas(k8s, watched_ns, "handoff") == 1, timeout=90, what="rec")
+    deployment = k8s.get_json("deploy", "handoff", "--show-managed-fields", namespace=watched_ns)
+    assert _operator_owns_replicas(deployment)  # created at minReplicas by the operator
+
+    served = k8s.kubectl("get", "--raw", "/apis/custom.metrics.k8s.io/v1beta1", check=False)
+    want = "True" if served.returncode == 0 else "False"
+
+    def metrics_condition() -> dict[str, Any] | None:
+        dr = k8s.get_json("datarecorder", "handoff", namespace=watched_ns)
+        for cond in (dr.get("status") or {}).get("conditions") or []:
+            if cond["type"] == "CustomMetricsAvailable" and cond["status"] == want:
+                return dict(cond)
+        return None
+
+    cond = wait_for(metrics_condition, timeout=60, what=f"CustomMetricsAvailable={want}")
+    if want == "False":
+        assert cond["reason"] == "APINotServed" and "custom.metrics.k8s.io" in cond["message"]
+
+    def config_hash() -> str:
+        deploy = k8s.get_json("deploy", "handoff", namespace=watched_ns)
+        return str(deploy["spec"]["template"]["metadata"]["annotations"][HASH])
+
+    before = config_hash()
+    k8s.kubectl("scale", "deploy", "handoff", "-n", watched_ns, "--replicas=3")
+    # A spec change makes the operator apply the Deployment again (new config hash).
+    k8s.kubectl(
+        "patch", "datarecorder", "handoff", "-n", watched_ns, "--type=merge",
+        "-p", '{"spec": {"batching": {"batchSize": 500}}}',
+    )  # fmt: skip
+
+    def reapplied() -> bool:
+        return config_hash() != before
+
+    wait_for(reapplied, timeout=60, what="the changed spec applied")
+    wait_for(
+        lambda: (
+            (d := k8s.get_json("deploy", "handoff", namespace=watched_ns))["metadata"]["generation"]
+            == d["status"].get("observedGeneration")
+        ),
+        timeout=60,
+        what="the Deployment's rollout seen",
+    )
+    deployment = k8s.get_json("deploy", "handoff", "--show-managed-fields", namespace=watched_ns)
+    assert deployment["spec"]["replicas"] == 3
+    assert not _operator_owns_replicas(deployment), deployment["metadata"]["managedFields"]
+
+
+async def test_persistent_lag_is_left_out_of_scaling(
+    k8s: K8s, stack: Any, kafka_topics: Any, watched_ns: str
+) -> None:
+    """KEDA's excludePersistentLag on real Kafka: the group committed once and never again, so
+    from the second poll on its lag asks for no replicas (the first poll scales up, having
+    nothing to compare with); the status still shows the whole lag."""
+    (topic,) = await kafka_topics("market.tick", partitions=PARTITIONS)
+    await _produce(stack.kafka_bootstrap, topic, RECORDS)
+    group = f"dr-{uuid.uuid4().hex[:8]}"
+    await _commit_offsets(stack.kafka_bootstrap, topic, PARTITIONS, group, offset=5)
+    k8s.apply(
+        data_recorder(
+            "stuck",
+            kafka={"brokers": [stack.kafka_bootstrap], "topics": [topic], "groupId": group},
+            autoscaling={
+                "enabled": True,
+                "mode": "operator",
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetLagPerReplica": 50,
+                "pollIntervalSeconds": 1,
+                "scaleDownStabilizationSeconds": 0,
+                "excludePersistentLag": True,
+            },
+        ),
+        watched_ns,
+    )
+
+    def scaled() -> list[str]:
+        out = k8s.kubectl(
+            "get", "events", "-n", watched_ns, "--field-selector=reason=Scaled", "-o", "json"
+        ).stdout  # fmt: skip
+        items = sorted(json.loads(out)["items"], key=lambda e: e["metadata"]["creationTimestamp"])
+        return [e["message"] for e in items if e["involvedObject"]["name"] == "stuck"]
+
+    messages = wait_for(
+        lambda: (m := scaled()) and any("3 -> 1" in x for x in m) and m,
+        timeout=60,
+        what="a scale up on the first poll, then down to 1 once the lag proved persistent",
+    )
+    assert "1 -> 3" in messages[0], messages
+    assert _deployment_replicas(k8s, watched_ns, "stuck") == 1
+    status = k8s.get_json("datarecorder", "stuck", namespace=watched_ns)["status"]
+    assert status["lag"]["timescaledb"] == RECORDS - 5 * PARTITIONS
