@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 
@@ -26,14 +27,43 @@ def client_options(settings: Settings) -> dict[str, Any]:
             )
         opts["ssl_context"] = context
     if settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL"):
-        opts["sasl_mechanism"] = settings.KAFKA_SASL_MECHANISM
-        opts["sasl_plain_username"] = settings.KAFKA_SASL_USERNAME
-        opts["sasl_plain_password"] = (
+        username = settings.KAFKA_SASL_USERNAME
+        password = (
             settings.KAFKA_SASL_PASSWORD.get_secret_value()
             if settings.KAFKA_SASL_PASSWORD
             else None
         )
+        if settings.KAFKA_SASL_JAAS_CONFIG is not None and (username is None or password is None):
+            jaas_user, jaas_password = jaas_credentials(
+                settings.KAFKA_SASL_JAAS_CONFIG.get_secret_value()
+            )
+            username = username if username is not None else jaas_user
+            password = password if password is not None else jaas_password
+        opts["sasl_mechanism"] = settings.KAFKA_SASL_MECHANISM
+        opts["sasl_plain_username"] = username
+        opts["sasl_plain_password"] = password
     return opts
+
+
+# key="quoted value" (with \" and \\ escapes, as Kafka's JAAS parser takes) or key=bare-word.
+_JAAS_OPTION = re.compile(r'([A-Za-z_][\w.-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]+))')
+
+
+def jaas_credentials(config: str) -> tuple[str, str]:
+    """(username, password) of a `sasl.jaas.config` line, e.g. `...ScramLoginModule required
+    username="u" password="p";`; ValueError naming what is missing (the operator has the same
+    reader for its lag reads: operator/datarecorder_operator/jaas.py)."""
+    options = {
+        m[1]: re.sub(r"\\(.)", r"\1", m[2]) if m[2] is not None else m[3]
+        for m in _JAAS_OPTION.finditer(config)
+    }
+    missing = [key for key in ("username", "password") if not options.get(key)]
+    if missing:
+        raise ValueError(
+            f"KAFKA_SASL_JAAS_CONFIG has no {' and no '.join(missing)} option "
+            '(expected e.g. ...LoginModule required username="..." password="...";)'
+        )
+    return options["username"], options["password"]
 
 
 def is_kafka_retriable(exc: BaseException) -> bool:

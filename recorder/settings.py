@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     )
     KAFKA_SASL_USERNAME: str | None = _field(None, "SASL user name (from a Secret).", "recorder")
     KAFKA_SASL_PASSWORD: SecretStr | None = _field(None, "SASL password (from a Secret).", "***")
+    KAFKA_SASL_JAAS_CONFIG: SecretStr | None = _field(
+        None,
+        "A whole sasl.jaas.config line (from a Secret, e.g. a Strimzi KafkaUser's); its username "
+        "and password are used where KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD are unset.",
+        "***",
+    )
     KAFKA_SSL_CA_FILE: Path | None = _field(
         None, "CA bundle for TLS to Kafka.", "/etc/kafka-tls/ca.crt"
     )

@@ -46,6 +46,7 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
     ("v1", "ConfigMap"): ResourceType("", "v1", "configmaps"),
     ("v1", "Service"): ResourceType("", "v1", "services"),
     ("v1", "Secret"): ResourceType("", "v1", "secrets"),
+    ("v1", "ServiceAccount"): ResourceType("", "v1", "serviceaccounts"),
     ("apps/v1", "Deployment"): ResourceType("apps", "v1", "deployments"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ResourceType(
         "autoscaling", "v2", "horizontalpodautoscalers"

@@ -4,7 +4,8 @@ Owns `CLUSTER_ROLE_RULES` and `LEASE_RULES`; every rule names the handler that n
 
 * DataRecorders: watch them (kopf lists and watches cluster-wide), patch them (kopf's
   finalizer and progress annotations), patch their status (conditions, lag).
-* Children (ConfigMaps, Services, Deployments, HPAs, PDBs, ServiceMonitors): get, create,
+* Children (ConfigMaps, Services, ServiceAccounts, Deployments, HPAs, PDBs, ServiceMonitors):
+  get, create,
   patch (restore drift, scale in mode operator), delete (unwanted children, cleanup).
   Deployments also list/watch: the operator watches the recorders' Deployments (a GET per
   tick otherwise); the other children are only read by name, once per resync.
@@ -40,7 +41,7 @@ CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
     },
     {
         "apiGroups": [""],
-        "resources": ["configmaps", "services"],
+        "resources": ["configmaps", "services", "serviceaccounts"],
         "verbs": ["get", "create", "patch", "delete"],
     },
     {

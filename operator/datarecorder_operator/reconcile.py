@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from datarecorder_operator import kafkalag, kube, metrics, rendering, status
+from datarecorder_operator import jaas, kafkalag, kube, metrics, rendering, status
 from datarecorder_operator.lag import (
     Committed,
     LagReport,
@@ -36,6 +36,7 @@ Events = Callable[[str, str, str], Awaitable[None]]
 
 # Children that exist only for some specs; the others always exist.
 OPTIONAL_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ServiceAccount"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -191,14 +192,25 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     )
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
-        username = sasl.username
+        if sasl.jaas_config is not None:
+            line = await secret_value(sasl.jaas_config.name, sasl.jaas_config.key)
+            try:
+                user, password = jaas.credentials(line)
+            except ValueError as exc:
+                where = (
+                    f"Secret {spec.namespace}/{sasl.jaas_config.name} key {sasl.jaas_config.key}"
+                )
+                raise SpecError(f"{where}: {exc}") from None
+        else:
+            username = sasl.username
+            user = (
+                username
+                if isinstance(username, str)
+                else await secret_value(username.name, username.key)
+            )
+            password = await secret_value(sasl.password.name, sasl.password.key)
         access = dataclasses.replace(
-            access,
-            sasl_mechanism=sasl.mechanism,
-            sasl_username=username
-            if isinstance(username, str)
-            else await secret_value(username.name, username.key),
-            sasl_password=await secret_value(sasl.password.name, sasl.password.key),
+            access, sasl_mechanism=sasl.mechanism, sasl_username=user, sasl_password=password
         )
     tls = spec.kafka.tls
     if tls is not None:

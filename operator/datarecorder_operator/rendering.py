@@ -62,6 +62,25 @@ def _metadata(spec: RecorderSpec, name: str) -> dict[str, Any]:
     return {"name": name, "namespace": spec.namespace, "labels": common_labels(spec)}
 
 
+def service_account_name(spec: RecorderSpec) -> str:
+    """The pods' ServiceAccount: the user's, the one the operator makes, or the namespace's."""
+    if spec.service_account_name:
+        return spec.service_account_name
+    return spec.name if spec.service_account_annotations is not None else "default"
+
+
+def render_service_account(spec: RecorderSpec) -> Manifest:
+    """The recorders' own ServiceAccount, for workload identity (IRSA, GKE, Azure) on S3."""
+    meta = _metadata(spec, spec.name)
+    meta["annotations"] = dict(spec.service_account_annotations or {})
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta,
+        "automountServiceAccountToken": spec.pod.automount_service_account_token,
+    }
+
+
 def config_data(spec: RecorderSpec) -> dict[str, str]:
     """Non-secret settings as the recorder's environment (the ConfigMap's data)."""
     data: dict[str, str] = {
@@ -144,11 +163,15 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
     literal: list[dict[str, Any]] = []
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
-        if isinstance(sasl.username, SecretKey):
+        if sasl.jaas_config is not None:
+            jaas = sasl.jaas_config
+            refs.append(("KAFKA_SASL_JAAS_CONFIG", jaas.name, jaas.key))
+        elif isinstance(sasl.username, SecretKey):
             refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
         else:  # a user name is no secret (Strimzi's is the KafkaUser's metadata.name)
             literal.append({"name": "KAFKA_SASL_USERNAME", "value": sasl.username})
-        refs.append(("KAFKA_SASL_PASSWORD", sasl.password.name, sasl.password.key))
+        if sasl.jaas_config is None:
+            refs.append(("KAFKA_SASL_PASSWORD", sasl.password.name, sasl.password.key))
     return literal + [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for env, secret, key in refs
@@ -292,7 +315,7 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
     # Always set: the API server copies a Deployment's deprecated `serviceAccount` (which it
     # filled in from serviceAccountName) back into an unset serviceAccountName, so dropping the
     # field would leave the old account in place. Naming "default" removes it for real.
-    pod_spec["serviceAccountName"] = spec.service_account_name or "default"
+    pod_spec["serviceAccountName"] = service_account_name(spec)
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
     if spec.node_selector:
@@ -473,7 +496,10 @@ def render_children(
         replicas = current_replicas if current_replicas is not None else initial_replicas(spec)
     else:
         replicas = spec.replicas
-    children = [render_configmap(spec), render_deployment(spec, replicas), render_service(spec)]
+    children = [render_configmap(spec)]
+    if spec.service_account_annotations is not None:
+        children.append(render_service_account(spec))  # before the pods that use it
+    children += [render_deployment(spec, replicas), render_service(spec)]
     if spec.hpa_scaled:
         children.append(render_hpa(spec, partitions))
     if spec.pdb.enabled:

@@ -62,6 +62,9 @@ class KafkaSASL:
     mechanism: str
     username: SecretKey | str  # a Secret key, or the literal name (a Strimzi KafkaUser's)
     password: SecretKey
+    # A Secret key holding a whole `sasl.jaas.config` line (Strimzi's KafkaUser Secret has one);
+    # when set, username and password come from it and the fields above are not used.
+    jaas_config: SecretKey | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +195,9 @@ class RecorderSpec:
     monitoring: MonitoringSpec
     pdb: PDBSpec
     pod: PodTemplate = dataclasses.field(default_factory=lambda: PodTemplate())
+    # spec.serviceAccount: the operator makes a ServiceAccount with these annotations (IRSA's
+    # eks.amazonaws.com/role-arn, GKE's iam.gke.io/gcp-service-account); None: it makes none.
+    service_account_annotations: Mapping[str, str] | None = None
     paused: bool = False  # annotation datarecorder.dev/paused: "true"
 
     @property
@@ -309,7 +315,8 @@ def _secret_key(raw: _Reader, name_field: str, key_field: str, default_key: str)
 
 def _parse_sasl(kafka_raw: _Reader, protocol: str) -> KafkaSASL | None:
     """SASL credentials: the password always from a Secret; the username from the same Secret
-    (`usernameKey`) or literal (`username`: a Strimzi KafkaUser's Secret has no username key)."""
+    (`usernameKey`) or literal (`username`: a Strimzi KafkaUser's Secret has no username key);
+    or both from a `sasl.jaas.config` line in the Secret (`jaasConfigKey`)."""
     if not protocol.startswith("SASL_"):
         return None
     if not kafka_raw.has("sasl"):
@@ -317,8 +324,15 @@ def _parse_sasl(kafka_raw: _Reader, protocol: str) -> KafkaSASL | None:
     raw = kafka_raw.sub("sasl")
     secret = raw.text("secretName")
     literal = raw.opt_text("username")
+    jaas_key = raw.opt_text("jaasConfigKey")
+    if jaas_key is not None and literal is not None:
+        raise SpecError(
+            "spec.kafka.sasl: username and jaasConfigKey exclude each other "
+            "(the JAAS config carries the username)"
+        )
     # The CRD defaults usernameKey, so a literal username simply wins over it.
     return KafkaSASL(
+        jaas_config=SecretKey(secret, jaas_key) if jaas_key is not None else None,
         mechanism=raw.text(
             "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
         ),
@@ -584,7 +598,17 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
     ):
         raise SpecError("spec.imagePullSecrets must be a list of {name: ...}")
 
+    service_account_annotations = None
+    if root.has("serviceAccount"):
+        service_account_annotations = root.sub("serviceAccount").text_map("annotations")
+        if root.has("serviceAccountName"):
+            raise SpecError(
+                "spec.serviceAccount (a ServiceAccount the operator makes) and "
+                "spec.serviceAccountName (one you manage) exclude each other"
+            )
+
     return RecorderSpec(
+        service_account_annotations=service_account_annotations,
         name=name,
         namespace=namespace,
         image=image,
