@@ -446,23 +446,8 @@ def is_paused(annotations: Mapping[str, str] | None) -> bool:
     return (annotations or {}).get(PAUSED_ANNOTATION, "").strip().lower() == "true"
 
 
-def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
-    """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
-
-    Repeats the CRD's own checks (an API server without CEL, or an emulator, lets them through)
-    and adds what a schema cannot express: derived names and request <= limit.
-    """
-    if not _DNS1035.match(name) or len(name) > MAX_NAME_LENGTH:
-        raise SpecError(
-            f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
-            "characters (lower-case letters, digits, '-', starting with a letter): it names "
-            "the recorder's Service"
-        )
-    root = _Reader(spec, "spec")
-    image = root.text("image")
-    if not image.strip():
-        raise SpecError("spec.image must not be empty")
-
+def _parse_kafka(root: _Reader, name: str, namespace: str) -> KafkaSpec:
+    """spec.kafka: brokers, topics, group and how to authenticate."""
     kafka_raw = root.sub("kafka")
     protocol = kafka_raw.text(
         "securityProtocol", "PLAINTEXT", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -485,7 +470,11 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         host, _, port = broker.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise SpecError(f"spec.kafka.brokers: {broker!r} is not host:port")
+    return kafka
 
+
+def _parse_timescaledb(root: _Reader) -> TimescaleSpec:
+    """spec.timescaledb: where the hot path writes, and how securely."""
     db_raw = root.sub("timescaledb")
     timescaledb = TimescaleSpec(
         host=db_raw.text("host"),
@@ -504,7 +493,11 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         if db_raw.has("caSecret")
         else None,
     )
+    return timescaledb
 
+
+def _parse_s3(root: _Reader) -> S3Spec:
+    """spec.s3: the cold path (Parquet on S3)."""
     s3_raw = root.sub("s3")
     s3_enabled = s3_raw.flag("enabled", False)
     creds = s3_raw.sub("credentialsSecret") if s3_raw.has("credentialsSecret") else None
@@ -527,7 +520,11 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
     )
     if s3.enabled and not s3.bucket:
         raise SpecError("spec.s3.bucket is required when spec.s3.enabled is true")
+    return s3
 
+
+def _parse_batching(root: _Reader) -> BatchingSpec:
+    """spec.batching: batch and buffer sizes, consumers per pod."""
     batch_raw = root.sub("batching")
     batching = BatchingSpec(
         batch_size=batch_raw.integer("batchSize", 1000, 1, 1_000_000),
@@ -541,7 +538,11 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
             f"spec.batching.maxBufferSize ({batching.max_buffer_size}) must be at least "
             f"spec.batching.batchSize ({batching.batch_size})"
         )
+    return batching
 
+
+def _parse_autoscaling(root: _Reader) -> AutoscalingSpec:
+    """spec.autoscaling: HPA or operator mode, with KEDA's options."""
     auto_raw = root.sub("autoscaling")
     autoscaling = AutoscalingSpec(
         enabled=auto_raw.flag("enabled", False),
@@ -573,13 +574,22 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
             f"spec.autoscaling.minReplicas ({autoscaling.min_replicas}) must be <= "
             f"spec.autoscaling.maxReplicas ({autoscaling.max_replicas})"
         )
+    return autoscaling
 
+
+def _parse_monitoring(root: _Reader) -> MonitoringSpec:
+    """spec.monitoring.serviceMonitor."""
     sm_raw = root.sub("monitoring").sub("serviceMonitor")
     monitoring = MonitoringSpec(
         service_monitor=sm_raw.flag("enabled", False),
         interval=sm_raw.text("interval", "30s"),
         labels=sm_raw.text_map("labels"),
     )
+    return monitoring
+
+
+def _parse_pdb(root: _Reader) -> PDBSpec:
+    """spec.podDisruptionBudget."""
     pdb_raw = root.sub("podDisruptionBudget")
     max_unavailable = pdb_raw.data.get("maxUnavailable", 1)
     if not isinstance(max_unavailable, int | str) or isinstance(max_unavailable, bool):
@@ -588,7 +598,13 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
             f"got {max_unavailable!r}"
         )
     pdb = PDBSpec(enabled=pdb_raw.flag("enabled", True), max_unavailable=max_unavailable)
+    return pdb
 
+
+def _parse_scheduling_lists(
+    root: _Reader,
+) -> tuple[tuple[Mapping[str, Any], ...], tuple[str, ...]]:
+    """spec.tolerations and spec.imagePullSecrets (the names)."""
     tolerations = root.data.get("tolerations") or []
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
         raise SpecError("spec.tolerations must be a list of objects")
@@ -597,7 +613,11 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         isinstance(s, Mapping) and isinstance(s.get("name"), str) for s in pull_secrets
     ):
         raise SpecError("spec.imagePullSecrets must be a list of {name: ...}")
+    return tuple(dict(t) for t in tolerations), tuple(p["name"] for p in pull_secrets)
 
+
+def _parse_service_account(root: _Reader) -> Mapping[str, str] | None:
+    """spec.serviceAccount: the annotations of a ServiceAccount the operator makes."""
     service_account_annotations = None
     if root.has("serviceAccount"):
         service_account_annotations = root.sub("serviceAccount").text_map("annotations")
@@ -606,16 +626,36 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
                 "spec.serviceAccount (a ServiceAccount the operator makes) and "
                 "spec.serviceAccountName (one you manage) exclude each other"
             )
+    return service_account_annotations
 
+
+def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
+    """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
+
+    Repeats the CRD's own checks (an API server without CEL, or an emulator, lets them through)
+    and adds what a schema cannot express: derived names and request <= limit.
+    """
+    if not _DNS1035.match(name) or len(name) > MAX_NAME_LENGTH:
+        raise SpecError(
+            f"metadata.name {name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
+            "characters (lower-case letters, digits, '-', starting with a letter): it names "
+            "the recorder's Service"
+        )
+    root = _Reader(spec, "spec")
+    image = root.text("image")
+    if not image.strip():
+        raise SpecError("spec.image must not be empty")
+
+    tolerations, pull_secrets = _parse_scheduling_lists(root)
     return RecorderSpec(
-        service_account_annotations=service_account_annotations,
+        service_account_annotations=_parse_service_account(root),
         name=name,
         namespace=namespace,
         image=image,
         image_pull_policy=root.text(
             "imagePullPolicy", "IfNotPresent", choices=("Always", "IfNotPresent", "Never")
         ),
-        image_pull_secrets=tuple(s["name"] for s in pull_secrets),
+        image_pull_secrets=pull_secrets,
         replicas=root.integer("replicas", 1, 0, 1000),
         log_level=root.text("logLevel", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
         shutdown_timeout_seconds=root.integer("shutdownTimeoutSeconds", 30, 1, 3600),
@@ -623,15 +663,15 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         pod_annotations=root.text_map("podAnnotations"),
         pod_labels=root.text_map("podLabels"),
         node_selector=root.text_map("nodeSelector"),
-        tolerations=tuple(dict(t) for t in tolerations),
+        tolerations=tolerations,
         priority_class_name=root.opt_text("priorityClassName"),
-        kafka=kafka,
-        timescaledb=timescaledb,
-        s3=s3,
-        batching=batching,
+        kafka=_parse_kafka(root, name, namespace),
+        timescaledb=_parse_timescaledb(root),
+        s3=_parse_s3(root),
+        batching=_parse_batching(root),
         resources=_parse_resources(root.sub("resources")),
-        autoscaling=autoscaling,
-        monitoring=monitoring,
-        pdb=pdb,
+        autoscaling=_parse_autoscaling(root),
+        monitoring=_parse_monitoring(root),
+        pdb=_parse_pdb(root),
         pod=_parse_pod_template(root),
     )
