@@ -13,34 +13,34 @@ pytest_plugins = [
     "tests.fixtures.k8s",
 ]
 
-# Tests that share one server which cannot be split per test run on one xdist worker, one
-# after another (`--dist loadgroup`): the control plane's cluster-wide objects (CRDs, the
-# Prometheus Operator) and the full TimescaleDB edition (PGlite: one shared session).
-GROUPS = {"k8s": "k8s", "timescale/test_full_edition.py": "timescale-full"}
+# Servers that cannot be split per test: the control plane's cluster-wide objects (CRDs, the
+# Prometheus Operator) and the full TimescaleDB edition (PGlite: one shared session). Their
+# tests would belong on one xdist worker (`xdist_group` + `--dist loadgroup`), but with
+# pytest 9.2 and pytest-xdist 3.8 (the newest) loadgroup has no effect: xdist tags the group
+# onto `item._nodeid`, which pytest 9 no longer reads. So they run in the serial pass.
+SHARED_SERVER_FILES = ("timescale/test_full_edition.py",)
 
 
-def group_of(item: pytest.Item) -> str | None:
+def uses_a_shared_server(item: pytest.Item) -> bool:
     if item.get_closest_marker("k8s"):
-        return GROUPS["k8s"]
-    path = item.path.as_posix()
-    return next((g for suffix, g in GROUPS.items() if path.endswith(suffix)), None)
+        return True
+    return item.path.as_posix().endswith(SHARED_SERVER_FILES)
 
 
 def is_serial(item: pytest.Item) -> bool:
     """A test that stops or starts a shared service (every fault test, any test using the
     `stack_faults` fixture) would break the tests of other workers, and the fault tests'
-    RSS and recovery-time bounds assume a machine not shared with them: such tests run in
-    scripts/test's second, serial pass (`-m serial`)."""
-    return bool(item.get_closest_marker("faults")) or "stack_faults" in getattr(
-        item, "fixturenames", ()
+    RSS and recovery-time bounds assume a machine not shared with them; tests of a server
+    that cannot be split per test cannot share it either. Such tests run in scripts/test's
+    second, serial pass (`-m serial`)."""
+    return (
+        bool(item.get_closest_marker("faults"))
+        or "stack_faults" in getattr(item, "fixturenames", ())
+        or uses_a_shared_server(item)
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if is_serial(item):
-            item.add_marker(pytest.mark.serial)
-        group = group_of(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks each test as it is collected, before `-m` deselects by the mark."""
+    if is_serial(item):
+        item.add_marker(pytest.mark.serial)

@@ -1,4 +1,4 @@
-"""Which tests run alone (scripts/test's serial pass) and which share an xdist worker."""
+"""Which tests run alone (scripts/test's serial pass) and which share the machine."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import group_of, is_serial
+from tests.conftest import is_serial
 
 
 class FakeItem:
@@ -34,8 +34,9 @@ def test_tests_that_stop_services_run_alone(item: FakeItem, serial: bool) -> Non
     assert is_serial(item) is serial  # type: ignore[arg-type]
 
 
-def test_shared_servers_keep_their_tests_on_one_worker() -> None:
-    assert group_of(FakeItem("tests/environment/test_kubeconfig.py", ("k8s",))) == "k8s"  # type: ignore[arg-type]
-    full = FakeItem("/r/tests/integration/timescale/test_full_edition.py")
-    assert group_of(full) == "timescale-full"  # type: ignore[arg-type]
-    assert group_of(FakeItem("tests/integration/recorder/test_pipeline.py")) is None  # type: ignore[arg-type]
+def test_tests_of_servers_that_cannot_be_split_run_alone() -> None:
+    for item in (
+        FakeItem("tests/environment/test_kubeconfig.py", ("k8s",)),
+        FakeItem("/r/tests/integration/timescale/test_full_edition.py"),
+    ):
+        assert is_serial(item)  # type: ignore[arg-type]
