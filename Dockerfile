@@ -9,9 +9,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # .dockerignore limits the context to what the wheel is built from.
 COPY . .
-# Dependencies must come as prebuilt wheels (--only-binary) so that no stage needs a compiler;
-# the project itself is a pure-Python wheel built from this directory.
-RUN pip wheel --wheel-dir /wheels --only-binary=:all: .
+# Dependencies must come as prebuilt wheels (--only-binary) so that no stage needs a compiler,
+# at the versions of constraints.txt (the whole dependency set, pinned: two builds of one
+# commit get the same packages); the project itself is a pure-Python wheel built from here.
+RUN pip wheel --wheel-dir /wheels --only-binary=:all: --constraint constraints.txt .
 
 # --- final: the wheels installed into a clean interpreter, nothing else ---------------------
 FROM ${PYTHON_IMAGE}

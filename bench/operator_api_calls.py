@@ -27,9 +27,9 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from datarecorder_operator.handlers import OperatorConfig  # noqa: E402
 
+from recorder.devstack.recorder_proc import free_port  # noqa: E402
 from tests.integration.operator.emulator import running_operator  # noqa: E402
 from tests.integration.operator.test_operator_emulator import recorder  # noqa: E402
-from tests.support.recorder_proc import free_port  # noqa: E402
 
 
 async def counts(port: int) -> dict[str, float]:

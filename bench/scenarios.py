@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
 import sys
-import threading
 import time
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -28,10 +26,10 @@ from bench import workload as wl
 from bench.report import Percentiles, percentiles
 from bench.stack import Stack
 from recorder.core.records import Limits, OrderBookRow, TickRow, decode
+from recorder.devstack.recorder_proc import RecorderProcess
 from recorder.migrate import migrate
 from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
-from tests.support.recorder_proc import RecorderProcess
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 Timeline = list[tuple[float, float]]  # (seconds since start, records durable/read so far)
@@ -81,27 +79,12 @@ class ProfiledRecorder(RecorderProcess):
 
     session: Path | None = None
 
-    def start(self, *, wait_ready: float | None = 60.0) -> RecorderProcess:
+    def command(self) -> list[str]:
         assert self.session is not None
-        env = dict(self.env, HTTP_PORT=str(self.port))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self._log = log
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "pyinstrument", "-i", "0.002", "-r", "pyisession"),
-                *("-o", str(self.session), "-m", "recorder.cli", "run"),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-        if wait_ready:
-            self.wait_ready(wait_ready)
-        return self
+        return [
+            *(sys.executable, "-m", "pyinstrument", "-i", "0.002", "-r", "pyisession"),
+            *("-o", str(self.session), "-m", "recorder.cli", "run"),
+        ]
 
 
 async def drain(

@@ -10,10 +10,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.stack_client import (
+from recorder.devstack.client import (
     REPO,
     StackUnavailable,
     external_env,
+    other_leases,
+    release,
     run_stack,
     up_with_lease,
 )
@@ -30,14 +32,7 @@ class Stack:
 
     def others_using(self) -> list[int]:
         """Live leases of other sessions (pytest runs) on this managed stack."""
-        if self.state_dir is None:
-            return []
-        leases = self.state_dir / "leases"
-        out = []
-        for f in leases.iterdir() if leases.exists() else []:
-            if f.name.isdigit() and f.name != self.lease and _alive(int(f.name)):
-                out.append(int(f.name))
-        return out
+        return other_leases(self.lease) if self.state_dir is not None else []
 
     def can_stop_services(self) -> bool:
         return self.managed and not self.others_using()
@@ -54,18 +49,8 @@ class Stack:
 
     def release(self) -> None:
         if self.lease is not None:
-            run_stack("release", self.lease)
+            release(self.lease)
             self.lease = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def acquire() -> Stack:

@@ -19,10 +19,10 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.stack import REPO, Stack
+from recorder.devstack.recorder_proc import produce as run_produce
 from recorder.settings import Settings
 from recorder.sinks.lake.parquet import progress_key
 from recorder.sinks.lake.store import make_lake
-from tests.support.recorder_proc import produce as run_produce
 
 PARTITIONS = 12
 SYMBOLS = 100  # spreads keys over the 12 partitions (20 symbols leave some nearly empty)

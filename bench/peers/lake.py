@@ -15,7 +15,7 @@ from bench.peers import procs
 from bench.peers.table import PeerRun
 from bench.peers.window import consuming, timed_drain
 from bench.stack import Stack
-from tests.support.recorder_proc import RecorderProcess
+from recorder.devstack.recorder_proc import RecorderProcess
 
 
 async def committed(stack: Stack, group: str, topic: str) -> int:

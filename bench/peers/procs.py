@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.peers.build import ensure_benthos, ensure_connect
+from recorder.devstack.procs import Child, free_port, spawn_child
+
+# A peer is a child of the benchmark, stopped by it (SIGTERM, then its group killed).
+PeerProcess = Child
 
 HERE = Path(__file__).resolve().parent
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
@@ -33,48 +33,8 @@ def render(template: str, values: Mapping[str, object]) -> str:
     return _PLACEHOLDER.sub(sub, template)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class PeerProcess:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-
-
 def _spawn(name: str, argv: list[str], log_path: Path, env: Mapping[str, str]) -> PeerProcess:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    return PeerProcess(name, proc, log_path)
+    return spawn_child(name, argv, log_path, env=dict(env), truncate=True)
 
 
 def java() -> str:
@@ -95,7 +55,7 @@ def start_connect(
         "brokers": brokers,
         "state": workdir,
         "plugins": home / "plugins",
-        "rest_port": _free_port(),
+        "rest_port": free_port(),
         "name": name,
         "topic": topic,
         "database": database,
@@ -127,6 +87,6 @@ def start_benthos(*, workdir: Path, pipeline: str, env: Mapping[str, str]) -> Pe
     workdir.mkdir(parents=True, exist_ok=True)
     config = HERE / "benthos" / pipeline
     # Its HTTP server (metrics, /ready) on a free port: the default 4195 may be taken.
-    argv = [str(binary), "--log.level", "warn", "--set", f"http.address=127.0.0.1:{_free_port()}"]
+    argv = [str(binary), "--log.level", "warn", "--set", f"http.address=127.0.0.1:{free_port()}"]
     argv += ["-c", str(config)]
     return _spawn("benthos", argv, workdir / f"benthos-{config.stem}.log", {**os.environ, **env})

@@ -23,8 +23,8 @@ from bench.peers.lake import benthos_to_s3, recorder_to_s3
 from bench.peers.table import PeerRun
 from bench.peers.window import consuming, timed_drain
 from bench.stack import Stack
+from recorder.devstack.recorder_proc import RecorderProcess
 from recorder.migrate import migrate
-from tests.support.recorder_proc import RecorderProcess
 
 # The Connect sink reads a schema with every message: the same tick with its types spelled out
 # (event time as Debezium's nanosecond timestamp). Built around the original bytes, unparsed.

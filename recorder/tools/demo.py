@@ -1,6 +1,6 @@
 """`datarecorder demo`: the whole system on one machine, with nothing running beforehand.
 
-Owns the demo's sequence: start Kafka and PostgreSQL (demo_services), run `datarecorder run`
+Owns the demo's sequence: start Kafka and PostgreSQL (recorder/devstack/services.py), run `datarecorder run`
 as a subprocess with a local Parquet lake, feed it, show progress each second, then flush,
 verify, query both stores and stop everything it started.
 """
@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from recorder.devstack import services
+from recorder.devstack.procs import pid_alive
 from recorder.devstack.services import Child, Database, ServiceError
 from recorder.kafka_options import client_options
 from recorder.settings import Settings
@@ -460,20 +461,10 @@ def remove_abandoned(tmp: Path) -> list[Path]:
             pid = int((path / "demo.pid").read_text())
         except (OSError, ValueError):
             continue  # not ours, or still being created
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop_all(children: list[Child]) -> None:

@@ -106,7 +106,7 @@ def metric_rows() -> list[tuple[str, str, str, str]]:
 
     from recorder import metrics
 
-    rows = []
+    rows: list[tuple[str, str, str, str]] = []
     for value in vars(metrics).values():
         if not isinstance(value, MetricWrapperBase):
             continue
@@ -118,7 +118,7 @@ def metric_rows() -> list[tuple[str, str, str, str]]:
         else:
             series = f"`{name}`"
         labels = ", ".join(f"`{label}`" for label in value._labelnames) or "—"
-        rows.append((series, kind, labels, _escape(value._documentation)))
+        rows.append((series, str(kind), labels, _escape(value._documentation)))
     return rows
 
 

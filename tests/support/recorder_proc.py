@@ -1,194 +1,38 @@
-"""Run `datarecorder run` as a real subprocess in tests and benchmarks.
+"""The recorder as a subprocess, for tests: the dev-services library's runner
+(recorder/devstack/recorder_proc.py, shared with the benchmarks) plus pytest's verdicts.
 
-Owns start (waits for /ready), graceful stop (SIGTERM), crash (SIGKILL), peak RSS sampling
-and the per-process log file; tests never import the pipeline to "run" it in-process.
+Owns `wait_exactly_once`, which fails the test with the last report and the recorder's log.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import psutil
+import pytest
 
+from recorder.devstack.recorder_proc import (
+    RecorderProcess,
+    free_port,
+    http_get,
+    produce,
+    verify,
+    wait_until,
+)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = [
+    "RecorderProcess",
+    "free_port",
+    "http_get",
+    "produce",
+    "verify",
+    "wait_exactly_once",
+    "wait_until",
+]
 
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as res:
-            return res.status, res.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-@dataclass
-class RecorderProcess:
-    """One recorder process; `env` is the full environment (see the `recorder_env` fixture)."""
-
-    env: dict[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    peak_rss: int = 0
-    _sampler: threading.Thread | None = None
-    _log: object | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, *, wait_ready: float | None = 60.0) -> RecorderProcess:
-        env = dict(self.env, HTTP_PORT=str(self.port))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self._log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "recorder.cli", "run"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-        if wait_ready:
-            self.wait_ready(wait_ready)
-        return self
-
-    def _sample(self) -> None:
-        proc = self.proc
-        assert proc is not None
-        try:
-            ps = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                self.peak_rss = max(self.peak_rss, ps.memory_info().rss)
-                time.sleep(0.2)
-        except psutil.Error:
-            pass
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"recorder exited with {self.proc.returncode}; log: {self.tail()}"
-                )
-            try:
-                status, _ = http_get(self.url + "/ready", 1.0)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"recorder not ready after {timeout}s; log: {self.tail()}")
-
-    def health(self) -> tuple[int, str]:
-        return http_get(self.url + "/health")
-
-    def metrics_text(self) -> str:
-        return http_get(self.url + "/metrics")[1]
-
-    def terminate(self, timeout: float = 60.0) -> tuple[int, float]:
-        """SIGTERM and wait; returns (exit code, seconds to exit)."""
-        assert self.proc is not None
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.wait(timeout)
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.wait(30)
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        try:
-            code = self.proc.wait(timeout)
-        finally:
-            if self._log is not None:
-                self._log.close()  # type: ignore[attr-defined]
-                self._log = None
-        return code
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
-
-    def ensure_stopped(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.wait(30)
-
-
-def produce(env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    """`datarecorder produce ARGS` with `env`; returns its stdout."""
-    res = subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "produce", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"produce failed ({res.returncode}): {res.stderr[-2000:]}")
-    return res.stdout
-
-
-def verify(env: dict[str, str], timeout: float = 600) -> dict[str, Any]:
-    """`datarecorder verify --json`; returns the report."""
-    res = subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "verify", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if res.returncode not in (0, 1) or not res.stdout.strip():
-        raise RuntimeError(f"verify failed ({res.returncode}): {res.stderr[-3000:]}")
-    for line in res.stderr.splitlines():
-        if line.startswith("verify:"):
-            print(line)  # shown with the test's output when it fails
-    report: dict[str, Any] = json.loads(res.stdout)
-    return report
-
-
-def wait_until(
-    predicate: object, timeout: float, interval: float = 0.5, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached in {timeout}s")
-
-
+# Children of the test process (produce, verify, tools) print as they go: a failing test's
+# output then shows what they said last.
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
@@ -197,8 +41,6 @@ def wait_exactly_once(
 ) -> dict[str, Any]:
     """Poll `verify` until every store holds every record exactly once; fail the test with the
     last report and the recorder's log otherwise. Returns the passing report."""
-    import pytest
-
     report: dict[str, Any] = {}
 
     def done() -> bool:

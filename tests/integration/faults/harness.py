@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -23,14 +24,16 @@ import aioboto3
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from recorder.devstack.client import REPO
 from recorder.sinks.lake.parquet import progress_key
-from tests.fixtures.stack import REPO, Stack
+from tests.fixtures.stack import Stack
 from tests.support.recorder_proc import RecorderProcess, http_get
 from tests.support.recorder_proc import verify as run_verify
 
 RESULTS = REPO / ".cache" / "fault-results.jsonl"
 LOGS = REPO / ".cache" / "faults"
 MIB = 1024 * 1024
+POLL_S = 0.5  # how often a wait re-checks its condition
 S3_PREFIX = "market-data"  # the recorder's default S3_PREFIX
 
 # Settings every scenario shares: small batches and short timeouts so draining is quick, and
@@ -237,6 +240,54 @@ class Deployment:
             return sum(targets.values())
         return sum(max(0, end - stored.get(tp, 0)) for tp, end in targets.items() if end > 0)
 
+    async def wait_for(
+        self, what: str, condition: Callable[[], bool | Awaitable[bool]], limit_s: float
+    ) -> float:
+        """Poll `condition` (sync or async) every POLL_S until true, failing fast when a
+        recorder died and with the logs after `limit_s`; returns the seconds it took."""
+        started = time.monotonic()
+        while True:
+            result = condition()
+            if await result if inspect.isawaitable(result) else result:
+                return time.monotonic() - started
+            assert time.monotonic() - started < limit_s, (
+                f"{what}: not after {limit_s}s\n{self.logs()}"
+            )
+            self.check_alive()
+            await asyncio.sleep(POLL_S)
+
+    async def wait_consumed(self, p: RecorderProcess, records: int, limit_s: float = 120) -> None:
+        """Until `p` has consumed `records`: the fault then hits a recorder in mid-work (rather
+        than after a fixed time that a loaded machine may not have used to start it)."""
+        consumed = "datarecorder_records_consumed_total"
+        await self.wait_for(
+            f"{p.log_path.name} consumed {records}",
+            lambda: self.metric(p, consumed) >= records,
+            limit_s,
+        )
+
+    async def wait_owned(self, members: Sequence[RecorderProcess], limit_s: float = 120) -> None:
+        """Until `members` together own every partition: the group has settled around them."""
+        total = len(self.topics) * self.partitions
+        assigned = "datarecorder_assigned_partitions"
+        await self.wait_for(
+            f"{len(members)} members owning all {total} partitions",
+            lambda: sum(self.metric(m, assigned) for m in members) == total,
+            limit_s,
+        )
+
+    async def committed(self) -> TPs:
+        """The group's committed Kafka offsets (what lag tools see)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.env["KAFKA_BROKERS"])
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.env["KAFKA_GROUP_ID"])
+        finally:
+            await admin.close()
+        return {(tp.topic, tp.partition): int(m.offset) for tp, m in offsets.items()}
+
     async def wait_drained(
         self, targets: TPs | None = None, limit_s: float = 240, what: str = "drain"
     ) -> float:
@@ -298,7 +349,7 @@ class Deployment:
             report = await asyncio.to_thread(run_verify, self.env)
             read = sum(
                 s["expected"]
-                for s in report["stores"]  # type: ignore[attr-defined]
+                for s in report["stores"]
                 if s["store"] in ("timescaledb.tick_data", "timescaledb.orderbook", "dead_letters")
             )
             if read == produced:
@@ -307,7 +358,7 @@ class Deployment:
             # topics hold every record. That is a verify bug, not the recorder's: read again.
             self.verify_rereads += 1
             print(f"verify read {read} of {produced} Kafka records; reading again")
-        bad = [s for s in report["stores"] if not s["ok"]]  # type: ignore[attr-defined]
+        bad = [s for s in report["stores"] if not s["ok"]]
         if report["ok"] and not bad:
             return report
         where = await missing_offsets(self.env)
@@ -370,7 +421,7 @@ async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
     from recorder.settings import Settings, TopicKind
     from recorder.tools import verify as v
 
-    settings = Settings(**{k: v for k, v in env.items() if k in Settings.model_fields})
+    settings = Settings.model_validate({k: v for k, v in env.items() if k in Settings.model_fields})
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         if key in env:  # the lake reader takes its credentials from the process environment
             os.environ[key] = env[key]

@@ -25,8 +25,9 @@ async def test_broker_restart_recorder_reconnects(deployment: Deployment) -> Non
     rec = dep.recorder()
     feed = dep.feed(total, rate=rate, invalid_ratio=0.005)
     try:
-        await asyncio.sleep(8)
+        await dep.wait_consumed(rec, int(rate * 5))
         await asyncio.to_thread(dep.stack.stop, "kafka")
+        # The outage itself lasts this long: it is the fault, not a wait for a condition.
         await asyncio.sleep(DOWN_SEC)
         dep.check_alive()
         await asyncio.to_thread(dep.stack.start, "kafka")

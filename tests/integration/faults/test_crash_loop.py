@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -70,7 +71,8 @@ async def test_restart_while_cold_path_lags_far_behind(deployment: Deployment) -
     while dep.behind(ends, await dep.db_progress()) > 0:
         assert time.monotonic() < deadline, dep.logs()
         await asyncio.sleep(0.5)
-    await asyncio.sleep(1)  # let the committed Kafka offsets follow the database
+    # Kafka's committed offsets follow the database's transaction (the commit comes after it).
+    await dep.wait_for("committed offsets at the database's", _committed_is_db(dep), 30)
     # The cold path stored only its starting point at assignment (offset 0), nothing flushed.
     assert set((await dep.s3_progress() or {}).values()) <= {0}
     dep.kill(rec)
@@ -87,3 +89,11 @@ async def test_restart_while_cold_path_lags_far_behind(deployment: Deployment) -
         peak_rss_mib=round(dep.peak_rss_mib(), 1),
         recovery_s=round(recovery, 1),
     )
+
+
+def _committed_is_db(dep: Deployment) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        committed, stored = await dep.committed(), await dep.db_progress() or {}
+        return all(committed.get(tp) == off for tp, off in stored.items())
+
+    return check

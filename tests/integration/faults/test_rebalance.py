@@ -6,7 +6,6 @@ flushes) and another dies (SIGKILL: its partitions are replayed by the survivor)
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -24,13 +23,13 @@ async def test_members_join_leave_and_die_without_loss(deployment: Deployment) -
     b = dep.recorder()
     feed = dep.feed(total, rate=rate, invalid_ratio=0.005)
     try:
-        await asyncio.sleep(8)
+        await dep.wait_consumed(a, int(rate * 3))
         c = dep.recorder()
-        await wait_assigned(dep, c)
-        await asyncio.sleep(4)
+        await dep.wait_owned([a, b, c])  # the third member joined and got partitions
+        await dep.wait_consumed(c, 1)
         code, seconds = dep.terminate(a)
         assert code == 0, a.tail()
-        await asyncio.sleep(6)
+        await dep.wait_owned([b, c])  # the group rebalanced around the member that left
         dep.kill(b)
         killed = time.monotonic()
         await feed.wait()
@@ -52,12 +51,3 @@ async def test_members_join_leave_and_die_without_loss(deployment: Deployment) -
         sigterm_exit_s=round(seconds, 2),
         fenced_batches=fenced,
     )
-
-
-async def wait_assigned(dep: Deployment, rec: object, limit_s: float = 60) -> None:
-    """Until the joining member owns partitions (the group rebalanced around it)."""
-    deadline = time.monotonic() + limit_s
-    while dep.metric(rec, "datarecorder_assigned_partitions") < 1:  # type: ignore[arg-type]
-        assert time.monotonic() < deadline, "the third member never got partitions"
-        dep.check_alive()
-        await asyncio.sleep(0.5)

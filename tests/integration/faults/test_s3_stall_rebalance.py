@@ -46,11 +46,17 @@ async def test_rebalance_while_s3_stalls_past_the_revocation_deadline(
     pid = s3_server_pid(dep.env["S3_ENDPOINT_URL"])
     stalled_for = REVOKE_DEADLINE_SEC + 10
     try:
-        await asyncio.sleep(5)
+        await dep.wait_owned([a, b])
+        await dep.wait_consumed(a, int(total / 40 * 3))
         os.kill(pid, signal.SIGSTOP)
         stalled = time.monotonic()
         try:
-            await asyncio.sleep(1)
+            # Records arriving for the cold path while its store cannot answer.
+            await dep.wait_for(
+                "S3 records buffered in the stall",
+                lambda: dep.metric(a, "datarecorder_buffer_records", sink="s3") > 0,
+                30,
+            )
             dep.kill(b)  # the group rebalances after its session timeout
             deadline = stalled + stalled_for + 30
             while '"revoke_abandoned"' not in a.log_path.read_text():

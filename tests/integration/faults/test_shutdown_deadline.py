@@ -37,8 +37,14 @@ async def test_sigterm_flushes_full_buffers_before_exit(deployment: Deployment) 
         assert time.monotonic() < deadline, f"not all consumed\n{dep.logs()}"
         dep.check_alive()
         await asyncio.sleep(0.5)
-    await asyncio.sleep(2.5)  # the buffer gauge is refreshed every 2 s
-    buffered = dep.metric(rec, "datarecorder_buffer_records", sink="timescaledb")
+    # The buffer gauge is refreshed every 2 s: until it shows (nearly) everything held.
+    gauge = "datarecorder_buffer_records"
+    await dep.wait_for(
+        "buffers holding the feed",
+        lambda: dep.metric(rec, gauge, sink="timescaledb") >= total * 0.9,
+        30,
+    )
+    buffered = dep.metric(rec, gauge, sink="timescaledb")
     progress = await dep.progress()
     assert buffered >= total * 0.9, f"buffers hold {buffered} of {total}"
     # Each sink stored only its starting point (offset 0) at assignment: nothing flushed yet.
@@ -53,8 +59,10 @@ async def test_sigterm_flushes_full_buffers_before_exit(deployment: Deployment) 
     # Nothing runs any more: what the stores hold now is what the shutdown made durable.
     ends = await dep.end_offsets()
     progress = await dep.progress()
-    for sink, stored in progress.items():
-        assert dep.behind(ends, stored) == 0, f"{sink} progress {stored} short of {ends}"
+    for sink, sink_progress in progress.items():
+        assert dep.behind(ends, sink_progress) == 0, (
+            f"{sink} progress {sink_progress} short of {ends}"
+        )
     report = await dep.verify_exact()
     record_result(
         "shutdown deadline",

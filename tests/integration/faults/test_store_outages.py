@@ -63,10 +63,10 @@ async def test_database_outage_pauses_and_catches_up(deployment: Deployment) -> 
     limit = 20_000
     total = scaled(120_000)
     rate = total / 40  # 40 s of feed; the 20 s outage alone backs up about 3 x MAX_BUFFER_SIZE
-    dep.recorder(MAX_BUFFER_SIZE=limit)
+    rec = dep.recorder(MAX_BUFFER_SIZE=limit)
     feed = dep.feed(total, rate=rate, invalid_ratio=0.005)
     try:
-        await asyncio.sleep(8)
+        await dep.wait_consumed(rec, int(rate * 5))
         await wait_health(dep, "timescaledb: healthy")
         before = await dep.s3_progress()
         await asyncio.to_thread(dep.stack.stop, "postgres")
@@ -115,10 +115,10 @@ async def test_s3_outage_keeps_hot_path_latency(deployment: Deployment) -> None:
     rate = total / 40
     # Room for the whole outage's backlog, so the hot path never has to wait for the cold one.
     limit = int(rate * (OUTAGE_SEC + 15))
-    dep.recorder(MAX_BUFFER_SIZE=limit)
+    rec = dep.recorder(MAX_BUFFER_SIZE=limit)
     feed = dep.feed(total, rate=rate, invalid_ratio=0.005)
     try:
-        await asyncio.sleep(6)
+        await dep.wait_consumed(rec, int(rate * 4))
         await wait_health(dep, "s3: healthy")
         normal = await watch(dep, 4, targets=None)
         hot_lag_normal = await hot_lag_seconds(dep, rate, 4)

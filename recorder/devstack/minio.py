@@ -1,7 +1,8 @@
-"""MinIO for scripts/stack: the pinned server binary in the cache, how it is built and started.
+"""MinIO as a dev service: the pinned server binary in the cache, how it is built and started.
 
 Owns the version pin, the build (once, under a lock, by scripts/bootstrap) and the server's argv
-and environment; svc_s3 decides when to run it. CLI: `python minio_server.py build|path`.
+and environment; stack/s3.py decides when to run it. CLI: `python -m recorder.devstack.minio
+build|path`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from stacklib import CACHE, StackError, log
+from recorder.devstack.procs import CACHE, ServiceError, log
 
 # MinIO tags its releases RELEASE.<date>, not semver, so the module proxy serves it under
 # pseudo-versions only; this is the newest one it served (`go list -m ...minio@latest`).
@@ -38,7 +39,7 @@ def build() -> Path:
         "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
     )
     if not go:
-        raise StackError("go is not installed; it builds MinIO once (install Go >= 1.24)")
+        raise ServiceError("go is not installed; it builds MinIO once (install Go >= 1.24)")
     HOME.mkdir(parents=True, exist_ok=True)
     with open(HOME / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second bootstrap waits for the first one's build
@@ -55,7 +56,7 @@ def build() -> Path:
             res = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=HOME)
         if res.returncode != 0:
             tail = "\n".join(BUILD_LOG.read_text(errors="replace").splitlines()[-30:])
-            raise StackError(f"build of MinIO {VERSION} failed (log: {BUILD_LOG}):\n{tail}")
+            raise ServiceError(f"build of MinIO {VERSION} failed (log: {BUILD_LOG}):\n{tail}")
         BINARY.parent.mkdir(parents=True, exist_ok=True)
         (tmp / "minio").replace(BINARY)  # atomic: `built()` never sees half a binary
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,7 +104,7 @@ def main() -> int:
         else:
             print(f"usage: {sys.argv[0]} build|path", file=sys.stderr)
             return 2
-    except StackError as exc:
+    except ServiceError as exc:
         print(f"minio: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""The command line of scripts/stack: up, down, status, stop/start one service, env, release.
+"""The command line of `scripts/stack`: up, down, status, stop/start one service, env, release.
 
 Owns the order of operations across services, the `.stack/env` file and the leases that let
 several pytest sessions share one stack (the last one out stops a stack a fixture started).
@@ -15,25 +15,33 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol
 
-import svc_kafka
-import svc_postgres
-import svc_s3
-import svc_timescale
-import svc_timescale_full
-from stacklib import STATE, ServiceState, StackError, locked, log, pid_alive, terminate
+from recorder.devstack.procs import ServiceError, log, pid_alive, terminate
+from recorder.devstack.stack import kafka, postgres, s3, timescale, timescale_full
+from recorder.devstack.stack.state import ENV_FILE, LEASES, OWNER, STATE, ServiceState, locked
 
-SERVICES: dict[str, ModuleType] = {
-    "kafka": svc_kafka,
-    "postgres": svc_postgres,
-    "timescale": svc_timescale,
-    "timescale-full": svc_timescale_full,
-    "s3": svc_s3,
+
+class Service(Protocol):
+    """What each service module of this package provides (checked by mypy on SERVICES)."""
+
+    def running(self, st: ServiceState) -> bool: ...
+    def start(self, st: ServiceState) -> None: ...
+    async def ready(self, st: ServiceState) -> None: ...
+    def stop(self, st: ServiceState, kill: bool = False) -> None: ...
+    def address(self, st: ServiceState) -> str: ...
+    def env(self, st: ServiceState) -> dict[str, str]: ...
+    def describe(self, st: ServiceState) -> str: ...
+    def remove(self, st: ServiceState) -> None: ...
+
+
+SERVICES: dict[str, Service] = {
+    "kafka": kafka,
+    "postgres": postgres,
+    "timescale": timescale,
+    "timescale-full": timescale_full,
+    "s3": s3,
 }
-ENV_FILE = STATE / "env"
-LEASES = STATE / "leases"
-OWNER = STATE / "owner"
 
 
 def states() -> dict[str, ServiceState]:
@@ -58,7 +66,7 @@ def check_python_deps() -> None:
         except ImportError:
             missing.append(mod)
     if missing:
-        raise StackError(
+        raise ServiceError(
             f"{sys.executable} lacks {', '.join(missing)}; run scripts/bootstrap "
             "(it creates .venv with the test extras)"
         )
@@ -77,7 +85,7 @@ def bring_up(names: list[str]) -> list[str]:
             if not mod.running(st):
                 mod.start(st)
             waiting.append(name)
-        except StackError as exc:
+        except ServiceError as exc:
             failures.append(f"{name}: {exc}")
 
     async def wait_all() -> list[BaseException | None]:
@@ -106,13 +114,13 @@ def our_stray_processes() -> list[int]:
         base = ServiceState.load(name).data.get("base")
         if isinstance(base, str):
             marks.append(f"{base}/")
-    # svc_timescale's server runs as the trixie loader with bin/.real/postgres as its program.
+    # The native TimescaleDB server runs as the trixie loader with bin/.real/postgres as its program.
     servers = (
         "kafka.Kafka",
         "kafka.tools.StorageTool",
         "bin/postgres",
         "bin/.real/postgres",
-        "pglite_bridge.mjs",
+        timescale_full.BRIDGE.name,
         "bin/minio",
     )
     found = []
@@ -143,7 +151,7 @@ def tear_down() -> None:
     shutil.rmtree(LEASES, ignore_errors=True)
     left = [p for p in our_stray_processes() if pid_alive(p)]
     if left:
-        raise StackError(f"processes still running after down: {left}")
+        raise ServiceError(f"processes still running after down: {left}")
     print("stack down: no service process left", flush=True)
 
 
@@ -212,7 +220,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with locked():
         st = ServiceState.load(args.service)
         if not st.configured:
-            raise StackError(f"{args.service} is not configured; run `scripts/stack up` first")
+            raise ServiceError(f"{args.service} is not configured; run `scripts/stack up` first")
         SERVICES[args.service].stop(st, kill=args.kill)
         print(f"{args.service:<9} stopped ({'killed' if args.kill else 'clean'}); data kept")
     return 0
@@ -221,7 +229,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     with locked():
         if not ServiceState.load(args.service).configured:
-            raise StackError(f"{args.service} is not configured; run `scripts/stack up` first")
+            raise ServiceError(f"{args.service} is not configured; run `scripts/stack up` first")
         failures = bring_up([args.service])
     for f in failures:
         print(f"stack: FAILED {f}", file=sys.stderr)
@@ -230,7 +238,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_env(_: argparse.Namespace) -> int:
     if not ENV_FILE.exists():
-        raise StackError("no .stack/env yet; run `scripts/stack up`")
+        raise ServiceError("no .stack/env yet; run `scripts/stack up`")
     sys.stdout.write(ENV_FILE.read_text())
     return 0
 
@@ -261,7 +269,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         return int(args.func(args))
-    except StackError as exc:
+    except ServiceError as exc:
         print(f"stack: error: {exc}", file=sys.stderr)
         return 1
 

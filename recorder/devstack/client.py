@@ -1,6 +1,6 @@
-"""Talking to `scripts/stack` (or to external services) without pytest: shared by the test
-fixtures (tests/fixtures/stack.py) and the benchmark (bench/stack.py), so both find, start and
-describe the services the same way."""
+"""Using `scripts/stack` (or external services) from another program: the test fixtures
+(tests/fixtures/stack.py) and the benchmark (bench/stack.py) find, start, share (leases) and
+describe the services the same way through it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from recorder.devstack.procs import pid_alive
+from recorder.devstack.stack.state import REPO as REPO  # re-exported for the fixtures
+
 STACK_SCRIPT = REPO / "scripts" / "stack"
 
 # The variables `scripts/stack up` writes to .stack/env; the recorder reads the same names.
@@ -27,7 +29,7 @@ ENV_KEYS = (
     "TSDB_APACHE_USER",
     "TSDB_APACHE_PASSWORD",
     "TSDB_APACHE_DB",
-    # The full edition (PGlite behind scripts/stack.d/pglite_bridge.mjs): one shared session.
+    # The full edition (PGlite behind recorder/devstack/pglite_bridge.mjs): one shared session.
     "TSDB_FULL_HOST",
     "TSDB_FULL_PORT",
     "TSDB_FULL_USER",
@@ -96,7 +98,7 @@ def up_with_lease(lease: str) -> tuple[dict[str, str], Path]:
         try:
             res = run_stack("up", "--lease", lease, timeout=STACK_UP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            run_stack("release", lease)
+            release(lease)
             raise StackUnavailable(
                 f"scripts/stack up did not finish in {STACK_UP_TIMEOUT_S}s"
             ) from None
@@ -107,12 +109,36 @@ def up_with_lease(lease: str) -> tuple[dict[str, str], Path]:
         if attempt == 1:
             print(f"scripts/stack up failed once, retrying:\n{res.stdout}{res.stderr}")
     if res.returncode != 0:
-        run_stack("release", lease)
+        release(lease)
         raise StackUnavailable(f"scripts/stack up failed:\n{res.stdout}{res.stderr}")
-    state_dir = Path(os.environ.get("DATARECORDER_STACK_DIR") or REPO / ".stack")
+    state_dir = stack_dir()
     env = parse_env_file((state_dir / "env").read_text())
     missing = [k for k in ENV_KEYS if k not in env]
     if missing:
-        run_stack("release", lease)
+        release(lease)
         raise StackUnavailable(f"{state_dir}/env lacks {missing}")
     return env, state_dir
+
+
+def stack_dir() -> Path:
+    """The state directory `scripts/stack` uses (it exports the same default)."""
+    return Path(os.environ.get("DATARECORDER_STACK_DIR") or REPO / ".stack")
+
+
+def release(lease: str) -> None:
+    """Drop `lease`; the last holder of a stack a lease started stops it."""
+    run_stack("release", lease)
+
+
+def holds_lease(lease: str) -> bool:
+    return (stack_dir() / "leases" / lease).exists()
+
+
+def other_leases(lease: str | None) -> list[int]:
+    """Live leases on the managed stack other than `lease` (other pytest runs, benchmarks)."""
+    leases = stack_dir() / "leases"
+    out = []
+    for f in leases.iterdir() if leases.exists() else []:
+        if f.name.isdigit() and f.name != lease and pid_alive(int(f.name)):
+            out.append(int(f.name))
+    return out

@@ -1,4 +1,4 @@
-"""S3 for scripts/stack: MinIO (built by scripts/bootstrap) or, where it is not built, moto.
+"""`scripts/stack`'s S3: MinIO (built by scripts/bootstrap) or, where it is not built, moto.
 
 Owns the server process, its port and data, and the recorder's bucket. MinIO keeps its objects
 on disk, so `stop s3` ends the server itself (an outage: the port refuses) and `start s3` runs it
@@ -12,9 +12,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
-import minio_server
-from stacklib import ServiceState, StackError, free_port, log, spawn, terminate, wait_ready
+from recorder.devstack import minio as minio_server
+from recorder.devstack import procs
+from recorder.devstack.procs import ServiceError, log, spawn, terminate, wait_ready
+from recorder.devstack.stack.state import ServiceState
 
 NAME = "s3"
 BUCKET = "market-data"
@@ -24,17 +27,17 @@ SECRET_KEY = "recorder-test-secret"
 READY_TIMEOUT = float(os.environ.get("DATARECORDER_S3_TIMEOUT", "60"))
 # auto: MinIO when it is built, else moto; minio: fail when it is not built; moto: always moto.
 SERVER_CHOICE = os.environ.get("DATARECORDER_S3_SERVER", "auto")
-HERE = Path(__file__).resolve().parent
-MOTO, GATE = "moto.server", "tcp_gate.py"  # how our processes are recognised
+GATE_SCRIPT = Path(__file__).resolve().parents[1] / "tcp_gate.py"
+MOTO, GATE = "moto.server", GATE_SCRIPT.name  # how our processes are recognised
 
 
 def choose_server(choice: str, minio_built: bool) -> str:
     if choice not in ("auto", "minio", "moto"):
-        raise StackError(f"DATARECORDER_S3_SERVER={choice!r}: expected auto, minio or moto")
+        raise ServiceError(f"DATARECORDER_S3_SERVER={choice!r}: expected auto, minio or moto")
     if choice == "minio" and not minio_built:
-        raise StackError(
+        raise ServiceError(
             "DATARECORDER_S3_SERVER=minio but MinIO is not built; run scripts/bootstrap "
-            f"(or `python {HERE / 'minio_server.py'} build`)"
+            "(or `python -m recorder.devstack.minio build`)"
         )
     if choice == "auto":
         return "minio" if minio_built else "moto"
@@ -49,10 +52,7 @@ def configure(st: ServiceState) -> None:
     chosen = choose_server(SERVER_CHOICE, minio_server.built())
     if chosen == "moto" and SERVER_CHOICE == "auto":
         log("MinIO is not built (scripts/bootstrap builds it); S3 falls back to moto")
-    ports: set[int] = set()
-    while len(ports) < 2:
-        ports.add(free_port())
-    port, inner = sorted(ports)
+    port, inner = procs.free_ports(2)
     st.data.update(configured=True, server=chosen, port=port, inner_port=inner)
     st.save()
 
@@ -68,13 +68,13 @@ def _minio_start(st: ServiceState) -> None:
     if _minio_running(st):
         return
     if not minio_server.built():
-        raise StackError(f"MinIO binary {minio_server.BINARY} is gone; run scripts/bootstrap")
+        raise ServiceError(f"MinIO binary {minio_server.BINARY} is gone; run scripts/bootstrap")
     data = st.dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     # The console port is the inner one: MinIO always listens for its console, even when off.
-    argv = minio_server.argv(st.int("port"), st.int("inner_port"), data)
+    argv = minio_server.argv(st.get_int("port"), st.get_int("inner_port"), data)
     env = minio_server.environment(ACCESS_KEY, SECRET_KEY, REGION)
-    st.data["minio_pid"] = spawn(argv, st.dir / "minio.log", env=env)
+    st.data["minio_pid"] = spawn(argv, st.dir / "minio.log", env=env).pid
 
 
 def _minio_stop(st: ServiceState, kill: bool) -> None:
@@ -91,20 +91,20 @@ def _moto_running(st: ServiceState) -> bool:
 
 def _moto_start(st: ServiceState) -> None:
     if not _moto_running(st):
-        env = dict(os.environ, MOTO_PORT=str(st.int("inner_port")))
+        env = dict(os.environ, MOTO_PORT=str(st.get_int("inner_port")))
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1"]
-        argv += ["-p", str(st.int("inner_port"))]
-        st.data["moto_pid"] = spawn(argv, st.dir / "moto.log", env=env)
+        argv += ["-p", str(st.get_int("inner_port"))]
+        st.data["moto_pid"] = spawn(argv, st.dir / "moto.log", env=env).pid
     if st.pid("gate_pid", GATE) is None:
         argv = [
             sys.executable,
-            str(HERE / "tcp_gate.py"),
+            str(GATE_SCRIPT),
             "--listen",
-            f"127.0.0.1:{st.int('port')}",
+            f"127.0.0.1:{st.get_int('port')}",
             "--target",
-            f"127.0.0.1:{st.int('inner_port')}",
+            f"127.0.0.1:{st.get_int('inner_port')}",
         ]
-        st.data["gate_pid"] = spawn(argv, st.dir / "gate.log")
+        st.data["gate_pid"] = spawn(argv, st.dir / "gate.log").pid
 
 
 # --- the service interface of stackctl ----------------------------------------------------------
@@ -126,7 +126,7 @@ def start(st: ServiceState) -> None:
     st.save()
 
 
-def _client(st: ServiceState):  # type: ignore[no-untyped-def]
+def _client(st: ServiceState) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -174,7 +174,7 @@ def stop_all(st: ServiceState) -> None:
 
 
 def endpoint(st: ServiceState) -> str:
-    return f"http://127.0.0.1:{st.int('port')}"
+    return f"http://127.0.0.1:{st.get_int('port')}"
 
 
 def address(st: ServiceState) -> str:

@@ -8,10 +8,11 @@ timescaledb` and by scripts/stack's `timescale` service.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
+
+from recorder.devstack.procs import CACHE, ServiceError
 
 # The binaries a cluster needs; each gets a wrapper (initdb and pg_ctl exec `postgres` by path).
 WRAPPED = ("postgres", "initdb", "pg_ctl", "psql", "pg_isready")
@@ -26,13 +27,12 @@ SERVER_SETTINGS = {
 }
 
 
-class NotFetched(RuntimeError):
+class NotFetched(ServiceError):
     """The unpacked folder is not in the cache (the message says how to get it)."""
 
 
 def cached_root() -> Path:
-    cache = Path(os.environ.get("DATARECORDER_CACHE") or Path.home() / ".cache" / "datarecorder")
-    root = cache / "timescaledb-trixie" / "root"
+    root = CACHE / "timescaledb-trixie" / "root"
     if not (root / ".complete").exists():
         raise NotFetched(
             f"native TimescaleDB is not in {root}: run `scripts/timescaledb build` from a "

@@ -1,0 +1,58 @@
+"""The checks a contributor runs are CI's: pre-commit's hooks are scripts/test's commands, and
+the documents name files that exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# Modules CONTRIBUTING.md's code map names before they land (issue 15's other branches);
+# once merged they exist and this set can go.
+COMING = {
+    "recorder/app.py",
+    "recorder/telemetry.py",
+    "recorder/core/partitions.py",
+    "recorder/sinks/buffer.py",
+}
+
+
+def script_checks() -> set[str]:
+    """The tool invocations of scripts/test's static-check section (before pytest)."""
+    text = (ROOT / "scripts" / "test").read_text().split('echo "== pytest')[0]
+    found = set()
+    for line in text.splitlines():
+        for part in re.split(r"&&|;", line):
+            words = shlex.split(part.strip(), comments=True) if part.strip() else []
+            if words and words[0] in ("ruff", "mypy", "lint-imports"):
+                found.add(" ".join(words))
+    return found
+
+
+def hook_commands() -> set[str]:
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    out = set()
+    for repo in config["repos"]:
+        for hook in repo["hooks"]:
+            words = shlex.split(hook["entry"]) + list(hook.get("args", []))
+            out.add(" ".join([Path(words[0]).name, *words[1:]]))
+    return out
+
+
+def test_pre_commit_runs_exactly_the_checks_of_scripts_test() -> None:
+    assert script_checks(), "no checks found in scripts/test"
+    assert hook_commands() == script_checks()
+
+
+def test_contributing_names_only_paths_that_exist_or_are_marked_new() -> None:
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    for row in text.splitlines():
+        if "*(new)*" in row:
+            continue
+        for path in re.findall(r"`((?:recorder|operator|tests|scripts|bench)/[\w./-]+)`", row):
+            if "<" in path or "*" in path or path in COMING:
+                continue
+            assert (ROOT / path.split("::")[0]).exists(), f"CONTRIBUTING.md names {path}"
