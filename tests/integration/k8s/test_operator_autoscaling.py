@@ -302,8 +302,12 @@ async def test_persistent_lag_is_left_out_of_scaling(
         items = sorted(json.loads(out)["items"], key=lambda e: e["metadata"]["creationTimestamp"])
         return [e["message"] for e in items if e["involvedObject"]["name"] == "stuck"]
 
+    def scaled_down() -> list[str] | None:
+        m = scaled()
+        return m if any("3 -> 1" in x for x in m) else None
+
     messages = wait_for(
-        lambda: (m := scaled()) and any("3 -> 1" in x for x in m) and m,
+        scaled_down,
         timeout=60,
         what="a scale up on the first poll, then down to 1 once the lag proved persistent",
     )
