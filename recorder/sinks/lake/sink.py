@@ -40,15 +40,15 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Literal
 
+import pyarrow as pa
 import structlog
 
 from recorder import metrics, supervise
 from recorder.core.batching import Batch, PartitionBuffer, is_due, split_by_hour
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
-from recorder.core.records import OrderBookRow, Row, TickRow
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
 from recorder.sinks.lake.parquet import (
@@ -92,9 +92,9 @@ class S3Sink(SinkHealth):
         self._group = settings.KAFKA_GROUP_ID
         self._on_progress = on_progress
         self._on_resync = on_resync
-        self._buffers: dict[TP, PartitionBuffer[Row]] = {}
+        self._buffers: dict[TP, PartitionBuffer] = {}
         self._stored: dict[TP, StoredProgress] = {}
-        self._in_flight: dict[TP, Batch[Row]] = {}
+        self._in_flight: dict[TP, Batch] = {}
         self._tasks: dict[TP, asyncio.Task[None]] = {}
         self._force: set[TP] = set()
         # Partitions being given up after an abandoned revocation: the timer starts no new
@@ -237,25 +237,18 @@ class S3Sink(SinkHealth):
     def progress(self) -> dict[TP, int | None]:
         return {tp: s.offset for tp, s in self._stored.items() if tp in self._buffers}
 
-    def offer(
-        self,
-        tp: TP,
-        offsets: Sequence[int],
-        rows: Sequence[Row | None],
-        end: int,
-        row_bytes: int = 0,
-    ) -> None:
+    def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
         buffer = self._buffers.get(tp)
         if buffer is None:
             return
-        buffer.offer(offsets, rows, end, time.monotonic(), row_bytes)
+        buffer.offer(columns, end, time.monotonic())
         recorded = self._recorded_end(tp)
-        if len(buffer.batch.rows) >= self._max_rows or (recorded is not None and end >= recorded):
+        if buffer.batch.count >= self._max_rows or (recorded is not None and end >= recorded):
             self._wake.set()
 
     def buffered(self) -> int:
-        return sum(len(b.batch.rows) for b in self._buffers.values()) + sum(
-            len(b.rows) for b in self._in_flight.values()
+        return sum(b.batch.count for b in self._buffers.values()) + sum(
+            b.count for b in self._in_flight.values()
         )
 
     def buffered_bytes(self) -> int:
@@ -325,7 +318,7 @@ class S3Sink(SinkHealth):
             except TimeoutError:
                 pass
 
-    async def _flush(self, tp: TP, batch: Batch[Row]) -> None:
+    async def _flush(self, tp: TP, batch: Batch) -> None:
         try:
             await self._flush_batch(tp, batch)
             self._failures.pop(tp, None)
@@ -355,7 +348,7 @@ class S3Sink(SinkHealth):
             self._tasks.pop(tp, None)
             self._force.discard(tp)
 
-    async def _flush_batch(self, tp: TP, batch: Batch[Row]) -> None:
+    async def _flush_batch(self, tp: TP, batch: Batch) -> None:
         started = time.perf_counter()
         outcome = await retry_forever(
             "flush_intent",
@@ -422,7 +415,7 @@ class S3Sink(SinkHealth):
                 self._on_retry,
             )
 
-    def _fenced(self, tp: TP, batch: Batch[Row], outcome: IntentOutcome) -> None:
+    def _fenced(self, tp: TP, batch: Batch, outcome: IntentOutcome) -> None:
         metrics.FLUSHES.labels(SINK, "fenced").inc()
         stored = self._stored.get(tp)
         log.warning(
@@ -441,16 +434,14 @@ class S3Sink(SinkHealth):
         metrics.FLUSHES.labels(SINK, "retry").inc()
 
     def _encode(
-        self, tp: TP, kind: TopicKind, batch: Batch[Row]
+        self, tp: TP, kind: TopicKind, batch: Batch
     ) -> list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]]:
         """One Parquet file per UTC event hour, spilled to disk above the part size."""
-        rows = batch.rows
-        groups = split_by_hour([r.time_ns for r in rows], batch.offsets)
         out: list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]] = []
         spill = self._settings.S3_PART_SIZE_MB * 1024 * 1024
         try:
-            for hour, (first_offset, indexes) in sorted(groups.items()):
-                part: list[TickRow] | list[OrderBookRow] = [rows[i] for i in indexes]  # type: ignore[assignment]
+            groups = split_by_hour(batch.table()) if batch.count else []
+            for hour, first_offset, part in groups:
                 # Closed by _flush_batch after the upload.
                 body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
                     max_size=spill
@@ -475,7 +466,7 @@ class S3Sink(SinkHealth):
         return out
 
     # --- the progress object ------------------------------------------------------------
-    async def _record_intent(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
+    async def _record_intent(self, tp: TP, batch: Batch) -> IntentOutcome:
         """Step 1 of the protocol: make [start, end) the recorded range, or find out why not.
         A decision other than FREE is taken on the store's view, never on a stale cache alone."""
         key = self._key(tp)
@@ -483,7 +474,8 @@ class S3Sink(SinkHealth):
         # users of the sink may not): its range starts at the batch's first record.
         first = batch.start
         if first is None:
-            first = batch.offsets[0] if batch.offsets else batch.end
+            first_row = batch.first_offset()
+            first = first_row if first_row is not None else batch.end
         stored = self._stored.get(tp)
         fresh = False
         if stored is None:
@@ -501,7 +493,7 @@ class S3Sink(SinkHealth):
             self._remember(tp, stored)
         return IntentOutcome.FENCED  # lost five races in a row: drop the batch, replay from store
 
-    async def _commit(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
+    async def _commit(self, tp: TP, batch: Batch) -> IntentOutcome:
         """Step 3: `{start, end}` -> `{end}`. RECORDED when ours moved it; DONE when another
         writer committed the same range first; FENCED otherwise."""
         key = self._key(tp)
