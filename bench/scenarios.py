@@ -26,6 +26,7 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import workload as wl
+from bench.peers.cpu import process_cpu
 from bench.report import Percentiles, percentiles
 from bench.stack import Stack
 from recorder.core.columns import decode_batch, empty
@@ -48,6 +49,15 @@ class DrainResult:
     peak_rss: int
     db_timeline: Timeline = field(default_factory=list)
     s3_timeline: Timeline = field(default_factory=list)
+    # The recorder processes' own CPU (user + system) from /ready until every store was done.
+    cpu_seconds: float | None = None
+
+    @property
+    def cpu_us_per_record(self) -> float | None:
+        if self.cpu_seconds is None or not self.records:
+            return None
+        return self.cpu_seconds / self.records * 1e6
+
     verified: str = "not checked"
 
     @property
@@ -109,6 +119,10 @@ class ProfiledRecorder(RecorderProcess):
         return self
 
 
+def _cpu(proc: RecorderProcess) -> float:
+    return process_cpu(proc.proc.pid) if proc.proc is not None else 0.0
+
+
 async def drain(
     stack: Stack,
     topics: wl.Topics,
@@ -153,6 +167,8 @@ async def drain(
             procs.append(proc.start(wait_ready=None))
         await asyncio.gather(*(asyncio.to_thread(p.wait_ready, 120) for p in procs))
         t0 = time.monotonic()
+        cpu0 = sum(_cpu(p) for p in procs)
+        cpu_done: float | None = None
         db_done = s3_done = None
         db_line: Timeline = []
         s3_line: Timeline = []
@@ -176,6 +192,9 @@ async def drain(
                 s3_line.append((now, lake))
                 if lake >= total and s3_done is None:
                     s3_done = now
+            if db_done is not None and (not s3 or s3_done is not None):
+                cpu_done = sum(_cpu(p) for p in procs) - cpu0
+                break
             await asyncio.sleep(0.25)
         result = DrainResult(
             records=total,
@@ -185,6 +204,7 @@ async def drain(
             peak_rss=0,
             db_timeline=db_line,
             s3_timeline=s3_line,
+            cpu_seconds=cpu_done,
         )
         if verify:
             from recorder.tools.verify import verify as run_verify

@@ -12,16 +12,8 @@ from typing import Final
 
 import pyarrow as pa
 
+from recorder.core.columns import ARROW_RSS_FACTOR
 from recorder.core.offsets import TP
-
-# Buffers hold Arrow tables (recorder.core.columns). Measured by `python bench/row_bytes.py`
-# (process RSS, 200,000 buffered ticks): 107 B of RSS per tick row whose Arrow buffers are
-# 58 B (allocator pools and padding), and ~6.3 KB per buffered table of one row (each array's
-# own allocations and wrappers: what every offered fetch adds whatever its size). Rounded up,
-# so the estimate errs on the side of pausing early.
-ARROW_RSS_FACTOR: Final = 2
-TABLE_BYTES: Final = 6_400
-
 
 MIB: Final = 1024 * 1024
 # Without a memory limit: enough for ~800,000 ticks or ~1,200 1,000-level books.
@@ -71,11 +63,6 @@ def row_bytes(columns: pa.Table) -> int:
     """Estimated memory of one decoded row of `columns` (sizes the next fetch)."""
     rows = int(columns.num_rows)
     return ARROW_RSS_FACTOR * int(columns.nbytes) // rows if rows else 0
-
-
-def table_bytes(columns: pa.Table) -> int:
-    """Estimated memory of a buffered table: its rows and the table's own allocations."""
-    return ARROW_RSS_FACTOR * int(columns.nbytes) + TABLE_BYTES
 
 
 @dataclass(frozen=True, slots=True)

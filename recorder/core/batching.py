@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from recorder.core.backpressure import table_bytes
-from recorder.core.columns import offsets_of, times_of
+from recorder.core.columns import offsets_of, table_bytes, times_of
 
 NS_PER_HOUR = 3600 * 1_000_000_000
 

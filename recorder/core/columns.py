@@ -66,6 +66,21 @@ _LEVELS_ENCODER: Final = msgspec.json.Encoder()
 _TICK_FIELDS: Final = attrgetter("symbol", "price", "volume", "change", "change_rate", "timestamp")
 _BOOK_FIELDS: Final = attrgetter("symbol", "bids", "asks", "timestamp")
 
+# Sinks buffer these tables; what they cost in memory, measured by `python bench/row_bytes.py`
+# (process RSS growth): a buffered one-row table ~6.6 KB (each array's own allocations and
+# wrappers: what every offered fetch adds whatever its size); ticks in 5,000-row tables 43-107 B
+# a row against 58 B of Arrow buffers (allocator pools and padding); order books at most their
+# Arrow bytes. Twice the Arrow bytes plus 6.4 KB a table is at or above all of these, so the
+# estimate errs on the side of pausing early.
+ARROW_RSS_FACTOR: Final = 2
+TABLE_BYTES: Final = 6_400
+
+
+def table_bytes(columns: pa.Table) -> int:
+    """Estimated memory of a buffered table: its rows and the table's own allocations."""
+    return ARROW_RSS_FACTOR * int(columns.nbytes) + TABLE_BYTES
+
+
 Rejected = list[tuple[int, RecordError]]  # (index in the fetched batch, why)
 
 

@@ -47,10 +47,11 @@ import pyarrow as pa
 import structlog
 
 from recorder import metrics, supervise
-from recorder.core.batching import Batch, PartitionBuffer, is_due, split_by_hour
+from recorder.core.batching import Batch, is_due, split_by_hour
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
+from recorder.sinks.buffer import Buffers
 from recorder.sinks.lake.parquet import (
     groups_root,
     legacy_progress_key,
@@ -92,11 +93,9 @@ class S3Sink(SinkHealth):
         self._group = settings.KAFKA_GROUP_ID
         self._on_progress = on_progress
         self._on_resync = on_resync
-        self._buffers: dict[TP, PartitionBuffer] = {}
+        self._buffers = Buffers()
         self._stored: dict[TP, StoredProgress] = {}
-        self._in_flight: dict[TP, Batch] = {}
         self._tasks: dict[TP, asyncio.Task[None]] = {}
-        self._force: set[TP] = set()
         # Partitions being given up after an abandoned revocation: the timer starts no new
         # upload for them between abandon() and revoke().
         self._closing: set[TP] = set()
@@ -220,43 +219,36 @@ class S3Sink(SinkHealth):
         return out
 
     def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
-        for tp, value in progress.items():
-            self._buffers[tp] = PartitionBuffer(
-                Batch(start=value, end=value if value is not None else -1)
-            )
+        for tp in progress:
             self._closing.discard(tp)
             self._failures.pop(tp, None)
+        self._buffers.assign(progress)
 
     def revoke(self, tps: Collection[TP]) -> None:
         for tp in tps:
-            self._buffers.pop(tp, None)
             self._stored.pop(tp, None)
             self._closing.discard(tp)
             self._failures.pop(tp, None)
+        self._buffers.revoke(tps)
 
     def progress(self) -> dict[TP, int | None]:
         return {tp: s.offset for tp, s in self._stored.items() if tp in self._buffers}
 
     def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
-        buffer = self._buffers.get(tp)
-        if buffer is None:
+        batch = self._buffers.offer(tp, columns, end, time.monotonic())
+        if batch is None:
             return
-        buffer.offer(columns, end, time.monotonic())
         recorded = self._recorded_end(tp)
-        if buffer.batch.count >= self._max_rows or (recorded is not None and end >= recorded):
+        if batch.count >= self._max_rows or (recorded is not None and end >= recorded):
             self._wake.set()
 
     def buffered(self) -> int:
-        return sum(b.batch.count for b in self._buffers.values()) + sum(
-            b.count for b in self._in_flight.values()
-        )
+        return self._buffers.buffered()
 
     def buffered_bytes(self) -> int:
         """In-flight batches count until uploaded: their Parquet (no larger than the decoded
         rows) may sit in a spill file under /tmp, so this bounds the spill files too."""
-        return sum(b.batch.nbytes for b in self._buffers.values()) + sum(
-            b.nbytes for b in self._in_flight.values()
-        )
+        return self._buffers.buffered_bytes()
 
     def _recorded_end(self, tp: TP) -> int | None:
         """End of the recorded flush range that the open batch of `tp` must complete next."""
@@ -278,17 +270,14 @@ class S3Sink(SinkHealth):
         return buffer.batch.advanced
 
     async def flush_all(self, tps: Collection[TP] | None = None) -> None:
-        wanted = set(self._buffers if tps is None else tps)
-        while True:
-            pending = [tp for tp in wanted if self._flushable(tp) or tp in self._in_flight]
-            if not pending:
-                return
-            self._force.update(pending)
-            self._wake.set()
-            await asyncio.sleep(0.01)
+        def pending(tp: TP) -> bool:
+            return self._flushable(tp) or tp in self._buffers.in_flight
+
+        await self._buffers.flush(tps, pending, lambda _tps: self._wake.set())
 
     async def abandon(self, tps: Collection[TP]) -> None:
         self._closing.update(tps)
+        self._buffers.changed()  # a flush waiting for these gives them up too
         tasks = [self._tasks[tp] for tp in tps if tp in self._tasks]
         for t in tasks:
             t.cancel()
@@ -300,16 +289,18 @@ class S3Sink(SinkHealth):
         while True:
             now = time.monotonic()
             for tp, buffer in list(self._buffers.items()):
-                if tp in self._in_flight or not self._flushable(tp):
+                if tp in self._buffers.in_flight or not self._flushable(tp):
                     continue  # rule 2: one unrecorded file set per partition
                 recorded = self._recorded_end(tp)
                 if recorded is not None:
                     batch = buffer.take_until(recorded)  # complete the recorded range first
-                elif tp in self._force or is_due(buffer.batch, now, self._max_rows, self._max_age):
+                elif tp in self._buffers.force or is_due(
+                    buffer.batch, now, self._max_rows, self._max_age
+                ):
                     batch = buffer.take()
                 else:
                     continue
-                self._in_flight[tp] = batch
+                self._buffers.flying(tp, batch)
                 self._tasks[tp] = asyncio.create_task(self._flush(tp, batch), name=f"s3-{tp}")
             self._wake.clear()
             try:
@@ -344,9 +335,8 @@ class S3Sink(SinkHealth):
             await asyncio.sleep(wait)
             self._resync(tp)
         finally:
-            self._in_flight.pop(tp, None)
             self._tasks.pop(tp, None)
-            self._force.discard(tp)
+            self._buffers.landed(tp)
 
     async def _flush_batch(self, tp: TP, batch: Batch) -> None:
         started = time.perf_counter()
@@ -511,12 +501,12 @@ class S3Sink(SinkHealth):
     def _remember(self, tp: TP, stored: StoredProgress) -> None:
         if tp in self._buffers:  # not for a partition revoked meanwhile
             self._stored[tp] = stored
+            self._buffers.changed()  # a recorded range decides what a flush waits for
 
     def _resync(self, tp: TP) -> None:
         """Forget what is buffered for `tp`; the pipeline re-seeks it to the stored progress."""
-        buffer = self._buffers.get(tp)
-        if buffer is None:
+        if tp not in self._buffers:
             return
         stored = self._stored.get(tp, StoredProgress(None, None))
-        buffer.restart(stored.offset, stored.offset if stored.offset is not None else -1)
+        self._buffers.restart(tp, stored.offset)
         self._on_resync(tp)

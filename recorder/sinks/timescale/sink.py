@@ -22,7 +22,7 @@ import structlog
 
 from recorder import metrics, supervise
 from recorder.compression import apply_compression
-from recorder.core.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
+from recorder.core.batching import Batch, is_due, next_due_in, writer_for
 from recorder.core.columns import offsets_of, times_of
 from recorder.core.offsets import TP, CasOutcome, cas_outcome
 from recorder.core.rollups import ROLLUPS, Bars, bars
@@ -31,6 +31,7 @@ from recorder.migrate import DbMode, current_mode, migrate
 from recorder.retention import apply_retention
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
+from recorder.sinks.buffer import Buffers
 from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
 
 log = structlog.get_logger("recorder.sinks.timescale")
@@ -107,12 +108,11 @@ class TimescaleSink(SinkHealth):
     ) -> None:
         self._settings = settings
         self._on_resync = on_resync
-        self._force: set[TP] = set()
         self._topics = dict(topics)
         self._dlq = dead_letters
         self._on_progress = on_progress
         self._pool: asyncpg.Pool | None = None
-        self._buffers: dict[TP, PartitionBuffer] = {}
+        self._buffers = Buffers()
         self._progress: dict[TP, int | None] = {}
         self._writers = [_Writer(i) for i in range(settings.DB_WRITE_WORKERS)]
         for w in self._writers:
@@ -260,57 +260,43 @@ class TimescaleSink(SinkHealth):
         return {tp: found.get(tp, starts[tp]) for tp in ordered}
 
     def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
-        for tp, value in progress.items():
-            self._progress[tp] = value
-            self._buffers[tp] = PartitionBuffer(
-                Batch(start=value, end=value if value is not None else -1)
-            )
+        self._progress.update(progress)
+        self._buffers.assign(progress)
 
     def revoke(self, tps: Collection[TP]) -> None:
         for tp in tps:
-            self._buffers.pop(tp, None)
             self._progress.pop(tp, None)
+        self._buffers.revoke(tps)
 
     def progress(self) -> dict[TP, int | None]:
         return dict(self._progress)
 
     def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
-        buffer = self._buffers.get(tp)
-        if buffer is None:  # not (or no longer) ours: a fetch that raced a revocation
-            return
-        buffer.offer(columns, end, time.monotonic())
-        if buffer.batch.count >= self._max_rows:
+        batch = self._buffers.offer(tp, columns, end, time.monotonic())
+        if batch is not None and batch.count >= self._max_rows:
             self._writer_of(tp).wake.set()
 
     def buffered(self) -> int:
-        open_rows = sum(b.batch.count for b in self._buffers.values())
-        flying = sum(b.count for w in self._writers for b in w.in_flight.values())
-        return open_rows + flying
+        return self._buffers.buffered()
 
     def buffered_bytes(self) -> int:
-        open_bytes = sum(b.batch.nbytes for b in self._buffers.values())
-        return open_bytes + sum(b.nbytes for w in self._writers for b in w.in_flight.values())
+        return self._buffers.buffered_bytes()
 
     def _writer_of(self, tp: TP) -> _Writer:
         return self._writers[writer_for(tp.topic, tp.partition, len(self._writers))]
 
     async def flush_all(self, tps: Collection[TP] | None = None) -> None:
         """Make everything buffered for `tps` (all when None) durable before returning."""
-        wanted = set(self._buffers if tps is None else tps)
-        while True:
-            pending = [
-                tp
-                for tp in wanted
-                if (tp in self._buffers and self._buffers[tp].batch.advanced)
-                or any(tp in w.in_flight for w in self._writers)
-            ]
-            if not pending:
-                return
-            for tp in pending:
-                w = self._writer_of(tp)
-                w.wake.set()
-            self._force.update(pending)
-            await asyncio.sleep(0.01)
+
+        def pending(tp: TP) -> bool:
+            buffer = self._buffers.get(tp)
+            return (buffer is not None and buffer.batch.advanced) or tp in self._buffers.in_flight
+
+        def kick(tps: Collection[TP]) -> None:
+            for tp in tps:
+                self._writer_of(tp).wake.set()
+
+        await self._buffers.flush(tps, pending, kick)
 
     async def abandon(self, tps: Collection[TP]) -> None:
         """Give up in-flight writes that touch `tps` (a revocation that cannot wait longer).
@@ -337,7 +323,7 @@ class TimescaleSink(SinkHealth):
             owned = [(tp, b) for tp, b in self._buffers.items() if self._writer_of(tp) is w]
             due = any(
                 is_due(b.batch, now, self._max_rows, self._max_age)
-                or (tp in self._force and b.batch.advanced)
+                or (tp in self._buffers.force and b.batch.advanced)
                 for tp, b in owned
             )
             if not due:
@@ -349,6 +335,8 @@ class TimescaleSink(SinkHealth):
             # Once one batch is due, flush every open batch of this writer in one transaction.
             batches = {tp: b.take() for tp, b in owned if b.batch.advanced}
             w.in_flight = batches
+            for tp, batch in batches.items():
+                self._buffers.flying(tp, batch)
             w.idle.clear()
             try:
                 await self._write_until_done(batches)
@@ -365,7 +353,7 @@ class TimescaleSink(SinkHealth):
                 w.in_flight = {}
                 w.idle.set()
                 for tp in batches:
-                    self._force.discard(tp)
+                    self._buffers.landed(tp)
             if failures:
                 await asyncio.sleep(
                     min(self._settings.RETRY_MAX_BACKOFF_SEC, 0.5 * 2 ** min(failures, 10))
@@ -440,10 +428,9 @@ class TimescaleSink(SinkHealth):
     def _replay_from(self, tp: TP, stored: int | None) -> None:
         """Forget our buffer of `tp` and have it fed again from `stored` (the progress another
         owner recorded, for a fenced batch; our own, for an abandoned or failed one)."""
-        buffer = self._buffers.get(tp)
-        if buffer is not None:
-            buffer.restart(stored, stored if stored is not None else -1)
+        if tp in self._buffers:
             self._progress[tp] = stored
+        self._buffers.restart(tp, stored)
         self._on_resync(tp)
 
     async def _write(self, batches: dict[TP, Batch]) -> dict[TP, tuple[CasOutcome, int | None]]:

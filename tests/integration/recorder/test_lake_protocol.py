@@ -105,7 +105,7 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
         zombie.assign(await zombie.load_progress([TPX]), {})
         batch = rows(0, 60, two_hours)
         zombie.offer(TPX, batch, 60)
-        stalled = zombie._buffers[TPX].take()  # the zombie's flush, stopped after step 1
+        stalled = zombie._buffers.open[TPX].take()  # the zombie's flush, stopped after step 1
         from recorder.core.offsets import IntentOutcome
 
         assert await zombie._record_intent(TPX, stalled) is IntentOutcome.RECORDED
