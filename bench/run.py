@@ -169,6 +169,9 @@ async def measure(
                     DB_WRITE_WORKERS=workers,
                 )  # fmt: skip
                 r.scaling[f"DB_WRITE_WORKERS={workers}"] = d.db_rate
+            log("scaling: NUM_CONSUMERS=2 in one process")
+            d = await sc.drain(stack, topics, total, logs, name="c2", s3=False, NUM_CONSUMERS=2)
+            r.scaling["NUM_CONSUMERS=2, 1 process"] = d.db_rate
             log("scaling: 2 recorder processes")
             d = await sc.drain(stack, topics, total, logs, name="p2", s3=False, processes=2)
             r.scaling["2 processes x 4 writers"] = d.db_rate
