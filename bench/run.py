@@ -114,6 +114,8 @@ async def measure(
             stack, topics, total, logs, name="drain", verify=True, S3_BATCH_TIMEOUT_SEC=5
         )
         r.recorder_db, r.recorder_s3 = drain.db_rate, drain.s3_rate
+        if drain.cpu_us_per_record is not None:
+            r.cpu_us["both sinks"] = drain.cpu_us_per_record
         r.startup_s, r.verified, r.rss_drain = drain.startup_seconds, drain.verified, drain.peak_rss
         lines = {
             "recorder → PostgreSQL": drain.db_timeline,
@@ -122,6 +124,7 @@ async def measure(
             "ceiling: fetch-only": fetch_line,
         }
 
+        await hot_path(stack, topics, plan, logs, r)
         await measure_timescaledb(stack, topics, total, backlog, logs, r)
         if plan.peers:
             r.peers = await run_peers(stack, topics.tick, plan.ticks, logs, peers=list(plan.peers))
@@ -166,6 +169,9 @@ async def measure(
                     DB_WRITE_WORKERS=workers,
                 )  # fmt: skip
                 r.scaling[f"DB_WRITE_WORKERS={workers}"] = d.db_rate
+            log("scaling: NUM_CONSUMERS=2 in one process")
+            d = await sc.drain(stack, topics, total, logs, name="c2", s3=False, NUM_CONSUMERS=2)
+            r.scaling["NUM_CONSUMERS=2, 1 process"] = d.db_rate
             log("scaling: 2 recorder processes")
             d = await sc.drain(stack, topics, total, logs, name="p2", s3=False, processes=2)
             r.scaling["2 processes x 4 writers"] = d.db_rate
@@ -174,6 +180,25 @@ async def measure(
     finally:
         await wl.delete_topics(stack, [*topics.names, *(f"{t}.dlq" for t in topics.names)])
     return r, lines
+
+
+async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: Results) -> None:
+    """The hot path alone on the whole backlog, then on ticks and order books apart (for the
+    CPU per record of each kind)."""
+    log("recorder: hot path alone (S3_WRITE_ENABLED=false)")
+    total = plan.ticks + plan.books
+    d = await sc.drain(stack, topics, total, logs, name="hot", s3=False)
+    r.recorder_db_only = d.db_rate
+    if d.cpu_us_per_record is not None:
+        r.cpu_us["hot path"] = d.cpu_us_per_record
+    parts = [("ticks", wl.Topics(topics.tick, None), plan.ticks)]
+    if topics.book:
+        parts.append(("order books", wl.Topics(topics.book, None), plan.books))
+    for name, only, count in parts:
+        log(f"recorder: hot path, {name} alone")
+        d = await sc.drain(stack, only, count, logs, name=f"hot-{name[:4]}", s3=False)
+        if d.cpu_us_per_record is not None:
+            r.cpu_us[f"hot path, {name} alone"] = d.cpu_us_per_record
 
 
 def on_timescaledb(stack: Stack) -> Stack | None:

@@ -20,11 +20,14 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import workload as wl
+from bench.peers.cpu import process_cpu
 from bench.report import Percentiles, percentiles
 from bench.stack import Stack
+from recorder.core.columns import decode_batch, empty
 from recorder.core.records import Limits, OrderBookRow, TickRow, decode
 from recorder.devstack.recorder_proc import RecorderProcess
 from recorder.migrate import migrate
@@ -44,6 +47,15 @@ class DrainResult:
     peak_rss: int
     db_timeline: Timeline = field(default_factory=list)
     s3_timeline: Timeline = field(default_factory=list)
+    # The recorder processes' own CPU (user + system) from /ready until every store was done.
+    cpu_seconds: float | None = None
+
+    @property
+    def cpu_us_per_record(self) -> float | None:
+        if self.cpu_seconds is None or not self.records:
+            return None
+        return self.cpu_seconds / self.records * 1e6
+
     verified: str = "not checked"
 
     @property
@@ -62,6 +74,9 @@ class Backlog:
 
     ticks: list[TickRow]
     books: list[OrderBookRow]
+    # The recorder's own columns of the same records (fetch-sized tables), for the encode ceiling.
+    tick_columns: list[pa.Table] = field(default_factory=list)
+    book_columns: list[pa.Table] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -85,6 +100,10 @@ class ProfiledRecorder(RecorderProcess):
             *(sys.executable, "-m", "pyinstrument", "-i", "0.002", "-r", "pyisession"),
             *("-o", str(self.session), "-m", "recorder.cli", "run"),
         ]
+
+
+def _cpu(proc: RecorderProcess) -> float:
+    return process_cpu(proc.proc.pid) if proc.proc is not None else 0.0
 
 
 async def drain(
@@ -131,6 +150,8 @@ async def drain(
             procs.append(proc.start(wait_ready=None))
         await asyncio.gather(*(asyncio.to_thread(p.wait_ready, 120) for p in procs))
         t0 = time.monotonic()
+        cpu0 = sum(_cpu(p) for p in procs)
+        cpu_done: float | None = None
         db_done = s3_done = None
         db_line: Timeline = []
         s3_line: Timeline = []
@@ -154,6 +175,9 @@ async def drain(
                 s3_line.append((now, lake))
                 if lake >= total and s3_done is None:
                     s3_done = now
+            if db_done is not None and (not s3 or s3_done is not None):
+                cpu_done = sum(_cpu(p) for p in procs) - cpu0
+                break
             await asyncio.sleep(0.25)
         result = DrainResult(
             records=total,
@@ -163,6 +187,7 @@ async def drain(
             peak_rss=0,
             db_timeline=db_line,
             s3_timeline=s3_line,
+            cpu_seconds=cpu_done,
         )
         if verify:
             from recorder.tools.verify import verify as run_verify
@@ -236,19 +261,39 @@ async def fetch_ceiling(
     return n / elapsed, line, kept
 
 
+FETCH_CHUNK = 5000  # the fetch ceiling's getmany(5000): what one decode_batch call sees at most
+
+
 def decode_backlog(
     kept: Sequence[tuple[TopicKind, int, bytes | None]],
 ) -> tuple[Backlog, float]:
-    """The recorder's own decode+validate of every record; returns the rows and records/s."""
+    """The recorder's own decode+validate of every record (recorder.core.columns.decode_batch
+    over fetch-sized runs of one kind, timed); also the rows one at a time (untimed) for the
+    COPY ceiling's tuples. Returns the backlog and the batch decode's records/s."""
     limits = Limits()
     ticks: list[TickRow] = []
     books: list[OrderBookRow] = []
-    started = time.perf_counter()
     for kind, ts, value in kept:
         row = decode(kind, value, ts, limits)
         (ticks if kind is TopicKind.TICK else books).append(row)  # type: ignore[arg-type]
+    backlog = Backlog(ticks, books)
+    runs: dict[TopicKind, list[tuple[int, bytes | None]]] = {k: [] for k in TopicKind}
+    for kind, ts, value in kept:
+        runs[kind].append((ts, value))
+    started = time.perf_counter()
+    for kind, records in runs.items():
+        out = backlog.tick_columns if kind is TopicKind.TICK else backlog.book_columns
+        for i in range(0, len(records), FETCH_CHUNK):
+            chunk = records[i : i + FETCH_CHUNK]
+            values = [v for _, v in chunk]
+            table, rejected = decode_batch(
+                kind, values, list(range(i, i + len(chunk))), [t for t, _ in chunk], limits
+            )
+            if rejected:
+                raise RuntimeError(f"the backlog holds invalid records: {rejected[:3]}")
+            out.append(table)
     elapsed = time.perf_counter() - started
-    return Backlog(ticks, books), len(kept) / elapsed
+    return backlog, len(kept) / elapsed
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -341,9 +386,13 @@ async def copy_ceiling(
 def parquet_ceiling(backlog: Backlog, chunk: int = 10_000) -> float:
     """The recorder's Parquet (snappy) encoder over the same rows, S3_BATCH_SIZE rows a file."""
     started = time.perf_counter()
-    for kind, rows in ((TopicKind.TICK, backlog.ticks), (TopicKind.ORDERBOOK, backlog.books)):
-        for i in range(0, len(rows), chunk):
-            write_parquet(io.BytesIO(), kind, rows[i : i + chunk], "ns", "typed", 50_000)
+    for kind, tables in (
+        (TopicKind.TICK, backlog.tick_columns),
+        (TopicKind.ORDERBOOK, backlog.book_columns),
+    ):
+        whole = pa.concat_tables(tables) if tables else empty(kind)
+        for i in range(0, whole.num_rows, chunk):
+            write_parquet(io.BytesIO(), kind, whole.slice(i, chunk), "ns", "typed", 50_000)
     return backlog.total / (time.perf_counter() - started)
 
 

@@ -16,11 +16,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from recorder import metrics, supervise
 from recorder.core import backpressure
+from recorder.core.columns import decode_batch
 from recorder.core.offsets import (
     TP,
     beyond_log_end,
@@ -28,7 +30,7 @@ from recorder.core.offsets import (
     seek_position,
     unknown_progress,
 )
-from recorder.core.records import Limits, RecordError, Row, TickRow, decode
+from recorder.core.records import Limits
 from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
 from recorder.kafka_options import client_options, is_kafka_retriable
 from recorder.settings import Settings, TopicKind
@@ -571,7 +573,7 @@ class Recorder:
         self, source: KafkaSource, data: dict[TP, list[Any]], epochs: dict[TP, int]
     ) -> None:
         limits = self._limits
-        decoded: list[tuple[TP, list[int], list[Row | None], int, int]] = []
+        decoded: list[tuple[TP, pa.Table, int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
             if not messages or tp not in self._ready or self._seek_epoch.get(tp, 0) != epochs[tp]:
@@ -581,44 +583,42 @@ class Recorder:
                 assert log_end is not None
                 await self._halt_running(source, tp, log_end)
                 continue
-            kind = self.topics[tp.topic]
-            offsets: list[int] = []
-            rows: list[Row | None] = []
-            for m in messages:
-                offsets.append(m.offset)
-                try:
-                    rows.append(decode(kind, m.value, m.timestamp, limits))
-                except RecordError as exc:
-                    rows.append(None)
-                    dead.append(
-                        DeadLetter(
-                            tp.topic, tp.partition, m.offset, m.key, m.value, exc.reason, str(exc)
-                        )
+            offsets = [m.offset for m in messages]
+            columns, rejected = decode_batch(
+                self.topics[tp.topic],
+                [m.value for m in messages],
+                offsets,
+                [m.timestamp for m in messages],
+                limits,
+            )
+            for i, exc in rejected:
+                m = messages[i]
+                dead.append(
+                    DeadLetter(
+                        tp.topic, tp.partition, m.offset, m.key, m.value, exc.reason, str(exc)
                     )
-            decoded.append((tp, offsets, rows, messages[-1].offset + 1, self._average_bytes(rows)))
+                )
+            self._average_bytes(columns)
+            decoded.append((tp, columns, messages[-1].offset + 1, len(messages)))
         # One acknowledged send for the whole fetch (not one round trip per partition), and
         # before any sink may record progress past a dead record.
         refused = await self._dead_letter(dead) if dead else set()
-        for tp, offsets, rows, end, row_bytes in decoded:
+        for tp, columns, end, fetched in decoded:
             if tp in refused:
                 continue  # not offered: fetched again from stored progress after the backoff
             if self._seek_epoch.get(tp, 0) != epochs[tp]:
                 # Seeked while this batch waited (a rebalance during the dead-letter send): the
                 # position was reset behind these records, so they come again from there.
                 continue
-            for sink in self.sinks:
-                sink.offer(tp, offsets, rows, end, row_bytes)
-            metrics.RECORDS_CONSUMED.labels(tp.topic).inc(len(offsets))
+            for sink in self.sinks:  # the same columns for every sink: decoded once
+                sink.offer(tp, columns, end)
+            metrics.RECORDS_CONSUMED.labels(tp.topic).inc(fetched)
 
-    def _average_bytes(self, rows: list[Row | None]) -> int:
-        """Estimated bytes of one row of this partition's fetch (a pass over lengths only)."""
-        valid = [r for r in rows if r is not None]
-        if not valid:
+    def _average_bytes(self, columns: pa.Table) -> int:
+        """Decoded bytes of one row of this partition's fetch (its Arrow buffers' size)."""
+        if not columns.num_rows:
             return 0
-        if type(valid[0]) is TickRow:  # a topic holds one kind: ticks all weigh the same
-            average = backpressure.TICK_ROW_BYTES
-        else:
-            average = sum(map(backpressure.row_bytes, valid)) // len(valid)
+        average = backpressure.row_bytes(columns)
         self._row_bytes = max(average, (self._row_bytes * 7 + average) // 8)
         return average
 

@@ -10,18 +10,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+import pyarrow as pa
+
+from recorder.core.columns import ARROW_RSS_FACTOR
 from recorder.core.offsets import TP
-from recorder.core.records import OrderBookRow, Row
-
-# Decoded sizes measured with tracemalloc (`python bench/row_bytes.py`): a tick row (a tuple of
-# six fields with its floats, int and symbol, and its slot in the batch list) is 299 bytes; an
-# order book row is ~373 bytes plus 104.8 per level (a msgspec Level struct with two floats and
-# its slot in the side's list): 2,468 B with 10 levels a side, 209,892 B with 1,000. Rounded up,
-# so the estimate errs on the side of pausing early (1,000 a side: estimated 212,384 B).
-TICK_ROW_BYTES: Final = 320
-BOOK_ROW_BYTES: Final = 384
-LEVEL_BYTES: Final = 106
-
 
 MIB: Final = 1024 * 1024
 # Without a memory limit: enough for ~800,000 ticks or ~1,200 1,000-level books.
@@ -67,11 +59,10 @@ def fetch_limit(max_records: int, room_bytes: int, average_row_bytes: int) -> in
     return max(1, min(max_records, room_bytes // average_row_bytes))
 
 
-def row_bytes(row: Row) -> int:
-    """Estimated memory of one decoded row (no deep walk: a length or two per row)."""
-    if type(row) is OrderBookRow:
-        return BOOK_ROW_BYTES + LEVEL_BYTES * (len(row.bids) + len(row.asks))
-    return TICK_ROW_BYTES
+def row_bytes(columns: pa.Table) -> int:
+    """Estimated memory of one decoded row of `columns` (sizes the next fetch)."""
+    rows = int(columns.num_rows)
+    return ARROW_RSS_FACTOR * int(columns.nbytes) // rows if rows else 0
 
 
 @dataclass(frozen=True, slots=True)

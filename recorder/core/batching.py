@@ -1,34 +1,36 @@
 """Per-partition batch buffers and the pure rules of when to flush them.
 
-Owns what a sink holds in memory between fetch and flush: rows with their Kafka offsets, the
-progress the batch started from (its compare-and-set expectation) and the next offset after it.
+Owns what a sink holds in memory between fetch and flush: the decoded columns (an Arrow table
+per offered fetch, rows with their Kafka offsets), the progress the batch started from (its
+compare-and-set expectation) and the next offset after it.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
-R = TypeVar("R")
+import numpy as np
+import pyarrow as pa
+
+from recorder.core.columns import offsets_of, table_bytes, times_of
 
 NS_PER_HOUR = 3600 * 1_000_000_000
 
 
 @dataclass(slots=True)
-class Batch(Generic[R]):
+class Batch:
     """Records of one partition in offset order; durable means progress moves start -> end."""
 
     start: int | None  # stored progress when the batch began (None: never written before)
     end: int  # next offset after the last record offered (valid or not)
-    rows: list[R] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)  # one per offered fetch, in order
+    count: int = 0  # rows in `chunks`
     opened_at: float | None = None  # monotonic time the batch got its first offset
-    nbytes: int = 0  # estimated decoded bytes of `rows` (recorder.core.backpressure.row_bytes)
+    nbytes: int = 0  # estimated memory of `chunks` (recorder.core.backpressure.table_bytes)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.count
 
     @property
     def advanced(self) -> bool:
@@ -38,65 +40,67 @@ class Batch(Generic[R]):
         flushing it then would record progress -1, which no consumer can seek to."""
         return self.end >= 0 and self.start != self.end
 
+    def table(self) -> pa.Table:
+        """The rows as one contiguous table (chunks combined: encoders see plain arrays)."""
+        if len(self.chunks) == 1:
+            return self.chunks[0].combine_chunks()
+        return pa.concat_tables(self.chunks).combine_chunks()
+
+    def first_offset(self) -> int | None:
+        for chunk in self.chunks:
+            if chunk.num_rows:
+                return int(offsets_of(chunk)[0])
+        return None
+
 
 @dataclass(slots=True)
-class PartitionBuffer(Generic[R]):
+class PartitionBuffer:
     """The open batch of one partition of one sink."""
 
-    batch: Batch[R]
+    batch: Batch
 
-    @classmethod
-    def starting_at(cls, progress: int | None, first_offset: int) -> PartitionBuffer[R]:
-        return cls(Batch(start=progress, end=first_offset if progress is None else progress))
-
-    def offer(
-        self,
-        offsets: Sequence[int],
-        rows: Sequence[R | None],
-        end: int,
-        now: float,
-        row_bytes: int = 0,
-    ) -> int:
-        """Append the records at or above the batch end; None rows are invalid records that only
-        advance the offset. Returns how many rows were taken. Offsets below the end were already
-        buffered or made durable (a re-seek or replay) and are skipped. `row_bytes` is the
-        estimated size of one taken row (the average over the offered ones)."""
+    def offer(self, columns: pa.Table, end: int, now: float) -> int:
+        """Append the rows at or above the batch end (`columns` holds the valid records of a
+        fetch; `end` is the offset after its last record, valid or not). Returns how many rows
+        were taken. Offsets below the end were already buffered or made durable (a re-seek or
+        replay) and are skipped."""
         batch = self.batch
         if end <= batch.end:
             return 0
-        taken = 0
-        first = 0
-        if offsets and offsets[0] < batch.end:
-            while first < len(offsets) and offsets[first] < batch.end:
-                first += 1
-        for i in range(first, len(offsets)):
-            row = rows[i]
-            if row is not None:
-                batch.rows.append(row)
-                batch.offsets.append(offsets[i])
-                taken += 1
-        batch.nbytes += taken * row_bytes
+        if columns.num_rows:
+            offsets = offsets_of(columns)
+            if offsets[0] < batch.end:
+                columns = columns.slice(int(np.searchsorted(offsets, batch.end)))
+        taken = int(columns.num_rows)
+        if taken:
+            batch.chunks.append(columns)
+            batch.count += taken
+            batch.nbytes += table_bytes(columns)
         batch.end = end
         if batch.opened_at is None:
             batch.opened_at = now
         return taken
 
-    def take(self) -> Batch[R]:
+    def take(self) -> Batch:
         """Detach the open batch for flushing; a new one continues from its end."""
         done = self.batch
         self.batch = Batch(start=done.end, end=done.end)
         return done
 
-    def take_until(self, end: int) -> Batch[R]:
+    def take_until(self, end: int) -> Batch:
         """Detach the records below `end` (a recorded flush range's end); the rest stays open."""
         b = self.batch
-        k = bisect_left(b.offsets, end)
-        done = Batch(b.start, end, b.rows[:k], b.offsets[:k], b.opened_at)
-        rest_opened = b.opened_at if b.end > end else None
-        self.batch = Batch(end, max(end, b.end), b.rows[k:], b.offsets[k:], rest_opened)
-        # The estimate splits with the rows (rows of one partition are of one kind).
-        done.nbytes = b.nbytes * k // len(b.rows) if b.rows else 0
-        self.batch.nbytes = b.nbytes - done.nbytes
+        table = b.table() if b.chunks else None
+        k = int(np.searchsorted(offsets_of(table), end)) if table is not None else 0
+        done = Batch(b.start, end, opened_at=b.opened_at)
+        rest = Batch(end, max(end, b.end), opened_at=b.opened_at if b.end > end else None)
+        if table is not None:
+            for part, target in ((table.slice(0, k), done), (table.slice(k), rest)):
+                if part.num_rows:
+                    target.chunks.append(part)
+                    target.count = part.num_rows
+                    target.nbytes = table_bytes(part)
+        self.batch = rest
         return done
 
     def restart(self, progress: int | None, end: int) -> None:
@@ -104,16 +108,16 @@ class PartitionBuffer(Generic[R]):
         self.batch = Batch(start=progress, end=end)
 
 
-def is_due(batch: Batch[R], now: float, max_rows: int, max_age: float) -> bool:
+def is_due(batch: Batch, now: float, max_rows: int, max_age: float) -> bool:
     """A batch is flushed when it is full or its oldest offset has waited long enough."""
     if not batch.advanced:
         return False
-    if len(batch.rows) >= max_rows:
+    if batch.count >= max_rows:
         return True
     return batch.opened_at is not None and now - batch.opened_at >= max_age
 
 
-def next_due_in(batches: Iterable[Batch[R]], now: float, max_age: float) -> float:
+def next_due_in(batches: Iterable[Batch], now: float, max_age: float) -> float:
     """Seconds until the oldest open batch times out (max_age when none is open)."""
     wait = max_age
     for batch in batches:
@@ -122,23 +126,25 @@ def next_due_in(batches: Iterable[Batch[R]], now: float, max_age: float) -> floa
     return wait
 
 
-def split_by_hour(
-    time_ns: Sequence[int], offsets: Sequence[int]
-) -> dict[int, tuple[int, list[int]]]:
-    """Row indexes grouped by UTC event hour: hour start (ns) -> (first offset, indexes).
+def split_by_hour(table: pa.Table) -> list[tuple[int, int, pa.Table]]:
+    """The rows grouped by UTC event hour, in hour order: (hour start ns, first offset, rows).
 
     The first offset of each hour names the file, so a replay from the same progress writes the
     same keys whatever its flush boundaries are (DESIGN rule 2).
     """
-    groups: dict[int, tuple[int, list[int]]] = {}
-    for i, t in enumerate(time_ns):
-        hour = t - t % NS_PER_HOUR
-        group = groups.get(hour)
-        if group is None:
-            groups[hour] = (offsets[i], [i])
-        else:
-            group[1].append(i)
-    return groups
+    if not table.num_rows:
+        return []
+    times = times_of(table)
+    hours = times - times % NS_PER_HOUR
+    first, last = hours.min(), hours.max()
+    offsets = offsets_of(table)
+    if first == last:  # almost every flush lies within one hour: no per-hour filter then
+        return [(int(first), int(offsets[0]), table)]
+    unique, first_rows = np.unique(hours, return_index=True)
+    return [
+        (int(hour), int(offsets[row]), table.filter(pa.array(hours == hour)))
+        for hour, row in zip(unique, first_rows, strict=True)
+    ]
 
 
 def writer_for(topic: str, partition: int, workers: int) -> int:

@@ -25,7 +25,7 @@ INT64_MAX: Final = 2**63 - 1
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
 
-class _TickWire(msgspec.Struct, forbid_unknown_fields=False):
+class _TickWire(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     symbol: Symbol
     price: float
     volume: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
@@ -34,7 +34,7 @@ class _TickWire(msgspec.Struct, forbid_unknown_fields=False):
     timestamp: int | str | None = None
 
 
-class Level(msgspec.Struct, array_like=False):
+class Level(msgspec.Struct, array_like=False, gc=False):
     price: float
     quantity: float
 
@@ -42,7 +42,7 @@ class Level(msgspec.Struct, array_like=False):
 Levels = Annotated[list[Level], msgspec.Meta(max_length=MAX_LEVELS)]
 
 
-class _OrderBookWire(msgspec.Struct, forbid_unknown_fields=False):
+class _OrderBookWire(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     symbol: Symbol
     bids: Levels
     asks: Levels
@@ -81,8 +81,8 @@ class Limits:
     max_message_bytes: int = 1_048_576
 
 
-_TICK_DECODER: Final = msgspec.json.Decoder(_TickWire)
-_BOOK_DECODER: Final = msgspec.json.Decoder(_OrderBookWire)
+TICK_DECODER: Final = msgspec.json.Decoder(_TickWire)
+BOOK_DECODER: Final = msgspec.json.Decoder(_OrderBookWire)
 _RFC3339: Final = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
 )
@@ -195,7 +195,7 @@ def _check_symbol(symbol: str) -> None:
 def decode_tick(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> TickRow:
     raw = _precheck(value, limits)
     try:
-        wire = _TICK_DECODER.decode(raw)
+        wire = TICK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
     except UnicodeDecodeError:  # msgspec raises it for bad UTF-8 inside a JSON string
@@ -223,7 +223,7 @@ def decode_tick(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> TickRo
 def decode_orderbook(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> OrderBookRow:
     raw = _precheck(value, limits)
     try:
-        wire = _BOOK_DECODER.decode(raw)
+        wire = BOOK_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         raise _decode_error(exc, raw) from None
     except UnicodeDecodeError:  # msgspec raises it for bad UTF-8 inside a JSON string

@@ -1,13 +1,20 @@
-"""OHLCV aggregation of tick rows into time buckets (pure), for plain-PostgreSQL mode.
+"""OHLCV aggregation of ticks into time buckets (pure), for plain-PostgreSQL and Apache modes.
 
 The database merges these partial bars with what it already holds (earliest open, latest
-close, extreme high/low, summed volume), so batches can arrive in any order.
+close, extreme high/low, summed volume), so batches can arrive in any order. `bars` works on a
+flush's columns in one vectorised pass; `aggregate` is the plain per-row definition it is
+tested against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recorder.core.records import TickRow
 
@@ -83,4 +90,68 @@ def merge(a: Bar, b: Bar) -> Bar:
         a.volume + b.volume,
         min(a.open_ns, b.open_ns),
         max(a.close_ns, b.close_ns),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """Bars as columns, sorted by (symbol, bucket) so concurrent upserts lock in one order."""
+
+    bucket_ns: np.ndarray
+    symbol: pa.Array
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    open_ns: np.ndarray
+    close_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bucket_ns)
+
+    def rows(self) -> list[Bar]:
+        """As `Bar` tuples (what `aggregate` returns; for tests)."""
+        return [
+            Bar(int(b), s, float(o), float(h), float(lo), float(c), int(v), int(on), int(cn))
+            for b, s, o, h, lo, c, v, on, cn in zip(
+                self.bucket_ns, self.symbol.to_pylist(), self.open, self.high, self.low,
+                self.close, self.volume, self.open_ns, self.close_ns, strict=True,
+            )
+        ]  # fmt: skip
+
+
+def bars(time_ns: np.ndarray, symbol: pa.Array, price: np.ndarray, volume: np.ndarray,
+         bucket_ns: int) -> Bars:  # fmt: skip
+    """`aggregate` over columns: one stable sort by (symbol, bucket, time), then each group's
+    first row is its open (earliest time, first of equal times in input order, as `aggregate`)
+    and its last row its close (latest time, last of equal times)."""
+    if len(time_ns) == 0:
+        none = np.empty(0, np.int64)
+        nothing = np.empty(0, np.float64)
+        return Bars(none, pa.array([], pa.string()), nothing, nothing, nothing, nothing,
+                    none, none, none)  # fmt: skip
+    encoded = pc.dictionary_encode(symbol).combine_chunks() if isinstance(
+        symbol, pa.ChunkedArray) else pc.dictionary_encode(symbol)  # fmt: skip
+    names = encoded.dictionary
+    # Codes in the symbols' sort order, so groups come out sorted by symbol text.
+    rank = np.empty(len(names), np.int64)
+    rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    buckets = time_ns - time_ns % bucket_ns
+    order = np.lexsort((time_ns, buckets, codes))  # last key first; lexsort is stable
+    c, b, t = codes[order], buckets[order], time_ns[order]
+    p, v = price[order], volume[order]
+    starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (b[1:] != b[:-1])])
+    ends = np.r_[starts[1:], len(order)] - 1
+    return Bars(
+        bucket_ns=b[starts],
+        symbol=names.take(pa.array(pc.sort_indices(names).to_numpy()[c[starts]])),
+        open=p[starts],
+        high=np.maximum.reduceat(p, starts),
+        low=np.minimum.reduceat(p, starts),
+        close=p[ends],
+        volume=np.add.reduceat(v, starts),
+        open_ns=t[starts],
+        close_ns=t[ends],
     )

@@ -6,15 +6,15 @@ Owns the Sink protocol (buffer, flush, progress, revoke) and retry-forever-with-
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol, TypeVar
 
+import pyarrow as pa
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from recorder import metrics
 from recorder.core.offsets import TP
-from recorder.core.records import Row
 
 T = TypeVar("T")
 log = structlog.get_logger("recorder.sinks")
@@ -48,14 +48,11 @@ class Sink(Protocol):
     def assign(
         self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]
     ) -> None: ...
-    def offer(
-        self,
-        tp: TP,
-        offsets: Sequence[int],
-        rows: Sequence[Row | None],
-        end: int,
-        row_bytes: int = 0,
-    ) -> None: ...
+    def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
+        """Buffer one fetch of `tp`: its valid records as columns (recorder.core.columns, the
+        same table for every sink) and `end`, the offset after its last record."""
+        ...
+
     def buffered(self) -> int: ...
     def buffered_bytes(self) -> int:
         """Estimated decoded bytes held in buffers and in-flight batches."""
@@ -125,7 +122,3 @@ async def retry_forever(
         with try_:
             return await attempt()
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError))

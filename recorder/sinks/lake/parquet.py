@@ -1,4 +1,4 @@
-"""Parquet encoding of tick and order book rows, and the lake's hive key layout (pure).
+"""Parquet encoding of tick and order book columns, and the lake's hive key layout (pure).
 
 Owns the Parquet schemas of the original service and the object key of a file:
 `{prefix}/{tick|orderbook}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-p{P}-o{first offset}.parquet`.
@@ -6,17 +6,14 @@ Owns the Parquet schemas of the original service and the object key of a file:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import IO, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recorder.core.records import OrderBookRow, TickRow, levels_json
+from recorder.core.columns import LEVEL_TYPE
 from recorder.settings import TopicKind
-
-LEVEL_TYPE = pa.list_(pa.struct([("price", pa.float64()), ("quantity", pa.float64())]))
 
 
 def tick_schema(unit: Literal["ns", "us"]) -> pa.Schema:
@@ -44,60 +41,39 @@ def orderbook_schema(unit: Literal["ns", "us"], levels: Literal["typed", "json"]
     )
 
 
-def _timestamps(values: list[int], unit: Literal["ns", "us"]) -> pa.Array:
-    if unit == "us":
-        values = [v // 1000 for v in values]
-    return pa.array(values, pa.int64()).view(pa.timestamp(unit, tz="UTC"))
+def _timestamps(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Array:
+    values = columns.column("time_ns").combine_chunks()
+    if unit == "us":  # floor, as the row-at-a-time encoder did (times are after 1990)
+        values = pa.array(values.to_numpy() // 1000)
+    return values.view(pa.timestamp(unit, tz="UTC"))
 
 
-def tick_table(rows: Sequence[TickRow], unit: Literal["ns", "us"]) -> pa.Table:
-    columns: list[Sequence[object]] = (
-        list(zip(*rows, strict=True)) if rows else [() for _ in range(6)]
-    )
+def tick_table(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Table:
+    """The Parquet table of tick columns (recorder.core.columns.TICK_SCHEMA): no row walked."""
     return pa.Table.from_arrays(
         [
-            _timestamps([int(v) for v in columns[0]], unit),  # type: ignore[call-overload]
-            pa.array(columns[1], pa.string()),
-            pa.array(columns[2], pa.float64()),
-            pa.array(columns[3], pa.int64()),
-            pa.array(columns[4], pa.float64()),
-            pa.array(columns[5], pa.float64()),
+            _timestamps(columns, unit),
+            *(
+                columns.column(name)
+                for name in ("symbol", "price", "volume", "change", "change_rate")
+            ),
         ],
         schema=tick_schema(unit),
     )
 
 
-def _typed_levels(sides: Sequence[Sequence[object]]) -> pa.Array:
-    offsets = [0]
-    prices: list[float] = []
-    quantities: list[float] = []
-    for levels in sides:
-        for level in levels:
-            prices.append(level.price)  # type: ignore[attr-defined]
-            quantities.append(level.quantity)  # type: ignore[attr-defined]
-        offsets.append(len(prices))
-    values = pa.StructArray.from_arrays(
-        [pa.array(prices, pa.float64()), pa.array(quantities, pa.float64())],
-        names=["price", "quantity"],
-    )
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=LEVEL_TYPE)
-
-
 def orderbook_table(
-    rows: Sequence[OrderBookRow], unit: Literal["ns", "us"], levels: Literal["typed", "json"]
+    columns: pa.Table, unit: Literal["ns", "us"], levels: Literal["typed", "json"]
 ) -> pa.Table:
-    if levels == "typed":
-        bids = _typed_levels([r.bids for r in rows])
-        asks = _typed_levels([r.asks for r in rows])
-    else:
-        bids = pa.array([levels_json(r.bids).decode() for r in rows], pa.string())
-        asks = pa.array([levels_json(r.asks).decode() for r in rows], pa.string())
+    """The Parquet table of order book columns: typed levels or their JSON text, both built
+    at decode."""
+    sides = ("bid_levels", "ask_levels") if levels == "typed" else ("bids", "asks")
     return pa.Table.from_arrays(
         [
-            _timestamps([r.time_ns for r in rows], unit),
-            pa.array([r.symbol for r in rows], pa.string()),
-            bids,
-            asks,
+            _timestamps(columns, unit),
+            columns.column("symbol"),
+            columns.column(sides[0]),
+            columns.column(sides[1]),
         ],
         schema=orderbook_schema(unit, levels),
     )
@@ -106,22 +82,24 @@ def orderbook_table(
 def write_parquet(
     sink: IO[bytes],
     kind: TopicKind,
-    rows: Sequence[TickRow] | Sequence[OrderBookRow],
+    columns: pa.Table,
     unit: Literal["ns", "us"],
     levels: Literal["typed", "json"],
     row_group_size: int,
 ) -> int:
-    """Encode rows into `sink` one row group at a time (never one table of the whole file)."""
-    schema = tick_schema(unit) if kind is TopicKind.TICK else orderbook_schema(unit, levels)
+    """Encode the rows of `columns` into `sink`, `row_group_size` rows a row group. The table
+    is made contiguous first, so the bytes depend on the rows only, never on how the batch
+    was chunked (DESIGN rule 4: every writer of a range puts the same bytes)."""
+    contiguous = columns.combine_chunks()
+    if kind is TopicKind.TICK:
+        table = tick_table(contiguous, unit)
+        schema = tick_schema(unit)
+    else:
+        table = orderbook_table(contiguous, unit, levels)
+        schema = orderbook_schema(unit, levels)
     with pq.ParquetWriter(sink, schema, compression="snappy") as writer:
-        for start in range(0, len(rows), row_group_size):
-            chunk = rows[start : start + row_group_size]
-            if kind is TopicKind.TICK:
-                table = tick_table(chunk, unit)  # type: ignore[arg-type]
-            else:
-                table = orderbook_table(chunk, unit, levels)  # type: ignore[arg-type]
-            writer.write_table(table, row_group_size=row_group_size)
-    return len(rows)
+        writer.write_table(table, row_group_size=row_group_size)
+    return int(table.num_rows)
 
 
 def object_key(

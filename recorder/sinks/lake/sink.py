@@ -40,17 +40,18 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Literal
 
+import pyarrow as pa
 import structlog
 
 from recorder import metrics, supervise
-from recorder.core.batching import Batch, PartitionBuffer, is_due, split_by_hour
+from recorder.core.batching import Batch, is_due, split_by_hour
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
-from recorder.core.records import OrderBookRow, Row, TickRow
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
+from recorder.sinks.buffer import Buffers
 from recorder.sinks.lake.parquet import (
     groups_root,
     legacy_progress_key,
@@ -92,11 +93,9 @@ class S3Sink(SinkHealth):
         self._group = settings.KAFKA_GROUP_ID
         self._on_progress = on_progress
         self._on_resync = on_resync
-        self._buffers: dict[TP, PartitionBuffer[Row]] = {}
+        self._buffers = Buffers()
         self._stored: dict[TP, StoredProgress] = {}
-        self._in_flight: dict[TP, Batch[Row]] = {}
         self._tasks: dict[TP, asyncio.Task[None]] = {}
-        self._force: set[TP] = set()
         # Partitions being given up after an abandoned revocation: the timer starts no new
         # upload for them between abandon() and revoke().
         self._closing: set[TP] = set()
@@ -220,50 +219,36 @@ class S3Sink(SinkHealth):
         return out
 
     def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
-        for tp, value in progress.items():
-            self._buffers[tp] = PartitionBuffer(
-                Batch(start=value, end=value if value is not None else -1)
-            )
+        for tp in progress:
             self._closing.discard(tp)
             self._failures.pop(tp, None)
+        self._buffers.assign(progress)
 
     def revoke(self, tps: Collection[TP]) -> None:
         for tp in tps:
-            self._buffers.pop(tp, None)
             self._stored.pop(tp, None)
             self._closing.discard(tp)
             self._failures.pop(tp, None)
+        self._buffers.revoke(tps)
 
     def progress(self) -> dict[TP, int | None]:
         return {tp: s.offset for tp, s in self._stored.items() if tp in self._buffers}
 
-    def offer(
-        self,
-        tp: TP,
-        offsets: Sequence[int],
-        rows: Sequence[Row | None],
-        end: int,
-        row_bytes: int = 0,
-    ) -> None:
-        buffer = self._buffers.get(tp)
-        if buffer is None:
+    def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
+        batch = self._buffers.offer(tp, columns, end, time.monotonic())
+        if batch is None:
             return
-        buffer.offer(offsets, rows, end, time.monotonic(), row_bytes)
         recorded = self._recorded_end(tp)
-        if len(buffer.batch.rows) >= self._max_rows or (recorded is not None and end >= recorded):
+        if batch.count >= self._max_rows or (recorded is not None and end >= recorded):
             self._wake.set()
 
     def buffered(self) -> int:
-        return sum(len(b.batch.rows) for b in self._buffers.values()) + sum(
-            len(b.rows) for b in self._in_flight.values()
-        )
+        return self._buffers.buffered()
 
     def buffered_bytes(self) -> int:
         """In-flight batches count until uploaded: their Parquet (no larger than the decoded
         rows) may sit in a spill file under /tmp, so this bounds the spill files too."""
-        return sum(b.batch.nbytes for b in self._buffers.values()) + sum(
-            b.nbytes for b in self._in_flight.values()
-        )
+        return self._buffers.buffered_bytes()
 
     def _recorded_end(self, tp: TP) -> int | None:
         """End of the recorded flush range that the open batch of `tp` must complete next."""
@@ -285,17 +270,14 @@ class S3Sink(SinkHealth):
         return buffer.batch.advanced
 
     async def flush_all(self, tps: Collection[TP] | None = None) -> None:
-        wanted = set(self._buffers if tps is None else tps)
-        while True:
-            pending = [tp for tp in wanted if self._flushable(tp) or tp in self._in_flight]
-            if not pending:
-                return
-            self._force.update(pending)
-            self._wake.set()
-            await asyncio.sleep(0.01)
+        def pending(tp: TP) -> bool:
+            return self._flushable(tp) or tp in self._buffers.in_flight
+
+        await self._buffers.flush(tps, pending, lambda _tps: self._wake.set())
 
     async def abandon(self, tps: Collection[TP]) -> None:
         self._closing.update(tps)
+        self._buffers.changed()  # a flush waiting for these gives them up too
         tasks = [self._tasks[tp] for tp in tps if tp in self._tasks]
         for t in tasks:
             t.cancel()
@@ -307,16 +289,18 @@ class S3Sink(SinkHealth):
         while True:
             now = time.monotonic()
             for tp, buffer in list(self._buffers.items()):
-                if tp in self._in_flight or not self._flushable(tp):
+                if tp in self._buffers.in_flight or not self._flushable(tp):
                     continue  # rule 2: one unrecorded file set per partition
                 recorded = self._recorded_end(tp)
                 if recorded is not None:
                     batch = buffer.take_until(recorded)  # complete the recorded range first
-                elif tp in self._force or is_due(buffer.batch, now, self._max_rows, self._max_age):
+                elif tp in self._buffers.force or is_due(
+                    buffer.batch, now, self._max_rows, self._max_age
+                ):
                     batch = buffer.take()
                 else:
                     continue
-                self._in_flight[tp] = batch
+                self._buffers.flying(tp, batch)
                 self._tasks[tp] = asyncio.create_task(self._flush(tp, batch), name=f"s3-{tp}")
             self._wake.clear()
             try:
@@ -325,7 +309,7 @@ class S3Sink(SinkHealth):
             except TimeoutError:
                 pass
 
-    async def _flush(self, tp: TP, batch: Batch[Row]) -> None:
+    async def _flush(self, tp: TP, batch: Batch) -> None:
         try:
             await self._flush_batch(tp, batch)
             self._failures.pop(tp, None)
@@ -351,11 +335,10 @@ class S3Sink(SinkHealth):
             await asyncio.sleep(wait)
             self._resync(tp)
         finally:
-            self._in_flight.pop(tp, None)
             self._tasks.pop(tp, None)
-            self._force.discard(tp)
+            self._buffers.landed(tp)
 
-    async def _flush_batch(self, tp: TP, batch: Batch[Row]) -> None:
+    async def _flush_batch(self, tp: TP, batch: Batch) -> None:
         started = time.perf_counter()
         outcome = await retry_forever(
             "flush_intent",
@@ -422,7 +405,7 @@ class S3Sink(SinkHealth):
                 self._on_retry,
             )
 
-    def _fenced(self, tp: TP, batch: Batch[Row], outcome: IntentOutcome) -> None:
+    def _fenced(self, tp: TP, batch: Batch, outcome: IntentOutcome) -> None:
         metrics.FLUSHES.labels(SINK, "fenced").inc()
         stored = self._stored.get(tp)
         log.warning(
@@ -441,16 +424,14 @@ class S3Sink(SinkHealth):
         metrics.FLUSHES.labels(SINK, "retry").inc()
 
     def _encode(
-        self, tp: TP, kind: TopicKind, batch: Batch[Row]
+        self, tp: TP, kind: TopicKind, batch: Batch
     ) -> list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]]:
         """One Parquet file per UTC event hour, spilled to disk above the part size."""
-        rows = batch.rows
-        groups = split_by_hour([r.time_ns for r in rows], batch.offsets)
         out: list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]] = []
         spill = self._settings.S3_PART_SIZE_MB * 1024 * 1024
         try:
-            for hour, (first_offset, indexes) in sorted(groups.items()):
-                part: list[TickRow] | list[OrderBookRow] = [rows[i] for i in indexes]  # type: ignore[assignment]
+            groups = split_by_hour(batch.table()) if batch.count else []
+            for hour, first_offset, part in groups:
                 # Closed by _flush_batch after the upload.
                 body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
                     max_size=spill
@@ -475,7 +456,7 @@ class S3Sink(SinkHealth):
         return out
 
     # --- the progress object ------------------------------------------------------------
-    async def _record_intent(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
+    async def _record_intent(self, tp: TP, batch: Batch) -> IntentOutcome:
         """Step 1 of the protocol: make [start, end) the recorded range, or find out why not.
         A decision other than FREE is taken on the store's view, never on a stale cache alone."""
         key = self._key(tp)
@@ -483,7 +464,8 @@ class S3Sink(SinkHealth):
         # users of the sink may not): its range starts at the batch's first record.
         first = batch.start
         if first is None:
-            first = batch.offsets[0] if batch.offsets else batch.end
+            first_row = batch.first_offset()
+            first = first_row if first_row is not None else batch.end
         stored = self._stored.get(tp)
         fresh = False
         if stored is None:
@@ -501,7 +483,7 @@ class S3Sink(SinkHealth):
             self._remember(tp, stored)
         return IntentOutcome.FENCED  # lost five races in a row: drop the batch, replay from store
 
-    async def _commit(self, tp: TP, batch: Batch[Row]) -> IntentOutcome:
+    async def _commit(self, tp: TP, batch: Batch) -> IntentOutcome:
         """Step 3: `{start, end}` -> `{end}`. RECORDED when ours moved it; DONE when another
         writer committed the same range first; FENCED otherwise."""
         key = self._key(tp)
@@ -519,12 +501,12 @@ class S3Sink(SinkHealth):
     def _remember(self, tp: TP, stored: StoredProgress) -> None:
         if tp in self._buffers:  # not for a partition revoked meanwhile
             self._stored[tp] = stored
+            self._buffers.changed()  # a recorded range decides what a flush waits for
 
     def _resync(self, tp: TP) -> None:
         """Forget what is buffered for `tp`; the pipeline re-seeks it to the stored progress."""
-        buffer = self._buffers.get(tp)
-        if buffer is None:
+        if tp not in self._buffers:
             return
         stored = self._stored.get(tp, StoredProgress(None, None))
-        buffer.restart(stored.offset, stored.offset if stored.offset is not None else -1)
+        self._buffers.restart(tp, stored.offset)
         self._on_resync(tp)

@@ -11,91 +11,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from operator import itemgetter
-from typing import Any
+from datetime import date, timedelta
 
 import asyncpg
+import numpy as np
+import pyarrow as pa
 import structlog
 
 from recorder import metrics, supervise
 from recorder.compression import apply_compression
-from recorder.core.batching import Batch, PartitionBuffer, is_due, next_due_in, writer_for
+from recorder.core.batching import Batch, is_due, next_due_in, writer_for
+from recorder.core.columns import offsets_of, times_of
 from recorder.core.offsets import TP, CasOutcome, cas_outcome
-from recorder.core.records import OrderBookRow, Row, TickRow, levels_json
-from recorder.core.rollups import ROLLUPS, Bar, aggregate, merge
+from recorder.core.rollups import ROLLUPS, Bars, bars
 from recorder.dlq import DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.retention import apply_retention
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
+from recorder.sinks.buffer import Buffers
+from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
 
 log = structlog.get_logger("recorder.sinks.timescale")
 
 SINK = "timescaledb"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TICK_COLUMNS = ("time", "symbol", "price", "volume", "change", "change_rate")
-_BOOK_COLUMNS = ("time", "symbol", "bids", "asks")
 NS_PER_DAY = 86_400 * 1_000_000_000
-_TIME_NS = itemgetter(0)  # TickRow.time_ns / OrderBookRow.time_ns
+# Plain mode creates daily partitions ahead of the data on this period (and at start).
+PARTITION_MAINTENANCE_SEC = 3600.0
 
 
-_US = timedelta
+def rollup_bars(ticks: pa.Table) -> dict[str, Bars]:
+    """Every rollup's bars of a flush's tick columns, vectorised."""
+    time_ns = ticks.column("time_ns").to_numpy()
+    symbol = ticks.column("symbol").combine_chunks()
+    price = ticks.column("price").to_numpy()
+    volume = ticks.column("volume").to_numpy()
+    return {view: bars(time_ns, symbol, price, volume, ns) for view, ns in ROLLUPS.items()}
 
 
-def to_datetime(time_ns: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=time_ns // 1000)
-
-
-def tick_record(row: TickRow) -> tuple[Any, ...]:
-    return (
-        to_datetime(row.time_ns),
-        row.symbol,
-        row.price,
-        row.volume,
-        row.change,
-        row.change_rate,
-    )
-
-
-def book_record(row: OrderBookRow) -> tuple[Any, ...]:
-    return (
-        to_datetime(row.time_ns),
-        row.symbol,
-        levels_json(row.bids).decode(),
-        levels_json(row.asks).decode(),
-    )
-
-
-def coarsen(bars: list[Bar], bucket_ns: int) -> list[Bar]:
-    """Bars of `bucket_ns` from finer bars sorted by (symbol, bucket) (as `aggregate` returns
-    them): the same bars `aggregate` gives from the ticks, for a fraction of the work."""
-    out: list[Bar] = []
-    for bar in bars:
-        bucket = bar.bucket_ns - bar.bucket_ns % bucket_ns
-        last = out[-1] if out else None
-        if last is not None and last.symbol == bar.symbol and last.bucket_ns == bucket:
-            out[-1] = merge(last, bar)
-        else:
-            out.append(bar._replace(bucket_ns=bucket))
-    return out
-
-
-def rollup_bars(ticks: list[TickRow]) -> dict[str, list[Bar]]:
-    """Every rollup's bars; the finest is aggregated from the ticks, the others from it."""
-    finest = min(ROLLUPS.values())
-    base = aggregate(ticks, finest)
-    out: dict[str, list[Bar]] = {}
-    for view, bucket_ns in ROLLUPS.items():
-        if bucket_ns == finest:
-            out[view] = base
-        elif bucket_ns % finest == 0:
-            out[view] = coarsen(base, bucket_ns)
-        else:
-            out[view] = aggregate(ticks, bucket_ns)
-    return out
+async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class PartitionMissing(RuntimeError):
@@ -132,7 +89,7 @@ class _Writer:
     index: int
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    in_flight: dict[TP, Batch[Row]] = field(default_factory=dict)
+    in_flight: dict[TP, Batch] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -151,12 +108,11 @@ class TimescaleSink(SinkHealth):
     ) -> None:
         self._settings = settings
         self._on_resync = on_resync
-        self._force: set[TP] = set()
         self._topics = dict(topics)
         self._dlq = dead_letters
         self._on_progress = on_progress
         self._pool: asyncpg.Pool | None = None
-        self._buffers: dict[TP, PartitionBuffer[Row]] = {}
+        self._buffers = Buffers()
         self._progress: dict[TP, int | None] = {}
         self._writers = [_Writer(i) for i in range(settings.DB_WRITE_WORKERS)]
         for w in self._writers:
@@ -167,6 +123,7 @@ class TimescaleSink(SinkHealth):
         self._max_age = settings.BATCH_TIMEOUT_MS / 1000
         self._closing = False
         self._retention: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._failing = False  # the last flush failed for a reason that retrying did not fix
         self.healthy = False
 
@@ -202,11 +159,16 @@ class TimescaleSink(SinkHealth):
             w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
         if self._settings.DB_RETENTION_DAYS > 0:
             self._retention = asyncio.create_task(self._run_retention(), name="db-retention")
+        if self._mode is DbMode.POSTGRES:
+            self._maintenance = asyncio.create_task(
+                self._maintain_partitions(), name="db-partitions"
+            )
         log.info("sink_started", sink=SINK, mode=self._mode.value, writers=len(self._writers))
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [t for t in (*(w.task for w in self._writers), self._retention) if t is not None]
+        timers = (self._retention, self._maintenance)
+        tasks = [t for t in (*(w.task for w in self._writers), *timers) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -298,65 +260,43 @@ class TimescaleSink(SinkHealth):
         return {tp: found.get(tp, starts[tp]) for tp in ordered}
 
     def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
-        for tp, value in progress.items():
-            self._progress[tp] = value
-            self._buffers[tp] = PartitionBuffer(
-                Batch(start=value, end=value if value is not None else -1)
-            )
+        self._progress.update(progress)
+        self._buffers.assign(progress)
 
     def revoke(self, tps: Collection[TP]) -> None:
         for tp in tps:
-            self._buffers.pop(tp, None)
             self._progress.pop(tp, None)
+        self._buffers.revoke(tps)
 
     def progress(self) -> dict[TP, int | None]:
         return dict(self._progress)
 
-    def offer(
-        self,
-        tp: TP,
-        offsets: Sequence[int],
-        rows: Sequence[Row | None],
-        end: int,
-        row_bytes: int = 0,
-    ) -> None:
-        buffer = self._buffers.get(tp)
-        if buffer is None:  # not (or no longer) ours: a fetch that raced a revocation
-            return
-        buffer.offer(offsets, rows, end, time.monotonic(), row_bytes)
-        batch = buffer.batch
-        if len(batch.rows) >= self._max_rows:
+    def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
+        batch = self._buffers.offer(tp, columns, end, time.monotonic())
+        if batch is not None and batch.count >= self._max_rows:
             self._writer_of(tp).wake.set()
 
     def buffered(self) -> int:
-        open_rows = sum(len(b.batch.rows) for b in self._buffers.values())
-        flying = sum(len(b.rows) for w in self._writers for b in w.in_flight.values())
-        return open_rows + flying
+        return self._buffers.buffered()
 
     def buffered_bytes(self) -> int:
-        open_bytes = sum(b.batch.nbytes for b in self._buffers.values())
-        return open_bytes + sum(b.nbytes for w in self._writers for b in w.in_flight.values())
+        return self._buffers.buffered_bytes()
 
     def _writer_of(self, tp: TP) -> _Writer:
         return self._writers[writer_for(tp.topic, tp.partition, len(self._writers))]
 
     async def flush_all(self, tps: Collection[TP] | None = None) -> None:
         """Make everything buffered for `tps` (all when None) durable before returning."""
-        wanted = set(self._buffers if tps is None else tps)
-        while True:
-            pending = [
-                tp
-                for tp in wanted
-                if (tp in self._buffers and self._buffers[tp].batch.advanced)
-                or any(tp in w.in_flight for w in self._writers)
-            ]
-            if not pending:
-                return
-            for tp in pending:
-                w = self._writer_of(tp)
-                w.wake.set()
-            self._force.update(pending)
-            await asyncio.sleep(0.01)
+
+        def pending(tp: TP) -> bool:
+            buffer = self._buffers.get(tp)
+            return (buffer is not None and buffer.batch.advanced) or tp in self._buffers.in_flight
+
+        def kick(tps: Collection[TP]) -> None:
+            for tp in tps:
+                self._writer_of(tp).wake.set()
+
+        await self._buffers.flush(tps, pending, kick)
 
     async def abandon(self, tps: Collection[TP]) -> None:
         """Give up in-flight writes that touch `tps` (a revocation that cannot wait longer).
@@ -383,7 +323,7 @@ class TimescaleSink(SinkHealth):
             owned = [(tp, b) for tp, b in self._buffers.items() if self._writer_of(tp) is w]
             due = any(
                 is_due(b.batch, now, self._max_rows, self._max_age)
-                or (tp in self._force and b.batch.advanced)
+                or (tp in self._buffers.force and b.batch.advanced)
                 for tp, b in owned
             )
             if not due:
@@ -395,6 +335,8 @@ class TimescaleSink(SinkHealth):
             # Once one batch is due, flush every open batch of this writer in one transaction.
             batches = {tp: b.take() for tp, b in owned if b.batch.advanced}
             w.in_flight = batches
+            for tp, batch in batches.items():
+                self._buffers.flying(tp, batch)
             w.idle.clear()
             try:
                 await self._write_until_done(batches)
@@ -411,13 +353,13 @@ class TimescaleSink(SinkHealth):
                 w.in_flight = {}
                 w.idle.set()
                 for tp in batches:
-                    self._force.discard(tp)
+                    self._buffers.landed(tp)
             if failures:
                 await asyncio.sleep(
                     min(self._settings.RETRY_MAX_BACKOFF_SEC, 0.5 * 2 ** min(failures, 10))
                 )
 
-    async def _write_until_done(self, batches: dict[TP, Batch[Row]]) -> None:
+    async def _write_until_done(self, batches: dict[TP, Batch]) -> None:
         started = time.perf_counter()
         rows = sum(len(b) for b in batches.values())
         outcomes = await retry_forever(
@@ -462,7 +404,7 @@ class TimescaleSink(SinkHealth):
             fenced=len(fenced),
         )
 
-    def _flush_failed(self, batches: dict[TP, Batch[Row]], exc: Exception) -> None:
+    def _flush_failed(self, batches: dict[TP, Batch], exc: Exception) -> None:
         """Drop the batches and feed their partitions again from the stored progress."""
         log.error(
             "flush_failed",
@@ -486,15 +428,12 @@ class TimescaleSink(SinkHealth):
     def _replay_from(self, tp: TP, stored: int | None) -> None:
         """Forget our buffer of `tp` and have it fed again from `stored` (the progress another
         owner recorded, for a fenced batch; our own, for an abandoned or failed one)."""
-        buffer = self._buffers.get(tp)
-        if buffer is not None:
-            buffer.restart(stored, stored if stored is not None else -1)
+        if tp in self._buffers:
             self._progress[tp] = stored
+        self._buffers.restart(tp, stored)
         self._on_resync(tp)
 
-    async def _write(
-        self, batches: dict[TP, Batch[Row]]
-    ) -> dict[TP, tuple[CasOutcome, int | None]]:
+    async def _write(self, batches: dict[TP, Batch]) -> dict[TP, tuple[CasOutcome, int | None]]:
         pool = self._pool
         assert pool is not None
         try:
@@ -513,7 +452,7 @@ class TimescaleSink(SinkHealth):
             raise PartitionMissing(str(exc)) from exc
 
     async def _write_once(
-        self, pool: asyncpg.Pool, batches: dict[TP, Batch[Row]]
+        self, pool: asyncpg.Pool, batches: dict[TP, Batch]
     ) -> dict[TP, tuple[CasOutcome, int | None]]:
         if self._mode is DbMode.POSTGRES:
             await self._ensure_partitions(pool, batches)
@@ -521,38 +460,38 @@ class TimescaleSink(SinkHealth):
         async with pool.acquire() as conn, conn.transaction():
             for tp in sorted(batches):
                 outcomes[tp] = await self._cas(conn, tp, batches[tp])
-            ticks: list[TickRow] = []
-            books: list[OrderBookRow] = []
+            ticks: list[pa.Table] = []
+            books: list[pa.Table] = []
             # Where each row came from, for a dead letter if the database refuses it.
-            tick_from: list[tuple[TP, list[int]]] = []
-            book_from: list[tuple[TP, list[int]]] = []
+            tick_from: list[tuple[TP, int]] = []
+            book_from: list[tuple[TP, int]] = []
             for tp, batch in batches.items():
-                if outcomes[tp][0] is not CasOutcome.APPLIED:
+                if outcomes[tp][0] is not CasOutcome.APPLIED or not batch.count:
                     continue
                 if self._topics.get(tp.topic) is TopicKind.ORDERBOOK:
-                    books.extend(batch.rows)  # type: ignore[arg-type]
-                    book_from.append((tp, batch.offsets))
+                    books.append(batch.table())
+                    book_from.append((tp, batch.count))
                 else:
-                    ticks.extend(batch.rows)  # type: ignore[arg-type]
-                    tick_from.append((tp, batch.offsets))
-            if ticks:
-                # tick_record inlined: one tuple per row without two calls per row.
-                records = [
-                    (_EPOCH + _US(microseconds=t // 1000), sym, price, vol, chg, rate)
-                    for t, sym, price, vol, chg, rate in ticks
-                ]
-                refused = await self._copy(conn, "tick_data", _TICK_COLUMNS, records, tick_from)
-                if refused:  # a refused row is a dead letter, not a trade: no bar counts it
-                    ticks = [t for i, t in enumerate(ticks) if i not in refused]
-                if self._mode.recorder_rollups:
-                    await self._upsert_rollups(conn, ticks)
+                    ticks.append(batch.table())
+                    tick_from.append((tp, batch.count))
             if books:
-                records = [book_record(r) for r in books]
-                await self._copy(conn, "orderbook", _BOOK_COLUMNS, records, book_from)
+                rows = pa.concat_tables(books)
+                await self._copy(conn, "orderbook", BOOK_COLUMNS, rows, book_from)
+            if ticks:
+                tick_table = pa.concat_tables(ticks).combine_chunks()
+                refused = await self._copy(conn, "tick_data", TICK_COLUMNS, tick_table, tick_from)
+                if refused:  # a refused row is a dead letter, not a trade: no bar counts it
+                    keep = np.ones(tick_table.num_rows, bool)
+                    keep[sorted(refused)] = False
+                    tick_table = tick_table.filter(pa.array(keep))
+                # Last in the transaction: the upsert's row locks on the hot bars are held
+                # from here to the commit only, not during the COPYs (writers serialise there).
+                if self._mode.recorder_rollups and tick_table.num_rows:
+                    await self._upsert_rollups(conn, tick_table)
         return outcomes
 
     async def _cas(
-        self, conn: asyncpg.Connection, tp: TP, batch: Batch[Row]
+        self, conn: asyncpg.Connection, tp: TP, batch: Batch
     ) -> tuple[CasOutcome, int | None]:
         """Fenced progress (DESIGN rule 1): move start -> end only if start is still stored."""
         if batch.start is None:
@@ -588,62 +527,81 @@ class TimescaleSink(SinkHealth):
         conn: asyncpg.Connection,
         table: str,
         columns: tuple[str, ...],
-        records: list[tuple[Any, ...]],
-        sources: list[tuple[TP, list[int]]],
+        rows: pa.Table,
+        sources: list[tuple[TP, int]],
     ) -> set[int]:
-        """COPY the records; rows the database refuses for their data go to the dead letters
-        of their source topic. Returns the indexes of the refused records."""
+        """Binary COPY of the rows (`sources`: the partition and row count of each batch in
+        them, in order); rows the database refuses for their data go to the dead letters of
+        their source topic. Returns the indexes of the refused rows."""
         try:
             async with conn.transaction():  # savepoint: a data error must not lose the batch
-                await conn.copy_records_to_table(table, records=records, columns=columns)
+                await self._copy_rows(conn, table, columns, rows)
             return set()
         except asyncpg.DataError as exc:
             refused: dict[int, str] = {}
             await self._copy_isolating_bad_rows(
-                conn, table, columns, records, list(range(len(records))), refused, str(exc)
+                conn, table, columns, rows, 0, rows.num_rows, refused, str(exc)
             )
-        origin = [(tp, offset) for tp, offsets in sources for offset in offsets]
+        offsets = offsets_of(rows.combine_chunks())
+        ends = np.cumsum([count for _, count in sources])
+        order = sorted(refused)
+        origin = [sources[int(np.searchsorted(ends, i, side="right"))][0] for i in order]
         await self._dlq.send_refused(
-            [(origin[i][0].topic, origin[i][0].partition, origin[i][1]) for i in sorted(refused)],
-            [f"{table}: the database refused this row: {refused[i]}" for i in sorted(refused)],
+            [
+                (tp.topic, tp.partition, int(offsets[i]))
+                for tp, i in zip(origin, order, strict=True)
+            ],
+            [f"{table}: the database refused this row: {refused[i]}" for i in order],
         )
         return set(refused)
+
+    @staticmethod
+    async def _copy_rows(
+        conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: pa.Table
+    ) -> None:
+        data = tick_copy(rows) if table == "tick_data" else book_copy(rows)
+        await conn.copy_to_table(table, source=_stream(data), columns=columns, format="binary")
 
     async def _copy_isolating_bad_rows(
         self,
         conn: asyncpg.Connection,
         table: str,
         columns: tuple[str, ...],
-        records: list[tuple[Any, ...]],
-        indexes: list[int],
+        rows: pa.Table,
+        first: int,
+        stop: int,
         refused: dict[int, str],
         error: str = "",
     ) -> None:
-        """Bisect a batch the database refused for its data; collects the bad rows' indexes
-        (into `records` as first given) with the database's message."""
-        if len(indexes) == 1:
-            refused[indexes[0]] = error
+        """Bisect rows [first, stop) that the database refused for their data; collects the
+        bad rows' indexes with the database's message."""
+        if stop - first == 1:
+            refused[first] = error
             return
-        mid = len(indexes) // 2
-        for part in (indexes[:mid], indexes[mid:]):
+        mid = (first + stop) // 2
+        for lo, hi in ((first, mid), (mid, stop)):
             try:
                 async with conn.transaction():
-                    await conn.copy_records_to_table(
-                        table, records=[records[i] for i in part], columns=columns
-                    )
+                    await self._copy_rows(conn, table, columns, rows.slice(lo, hi - lo))
             except asyncpg.DataError as exc:
                 await self._copy_isolating_bad_rows(
-                    conn, table, columns, records, part, refused, str(exc)
+                    conn, table, columns, rows, lo, hi, refused, str(exc)
                 )
 
-    async def _upsert_rollups(self, conn: asyncpg.Connection, ticks: list[TickRow]) -> None:
-        for view, bars in rollup_bars(ticks).items():
+    async def _upsert_rollups(self, conn: asyncpg.Connection, ticks: pa.Table) -> None:
+        # Times travel as int8 microseconds since the epoch (no datetime per bar).
+        for view, b in rollup_bars(ticks).items():
             await conn.execute(
                 f"""INSERT INTO recorder_{view}_state AS t
                       (bucket, symbol, open, high, low, close, volume, open_time, close_time)
-                    SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::float8[], $4::float8[],
-                                         $5::float8[], $6::float8[], $7::numeric[],
-                                         $8::timestamptz[], $9::timestamptz[])
+                    SELECT 'epoch'::timestamptz + w.bucket * interval '1 microsecond', w.symbol,
+                           w.open, w.high, w.low, w.close, w.volume,
+                           'epoch'::timestamptz + w.open_time * interval '1 microsecond',
+                           'epoch'::timestamptz + w.close_time * interval '1 microsecond'
+                    FROM unnest($1::int8[], $2::text[], $3::float8[], $4::float8[],
+                                $5::float8[], $6::float8[], $7::numeric[],
+                                $8::int8[], $9::int8[])
+                      AS w(bucket, symbol, open, high, low, close, volume, open_time, close_time)
                     ON CONFLICT (symbol, bucket) DO UPDATE SET
                       open = CASE WHEN EXCLUDED.open_time < t.open_time THEN EXCLUDED.open ELSE t.open END,
                       open_time = LEAST(t.open_time, EXCLUDED.open_time),
@@ -653,30 +611,31 @@ class TimescaleSink(SinkHealth):
                                    THEN EXCLUDED.close ELSE t.close END,
                       close_time = GREATEST(t.close_time, EXCLUDED.close_time),
                       volume = t.volume + EXCLUDED.volume""",
-                [to_datetime(b.bucket_ns) for b in bars],
-                [b.symbol for b in bars],
-                [b.open for b in bars],
-                [b.high for b in bars],
-                [b.low for b in bars],
-                [b.close for b in bars],
-                [b.volume for b in bars],
-                [to_datetime(b.open_ns) for b in bars],
-                [to_datetime(b.close_ns) for b in bars],
+                (b.bucket_ns // 1000).tolist(),
+                b.symbol.to_pylist(),
+                b.open.tolist(),
+                b.high.tolist(),
+                b.low.tolist(),
+                b.close.tolist(),
+                b.volume.tolist(),
+                (b.open_ns // 1000).tolist(),
+                (b.close_ns // 1000).tolist(),
             )
 
-    async def _ensure_partitions(self, pool: asyncpg.Pool, batches: dict[TP, Batch[Row]]) -> None:
+    async def _ensure_partitions(self, pool: asyncpg.Pool, batches: dict[TP, Batch]) -> None:
         """Plain mode: create the daily partitions a batch needs, outside its transaction."""
         needed: set[tuple[str, int]] = set()
         for tp, batch in batches.items():
             table = (
                 "orderbook" if self._topics.get(tp.topic) is TopicKind.ORDERBOOK else "tick_data"
             )
-            if not batch.rows:
+            if not batch.count:
                 continue
-            times = list(map(_TIME_NS, batch.rows))
-            first, last = min(times) // NS_PER_DAY, max(times) // NS_PER_DAY
+            days_of = [times_of(chunk) // NS_PER_DAY for chunk in batch.chunks]
+            first = min(int(d.min()) for d in days_of if len(d))
+            last = max(int(d.max()) for d in days_of if len(d))
             # Almost every batch lies within one day: skip the per-row pass then.
-            days = {first} if first == last else {t // NS_PER_DAY for t in times}
+            days = {first} if first == last else {int(d) for x in days_of for d in np.unique(x)}
             needed.update((table, day) for day in days if (table, day) not in self._known_days)
         if not needed:
             return
@@ -704,6 +663,18 @@ class TimescaleSink(SinkHealth):
                             date(1970, 1, 1) + timedelta(days=day),
                         )
                         self._known_days.add((table, day))
+
+    async def _maintain_partitions(self) -> None:
+        """Plain mode: the coming days' partitions exist before their first row (a failed run
+        is logged and tried again next period; the writers create a missing day themselves)."""
+        while True:
+            try:
+                await self.ensure_days_ahead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("partition_maintenance_failed", sink=SINK, error=str(exc))
+            await asyncio.sleep(PARTITION_MAINTENANCE_SEC)
 
     async def _apply_compression(self, conn: asyncpg.Connection) -> None:
         days = self._settings.DB_COMPRESS_AFTER_DAYS

@@ -14,8 +14,10 @@ from typing import Any
 
 import aioboto3
 import asyncpg
+import pyarrow as pa
 import pytest
 
+from recorder.core.columns import from_rows
 from recorder.core.offsets import TP
 from recorder.core.records import TickRow
 from recorder.dlq import DeadLetters
@@ -32,13 +34,14 @@ TOPIC = "rules.market.tick"
 TPX = TP(TOPIC, 0)
 
 
-def rows(first: int, n: int, hour_of: Any = None) -> tuple[list[int], list[TickRow]]:
+def rows(first: int, n: int, hour_of: Any = None) -> pa.Table:
+    """Ticks at offsets [first, first + n) as the columns a sink is offered."""
     offsets = list(range(first, first + n))
     out = []
     for o in offsets:
         hour = hour_of(o) if hour_of else 0
         out.append(TickRow(T0 + hour * 3600 * 10**9 + o * 1000, "AAA", 100.0 + o, o, None, None))
-    return offsets, out
+    return from_rows(TopicKind.TICK, offsets, out)
 
 
 @pytest.fixture(autouse=True)
@@ -103,11 +106,11 @@ async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
         # both believe they own partition 0 from offset 0 (the zombie missed the rebalance)
         zombie.assign({TPX: None}, {})
         owner.assign({TPX: None}, {})
-        offsets, batch = rows(0, 100)
-        owner.offer(TPX, offsets, batch, 100)
+        batch = rows(0, 100)
+        owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
-        offsets, batch = rows(0, 60)
-        zombie.offer(TPX, offsets, batch, 60)
+        batch = rows(0, 60)
+        zombie.offer(TPX, batch, 60)
         await zombie.flush_all([TPX])
         conn = await asyncpg.connect(stack.pg_dsn(fresh_database))
         try:
@@ -119,8 +122,8 @@ async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
         # a retry of an already committed batch is recognised, not written twice
         owner.revoke([TPX])
         owner.assign({TPX: 40}, {})  # stale view: progress 40, while the database holds 100
-        offsets, batch = rows(40, 60)
-        owner.offer(TPX, offsets, batch, 100)
+        batch = rows(40, 60)
+        owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
         conn = await asyncpg.connect(stack.pg_dsn(fresh_database))
         try:
@@ -157,11 +160,11 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
     await crashed.start()
     try:
         crashed.assign({TPX: None}, {})
-        offsets, batch = rows(0, 300, hour_of)
+        batch = rows(0, 300, hour_of)
         # encode and upload like a flush, then "crash" before the progress is recorded
         from recorder.core.batching import Batch
 
-        files = crashed._encode(TPX, TopicKind.TICK, Batch(None, 300, batch, offsets))
+        files = crashed._encode(TPX, TopicKind.TICK, Batch(None, 300, [batch], batch.num_rows))
         for key, body, size in files:
             await crashed._lake.put_file(key, body, size)
     finally:
@@ -176,8 +179,8 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
         assert progress == {TPX: None}
         replay.assign(progress, {})
         for first in range(0, 300, 70):  # other flush boundaries than the crashed run
-            offsets, batch = rows(first, min(70, 300 - first), hour_of)
-            replay.offer(TPX, offsets, batch, first + len(batch))
+            batch = rows(first, min(70, 300 - first), hour_of)
+            replay.offer(TPX, batch, first + len(batch))
             await replay.flush_all([TPX])
     finally:
         await replay.close()
@@ -217,8 +220,8 @@ async def test_rule2_one_unrecorded_upload_per_partition(
     try:
         sink.assign(await sink.load_progress([TPX]), {})
         for first in (0, 100, 200):  # each offer fills a batch: due at once
-            offsets, batch = rows(first, 100)
-            sink.offer(TPX, offsets, batch, first + 100)
+            batch = rows(first, 100)
+            sink.offer(TPX, batch, first + 100)
             await asyncio.sleep(0.05)
         await sink.flush_all([TPX])
     finally:
@@ -257,16 +260,16 @@ async def test_rule3_revocation_waits_for_in_flight_work(
         tp = TP(topics[0], 0)
         for sink in rec.sinks:
             sink.assign({tp: None}, {})
-        offsets, batch = rows(0, 300)
+        batch = rows(0, 300)
         for sink in rec.sinks:
-            sink.offer(tp, offsets, batch, 300)
+            sink.offer(tp, batch, 300)
         deadline = time.monotonic() + 10
         while lake.running == 0:  # the first 300 rows are being uploaded
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        offsets, batch = rows(300, 200)  # and more arrive behind them
+        batch = rows(300, 200)  # and more arrive behind them
         for sink in rec.sinks:
-            sink.offer(tp, offsets, batch, 500)
+            sink.offer(tp, batch, 500)
 
         class Source:
             async def commit(self, offsets: Any) -> None:

@@ -71,12 +71,12 @@ async def test_zombie_flush_cannot_replace_the_owners_file(
     try:
         zombie.assign(await zombie.load_progress([TPX]), {})
         owner.assign(await owner.load_progress([TPX]), {})
-        offsets, batch = rows(0, 100, two_hours)
-        owner.offer(TPX, offsets, batch, 100)
+        batch = rows(0, 100, two_hours)
+        owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
         before = await lake_files(stack, fresh_bucket)
-        offsets, batch = rows(0, 60, two_hours)
-        zombie.offer(TPX, offsets, batch, 60)
+        batch = rows(0, 60, two_hours)
+        zombie.offer(TPX, batch, 60)
         await zombie.flush_all([TPX])
         after = await lake_files(stack, fresh_bucket)
         assert offsets_in(after) == list(range(100))
@@ -103,17 +103,17 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
     await owner.start()
     try:
         zombie.assign(await zombie.load_progress([TPX]), {})
-        offsets, batch = rows(0, 60, two_hours)
-        zombie.offer(TPX, offsets, batch, 60)
-        stalled = zombie._buffers[TPX].take()  # the zombie's flush, stopped after step 1
+        batch = rows(0, 60, two_hours)
+        zombie.offer(TPX, batch, 60)
+        stalled = zombie._buffers.open[TPX].take()  # the zombie's flush, stopped after step 1
         from recorder.core.offsets import IntentOutcome
 
         assert await zombie._record_intent(TPX, stalled) is IntentOutcome.RECORDED
         zombie_files = zombie._encode(TPX, TopicKind.TICK, stalled)
 
         owner.assign(await owner.load_progress([TPX]), {})
-        offsets, batch = rows(0, 100, two_hours)
-        owner.offer(TPX, offsets, batch, 100)
+        batch = rows(0, 100, two_hours)
+        owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
         assert owner_progress == [60, 100]  # the recorded range first, then the rest
         before = await lake_files(stack, fresh_bucket)
@@ -149,8 +149,8 @@ async def test_progress_is_scoped_by_group_and_a_second_group_is_refused(
         progress = await sink_a.load_progress([TPX])
         assert progress == {TPX: 40}  # carried over from the unscoped key
         sink_a.assign(progress, {})
-        offsets, batch = rows(40, 10)
-        sink_a.offer(TPX, offsets, batch, 50)
+        batch = rows(40, 10)
+        sink_a.offer(TPX, batch, 50)
         await sink_a.flush_all([TPX])
     finally:
         await sink_a.close()

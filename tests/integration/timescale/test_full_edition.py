@@ -18,16 +18,31 @@ import asyncpg
 import pytest
 
 from recorder.compression import apply_compression
+from recorder.core.columns import from_rows
 from recorder.core.records import TickRow
 from recorder.core.rollups import ROLLUPS, aggregate
 from recorder.migrate import DbMode, migrate_explained
 from recorder.retention import apply_retention
-from recorder.sinks.timescale.sink import tick_record, to_datetime
+from recorder.settings import TopicKind
+from recorder.sinks.timescale.encode import tick_copy
 from tests.integration.recorder.test_rollups import T0, TICKS
 
 pytestmark = pytest.mark.integration
 
 COLUMNS = ("time", "symbol", "price", "volume", "change", "change_rate")
+
+
+def to_datetime(time_ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_ns // 1000)
+
+
+async def copy_ticks(conn: Any, ticks: list[TickRow]) -> None:
+    """The recorder's own binary COPY stream (recorder.sinks.timescale.encode)."""
+
+    async def stream() -> Any:
+        yield tick_copy(from_rows(TopicKind.TICK, list(range(len(ticks))), ticks))
+
+    await conn.copy_to_table("tick_data", source=stream(), columns=COLUMNS, format="binary")
 
 
 def known_ticks() -> list[TickRow]:
@@ -90,9 +105,7 @@ async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any
         ]
 
         ticks = known_ticks()
-        await conn.copy_records_to_table(
-            "tick_data", records=[tick_record(t) for t in ticks], columns=COLUMNS
-        )
+        await copy_ticks(conn, ticks)
         assert await conn.fetchval("SELECT count(*) FROM tick_data") == len(ticks)
         chunks = await conn.fetchval(
             "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'tick_data'"
@@ -110,7 +123,7 @@ async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any
         # A late tick into a materialised bucket: not in the view until its range is refreshed
         # (README, Stores: the guarantee of this mode), then it is.
         late = TickRow(T0 + 45 * 10**9, "005930", 999.0, 1000, None, None)
-        await conn.copy_records_to_table("tick_data", records=[tick_record(late)], columns=COLUMNS)
+        await copy_ticks(conn, [late])
         bucket = to_datetime(T0)
         high = "SELECT high FROM tick_1min WHERE symbol = '005930' AND bucket = $1"
         assert await conn.fetchval(high, bucket) == 105.0
@@ -146,9 +159,7 @@ async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any
                WHERE hypertable_name = 'tick_data'"""
         )
         assert compressed is True
-        await conn.copy_records_to_table(
-            "tick_data", records=[tick_record(late._replace(price=1.0))], columns=COLUMNS
-        )
+        await copy_ticks(conn, [late._replace(price=1.0)])
         assert await conn.fetchval("SELECT count(*) FROM tick_data") == len(ticks) + 2
 
         # Retention by the recorder (drop_chunks) works here too; the aggregates keep the bars.

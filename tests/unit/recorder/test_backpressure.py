@@ -5,9 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from recorder.core import backpressure as bp
+from recorder.core.columns import TABLE_BYTES, from_rows, table_bytes
 from recorder.core.offsets import TP
 from recorder.core.records import Level, OrderBookRow, TickRow
 from recorder.dlq import HEADROOM_BYTES, dlq_limit, max_message_bytes
+from recorder.settings import TopicKind
 
 A, B, C = TP("t", 0), TP("t", 1), TP("t", 2)
 
@@ -37,12 +39,16 @@ def test_whichever_limit_comes_first() -> None:
 
 
 def test_row_estimate_grows_with_levels() -> None:
-    tick = TickRow(1, "A", 1.0, 1, None, None)
+    tick = from_rows(TopicKind.TICK, [0], [TickRow(1, "A", 1.0, 1, None, None)])
     level = Level(1.0, 1.0)
-    book = OrderBookRow(1, "A", [level] * 1000, [level] * 1000)
-    assert bp.row_bytes(tick) == bp.TICK_ROW_BYTES
-    # bench/row_bytes.py measured 209,892 B for 1,000 levels a side: within 2 %, not below.
-    assert 209_892 <= bp.row_bytes(book) <= 1.02 * 209_892
+    book = from_rows(
+        TopicKind.ORDERBOOK, [0], [OrderBookRow(1, "A", [level] * 1000, [level] * 1000)]
+    )
+    assert bp.row_bytes(tick) == bp.ARROW_RSS_FACTOR * tick.nbytes
+    # 2,000 levels of two doubles (typed) plus their JSON text: tens of KB, not a tick's 100 B.
+    assert bp.row_bytes(book) > 2000 * 16 * bp.ARROW_RSS_FACTOR > 100 * bp.row_bytes(tick)
+    assert table_bytes(tick) == bp.row_bytes(tick) + TABLE_BYTES
+    assert bp.row_bytes(from_rows(TopicKind.TICK, [], [])) == 0
 
 
 def test_max_message_bytes_from_describe_configs_responses() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 import pytest
 
 from recorder.core.batching import (
@@ -14,6 +15,7 @@ from recorder.core.batching import (
     split_by_hour,
     writer_for,
 )
+from recorder.core.columns import from_rows, offsets_of
 from recorder.core.offsets import CasOutcome, cas_outcome, partition_lag, seek_position
 from recorder.core.records import TickRow
 from recorder.core.rollups import Bar, aggregate, merge
@@ -23,6 +25,17 @@ from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import object_key, progress_key
 
 H = 3600 * 10**9
+
+
+def cols(offsets: list[int], times: list[int] | None = None) -> pa.Table:
+    """Tick columns at `offsets` (invalid records are the offsets left out)."""
+    times = times or [H + o for o in offsets]
+    rows = [TickRow(t, "A", 1.0 + o, o, None, None) for o, t in zip(offsets, times, strict=True)]
+    return from_rows(TopicKind.TICK, offsets, rows)
+
+
+def buffered_offsets(batch: Batch) -> list[int]:
+    return [int(o) for o in offsets_of(batch.table())] if batch.count else []
 
 
 def test_cas_outcomes() -> None:
@@ -50,26 +63,27 @@ def test_partition_lag() -> None:
 
 
 def test_offer_skips_already_buffered_offsets_and_advances_on_invalid() -> None:
-    buf: PartitionBuffer[str] = PartitionBuffer(Batch(start=10, end=10))
-    assert buf.offer([10, 11, 12], ["a", None, "c"], 13, now=1.0) == 2
-    assert buf.batch.rows == ["a", "c"] and buf.batch.offsets == [10, 12] and buf.batch.end == 13
+    buf = PartitionBuffer(Batch(start=10, end=10))
+    assert buf.offer(cols([10, 12]), 13, now=1.0) == 2  # 11 was invalid
+    assert buffered_offsets(buf.batch) == [10, 12] and buf.batch.end == 13
     # a re-seek replays 11..14: only 13 and 14 are new
-    assert buf.offer([11, 12, 13, 14], ["b", "c", "d", "e"], 15, now=2.0) == 2
-    assert buf.batch.offsets == [10, 12, 13, 14]
+    assert buf.offer(cols([11, 12, 13, 14]), 15, now=2.0) == 2
+    assert buffered_offsets(buf.batch) == [10, 12, 13, 14] and len(buf.batch) == 4
+    assert buf.batch.nbytes > 0
     done = buf.take()
     assert (done.start, done.end) == (10, 15)
-    assert (buf.batch.start, buf.batch.end, buf.batch.rows) == (15, 15, [])
+    assert (buf.batch.start, buf.batch.end, buf.batch.count) == (15, 15, 0)
 
 
 def test_only_invalid_records_still_advance_progress() -> None:
-    buf: PartitionBuffer[str] = PartitionBuffer(Batch(start=None, end=-1))
-    buf.offer([0, 1], [None, None], 2, now=0.0)
+    buf = PartitionBuffer(Batch(start=None, end=-1))
+    buf.offer(cols([]), 2, now=0.0)
     assert buf.batch.advanced and len(buf.batch) == 0
     assert is_due(buf.batch, now=5.0, max_rows=10, max_age=1.0)
 
 
 def test_due_by_size_or_age() -> None:
-    batch: Batch[int] = Batch(start=0, end=3, rows=[1, 2, 3], offsets=[0, 1, 2], opened_at=10.0)
+    batch = Batch(start=0, end=3, chunks=[cols([0, 1, 2])], count=3, opened_at=10.0)
     assert is_due(batch, 10.0, max_rows=3, max_age=5.0)
     assert not is_due(batch, 10.0, max_rows=4, max_age=5.0)
     assert is_due(batch, 15.0, max_rows=4, max_age=5.0)
@@ -79,8 +93,12 @@ def test_due_by_size_or_age() -> None:
 
 def test_split_by_hour_names_each_file_by_its_first_offset() -> None:
     times = [5 * H + 1, 6 * H + 2, 5 * H + 3, 6 * H]
-    groups = split_by_hour(times, [100, 101, 102, 103])
-    assert groups == {5 * H: (100, [0, 2]), 6 * H: (101, [1, 3])}
+    groups = split_by_hour(cols([100, 101, 102, 103], times))
+    got = [(h, first, part.column("offset").to_pylist()) for h, first, part in groups]
+    assert got == [(5 * H, 100, [100, 102]), (6 * H, 101, [101, 103])]
+    one = split_by_hour(cols([7, 8], [5 * H, 5 * H + 9]))
+    assert [(h, first, part.num_rows) for h, first, part in one] == [(5 * H, 7, 2)]
+    assert split_by_hour(cols([])) == []
 
 
 def test_writer_assignment_is_stable() -> None:

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from recorder.core.batching import Batch, PartitionBuffer
+from recorder.core.columns import from_rows
 from recorder.core.offsets import (
     TP,
     IntentOutcome,
@@ -22,8 +23,9 @@ from recorder.core.offsets import (
     seek_position,
     unknown_progress,
 )
+from recorder.core.records import TickRow
 from recorder.reset_progress import plan, render, target_offset
-from recorder.settings import ConfigError, load_settings
+from recorder.settings import ConfigError, TopicKind, load_settings
 from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
     CorruptProgress,
@@ -56,16 +58,22 @@ def test_intent_decisions(
     assert intent_outcome(stored, flush_end, start, end) is expected
 
 
+def offsets(batch: Batch) -> list[int]:
+    return batch.table().column("offset").to_pylist() if batch.count else []
+
+
 def test_take_until_cuts_a_batch_at_the_recorded_range() -> None:
-    buf: PartitionBuffer[str] = PartitionBuffer(Batch(start=10, end=10))
-    buf.offer([10, 11, 12, 13, 14], ["a", None, "c", "d", None], 15, now=1.0)
+    buf = PartitionBuffer(Batch(start=10, end=10))
+    rows = [TickRow(10**18 + o, "A", 1.0, o, None, None) for o in (10, 12, 13)]
+    buf.offer(from_rows(TopicKind.TICK, [10, 12, 13], rows), 15, now=1.0)  # 11, 14 invalid
     done = buf.take_until(13)
-    assert (done.start, done.end, done.rows, done.offsets) == (10, 13, ["a", "c"], [10, 12])
+    assert (done.start, done.end, offsets(done)) == (10, 13, [10, 12])
     rest = buf.batch
-    assert (rest.start, rest.end, rest.rows, rest.offsets) == (13, 15, ["d"], [13])
+    assert (rest.start, rest.end, offsets(rest)) == (13, 15, [13])
     assert rest.opened_at == 1.0 and rest.advanced
+    assert done.nbytes > 0 and rest.nbytes > 0
     exact = buf.take_until(15)
-    assert exact.rows == ["d"] and buf.batch.start == buf.batch.end == 15
+    assert offsets(exact) == [13] and buf.batch.start == buf.batch.end == 15
     assert buf.batch.opened_at is None and not buf.batch.advanced
 
 

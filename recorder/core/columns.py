@@ -1,0 +1,313 @@
+"""A fetched batch as column arrays, decoded and validated once for every sink (pure, no I/O).
+
+Owns the columnar form of DESIGN's message contract: `decode_batch` turns one partition's
+fetched values into an Arrow table (one row per valid record, with its Kafka offset) and the
+rejected records with their exact reasons. The common all-valid batch takes one msgspec batch
+decode and vectorised checks; a batch with a bad record falls back to the per-record decoder of
+`recorder.core.records`, which names the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Final
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from recorder.core.records import (
+    BOOK_DECODER,
+    FUTURE_SLACK_NS,
+    MIN_TIME_NS,
+    TICK_DECODER,
+    Level,
+    Limits,
+    OrderBookRow,
+    RecordError,
+    Row,
+    TickRow,
+    decode,
+)
+from recorder.settings import TopicKind
+
+LEVEL_TYPE: Final = pa.list_(pa.struct([("price", pa.float64()), ("quantity", pa.float64())]))
+
+# `offset` is the Kafka offset of the row; `time_ns` its event time (ns since the epoch).
+TICK_SCHEMA: Final = pa.schema(
+    [
+        ("offset", pa.int64()),
+        ("time_ns", pa.int64()),
+        ("symbol", pa.string()),
+        ("price", pa.float64()),
+        ("volume", pa.int64()),
+        ("change", pa.float64()),
+        ("change_rate", pa.float64()),
+    ]
+)
+# Levels twice: as their JSON text (JSONB, and the JSON Parquet layout) and typed (the typed
+# Parquet layout), both built once here so no sink walks the levels again.
+BOOK_SCHEMA: Final = pa.schema(
+    [
+        ("offset", pa.int64()),
+        ("time_ns", pa.int64()),
+        ("symbol", pa.string()),
+        ("bids", pa.string()),
+        ("asks", pa.string()),
+        ("bid_levels", LEVEL_TYPE),
+        ("ask_levels", LEVEL_TYPE),
+    ]
+)
+NS_PER_MS: Final = 1_000_000
+_INF: Final = np.inf
+_NEWLINE: Final = 10
+_LEVELS_ENCODER: Final = msgspec.json.Encoder()
+_TICK_FIELDS: Final = attrgetter("symbol", "price", "volume", "change", "change_rate", "timestamp")
+_BOOK_FIELDS: Final = attrgetter("symbol", "bids", "asks", "timestamp")
+
+# Sinks buffer these tables; what they cost in memory, measured by `python bench/row_bytes.py`
+# (process RSS growth): a buffered one-row table ~6.6 KB (each array's own allocations and
+# wrappers: what every offered fetch adds whatever its size); ticks in 5,000-row tables 43-107 B
+# a row against 58 B of Arrow buffers (allocator pools and padding); order books at most their
+# Arrow bytes. Twice the Arrow bytes plus 6.4 KB a table is at or above all of these, so the
+# estimate errs on the side of pausing early.
+ARROW_RSS_FACTOR: Final = 2
+TABLE_BYTES: Final = 6_400
+
+
+def table_bytes(columns: pa.Table) -> int:
+    """Estimated memory of a buffered table: its rows and the table's own allocations."""
+    return ARROW_RSS_FACTOR * int(columns.nbytes) + TABLE_BYTES
+
+
+Rejected = list[tuple[int, RecordError]]  # (index in the fetched batch, why)
+
+
+def schema_of(kind: TopicKind) -> pa.Schema:
+    return TICK_SCHEMA if kind is TopicKind.TICK else BOOK_SCHEMA
+
+
+def empty(kind: TopicKind) -> pa.Table:
+    return schema_of(kind).empty_table()
+
+
+def decode_batch(
+    kind: TopicKind,
+    values: Sequence[bytes | None],
+    offsets: Sequence[int],
+    kafka_ts_ms: Sequence[int],
+    limits: Limits,
+) -> tuple[pa.Table, Rejected]:
+    """The valid records of one partition's fetch as columns, and the rejected ones.
+
+    A function of the records alone (values and Kafka timestamps), like `records.decode`: the
+    fast path accepts exactly what the per-record decoder accepts, and gives up on anything
+    else, so a batch's outcome never depends on which path decided it."""
+    if not values:
+        return empty(kind), []
+    fast = _fast(kind, values, offsets, kafka_ts_ms, limits)
+    if fast is not None:
+        return fast, []
+    return _per_record(kind, values, offsets, kafka_ts_ms, limits)
+
+
+def _per_record(
+    kind: TopicKind,
+    values: Sequence[bytes | None],
+    offsets: Sequence[int],
+    kafka_ts_ms: Sequence[int],
+    limits: Limits,
+) -> tuple[pa.Table, Rejected]:
+    rows: list[Row] = []
+    kept: list[int] = []
+    rejected: Rejected = []
+    for i, value in enumerate(values):
+        try:
+            rows.append(decode(kind, value, kafka_ts_ms[i], limits))
+        except RecordError as exc:
+            rejected.append((i, exc))
+            continue
+        kept.append(offsets[i])
+    return from_rows(kind, kept, rows), rejected
+
+
+def _lines(values: Sequence[bytes | None], limits: Limits) -> bytes | None:
+    """The values as one newline-delimited blob, or None when a value needs the per-record
+    path: absent, too large, or holding a newline itself (JSON allows one between tokens,
+    and it would split the value into two lines)."""
+    if None in values:
+        return None
+    present: Sequence[bytes] = values  # type: ignore[assignment]
+    if max(map(len, present)) > limits.max_message_bytes:
+        return None
+    blob = b"\n".join(present)
+    if blob.count(b"\n") != len(present) - 1:
+        return None
+    return blob
+
+
+def _event_times(stamps: Sequence[object], kafka_ns: np.ndarray) -> np.ndarray | None:
+    """Event times in ns when every timestamp is integer ns or absent and within range."""
+    try:
+        given = pa.array(stamps, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        return None  # RFC 3339 strings or out-of-range integers: the per-record path decides
+    times = given.to_numpy(zero_copy_only=False)
+    if given.null_count:
+        times = np.where(given.is_null().to_numpy(zero_copy_only=False), kafka_ns, times)
+    out = np.asarray(times, dtype=np.int64)
+    if not bool(np.all((out >= MIN_TIME_NS) & (out <= kafka_ns + FUTURE_SLACK_NS))):
+        return None
+    return out
+
+
+def _finite(values: pa.Array) -> bool:
+    """True when every present value is finite (nulls allowed)."""
+    array = values.to_numpy(zero_copy_only=False) if not values.null_count else None
+    if array is None:
+        array = values.fill_null(0.0).to_numpy(zero_copy_only=False)
+    return bool(np.all(np.isfinite(array)))
+
+
+def _fast(
+    kind: TopicKind,
+    values: Sequence[bytes | None],
+    offsets: Sequence[int],
+    kafka_ts_ms: Sequence[int],
+    limits: Limits,
+) -> pa.Table | None:
+    blob = _lines(values, limits)
+    if blob is None:
+        return None
+    decoder = TICK_DECODER if kind is TopicKind.TICK else BOOK_DECODER
+    try:
+        wires = decoder.decode_lines(blob)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if len(wires) != len(values):
+        return None  # an empty value is an empty line, which decode_lines skips
+    kafka_ns = np.asarray(kafka_ts_ms, dtype=np.int64) * NS_PER_MS
+    if kind is TopicKind.TICK:
+        symbol, price, volume, change, rate, stamps = zip(*map(_TICK_FIELDS, wires), strict=True)
+    else:
+        symbol, bids, asks, stamps = zip(*map(_BOOK_FIELDS, wires), strict=True)
+    # PostgreSQL text cannot hold NUL (records.decode refuses it with a reason).
+    if "\x00" in "".join(symbol):
+        return None
+    times = _event_times(stamps, kafka_ns)
+    if times is None:
+        return None
+    head = [pa.array(offsets, pa.int64()), pa.array(times), pa.array(symbol, pa.string())]
+    if kind is TopicKind.TICK:
+        prices = pa.array(price, pa.float64())
+        p = prices.to_numpy()
+        if not bool(np.all((p > 0) & (p < _INF))):
+            return None
+        changes = pa.array(change, pa.float64())
+        rates = pa.array(rate, pa.float64())
+        if not (_finite(changes) and _finite(rates)):
+            return None
+        columns = [*head, prices, pa.array(volume, pa.int64()), changes, rates]
+        return pa.Table.from_arrays(columns, schema=TICK_SCHEMA)
+    sides = _book_sides(bids, asks)
+    if sides is None:
+        return None
+    return pa.Table.from_arrays([*head, *sides], schema=BOOK_SCHEMA)
+
+
+def _typed(sides: Sequence[list[Level]]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, sides), dtype=np.int32, count=len(sides))
+    list_offsets = np.zeros(len(sides) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=list_offsets[1:])
+    prices = np.fromiter(
+        (level.price for side in sides for level in side), np.float64, int(list_offsets[-1])
+    )
+    quantities = np.fromiter(
+        (level.quantity for side in sides for level in side), np.float64, int(list_offsets[-1])
+    )
+    values = pa.StructArray.from_arrays(
+        [pa.array(prices), pa.array(quantities)], names=["price", "quantity"]
+    )
+    return (
+        pa.ListArray.from_arrays(pa.array(list_offsets), values, type=LEVEL_TYPE),
+        prices,
+        quantities,
+    )
+
+
+def _json_texts(sides: Sequence[list[Level]]) -> pa.Array:
+    """Every side's levels as its JSON text, from one msgspec call: the newline-delimited
+    output cut at its newlines (levels hold only numbers, so a newline only ends a line)."""
+    blob = _LEVELS_ENCODER.encode_lines(sides)
+    raw = np.frombuffer(blob, dtype=np.uint8)
+    newlines = np.flatnonzero(raw == _NEWLINE)
+    ends = newlines - np.arange(len(newlines))
+    string_offsets = np.zeros(len(sides) + 1, dtype=np.int32)
+    string_offsets[1:] = ends
+    data = blob.replace(b"\n", b"")
+    return pa.StringArray.from_buffers(len(sides), pa.py_buffer(string_offsets), pa.py_buffer(data))
+
+
+def _book_sides(bids: Sequence[list[Level]], asks: Sequence[list[Level]]) -> list[pa.Array] | None:
+    typed_bids, bp, bq = _typed(bids)
+    typed_asks, ap, aq = _typed(asks)
+    for prices, quantities in ((bp, bq), (ap, aq)):
+        if not bool(
+            np.all((prices > 0) & (prices < _INF) & (quantities >= 0) & (quantities < _INF))
+        ):
+            return None
+    return [_json_texts(bids), _json_texts(asks), typed_bids, typed_asks]
+
+
+def from_rows(kind: TopicKind, offsets: Sequence[int], rows: Sequence[Row]) -> pa.Table:
+    """Columns of already decoded rows (the per-record path; tests and tools build them too)."""
+    if not rows:
+        return empty(kind)
+    if kind is TopicKind.TICK:
+        ticks: Sequence[TickRow] = rows  # type: ignore[assignment]
+        t, symbol, price, volume, change, rate = zip(*ticks, strict=True)
+        return pa.Table.from_arrays(
+            [
+                pa.array(offsets, pa.int64()),
+                pa.array(t, pa.int64()),
+                pa.array(symbol, pa.string()),
+                pa.array(price, pa.float64()),
+                pa.array(volume, pa.int64()),
+                pa.array(change, pa.float64()),
+                pa.array(rate, pa.float64()),
+            ],
+            schema=TICK_SCHEMA,
+        )
+    books: Sequence[OrderBookRow] = rows  # type: ignore[assignment]
+    bids = [r.bids for r in books]
+    asks = [r.asks for r in books]
+    return pa.Table.from_arrays(
+        [
+            pa.array(offsets, pa.int64()),
+            pa.array([r.time_ns for r in books], pa.int64()),
+            pa.array([r.symbol for r in books], pa.string()),
+            _json_texts(bids),
+            _json_texts(asks),
+            _typed(bids)[0],
+            _typed(asks)[0],
+        ],
+        schema=BOOK_SCHEMA,
+    )
+
+
+def _int64s(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    if column.num_chunks == 1:
+        return np.asarray(column.chunk(0).to_numpy(), dtype=np.int64)
+    return np.asarray(column.to_numpy(), dtype=np.int64)
+
+
+def offsets_of(table: pa.Table) -> np.ndarray:
+    """The Kafka offsets of the rows (zero-copy for a single-chunk table)."""
+    return _int64s(table, "offset")
+
+
+def times_of(table: pa.Table) -> np.ndarray:
+    """The event times of the rows, ns since the epoch."""
+    return _int64s(table, "time_ns")
