@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from recorder.core import backpressure as bp
-from recorder.core.columns import TABLE_BYTES, from_rows, table_bytes
+from recorder.core.columns import ARROW_RSS_FACTOR, TABLE_BYTES, from_rows, table_bytes
 from recorder.core.offsets import TP
 from recorder.core.records import Level, OrderBookRow, TickRow
 from recorder.dlq import HEADROOM_BYTES, dlq_limit, max_message_bytes
@@ -44,9 +44,9 @@ def test_row_estimate_grows_with_levels() -> None:
     book = from_rows(
         TopicKind.ORDERBOOK, [0], [OrderBookRow(1, "A", [level] * 1000, [level] * 1000)]
     )
-    assert bp.row_bytes(tick) == bp.ARROW_RSS_FACTOR * tick.nbytes
+    assert bp.row_bytes(tick) == ARROW_RSS_FACTOR * tick.nbytes
     # 2,000 levels of two doubles (typed) plus their JSON text: tens of KB, not a tick's 100 B.
-    assert bp.row_bytes(book) > 2000 * 16 * bp.ARROW_RSS_FACTOR > 100 * bp.row_bytes(tick)
+    assert bp.row_bytes(book) > 2000 * 16 * ARROW_RSS_FACTOR > 100 * bp.row_bytes(tick)
     assert table_bytes(tick) == bp.row_bytes(tick) + TABLE_BYTES
     assert bp.row_bytes(from_rows(TopicKind.TICK, [], [])) == 0
 
