@@ -30,10 +30,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _run(settings: Settings) -> int:
+    from recorder.app import build_recorder
     from recorder.http import serve
-    from recorder.pipeline import Recorder
 
-    recorder = Recorder(settings)
+    recorder = build_recorder(settings)
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 

@@ -6,7 +6,7 @@ what to seek to and when to commit are decided by the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -20,6 +20,25 @@ log = structlog.get_logger("recorder.source")
 
 def kafka_tp(tp: TP) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
+
+
+# What the coordinator does when the group takes partitions away or hands them over.
+RebalanceCallback = Callable[[set[TP]], Awaitable[None]]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's listener type, calling the coordinator with our own partition type (so
+    the coordinator needs no aiokafka import)."""
+
+    def __init__(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self._on_revoked({TP(t.topic, t.partition) for t in revoked})
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._on_assigned({TP(t.topic, t.partition) for t in assigned})
 
 
 METADATA_MAX_AGE_MS = 30_000
@@ -54,9 +73,10 @@ class KafkaSource:
             **self._client_options,
         )
 
-    async def start(self, listener: ConsumerRebalanceListener) -> None:
-        """Join the group; after a failed start (no cluster yet) a retry gets a fresh consumer."""
-        self.consumer.subscribe(topics=self._topics, listener=listener)
+    async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
+        """Join the group; after a failed start (no cluster yet) a retry gets a fresh consumer.
+        The callbacks run inside the rebalance (aiokafka waits for them)."""
+        self.consumer.subscribe(topics=self._topics, listener=_Listener(on_revoked, on_assigned))
         try:
             await self.consumer.start()
         except BaseException:
