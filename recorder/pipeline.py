@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-import structlog
-
-from recorder import metrics, supervise
+from recorder import metrics, supervise, telemetry
 from recorder.core import backpressure
 from recorder.core.backpressure import Buffered, BufferLimits
 from recorder.core.offsets import (
@@ -35,8 +33,6 @@ from recorder.dlq import DeadLetter, DeadLetterRefused
 from recorder.kafka_options import is_kafka_retriable
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink, retry_forever
-
-log = structlog.get_logger("recorder.pipeline")
 
 REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
@@ -153,8 +149,8 @@ class Recorder:
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
         for task in self._tasks:
             supervise.on_failure(task, self._fail)
-        log.info(
-            "recorder_started",
+        telemetry.emit(
+            telemetry.RECORDER_STARTED,
             topics=list(self.topics),
             sinks=[s.name for s in self.sinks],
             consumers=len(self.sources),
@@ -175,7 +171,7 @@ class Recorder:
 
     def _fail(self, reason: str) -> None:
         if self.health.failed is None:
-            log.error("recorder_failed", reason=reason)
+            telemetry.emit(telemetry.RECORDER_FAILED, reason=reason)
             self.health.failed = reason
         self.stop()
 
@@ -191,8 +187,8 @@ class Recorder:
             flushed = True
         except TimeoutError:
             flushed = False
-            log.error(
-                "shutdown_deadline_exceeded",
+            telemetry.emit(
+                telemetry.SHUTDOWN_DEADLINE_EXCEEDED,
                 seconds=self.settings.SHUTDOWN_TIMEOUT_SEC,
                 buffered={s.name: s.buffered() for s in self.sinks},
             )
@@ -202,11 +198,12 @@ class Recorder:
             try:
                 await source.stop()
             except Exception as exc:  # leaving the group is best effort
-                log.warning("consumer_stop_failed", error=str(exc))
+                telemetry.emit(telemetry.CONSUMER_STOP_FAILED, error=str(exc))
         for sink in self.sinks:
             await sink.close()
         await self.dlq.close()
-        log.info("recorder_stopped", flushed=flushed, seconds=round(time.monotonic() - started, 3))
+        seconds = round(time.monotonic() - started, 3)
+        telemetry.emit(telemetry.RECORDER_STOPPED, flushed=flushed, seconds=seconds)
 
     # --- rebalancing --------------------------------------------------------------------
     async def on_revoked(self, source: Source, tps: set[TP]) -> None:
@@ -219,7 +216,7 @@ class Recorder:
             async with asyncio.timeout(REVOKE_DEADLINE_SEC):
                 await asyncio.gather(*(sink.flush_all(tps) for sink in self.sinks))
         except TimeoutError:
-            log.warning("revoke_abandoned", partitions=len(tps))
+            telemetry.emit(telemetry.REVOKE_ABANDONED, partitions=len(tps))
             for sink in self.sinks:
                 await sink.abandon(tps)
         await source.commit(self.partitions.take_commits(tps))
@@ -231,8 +228,8 @@ class Recorder:
             for sink in self.sinks:  # no stale per-partition series for partitions gone
                 with contextlib.suppress(KeyError):
                     metrics.PARTITION_LAG.remove(tp.topic, str(tp.partition), sink.name)
-        metrics.ASSIGNED_PARTITIONS.dec(len(tps))
-        log.info("partitions_revoked", count=len(tps), seconds=round(time.monotonic() - started, 3))
+        seconds = round(time.monotonic() - started, 3)
+        telemetry.emit(telemetry.PARTITIONS_REVOKED, count=len(tps), seconds=seconds)
 
     async def on_assigned(self, source: Source, tps: set[TP]) -> None:
         self.health.assigned_once = True
@@ -247,8 +244,7 @@ class Recorder:
             # partitions assigned but never read while /health said OK. Hold them instead
             # (paused, unready, counted) and retry in the background with backoff.
             reason = f"{type(exc).__name__}: {exc}"
-            metrics.STORE_ERRORS.labels("pipeline", "assign").inc()
-            log.error("assignment_failed", partitions=len(tps), error=reason)
+            telemetry.emit(telemetry.ASSIGNMENT_FAILED, partitions=len(tps), error=reason)
             for tp in tps:
                 self._hold(source, tp, f"cannot load progress: {reason}")
             self._retry_held_soon()
@@ -295,8 +291,8 @@ class Recorder:
                 source.seek(tp, position)
             if self.partitions.seeked(tp):
                 self._released(source, tp)
-        log.info(
-            "partitions_assigned",
+        telemetry.emit(
+            telemetry.PARTITIONS_ASSIGNED,
             count=len(live),
             halted=len(halted),
             progress={
@@ -311,8 +307,7 @@ class Recorder:
         source.pause([tp])
 
     def _released(self, source: Source, tp: TP) -> None:
-        metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(0)
-        log.info("partition_released", topic=tp.topic, partition=tp.partition)
+        telemetry.emit(telemetry.PARTITION_RELEASED, topic=tp.topic, partition=tp.partition)
         if not self._paused.get(source.index, False):
             source.resume([tp])
 
@@ -324,15 +319,14 @@ class Recorder:
             "--to earliest --apply`"
         )
         if self.partitions.halt(tp, at, reason):
-            log.error(
-                "partition_halted",
+            telemetry.emit(
+                telemetry.PARTITION_HALTED,
                 topic=tp.topic,
                 partition=tp.partition,
                 progress=at.beyond,
                 log_end=at.log_end,
                 reason=reason,
             )
-        metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(1)
         source.pause([tp])
         self._retry_held_soon()
 
@@ -367,8 +361,9 @@ class Recorder:
                 try:
                     await self._take_over(source, mine)
                 except Exception as exc:
-                    log.warning(
-                        "held_partitions_retry_failed", error=f"{type(exc).__name__}: {exc}"
+                    telemetry.emit(
+                        telemetry.HELD_PARTITIONS_RETRY_FAILED,
+                        error=f"{type(exc).__name__}: {exc}",
                     )
             wait = min(HELD_RETRY_MAX_SEC, wait * 2)
 
@@ -423,9 +418,9 @@ class Recorder:
                         )
                         source.resume(source.assignment() - held)
                     self._paused[source.index] = full
-                    metrics.CONSUMER_PAUSED.set(1 if any(self._paused.values()) else 0)
-                    log.info(
-                        "consumer_paused" if full else "consumer_resumed",
+                    telemetry.emit(
+                        telemetry.CONSUMER_PAUSED if full else telemetry.CONSUMER_RESUMED,
+                        consumers_paused=sum(self._paused.values()),
                         buffered={s.name: s.buffered() for s in self.sinks},
                         buffered_bytes={s.name: s.buffered_bytes() for s in self.sinks},
                     )
@@ -449,7 +444,7 @@ class Recorder:
             raise
         except Exception as exc:
             self.health.consumer_error = f"{type(exc).__name__}: {exc}"
-            log.exception("consumer_failed")
+            telemetry.emit(telemetry.CONSUMER_FAILED, exc_info=True)
             self.stop()
 
     def _hold_refused(self, source: Source, full: bool) -> None:
@@ -505,7 +500,12 @@ class Recorder:
             if not self.partitions.begin_resync(tp):
                 continue
             position = seek_position(sink.progress().get(tp) for sink in self.sinks)
-            log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
+            telemetry.emit(
+                telemetry.PARTITION_RESYNC,
+                topic=tp.topic,
+                partition=tp.partition,
+                position=position,
+            )
             if position is None:
                 position = (await source.reset_positions([tp]))[tp]
             if not self.partitions.may_seek(tp) or tp not in source.assignment():
@@ -582,7 +582,9 @@ class Recorder:
             return self._refused(exc)
         for tp in {TP(d.topic, d.partition) for d in fresh}:
             if self.partitions.unblock(tp):
-                log.info("dead_letters_accepted", topic=tp.topic, partition=tp.partition)
+                telemetry.emit(
+                    telemetry.DEAD_LETTERS_ACCEPTED, topic=tp.topic, partition=tp.partition
+                )
         return set()
 
     def _refused(self, exc: DeadLetterRefused) -> set[TP]:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
-import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from recorder import telemetry
 from recorder.core.offsets import TP
 from recorder.settings import Settings
-
-log = structlog.get_logger("recorder.source")
 
 
 def kafka_tp(tp: TP) -> TopicPartition:
@@ -99,7 +97,9 @@ class KafkaSource:
         try:
             self.consumer.seek(kafka_tp(tp), offset)
         except IllegalStateError:
-            log.info("seek_skipped_not_assigned", topic=tp.topic, partition=tp.partition)
+            telemetry.emit(
+                telemetry.SEEK_SKIPPED_NOT_ASSIGNED, topic=tp.topic, partition=tp.partition
+            )
 
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
         """Where the reset policy starts partitions no sink has written: first or next offset."""
@@ -125,9 +125,9 @@ class KafkaSource:
         try:
             await self.consumer.commit(wanted)
         except (CommitFailedError, IllegalStateError) as exc:
-            log.info("commit_skipped", reason=type(exc).__name__)
+            telemetry.emit(telemetry.COMMIT_SKIPPED, reason=type(exc).__name__)
         except KafkaError as exc:
-            log.warning("commit_failed", error=str(exc))
+            telemetry.emit(telemetry.COMMIT_FAILED, error=str(exc))
 
     def highwater(self, tp: TP) -> int | None:
         """High watermark seen by the last fetch of `tp` (no request)."""
