@@ -14,12 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-import structlog
-
-from recorder import logs
+from recorder import logs, telemetry
 from recorder.settings import ConfigError, Settings, load_settings
-
-log = structlog.get_logger("recorder.cli")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -30,18 +26,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _run(settings: Settings) -> int:
+    from recorder.app import build_recorder
     from recorder.http import serve
-    from recorder.pipeline import Recorder
 
-    recorder = Recorder(settings)
+    recorder = build_recorder(settings)
     loop = asyncio.get_running_loop()
     signals = {"count": 0}
 
     def on_signal(signum: int) -> None:
         signals["count"] += 1
         if signals["count"] == 1:
-            log.info(
-                "shutdown_requested",
+            telemetry.emit(
+                telemetry.SHUTDOWN_REQUESTED,
                 signal=signal.Signals(signum).name,
                 deadline_seconds=settings.SHUTDOWN_TIMEOUT_SEC,
             )
@@ -49,7 +45,7 @@ async def _run(settings: Settings) -> int:
         else:
             # Progress is only ever recorded in committed transactions / conditional writes,
             # so leaving now loses nothing that a restart will not replay.
-            log.warning("shutdown_forced", signal=signal.Signals(signum).name)
+            telemetry.emit(telemetry.SHUTDOWN_FORCED, signal=signal.Signals(signum).name)
             os._exit(130)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(settings.LOG_LEVEL)
     if args.command == "run":
         assert settings is not None
-        log.info("settings", **settings.safe_dump())
+        telemetry.emit(telemetry.SETTINGS, **settings.safe_dump())
         return asyncio.run(_run(settings))
     if args.command == "migrate":
         assert settings is not None

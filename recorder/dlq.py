@@ -13,16 +13,13 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from recorder import metrics
+from recorder import telemetry
 from recorder.settings import Settings
-
-log = structlog.get_logger("recorder.dlq")
 
 HEADER_ERROR = "x-recorder-error"
 HEADER_REASON = "x-recorder-error-reason"
@@ -144,7 +141,7 @@ class DeadLetters:
             except KafkaConnectionError:
                 raise
             except KafkaError as exc:  # e.g. not authorized to describe: assume the default
-                log.warning("topic_configs_not_read", error=str(exc))
+                telemetry.emit(telemetry.TOPIC_CONFIGS_NOT_READ, error=str(exc))
                 limits = {}
             self._source_limits = {
                 t: limits.get(t, KAFKA_DEFAULT_MAX_MESSAGE_BYTES) for t in topics
@@ -155,8 +152,8 @@ class DeadLetters:
                 # are ~1 KB of the batch overhead's slack); smaller cannot.
                 needed = self._source_limits[source]
                 if dlq in existing and limits.get(dlq, needed) < needed:
-                    log.warning(
-                        "dlq_topic_too_small",
+                    telemetry.emit(
+                        telemetry.DLQ_TOPIC_TOO_SMALL,
                         topic=dlq,
                         max_message_bytes=limits[dlq],
                         needed=needed,
@@ -182,13 +179,13 @@ class DeadLetters:
                         for t in missing
                     ]
                 )
-                log.info("dlq_topics_created", topics=missing)
+                telemetry.emit(telemetry.DLQ_TOPICS_CREATED, topics=missing)
         except TopicAlreadyExistsError:
             pass
         except KafkaConnectionError:
             raise  # no cluster yet: the caller waits for it
         except KafkaError as exc:  # e.g. not authorized: the cluster may auto-create them
-            log.warning("dlq_topics_not_created", error=str(exc))
+            telemetry.emit(telemetry.DLQ_TOPICS_NOT_CREATED, error=str(exc))
         finally:
             await admin.close()
 
@@ -200,7 +197,7 @@ class DeadLetters:
             try:
                 await producer.stop()
             except Exception as exc:
-                log.warning("dlq_producer_stop_failed", error=str(exc))
+                telemetry.emit(telemetry.DLQ_PRODUCER_STOP_FAILED, error=str(exc))
         await self._ensure_topics(self._topics)
         await self._start_producer()
         self._broken = False
@@ -224,9 +221,12 @@ class DeadLetters:
             what = "no acknowledgement" if isinstance(exc, TimeoutError) else type(exc).__name__
             reason = f"dead-letter topic {', '.join(topics)} refused the write: {what}: {exc}"
             self.refusal = reason
-            for topic, _ in partitions:
-                metrics.DEAD_LETTER_FAILURES.labels(topic).inc()
-            log.error("dead_letters_refused", error=reason, letters=len(letters))
+            telemetry.emit(
+                telemetry.DEAD_LETTERS_REFUSED,
+                error=reason,
+                letters=len(letters),
+                topics=sorted(t for t, _ in partitions),  # one per refused partition
+            )
             raise DeadLetterRefused(partitions, reason) from exc
         self.refusal = None
 
@@ -298,9 +298,8 @@ class DeadLetters:
             )
         await asyncio.gather(*futures)
         for letter in letters:
-            metrics.DEAD_LETTERS.labels(letter.topic, letter.reason).inc()
-            log.debug(
-                "dead_letter",
+            telemetry.emit(
+                telemetry.DEAD_LETTER,
                 topic=letter.topic,
                 partition=letter.partition,
                 offset=letter.offset,

@@ -47,10 +47,8 @@ def readiness_parts(recorder: Recorder) -> dict[str, Part]:
         ),
         "consumer": (h.consumer_ok(), h.consumer_error or "not fetching from Kafka"),
     }
-    if recorder.db is not None:
-        parts["timescaledb"] = (recorder.db.healthy, "the database does not answer")
-    if recorder.s3 is not None:
-        parts["s3"] = (recorder.s3.healthy, "the object store does not answer")
+    for sink in recorder.sinks:
+        parts[sink.name] = (sink.healthy, "its store does not answer")
     # Halted or held partitions, dead letters refused, a store's last permanent error: each
     # with the reason the pipeline gives (a sink's message replaces its generic one above).
     for name, reason in recorder.problems().items():
@@ -60,10 +58,8 @@ def readiness_parts(recorder: Recorder) -> dict[str, Part]:
 
 def health_parts(recorder: Recorder) -> dict[str, bool]:
     parts = {"consumer": recorder.health.consumer_ok()}
-    if recorder.db is not None:
-        parts["timescaledb"] = recorder.db.healthy
-    if recorder.s3 is not None:
-        parts["s3"] = recorder.s3.healthy
+    for sink in recorder.sinks:
+        parts[sink.name] = sink.healthy
     parts["dead_letters"] = recorder.dead_letter_part()[0]
     return parts
 

@@ -1,7 +1,7 @@
 """Every Prometheus metric the recorder exports, declared once.
 
 Dashboards, alert rules and the operator's HPA refer to these names; a test checks that they
-only use names declared here.
+only use names declared here. `ALL_METRIC_NAMES` is read from the registry, not listed again.
 """
 
 from __future__ import annotations
@@ -129,29 +129,16 @@ STORE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
-ALL_METRIC_NAMES: frozenset[str] = frozenset(
-    {
-        "datarecorder_records_consumed_total",
-        "datarecorder_records_written_total",
-        "datarecorder_dead_letters_total",
-        "datarecorder_dead_letter_failures_total",
-        "datarecorder_dead_letter_blocked_partitions",
-        "datarecorder_flushes_total",
-        "datarecorder_flush_duration_seconds_bucket",
-        "datarecorder_flush_duration_seconds_sum",
-        "datarecorder_flush_duration_seconds_count",
-        "datarecorder_buffer_records",
-        "datarecorder_buffer_limit_records",
-        "datarecorder_buffer_bytes",
-        "datarecorder_buffer_limit_bytes",
-        "datarecorder_consumer_paused",
-        "datarecorder_partition_lag_records",
-        "datarecorder_lag_records",
-        "datarecorder_s3_bytes_uploaded_total",
-        "datarecorder_sink_healthy",
-        "datarecorder_last_flush_timestamp_seconds",
-        "datarecorder_assigned_partitions",
-        "datarecorder_partition_halted",
-        "datarecorder_store_errors_total",
-    }
-)
+
+def exported_names(registry: CollectorRegistry) -> frozenset[str]:
+    """The series names a registry exports, by metric type (what dashboards and alerts may
+    use): `_total` for counters, `_bucket`/`_sum`/`_count` for histograms (not `_created`)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return frozenset(
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    )
+
+
+ALL_METRIC_NAMES: frozenset[str] = exported_names(REGISTRY)

@@ -2,7 +2,9 @@
 
 Owns the coordination of DESIGN.md's data flow: decode and dead-letter, offer to the sinks,
 pause on full buffers, seek on assignment, wait on revocation, commit hot-path progress, and
-the shutdown sequence. Sinks and consumers talk to it through callbacks and shared state.
+the shutdown sequence. The decisions are pure and live in `recorder.core` (the partition
+table, `backpressure.decide`, the commit policy); this module does their I/O. It is built by
+`recorder.app` and knows the sinks and sources only by their protocols.
 """
 
 from __future__ import annotations
@@ -10,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
-import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from recorder import metrics, supervise
+from recorder import metrics, supervise, telemetry
 from recorder.core import backpressure
+from recorder.core.backpressure import Buffered, BufferLimits
 from recorder.core.columns import decode_batch
 from recorder.core.offsets import (
     TP,
@@ -30,39 +30,55 @@ from recorder.core.offsets import (
     seek_position,
     unknown_progress,
 )
+from recorder.core.partitions import HaltedAt, PartitionTable
 from recorder.core.records import Limits
-from recorder.dlq import DeadLetter, DeadLetterRefused, DeadLetters
-from recorder.kafka_options import client_options, is_kafka_retriable
+from recorder.dlq import DeadLetter, DeadLetterRefused
+from recorder.kafka_options import is_kafka_retriable
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink, retry_forever
-from recorder.sinks.lake.sink import S3Sink
-from recorder.sinks.lake.store import make_lake
-from recorder.sinks.timescale.sink import TimescaleSink
-from recorder.source import KafkaSource
-
-log = structlog.get_logger("recorder.pipeline")
 
 REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
 HELD_RETRY_MIN_SEC = 2.0
 HELD_RETRY_MAX_SEC = 30.0
+# Fetch waits: short while paused (the loop only keeps the membership alive and watches for
+# room), longer while reading (more records per round trip).
+FETCH_WAIT_PAUSED_MS = 100
+FETCH_WAIT_MS = 250
+# A consumer that has not returned from a fetch for this long is not "fetching" on /ready.
+STALLED_FETCH_SEC = 60
+HEALTH_INTERVAL_SEC = 2.0
+
+RebalanceCallback = Callable[[set[TP]], Awaitable[None]]
 
 
-# cgroup v2, then v1: a container sees its own cgroup at these paths.
-CGROUP_MEMORY_LIMITS = (
-    Path("/sys/fs/cgroup/memory.max"),
-    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-)
+class Source(Protocol):
+    """One consumer-group member, as the coordinator uses it (recorder.source.KafkaSource)."""
+
+    index: int
+
+    async def start(
+        self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback
+    ) -> None: ...
+    async def stop(self) -> None: ...
+    def assignment(self) -> set[TP]: ...
+    async def fetch(self, timeout_ms: int, max_records: int) -> Mapping[TP, list[Any]]: ...
+    def seek(self, tp: TP, offset: int) -> None: ...
+    async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]: ...
+    def pause(self, tps: Collection[TP]) -> None: ...
+    def resume(self, tps: Collection[TP]) -> None: ...
+    async def commit(self, offsets: Mapping[TP, int]) -> None: ...
+    def highwater(self, tp: TP) -> int | None: ...
+    async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]: ...
 
 
-def container_memory_limit(paths: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> int | None:
-    """The container's memory limit, None when unlimited or not in a cgroup."""
-    for path in paths:
-        try:
-            return backpressure.parse_memory_max(path.read_text())
-        except OSError:
-            continue
-    return None
+class DeadLetterQueue(Protocol):
+    """Where invalid records go (recorder.dlq.DeadLetters): `send_many` is acknowledged or
+    raises DeadLetterRefused naming the partitions the cluster refused."""
+
+    async def start(self, topics: Sequence[str]) -> None: ...
+    async def send_many(self, letters: Sequence[DeadLetter]) -> None: ...
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -77,94 +93,44 @@ class Health:
     def consumer_ok(self) -> bool:
         """Joined the group (not still waiting for Kafka), not failed, and fetching."""
         return (
-            self.started and self.consumer_error is None and time.monotonic() - self.last_fetch < 60
+            self.started
+            and self.consumer_error is None
+            and time.monotonic() - self.last_fetch < STALLED_FETCH_SEC
         )
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, recorder: Recorder, source: KafkaSource) -> None:
-        self._recorder = recorder
-        self._source = source
-
-    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        await self._recorder.on_revoked(self._source, {TP(t.topic, t.partition) for t in revoked})
-
-    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        await self._recorder.on_assigned(self._source, {TP(t.topic, t.partition) for t in assigned})
 
 
 class Recorder:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: Sequence[Sink],
+        sources: Sequence[Source],
+        dead_letters: DeadLetterQueue,
+        table: PartitionTable,
+        buffer_limits: BufferLimits,
+    ) -> None:
+        if not sinks:
+            raise ValueError("a recorder needs at least one sink")
         self.settings = settings
         self.topics: dict[str, TopicKind] = settings.topics()
         self.health = Health()
-        self._options: dict[str, Any] = client_options(settings)
-        self.dlq = DeadLetters(settings, self._options)
-        self.sinks: list[Sink] = []
-        self.db: TimescaleSink | None = None
-        self.s3: S3Sink | None = None
-        if settings.DB_WRITE_ENABLED:
-            self.db = TimescaleSink(
-                settings, self.topics, self.dlq, self._on_db_progress, self._on_resync
-            )
-            self.sinks.append(self.db)
-        if settings.S3_WRITE_ENABLED:
-            lake = make_lake(settings)
-            self.s3 = S3Sink(settings, self.topics, lake, self._on_s3_progress, self._on_resync)
-            self.sinks.append(self.s3)
-        if not self.sinks:
-            raise ValueError(
-                "both sinks are disabled (DB_WRITE_ENABLED=false, S3_WRITE_ENABLED=false)"
-            )
-        self.sources = [
-            KafkaSource(settings, self._options, i) for i in range(settings.NUM_CONSUMERS)
-        ]
+        self.dlq = dead_letters
+        self.sinks: list[Sink] = list(sinks)
+        self.sources: list[Source] = list(sources)
+        # One state per partition (status, seek epoch, pending commit, hold, dead-letter
+        # backoff); the sinks' progress and resync callbacks write to it (see recorder.app).
+        self.partitions = table
+        self.buffer_limits = buffer_limits
         self._limits = Limits(settings.MAX_MESSAGE_BYTES)
         self._stopping = asyncio.Event()
-        self._pending_commit: dict[TP, int] = {}
-        self._resync: set[TP] = set()
-        # Bumped at every seek of a partition; a fetched batch is offered only if no seek of its
-        # partition happened since the fetch returned.
-        self._seek_epoch: dict[TP, int] = {}
-        # Partitions assigned and seeked: records of others (fetched around a rebalance) are
-        # neither dead-lettered nor offered; they come again from the seek position.
-        self._ready: set[TP] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
-        # Partitions whose dead letters the cluster refused: paused, unready, retried after a
-        # backoff (DESIGN: a DLQ that refuses writes must not crash-loop the pod).
-        self._dlq_blocked: dict[TP, backpressure.Blocked] = {}
         self._dlq_held: dict[int, set[TP]] = {}  # per consumer: paused for their dead letters
         self._relief: asyncio.Task[None] | None = None
-        # Partitions assigned but not taken: halted past the log end, or their progress could
-        # not be loaded; reason shown on /ready. Kept paused; retried by `_retry_held`.
-        self._held: dict[TP, str] = {}
         self._held_retry: asyncio.Task[None] | None = None
-        # Progress of each sink when a partition halted past its log end, with the numbers.
-        self._halted_at: dict[TP, tuple[tuple[int | None, ...], int, int]] = {}
-        metrics.BUFFER_LIMIT.set(settings.MAX_BUFFER_SIZE)
-        self.max_buffer_bytes = backpressure.buffer_bytes_limit(
-            settings.MAX_BUFFER_BYTES, container_memory_limit()
-        )
-        metrics.BUFFER_LIMIT_BYTES.set(self.max_buffer_bytes)
+        metrics.BUFFER_LIMIT.set(buffer_limits.records)
+        metrics.BUFFER_LIMIT_BYTES.set(buffer_limits.nbytes)
         self._row_bytes = 0  # running average of decoded row sizes, to size the next fetch
-
-    # --- callbacks from sinks -----------------------------------------------------------
-    def _on_db_progress(self, tp: TP, offset: int) -> None:
-        self._pending_commit[tp] = offset
-
-    def _on_s3_progress(self, tp: TP, offset: int) -> None:
-        if self.db is None:  # the committed offset follows the hot path when there is one
-            self._pending_commit[tp] = offset
-
-    def _on_resync(self, tp: TP) -> None:
-        # A sink restarted this partition's buffer at its stored progress. Until the consumer is
-        # seeked there, fetched records continue from the old position: offered now, they would
-        # open the new buffer past a gap, and the re-fetch from the seek would then be skipped as
-        # already buffered. So the partition takes nothing until `_apply_resyncs` has seeked it.
-        self._resync.add(tp)
-        self._ready.discard(tp)
-        self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -174,20 +140,20 @@ class Recorder:
             await sink.start()
         await self._when_kafka_answers("kafka_connect", lambda: self.dlq.start(list(self.topics)))
         for source in self.sources:
-            listener = _Listener(self, source)
-            await self._when_kafka_answers("kafka_join", partial(source.start, listener))
+            join = partial(
+                source.start, partial(self.on_revoked, source), partial(self.on_assigned, source)
+            )
+            await self._when_kafka_answers("kafka_join", join)
         self.health.last_fetch = time.monotonic()  # the wait for Kafka is not a stalled fetch
         self.health.started = True
         self._tasks = [
             asyncio.create_task(self._consume(s), name=f"consume-{s.index}") for s in self.sources
         ]
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health"))
-        if self.db is not None:
-            self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="partitions"))
         for task in self._tasks:
             supervise.on_failure(task, self._fail)
-        log.info(
-            "recorder_started",
+        telemetry.emit(
+            telemetry.RECORDER_STARTED,
             topics=list(self.topics),
             sinks=[s.name for s in self.sinks],
             consumers=len(self.sources),
@@ -208,7 +174,7 @@ class Recorder:
 
     def _fail(self, reason: str) -> None:
         if self.health.failed is None:
-            log.error("recorder_failed", reason=reason)
+            telemetry.emit(telemetry.RECORDER_FAILED, reason=reason)
             self.health.failed = reason
         self.stop()
 
@@ -224,58 +190,56 @@ class Recorder:
             flushed = True
         except TimeoutError:
             flushed = False
-            log.error(
-                "shutdown_deadline_exceeded",
+            telemetry.emit(
+                telemetry.SHUTDOWN_DEADLINE_EXCEEDED,
                 seconds=self.settings.SHUTDOWN_TIMEOUT_SEC,
                 buffered={s.name: s.buffered() for s in self.sinks},
             )
         for source in self.sources:
-            await source.commit(self._take_commits())
+            await source.commit(self.partitions.take_commits())
         for source in self.sources:
             try:
                 await source.stop()
             except Exception as exc:  # leaving the group is best effort
-                log.warning("consumer_stop_failed", error=str(exc))
+                telemetry.emit(telemetry.CONSUMER_STOP_FAILED, error=str(exc))
         for sink in self.sinks:
             await sink.close()
         await self.dlq.close()
-        log.info("recorder_stopped", flushed=flushed, seconds=round(time.monotonic() - started, 3))
+        seconds = round(time.monotonic() - started, 3)
+        telemetry.emit(telemetry.RECORDER_STOPPED, flushed=flushed, seconds=seconds)
 
     # --- rebalancing --------------------------------------------------------------------
-    async def on_revoked(self, source: KafkaSource, tps: set[TP]) -> None:
+    async def on_revoked(self, source: Source, tps: set[TP]) -> None:
         """DESIGN rule 3: finish (or abandon) the revoked partitions' work before giving them up."""
         if not tps:
             return
-        self._ready.difference_update(tps)
+        self.partitions.revoking(tps)  # nothing more is offered; what flushes is committed
         started = time.monotonic()
         try:
             async with asyncio.timeout(REVOKE_DEADLINE_SEC):
                 await asyncio.gather(*(sink.flush_all(tps) for sink in self.sinks))
         except TimeoutError:
-            log.warning("revoke_abandoned", partitions=len(tps))
+            telemetry.emit(telemetry.REVOKE_ABANDONED, partitions=len(tps))
             for sink in self.sinks:
                 await sink.abandon(tps)
-        await source.commit({tp: off for tp, off in self._pending_commit.items() if tp in tps})
-        for tp in tps:
-            self._pending_commit.pop(tp, None)
-            self._resync.discard(tp)
+        await source.commit(self.partitions.take_commits(tps))
         for sink in self.sinks:
             sink.revoke(tps)
+        for tp in self.partitions.revoke(tps):
+            metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(0)
         for tp in tps:
-            self._halted_at.pop(tp, None)
-            if self._held.pop(tp, None) is not None:
-                metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(0)
             for sink in self.sinks:  # no stale per-partition series for partitions gone
                 with contextlib.suppress(KeyError):
                     metrics.PARTITION_LAG.remove(tp.topic, str(tp.partition), sink.name)
-        metrics.ASSIGNED_PARTITIONS.dec(len(tps))
-        log.info("partitions_revoked", count=len(tps), seconds=round(time.monotonic() - started, 3))
+        seconds = round(time.monotonic() - started, 3)
+        telemetry.emit(telemetry.PARTITIONS_REVOKED, count=len(tps), seconds=seconds)
 
-    async def on_assigned(self, source: KafkaSource, tps: set[TP]) -> None:
+    async def on_assigned(self, source: Source, tps: set[TP]) -> None:
         self.health.assigned_once = True
         if not tps:
             return
         metrics.ASSIGNED_PARTITIONS.inc(len(tps))
+        self.partitions.assign(tps)
         try:
             await self._take_over(source, tps)
         except Exception as exc:
@@ -283,13 +247,12 @@ class Recorder:
             # partitions assigned but never read while /health said OK. Hold them instead
             # (paused, unready, counted) and retry in the background with backoff.
             reason = f"{type(exc).__name__}: {exc}"
-            metrics.STORE_ERRORS.labels("pipeline", "assign").inc()
-            log.error("assignment_failed", partitions=len(tps), error=reason)
+            telemetry.emit(telemetry.ASSIGNMENT_FAILED, partitions=len(tps), error=reason)
             for tp in tps:
                 self._hold(source, tp, f"cannot load progress: {reason}")
             self._retry_held_soon()
 
-    async def _take_over(self, source: KafkaSource, tps: set[TP]) -> None:
+    async def _take_over(self, source: Source, tps: set[TP]) -> None:
         """Seek newly assigned partitions to the smallest position any sink needs (DESIGN):
         each sink's stored progress, or for a sink with none the reset policy's start, which
         that sink then stores. A partition whose progress lies past its log end halts."""
@@ -298,19 +261,18 @@ class Recorder:
         halted: set[TP] = set()
         for tp in tps:
             values = tuple(p[tp] for p in progress.values())
-            earlier = self._halted_at.get(tp)
-            if earlier is not None and earlier[0] == values:
+            earlier = self.partitions.halted_at(tp)
+            if earlier is not None and earlier.progress == values:
                 # Sticky: a recreated log may outgrow the old progress, but resuming there would
                 # still skip its first records. Only a changed progress (reset-progress) frees it.
                 halted.add(tp)
-                self._halt(source, tp, earlier[1], earlier[2])
+                self._halt(source, tp, earlier)
                 continue
-            self._halted_at.pop(tp, None)
+            self.partitions.clear_halt(tp)
             beyond = beyond_log_end(values, ends.get(tp))
             if beyond is not None:
                 halted.add(tp)
-                self._halted_at[tp] = (values, beyond, ends[tp])
-                self._halt(source, tp, beyond, ends[tp])
+                self._halt(source, tp, HaltedAt(values, beyond, ends[tp]))
         live = tps - halted
         unknown = unknown_progress(progress, live)
         if unknown:
@@ -330,11 +292,10 @@ class Recorder:
             position = positions.get(tp)
             if position is not None:
                 source.seek(tp, position)
-            self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
-            self._release(source, tp)
-        self._ready.update(live)
-        log.info(
-            "partitions_assigned",
+            if self.partitions.seeked(tp):
+                self._released(source, tp)
+        telemetry.emit(
+            telemetry.PARTITIONS_ASSIGNED,
             count=len(live),
             halted=len(halted),
             progress={
@@ -344,48 +305,43 @@ class Recorder:
         )
 
     # --- held partitions (halted past the log end, or waiting for their progress) -----------
-    def _hold(self, source: KafkaSource, tp: TP, reason: str) -> None:
-        self._held[tp] = reason
-        self._ready.discard(tp)
+    def _hold(self, source: Source, tp: TP, reason: str) -> None:
+        self.partitions.hold(tp, reason)
         source.pause([tp])
 
-    def _release(self, source: KafkaSource, tp: TP) -> None:
-        if self._held.pop(tp, None) is not None:
-            metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(0)
-            log.info("partition_released", topic=tp.topic, partition=tp.partition)
-            if not self._paused.get(source.index, False):
-                source.resume([tp])
+    def _released(self, source: Source, tp: TP) -> None:
+        telemetry.emit(telemetry.PARTITION_RELEASED, topic=tp.topic, partition=tp.partition)
+        if not self._paused.get(source.index, False):
+            source.resume([tp])
 
-    def _halt(self, source: KafkaSource, tp: TP, progress: int, log_end: int) -> None:
+    def _halt(self, source: Source, tp: TP, at: HaltedAt) -> None:
         reason = (
-            f"{tp.topic}[{tp.partition}] progress {progress} is beyond the log end {log_end} "
+            f"{tp.topic}[{tp.partition}] progress {at.beyond} is beyond the log end {at.log_end} "
             "(topic deleted and recreated, or an unclean leader election): halted; resolve with "
             f"`datarecorder reset-progress --topic {tp.topic} --partition {tp.partition} "
             "--to earliest --apply`"
         )
-        if self._held.get(tp) != reason:
-            log.error(
-                "partition_halted",
+        if self.partitions.halt(tp, at, reason):
+            telemetry.emit(
+                telemetry.PARTITION_HALTED,
                 topic=tp.topic,
                 partition=tp.partition,
-                progress=progress,
-                log_end=log_end,
+                progress=at.beyond,
+                log_end=at.log_end,
                 reason=reason,
             )
-        metrics.PARTITION_HALTED.labels(tp.topic, str(tp.partition)).set(1)
-        self._hold(source, tp, reason)
+        source.pause([tp])
         self._retry_held_soon()
 
-    async def _halt_running(self, source: KafkaSource, tp: TP, log_end: int) -> None:
+    async def _halt_running(self, source: Source, tp: TP, log_end: int) -> None:
         """The log of an assigned partition now ends before our progress: stop taking it."""
         values = tuple(s.progress().get(tp) for s in self.sinks)
         progress = max(v for v in values if v is not None)
-        self._halted_at[tp] = (values, progress, log_end)
-        self._halt(source, tp, progress, log_end)
+        self._halt(source, tp, HaltedAt(values, progress, log_end))
         for sink in self.sinks:
             await sink.abandon([tp])
             sink.revoke([tp])
-        self._pending_commit.pop(tp, None)
+        self.partitions.take_commits({tp})  # progress past the log end is never committed
         self._retry_held_soon()
 
     def _retry_held_soon(self) -> None:
@@ -396,28 +352,30 @@ class Recorder:
         """Take held partitions over again until each loads its progress and lies within its
         log: a store that comes back, or an operator's `reset-progress`, releases them."""
         wait = HELD_RETRY_MIN_SEC
-        while self._held:
+        while self.partitions.held():
             await asyncio.sleep(wait)
+            owned_anywhere = set().union(*(s.assignment() for s in self.sources))
+            gone = [tp for tp in self.partitions.held() if tp not in owned_anywhere]
+            self.partitions.revoke(gone)  # revoked meanwhile: its next owner decides
             for source in self.sources:
-                owned = source.assignment()
-                for tp in [tp for tp in self._held if tp not in owned]:
-                    self._held.pop(tp, None)  # revoked meanwhile: its next owner decides
-                mine = {tp for tp in self._held if tp in owned}
+                mine = {tp for tp in self.partitions.held() if tp in source.assignment()}
                 if not mine:
                     continue
                 try:
                     await self._take_over(source, mine)
                 except Exception as exc:
-                    log.warning(
-                        "held_partitions_retry_failed", error=f"{type(exc).__name__}: {exc}"
+                    telemetry.emit(
+                        telemetry.HELD_PARTITIONS_RETRY_FAILED,
+                        error=f"{type(exc).__name__}: {exc}",
                     )
             wait = min(HELD_RETRY_MAX_SEC, wait * 2)
 
     def problems(self) -> dict[str, str]:
         """What keeps this pod from being ready, by part (the readiness endpoint shows it)."""
         out: dict[str, str] = {}
-        if self._held:
-            out["partitions"] = "; ".join(sorted(self._held.values()))
+        held = self.partitions.held()
+        if held:
+            out["partitions"] = "; ".join(sorted(held.values()))
         dead_letters_ok, why = self.dead_letter_part()
         if not dead_letters_ok:
             out["dead_letters"] = why
@@ -428,16 +386,11 @@ class Recorder:
         return out
 
     # --- consuming ----------------------------------------------------------------------
-    def _buffered_bytes(self) -> int:
+    def _buffered(self) -> Buffered:
         # Both sinks hold the same row objects: memory follows the larger of the two.
-        return max(sink.buffered_bytes() for sink in self.sinks)
-
-    def _full(self) -> bool:
-        return backpressure.is_full(
+        return Buffered(
             max(sink.buffered() for sink in self.sinks),
-            self._buffered_bytes(),
-            self.settings.MAX_BUFFER_SIZE,
-            self.max_buffer_bytes,
+            max(sink.buffered_bytes() for sink in self.sinks),
         )
 
     def _fetch_limit(self, full: bool) -> int:
@@ -445,31 +398,32 @@ class Recorder:
         size, so a fetch of large order books does not overshoot the limit by much."""
         if full:
             return self.settings.FETCH_MAX_RECORDS
-        room = max(0, self.max_buffer_bytes - self._buffered_bytes())
+        room = max(0, self.buffer_limits.nbytes - self._buffered().nbytes)
         return backpressure.fetch_limit(self.settings.FETCH_MAX_RECORDS, room, self._row_bytes)
 
-    async def _consume(self, source: KafkaSource) -> None:
+    async def _consume(self, source: Source) -> None:
         last_commit = 0.0
         try:
             while True:
                 await self._apply_resyncs(source)
-                full = self._full()
+                paused = self._paused.get(source.index, False)
+                action = backpressure.decide(self._buffered(), self.buffer_limits, paused)
+                full = action.full
                 if full:
                     # Every round, not only on the change: partitions assigned by a rebalance
                     # while paused start unpaused.
                     source.pause(source.assignment())
                 self._hold_refused(source, full)
-                if full != self._paused.get(source.index, False):
-                    owned = source.assignment()
-                    if full:
-                        source.pause(owned)
-                    else:
-                        held = self._held.keys() | self._dlq_held.get(source.index, set())
-                        source.resume(owned - held)
+                if action.changes:
+                    if not full:
+                        held = self.partitions.held().keys() | self._dlq_held.get(
+                            source.index, set()
+                        )
+                        source.resume(source.assignment() - held)
                     self._paused[source.index] = full
-                    metrics.CONSUMER_PAUSED.set(1 if any(self._paused.values()) else 0)
-                    log.info(
-                        "consumer_paused" if full else "consumer_resumed",
+                    telemetry.emit(
+                        telemetry.CONSUMER_PAUSED if full else telemetry.CONSUMER_RESUMED,
+                        consumers_paused=sum(self._paused.values()),
                         buffered={s.name: s.buffered() for s in self.sinks},
                         buffered_bytes={s.name: s.buffered_bytes() for s in self.sinks},
                     )
@@ -480,31 +434,32 @@ class Recorder:
                 # and data of partitions no longer assigned, and the returned records move the
                 # position on. So a batch that arrives after a rebalance must be kept: dropping
                 # it would skip its offsets for good (the next fetch starts after them).
-                data = await source.fetch(100 if full else 250, self._fetch_limit(full))
+                wait = FETCH_WAIT_PAUSED_MS if full else FETCH_WAIT_MS
+                data = await source.fetch(wait, self._fetch_limit(full))
                 self.health.last_fetch = time.monotonic()
                 if data:
-                    epochs = {tp: self._seek_epoch.get(tp, 0) for tp in data}
-                    await self._handle(source, data, epochs)
+                    await self._handle(source, dict(data), self.partitions.epochs(data))
                 now = time.monotonic()
-                if self._pending_commit and now - last_commit >= COMMIT_INTERVAL_SEC:
-                    await source.commit(self._take_commits(source.assignment()))
+                if self.partitions.has_pending() and now - last_commit >= COMMIT_INTERVAL_SEC:
+                    await source.commit(self.partitions.take_commits(source.assignment()))
                     last_commit = now
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.health.consumer_error = f"{type(exc).__name__}: {exc}"
-            log.exception("consumer_failed")
+            telemetry.emit(telemetry.CONSUMER_FAILED, exc_info=True)
             self.stop()
 
-    def _hold_refused(self, source: KafkaSource, full: bool) -> None:
+    def _hold_refused(self, source: Source, full: bool) -> None:
         """Keep partitions whose dead letters were refused paused until their backoff ends;
         then they fetch again from their stored progress and the send is retried."""
         owned = source.assignment()
-        for tp in list(self._dlq_blocked):
+        for tp in self.partitions.blocked():
             if not any(tp in s.assignment() for s in self.sources):
-                del self._dlq_blocked[tp]  # revoked: its new owner sends the dead letters
-        metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
-        holding = backpressure.held(self._dlq_blocked, owned, time.monotonic())
+                self.partitions.unblock(tp)  # revoked: its new owner sends the dead letters
+        blocked = self.partitions.blocked()
+        metrics.DEAD_LETTER_BLOCKED.set(len(blocked))
+        holding = backpressure.held(blocked, owned, time.monotonic())
         before = self._dlq_held.get(source.index, set())
         if holding == before:
             return
@@ -512,17 +467,18 @@ class Recorder:
         if holding:
             source.pause(holding)
         if not full and before - holding:
-            source.resume((before - holding) & owned - self._held.keys())
+            source.resume((before - holding) & owned - self.partitions.held().keys())
 
     def dead_letter_part(self) -> tuple[bool, str]:
         """Readiness part "dead_letters": not ready while a partition waits for its dead
         letters to be accepted (the reason is the cluster's refusal)."""
-        if not self._dlq_blocked:
+        blocked = self.partitions.blocked()
+        if not blocked:
             return True, ""
-        tps = sorted(self._dlq_blocked)
+        tps = sorted(blocked)
         names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in tps[:5])
         more = f" and {len(tps) - 5} more" if len(tps) > 5 else ""
-        reason = self._dlq_blocked[tps[0]].reason
+        reason = blocked[tps[0]].reason
         return False, f"{len(tps)} partition(s) paused ({names}{more}): {reason}"
 
     def _relieve(self, full: bool) -> None:
@@ -541,42 +497,33 @@ class Recorder:
 
             self._relief = asyncio.create_task(flush_everything(), name="relieve-buffers")
 
-    def _take_commits(self, owned: Collection[TP] | None = None) -> dict[TP, int]:
-        if owned is None:
-            taken, self._pending_commit = self._pending_commit, {}
-            return taken
-        taken = {tp: off for tp, off in self._pending_commit.items() if tp in owned}
-        for tp in taken:
-            del self._pending_commit[tp]
-        return taken
-
-    async def _apply_resyncs(self, source: KafkaSource) -> None:
+    async def _apply_resyncs(self, source: Source) -> None:
         """A sink dropped a buffer (fenced or failed): feed it again from the stored progress."""
-        if not self._resync:
-            return
-        owned = source.assignment()
-        for tp in [tp for tp in self._resync if tp in owned]:
-            self._resync.discard(tp)
-            if tp in self._held:
-                continue  # halted or waiting for its progress: taken over as a whole later
+        for tp in self.partitions.resyncs(source.assignment()):
+            if not self.partitions.begin_resync(tp):
+                continue
             position = seek_position(sink.progress().get(tp) for sink in self.sinks)
-            log.info("partition_resync", topic=tp.topic, partition=tp.partition, position=position)
+            telemetry.emit(
+                telemetry.PARTITION_RESYNC,
+                topic=tp.topic,
+                partition=tp.partition,
+                position=position,
+            )
             if position is None:
                 position = (await source.reset_positions([tp]))[tp]
-            if tp in self._resync or tp not in source.assignment():
-                continue  # failed again, or revoked, while the position was looked up
+            if not self.partitions.may_seek(tp) or tp not in source.assignment():
+                continue  # failed again, held or revoked while the position was looked up
             source.seek(tp, position)
-            self._seek_epoch[tp] = self._seek_epoch.get(tp, 0) + 1
-            self._ready.add(tp)
+            self.partitions.seeked(tp)
 
     async def _handle(
-        self, source: KafkaSource, data: dict[TP, list[Any]], epochs: dict[TP, int]
+        self, source: Source, data: dict[TP, list[Any]], epochs: dict[TP, int]
     ) -> None:
         limits = self._limits
         decoded: list[tuple[TP, pa.Table, int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
-            if not messages or tp not in self._ready or self._seek_epoch.get(tp, 0) != epochs[tp]:
+            if not messages or not self.partitions.takes(tp, epochs[tp]):
                 continue
             log_end = source.highwater(tp)
             if beyond_log_end((s.progress().get(tp) for s in self.sinks), log_end) is not None:
@@ -606,7 +553,7 @@ class Recorder:
         for tp, columns, end, fetched in decoded:
             if tp in refused:
                 continue  # not offered: fetched again from stored progress after the backoff
-            if self._seek_epoch.get(tp, 0) != epochs[tp]:
+            if self.partitions.epoch(tp) != epochs[tp]:
                 # Seeked while this batch waited (a rebalance during the dead-letter send): the
                 # position was reset behind these records, so they come again from there.
                 continue
@@ -635,8 +582,10 @@ class Recorder:
         except DeadLetterRefused as exc:
             return self._refused(exc)
         for tp in {TP(d.topic, d.partition) for d in fresh}:
-            if self._dlq_blocked.pop(tp, None) is not None:
-                log.info("dead_letters_accepted", topic=tp.topic, partition=tp.partition)
+            if self.partitions.unblock(tp):
+                telemetry.emit(
+                    telemetry.DEAD_LETTERS_ACCEPTED, topic=tp.topic, partition=tp.partition
+                )
         return set()
 
     def _refused(self, exc: DeadLetterRefused) -> set[TP]:
@@ -646,11 +595,13 @@ class Recorder:
         now = time.monotonic()
         tps = {TP(t, p) for t, p in exc.partitions}
         for tp in tps:
-            self._dlq_blocked[tp] = backpressure.block(
-                self._dlq_blocked.get(tp), now, exc.reason, self.settings.RETRY_MAX_BACKOFF_SEC
+            previous = self.partitions.state(tp).blocked
+            self.partitions.block(
+                tp,
+                backpressure.block(previous, now, exc.reason, self.settings.RETRY_MAX_BACKOFF_SEC),
             )
-            self._on_resync(tp)  # not ready, fetched again from the stored progress
-        metrics.DEAD_LETTER_BLOCKED.set(len(self._dlq_blocked))
+            self.partitions.resync(tp)  # not ready, fetched again from the stored progress
+        metrics.DEAD_LETTER_BLOCKED.set(len(self.partitions.blocked()))
         return tps
 
     # --- background ---------------------------------------------------------------------
@@ -661,15 +612,12 @@ class Recorder:
                 if reason is not None:
                     self._fail(f"{sink.name} {reason}")
                 await sink.check_health()
-            for name in ("consumer",):
-                metrics.SINK_HEALTHY.labels(name).set(1 if self.health.consumer_ok() else 0)
+            metrics.SINK_HEALTHY.labels("consumer").set(1 if self.health.consumer_ok() else 0)
             self._update_lag()
-            total = {s.name: s.buffered() for s in self.sinks}
-            for name, value in total.items():
-                metrics.BUFFER_RECORDS.labels(name).set(value)
             for sink in self.sinks:
+                metrics.BUFFER_RECORDS.labels(sink.name).set(sink.buffered())
                 metrics.BUFFER_BYTES.labels(sink.name).set(sink.buffered_bytes())
-            await asyncio.sleep(2)
+            await asyncio.sleep(HEALTH_INTERVAL_SEC)
 
     def _update_lag(self) -> None:
         for sink in self.sinks:
@@ -681,12 +629,3 @@ class Recorder:
                     metrics.PARTITION_LAG.labels(tp.topic, str(tp.partition), sink.name).set(lag)
                     total += lag
             metrics.LAG.labels(sink.name).set(total)
-
-    async def _maintain_partitions(self) -> None:
-        assert self.db is not None
-        while True:
-            try:
-                await self.db.ensure_days_ahead()
-            except Exception as exc:
-                log.warning("partition_maintenance_failed", error=str(exc))
-            await asyncio.sleep(3600)

@@ -6,20 +6,37 @@ what to seek to and when to commit are decided by the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
-import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from recorder import telemetry
 from recorder.core.offsets import TP
 from recorder.settings import Settings
-
-log = structlog.get_logger("recorder.source")
 
 
 def kafka_tp(tp: TP) -> TopicPartition:
     return TopicPartition(tp.topic, tp.partition)
+
+
+# What the coordinator does when the group takes partitions away or hands them over.
+RebalanceCallback = Callable[[set[TP]], Awaitable[None]]
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's listener type, calling the coordinator with our own partition type (so
+    the coordinator needs no aiokafka import)."""
+
+    def __init__(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self._on_revoked({TP(t.topic, t.partition) for t in revoked})
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._on_assigned({TP(t.topic, t.partition) for t in assigned})
 
 
 METADATA_MAX_AGE_MS = 30_000
@@ -54,9 +71,10 @@ class KafkaSource:
             **self._client_options,
         )
 
-    async def start(self, listener: ConsumerRebalanceListener) -> None:
-        """Join the group; after a failed start (no cluster yet) a retry gets a fresh consumer."""
-        self.consumer.subscribe(topics=self._topics, listener=listener)
+    async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
+        """Join the group; after a failed start (no cluster yet) a retry gets a fresh consumer.
+        The callbacks run inside the rebalance (aiokafka waits for them)."""
+        self.consumer.subscribe(topics=self._topics, listener=_Listener(on_revoked, on_assigned))
         try:
             await self.consumer.start()
         except BaseException:
@@ -79,7 +97,9 @@ class KafkaSource:
         try:
             self.consumer.seek(kafka_tp(tp), offset)
         except IllegalStateError:
-            log.info("seek_skipped_not_assigned", topic=tp.topic, partition=tp.partition)
+            telemetry.emit(
+                telemetry.SEEK_SKIPPED_NOT_ASSIGNED, topic=tp.topic, partition=tp.partition
+            )
 
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
         """Where the reset policy starts partitions no sink has written: first or next offset."""
@@ -105,9 +125,9 @@ class KafkaSource:
         try:
             await self.consumer.commit(wanted)
         except (CommitFailedError, IllegalStateError) as exc:
-            log.info("commit_skipped", reason=type(exc).__name__)
+            telemetry.emit(telemetry.COMMIT_SKIPPED, reason=type(exc).__name__)
         except KafkaError as exc:
-            log.warning("commit_failed", error=str(exc))
+            telemetry.emit(telemetry.COMMIT_FAILED, error=str(exc))
 
     def highwater(self, tp: TP) -> int | None:
         """High watermark seen by the last fetch of `tp` (no request)."""

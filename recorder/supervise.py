@@ -8,9 +8,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import structlog
-
-log = structlog.get_logger("recorder.supervise")
+from recorder import telemetry
 
 
 def failure(tasks: Iterable[asyncio.Task[Any] | None]) -> str | None:
@@ -30,7 +28,7 @@ def on_failure(task: asyncio.Task[Any], callback: Callable[[str], None]) -> asyn
     def done(t: asyncio.Task[Any]) -> None:
         reason = failure([t])
         if reason is not None:
-            log.error("task_failed", task=t.get_name(), exc_info=t.exception())
+            telemetry.emit(telemetry.TASK_FAILED, task=t.get_name(), exc_info=t.exception())
             callback(reason)
 
     task.add_done_callback(done)

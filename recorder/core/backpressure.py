@@ -1,13 +1,15 @@
 """When the consumer stops reading: pure rules over buffer sizes and refused dead letters.
 
-Owns the pause decision (whole consumer on full buffers, single partitions whose dead letters
-the cluster refused, until their backoff ends) and the cheap estimate of a decoded row's bytes.
+Owns the pause decision (`decide`: the whole consumer on full buffers; `held`: single partitions
+whose dead letters the cluster refused, until their backoff ends) and the cheap estimate of a
+decoded row's bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Final
 
 import pyarrow as pa
@@ -89,3 +91,42 @@ def held(blocked: Mapping[TP, Blocked], owned: Collection[TP], now: float) -> se
 def is_full(records: int, nbytes: int, max_records: int, max_bytes: int) -> bool:
     """Buffers are full at whichever limit comes first."""
     return records >= max_records or nbytes >= max_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BufferLimits:
+    """MAX_BUFFER_SIZE and MAX_BUFFER_BYTES (or its derived default)."""
+
+    records: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Buffered:
+    """What the sinks hold: the largest sink's records and bytes (they hold the same rows)."""
+
+    records: int
+    nbytes: int
+
+
+class Action(Enum):
+    PAUSE = "pause"  # buffers just filled: pause every owned partition, flush everything now
+    STAY_PAUSED = "stay_paused"  # still full: pause again (a rebalance assigns unpaused)
+    RESUME = "resume"  # room again: resume owned partitions (not held nor blocked ones)
+    RUN = "run"  # room, not paused: keep fetching
+
+    @property
+    def full(self) -> bool:
+        return self in (Action.PAUSE, Action.STAY_PAUSED)
+
+    @property
+    def changes(self) -> bool:
+        return self in (Action.PAUSE, Action.RESUME)
+
+
+def decide(buffered: Buffered, limits: BufferLimits, paused: bool) -> Action:
+    """The consumer's pause decision for this round of its loop."""
+    full = is_full(buffered.records, buffered.nbytes, limits.records, limits.nbytes)
+    if full:
+        return Action.STAY_PAUSED if paused else Action.PAUSE
+    return Action.RESUME if paused else Action.RUN

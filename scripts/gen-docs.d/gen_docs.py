@@ -1,8 +1,9 @@
 """The README's reference tables, generated from the one place each is defined.
 
 Owns rendering `Settings.model_fields` (recorder/settings.py), the metrics of
-recorder/metrics.py and the DataRecorder CRD's schema (crds/) as Markdown, and rewriting the
-marked sections of README.md; `--check` exits 1 when README.md differs from its sources.
+recorder/metrics.py, the log events of recorder/telemetry.py and the DataRecorder CRD's schema
+(crds/) as Markdown, and rewriting the marked sections of README.md; `--check` exits 1 when
+README.md differs from its sources.
 """
 
 from __future__ import annotations
@@ -128,6 +129,23 @@ def metrics_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- log events ----------------------------------------------------------------------------
+
+
+def log_events_table() -> str:
+    """One row per event of recorder/telemetry.py: its name, level, fields and metrics."""
+    from recorder.telemetry import event_rows
+
+    lines = ["| Event | Level | Fields | Metrics | Meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, level, fields, names, meaning in event_rows():
+        field_cells = ", ".join(f"`{f}`" for f in fields.split(", ") if f) or "—"
+        metric_cells = ", ".join(f"`{m}`" for m in names.split(", ") if m) or "—"
+        lines.append(
+            f"| `{name}` | {level} | {field_cells} | {metric_cells} | {_escape(meaning)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # --- DataRecorder spec -----------------------------------------------------------------------
 
 
@@ -181,6 +199,7 @@ def crd_table() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "metrics": metrics_table,
+    "log-events": log_events_table,
     "datarecorder-spec": crd_table,
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from datarecorder_operator import metrics as operator_metrics
 
-from recorder import metrics
+from recorder import metrics, telemetry
 from recorder.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +90,25 @@ def test_every_exported_metric_is_documented_and_no_unknown_one_is_mentioned() -
     unknown = mentioned - metrics.ALL_METRIC_NAMES - bases - operator_names
     unknown -= {"datarecorder_operator"}
     assert not unknown, f"README mentions metrics the recorder does not export: {unknown}"
+
+
+def test_the_log_event_list_is_the_declared_events_with_their_levels_and_fields() -> None:
+    rows = {cells[0].strip("`"): cells for cells in _rows(_section("log-events"))}
+    assert list(rows) == list(telemetry.EVENTS)
+    for name, event in telemetry.EVENTS.items():
+        _, level, fields, metric_names, meaning = rows[name]
+        assert level == event.level, name
+        assert fields == (", ".join(f"`{f}`" for f in event.fields) or "—"), name
+        for update in event.updates:
+            assert f"`{update.metric_name}`" in metric_names, name
+            assert update.metric_name in metrics.ALL_METRIC_NAMES, name
+        assert meaning, f"{name} has no meaning in the README"
+    # Events the README's prose names (troubleshooting, operations) are declared ones.
+    prose = README.replace(_section("log-events"), "")
+    named = r"`([a-z]+(?:_[a-z]+)+)`[^`]{0,20}(?:in the log|\bevents?\b|\berror\b|\bwarning\b)"
+    mentioned = set(re.findall(named, prose))
+    assert {"store_retry", "partition_halted", "dead_letters_refused"} <= mentioned
+    assert mentioned <= set(telemetry.EVENTS), mentioned - set(telemetry.EVENTS)
 
 
 def test_every_datarecorder_spec_field_is_documented() -> None:

@@ -236,7 +236,7 @@ async def test_rule3_revocation_waits_for_in_flight_work(
 ) -> None:
     """A revocation that arrives while an upload is in flight returns only after that upload
     and its progress are recorded (and the buffered rest flushed)."""
-    from recorder.pipeline import Recorder
+    from recorder.app import build_recorder
 
     topics = await kafka_topics("market.tick", partitions=2)
     env = recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics)
@@ -250,10 +250,10 @@ async def test_rule3_revocation_waits_for_in_flight_work(
         }
     )
     s = load_settings(**kw)
-    rec = Recorder(s)
-    assert rec.s3 is not None
+    rec = build_recorder(s)
+    (s3,) = [sink for sink in rec.sinks if isinstance(sink, S3Sink)]
     lake = SlowLake(s, delay=1.5)
-    rec.s3._lake = lake
+    s3._lake = lake
     for sink in rec.sinks:
         await sink.start()
     try:

@@ -1,0 +1,218 @@
+"""The partition table (pure): one state per topic-partition this process was ever assigned.
+
+Owns each partition's status, seek epoch, pending commit, hold reason, halt record and
+dead-letter backoff — what `Recorder` once kept in parallel collections that sinks changed
+through callbacks (aiokafka keeps the same in one `TopicPartitionState`). No I/O: the
+coordinator asks the table what to do and does it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from recorder.core.backpressure import Blocked
+from recorder.core.offsets import TP
+
+
+class Status(Enum):
+    # Owned, not yet seeked to the sinks' position: records fetched for it (around a
+    # rebalance) are neither dead-lettered nor offered; they come again from the seek.
+    ASSIGNED = "assigned"
+    READY = "ready"  # seeked: fetched records are decoded and offered to the sinks
+    # A sink restarted the partition's buffer at its stored progress (fenced, failed, a refused
+    # dead letter): it takes nothing until the consumer is seeked there again. Records fetched
+    # from the old position would open the new buffer past a gap.
+    RESYNC = "resync"
+    HELD = "held"  # assigned but not taken: its progress could not be loaded; retried
+    HALTED = "halted"  # a sink's progress lies past the log end: until reset-progress
+    REVOKED = "revoked"  # given up in a rebalance (kept so its epoch only ever grows)
+
+
+@dataclass(frozen=True, slots=True)
+class HaltedAt:
+    """Each sink's progress when a partition halted past its log end, and the numbers shown."""
+
+    progress: tuple[int | None, ...]
+    beyond: int
+    log_end: int
+
+
+@dataclass(slots=True)
+class PartitionState:
+    status: Status = Status.ASSIGNED
+    # Bumped at every seek (and resync) of the partition: a fetched batch is offered only if
+    # the epoch it was fetched under is still current.
+    epoch: int = 0
+    pending_commit: int | None = None  # hot-path progress not yet committed to Kafka
+    reason: str | None = None  # why HELD or HALTED (shown on /ready)
+    # Sticky across retries of a halted partition: a recreated log may outgrow the old
+    # progress, but resuming there would still skip its first records.
+    halted_at: HaltedAt | None = None
+    blocked: Blocked | None = None  # dead letters refused: paused until the backoff ends
+
+
+HOLDING = frozenset({Status.HELD, Status.HALTED})
+
+
+class PartitionTable:
+    """Every partition's state, one owner (the coordinator); transitions are methods."""
+
+    def __init__(self) -> None:
+        self._states: dict[TP, PartitionState] = {}
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._states
+
+    def __iter__(self) -> Iterator[TP]:
+        return iter(self._states)
+
+    def state(self, tp: TP) -> PartitionState:
+        """The partition's state (a fresh REVOKED one for a partition never seen)."""
+        return self._states.get(tp) or PartitionState(Status.REVOKED)
+
+    def _get(self, tp: TP) -> PartitionState:
+        state = self._states.get(tp)
+        if state is None:
+            state = self._states[tp] = PartitionState(Status.REVOKED)
+        return state
+
+    def status(self, tp: TP) -> Status:
+        return self.state(tp).status
+
+    def epoch(self, tp: TP) -> int:
+        return self.state(tp).epoch
+
+    def epochs(self, tps: Iterable[TP]) -> dict[TP, int]:
+        return {tp: self.epoch(tp) for tp in tps}
+
+    def takes(self, tp: TP, epoch: int) -> bool:
+        """Whether a batch fetched under `epoch` may be decoded and offered now."""
+        state = self.state(tp)
+        return state.status is Status.READY and state.epoch == epoch
+
+    # --- transitions ------------------------------------------------------------------------
+    def assign(self, tps: Iterable[TP]) -> None:
+        """A rebalance gave us these partitions: owned, waiting for their seek."""
+        for tp in tps:
+            state = self._get(tp)
+            if state.status is Status.REVOKED:
+                state.status = Status.ASSIGNED
+
+    def seeked(self, tp: TP) -> bool:
+        """The consumer was seeked to the sinks' position: the partition takes records again,
+        unless a sink asked for a resync meanwhile (then the resync seeks it once more).
+        True when this released a held or halted partition."""
+        state = self._get(tp)
+        state.epoch += 1
+        released = state.status in HOLDING
+        if state.status is not Status.RESYNC:
+            state.status = Status.READY
+        state.reason = None
+        return released
+
+    def resync(self, tp: TP) -> None:
+        """A sink dropped the partition's buffer: take nothing until seeked to its progress.
+        A held, halted or revoked partition stays so (it is taken over as a whole later)."""
+        state = self._get(tp)
+        state.epoch += 1
+        if state.status in (Status.READY, Status.ASSIGNED):
+            state.status = Status.RESYNC
+
+    def resyncs(self, owned: Collection[TP]) -> list[TP]:
+        """Owned partitions waiting for their resync seek."""
+        return sorted(tp for tp in owned if self.status(tp) is Status.RESYNC)
+
+    def begin_resync(self, tp: TP) -> bool:
+        """Start the resync seek (the position is looked up next): False when the partition
+        no longer waits for one. A second resync during the look-up sets RESYNC again."""
+        state = self._get(tp)
+        if state.status is not Status.RESYNC:
+            return False
+        state.status = Status.ASSIGNED
+        return True
+
+    def may_seek(self, tp: TP) -> bool:
+        """After the look-up: seek only if nothing (a resync, a hold, a revoke) came between."""
+        return self.status(tp) is Status.ASSIGNED
+
+    def hold(self, tp: TP, reason: str) -> None:
+        state = self._get(tp)
+        state.status = Status.HELD
+        state.reason = reason
+
+    def halt(self, tp: TP, at: HaltedAt, reason: str) -> bool:
+        """Halt past the log end; True when this is news (not the same halt again)."""
+        state = self._get(tp)
+        news = not (state.status in HOLDING and state.reason == reason)
+        state.status = Status.HALTED
+        state.reason = reason
+        state.halted_at = at
+        state.pending_commit = None
+        return news
+
+    def clear_halt(self, tp: TP) -> None:
+        self._get(tp).halted_at = None
+
+    def revoking(self, tps: Iterable[TP]) -> None:
+        """A revocation started: the partitions take nothing more while their buffers flush
+        (progress reported meanwhile is still committed before they are given up)."""
+        for tp in tps:
+            self._get(tp).status = Status.REVOKED
+
+    def revoke(self, tps: Iterable[TP]) -> set[TP]:
+        """Given up: forget all but the epoch. Returns those that were held or halted."""
+        released: set[TP] = set()
+        for tp in tps:
+            state = self._get(tp)
+            if state.status in HOLDING or state.reason is not None:
+                released.add(tp)
+            self._states[tp] = PartitionState(Status.REVOKED, epoch=state.epoch)
+        return released
+
+    # --- held and halted --------------------------------------------------------------------
+    def held(self) -> dict[TP, str]:
+        """Partitions assigned but not taken, with the reason."""
+        return {
+            tp: s.reason or s.status.value for tp, s in self._states.items() if s.status in HOLDING
+        }
+
+    def is_held(self, tp: TP) -> bool:
+        return self.status(tp) in HOLDING
+
+    def halted_at(self, tp: TP) -> HaltedAt | None:
+        return self.state(tp).halted_at
+
+    # --- commits ----------------------------------------------------------------------------
+    def progress(self, tp: TP, offset: int) -> None:
+        """The committing sink made `offset` durable: commit it to Kafka at the next round
+        (only to an owner: `take_commits` filters by assignment, `revoke` drops the rest)."""
+        self._get(tp).pending_commit = offset
+
+    def has_pending(self) -> bool:
+        return any(s.pending_commit is not None for s in self._states.values())
+
+    def take_commits(self, owned: Collection[TP] | None = None) -> dict[TP, int]:
+        """Pending commits of `owned` (all when None), cleared: each is committed once."""
+        taken: dict[TP, int] = {}
+        for tp, state in self._states.items():
+            if state.pending_commit is not None and (owned is None or tp in owned):
+                taken[tp] = state.pending_commit
+                state.pending_commit = None
+        return taken
+
+    # --- dead-letter backoff ----------------------------------------------------------------
+    def block(self, tp: TP, blocked: Blocked) -> None:
+        self._get(tp).blocked = blocked
+
+    def unblock(self, tp: TP) -> bool:
+        """The partition's dead letters were accepted; True when it had been blocked."""
+        state = self._states.get(tp)
+        if state is None or state.blocked is None:
+            return False
+        state.blocked = None
+        return True
+
+    def blocked(self) -> dict[TP, Blocked]:
+        return {tp: s.blocked for tp, s in self._states.items() if s.blocked is not None}

@@ -1,0 +1,429 @@
+"""The coordinator (recorder.pipeline.Recorder) over in-memory sinks, source and dead-letter
+queue implementing its protocols: the order of seeks, offers, flushes, commits and revokes.
+
+Pure sequencing only; the same paths run on real Kafka, PostgreSQL and S3 in
+tests/integration/recorder and tests/integration/faults (rebalances, zombies, halts, DLQ refusal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from recorder.app import enabled_sinks, progress_to
+from recorder.core.backpressure import BufferLimits
+from recorder.core.commit import committing_sink
+from recorder.core.offsets import TP
+from recorder.core.partitions import PartitionTable, Status
+from recorder.dlq import DeadLetter, DeadLetterRefused
+from recorder.pipeline import RebalanceCallback, Recorder
+from recorder.settings import Settings
+from recorder.sinks.base import ProgressCallback, ResyncCallback
+
+TOPIC = "market.tick"
+A, B = TP(TOPIC, 0), TP(TOPIC, 1)
+Events = list[tuple[str, ...]]
+
+
+def tick(offset: int, valid: bool = True) -> Message:
+    body = b'{"symbol":"X","price":1.5,"volume":1}' if valid else b"not json"
+    return Message(offset, body, 1_764_133_200_000)
+
+
+@dataclass
+class Message:
+    offset: int
+    value: bytes
+    timestamp: int
+    key: bytes | None = None
+
+
+class FakeSink:
+    """A sink in memory: buffers per partition, durable on flush, progress reported."""
+
+    def __init__(
+        self,
+        name: str,
+        events: Events,
+        on_progress: ProgressCallback,
+        on_resync: ResyncCallback,
+        stored: Mapping[TP, int | None] | None = None,
+    ) -> None:
+        self.name = name
+        self.healthy = True
+        self.events = events
+        self.on_progress = on_progress
+        self.on_resync = on_resync
+        self.stored: dict[TP, int | None] = dict(stored or {})
+        self.buffers: dict[TP, list[int]] = {}
+        self.ends: dict[TP, int] = {}
+        self.rows: dict[TP, list[int]] = {}  # offsets made durable
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
+        return {tp: self.stored.get(tp) for tp in tps}
+
+    async def store_start(self, starts: Mapping[TP, int]) -> dict[TP, int]:
+        self.stored.update(starts)
+        self.events.append((self.name, "store_start", *map(str, sorted(starts.values()))))
+        return dict(starts)
+
+    def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
+        for tp, value in progress.items():
+            self.buffers[tp] = []
+            self.stored[tp] = value
+
+    def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
+        buffer = self.buffers[tp]
+        floor = self.stored.get(tp) or 0
+        offsets = [int(o) for o in columns.column("offset").to_pylist()]
+        buffer.extend(o for o in offsets if o >= floor)
+        self.ends[tp] = end
+        first = str(offsets[0]) if offsets else "-"
+        self.events.append((self.name, "offer", str(tp.partition), first, str(end)))
+
+    def buffered(self) -> int:
+        return sum(map(len, self.buffers.values()))
+
+    def buffered_bytes(self) -> int:
+        return 320 * self.buffered()
+
+    def progress(self) -> dict[TP, int | None]:
+        return dict(self.stored)
+
+    async def flush_all(self, tps: Collection[TP] | None = None) -> None:
+        for tp in sorted(self.buffers if tps is None else tps):
+            if tp not in self.ends:
+                continue
+            self.rows.setdefault(tp, []).extend(self.buffers[tp])
+            self.buffers[tp] = []
+            self.stored[tp] = self.ends.pop(tp)
+            self.events.append((self.name, "flush", str(tp.partition), str(self.stored[tp])))
+            self.on_progress(tp, self.stored[tp] or 0)
+
+    def revoke(self, tps: Collection[TP]) -> None:
+        for tp in tps:
+            self.buffers.pop(tp, None)
+            self.ends.pop(tp, None)
+        self.events.append((self.name, "revoke", *sorted(str(tp.partition) for tp in tps)))
+
+    async def abandon(self, tps: Collection[TP]) -> None:
+        self.events.append((self.name, "abandon"))
+
+    async def check_health(self) -> bool:
+        return True
+
+    def failure(self) -> str | None:
+        return None
+
+
+class FakeSource:
+    """A consumer-group member in memory: positions, a log per partition, commits."""
+
+    index = 0
+
+    def __init__(self, events: Events, logs: dict[TP, list[Message]]) -> None:
+        self.events = events
+        self.logs = logs
+        self.owned: set[TP] = set()
+        self.position: dict[TP, int] = {}
+        self.paused: set[TP] = set()
+        self.committed: dict[TP, int] = {}
+        self.callbacks: tuple[RebalanceCallback, RebalanceCallback] | None = None
+
+    async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
+        self.callbacks = (on_revoked, on_assigned)
+
+    async def rebalance(self, revoked: set[TP], assigned: set[TP]) -> None:
+        assert self.callbacks is not None
+        await self.callbacks[0](revoked)
+        self.owned -= revoked
+        self.owned |= assigned
+        for tp in assigned:
+            self.position[tp] = 0
+        await self.callbacks[1](assigned)
+
+    async def stop(self) -> None: ...
+
+    def assignment(self) -> set[TP]:
+        return set(self.owned)
+
+    def take(self, tp: TP, n: int) -> dict[TP, list[Any]]:
+        """What a fetch of `tp` returns now (moves the position on, as aiokafka does)."""
+        start = self.position[tp]
+        batch = [m for m in self.logs[tp] if start <= m.offset < start + n]
+        self.position[tp] = start + len(batch)
+        return {tp: batch} if batch else {}
+
+    async def fetch(self, timeout_ms: int, max_records: int) -> Mapping[TP, list[Any]]:
+        for tp in sorted(self.owned - self.paused):
+            data = self.take(tp, max_records)
+            if data:
+                return data
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.position[tp] = offset
+        self.events.append(("source", "seek", str(tp.partition), str(offset)))
+
+    async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
+        return {tp: 0 for tp in tps}
+
+    def pause(self, tps: Collection[TP]) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, tps: Collection[TP]) -> None:
+        self.paused -= set(tps)
+
+    async def commit(self, offsets: Mapping[TP, int]) -> None:
+        wanted = {tp: o for tp, o in offsets.items() if tp in self.owned}
+        if wanted:
+            self.committed.update(wanted)
+            self.events.append(
+                ("source", "commit", *(f"{p}={o}" for (_, p), o in sorted(wanted.items())))
+            )
+
+    def highwater(self, tp: TP) -> int | None:
+        return len(self.logs.get(tp, []))
+
+    async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
+        return {tp: len(self.logs.get(tp, [])) for tp in tps}
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.sent: list[DeadLetter] = []
+        self.refuse: str | None = None
+
+    async def start(self, topics: Sequence[str]) -> None: ...
+    async def close(self) -> None: ...
+
+    async def send_many(self, letters: Sequence[DeadLetter]) -> None:
+        if self.refuse is not None and letters:
+            parts = frozenset((d.topic, d.partition) for d in letters)
+            raise DeadLetterRefused(parts, self.refuse)
+        self.sent.extend(letters)
+
+
+@dataclass
+class Rig:
+    recorder: Recorder
+    source: FakeSource
+    sinks: dict[str, FakeSink]
+    dlq: FakeDeadLetters
+    events: Events
+
+    async def fetch_and_handle(self, tp: TP, n: int = 1000) -> None:
+        data = self.source.take(tp, n)
+        await self.recorder._handle(self.source, data, self.recorder.partitions.epochs(data))
+
+
+def rig(
+    logs: dict[TP, list[Message]],
+    stored: Mapping[str, Mapping[TP, int | None]] | None = None,
+    *,
+    s3: bool = True,
+    db: bool = True,
+) -> Rig:
+    settings = Settings(
+        _env_file=None,
+        KAFKA_TOPICS=[TOPIC],
+        DB_WRITE_ENABLED=db,
+        S3_WRITE_ENABLED=s3,
+    )
+    events: Events = []
+    table = PartitionTable()
+    names = enabled_sinks(settings)
+    committing = committing_sink(names)
+    sinks = {
+        n: FakeSink(
+            n, events, progress_to(table, n, committing), table.resync, (stored or {}).get(n)
+        )
+        for n in names
+    }
+    source = FakeSource(events, logs)
+    dlq = FakeDeadLetters()
+    recorder = Recorder(
+        settings, list(sinks.values()), [source], dlq, table, BufferLimits(100, 10**6)
+    )
+    return Rig(recorder, source, sinks, dlq, events)
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Wait for `condition` (checked every few milliseconds); fail with `what` after `within`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail(f"not reached in {within}s: {what}")
+
+
+def log_of(tp: TP, n: int, bad: Collection[int] = ()) -> list[Message]:
+    return [tick(i, valid=i not in bad) for i in range(n)]
+
+
+async def test_assignment_seeks_to_the_smallest_progress_and_keeps_each_sinks_own() -> None:
+    r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 30}, "s3": {A: None}})
+    await r.source.start(r.recorder.on_revoked, r.recorder.on_assigned)  # type: ignore[arg-type]
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    # The lake had no progress: it starts where the reset policy says (0) and stores that;
+    # the database keeps its 30; the consumer resumes at the smaller.
+    assert ("s3", "store_start", "0") in r.events
+    assert ("source", "seek", "0", "0") in r.events
+    assert r.recorder.partitions.status(A) is Status.READY
+    await r.fetch_and_handle(A)
+    assert r.sinks["timescaledb"].buffers[A] == list(range(30, 50))
+    assert r.sinks["s3"].buffers[A] == list(range(50))
+
+
+async def test_revocation_flushes_then_commits_the_hot_path_then_revokes() -> None:
+    r = rig({A: log_of(A, 20), B: log_of(B, 20)})
+    r.source.owned = {A, B}
+    await r.recorder.on_assigned(r.source, {A, B})
+    await r.fetch_and_handle(A)
+    await r.fetch_and_handle(B)
+    r.events.clear()
+    await r.recorder.on_revoked(r.source, {A})
+    assert r.events == [
+        ("timescaledb", "flush", "0", "20"),
+        ("s3", "flush", "0", "20"),
+        ("source", "commit", "0=20"),  # the database's progress, once, before giving A up
+        ("timescaledb", "revoke", "0"),
+        ("s3", "revoke", "0"),
+    ]
+    assert r.recorder.partitions.status(A) is Status.REVOKED
+    assert r.recorder.partitions.status(B) is Status.READY
+    assert r.sinks["timescaledb"].buffers[B] == list(range(20))  # B untouched
+
+
+async def test_the_lake_drives_commits_only_without_the_database() -> None:
+    both = rig({A: log_of(A, 10)})
+    both.source.owned = {A}
+    await both.recorder.on_assigned(both.source, {A})
+    await both.fetch_and_handle(A)
+    await both.sinks["s3"].flush_all()
+    assert both.recorder.partitions.take_commits() == {}  # the lake alone moves nothing
+    lake_only = rig({A: log_of(A, 10)}, db=False)
+    lake_only.source.owned = {A}
+    await lake_only.recorder.on_assigned(lake_only.source, {A})
+    await lake_only.fetch_and_handle(A)
+    await lake_only.sinks["s3"].flush_all()
+    assert lake_only.recorder.partitions.take_commits() == {A: 10}
+
+
+async def test_a_batch_fetched_before_a_rebalance_is_not_offered() -> None:
+    r = rig({A: log_of(A, 10)})
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    data = r.source.take(A, 10)
+    stale = r.recorder.partitions.epochs(data)
+    await r.recorder.on_revoked(r.source, {A})
+    await r.recorder.on_assigned(r.source, {A})
+    r.events.clear()
+    await r.recorder._handle(r.source, data, stale)
+    assert not any(e[1] == "offer" for e in r.events)
+
+
+async def test_a_resync_seeks_back_to_the_sinks_progress_before_taking_records() -> None:
+    r = rig({A: log_of(A, 40)}, {"timescaledb": {A: 0}, "s3": {A: 0}})
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    await r.fetch_and_handle(A, 10)
+    await r.sinks["timescaledb"].flush_all()  # both at 10 after their flushes
+    await r.sinks["s3"].flush_all()
+    await r.fetch_and_handle(A, 10)  # 10..19 buffered
+    r.sinks["s3"].buffers[A] = []  # the lake's flush was fenced: it drops its buffer
+    r.sinks["s3"].on_resync(A)
+    await r.fetch_and_handle(A, 10)  # 20..29 arrive from the old position: not offered
+    assert r.sinks["s3"].buffers[A] == []
+    r.events.clear()
+    await r.recorder._apply_resyncs(r.source)
+    assert r.events == [("source", "seek", "0", "10")]
+    await r.fetch_and_handle(A, 30)
+    assert r.sinks["s3"].buffers[A] == list(range(10, 40))
+
+
+async def test_progress_beyond_the_log_end_halts_the_partition_until_revoked() -> None:
+    r = rig({A: log_of(A, 5)}, {"timescaledb": {A: 100}, "s3": {A: 100}})
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    try:
+        assert r.recorder.partitions.status(A) is Status.HALTED
+        assert A in r.source.paused
+        assert "beyond the log end 5" in r.recorder.problems()["partitions"]
+        assert not any(e[:2] == ("source", "seek") for e in r.events)
+    finally:
+        assert r.recorder._held_retry is not None
+        r.recorder._held_retry.cancel()
+    await r.recorder.on_revoked(r.source, {A})
+    assert r.recorder.problems() == {}
+
+
+async def test_refused_dead_letters_keep_the_batch_out_and_the_partition_unready() -> None:
+    r = rig({A: log_of(A, 10, bad={3})})
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    r.dlq.refuse = "RecordTooLargeError"
+    await r.fetch_and_handle(A)
+    assert r.sinks["timescaledb"].buffers[A] == []  # nothing past an unsent dead letter
+    assert r.recorder.partitions.status(A) is Status.RESYNC
+    ok, why = r.recorder.dead_letter_part()
+    assert not ok and "RecordTooLargeError" in why
+    r.dlq.refuse = None
+    await r.recorder._apply_resyncs(r.source)
+    await r.fetch_and_handle(A)
+    assert [d.offset for d in r.dlq.sent] == [3]
+    assert r.sinks["timescaledb"].buffers[A] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert r.recorder.dead_letter_part() == (True, "")
+
+
+async def test_the_running_loop_commits_and_shutdown_commits_the_rest() -> None:
+    r = rig({A: log_of(A, 30)}, s3=False)
+    await r.recorder.start()
+    try:
+        await r.source.rebalance(set(), {A})
+        db = r.sinks["timescaledb"]
+        await until(lambda: db.buffered() == 30, "the loop offers what it fetches")
+        await db.flush_all()
+        await until(lambda: r.source.committed.get(A) == 30, "the loop commits progress")
+        r.source.logs[A] += [tick(i) for i in range(30, 45)]
+        await until(lambda: db.buffered() == 15, "more records offered")
+    finally:
+        r.recorder.stop()
+        await r.recorder.shutdown()
+    assert r.source.committed[A] == 45  # shutdown flushed and committed the rest
+    assert db.rows[A] == list(range(45))
+
+
+async def test_full_buffers_pause_the_consumer_flush_at_once_and_resume() -> None:
+    r = rig({A: log_of(A, 150)}, s3=False)  # the limit is 100 records
+    await r.recorder.start()
+    try:
+        await r.source.rebalance(set(), {A})
+        db = r.sinks["timescaledb"]
+        await until(lambda: A in r.source.paused, "a consumer with full buffers pauses")
+        # Nobody calls flush here: full buffers flush at once (not at their size or age
+        # trigger), which makes room, and the consumer resumes and reads the rest.
+        await until(lambda: len(db.rows.get(A, [])) >= 100, "full buffers flushed at once")
+        await until(lambda: A not in r.source.paused, "room resumes the consumer")
+        await until(lambda: len(db.rows[A]) + db.buffered() == 150, "the rest fetched")
+    finally:
+        r.recorder.stop()
+        await r.recorder.shutdown()
+    assert db.rows[A] == list(range(150))
+
+
+def test_a_recorder_needs_a_sink() -> None:
+    with pytest.raises(ValueError, match="both sinks are disabled"):
+        rig({}, db=False, s3=False)

@@ -1,0 +1,139 @@
+"""The partition table's transitions (recorder.core.partitions), without Kafka or a sink."""
+
+from __future__ import annotations
+
+from recorder.core.backpressure import Blocked
+from recorder.core.offsets import TP
+from recorder.core.partitions import HaltedAt, PartitionTable, Status
+
+A, B = TP("t", 0), TP("t", 1)
+
+
+def test_assigned_partitions_take_nothing_until_seeked() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    fetched_under = table.epoch(A)
+    assert table.status(A) is Status.ASSIGNED and not table.takes(A, fetched_under)
+    table.seeked(A)
+    assert table.status(A) is Status.READY
+    # A batch fetched before the seek continues from the old position: never offered.
+    assert not table.takes(A, fetched_under)
+    assert table.takes(A, table.epoch(A))
+
+
+def test_a_resync_stops_the_partition_until_its_resync_seek() -> None:
+    table = PartitionTable()
+    table.assign([A, B])
+    table.seeked(A)
+    table.seeked(B)
+    before = table.epoch(A)
+    table.resync(A)
+    assert table.status(A) is Status.RESYNC and not table.takes(A, table.epoch(A))
+    assert table.epoch(A) > before  # a batch fetched before the resync is stale
+    assert table.resyncs({A, B}) == [A]
+    assert table.begin_resync(A) and table.may_seek(A)
+    table.seeked(A)
+    assert table.status(A) is Status.READY and table.resyncs({A, B}) == []
+
+
+def test_a_resync_during_the_position_look_up_wins_over_the_seek() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    table.seeked(A)
+    table.resync(A)
+    assert table.begin_resync(A)
+    table.resync(A)  # the sink failed again while the position was looked up
+    assert not table.may_seek(A) and table.resyncs({A}) == [A]
+
+
+def test_a_resync_during_take_over_seeks_again_after_it() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    table.resync(A)
+    table.seeked(A)
+    assert table.status(A) is Status.RESYNC
+
+
+def test_revoke_during_flush_stops_taking_but_commits_what_the_flush_made_durable() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    table.seeked(A)
+    epoch = table.epoch(A)
+    table.revoking([A])
+    assert not table.takes(A, epoch)
+    table.progress(A, 120)  # the revocation's flush finished a batch
+    assert table.take_commits({A}) == {A: 120}
+    table.resync(A)  # a fenced flush of the revoked partition: nothing to seek any more
+    table.revoke([A])
+    assert table.status(A) is Status.REVOKED and table.resyncs({A}) == []
+    table.progress(A, 130)
+    table.revoke([A])
+    assert not table.has_pending()
+
+
+def test_epochs_only_grow_across_revoke_and_reassignment() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    table.seeked(A)
+    stale = table.epoch(A)  # a batch fetched just before the revocation
+    table.revoking([A])
+    table.revoke([A])
+    table.assign([A])
+    table.seeked(A)
+    assert not table.takes(A, stale)
+
+
+def test_commits_are_taken_once_and_only_for_owned_partitions() -> None:
+    table = PartitionTable()
+    table.assign([A, B])
+    table.progress(A, 10)
+    table.progress(B, 20)
+    table.progress(A, 15)
+    assert table.take_commits({A}) == {A: 15}
+    assert table.take_commits({A}) == {}
+    assert table.has_pending()
+    assert table.take_commits() == {B: 20}
+    assert not table.has_pending()
+
+
+def test_held_partitions_are_released_by_their_seek() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    table.hold(A, "cannot load progress: OSError")
+    assert table.held() == {A: "cannot load progress: OSError"}
+    table.resync(A)  # ignored: a held partition is taken over as a whole later
+    assert table.is_held(A) and table.resyncs({A}) == []
+    assert table.seeked(A) is True
+    assert table.held() == {} and table.status(A) is Status.READY
+    assert table.seeked(A) is False
+
+
+def test_halt_is_news_once_and_sticky_until_revoked() -> None:
+    table = PartitionTable()
+    table.assign([A])
+    table.seeked(A)
+    table.progress(A, 500)
+    at = HaltedAt((500, 400), 500, 10)
+    assert table.halt(A, at, "beyond") is True
+    assert table.halt(A, at, "beyond") is False  # the retry halts again: logged once
+    assert table.status(A) is Status.HALTED and table.halted_at(A) == at
+    assert not table.has_pending()  # progress past the log end is never committed
+    assert table.revoke([A]) == {A}
+    assert table.halted_at(A) is None and table.held() == {}
+
+
+def test_dead_letter_blocks_are_per_partition_and_dropped_on_revoke() -> None:
+    table = PartitionTable()
+    table.assign([A, B])
+    table.block(A, Blocked(10.0, 1, "refused"))
+    assert set(table.blocked()) == {A}
+    assert table.unblock(A) and not table.unblock(A)
+    table.block(B, Blocked(10.0, 1, "refused"))
+    table.revoke([B])
+    assert table.blocked() == {}
+
+
+def test_a_partition_never_seen_reads_as_revoked() -> None:
+    table = PartitionTable()
+    assert table.status(A) is Status.REVOKED and A not in table
+    assert not table.takes(A, 0)
