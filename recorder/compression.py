@@ -8,9 +8,8 @@ start from the settings: the Apache edition and plain PostgreSQL have no compres
 from __future__ import annotations
 
 import asyncpg
-import structlog
 
-log = structlog.get_logger("recorder.compression")
+from recorder import telemetry
 
 TABLES = ("tick_data", "orderbook")
 
@@ -35,4 +34,4 @@ async def apply_compression(conn: asyncpg.Connection, after_days: int) -> None:
             table,
             after_days,
         )
-        log.info("compression_policy", table=table, after_days=after_days)
+        telemetry.emit(telemetry.COMPRESSION_POLICY, table=table, after_days=after_days)

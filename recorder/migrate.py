@@ -14,9 +14,8 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
-import structlog
 
-log = structlog.get_logger("recorder.migrate")
+from recorder import telemetry
 
 # Any constant works as long as every recorder uses the same one.
 MIGRATION_LOCK_ID = 0x5245434F5244  # "RECORD"
@@ -108,7 +107,7 @@ async def detect_mode(conn: asyncpg.Connection) -> tuple[DbMode, str]:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         except asyncpg.PostgresError as exc:
             # Typically: not in shared_preload_libraries, or no right to create extensions.
-            log.warning("timescaledb_unusable", error=str(exc), fallback="postgres")
+            telemetry.emit(telemetry.TIMESCALEDB_UNUSABLE, error=str(exc), fallback="postgres")
             return DbMode.POSTGRES, f"the timescaledb extension is installed but unusable: {exc}"
     license_name = await conn.fetchval("SHOW timescaledb.license")
     return mode_for_license(str(license_name))
@@ -153,7 +152,9 @@ async def migrate_explained(conn: asyncpg.Connection) -> MigrationResult:
                     m.name,
                     mode.value,
                 )
-            log.info("migration_applied", version=m.version, name=m.name, mode=mode.value)
+            telemetry.emit(
+                telemetry.MIGRATION_APPLIED, version=m.version, name=m.name, mode=mode.value
+            )
         return MigrationResult(mode, reason, tuple(pending))
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)

@@ -12,11 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
-import structlog
 
+from recorder import telemetry
 from recorder.migrate import DbMode
-
-log = structlog.get_logger("recorder.retention")
 
 TABLES = ("tick_data", "orderbook")
 SECONDS_PER_DAY = 86_400
@@ -86,5 +84,7 @@ async def apply_retention(
                 await conn.execute(f'DROP TABLE IF EXISTS "{name}"')
         if pieces:
             dropped.append(Dropped(table, pieces))
-            log.info("retention_dropped", table=table, mode=mode.value, pieces=list(pieces))
+            telemetry.emit(
+                telemetry.RETENTION_DROPPED, table=table, mode=mode.value, pieces=list(pieces)
+            )
     return dropped

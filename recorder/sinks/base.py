@@ -10,14 +10,12 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol, TypeVar
 
 import pyarrow as pa
-import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from recorder import metrics
+from recorder import metrics, telemetry
 from recorder.core.offsets import TP
 
 T = TypeVar("T")
-log = structlog.get_logger("recorder.sinks")
 
 ProgressCallback = Callable[[TP, int], None]
 # Called when a sink dropped a partition's buffer and must be fed again from its progress.
@@ -109,7 +107,7 @@ async def retry_forever(
         outcome = getattr(state, "outcome", None)
         exc = outcome.exception() if outcome is not None else None
         if exc is not None:
-            log.warning("store_retry", what=what, error=f"{type(exc).__name__}: {exc}")
+            telemetry.emit(telemetry.STORE_RETRY, what=what, error=f"{type(exc).__name__}: {exc}")
             if on_failure is not None:
                 on_failure(exc)
 

@@ -44,9 +44,8 @@ from collections.abc import Collection, Mapping
 from typing import Literal
 
 import pyarrow as pa
-import structlog
 
-from recorder import metrics, supervise
+from recorder import metrics, supervise, telemetry
 from recorder.core.batching import Batch, is_due, split_by_hour
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
 from recorder.settings import Settings, TopicKind
@@ -61,8 +60,6 @@ from recorder.sinks.lake.parquet import (
     write_parquet,
 )
 from recorder.sinks.lake.store import Lake, StoredProgress, is_retriable
-
-log = structlog.get_logger("recorder.sinks.lake")
 
 SINK = "s3"
 PARALLEL_UPLOADS = 8
@@ -131,7 +128,9 @@ class S3Sink(SinkHealth):
         await self._check_unclaimed()
         self._set_healthy(True)
         self._timer = asyncio.create_task(self._run_timer(), name="s3-flush-timer")
-        log.info("sink_started", sink=SINK, lake=self._lake.description, group=self._group)
+        telemetry.emit(
+            telemetry.SINK_STARTED, sink=SINK, lake=self._lake.description, group=self._group
+        )
 
     async def _check_unclaimed(self) -> None:
         root = groups_root(self._settings.S3_PREFIX)
@@ -322,8 +321,8 @@ class S3Sink(SinkHealth):
             self._set_healthy(False)
             metrics.STORE_ERRORS.labels(SINK, "flush").inc()
             wait = min(FAILED_FLUSH_BACKOFF_MAX_SEC, FAILED_FLUSH_BACKOFF_SEC * 2 ** (failures - 1))
-            log.error(
-                "flush_failed",
+            telemetry.emit(
+                telemetry.FLUSH_FAILED,
                 sink=SINK,
                 topic=tp.topic,
                 partition=tp.partition,
@@ -382,8 +381,8 @@ class S3Sink(SinkHealth):
             metrics.RECORDS_WRITTEN.labels(tp.topic, SINK).inc(len(batch))
             metrics.S3_BYTES_UPLOADED.labels(tp.topic).inc(nbytes)
         self._on_progress(tp, batch.end)
-        log.info(
-            "flush",
+        telemetry.emit(
+            telemetry.FLUSH,
             sink=SINK,
             topic=tp.topic,
             partition=tp.partition,
@@ -408,8 +407,10 @@ class S3Sink(SinkHealth):
     def _fenced(self, tp: TP, batch: Batch, outcome: IntentOutcome) -> None:
         metrics.FLUSHES.labels(SINK, "fenced").inc()
         stored = self._stored.get(tp)
-        log.warning(
-            "batch_fenced" if outcome is IntentOutcome.FENCED else "batch_adopts_recorded_range",
+        telemetry.emit(
+            telemetry.BATCH_FENCED
+            if outcome is IntentOutcome.FENCED
+            else telemetry.BATCH_ADOPTS_RECORDED_RANGE,
             sink=SINK,
             topic=tp.topic,
             partition=tp.partition,

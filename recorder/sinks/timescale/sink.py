@@ -18,9 +18,8 @@ from datetime import date, timedelta
 import asyncpg
 import numpy as np
 import pyarrow as pa
-import structlog
 
-from recorder import metrics, supervise
+from recorder import metrics, supervise, telemetry
 from recorder.compression import apply_compression
 from recorder.core.batching import Batch, is_due, next_due_in, writer_for
 from recorder.core.columns import offsets_of, times_of
@@ -33,8 +32,6 @@ from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
 from recorder.sinks.buffer import Buffers
 from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
-
-log = structlog.get_logger("recorder.sinks.timescale")
 
 SINK = "timescaledb"
 NS_PER_DAY = 86_400 * 1_000_000_000
@@ -163,7 +160,9 @@ class TimescaleSink(SinkHealth):
             self._maintenance = asyncio.create_task(
                 self._maintain_partitions(), name="db-partitions"
             )
-        log.info("sink_started", sink=SINK, mode=self._mode.value, writers=len(self._writers))
+        telemetry.emit(
+            telemetry.SINK_STARTED, sink=SINK, mode=self._mode.value, writers=len(self._writers)
+        )
 
     async def close(self) -> None:
         self._closing = True
@@ -379,8 +378,8 @@ class TimescaleSink(SinkHealth):
         for tp, (outcome, stored) in outcomes.items():
             batch = batches[tp]
             if outcome is CasOutcome.FENCED:
-                log.warning(
-                    "batch_fenced",
+                telemetry.emit(
+                    telemetry.BATCH_FENCED,
                     sink=SINK,
                     topic=tp.topic,
                     partition=tp.partition,
@@ -395,8 +394,8 @@ class TimescaleSink(SinkHealth):
             if tp in self._progress:
                 self._progress[tp] = batch.end
             self._on_progress(tp, batch.end)
-        log.info(
-            "flush",
+        telemetry.emit(
+            telemetry.FLUSH,
             sink=SINK,
             partitions=len(batches),
             rows=rows,
@@ -406,8 +405,8 @@ class TimescaleSink(SinkHealth):
 
     def _flush_failed(self, batches: dict[TP, Batch], exc: Exception) -> None:
         """Drop the batches and feed their partitions again from the stored progress."""
-        log.error(
-            "flush_failed",
+        telemetry.emit(
+            telemetry.FLUSH_FAILED,
             sink=SINK,
             partitions=len(batches),
             rows=sum(len(b) for b in batches.values()),
@@ -441,13 +440,13 @@ class TimescaleSink(SinkHealth):
         except asyncpg.ReadOnlySQLTransactionError as exc:
             # After a failover the pool's connections may still reach the demoted server (same
             # address, new role, or a DNS name that now points elsewhere): replace them all.
-            log.warning("db_read_only", sink=SINK, error=str(exc), action="reconnecting")
+            telemetry.emit(telemetry.DB_READ_ONLY, sink=SINK, error=str(exc), action="reconnecting")
             await pool.expire_connections()
             raise
         except asyncpg.CheckViolationError as exc:
             if self._mode is not DbMode.POSTGRES or "no partition" not in str(exc):
                 raise
-            log.warning("partition_missing", sink=SINK, error=str(exc))
+            telemetry.emit(telemetry.PARTITION_MISSING, sink=SINK, error=str(exc))
             self._known_days.clear()
             raise PartitionMissing(str(exc)) from exc
 
@@ -673,7 +672,7 @@ class TimescaleSink(SinkHealth):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("partition_maintenance_failed", sink=SINK, error=str(exc))
+                telemetry.emit(telemetry.PARTITION_MAINTENANCE_FAILED, sink=SINK, error=str(exc))
             await asyncio.sleep(PARTITION_MAINTENANCE_SEC)
 
     async def _apply_compression(self, conn: asyncpg.Connection) -> None:
@@ -681,8 +680,10 @@ class TimescaleSink(SinkHealth):
         if self._mode is DbMode.TIMESCALEDB:
             await apply_compression(conn, days)
         elif days > 0:
-            log.warning(
-                "compression_unavailable", mode=self._mode.value, setting="DB_COMPRESS_AFTER_DAYS"
+            telemetry.emit(
+                telemetry.COMPRESSION_UNAVAILABLE,
+                mode=self._mode.value,
+                setting="DB_COMPRESS_AFTER_DAYS",
             )
 
     async def _run_retention(self) -> None:
@@ -703,5 +704,7 @@ class TimescaleSink(SinkHealth):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("retention_failed", sink=SINK, error=f"{type(exc).__name__}: {exc}")
+                telemetry.emit(
+                    telemetry.RETENTION_FAILED, sink=SINK, error=f"{type(exc).__name__}: {exc}"
+                )
             await asyncio.sleep(self._settings.DB_RETENTION_INTERVAL_SEC)
