@@ -51,11 +51,11 @@ async def runs(stack: Stack, topics: wl.Topics, ticks: int, books: int, logs: Pa
     for run, only, count, kw in plan:
         for tree, path in trees.items():
             log(f"{tree}: {run}")
-            wl.REPO = path  # type: ignore[misc]  # recorder processes import this tree's recorder
+            wl.REPO = path  # recorder processes import this tree's recorder
             try:
                 d = await sc.drain(stack, only, count, logs, name=f"{tree}-{run[:8]}", **kw)  # type: ignore[arg-type]
             finally:
-                wl.REPO = REPO  # type: ignore[misc]
+                wl.REPO = REPO
             rate = min(d.db_rate, d.s3_rate) if kw["s3"] and d.s3_rate else d.db_rate
             out.append((tree, run, rate, d.cpu_us_per_record, d.peak_rss))
     return out

@@ -45,7 +45,7 @@ def measure(kind: TopicKind, values: list[bytes], per_table: int) -> tuple[float
     for i in range(0, len(values), per_table):
         chunk = values[i : i + per_table]
         offsets = list(range(i, i + len(chunk)))
-        kept.append(decode_batch(kind, chunk, offsets, [TS_MS] * len(chunk), limits)[0])  # type: ignore[arg-type]
+        kept.append(decode_batch(kind, chunk, offsets, [TS_MS] * len(chunk), limits)[0])
     gc.collect()
     grown = proc.memory_info().rss - before
     arrow = sum(t.nbytes for t in kept)

@@ -18,7 +18,8 @@ import aioboto3
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.stack import REPO, Stack
+from bench.stack import REPO as REPO  # re-exported: bench/compare.py points it at another tree
+from bench.stack import Stack
 from recorder.devstack.recorder_proc import produce as run_produce
 from recorder.settings import Settings
 from recorder.sinks.lake.parquet import progress_key

@@ -53,7 +53,7 @@ def aws_credentials(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings_for(env: dict[str, str], **extra: Any) -> Settings:
-    kw = {k: v for k, v in env.items() if k in Settings.model_fields}
+    kw: dict[str, Any] = {k: v for k, v in env.items() if k in Settings.model_fields}
     kw.update(
         {
             "KAFKA_TOPICS": TOPIC,
@@ -240,7 +240,7 @@ async def test_rule3_revocation_waits_for_in_flight_work(
 
     topics = await kafka_topics("market.tick", partitions=2)
     env = recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics)
-    kw = {k: v for k, v in env.items() if k in Settings.model_fields}
+    kw: dict[str, Any] = {k: v for k, v in env.items() if k in Settings.model_fields}
     kw.update(
         {
             "BATCH_TIMEOUT_MS": 60_000,

@@ -81,7 +81,10 @@ def test_seek_keeps_every_known_progress() -> None:
     assert seek_position([100, 40]) == 40
     assert seek_position([100, None]) == 100
     assert seek_position([None, None]) is None
-    progress = {"timescaledb": {A: 100, B: 5}, "s3": {A: None, B: 3}}
+    progress: dict[str, dict[TP, int | None]] = {
+        "timescaledb": {A: 100, B: 5},
+        "s3": {A: None, B: 3},
+    }
     assert unknown_progress(progress, [A, B]) == {A}
 
 
