@@ -88,7 +88,6 @@ class Health:
     consumer_error: str | None = None
     failed: str | None = None  # a long-running task died: the recorder stops and exits with 1
     last_fetch: float = field(default_factory=time.monotonic)
-    assigned_once: bool = False
 
     def consumer_ok(self) -> bool:
         """Joined the group (not still waiting for Kafka), not failed, and fetching."""
@@ -235,7 +234,6 @@ class Recorder:
         telemetry.emit(telemetry.PARTITIONS_REVOKED, count=len(tps), seconds=seconds)
 
     async def on_assigned(self, source: Source, tps: set[TP]) -> None:
-        self.health.assigned_once = True
         if not tps:
             return
         metrics.ASSIGNED_PARTITIONS.inc(len(tps))
@@ -287,7 +285,7 @@ class Recorder:
         # and a fetch landing between a buffer's creation and its partition's seek would leave
         # a gap that the re-fetch from the seek position then skips as already buffered.
         for sink in self.sinks:
-            sink.assign({tp: progress[sink.name][tp] for tp in live}, {})
+            sink.assign({tp: progress[sink.name][tp] for tp in live})
         for tp in sorted(live):
             position = positions.get(tp)
             if position is not None:

@@ -91,7 +91,3 @@ def partition_lag(high_watermark: int | None, progress: int | None, log_start: i
         return 0
     base = log_start if progress is None else max(progress, log_start)
     return max(0, high_watermark - base)
-
-
-def total_lag(lags: Mapping[TP, int]) -> int:
-    return sum(lags.values())

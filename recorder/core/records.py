@@ -246,11 +246,3 @@ def decode(kind: TopicKind, value: bytes | None, kafka_ts_ms: int, limits: Limit
     if kind is TopicKind.TICK:
         return decode_tick(value, ts_ns, limits)
     return decode_orderbook(value, ts_ns, limits)
-
-
-_LEVELS_ENCODER: Final = msgspec.json.Encoder()
-
-
-def levels_json(levels: list[Level]) -> bytes:
-    """Levels as the JSON array of {"price","quantity"} objects stored in jsonb / json Parquet."""
-    return _LEVELS_ENCODER.encode(levels)

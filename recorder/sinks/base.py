@@ -43,9 +43,7 @@ class Sink(Protocol):
         (another writer's start where it stored one first)."""
         ...
 
-    def assign(
-        self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]
-    ) -> None: ...
+    def assign(self, progress: Mapping[TP, int | None]) -> None: ...
     def offer(self, tp: TP, columns: pa.Table, end: int) -> None:
         """Buffer one fetch of `tp`: its valid records as columns (recorder.core.columns, the
         same table for every sink) and `end`, the offset after its last record."""

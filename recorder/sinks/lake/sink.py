@@ -217,7 +217,7 @@ class S3Sink(SinkHealth):
             out[tp] = stored.offset if stored.offset is not None else starts[tp]
         return out
 
-    def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
+    def assign(self, progress: Mapping[TP, int | None]) -> None:
         for tp in progress:
             self._closing.discard(tp)
             self._failures.pop(tp, None)

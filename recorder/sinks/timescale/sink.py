@@ -258,7 +258,7 @@ class TimescaleSink(SinkHealth):
         found = {TP(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
         return {tp: found.get(tp, starts[tp]) for tp in ordered}
 
-    def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
+    def assign(self, progress: Mapping[TP, int | None]) -> None:
         self._progress.update(progress)
         self._buffers.assign(progress)
 

@@ -104,8 +104,8 @@ async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
     await owner.start()
     try:
         # both believe they own partition 0 from offset 0 (the zombie missed the rebalance)
-        zombie.assign({TPX: None}, {})
-        owner.assign({TPX: None}, {})
+        zombie.assign({TPX: None})
+        owner.assign({TPX: None})
         batch = rows(0, 100)
         owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
@@ -121,7 +121,7 @@ async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
         assert zombie.progress()[TPX] == 100  # it learnt the stored progress and dropped its batch
         # a retry of an already committed batch is recognised, not written twice
         owner.revoke([TPX])
-        owner.assign({TPX: 40}, {})  # stale view: progress 40, while the database holds 100
+        owner.assign({TPX: 40})  # stale view: progress 40, while the database holds 100
         batch = rows(40, 60)
         owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
@@ -159,7 +159,7 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
     crashed = S3Sink(s, topics, S3Lake(s), noop, noop)
     await crashed.start()
     try:
-        crashed.assign({TPX: None}, {})
+        crashed.assign({TPX: None})
         batch = rows(0, 300, hour_of)
         # encode and upload like a flush, then "crash" before the progress is recorded
         from recorder.core.batching import Batch
@@ -177,7 +177,7 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
     try:
         progress = await replay.load_progress([TPX])
         assert progress == {TPX: None}
-        replay.assign(progress, {})
+        replay.assign(progress)
         for first in range(0, 300, 70):  # other flush boundaries than the crashed run
             batch = rows(first, min(70, 300 - first), hour_of)
             replay.offer(TPX, batch, first + len(batch))
@@ -218,7 +218,7 @@ async def test_rule2_one_unrecorded_upload_per_partition(
     )
     await sink.start()
     try:
-        sink.assign(await sink.load_progress([TPX]), {})
+        sink.assign(await sink.load_progress([TPX]))
         for first in (0, 100, 200):  # each offer fills a batch: due at once
             batch = rows(first, 100)
             sink.offer(TPX, batch, first + 100)
@@ -259,7 +259,7 @@ async def test_rule3_revocation_waits_for_in_flight_work(
     try:
         tp = TP(topics[0], 0)
         for sink in rec.sinks:
-            sink.assign({tp: None}, {})
+            sink.assign({tp: None})
         batch = rows(0, 300)
         for sink in rec.sinks:
             sink.offer(tp, batch, 300)

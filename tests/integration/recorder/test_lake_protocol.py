@@ -69,8 +69,8 @@ async def test_zombie_flush_cannot_replace_the_owners_file(
     await zombie.start()
     await owner.start()
     try:
-        zombie.assign(await zombie.load_progress([TPX]), {})
-        owner.assign(await owner.load_progress([TPX]), {})
+        zombie.assign(await zombie.load_progress([TPX]))
+        owner.assign(await owner.load_progress([TPX]))
         batch = rows(0, 100, two_hours)
         owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
@@ -102,7 +102,7 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
     await zombie.start()
     await owner.start()
     try:
-        zombie.assign(await zombie.load_progress([TPX]), {})
+        zombie.assign(await zombie.load_progress([TPX]))
         batch = rows(0, 60, two_hours)
         zombie.offer(TPX, batch, 60)
         stalled = zombie._buffers.open[TPX].take()  # the zombie's flush, stopped after step 1
@@ -111,7 +111,7 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
         assert await zombie._record_intent(TPX, stalled) is IntentOutcome.RECORDED
         zombie_files = zombie._encode(TPX, TopicKind.TICK, stalled)
 
-        owner.assign(await owner.load_progress([TPX]), {})
+        owner.assign(await owner.load_progress([TPX]))
         batch = rows(0, 100, two_hours)
         owner.offer(TPX, batch, 100)
         await owner.flush_all([TPX])
@@ -148,7 +148,7 @@ async def test_progress_is_scoped_by_group_and_a_second_group_is_refused(
     try:
         progress = await sink_a.load_progress([TPX])
         assert progress == {TPX: 40}  # carried over from the unscoped key
-        sink_a.assign(progress, {})
+        sink_a.assign(progress)
         batch = rows(40, 10)
         sink_a.offer(TPX, batch, 50)
         await sink_a.flush_all([TPX])

@@ -76,7 +76,7 @@ class FakeSink:
         self.events.append((self.name, "store_start", *map(str, sorted(starts.values()))))
         return dict(starts)
 
-    def assign(self, progress: Mapping[TP, int | None], first_offsets: Mapping[TP, int]) -> None:
+    def assign(self, progress: Mapping[TP, int | None]) -> None:
         for tp, value in progress.items():
             self.buffers[tp] = []
             self.stored[tp] = value

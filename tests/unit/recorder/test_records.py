@@ -8,12 +8,12 @@ import pytest
 
 from recorder.core.records import (
     MIN_TIME_NS,
+    Level,
     Limits,
     OrderBookRow,
     RecordError,
     TickRow,
     decode,
-    levels_json,
     parse_timestamp,
 )
 from recorder.settings import TopicKind
@@ -52,8 +52,7 @@ def test_design_example_orderbook() -> None:
     row = decode(TopicKind.ORDERBOOK, value, 1764133200000, LIMITS)
     assert isinstance(row, OrderBookRow)
     assert row.time_ns == TS and row.symbol == "005930"
-    assert levels_json(row.bids) == b'[{"price":70900.0,"quantity":1200.0}]'
-    assert levels_json(row.asks) == b'[{"price":71000.0,"quantity":800.0}]'
+    assert row.bids == [Level(70900.0, 1200.0)] and row.asks == [Level(71000.0, 800.0)]
 
 
 def test_optional_fields_absent_or_null_and_extra_fields_ignored() -> None:
