@@ -6,8 +6,6 @@ import re
 import ssl
 from typing import Any
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
-
 from recorder.settings import Settings
 
 
@@ -64,10 +62,3 @@ def jaas_credentials(config: str) -> tuple[str, str]:
             '(expected e.g. ...LoginModule required username="..." password="...";)'
         )
     return options["username"], options["password"]
-
-
-def is_kafka_retriable(exc: BaseException) -> bool:
-    """The cluster is unreachable or busy (worth waiting for), not misconfigured or refusing."""
-    if isinstance(exc, (KafkaConnectionError, OSError, TimeoutError)):
-        return True
-    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -33,9 +33,9 @@ from recorder.core.offsets import (
 from recorder.core.partitions import HaltedAt, PartitionTable
 from recorder.core.records import Limits
 from recorder.dlq import DeadLetter, DeadLetterRefused
-from recorder.kafka_options import is_kafka_retriable
+from recorder.retry import retry_forever
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import Sink, retry_forever
+from recorder.sinks.base import Sink
 
 REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
@@ -159,7 +159,7 @@ class Recorder:
         )
 
     async def _when_kafka_answers(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
-        await retry_forever(what, attempt, is_kafka_retriable, self.settings.RETRY_MAX_BACKOFF_SEC)
+        await retry_forever(what, attempt, self.settings.RETRY_MAX_BACKOFF_SEC)
 
     async def run(self) -> None:
         """Run until `stop()`; then flush and commit everything within the deadline."""

@@ -1,6 +1,7 @@
-"""What every sink offers the pipeline, and the one retry policy they share.
+"""What every sink offers the pipeline.
 
-Owns the Sink protocol (buffer, flush, progress, revoke) and retry-forever-with-backoff.
+Owns the Sink protocol (buffer, flush, progress, revoke) and the sinks' health probe; the retry
+rule they share is recorder.retry.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Protocol, TypeVar
 
 import pyarrow as pa
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from recorder import metrics, telemetry
+from recorder import metrics
 from recorder.core.offsets import TP
 
 T = TypeVar("T")
@@ -89,32 +89,3 @@ class SinkHealth:
         except Exception:
             self._set_healthy(False)
         return self.healthy
-
-
-async def retry_forever(
-    what: str,
-    attempt: Callable[[], Awaitable[T]],
-    retriable: Callable[[BaseException], bool],
-    max_backoff: float,
-    on_failure: Callable[[BaseException], None] | None = None,
-) -> T:
-    """Run `attempt` until it succeeds; retriable errors back off (jittered, capped), others
-    propagate. Cancellation stops it (that is how a revoke or a second signal abandons work)."""
-
-    def before_sleep(state: object) -> None:
-        outcome = getattr(state, "outcome", None)
-        exc = outcome.exception() if outcome is not None else None
-        if exc is not None:
-            telemetry.emit(telemetry.STORE_RETRY, what=what, error=f"{type(exc).__name__}: {exc}")
-            if on_failure is not None:
-                on_failure(exc)
-
-    async for try_ in AsyncRetrying(
-        retry=retry_if_exception(retriable),
-        wait=wait_exponential_jitter(multiplier=0.1, max=max_backoff, jitter=0.1),
-        before_sleep=before_sleep,
-        reraise=True,
-    ):
-        with try_:
-            return await attempt()
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -48,8 +48,9 @@ import pyarrow as pa
 from recorder import metrics, supervise, telemetry
 from recorder.core.batching import Batch, is_due, split_by_hour
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
+from recorder.retry import retry_forever
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
+from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
 from recorder.sinks.lake.parquet import (
     groups_root,
@@ -59,7 +60,7 @@ from recorder.sinks.lake.parquet import (
     scratch_prefix,
     write_parquet,
 )
-from recorder.sinks.lake.store import Lake, StoredProgress, is_retriable
+from recorder.sinks.lake.store import Lake, StoredProgress
 
 SINK = "s3"
 PARALLEL_UPLOADS = 8
@@ -113,7 +114,6 @@ class S3Sink(SinkHealth):
         await retry_forever(
             "lake_check",
             self._lake.check,
-            is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._failed,
         )
@@ -121,7 +121,6 @@ class S3Sink(SinkHealth):
         await retry_forever(
             "conditional_writes_check",
             lambda: self._lake.check_conditional_writes(scratch_prefix(prefix, self._group)),
-            is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._failed,
         )
@@ -187,7 +186,6 @@ class S3Sink(SinkHealth):
         stored = await retry_forever(
             "load_progress",
             read_all,
-            is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._failed,
         )
@@ -208,9 +206,7 @@ class S3Sink(SinkHealth):
         async def store_all() -> list[tuple[TP, StoredProgress]]:
             return await asyncio.gather(*(store(tp, off) for tp, off in starts.items()))
 
-        done = await retry_forever(
-            "store_start", store_all, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC
-        )
+        done = await retry_forever("store_start", store_all, self._settings.RETRY_MAX_BACKOFF_SEC)
         out: dict[TP, int] = {}
         for tp, stored in done:
             self._stored[tp] = stored
@@ -342,7 +338,6 @@ class S3Sink(SinkHealth):
         outcome = await retry_forever(
             "flush_intent",
             lambda: self._record_intent(tp, batch),
-            is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._on_retry,
         )
@@ -363,7 +358,6 @@ class S3Sink(SinkHealth):
         committed = await retry_forever(
             "progress",
             lambda: self._commit(tp, batch),
-            is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._on_retry,
         )
@@ -399,7 +393,6 @@ class S3Sink(SinkHealth):
             await retry_forever(
                 "upload",
                 lambda: self._lake.put_file(key, body, size),
-                is_retriable,
                 self._settings.RETRY_MAX_BACKOFF_SEC,
                 self._on_retry,
             )

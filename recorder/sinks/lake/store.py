@@ -24,11 +24,7 @@ from typing import IO, Any, Protocol
 import aioboto3
 from botocore.config import Config
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
-    NoCredentialsError,
-    NoRegionError,
-    ParamValidationError,
 )
 
 from recorder.settings import Settings
@@ -68,24 +64,6 @@ class Lake(Protocol):
     async def check_conditional_writes(self, scratch_prefix: str) -> None:
         """Raise ConditionalWritesUnsupported unless If-None-Match and If-Match are honoured."""
         ...
-
-
-def is_retriable(exc: BaseException) -> bool:
-    # Configuration mistakes never heal by waiting: fail loudly instead of retrying forever.
-    if isinstance(exc, (NoCredentialsError, NoRegionError, ParamValidationError)):
-        return False
-    if isinstance(exc, (OSError, BotoCoreError, asyncio.TimeoutError, TimeoutError)):
-        return True
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return status >= 500 or code in {
-            "SlowDown",
-            "RequestTimeout",
-            "InternalError",
-            "ServiceUnavailable",
-        }
-    return False
 
 
 class CorruptProgress(ValueError):

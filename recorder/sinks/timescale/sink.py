@@ -28,8 +28,9 @@ from recorder.core.rollups import ROLLUPS, Bars, bars
 from recorder.dlq import DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.retention import apply_retention
+from recorder.retry import Transient, retry_forever
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth, retry_forever
+from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
 from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
 
@@ -52,33 +53,9 @@ async def _stream(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-class PartitionMissing(RuntimeError):
+class PartitionMissing(Transient):
     """A row's day partition is gone although we had it as known (dropped by retention or by
     hand): the cache is cleared and the write retried, which creates the partition again."""
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """Connection trouble, server shutdowns and a read-only server (a standby, or a primary
-    just demoted by a failover: retried on fresh connections) are retried; data errors not."""
-    if isinstance(exc, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
-        return True
-    if isinstance(exc, (PartitionMissing, asyncpg.ReadOnlySQLTransactionError)):
-        return True
-    if isinstance(
-        exc,
-        (
-            asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.ConnectionFailureError,
-            asyncpg.AdminShutdownError,
-            asyncpg.CrashShutdownError,
-            asyncpg.TooManyConnectionsError,
-            asyncpg.DeadlockDetectedError,
-            asyncpg.SerializationError,
-        ),
-    ):
-        return True
-    return isinstance(exc, asyncpg.PostgresConnectionError)
 
 
 @dataclass
@@ -137,7 +114,7 @@ class TimescaleSink(SinkHealth):
             return pool
 
         pool = await retry_forever(
-            "connect", connect, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
+            "connect", connect, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
         )
         self._pool = pool
         async with pool.acquire() as conn:
@@ -218,7 +195,7 @@ class TimescaleSink(SinkHealth):
             return rows
 
         rows = await retry_forever(
-            "load_progress", read, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
+            "load_progress", read, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
         )
         found = {TP(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
         return {tp: found.get(tp) for tp in tps}
@@ -251,7 +228,7 @@ class TimescaleSink(SinkHealth):
             return rows
 
         rows = await retry_forever(
-            "store_start", store, is_retriable, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
+            "store_start", store, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
         )
         # The CTE's second branch does not see the first one's inserts (one snapshot): a row
         # from `added` is ours, one from the table was there before.
@@ -364,7 +341,6 @@ class TimescaleSink(SinkHealth):
         outcomes = await retry_forever(
             "copy",
             lambda: self._write(batches),
-            is_retriable,
             self._settings.RETRY_MAX_BACKOFF_SEC,
             self._on_retry,
         )

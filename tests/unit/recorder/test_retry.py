@@ -1,0 +1,81 @@
+"""The one retry rule (recorder.retry.is_transient): what every store and Kafka wait for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+from recorder.retry import Transient, is_transient, retry_forever
+from recorder.sinks.timescale.sink import PartitionMissing
+
+
+def s3_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(),
+        TimeoutError(),
+        asyncpg.CannotConnectNowError("starting up"),
+        asyncpg.ReadOnlySQLTransactionError("read-only"),
+        asyncpg.DeadlockDetectedError("deadlock"),
+        PartitionMissing("day gone"),
+        KafkaConnectionError(),
+        NotLeaderForPartitionError(),
+        EndpointConnectionError(endpoint_url="http://s3"),
+        s3_error("SlowDown", 503),
+        s3_error("InternalError", 500),
+    ],
+    ids=type,
+)
+def test_waited_for(exc: BaseException) -> None:
+    assert is_transient(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("bad row"),
+        asyncpg.UniqueViolationError("duplicate"),
+        asyncpg.InvalidTextRepresentationError("bad input"),
+        TopicAuthorizationFailedError(),
+        NoCredentialsError(),
+        s3_error("AccessDenied", 403),
+        s3_error("NoSuchBucket", 404),
+    ],
+    ids=type,
+)
+def test_not_waited_for(exc: BaseException) -> None:
+    assert not is_transient(exc)
+
+
+async def test_retry_forever_retries_transient_and_raises_the_rest() -> None:
+    calls: list[int] = []
+    failures: list[BaseException] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise Transient("not yet")
+        return "done"
+
+    assert await retry_forever("flaky", flaky, 0.01, failures.append) == "done"
+    assert len(calls) == 3 and len(failures) == 2
+
+    async def broken() -> None:
+        raise ValueError("never heals")
+
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(retry_forever("broken", broken, 0.01), 5)
