@@ -8,6 +8,16 @@ from typing import Any
 
 from recorder.settings import Settings
 
+# How long the group waits for members to rejoin a rebalance (aiokafka's rebalance_timeout_ms).
+REBALANCE_TIMEOUT_MS = 60_000
+# A revocation (flush, then commit) must end well inside the rebalance timeout, or the group
+# moves on without this member and its partitions go to others with the work still in flight:
+# half of it, less the time the commit and the rejoin take.
+REVOKE_DEADLINE_SEC = REBALANCE_TIMEOUT_MS / 1000 / 2 - 5
+# aiokafka's poll interval bound: our loop fetches continuously (paused partitions included),
+# so only a wedged event loop reaches it.
+MAX_POLL_INTERVAL_MS = 300_000
+
 
 def client_options(settings: Settings) -> dict[str, Any]:
     opts: dict[str, Any] = {

@@ -33,11 +33,11 @@ from recorder.core.offsets import (
 from recorder.core.partitions import HaltedAt, PartitionTable
 from recorder.core.records import Limits
 from recorder.dlq import DeadLetter, DeadLetterRefused
+from recorder.kafka_options import REVOKE_DEADLINE_SEC
 from recorder.retry import retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink
 
-REVOKE_DEADLINE_SEC = 25.0
 COMMIT_INTERVAL_SEC = 0.25
 HELD_RETRY_MIN_SEC = 2.0
 HELD_RETRY_MAX_SEC = 30.0

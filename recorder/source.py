@@ -13,6 +13,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from recorder import telemetry
 from recorder.core.offsets import TP
+from recorder.kafka_options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS
 from recorder.settings import Settings
 
 
@@ -63,8 +64,8 @@ class KafkaSource:
             session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
             # Kafka wants at least three heartbeats per session.
             heartbeat_interval_ms=min(3_000, settings.KAFKA_SESSION_TIMEOUT_MS // 3),
-            rebalance_timeout_ms=60_000,
-            max_poll_interval_ms=300_000,
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             # A recreated topic or added partitions rejoin the group within this (aiokafka's
             # default, 5 minutes, left a recreated topic unrecorded and unnoticed that long).
             metadata_max_age_ms=METADATA_MAX_AGE_MS,

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import psutil
 import pytest
 
-from recorder.pipeline import REVOKE_DEADLINE_SEC
+from recorder.kafka_options import REVOKE_DEADLINE_SEC
 from tests.integration.faults.harness import Deployment, record_result, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
