@@ -42,7 +42,7 @@ from datarecorder_operator.reconcile import (
     measured,
     reconcile,
 )
-from datarecorder_operator.rendering import MANAGED_BY
+from datarecorder_operator.rendering import CHILD_SUFFIX, MANAGED_BY
 from datarecorder_operator.spec import GROUP, KIND, PLURAL, VERSION, SpecError
 
 __all__ = ["OperatorConfig", "Tracked", "build_registry", "resync_all", "tune_settings"]
@@ -95,9 +95,14 @@ def _deployments(memo: Any) -> Deployments:
 
 
 def owner_uid(body: Mapping[str, Any]) -> str | None:
-    """The uid of the DataRecorder that owns `body` (None: not a DataRecorder's child)."""
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+    """The uid of the DataRecorder that owns the Deployment `body` (None: not a DataRecorder's
+    Deployment, or one of the old naming, `<name>`, which a migration is about to retire and
+    which must not stand for the resource's Deployment `<name>-recorder` in the index)."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            if meta.get("name") != f"{ref.get('name')}{CHILD_SUFFIX}":
+                return None
             return str(ref.get("uid"))
     return None
 

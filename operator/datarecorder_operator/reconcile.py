@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from datarecorder_operator import jaas, kafkalag, kube, metrics, rendering, status
+from datarecorder_operator import jaas, kafkalag, kube, metrics, migration, rendering, status
 from datarecorder_operator.lag import (
     Committed,
     LagReport,
@@ -83,6 +83,9 @@ class ObjectState:
     committed: Committed | None = None  # the previous poll's committed offsets
     persistent: set[tuple[str, int]] = dataclasses.field(default_factory=set)
     watched_deployment: dict[str, Any] | None = None
+    # No old-name child (see `migration`) is left: later passes stop looking for them. After a
+    # restart one pass looks again.
+    legacy_retired: bool = False
 
 
 def _now_iso() -> str:
@@ -94,11 +97,36 @@ def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-def child_names(name: str) -> dict[tuple[str, str], str]:
-    """The name of every child kind of the resource `name` (for deletion without a spec)."""
-    names = {kind: name for kind in ALWAYS_KINDS + OPTIONAL_KINDS}
-    names[("v1", "ConfigMap")] = f"{name}-config"
-    return names
+def child_names(name: str) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child the resource `name` may have, old names
+    included (for deletion without a spec)."""
+    new = f"{name}{rendering.CHILD_SUFFIX}"
+    names = [(v, k, f"{new}-config" if k == "ConfigMap" else new) for v, k in ALWAYS_KINDS]
+    names += [(v, k, new) for v, k in OPTIONAL_KINDS]
+    return names + [(v, k, migration.legacy_name(name, k)) for v, k in migration.LEGACY_KINDS]
+
+
+async def _legacy_children(
+    client: kube.KubeClient, spec: RecorderSpec, uid: str | None, monitor_served: bool
+) -> dict[str, dict[str, Any]]:
+    """The old-name children this resource owns, by kind (someone else's are never listed)."""
+    found: dict[str, dict[str, Any]] = {}
+    for api_version, kind in migration.LEGACY_KINDS:
+        if kind == "ServiceMonitor" and not monitor_served:
+            continue
+        name = migration.legacy_name(spec.name, kind)
+        existing = await client.get(api_version, kind, spec.namespace, name)
+        if existing is not None and _owned_by(existing, uid):
+            found[kind] = existing
+    return found
+
+
+async def _retire(
+    client: kube.KubeClient, spec: RecorderSpec, legacy: Mapping[str, Any], logger: Any
+) -> None:
+    kind, name = legacy["kind"], legacy["metadata"]["name"]
+    await client.delete(legacy["apiVersion"], kind, spec.namespace, name)
+    logger.info(f"deleted {kind} {name}: replaced by {kind} {rendering.child_name(spec)}")
 
 
 @dataclasses.dataclass
@@ -122,20 +150,31 @@ async def apply_children(
     An object with a child's name that this DataRecorder does not own (someone else's, or a
     leftover of a deleted resource with the same name) is never taken over: it is reported in
     `foreign` and the caller makes that visible.
+
+    Children of the old naming (`migration`) that this resource owns are retired: the PDB and
+    HPA as their replacements are applied, the rest once the new Deployment is available.
     """
     meta = body["metadata"]
     uid = meta.get("uid")
+    # Asked every pass: the Prometheus Operator may be installed (or removed) at any time.
+    monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
     # The watch only shows Deployments this resource owns: when it shows none, GET by name,
     # so that someone else's Deployment of that name is seen (and left alone) before applying.
     deployment = state.watched_deployment if state is not None else None
     if deployment is None:
-        deployment = await client.get("apps/v1", "Deployment", spec.namespace, spec.name)
+        deployment = await client.get(
+            "apps/v1", "Deployment", spec.namespace, rendering.child_name(spec)
+        )
+    legacy: dict[str, dict[str, Any]] = {}
+    if state is None or not state.legacy_retired:
+        legacy = await _legacy_children(client, spec, uid, monitor_served)
     current_replicas, elsewhere = None, False
     if deployment is not None and spec.autoscaling.enabled:
         current_replicas = (deployment.get("spec") or {}).get("replicas")
         elsewhere = not rendering.applies_replicas(deployment, kube.FIELD_MANAGER)
-    # Asked every pass: the Prometheus Operator may be installed (or removed) at any time.
-    monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
+    elif "Deployment" in legacy and spec.autoscaling.enabled:
+        # The new Deployment starts where the autoscaler had the old one, not at minReplicas.
+        current_replicas = (legacy["Deployment"].get("spec") or {}).get("replicas")
     desired = rendering.render_children(
         spec,
         service_monitor_available=monitor_served,
@@ -155,6 +194,8 @@ async def apply_children(
         if actual is not None and not _owned_by(actual, uid):
             result.foreign.append(f"{kind} {name}")
             continue
+        if kind in migration.RETIRED_BEFORE_APPLY and kind in legacy:
+            await _retire(client, spec, legacy.pop(kind), logger)
         if rendering.needs_apply(manifest, actual):
             stale = rendering.stale_config_keys(manifest, actual or {})
             actual = await client.apply(manifest)
@@ -170,10 +211,17 @@ async def apply_children(
             continue
         if kind == "ServiceMonitor" and not monitor_served:
             continue
-        existing = await client.get(api_version, kind, spec.namespace, spec.name)
+        name = rendering.child_name(spec)
+        existing = await client.get(api_version, kind, spec.namespace, name)
         if existing is not None and _owned_by(existing, uid):
-            await client.delete(api_version, kind, spec.namespace, spec.name)
-            logger.info(f"deleted {kind} {spec.name}: the spec no longer asks for it")
+            await client.delete(api_version, kind, spec.namespace, name)
+            logger.info(f"deleted {kind} {name}: the spec no longer asks for it")
+    if legacy and migration.available(result.deployment):
+        for _, kind in migration.LEGACY_KINDS:
+            if kind in legacy:
+                await _retire(client, spec, legacy.pop(kind), logger)
+    if state is not None:
+        state.legacy_retired = not legacy
     return result
 
 
@@ -299,7 +347,7 @@ async def scale(
         "apps/v1",
         "Deployment",
         spec.namespace,
-        spec.name,
+        rendering.child_name(spec),
         {"spec": {"replicas": target}},
     )
     state.last_scale_time = _now_iso()
@@ -434,12 +482,14 @@ async def reconcile(
                 await _note_custom_metrics(client, events, state)
             deployment = applied.deployment
             state.last_resync = now
-        elif f"Deployment {rspec.name}" in state.foreign:
+        elif f"Deployment {rendering.child_name(rspec)}" in state.foreign:
             deployment = None  # not ours: never read or scale someone else's Deployment
         elif state.deployment_watched:
             deployment = state.watched_deployment  # the watch keeps it current: no GET
         else:
-            deployment = await client.get("apps/v1", "Deployment", rspec.namespace, rspec.name)
+            deployment = await client.get(
+                "apps/v1", "Deployment", rspec.namespace, rendering.child_name(rspec)
+            )
         poll_every = rspec.autoscaling.poll_interval_seconds
         if (rspec.operator_scaled or config.read_lag) and now - state.last_lag_poll >= poll_every:
             state.last_lag_poll = now
@@ -458,7 +508,7 @@ async def delete_children(client: kube.KubeClient, meta: Mapping[str, Any], logg
     a real cluster; this covers API servers without one, such as the tests' emulator)."""
     namespace, uid = meta["namespace"], meta.get("uid")
     monitor_served = await client.serves("monitoring.coreos.com/v1", "servicemonitors")
-    for (api_version, kind), name in child_names(meta["name"]).items():
+    for api_version, kind, name in child_names(meta["name"]):
         if kind == "ServiceMonitor" and not monitor_served:
             continue
         existing = await client.get(api_version, kind, namespace, name)

@@ -29,8 +29,17 @@ STARTUP_FAILURE_THRESHOLD = 60
 SHUTDOWN_MARGIN_SECONDS = 15
 
 
+CHILD_SUFFIX = "-recorder"
+
+
+def child_name(spec: RecorderSpec) -> str:
+    """The name of every child but the ConfigMap: `<name>-recorder`, so that the children do
+    not collide with the user's own objects named like the DataRecorder."""
+    return f"{spec.name}{CHILD_SUFFIX}"
+
+
 def configmap_name(spec: RecorderSpec) -> str:
-    return f"{spec.name}-config"
+    return f"{child_name(spec)}-config"
 
 
 def selector_labels(spec: RecorderSpec) -> dict[str, str]:
@@ -66,12 +75,12 @@ def service_account_name(spec: RecorderSpec) -> str:
     """The pods' ServiceAccount: the user's, the one the operator makes, or the namespace's."""
     if spec.service_account_name:
         return spec.service_account_name
-    return spec.name if spec.service_account_annotations is not None else "default"
+    return child_name(spec) if spec.service_account_annotations is not None else "default"
 
 
 def render_service_account(spec: RecorderSpec) -> Manifest:
     """The recorders' own ServiceAccount, for workload identity (IRSA, GKE, Azure) on S3."""
-    meta = _metadata(spec, spec.name)
+    meta = _metadata(spec, child_name(spec))
     meta["annotations"] = dict(spec.service_account_annotations or {})
     return {
         "apiVersion": "v1",
@@ -352,7 +361,7 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(spec, spec.name),
+        "metadata": _metadata(spec, child_name(spec)),
         "spec": deployment_spec,
     }
 
@@ -361,7 +370,7 @@ def render_service(spec: RecorderSpec) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(spec, spec.name),
+        "metadata": _metadata(spec, child_name(spec)),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(spec),
@@ -403,9 +412,13 @@ def render_hpa(spec: RecorderSpec, partitions: int | None = None) -> Manifest:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(spec, spec.name),
+        "metadata": _metadata(spec, child_name(spec)),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.name},
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": child_name(spec),
+            },
             "minReplicas": auto.min_replicas,
             "maxReplicas": hpa_max_replicas(spec, partitions),
             "metrics": [
@@ -432,7 +445,7 @@ def render_pdb(spec: RecorderSpec) -> Manifest:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(spec, spec.name),
+        "metadata": _metadata(spec, child_name(spec)),
         "spec": {
             "maxUnavailable": spec.pdb.max_unavailable,
             "selector": {"matchLabels": selector_labels(spec)},
@@ -441,7 +454,7 @@ def render_pdb(spec: RecorderSpec) -> Manifest:
 
 
 def render_service_monitor(spec: RecorderSpec) -> Manifest:
-    meta = _metadata(spec, spec.name)
+    meta = _metadata(spec, child_name(spec))
     meta["labels"] = {**spec.monitoring.labels, **meta["labels"]}
     return {
         "apiVersion": "monitoring.coreos.com/v1",

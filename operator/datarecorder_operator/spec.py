@@ -19,9 +19,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "DataRecorder"
 PLURAL = "datarecorders"
 
-# The longest suffix a child name gets is "-config" (7 characters), and a Service name must be
-# a DNS-1035 label (at most 63), hence 56; the CRD enforces the same with a CEL rule.
-MAX_NAME_LENGTH = 56
+# The children's Service is `<name>-recorder` (9 characters more), and a Service name must be
+# a DNS-1035 label (at most 63), hence 54; the CRD enforces the same with a CEL rule.
+MAX_NAME_LENGTH = 54
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {

@@ -102,10 +102,10 @@ def test_invalid_spec_is_refused_with_the_servers_message(
 
 
 def test_root_cel_rule_refuses_a_name_unfit_for_children(k8s: K8s, k8s_namespace: str) -> None:
-    manifest = data_recorder("r" * 57)  # a valid object name, but 57 > 56 characters
+    manifest = data_recorder("r" * 55)  # a valid object name, but 55 > 54 characters
     code, stderr = _create(k8s, k8s_namespace, manifest)
     assert code != 0
-    assert "metadata.name must be a DNS-1035 label of at most 56 characters" in stderr
+    assert "metadata.name must be a DNS-1035 label of at most 54 characters" in stderr
 
 
 def test_defaults_are_filled_in_by_the_server(k8s: K8s, k8s_namespace: str) -> None:

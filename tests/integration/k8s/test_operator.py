@@ -88,10 +88,10 @@ def test_datarecorder_gets_owned_children_and_ready_status(k8s: K8s, operator_ns
     )
     children = _children(k8s, operator_ns, "rec")
     assert set(children) == {
-        "Deployment/rec",
-        "Service/rec",
-        "ConfigMap/rec-config",
-        "PodDisruptionBudget/rec",
+        "Deployment/rec-recorder",
+        "Service/rec-recorder",
+        "ConfigMap/rec-recorder-config",
+        "PodDisruptionBudget/rec-recorder",
     }
     for key, child in children.items():
         refs = child["metadata"].get("ownerReferences") or []
@@ -113,7 +113,9 @@ def test_probes_and_grace_period_as_stored_by_the_api_server(k8s: K8s, operator_
     and the SIGKILL deadline derived from the recorder's own shutdown deadline."""
     k8s.apply(data_recorder("probes", shutdownTimeoutSeconds=90), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, "probes", 1), timeout=90, what="probes Ready")
-    pod = k8s.get_json("deploy", "probes", namespace=operator_ns)["spec"]["template"]["spec"]
+    pod = k8s.get_json("deploy", "probes-recorder", namespace=operator_ns)["spec"]["template"][
+        "spec"
+    ]
     (container,) = pod["containers"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/live"
@@ -123,9 +125,9 @@ def test_probes_and_grace_period_as_stored_by_the_api_server(k8s: K8s, operator_
     )
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert pod["terminationGracePeriodSeconds"] == 105
-    config = k8s.get_json("configmap", "probes-config", namespace=operator_ns)["data"]
+    config = k8s.get_json("configmap", "probes-recorder-config", namespace=operator_ns)["data"]
     assert config["SHUTDOWN_TIMEOUT_SEC"] == "90"
-    service = k8s.get_json("service", "probes", namespace=operator_ns)
+    service = k8s.get_json("service", "probes-recorder", namespace=operator_ns)
     assert service["spec"]["publishNotReadyAddresses"] is True  # unready pods keep /metrics
 
 
@@ -207,7 +209,7 @@ def test_spec_change_rolls_a_new_replicaset(k8s: K8s, operator_ns: str) -> None:
     wait_for(rolled, timeout=90, what="a second ReplicaSet to take over after the spec change")
     dr = wait_for(lambda: _ready(k8s, operator_ns, "roll", 1), timeout=90, what="roll Ready again")
     assert dr["status"]["observedGeneration"] == 2
-    config = k8s.get_json("configmap", "roll-config", namespace=operator_ns)["data"]
+    config = k8s.get_json("configmap", "roll-recorder-config", namespace=operator_ns)["data"]
     assert "DEBUG" in config.values()
 
     def replaced() -> bool:
@@ -221,7 +223,7 @@ def test_spec_change_rolls_a_new_replicaset(k8s: K8s, operator_ns: str) -> None:
 @pytest.mark.parametrize("kind", ["service", "configmap", "deployment"])
 def test_deleted_child_is_restored(k8s: K8s, operator_ns: str, kind: str) -> None:
     name = f"restore-{kind[:3]}"
-    child = f"{name}-config" if kind == "configmap" else name
+    child = f"{name}-recorder-config" if kind == "configmap" else f"{name}-recorder"
     k8s.apply(data_recorder(name), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, name, 1), timeout=90, what=f"{name} Ready")
     old_uid = k8s.get_json(kind, child, namespace=operator_ns)["metadata"]["uid"]
@@ -239,11 +241,13 @@ def test_deleted_child_is_restored(k8s: K8s, operator_ns: str, kind: str) -> Non
 def test_drifted_deployment_replicas_are_restored(k8s: K8s, operator_ns: str) -> None:
     k8s.apply(data_recorder("drift"), operator_ns)
     wait_for(lambda: _ready(k8s, operator_ns, "drift", 1), timeout=90, what="drift Ready")
-    k8s.kubectl("scale", "-n", operator_ns, "deploy", "drift", "--replicas=4")
+    k8s.kubectl("scale", "-n", operator_ns, "deploy", "drift-recorder", "--replicas=4")
     wait_for(
-        lambda: k8s.get_json("deploy", "drift", namespace=operator_ns)["spec"]["replicas"] == 1,
+        lambda: (
+            k8s.get_json("deploy", "drift-recorder", namespace=operator_ns)["spec"]["replicas"] == 1
+        ),
         timeout=60,
-        what="the operator to scale Deployment drift back to spec.replicas=1",
+        what="the operator to scale Deployment drift-recorder back to spec.replicas=1",
     )
 
 
@@ -273,7 +277,7 @@ def test_deleted_datarecorder_takes_its_children_and_pods(k8s: K8s, operator_ns:
             "get", "-n", operator_ns, "deploy,rs,pods,svc,cm,pdb",
             "-l", SELECTOR.format("gone"), "-o", "name",
         ).stdout.split()  # fmt: skip
-        cm = k8s.kubectl("get", "-n", operator_ns, "cm", "gone-config", check=False)
+        cm = k8s.kubectl("get", "-n", operator_ns, "cm", "gone-recorder-config", check=False)
         return not left and cm.returncode != 0
 
     wait_for(empty, timeout=90, what="every child, ReplicaSet and pod of gone to be deleted")

@@ -1,18 +1,23 @@
 """Server-side apply and ownership of the operator's children, on the real API server.
 
-Owns two promises: a field removed from the DataRecorder's spec is removed from its children
-(one case per kind of field: map key, list item, scalar), and an object that merely has a
-child's name is never taken over (a Degraded condition and a Warning event name it instead).
+Owns three promises: a field removed from the DataRecorder's spec is removed from its children
+(one case per kind of field: map key, list item, scalar), an object that merely has a child's
+name is never taken over (a Degraded condition and a Warning event name it instead), and the
+children of the old naming (`<name>`) are replaced by `<name>-recorder` ones, deleting only
+the old objects the DataRecorder owns.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from datarecorder_operator import rendering
+from datarecorder_operator.spec import PAUSED_ANNOTATION, parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
 from tests.integration.k8s.manifests import data_recorder
@@ -37,7 +42,8 @@ def operator(k8s: K8s, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ope
 
 
 def _pod_spec(k8s: K8s, ns: str, name: str) -> dict[str, Any] | None:
-    proc = k8s.kubectl("get", "-n", ns, "deploy", name, "-o", "json", check=False)
+    """The pod template of the DataRecorder `name`'s Deployment (`<name>-recorder`)."""
+    proc = k8s.kubectl("get", "-n", ns, "deploy", f"{name}-recorder", "-o", "json", check=False)
     if proc.returncode != 0:
         return None
     spec: dict[str, Any] = json.loads(proc.stdout)["spec"]["template"]
@@ -108,7 +114,12 @@ def test_an_object_it_does_not_own_is_left_alone_and_reported(k8s: K8s, operator
     ns = operator.namespace
     name = f"taken-{uuid.uuid4().hex[:6]}"
     k8s.kubectl(
-        "create", "configmap", f"{name}-config", "-n", ns, "--from-literal=OWNER=someone-else"
+        "create",
+        "configmap",
+        f"{name}-recorder-config",
+        "-n",
+        ns,
+        "--from-literal=OWNER=someone-else",
     )
     k8s.apply(data_recorder(name), ns)
 
@@ -120,7 +131,7 @@ def test_an_object_it_does_not_own_is_left_alone_and_reported(k8s: K8s, operator
 
     cond = wait_for(degraded, timeout=60, what=f"{name} Degraded")
     assert cond["reason"] == "ChildNotOwned"
-    assert f"ConfigMap {name}-config" in cond["message"]
+    assert f"ConfigMap {name}-recorder-config" in cond["message"]
 
     def warned() -> list[dict[str, Any]]:
         events = k8s.get_json(
@@ -129,8 +140,8 @@ def test_an_object_it_does_not_own_is_left_alone_and_reported(k8s: K8s, operator
         return [e for e in events if e["type"] == "Warning" and e["reason"] == "ChildNotOwned"]
 
     (event, *_) = wait_for(warned, timeout=30, what="a ChildNotOwned Warning event")
-    assert f"ConfigMap {name}-config" in event["message"]
-    cm = k8s.get_json("configmap", f"{name}-config", namespace=ns)
+    assert f"ConfigMap {name}-recorder-config" in event["message"]
+    cm = k8s.get_json("configmap", f"{name}-recorder-config", namespace=ns)
     assert cm["data"] == {"OWNER": "someone-else"}
     assert not cm["metadata"].get("ownerReferences")
     # The other children are still made: only the taken name is skipped.
@@ -158,9 +169,85 @@ def test_deletion_never_waits_for_the_operator(k8s: K8s, tmp_path_factory: Any) 
 
     k8s.kubectl("delete", "-n", ns, "datarecorder", "one", "--wait=true", "--timeout=30s")
     wait_for(
-        lambda: k8s.kubectl("get", "-n", ns, "deploy", "one", check=False).returncode != 0,
+        lambda: k8s.kubectl("get", "-n", ns, "deploy", "one-recorder", check=False).returncode != 0,
         timeout=90,
-        what="the garbage collector to delete Deployment one",
+        what="the garbage collector to delete Deployment one-recorder",
     )
     k8s.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", timeout=150)
     assert k8s.kubectl("get", "namespace", ns, check=False).returncode != 0
+
+
+def _exists(k8s: K8s, ns: str, kind: str, name: str) -> bool:
+    return k8s.kubectl("get", "-n", ns, kind, name, check=False).returncode == 0
+
+
+def _legacy(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    """A child as the operator rendered it before the rename: named `<name>` (`<name>-config`)."""
+    old = copy.deepcopy(manifest)
+    old["metadata"]["name"] = f"{name}-config" if old["kind"] == "ConfigMap" else name
+    if old["kind"] == "Deployment":
+        (container,) = old["spec"]["template"]["spec"]["containers"]
+        container["envFrom"][0]["configMapRef"]["name"] = f"{name}-config"
+    if old["kind"] == "HorizontalPodAutoscaler":
+        old["spec"]["scaleTargetRef"]["name"] = name
+    return old
+
+
+def test_children_of_the_old_naming_are_migrated(k8s: K8s, operator: Operator) -> None:
+    """A DataRecorder reconciled by a release that named its children `<name>`: the operator
+    makes `<name>-recorder` children, the new Deployment starts at the old one's replicas, and
+    the old children it owns are deleted once the new Deployment is available; an old-name
+    object it does not own (here the user's own Service) is left alone."""
+    ns = operator.namespace
+    name = f"mig-{uuid.uuid4().hex[:6]}"
+    auto = {"enabled": True, "mode": "hpa", "minReplicas": 1, "maxReplicas": 4}
+    manifest = data_recorder(name, autoscaling=auto)  # a PDB by default
+    # Paused while the old children are put in place, as if an old release had made them.
+    manifest["metadata"]["annotations"] = {PAUSED_ANNOTATION: "true"}
+    k8s.apply(manifest, ns)
+    uid = k8s.get_json("datarecorder", name, namespace=ns)["metadata"]["uid"]
+    spec = parse_spec(name, ns, manifest["spec"])
+    old_kinds = {"ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    for child in rendering.render_children(spec, current_replicas=2):
+        old = _legacy(child, name)
+        if child["kind"] in old_kinds:
+            old["metadata"]["ownerReferences"] = [rendering.owner_reference(name, uid)]
+            k8s.apply(old, ns)
+        elif child["kind"] == "Service":
+            k8s.apply(old, ns)  # no ownerReference: the user's own Service of that name
+    wait_for(
+        lambda: (
+            k8s.get_json("deploy", name, namespace=ns).get("status", {}).get("readyReplicas") == 2
+        ),
+        timeout=90,
+        what=f"the old Deployment {name} running 2 pods",
+    )
+
+    k8s.kubectl("annotate", "-n", ns, "datarecorder", name, f"{PAUSED_ANNOTATION}-")
+    gone = {
+        "deploy": name,
+        "cm": f"{name}-config",
+        "hpa": name,
+        "pdb": name,
+    }
+    wait_for(
+        lambda: not any(_exists(k8s, ns, kind, n) for kind, n in gone.items()),
+        timeout=120,
+        what="the old children the DataRecorder owns to be deleted",
+    )
+    new = k8s.get_json("deploy", f"{name}-recorder", namespace=ns)
+    assert new["spec"]["replicas"] == 2  # where the HPA had the old one, not minReplicas
+    assert (new["status"].get("availableReplicas") or 0) >= 2  # deleted only once available
+    for kind, child in (
+        ("cm", f"{name}-recorder-config"),
+        ("svc", f"{name}-recorder"),
+        ("pdb", f"{name}-recorder"),
+        ("hpa", f"{name}-recorder"),
+    ):
+        refs = k8s.get_json(kind, child, namespace=ns)["metadata"]["ownerReferences"]
+        assert [r["uid"] for r in refs] == [uid], (kind, child)
+    hpa = k8s.get_json("hpa", f"{name}-recorder", namespace=ns)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{name}-recorder"
+    service = k8s.get_json("svc", name, namespace=ns)  # not ours: still there, untouched
+    assert not service["metadata"].get("ownerReferences")
+    assert f"deleted Deployment {name}: replaced by Deployment {name}-recorder" in operator.log()

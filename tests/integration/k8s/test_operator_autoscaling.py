@@ -89,8 +89,9 @@ async def _commit_offsets(
 
 
 def _deployment_replicas(k8s: K8s, ns: str, name: str) -> int | None:
-    """spec.replicas of the Deployment, None while the operator has not created it yet."""
-    proc = k8s.kubectl("get", "-n", ns, "deploy", name, "-o", "json", check=False)
+    """spec.replicas of the DataRecorder `name`'s Deployment (`<name>-recorder`), None while
+    the operator has not created it yet."""
+    proc = k8s.kubectl("get", "-n", ns, "deploy", f"{name}-recorder", "-o", "json", check=False)
     if proc.returncode != 0:
         assert "NotFound" in proc.stderr, proc.stderr
         return None
@@ -181,7 +182,9 @@ def test_hpa_mode_creates_an_hpa_the_controller_works_on(k8s: K8s, watched_ns: s
     )
 
     def hpa_seen() -> dict[str, Any] | None:
-        proc = k8s.kubectl("get", "-n", watched_ns, "hpa", "hpa", "-o", "json", check=False)
+        proc = k8s.kubectl(
+            "get", "-n", watched_ns, "hpa", "hpa-recorder", "-o", "json", check=False
+        )
         if proc.returncode != 0:
             return None
         hpa: dict[str, Any] = json.loads(proc.stdout)
@@ -193,7 +196,7 @@ def test_hpa_mode_creates_an_hpa_the_controller_works_on(k8s: K8s, watched_ns: s
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "name": "hpa",
+        "name": "hpa-recorder",
     }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
     # The HPA controller of kube-controller-manager has looked at it; without an external
@@ -221,7 +224,9 @@ def test_hpa_mode_leaves_replicas_to_their_scaler_and_reports_the_metrics_api(
     auto = {"enabled": True, "mode": "hpa", "minReplicas": 1, "maxReplicas": 4}
     k8s.apply(data_recorder("handoff", autoscaling=auto), watched_ns)
     wait_for(lambda: _deployment_replicas(k8s, watched_ns, "handoff") == 1, timeout=90, what="rec")
-    deployment = k8s.get_json("deploy", "handoff", "--show-managed-fields", namespace=watched_ns)
+    deployment = k8s.get_json(
+        "deploy", "handoff-recorder", "--show-managed-fields", namespace=watched_ns
+    )
     assert _operator_owns_replicas(deployment)  # created at minReplicas by the operator
 
     served = k8s.kubectl("get", "--raw", "/apis/custom.metrics.k8s.io/v1beta1", check=False)
@@ -239,11 +244,11 @@ def test_hpa_mode_leaves_replicas_to_their_scaler_and_reports_the_metrics_api(
         assert cond["reason"] == "APINotServed" and "custom.metrics.k8s.io" in cond["message"]
 
     def config_hash() -> str:
-        deploy = k8s.get_json("deploy", "handoff", namespace=watched_ns)
+        deploy = k8s.get_json("deploy", "handoff-recorder", namespace=watched_ns)
         return str(deploy["spec"]["template"]["metadata"]["annotations"][HASH])
 
     before = config_hash()
-    k8s.kubectl("scale", "deploy", "handoff", "-n", watched_ns, "--replicas=3")
+    k8s.kubectl("scale", "deploy", "handoff-recorder", "-n", watched_ns, "--replicas=3")
     # A spec change makes the operator apply the Deployment again (new config hash).
     k8s.kubectl(
         "patch", "datarecorder", "handoff", "-n", watched_ns, "--type=merge",
@@ -256,13 +261,17 @@ def test_hpa_mode_leaves_replicas_to_their_scaler_and_reports_the_metrics_api(
     wait_for(reapplied, timeout=60, what="the changed spec applied")
     wait_for(
         lambda: (
-            (d := k8s.get_json("deploy", "handoff", namespace=watched_ns))["metadata"]["generation"]
+            (d := k8s.get_json("deploy", "handoff-recorder", namespace=watched_ns))["metadata"][
+                "generation"
+            ]
             == d["status"].get("observedGeneration")
         ),
         timeout=60,
         what="the Deployment's rollout seen",
     )
-    deployment = k8s.get_json("deploy", "handoff", "--show-managed-fields", namespace=watched_ns)
+    deployment = k8s.get_json(
+        "deploy", "handoff-recorder", "--show-managed-fields", namespace=watched_ns
+    )
     assert deployment["spec"]["replicas"] == 3
     assert not _operator_owns_replicas(deployment), deployment["metadata"]["managedFields"]
 

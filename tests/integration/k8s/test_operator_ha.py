@@ -48,7 +48,14 @@ def _holder(k8s: K8s, ns: str) -> str | None:
 
 def _replicas(k8s: K8s, ns: str, name: str) -> int | None:
     result = k8s.kubectl(
-        "get", "deploy", name, "-n", ns, "-o", "jsonpath={.spec.replicas}", check=False
+        "get",
+        "deploy",
+        f"{name}-recorder",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.replicas}",
+        check=False,
     )
     return int(result.stdout) if result.returncode == 0 and result.stdout else None
 
@@ -80,7 +87,7 @@ def test_a_killed_leader_is_replaced_within_the_bound(
         for _ in range(3 * LEASE_SECONDS):
             assert _holder(k8s, namespace) == "a"
             time.sleep(0.5)
-        assert "applied Deployment rec" in first.log()
+        assert "applied Deployment rec-recorder" in first.log()
         standby = second.log()
         assert "waiting for leadership: Lease held by a" in standby
         assert "applied" not in standby and "kopf" not in standby.lower(), standby[-3000:]
@@ -100,7 +107,7 @@ def test_a_killed_leader_is_replaced_within_the_bound(
         print(f"takeover after SIGKILL: {took:.1f} s (bound {TAKEOVER_BOUND} s)")
         assert took <= TAKEOVER_BOUND, second.log()[-4000:]
         assert _holder(k8s, namespace) == "b"
-        assert "applied Deployment rec" in second.log()
+        assert "applied Deployment rec-recorder" in second.log()
 
         # A clean stop gives the Lease up: a standby need not wait it out.
         second.stop()

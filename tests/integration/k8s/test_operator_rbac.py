@@ -87,11 +87,11 @@ def test_rbac_denies_what_the_role_does_not_grant(k8s: K8s, rbac_operator: Any) 
 
 
 CHILDREN = {
-    "deployment.apps/least",
-    "service/least",
-    "configmap/least-config",
-    "poddisruptionbudget.policy/least",
-    "horizontalpodautoscaler.autoscaling/least",
+    "deployment.apps/least-recorder",
+    "service/least-recorder",
+    "configmap/least-recorder-config",
+    "poddisruptionbudget.policy/least-recorder",
+    "horizontalpodautoscaler.autoscaling/least-recorder",
 }
 
 
@@ -136,9 +136,9 @@ def test_operator_runs_a_full_lifecycle_with_its_own_rbac(k8s: K8s, rbac_operato
     wait_for(ready, timeout=120, what="DataRecorder least Ready under the operator's own RBAC")
     assert _names(k8s, ns) >= CHILDREN
 
-    k8s.kubectl("delete", "-n", ns, "svc", "least", "--wait=true")
+    k8s.kubectl("delete", "-n", ns, "svc", "least-recorder", "--wait=true")
     wait_for(
-        lambda: k8s.kubectl("get", "-n", ns, "svc", "least", check=False).returncode == 0,
+        lambda: k8s.kubectl("get", "-n", ns, "svc", "least-recorder", check=False).returncode == 0,
         timeout=60,
         what="the Service to be restored",
     )

@@ -84,17 +84,19 @@ def test_service_account_annotations_reach_an_owned_service_account(
     identity = {"annotations": {"eks.amazonaws.com/role-arn": ROLE}}
     k8s.apply(data_recorder("lake", serviceAccount=identity), operator_ns)
     sa = wait_for(
-        lambda: _service_account(k8s, operator_ns, "lake"), timeout=60, what="ServiceAccount lake"
+        lambda: _service_account(k8s, operator_ns, "lake-recorder"),
+        timeout=60,
+        what="ServiceAccount lake-recorder",
     )
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == ROLE
     assert [r["kind"] for r in sa["metadata"]["ownerReferences"]] == ["DataRecorder"]
     assert sa["automountServiceAccountToken"] is False
     wait_for(
         lambda: (
-            k8s.get_json("deploy", "lake", namespace=operator_ns)["spec"]["template"]["spec"][
-                "serviceAccountName"
-            ]
-            == "lake"
+            k8s.get_json("deploy", "lake-recorder", namespace=operator_ns)["spec"]["template"][
+                "spec"
+            ]["serviceAccountName"]
+            == "lake-recorder"
         ),
         timeout=60,
         what="the pods to use it",
@@ -105,9 +107,9 @@ def test_service_account_annotations_reach_an_owned_service_account(
         "-p", '[{"op": "remove", "path": "/spec/serviceAccount"}]',
     )  # fmt: skip
     wait_for(
-        lambda: _service_account(k8s, operator_ns, "lake") is None,
+        lambda: _service_account(k8s, operator_ns, "lake-recorder") is None,
         timeout=60,
         what="the ServiceAccount deleted",
     )
-    pod = k8s.get_json("deploy", "lake", namespace=operator_ns)["spec"]["template"]["spec"]
+    pod = k8s.get_json("deploy", "lake-recorder", namespace=operator_ns)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "default"

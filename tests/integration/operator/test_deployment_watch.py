@@ -47,12 +47,14 @@ async def test_status_follows_the_deployment_without_reading_it(
             status = (dr or {}).get("status") or {}
             return dr if status.get("readyReplicas") == ready else None
 
-        await cluster.wait_for(lambda: cluster.get("Deployment", NS, "rec"), what="Deployment")
+        await cluster.wait_for(
+            lambda: cluster.get("Deployment", NS, "rec-recorder"), what="Deployment"
+        )
         await cluster.wait_for(lambda: status_with(0), what="a first status")
         before = await _gets(port)
         # The Deployment controller's part: its pod became ready.
         ready = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1}
-        await cluster.patch("Deployment", NS, "rec", {"status": ready}, sub="status")
+        await cluster.patch("Deployment", NS, "rec-recorder", {"status": ready}, sub="status")
         await cluster.wait_for(lambda: status_with(1), what="readyReplicas 1 in the status")
         gets = await _gets(port) - before
     if watch:

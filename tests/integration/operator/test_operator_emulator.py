@@ -42,7 +42,7 @@ def recorder(name: str = "rec", **spec: Any) -> dict[str, Any]:
 
 
 def child_name(kind: str, name: str) -> str:
-    return f"{name}-config" if kind == "ConfigMap" else name
+    return f"{name}-recorder-config" if kind == "ConfigMap" else f"{name}-recorder"
 
 
 def condition(dr: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
@@ -108,7 +108,7 @@ async def test_create_update_restore_delete(
 
         # The emulator has no Deployment controller: report ready pods in its place.
         await cluster.patch(
-            "Deployment", NS, "rec",
+            "Deployment", NS, "rec-recorder",
             {"status": {"observedGeneration": kids["Deployment"]["metadata"]["generation"],
                         "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}},
             sub="status",
@@ -145,17 +145,19 @@ async def test_create_update_restore_delete(
         await cluster.wait_for(generation2, what="observedGeneration 2")
 
         # Drift: a child deleted by hand comes back; a child edited by hand is restored.
-        assert await cluster.delete("Service", NS, "rec") == 200
-        await cluster.patch("ConfigMap", NS, "rec-config", {"data": {"BATCH_SIZE": "1", "X": "y"}})
+        assert await cluster.delete("Service", NS, "rec-recorder") == 200
         await cluster.patch(
-            "Deployment", NS, "rec",
+            "ConfigMap", NS, "rec-recorder-config", {"data": {"BATCH_SIZE": "1", "X": "y"}}
+        )
+        await cluster.patch(
+            "Deployment", NS, "rec-recorder",
             {"spec": {"template": {"spec": {"containers": [{"name": "evil", "image": "x"}]}}}},
         )  # fmt: skip
 
         async def restored() -> bool:
-            svc = await cluster.get("Service", NS, "rec")
-            cm = await cluster.get("ConfigMap", NS, "rec-config")
-            dep = await cluster.get("Deployment", NS, "rec")
+            svc = await cluster.get("Service", NS, "rec-recorder")
+            cm = await cluster.get("ConfigMap", NS, "rec-recorder-config")
+            dep = await cluster.get("Deployment", NS, "rec-recorder")
             if not (svc and cm and dep):
                 return False
             containers = dep["spec"]["template"]["spec"]["containers"]
@@ -166,7 +168,7 @@ async def test_create_update_restore_delete(
             )
 
         await cluster.wait_for(restored, what="drift restored")
-        svc = await cluster.get("Service", NS, "rec")
+        svc = await cluster.get("Service", NS, "rec-recorder")
         assert svc["metadata"]["ownerReferences"][0]["uid"] == uid  # type: ignore[index]
 
         # Delete the DataRecorder -> children gone. The emulator has no garbage collector, so
@@ -202,7 +204,7 @@ async def test_invalid_spec_is_degraded_without_a_crash_loop(
         cond = await cluster.wait_for(degraded, what="Degraded=True")
         assert cond["reason"] == "InvalidSpec"
         assert "spec.resources.requests.memory (4Gi) must not exceed" in cond["message"]
-        assert await cluster.get("Deployment", NS, "bad") is None
+        assert await cluster.get("Deployment", NS, "bad-recorder") is None
 
         # The operator still serves other resources, and fixing the spec heals this one.
         await cluster.create(recorder("good"))
@@ -230,16 +232,20 @@ async def test_optional_children_follow_the_spec_and_the_crds(
             )
         )
         hpa = await cluster.wait_for(
-            lambda: cluster.get("HorizontalPodAutoscaler", NS, "opt"), what="HPA"
+            lambda: cluster.get("HorizontalPodAutoscaler", NS, "opt-recorder"), what="HPA"
         )
         assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "datarecorder_lag_records"
-        sm = await cluster.wait_for(lambda: cluster.get("ServiceMonitor", NS, "opt"), what="SM")
+        sm = await cluster.wait_for(
+            lambda: cluster.get("ServiceMonitor", NS, "opt-recorder"), what="SM"
+        )
         assert sm["spec"]["endpoints"][0]["interval"] == "15s"
-        dep = await cluster.wait_for(lambda: cluster.get("Deployment", NS, "opt"), what="dep")
+        dep = await cluster.wait_for(
+            lambda: cluster.get("Deployment", NS, "opt-recorder"), what="dep"
+        )
         assert dep["spec"]["replicas"] == 2  # starts at minReplicas
 
         # The HPA owns replicas: the operator leaves its choice alone on resync.
-        await cluster.patch("Deployment", NS, "opt", {"spec": {"replicas": 4}})
+        await cluster.patch("Deployment", NS, "opt-recorder", {"spec": {"replicas": 4}})
         # Turning autoscaling and monitoring off removes those children.
         await cluster.patch(
             "DataRecorder", NS, "opt",
@@ -251,14 +257,14 @@ async def test_optional_children_follow_the_spec_and_the_crds(
         async def removed() -> bool:
             return all(
                 [
-                    await cluster.get("HorizontalPodAutoscaler", NS, "opt") is None,
-                    await cluster.get("ServiceMonitor", NS, "opt") is None,
-                    await cluster.get("PodDisruptionBudget", NS, "opt") is None,
+                    await cluster.get("HorizontalPodAutoscaler", NS, "opt-recorder") is None,
+                    await cluster.get("ServiceMonitor", NS, "opt-recorder") is None,
+                    await cluster.get("PodDisruptionBudget", NS, "opt-recorder") is None,
                 ]
             )
 
         await cluster.wait_for(removed, what="optional children removed")
-        dep = await cluster.get("Deployment", NS, "opt")
+        dep = await cluster.get("Deployment", NS, "opt-recorder")
         assert dep["spec"]["replicas"] == 1  # type: ignore[index]
 
 
@@ -300,7 +306,7 @@ async def test_lag_failures_fall_back_and_show_in_metrics(
         await cluster.create(recorder("fb", autoscaling=scaling))
 
         async def fell_back() -> bool:
-            dep = await cluster.get("Deployment", NS, "fb")
+            dep = await cluster.get("Deployment", NS, "fb-recorder")
             return bool(dep and dep["spec"].get("replicas") == 3)
 
         await cluster.wait_for(fell_back, within=30, what="the fallback replicas")

@@ -149,7 +149,7 @@ async def test_backlog_scales_up_to_partitions_then_down_after_window(
         )
 
         async def replicas() -> int:
-            dep = await cluster.get("Deployment", "md", "scaled")
+            dep = await cluster.get("Deployment", "md", "scaled-recorder")
             return int(((dep or {}).get("spec") or {}).get("replicas", 0))
 
         async def scaled_to(n: int) -> bool:

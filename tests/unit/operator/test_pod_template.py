@@ -52,7 +52,9 @@ def test_scheduling_and_extra_env_volumes_pass_through() -> None:
     assert got["topologySpreadConstraints"] == [SPREAD]
     (container,) = got["containers"]
     assert container["env"][-1] == {"name": "TZ", "value": "Asia/Seoul"}
-    assert container["envFrom"][0] == {"configMapRef": {"name": "rec-config"}}  # still first
+    assert container["envFrom"][0] == {
+        "configMapRef": {"name": "rec-recorder-config"}
+    }  # still first
     assert container["envFrom"][1] == {"secretRef": {"name": "extra"}}
     assert {"name": "certs", "configMap": {"name": "certs"}} in got["volumes"]
     assert {"name": "certs", "mountPath": "/certs"} in container["volumeMounts"]

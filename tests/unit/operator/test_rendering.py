@@ -73,7 +73,7 @@ def test_hpa_scales_on_the_lag_metric() -> None:
     assert metric["pods"]["metric"]["name"] == "datarecorder_lag_records"
     assert metric["pods"]["metric"]["selector"] == {"matchLabels": {"sink": "timescaledb"}}
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "10000"}
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "krx-recorder"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "krx-recorder-recorder"
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     # The HPA owns replicas: a fresh Deployment starts at minReplicas.
     assert children["Deployment"]["spec"]["replicas"] == 1
@@ -151,7 +151,7 @@ def test_deployment_is_hardened_and_probed(spec: RecorderSpec) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert container["resources"]["requests"]["memory"]
-    assert container["envFrom"] == [{"configMapRef": {"name": f"{spec.name}-config"}}]
+    assert container["envFrom"] == [{"configMapRef": {"name": f"{spec.name}-recorder-config"}}]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
 

@@ -22,10 +22,10 @@ def test_annotations_make_a_service_account_the_pods_use() -> None:
     kinds = [m["kind"] for m in rendering.render_children(spec)]
     assert kinds.index("ServiceAccount") < kinds.index("Deployment")
     (sa,) = [m for m in rendering.render_children(spec) if m["kind"] == "ServiceAccount"]
-    assert sa["metadata"]["name"] == "rec" and sa["metadata"]["annotations"] == GKE
+    assert sa["metadata"]["name"] == "rec-recorder" and sa["metadata"]["annotations"] == GKE
     assert sa["automountServiceAccountToken"] is False
     deployment = rendering.render_deployment(spec, 1)
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rec"
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rec-recorder"
 
 
 def test_without_it_no_service_account_is_made() -> None:

@@ -176,7 +176,7 @@ def test_render_cli_prints_every_child_of_every_document(tmp_path: Any) -> None:
         "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
         "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor",
     ]  # fmt: skip
-    assert {d["metadata"]["name"] for d in docs} >= {"recorder", "krx-recorder"}
+    assert {d["metadata"]["name"] for d in docs} >= {"recorder-recorder", "krx-recorder-recorder"}
 
 
 def test_render_cli_reports_invalid_specs(tmp_path: Any) -> None:
