@@ -60,7 +60,7 @@ def test_uninstall_with_a_recorder_never_hangs(k8s: K8s, tmp_path: Path) -> None
         def reconciled() -> bool:
             dr = k8s.get_json("datarecorder", "market", namespace=ns)
             status = dr.get("status") or {}
-            return status.get("observedGeneration") == dr["metadata"]["generation"]
+            return bool(status.get("observedGeneration") == dr["metadata"]["generation"])
 
         wait_for(reconciled, timeout=90, what="the release's DataRecorder reconciled")
     finally:

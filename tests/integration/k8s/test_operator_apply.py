@@ -13,6 +13,7 @@ import copy
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -160,7 +161,7 @@ def test_deletion_never_waits_for_the_operator(k8s: K8s, tmp_path_factory: Any) 
         k8s.apply(data_recorder("one"), ns)
         k8s.apply(data_recorder("two"), ns)
         for name in ("one", "two"):
-            wait_for(lambda n=name: _pod_spec(k8s, ns, n), timeout=60, what=f"Deployment {name}")
+            wait_for(partial(_pod_spec, k8s, ns, name), timeout=60, what=f"Deployment {name}")
             dr = k8s.get_json("datarecorder", name, namespace=ns)
             assert not dr["metadata"].get("finalizers"), dr["metadata"]
     finally:
@@ -238,14 +239,14 @@ def test_children_of_the_old_naming_are_migrated(k8s: K8s, operator: Operator) -
     new = k8s.get_json("deploy", f"{name}-recorder", namespace=ns)
     assert new["spec"]["replicas"] == 2  # where the HPA had the old one, not minReplicas
     assert (new["status"].get("availableReplicas") or 0) >= 2  # deleted only once available
-    for kind, child in (
+    for kind, child_name in (
         ("cm", f"{name}-recorder-config"),
         ("svc", f"{name}-recorder"),
         ("pdb", f"{name}-recorder"),
         ("hpa", f"{name}-recorder"),
     ):
-        refs = k8s.get_json(kind, child, namespace=ns)["metadata"]["ownerReferences"]
-        assert [r["uid"] for r in refs] == [uid], (kind, child)
+        refs = k8s.get_json(kind, child_name, namespace=ns)["metadata"]["ownerReferences"]
+        assert [r["uid"] for r in refs] == [uid], (kind, child_name)
     hpa = k8s.get_json("hpa", f"{name}-recorder", namespace=ns)
     assert hpa["spec"]["scaleTargetRef"]["name"] == f"{name}-recorder"
     service = k8s.get_json("svc", name, namespace=ns)  # not ours: still there, untouched

@@ -46,7 +46,7 @@ def _merged(old: Any, patch: Any) -> Any:
     return out
 
 
-class MetadataEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class MetadataEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the server-side metadata a real API server writes.
 
     Like a real server: a new uid, creationTimestamp and generation 1 on create; a new

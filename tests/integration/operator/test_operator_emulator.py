@@ -98,7 +98,7 @@ async def test_create_update_restore_delete(
         }
         assert condition(dr, "LagAvailable")["status"] == "False"  # type: ignore[index]
         assert condition(dr, "Degraded")["status"] == "False"  # type: ignore[index]
-        assert condition(dr, "Ready")["status"] == "False"  # no pods yet: no controller here
+        assert condition(dr, "Ready")["status"] == "False"  # type: ignore[index]  # no pods yet
         assert (
             dr["status"]["selector"]
             == "app.kubernetes.io/component=recorder,app.kubernetes.io/instance=rec,"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -56,9 +57,9 @@ def test_crd_names_and_subresources_match_the_fixed_interface() -> None:
     assert columns == ["Ready", "Replicas", "Lag", "Age"]
 
 
-def _walk(schema: dict[str, object], path: str = "") -> list[tuple[str, dict[str, object]]]:
+def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
     out = [(path, schema)]
-    for key, sub in (schema.get("properties") or {}).items():  # type: ignore[attr-defined]
+    for key, sub in (schema.get("properties") or {}).items():
         out.extend(_walk(sub, f"{path}.{key}"))
     items = schema.get("items")
     if isinstance(items, dict):
@@ -117,7 +118,7 @@ def test_invalid_examples_are_rejected_readably(path: Path) -> None:
 
 def test_cel_rules_have_messages() -> None:
     for path, node in _walk(cr_schema()):
-        for rule in node.get("x-kubernetes-validations") or []:  # type: ignore[attr-defined]
+        for rule in node.get("x-kubernetes-validations") or []:
             assert rule["message"], (path, rule)
 
 

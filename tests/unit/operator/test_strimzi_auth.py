@@ -30,7 +30,7 @@ STRIMZI_SCRAM = {
     "sasl": {"mechanism": "SCRAM-SHA-512", "username": "recorder", "secretName": "recorder"},
     "tls": {"trustedCertificates": [{"secretName": "market-cluster-ca-cert"}]},
 }
-STRIMZI_MTLS = {
+STRIMZI_MTLS: dict[str, Any] = {
     "brokers": ["market-kafka-bootstrap.kafka.svc:9093"],
     "securityProtocol": "SSL",
     "tls": {
