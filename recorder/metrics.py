@@ -16,6 +16,13 @@ RECORDS_CONSUMED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+RECORDS_LOST = Counter(
+    "datarecorder_records_lost",
+    "Kafka records that left the log before any sink wrote them (retention or DeleteRecords "
+    "moved the log start past the sinks' progress), per topic, partition and reason.",
+    ["topic", "partition", "reason"],
+    registry=REGISTRY,
+)
 RECORDS_WRITTEN = Counter(
     "datarecorder_records_written",
     "Records made durable by a sink (rows committed / rows in uploaded files), per topic and sink.",

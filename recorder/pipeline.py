@@ -25,6 +25,7 @@ from recorder.core.backpressure import Buffered, BufferLimits
 from recorder.core.columns import decode_batch
 from recorder.core.offsets import (
     TP,
+    PositionLost,
     beyond_log_end,
     partition_lag,
     seek_position,
@@ -63,12 +64,15 @@ class Source(Protocol):
     async def stop(self) -> None: ...
     def assignment(self) -> set[TP]: ...
     async def fetch(self, timeout_ms: int, max_records: int) -> Mapping[TP, list[Any]]: ...
+    def fetched_end(self, tp: TP) -> int | None: ...
     def seek(self, tp: TP, offset: int) -> None: ...
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]: ...
+    async def log_starts(self, tps: Collection[TP]) -> dict[TP, int]: ...
     def pause(self, tps: Collection[TP]) -> None: ...
     def resume(self, tps: Collection[TP]) -> None: ...
     async def commit(self, offsets: Mapping[TP, int]) -> None: ...
     def highwater(self, tp: TP) -> int | None: ...
+    def stable_end(self, tp: TP) -> int | None: ...
     async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]: ...
 
 
@@ -280,6 +284,19 @@ class Recorder:
                 if missing:
                     progress[sink.name].update(await sink.store_start(missing))
         positions = {tp: seek_position(p[tp] for p in progress.values()) for tp in live}
+        starts = await source.log_starts(live)
+        for tp in sorted(live):
+            position, start = positions[tp], starts.get(tp)
+            if position is None or start is None or position >= start:
+                continue
+            if self.settings.ON_LOG_TRUNCATION == "halt":
+                values = tuple(p[tp] for p in progress.values())
+                self._halt(source, tp, HaltedAt(values, position, start, truncated=True))
+                halted.add(tp)
+                live.discard(tp)
+            else:
+                self._lost(tp, position, start)
+                positions[tp] = start
         live &= source.assignment()  # a retry outside the callback may race a revocation
         # No await from here to the last seek: aiokafka keeps fetching while this callback runs,
         # and a fetch landing between a buffer's creation and its partition's seek would leave
@@ -313,12 +330,22 @@ class Recorder:
             source.resume([tp])
 
     def _halt(self, source: Source, tp: TP, at: HaltedAt) -> None:
-        reason = (
-            f"{tp.topic}[{tp.partition}] progress {at.beyond} is beyond the log end {at.log_end} "
-            "(topic deleted and recreated, or an unclean leader election): halted; resolve with "
+        fix = (
             f"`datarecorder reset-progress --topic {tp.topic} --partition {tp.partition} "
             "--to earliest --apply`"
         )
+        if at.truncated:
+            reason = (
+                f"{tp.topic}[{tp.partition}] progress {at.beyond} is below the log start "
+                f"{at.log_end}: records {at.beyond}..{at.log_end - 1} were deleted by retention "
+                f"before they were recorded; halted (ON_LOG_TRUNCATION=halt); resolve with {fix}"
+            )
+        else:
+            reason = (
+                f"{tp.topic}[{tp.partition}] progress {at.beyond} is beyond the log end "
+                f"{at.log_end} (topic deleted and recreated, or an unclean leader election): "
+                f"halted; resolve with {fix}"
+            )
         if self.partitions.halt(tp, at, reason):
             telemetry.emit(
                 telemetry.PARTITION_HALTED,
@@ -341,6 +368,45 @@ class Recorder:
             sink.revoke([tp])
         self.partitions.take_commits({tp})  # progress past the log end is never committed
         self._retry_held_soon()
+
+    def _lost(self, tp: TP, position: int, log_start: int) -> None:
+        """Records [position, log_start) left the log before any sink wrote them: loud, counted,
+        and the partition goes on at its log start (never at its end)."""
+        telemetry.emit(
+            telemetry.RECORDS_LOST,
+            topic=tp.topic,
+            partition=tp.partition,
+            first=position,
+            end=log_start,
+            count=log_start - position,
+            reason="retention",
+        )
+
+    async def _reposition(self, source: Source, lost: Mapping[TP, int | None]) -> None:
+        """The broker refused fetch positions (PositionLost): below the log start goes on at
+        the log start (or halts), past the log end halts, no position takes the partition
+        over again from the sinks' progress."""
+        owned = source.assignment()
+        tps = {tp for tp in lost if tp in owned}
+        if not tps:
+            return
+        starts = await source.log_starts(tps)
+        ends = await source.end_offsets(tps)
+        for tp in sorted(tps):
+            position = lost[tp]
+            if position is None or tp not in starts or tp not in ends:
+                await self._take_over(source, {tp})
+            elif position > ends[tp]:
+                await self._halt_running(source, tp, ends[tp])
+            elif position < starts[tp]:
+                if self.settings.ON_LOG_TRUNCATION == "halt":
+                    values = tuple(s.progress().get(tp) for s in self.sinks)
+                    self._halt(source, tp, HaltedAt(values, position, starts[tp], True))
+                else:
+                    self._lost(tp, position, starts[tp])
+                    source.seek(tp, starts[tp])
+            else:
+                source.seek(tp, position)  # within the log again (a leader change): retry
 
     def _retry_held_soon(self) -> None:
         if self._held_retry is None or self._held_retry.done():
@@ -433,7 +499,11 @@ class Recorder:
                 # position on. So a batch that arrives after a rebalance must be kept: dropping
                 # it would skip its offsets for good (the next fetch starts after them).
                 wait = FETCH_WAIT_PAUSED_MS if full else FETCH_WAIT_MS
-                data = await source.fetch(wait, self._fetch_limit(full))
+                try:
+                    data = await source.fetch(wait, self._fetch_limit(full))
+                except PositionLost as lost:
+                    await self._reposition(source, lost.positions)
+                    continue
                 self.health.last_fetch = time.monotonic()
                 if data:
                     await self._handle(source, dict(data), self.partitions.epochs(data))
@@ -521,7 +591,10 @@ class Recorder:
         decoded: list[tuple[TP, pa.Table, int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
-            if not messages or not self.partitions.takes(tp, epochs[tp]):
+            if not self.partitions.takes(tp, epochs[tp]):
+                continue
+            end = source.fetched_end(tp)
+            if not messages and end is None:
                 continue
             log_end = source.highwater(tp)
             if beyond_log_end((s.progress().get(tp) for s in self.sinks), log_end) is not None:
@@ -544,7 +617,9 @@ class Recorder:
                     )
                 )
             self._average_bytes(columns)
-            decoded.append((tp, columns, messages[-1].offset + 1, len(messages)))
+            # Past the last record when markers or aborted records follow it (read_committed).
+            last = messages[-1].offset + 1 if messages else 0
+            decoded.append((tp, columns, max(last, end or 0), len(messages)))
         # One acknowledged send for the whole fetch (not one round trip per partition), and
         # before any sink may record progress past a dead record.
         refused = await self._dead_letter(dead) if dead else set()
@@ -623,7 +698,7 @@ class Recorder:
             progress = sink.progress()
             for source in self.sources:
                 for tp in source.assignment():
-                    lag = partition_lag(source.highwater(tp), progress.get(tp))
+                    lag = partition_lag(source.stable_end(tp), progress.get(tp))
                     metrics.PARTITION_LAG.labels(tp.topic, str(tp.partition), sink.name).set(lag)
                     total += lag
             metrics.LAG.labels(sink.name).set(total)

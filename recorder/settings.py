@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "a restart resumes there, and the other sink keeps its own progress.",
         "earliest",
     )
+    ON_LOG_TRUNCATION: Literal["resume", "halt"] = _field(
+        "resume",
+        "When a partition's progress lies below its log start (retention or DeleteRecords removed "
+        "records no sink had written): `resume` goes on at the log start and reports the lost "
+        "range loudly (error log, datarecorder_records_lost_total); `halt` stops the partition "
+        "until `datarecorder reset-progress`.",
+        "halt",
+    )
     KAFKA_SESSION_TIMEOUT_MS: int = _field(
         20_000,
         "Consumer group session timeout: a member silent this long (a GC pause, CPU throttling, "

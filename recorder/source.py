@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 
 from recorder import telemetry
-from recorder.core.offsets import TP
+from recorder.core.offsets import TP, PositionLost
 from recorder.kafka_options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS
 from recorder.settings import Settings
 
@@ -51,6 +57,11 @@ class KafkaSource:
         self.consumer = self._new_consumer()
         self._topics = list(settings.topics())
         self._reset = settings.KAFKA_AUTO_OFFSET_RESET
+        # Each partition's fetch position after the last fetch or seek, and the offset after
+        # what the last fetch returned of it: past its last record when the broker's log holds
+        # transaction markers or aborted records there (see `fetch`).
+        self._positions: dict[TP, int] = {}
+        self._ends: dict[TP, int] = {}
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         settings = self._settings
@@ -58,7 +69,12 @@ class KafkaSource:
             group_id=settings.KAFKA_GROUP_ID,
             client_id=f"datarecorder-{self.index}",
             enable_auto_commit=False,
-            auto_offset_reset=settings.KAFKA_AUTO_OFFSET_RESET,
+            # Never reset a position on its own: the coordinator decides (the log start is a
+            # boundary to report, not a reason to jump to the end).
+            auto_offset_reset="none",
+            # Committed data only: aborted transactions are never recorded, and lag is measured
+            # against the last stable offset.
+            isolation_level="read_committed",
             max_partition_fetch_bytes=max(settings.MAX_MESSAGE_BYTES + 65536, 1_048_576),
             fetch_max_bytes=64 * 1024 * 1024,
             session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
@@ -90,11 +106,57 @@ class KafkaSource:
         return {TP(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
     async def fetch(self, timeout_ms: int, max_records: int) -> dict[TP, list[object]]:
-        data = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return {TP(tp.topic, tp.partition): msgs for tp, msgs in data.items()}
+        """Records by partition. A partition whose position moved past offsets that hold no
+        record for us (commit/abort markers, aborted records) is included with an empty list,
+        so its progress can move past them too (`fetched_end`): otherwise an idle partition
+        after a transaction shows a lag of 1 for good. Raises PositionLost instead of letting
+        the consumer reset a position."""
+        try:
+            data = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except OffsetOutOfRangeError as exc:
+            refused = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+            raise PositionLost(
+                {TP(tp.topic, tp.partition): int(off) for tp, off in refused.items()}
+            ) from None
+        except NoOffsetForPartitionError as exc:
+            tp = exc.args[0] if exc.args else None
+            lost = {TP(tp.topic, tp.partition): None} if isinstance(tp, TopicPartition) else {}
+            raise PositionLost(lost) from None
+        out: dict[TP, list[object]] = {}
+        for ktp in self.consumer.assignment():
+            tp = TP(ktp.topic, ktp.partition)
+            position = self._position_now(ktp)
+            messages = data.get(ktp)
+            if messages:
+                out[tp] = messages
+                last = int(messages[-1].offset) + 1
+                self._ends[tp] = max(last, position) if position is not None else last
+            elif position is not None and position > self._positions.get(tp, position):
+                out[tp] = []
+                self._ends[tp] = position
+            if position is not None:
+                self._positions[tp] = position
+        return out
+
+    def fetched_end(self, tp: TP) -> int | None:
+        """The offset after the last fetch of `tp`: every offset below it was returned or
+        holds nothing to record."""
+        return self._ends.get(tp)
+
+    def _position_now(self, ktp: TopicPartition) -> int | None:
+        """The consumer's fetch position without a suspension point (aiokafka's public
+        `position()` is a coroutine: a seek by a rebalance callback could run in between)."""
+        try:
+            state = self.consumer._subscription.subscription.assignment.state_value(ktp)
+        except AttributeError:
+            return None
+        if state is None or not state.has_valid_position:
+            return None
+        return int(state.position)
 
     def seek(self, tp: TP, offset: int) -> None:
         """Resume `tp` at `offset` (synchronous: callers rely on nothing running in between)."""
+        self._positions[tp] = offset
         try:
             self.consumer.seek(kafka_tp(tp), offset)
         except IllegalStateError:
@@ -103,12 +165,35 @@ class KafkaSource:
             )
 
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
-        """Where the reset policy starts partitions no sink has written: first or next offset."""
+        """Where the reset policy starts partitions no sink has written: first or next offset.
+
+        `latest` applies to a topic the group has never recorded; a partition added to a
+        recorded topic starts at its beginning (its first records were produced after the
+        topic was already being recorded, and "from now" would skip them)."""
         ktps = [kafka_tp(tp) for tp in tps]
-        if self._reset == "latest":
-            found = await self.consumer.end_offsets(ktps)
-        else:
-            found = await self.consumer.beginning_offsets(ktps)
+        starts = await self.consumer.beginning_offsets(ktps)
+        found = {TP(tp.topic, tp.partition): int(off) for tp, off in starts.items()}
+        if self._reset != "latest":
+            return found
+        fresh = [tp for tp in tps if not await self._topic_recorded(tp.topic)]
+        if fresh:
+            ends = await self.consumer.end_offsets([kafka_tp(tp) for tp in fresh])
+            found.update({TP(tp.topic, tp.partition): int(off) for tp, off in ends.items()})
+        return found
+
+    async def _topic_recorded(self, topic: str) -> bool:
+        """True when the group has committed an offset for some partition of `topic` (the
+        coordinator commits the sinks' progress, so a recorded topic has one)."""
+        for partition in sorted(self.consumer.partitions_for_topic(topic) or ()):
+            if await self.consumer.committed(TopicPartition(topic, partition)) is not None:
+                return True
+        return False
+
+    async def log_starts(self, tps: Collection[TP]) -> dict[TP, int]:
+        """The first offset each partition's log still holds (retention moves it)."""
+        if not tps:
+            return {}
+        found = await self.consumer.beginning_offsets([kafka_tp(tp) for tp in tps])
         return {TP(tp.topic, tp.partition): int(off) for tp, off in found.items()}
 
     def pause(self, tps: Collection[TP]) -> None:
@@ -137,6 +222,16 @@ class KafkaSource:
         except IllegalStateError:
             return None
         return int(value) if value is not None else None
+
+    def stable_end(self, tp: TP) -> int | None:
+        """Last stable offset seen by the last fetch of `tp` (no request): what is readable
+        under read_committed, so lag measured against it has no open or aborted
+        transactions in it."""
+        try:
+            value = self.consumer.last_stable_offset(kafka_tp(tp))
+        except IllegalStateError:
+            return None
+        return int(value) if value is not None else self.highwater(tp)
 
     async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
         if not tps:

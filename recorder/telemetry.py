@@ -199,11 +199,20 @@ PARTITION_RELEASED = _event(
     TOPIC_PARTITION,
     Update(metrics.PARTITION_HALTED, "set", 0, TOPIC_PARTITION),
 )
+RECORDS_LOST = _event(
+    "records_lost",
+    "error",
+    "Records [first, end) of a partition left the log (retention, DeleteRecords) before any "
+    "sink wrote them: the partition goes on at its log start (ON_LOG_TRUNCATION=resume).",
+    (*TOPIC_PARTITION, "first", "end", "count", "reason"),
+    Update(metrics.RECORDS_LOST, "inc", "count", (*TOPIC_PARTITION, "reason")),
+)
 PARTITION_HALTED = _event(
     "partition_halted",
     "error",
     "A sink's progress lies beyond the partition's log end (topic recreated, unclean leader "
-    "election): the partition halts until `datarecorder reset-progress`.",
+    "election), or below its log start with ON_LOG_TRUNCATION=halt: the partition halts until "
+    "`datarecorder reset-progress`.",
     (*TOPIC_PARTITION, "progress", "log_end", "reason"),
     Update(metrics.PARTITION_HALTED, "set", 1, TOPIC_PARTITION),
 )

@@ -91,3 +91,13 @@ def partition_lag(high_watermark: int | None, progress: int | None, log_start: i
         return 0
     base = log_start if progress is None else max(progress, log_start)
     return max(0, high_watermark - base)
+
+
+class PositionLost(Exception):
+    """Partitions whose fetch position the broker refused (below the log start, past its end)
+    or that have none: the coordinator decides where they go on, the consumer never resets
+    on its own. `positions` holds the refused fetch offset (None: no position at all)."""
+
+    def __init__(self, positions: Mapping[TP, int | None]) -> None:
+        super().__init__(f"fetch positions lost: {dict(positions)}")
+        self.positions = dict(positions)

@@ -32,11 +32,14 @@ class Status(Enum):
 
 @dataclass(frozen=True, slots=True)
 class HaltedAt:
-    """Each sink's progress when a partition halted past its log end, and the numbers shown."""
+    """Each sink's progress when a partition halted, and the numbers shown: past its log end
+    (`beyond` > `log_end`), or, when `truncated`, below its log start (`beyond` is where the
+    sinks would resume, `log_end` the log start)."""
 
     progress: tuple[int | None, ...]
     beyond: int
     log_end: int
+    truncated: bool = False
 
 
 @dataclass(slots=True)

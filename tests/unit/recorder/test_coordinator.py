@@ -171,11 +171,17 @@ class FakeSource:
         await asyncio.sleep(timeout_ms / 1000)
         return {}
 
+    def fetched_end(self, tp: TP) -> int | None:
+        return self.position.get(tp)
+
     def seek(self, tp: TP, offset: int) -> None:
         self.position[tp] = offset
         self.events.append(("source", "seek", str(tp.partition), str(offset)))
 
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
+        return {tp: 0 for tp in tps}
+
+    async def log_starts(self, tps: Collection[TP]) -> dict[TP, int]:
         return {tp: 0 for tp in tps}
 
     def pause(self, tps: Collection[TP]) -> None:
@@ -194,6 +200,9 @@ class FakeSource:
 
     def highwater(self, tp: TP) -> int | None:
         return len(self.logs.get(tp, []))
+
+    def stable_end(self, tp: TP) -> int | None:
+        return self.highwater(tp)
 
     async def end_offsets(self, tps: Collection[TP]) -> dict[TP, int]:
         return {tp: len(self.logs.get(tp, [])) for tp in tps}
