@@ -147,7 +147,12 @@ async def read_topics(
     # "earliest" as the default too: assign() starts a background reset with the default policy
     # ("latest"), which could otherwise finish after seek_to_beginning and read nothing.
     consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_options(settings)
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # What the recorder records: committed data only (aborted transactions are expected
+        # in no store).
+        isolation_level="read_committed",
+        **client_options(settings),
     )
     await consumer.start()
     try:

@@ -1,0 +1,135 @@
+"""Every record exactly once *as sent*: each field of each row in both stores compared with what
+the test sent, on batches that mix every valid timestamp form, and on transactional topics.
+
+The expected rows come from the records the test generated (tests/support/as_sent.py), never
+from the recorder's decoder, so a decoder that rounds or shifts a field fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.support import as_sent
+from tests.support.recorder_proc import RecorderProcess, http_get
+
+pytestmark = pytest.mark.integration
+
+
+async def _wait_stored(
+    env: dict[str, str], want: dict[str, Any], rec: RecorderProcess, limit_s: float = 180
+) -> dict[str, Any]:
+    """Until both stores hold `want` (or the limit): returns the differences per store."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        got = await as_sent.stored(env)
+        diff = {k: as_sent.differences(w, got[k]) for k, w in want.items()}
+        if all(not d["missing"] and not d["unexpected"] for d in diff.values()):
+            return diff
+        if time.monotonic() > deadline:
+            pytest.fail(f"stores differ from what was sent: {diff}\n{rec.tail()}")
+        assert rec.proc is not None and rec.proc.poll() is None, rec.tail()
+        await asyncio.sleep(1.0)
+
+
+async def test_mixed_timestamp_forms_are_stored_as_sent(
+    kafka_topics: Any,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: Any,
+    tmp_path: Path,
+) -> None:
+    """Before the fix a batch mixing integer ns with absent timestamps went through a float64
+    column: those rows held times rounded to 256 ns in both stores, with exact counts."""
+    topics = await kafka_topics("market.tick", "market.orderbook", partitions=3, dlq=True)
+    env = recorder_env(
+        database=fresh_database,
+        bucket=fresh_bucket,
+        topics=topics,
+        BATCH_TIMEOUT_MS=200,
+        S3_BATCH_TIMEOUT_SEC=1,
+    )
+    records = as_sent.corpus((topics[0], topics[1]), 3, ticks=6000, books=600)
+    await as_sent.send(env["KAFKA_BROKERS"], records)
+    want = {
+        "db.tick": as_sent.expected(records, topics[0], micros=True),
+        "db.book": as_sent.expected(records, topics[1], micros=True),
+        "lake.tick": as_sent.expected(records, topics[0], micros=False),
+        "lake.book": as_sent.expected(records, topics[1], micros=False),
+    }
+    rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+    try:
+        await _wait_stored(env, want, rec)
+    finally:
+        rec.terminate()
+
+
+def _lag(rec: RecorderProcess, sink: str) -> float | None:
+    text = http_get(rec.url + "/metrics", 3.0)[1]
+    for line in text.splitlines():
+        if line.startswith("datarecorder_lag_records{") and f'sink="{sink}"' in line:
+            return float(line.rpartition(" ")[2])
+    return None
+
+
+async def test_aborted_transactions_are_not_recorded_and_markers_leave_no_lag(
+    kafka_topics: Any,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: Any,
+    tmp_path: Path,
+) -> None:
+    """100 ticks in an aborted transaction, 100 in a committed one: only the committed ones
+    are recorded (before: all 200), and once they are, the partition's lag is 0 in both sinks
+    and the group's committed offset is past the commit marker (before: a lag of 1 for good)."""
+    topics = await kafka_topics("market.tick", "market.orderbook", partitions=1, dlq=True)
+    env = recorder_env(
+        database=fresh_database,
+        bucket=fresh_bucket,
+        topics=topics,
+        BATCH_TIMEOUT_MS=200,
+        S3_BATCH_TIMEOUT_SEC=1,
+    )
+    aborted = as_sent.corpus((topics[0], topics[1]), 1, ticks=100, books=0, seed=1)
+    committed = as_sent.corpus((topics[0], topics[1]), 1, ticks=100, books=0, seed=2)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=env["KAFKA_BROKERS"], transactional_id=f"tx-{topics[0]}"
+    )
+    await producer.start()
+    try:
+        for batch, commit in ((aborted, False), (committed, True)):
+            await producer.begin_transaction()
+            for r in batch:
+                await producer.send(r.topic, r.value, partition=0, timestamp_ms=r.kafka_ms)
+            if commit:
+                await producer.commit_transaction()
+            else:
+                await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+    want = {
+        "db.tick": as_sent.expected(committed, topics[0], micros=True),
+        "lake.tick": as_sent.expected(committed, topics[0], micros=False),
+    }
+    rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+    try:
+        await _wait_stored(env, want, rec)
+
+        deadline = time.monotonic() + 60
+        lags: dict[str, float | None] = {}
+        while time.monotonic() < deadline:
+            lags = {sink: _lag(rec, sink) for sink in ("timescaledb", "s3")}
+            if all(v == 0 for v in lags.values()):
+                break
+            await asyncio.sleep(0.5)
+        assert all(v == 0 for v in lags.values()), (lags, rec.tail())
+        got = await as_sent.stored(env)
+        assert not got["db.book"] and not got["lake.book"]
+    finally:
+        rec.terminate()

@@ -1,0 +1,188 @@
+"""Records as the tests send them and as the stores must hold them, every field.
+
+Owns a generator of tick and order-book corpora that mix every valid timestamp form of the
+message contract (integer ns, RFC 3339 with zones and 0-9 fraction digits, absent -> the Kafka
+timestamp), the expected row of each record computed from what was sent (never by the
+recorder's decoder), and readers of both stores (`recorder.tools.verify`'s, which only read).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from recorder.settings import Settings
+from recorder.tools.verify import database_counters, lake_counters
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One record sent: topic, partition, value, Kafka timestamp (ms), and its fields."""
+
+    topic: str
+    partition: int
+    value: bytes
+    kafka_ms: int
+    time_ns: int
+    fields: tuple[
+        Any, ...
+    ]  # tick: symbol, price, volume, change, change_rate; book: symbol, bids, asks
+
+
+def _rfc3339(rng: random.Random, time_ns: int) -> tuple[str, int]:
+    """`time_ns` as an RFC 3339 string in a random zone with 0-9 fraction digits, and the
+    ns it denotes (the digits not written are dropped)."""
+    seconds, nanos = divmod(time_ns, NS)
+    digits = rng.randint(0, 9)
+    kept = nanos - nanos % 10 ** (9 - digits) if digits else 0
+    fraction = f".{kept // 10 ** (9 - digits):0{digits}d}" if digits else ""
+    offset = rng.choice([0, 0, rng.randint(-(23 * 60 + 59), 23 * 60 + 59)])
+    local = datetime.fromtimestamp(seconds + offset * 60, UTC)
+    zone = (
+        rng.choice(["Z", "z", "+00:00"])
+        if offset == 0
+        else f"{'+' if offset > 0 else '-'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+    )
+    sep = rng.choice(["T", "t", " "])
+    return f"{local:%Y-%m-%d}{sep}{local:%H:%M:%S}{fraction}{zone}", seconds * NS + kept
+
+
+# The timestamp forms of each partition (by partition number modulo 3): one with no RFC 3339
+# string at all (a batch of only integers and absent ones takes the columnar fast path), one
+# with every form, one with strings and absent ones.
+FORMS = (("int", "absent", "null"), ("int", "rfc3339", "absent", "null"), ("rfc3339", "absent"))
+
+
+def _stamp(rng: random.Random, record: dict[str, Any], kafka_ms: int, partition: int) -> int:
+    """Give `record` a timestamp of a random form; return the event time it means."""
+    form = rng.choice(FORMS[partition % len(FORMS)])
+    time_ns = kafka_ms * 1_000_000 - rng.randint(0, 3600 * NS)
+    if form == "int":
+        record["timestamp"] = time_ns
+        return time_ns
+    if form == "rfc3339":
+        record["timestamp"], time_ns = _rfc3339(rng, time_ns)
+        return time_ns
+    if form == "null":
+        record["timestamp"] = None
+    return kafka_ms * 1_000_000
+
+
+def _number(rng: random.Random) -> float | int:
+    return rng.choice([rng.uniform(1e-8, 1e6), rng.randint(1, 2**53), 1e-8, 123.456789012345])
+
+
+def corpus(
+    topics: tuple[str, str], partitions: int, ticks: int, books: int, seed: int = 7
+) -> list[Sent]:
+    """Ticks and order books in a shuffled order, so fetched batches mix the forms (which
+    forms: FORMS, by partition)."""
+    rng = random.Random(seed)
+    base_ms = 1_796_587_197_071
+    out: list[Sent] = []
+    for i in range(ticks + books):
+        kafka_ms = base_ms + i
+        partition = rng.randrange(partitions)
+        symbol = f"{'T' if i < ticks else 'B'}{i}-{rng.choice(['', 'é', '日本', '𝄞'])}"
+        record: dict[str, Any] = {"symbol": symbol}
+        if i < ticks:
+            record |= {"price": _number(rng), "volume": rng.choice([0, rng.randint(0, 2**63 - 1)])}
+            for name in ("change", "change_rate"):
+                how = rng.choice(["absent", "null", "value", "int"])
+                if how != "absent":
+                    record[name] = (
+                        None
+                        if how == "null"
+                        else (rng.uniform(-1e3, 1e3) if how == "value" else rng.randint(-9, 9))
+                    )
+            time_ns = _stamp(rng, record, kafka_ms, partition)
+            fields: tuple[Any, ...] = (
+                symbol,
+                float(record["price"]),
+                int(record["volume"]),
+                None if record.get("change") is None else float(record["change"]),
+                None if record.get("change_rate") is None else float(record["change_rate"]),
+            )
+            topic = topics[0]
+        else:
+            sides = [
+                [
+                    {"price": _number(rng), "quantity": rng.choice([0, rng.uniform(0, 1e6)])}
+                    for _ in range(rng.randint(0, 5))
+                ]
+                for _ in range(2)
+            ]
+            record |= {"bids": sides[0], "asks": sides[1]}
+            time_ns = _stamp(rng, record, kafka_ms, partition)
+            fields = (
+                symbol,
+                *(tuple((float(lv["price"]), float(lv["quantity"])) for lv in s) for s in sides),
+            )
+            topic = topics[1]
+        value = msgspec.json.encode(record)
+        out.append(Sent(topic, partition, value, kafka_ms, time_ns, fields))
+    rng.shuffle(out)
+    return out
+
+
+async def send(brokers: str, records: Sequence[Sent]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                r.topic, value=r.value, partition=r.partition, timestamp_ms=r.kafka_ms
+            )
+            for r in records
+        ]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+def expected(records: Sequence[Sent], topic: str, *, micros: bool) -> Counter[Hashable]:
+    """What a store must hold for `topic`'s records: the database keeps µs (timestamptz,
+    floored), the lake ns."""
+    out: Counter[Hashable] = Counter()
+    for r in records:
+        if r.topic == topic:
+            t = r.time_ns // 1000 if micros else r.time_ns
+            out[(t, *r.fields)] += 1
+    return out
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    known = {k: v for k, v in env.items() if k in Settings.model_fields}
+    return Settings(_env_file=None, **known)  # type: ignore[call-arg]
+
+
+async def stored(env: dict[str, str]) -> dict[str, Counter[Hashable]]:
+    """Every row of both stores, keyed by every field (the stores hold no Kafka offsets)."""
+    settings = settings_of(env)
+    db_ticks, db_books = await database_counters(settings)
+    lake_ticks, lake_books = await lake_counters(settings)
+    return {
+        "db.tick": db_ticks,
+        "db.book": db_books,
+        "lake.tick": lake_ticks,
+        "lake.book": lake_books,
+    }
+
+
+def differences(want: Counter[Hashable], got: Counter[Hashable]) -> dict[str, list[Any]]:
+    """Rows missing from a store and rows it holds that were not sent (first few of each)."""
+    return {
+        "missing": list((want - got).items())[:5],
+        "unexpected": list((got - want).items())[:5],
+        "counts": [sum(want.values()), sum(got.values())],
+    }
