@@ -82,19 +82,24 @@ def _number(rng: random.Random) -> float | int:
 
 
 def corpus(
-    topics: tuple[str, str], partitions: int, ticks: int, books: int, seed: int = 7
+    topics: tuple[str, str],
+    partitions: int,
+    ticks: int,
+    books: int,
+    seed: int = 7,
+    first: int = 0,
 ) -> list[Sent]:
     """Ticks and order books in a shuffled order, so fetched batches mix the forms (which
     forms: FORMS, by partition)."""
     rng = random.Random(seed)
     base_ms = 1_796_587_197_071
     out: list[Sent] = []
-    for i in range(ticks + books):
+    for i in range(first, first + ticks + books):
         kafka_ms = base_ms + i
         partition = rng.randrange(partitions)
-        symbol = f"{'T' if i < ticks else 'B'}{i}-{rng.choice(['', 'é', '日本', '𝄞'])}"
+        symbol = f"{'T' if i < first + ticks else 'B'}{i}-{rng.choice(['', 'é', '日本', '𝄞'])}"
         record: dict[str, Any] = {"symbol": symbol}
-        if i < ticks:
+        if i < first + ticks:
             record |= {"price": _number(rng), "volume": rng.choice([0, rng.randint(0, 2**63 - 1)])}
             for name in ("change", "change_rate"):
                 how = rng.choice(["absent", "null", "value", "int"])
@@ -162,8 +167,8 @@ def expected(records: Sequence[Sent], topic: str, *, micros: bool) -> Counter[Ha
 
 
 def settings_of(env: dict[str, str]) -> Settings:
-    known = {k: v for k, v in env.items() if k in Settings.model_fields}
-    return Settings(_env_file=None, **known)  # type: ignore[call-arg]
+    known: dict[str, Any] = {k: v for k, v in env.items() if k in Settings.model_fields}
+    return Settings(_env_file=None, **known)
 
 
 async def stored(env: dict[str, str]) -> dict[str, Counter[Hashable]]:
