@@ -138,6 +138,8 @@ class FakeSource:
         self.paused: set[TP] = set()
         self.committed: dict[TP, int] = {}
         self.callbacks: tuple[RebalanceCallback, RebalanceCallback] | None = None
+        self.starts: dict[TP, int] = {}  # log starts (retention moves them)
+        self.ends: dict[TP, int] = {}  # fetched ends past the last record (transaction markers)
 
     async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
         self.callbacks = (on_revoked, on_assigned)
@@ -172,7 +174,7 @@ class FakeSource:
         return {}
 
     def fetched_end(self, tp: TP) -> int | None:
-        return self.position.get(tp)
+        return self.ends.get(tp, self.position.get(tp))
 
     def seek(self, tp: TP, offset: int) -> None:
         self.position[tp] = offset
@@ -182,7 +184,7 @@ class FakeSource:
         return {tp: 0 for tp in tps}
 
     async def log_starts(self, tps: Collection[TP]) -> dict[TP, int]:
-        return {tp: 0 for tp in tps}
+        return {tp: self.starts.get(tp, 0) for tp in tps}
 
     def pause(self, tps: Collection[TP]) -> None:
         self.paused |= set(tps)
@@ -242,12 +244,14 @@ def rig(
     *,
     s3: bool = True,
     db: bool = True,
+    on_truncation: str = "resume",
 ) -> Rig:
     settings = Settings(
         _env_file=None,
         KAFKA_TOPICS=[TOPIC],
         DB_WRITE_ENABLED=db,
         S3_WRITE_ENABLED=s3,
+        ON_LOG_TRUNCATION=on_truncation,
     )
     events: Events = []
     table = PartitionTable()
@@ -436,3 +440,54 @@ async def test_full_buffers_pause_the_consumer_flush_at_once_and_resume() -> Non
 def test_a_recorder_needs_a_sink() -> None:
     with pytest.raises(ValueError, match="both sinks are disabled"):
         rig({}, db=False, s3=False)
+
+
+def _lost(tp: TP) -> float:
+    from recorder import metrics
+
+    value = metrics.REGISTRY.get_sample_value(
+        "datarecorder_records_lost_total",
+        {"topic": tp.topic, "partition": str(tp.partition), "reason": "retention"},
+    )
+    return value or 0.0
+
+
+async def test_progress_below_the_log_start_resumes_at_the_log_start_and_counts_the_loss() -> None:
+    r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 10}, "s3": {A: 12}})
+    r.source.starts[A] = 25  # retention deleted 0..24 while the pod was down
+    before = _lost(A)
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    assert ("source", "seek", "0", "25") in r.events  # the log start, never the log end
+    assert _lost(A) - before == 15
+    await r.fetch_and_handle(A)
+    assert r.sinks["timescaledb"].buffers[A] == list(range(25, 50))
+
+
+async def test_a_refused_position_mid_run_goes_on_at_the_log_start_or_halts() -> None:
+    for mode in ("resume", "halt"):
+        r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 0}, "s3": {A: 0}}, on_truncation=mode)
+        r.source.owned = {A}
+        await r.recorder.on_assigned(r.source, {A})
+        r.source.starts[A] = 40
+        before = _lost(A)
+        await r.recorder._reposition(r.source, {A: 30})
+        if mode == "resume":
+            assert r.source.position[A] == 40 and _lost(A) - before == 10
+        else:
+            assert r.recorder.partitions.status(A) is Status.HALTED
+            assert "below the log start 40" in r.recorder.problems()["partitions"]
+            assert _lost(A) == before
+
+
+async def test_a_fetch_of_transaction_markers_only_moves_progress_past_them() -> None:
+    """read_committed: a commit marker after the last record returns no record; the empty
+    batch up to the position lets progress (and the committed offset) pass the marker."""
+    r = rig({A: log_of(A, 10)}, {"timescaledb": {A: 0}, "s3": {A: 0}})
+    r.source.owned = {A}
+    await r.recorder.on_assigned(r.source, {A})
+    await r.fetch_and_handle(A)
+    r.source.ends[A] = 11  # the marker at offset 10
+    await r.recorder._handle(r.source, {A: []}, r.recorder.partitions.epochs({A: []}))
+    await r.sinks["timescaledb"].flush_all()
+    assert r.sinks["timescaledb"].stored[A] == 11
