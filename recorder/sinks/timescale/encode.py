@@ -6,6 +6,7 @@ no Python tuple or `datetime` per row; every field is written for all rows at on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -78,17 +79,18 @@ def _put(out: np.ndarray, at: np.ndarray, values: np.ndarray, width: int) -> Non
 
 def encode(fields: list[_Fixed | _Text], n: int) -> bytes:
     """The binary COPY stream of `n` rows of `fields` (header, tuples, trailer)."""
+    return HEADER + _tuples(fields, n) + TRAILER
+
+
+def _tuples(fields: list[_Fixed | _Text], n: int) -> bytes:
+    """The tuples of `n` rows of `fields`, without the stream's header and trailer."""
     sizes = [f.sizes(n) for f in fields]
     row_sizes = 2 + np.sum(sizes, axis=0) if n else np.zeros(0, np.int64)
-    starts = np.empty(n, np.int64)
+    starts = np.zeros(n, np.int64)
     if n:
-        starts[0] = len(HEADER)
         np.cumsum(row_sizes[:-1], out=starts[1:])
-        starts[1:] += len(HEADER)
-    total = len(HEADER) + int(row_sizes.sum()) + len(TRAILER)
+    total = int(row_sizes.sum())
     out = np.empty(total, np.uint8)
-    out[: len(HEADER)] = np.frombuffer(HEADER, np.uint8)
-    out[total - len(TRAILER) :] = np.frombuffer(TRAILER, np.uint8)
     _put(out, starts, np.full(n, len(fields), ">i2"), 2)
     at = starts + 2
     for field, size in zip(fields, sizes, strict=True):
@@ -121,9 +123,8 @@ def _times(table: pa.Table) -> _Fixed:
     return _Fixed(micros.astype(">i8"))
 
 
-def tick_copy(table: pa.Table) -> bytes:
-    """`tick_data` rows (TICK_COLUMNS) from tick columns (recorder.core.columns.TICK_SCHEMA)."""
-    fields: list[_Fixed | _Text] = [
+def _tick_fields(table: pa.Table | pa.RecordBatch) -> list[_Fixed | _Text]:
+    return [
         _times(table),
         _text(table.column("symbol")),
         _numbers(table.column("price"), ">f8"),
@@ -131,16 +132,53 @@ def tick_copy(table: pa.Table) -> bytes:
         _numbers(table.column("change"), ">f8"),
         _numbers(table.column("change_rate"), ">f8"),
     ]
-    return encode(fields, table.num_rows)
 
 
-def book_copy(table: pa.Table) -> bytes:
-    """`orderbook` rows (BOOK_COLUMNS) from order book columns: levels as jsonb from their
-    JSON text, never decoded again."""
-    fields: list[_Fixed | _Text] = [
+def _book_fields(table: pa.Table | pa.RecordBatch) -> list[_Fixed | _Text]:
+    # Levels as jsonb from their JSON text, never decoded again.
+    return [
         _times(table),
         _text(table.column("symbol")),
         _text(table.column("bids"), JSONB_VERSION),
         _text(table.column("asks"), JSONB_VERSION),
     ]
-    return encode(fields, table.num_rows)
+
+
+# The stream is built this many bytes of rows at a time (estimated from the columns' size):
+# the encoder's transients (row positions, a byte index per text byte) are bounded by it, not
+# by the flush, so a flush of deep order books costs its rows plus a few MiB (MAX_BUFFER_BYTES
+# counts the rows).
+COPY_CHUNK_BYTES: Final = 1 << 20
+COPY_COLUMNS: Final = {
+    "tick": ("time_ns", "symbol", "price", "volume", "change", "change_rate"),
+    "book": ("time_ns", "symbol", "bids", "asks"),
+}
+
+
+def copy_chunks(table: pa.Table, kind: str, chunk_bytes: int = COPY_CHUNK_BYTES) -> Iterator[bytes]:
+    """The binary COPY stream of `table`'s rows (`kind` "tick" or "book") in pieces of about
+    `chunk_bytes`: the header, the tuples a slice of rows at a time, the trailer. Only the
+    columns the table stores are read, and the table is never made contiguous (a flush of
+    many fetches may hold more text than one 32-bit-offset string array can)."""
+    fields = _tick_fields if kind == "tick" else _book_fields
+    used = table.select(list(COPY_COLUMNS[kind]))
+    yield HEADER
+    for batch in used.to_batches():
+        rows = batch.num_rows
+        if not rows:
+            continue
+        step = max(1, rows * chunk_bytes // max(1, batch.nbytes))
+        for first in range(0, rows, step):
+            piece = batch.slice(first, step)
+            yield _tuples(fields(piece), piece.num_rows)
+    yield TRAILER
+
+
+def tick_copy(table: pa.Table) -> bytes:
+    """`tick_data` rows (TICK_COLUMNS) from tick columns (recorder.core.columns.TICK_SCHEMA)."""
+    return b"".join(copy_chunks(table, "tick"))
+
+
+def book_copy(table: pa.Table) -> bytes:
+    """`orderbook` rows (BOOK_COLUMNS) from order book columns."""
+    return b"".join(copy_chunks(table, "book"))

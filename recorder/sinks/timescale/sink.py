@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -32,7 +32,7 @@ from recorder.retry import Transient, retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
-from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
+from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, copy_chunks
 
 SINK = "timescaledb"
 NS_PER_DAY = 86_400 * 1_000_000_000
@@ -49,8 +49,11 @@ def rollup_bars(ticks: pa.Table) -> dict[str, Bars]:
     return {view: bars(time_ns, symbol, price, volume, ns) for view, ns in ROLLUPS.items()}
 
 
-async def _stream(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Each piece of the COPY stream encoded only when asyncpg asks for it: one piece of
+    encoder transients in memory at a time."""
+    for chunk in chunks:
+        yield chunk
 
 
 class PartitionMissing(Transient):
@@ -444,7 +447,9 @@ class TimescaleSink(SinkHealth):
                 if outcomes[tp][0] is not CasOutcome.APPLIED or not batch.count:
                     continue
                 if self._topics.get(tp.topic) is TopicKind.ORDERBOOK:
-                    books.append(batch.table())
+                    # Not made contiguous: a copy of every book of the flush (and past 2 GiB
+                    # of JSON text, more than a 32-bit-offset string array holds).
+                    books.append(pa.concat_tables(batch.chunks))
                     book_from.append((tp, batch.count))
                 else:
                     ticks.append(batch.table())
@@ -517,7 +522,7 @@ class TimescaleSink(SinkHealth):
             await self._copy_isolating_bad_rows(
                 conn, table, columns, rows, 0, rows.num_rows, refused, str(exc)
             )
-        offsets = offsets_of(rows.combine_chunks())
+        offsets = offsets_of(rows)
         ends = np.cumsum([count for _, count in sources])
         order = sorted(refused)
         origin = [sources[int(np.searchsorted(ends, i, side="right"))][0] for i in order]
@@ -534,8 +539,8 @@ class TimescaleSink(SinkHealth):
     async def _copy_rows(
         conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: pa.Table
     ) -> None:
-        data = tick_copy(rows) if table == "tick_data" else book_copy(rows)
-        await conn.copy_to_table(table, source=_stream(data), columns=columns, format="binary")
+        chunks = copy_chunks(rows, "tick" if table == "tick_data" else "book")
+        await conn.copy_to_table(table, source=_stream(chunks), columns=columns, format="binary")
 
     async def _copy_isolating_bad_rows(
         self,
