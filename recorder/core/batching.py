@@ -7,7 +7,7 @@ compare-and-set expectation) and the next offset after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,11 +40,13 @@ class Batch:
         flushing it then would record progress -1, which no consumer can seek to."""
         return self.end >= 0 and self.start != self.end
 
-    def table(self) -> pa.Table:
-        """The rows as one contiguous table (chunks combined: encoders see plain arrays)."""
-        if len(self.chunks) == 1:
-            return self.chunks[0].combine_chunks()
-        return pa.concat_tables(self.chunks).combine_chunks()
+    def table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows as one contiguous table (chunks combined: encoders see plain arrays);
+        only `columns` when given, so a sink copies only what it writes."""
+        chunks = self.chunks if columns is None else [c.select(list(columns)) for c in self.chunks]
+        if len(chunks) == 1:
+            return chunks[0].combine_chunks()
+        return pa.concat_tables(chunks).combine_chunks()
 
     def first_offset(self) -> int | None:
         for chunk in self.chunks:

@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from recorder import metrics, supervise, telemetry
 from recorder.core.batching import Batch, is_due, split_by_hour
+from recorder.core.columns import TICK_SCHEMA
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
 from recorder.retry import retry_forever
 from recorder.settings import Settings, TopicKind
@@ -417,6 +418,13 @@ class S3Sink(SinkHealth):
         self._set_healthy(False)
         metrics.FLUSHES.labels(SINK, "retry").inc()
 
+    def _columns(self, kind: TopicKind) -> list[str]:
+        """The batch columns a file of `kind` is made of (order books: one form of levels)."""
+        if kind is TopicKind.TICK:
+            return list(TICK_SCHEMA.names)
+        sides = ["bid_levels", "ask_levels"] if self._levels == "typed" else ["bids", "asks"]
+        return ["offset", "time_ns", "symbol", *sides]
+
     def _encode(
         self, tp: TP, kind: TopicKind, batch: Batch
     ) -> list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]]:
@@ -424,7 +432,7 @@ class S3Sink(SinkHealth):
         out: list[tuple[str, tempfile.SpooledTemporaryFile[bytes], int]] = []
         spill = self._settings.S3_PART_SIZE_MB * 1024 * 1024
         try:
-            groups = split_by_hour(batch.table()) if batch.count else []
+            groups = split_by_hour(batch.table(self._columns(kind))) if batch.count else []
             for hour, first_offset, part in groups:
                 # Closed by _flush_batch after the upload.
                 body: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
