@@ -134,6 +134,9 @@ class Recorder:
         metrics.BUFFER_LIMIT.set(buffer_limits.records)
         metrics.BUFFER_LIMIT_BYTES.set(buffer_limits.nbytes)
         self._row_bytes = 0  # running average of decoded row sizes, to size the next fetch
+        # ... and of the fetched values themselves: they are in memory beside their decoded
+        # rows until the fetch is handled, so a fetch's room counts both.
+        self._raw_bytes = 0
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -463,7 +466,8 @@ class Recorder:
         if full:
             return self.settings.FETCH_MAX_RECORDS
         room = max(0, self.buffer_limits.nbytes - self._buffered().nbytes)
-        return backpressure.fetch_limit(self.settings.FETCH_MAX_RECORDS, room, self._row_bytes)
+        per_record = self._row_bytes + self._raw_bytes
+        return backpressure.fetch_limit(self.settings.FETCH_MAX_RECORDS, room, per_record)
 
     async def _consume(self, source: Source) -> None:
         last_commit = 0.0
@@ -602,9 +606,13 @@ class Recorder:
                 await self._halt_running(source, tp, log_end)
                 continue
             offsets = [m.offset for m in messages]
+            values = [m.value for m in messages]
+            if values:
+                raw = sum(len(v) for v in values if v is not None) // len(values)
+                self._raw_bytes = max(raw, (self._raw_bytes * 7 + raw) // 8)
             columns, rejected = decode_batch(
                 self.topics[tp.topic],
-                [m.value for m in messages],
+                values,
                 offsets,
                 [m.timestamp for m in messages],
                 limits,

@@ -94,20 +94,62 @@ def empty(kind: TopicKind) -> pa.Table:
     return schema_of(kind).empty_table()
 
 
+# A fetch is decoded this many bytes of values at a time: the decoder's Python objects (a
+# 1,000-level book is ~2,000 structs) exist for one slice only, not for a whole fetch.
+DECODE_SLICE_BYTES: Final = 8 << 20
+
+
 def decode_batch(
     kind: TopicKind,
     values: Sequence[bytes | None],
     offsets: Sequence[int],
     kafka_ts_ms: Sequence[int],
     limits: Limits,
+    slice_bytes: int = DECODE_SLICE_BYTES,
 ) -> tuple[pa.Table, Rejected]:
     """The valid records of one partition's fetch as columns, and the rejected ones.
 
     A function of the records alone (values and Kafka timestamps), like `records.decode`: the
     fast path accepts exactly what the per-record decoder accepts, and gives up on anything
-    else, so a batch's outcome never depends on which path decided it."""
+    else, so a batch's outcome never depends on which path decided it (nor on the slices a
+    large fetch is decoded in)."""
     if not values:
         return empty(kind), []
+    bounds = _slices(values, slice_bytes)
+    if len(bounds) == 1:
+        return _decode_slice(kind, values, offsets, kafka_ts_ms, limits)
+    tables: list[pa.Table] = []
+    rejected: Rejected = []
+    for first, stop in bounds:
+        table, bad = _decode_slice(
+            kind, values[first:stop], offsets[first:stop], kafka_ts_ms[first:stop], limits
+        )
+        tables.append(table)
+        rejected.extend((first + i, exc) for i, exc in bad)
+    return pa.concat_tables(tables), rejected
+
+
+def _slices(values: Sequence[bytes | None], slice_bytes: int) -> list[tuple[int, int]]:
+    """[first, stop) index ranges of about `slice_bytes` of values each (at least one value)."""
+    out: list[tuple[int, int]] = []
+    first, size = 0, 0
+    for i, value in enumerate(values):
+        size += len(value) if value is not None else 0
+        if size >= slice_bytes:
+            out.append((first, i + 1))
+            first, size = i + 1, 0
+    if first < len(values):
+        out.append((first, len(values)))
+    return out
+
+
+def _decode_slice(
+    kind: TopicKind,
+    values: Sequence[bytes | None],
+    offsets: Sequence[int],
+    kafka_ts_ms: Sequence[int],
+    limits: Limits,
+) -> tuple[pa.Table, Rejected]:
     try:
         fast = _fast(kind, values, offsets, kafka_ts_ms, limits)
     except Exception:  # whatever the batch path cannot handle, the records decide
