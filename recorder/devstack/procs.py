@@ -149,8 +149,8 @@ def _cut(line: str, width: int) -> str:
 # A line that states a failure: "Error: listen EADDRINUSE …", "RangeError: …",
 # "org.apache.kafka.common.KafkaException: …", "FATAL:  could not …", "… ERROR … ".
 _CAUSE = re.compile(
-    r"^\s*(?:Uncaught\s+)?[\w.$]*(?:Error|Exception)\b(?!\s+event)|\b(?:FATAL|PANIC|ERROR)\b|"
-    r"^\s*(?:fatal|panic|error):",
+    r"(?:^|[\s(])[\w.$]*(?:Error|Exception)(?:\s*\[[^\]]*\])?:|\b(?:FATAL|PANIC|ERROR)\b|"
+    r"^\s*(?:fatal|panic|error):"
 )
 # Lines that never say why: stack frames, Node's caret and version banner, lone brackets.
 _NOISE = re.compile(r"^\s*(?:at\s|\^+\s*$|Node\.js v\d|[{}()\[\],;]*\s*$)")
@@ -382,9 +382,10 @@ async def wait_ready(
     while time.monotonic() < deadline:
         if not alive():
             status = describe_exit(exit_status(pid))
+            message = why_failed(what, f"exited while starting ({status})", logs)
             if pid and exit_status(pid) is not None:
                 note_exit(logs[0], pid, status)
-            raise ServiceError(why_failed(what, f"exited while starting ({status})", logs))
+            raise ServiceError(message)
         try:
             await asyncio.wait_for(probe(), timeout=max(1.0, deadline - time.monotonic()))
             return
