@@ -18,9 +18,11 @@
 //
 // Usage: node pglite_bridge.mjs PORT [DATADIR]   (prints "ready PORT" when it accepts clients)
 //
-// Its output is the service's log (.stack/timescale-full/bridge.log): a line when it starts, the
-// reason when it cannot listen or boot, its exit code when it ends (a signal's death is noted
-// there by scripts/stack, which started it).
+// It binds its port first and boots PGlite after (seconds; a minute on a loaded machine): the
+// port scripts/stack chose is held from the start, and a taken one fails at once. Clients that
+// connect during the boot wait for it. Its output is the service's log
+// (.stack/timescale-full/bridge.log): a line when it starts, the reason when it cannot listen
+// or boot, its exit code when it ends (a signal's death is noted there by scripts/stack).
 
 import fs from 'node:fs'
 import net from 'node:net'
@@ -36,12 +38,14 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.exit(2)
 }
 process.on('exit', (code) => say(`exiting with code ${code}`))
-say(`starting PGlite (node ${process.version}, pid ${process.pid}, port ${port})`)
+say(`starting (node ${process.version}, pid ${process.pid}, port ${port})`)
 
-const db = await PGlite.create({ dataDir, extensions: { timescaledb } })
-await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
-const bootSearchPath = (await db.query('SHOW search_path')).rows[0].search_path
-const serverVersion = (await db.query('SHOW server_version')).rows[0].server_version
+// Set once PGlite has booted (below, after the port is bound); connections wait for `booted`.
+let db, bootSearchPath, serverVersion
+let booted
+const boot = new Promise((resolve) => {
+  booted = resolve
+})
 
 // One request at a time into the one session.
 let queue = Promise.resolve()
@@ -104,6 +108,8 @@ function renamed(type, body, prefix) {
 
 let connections = 0
 const server = net.createServer((sock) => {
+  sock.pause() // until PGlite has booted: the client's bytes wait in the socket
+  boot.then(() => sock.resume())
   const prefix = `c${++connections}_`
   let buf = Buffer.alloc(0)
   let started = false
@@ -195,6 +201,12 @@ server.on('error', (err) => {
   say(`Error: cannot listen on 127.0.0.1:${port}: ${err.message}`)
   process.exit(1)
 })
-server.listen(port, '127.0.0.1', () => {
-  console.log(`ready ${server.address().port}`)
-})
+await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve))
+say(`listening on 127.0.0.1:${server.address().port}; booting PGlite`)
+
+db = await PGlite.create({ dataDir, extensions: { timescaledb } })
+await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
+bootSearchPath = (await db.query('SHOW search_path')).rows[0].search_path
+serverVersion = (await db.query('SHOW server_version')).rows[0].server_version
+booted()
+console.log(`ready ${server.address().port}`)

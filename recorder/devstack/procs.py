@@ -378,19 +378,33 @@ async def wait_ready(
     own; `pid`: the process, for its exit status (noted in the first log) when it dies."""
     logs = [logfile] if isinstance(logfile, Path) else list(logfile)
     deadline = time.monotonic() + limit_s
+
+    def died() -> ServiceError:
+        status = describe_exit(exit_status(pid))
+        message = why_failed(what, f"exited while starting ({status})", logs)
+        if pid and exit_status(pid) is not None:
+            note_exit(logs[0], pid, status)
+        return ServiceError(message)
+
     last: BaseException | None = None
     while time.monotonic() < deadline:
         if not alive():
-            status = describe_exit(exit_status(pid))
-            message = why_failed(what, f"exited while starting ({status})", logs)
-            if pid and exit_status(pid) is not None:
-                note_exit(logs[0], pid, status)
-            raise ServiceError(message)
+            raise died()
+        # One attempt may take the time that is left (a server that accepted the connection
+        # answers when it has booted), but the process is watched meanwhile: a probe that hangs
+        # on somebody else's socket must not hide that ours has died.
+        attempt = asyncio.ensure_future(probe())
         try:
-            await asyncio.wait_for(probe(), timeout=max(1.0, deadline - time.monotonic()))
-            return
-        except Exception as exc:  # any failure means "not ready yet"
-            last = exc
+            while not attempt.done() and time.monotonic() < deadline and alive():
+                await asyncio.wait({attempt}, timeout=PROBE_INTERVAL_S)
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+        if not attempt.cancelled():
+            last = attempt.exception()
+            if last is None:
+                return
         await asyncio.sleep(PROBE_INTERVAL_S)
     raise ServiceError(
         why_failed(what, f"did not answer within {limit_s:.0f}s (last error: {last!r})", logs)

@@ -21,7 +21,8 @@ from tests.fixtures.stack import unavailable
 
 pytestmark = pytest.mark.integration
 
-# The bridge boots PGlite (seconds; a minute on a loaded 2-core machine) before it listens.
+# The bridge binds its port before it boots PGlite, so this start fails in about a second;
+# the limit is for a machine too loaded even for that (and for a bridge that binds late again).
 START_TIMEOUT_S = 300
 
 
