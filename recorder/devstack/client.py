@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import warnings
 from pathlib import Path
 
 from recorder.devstack.procs import pid_alive
@@ -53,6 +54,15 @@ EXTERNAL_DEFAULTS = {
     "S3_REGION": "us-east-1",
 }
 STACK_UP_TIMEOUT_S = 900  # a cold Maven resolve of Kafka's jars included
+# `stop`/`start` of one service: its own readiness limit (Kafka's and the bridge's: 120 s),
+# plus the wait for the state lock (another session's `up`) and Python's start-up. At 120 s,
+# as it was, the caller gave up first on a loaded machine and saw a TimeoutExpired, not why.
+STACK_SWITCH_TIMEOUT_S = 400
+
+
+class StackRetried(UserWarning):
+    """`scripts/stack up` failed once and a retry brought it up: shown in pytest's warnings
+    summary, so that a start-up failure is looked at instead of hidden by the retry."""
 
 
 class StackUnavailable(RuntimeError):
@@ -107,7 +117,12 @@ def up_with_lease(lease: str) -> tuple[dict[str, str], Path]:
         # `up` keeps what runs and starts the rest: one more try rides out a service that
         # fell over while starting on a loaded machine (its log is in the message if not).
         if attempt == 1:
-            print(f"scripts/stack up failed once, retrying:\n{res.stdout}{res.stderr}")
+            failed = [ln for ln in res.stderr.splitlines() if "FAILED" in ln or "error" in ln]
+            warnings.warn(
+                f"scripts/stack up failed once, retrying: {' / '.join(failed) or res.stderr}",
+                StackRetried,
+                stacklevel=2,
+            )
     if res.returncode != 0:
         release(lease)
         raise StackUnavailable(f"scripts/stack up failed:\n{res.stdout}{res.stderr}")

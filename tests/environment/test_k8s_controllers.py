@@ -96,8 +96,9 @@ def test_owned_deployment_is_garbage_collected_with_its_datarecorder(
     )
 
     k8s.kubectl(
-        "delete", "-n", k8s_namespace, "datarecorder", "owner", "--wait=true", "--timeout=60s"
-    )
+        "delete", "-n", k8s_namespace, "datarecorder", "owner", "--wait=true", "--timeout=60s",
+        timeout=70,  # longer than kubectl's own --timeout, so that kubectl says what it waited for
+    )  # fmt: skip
 
     def collected() -> bool:
         names = k8s.kubectl("get", "-n", k8s_namespace, "deploy,rs,pods", "-o", "name").stdout
@@ -128,6 +129,6 @@ def test_orphan_deletion_keeps_the_child_and_drops_the_reference(
     k8s.apply(deployment("orph-child", 1, owner=owner), k8s_namespace)
 
     k8s.kubectl("delete", "-n", k8s_namespace, "datarecorder", "orph", "--cascade=orphan", "--wait=true",
-                "--timeout=60s")  # fmt: skip
+                "--timeout=60s", timeout=70)  # fmt: skip
     child = k8s.get_json("deploy", "orph-child", namespace=k8s_namespace)
     assert not child["metadata"].get("ownerReferences"), json.dumps(child["metadata"])

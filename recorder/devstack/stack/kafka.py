@@ -67,7 +67,9 @@ async def ready(st: ServiceState) -> None:
         lambda: kafka.probe(bootstrap),
         READY_TIMEOUT,
         lambda: running(st),
-        st.dir / "server.log",
+        # The JVM's own errors (bad flags, no memory) go to stdout.log, the broker's to server.log.
+        [st.dir / "stdout.log", st.dir / "server.log"],
+        pid=st.recorded_pid("pid"),
     )
 
 

@@ -107,9 +107,10 @@ def start_cluster(st: ServiceState) -> None:
         [*pg_ctl, "-w", "-t", str(PG_CTL_TIMEOUT_S), "start"], check=False, new_session=True
     )
     if res.returncode != 0:
-        raise ServiceError(
-            f"postgres did not start:\n{res.stdout}{res.stderr}\n{procs.tail(logfile)}"
-        )
+        said = (res.stdout + res.stderr).strip().splitlines()
+        event = f"did not start (pg_ctl: {procs.describe_exit(res.returncode)}"
+        event += f", {said[-1].strip()})" if said else ")"
+        raise ServiceError(procs.why_failed(f"{st.name} at {address(st)}", event, [logfile]))
     if not st.data.get("bootstrapped"):
         bootstrap(st)
 
@@ -150,7 +151,7 @@ async def ready(st: ServiceState) -> None:
         READY_TIMEOUT,
         lambda: running(st),
         _paths(st)[2],
-    )
+    )  # the postmaster is pg_ctl's child, not ours: its log says why it ended
 
 
 def stop(st: ServiceState, kill: bool = False) -> None:

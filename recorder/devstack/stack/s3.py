@@ -152,8 +152,13 @@ async def ready(st: ServiceState) -> None:
         if BUCKET not in names:
             await asyncio.to_thread(client.create_bucket, Bucket=BUCKET)
 
-    logfile = st.dir / ("minio.log" if server(st) == "minio" else "moto.log")
-    await wait_ready(f"s3 at {endpoint(st)}", probe, READY_TIMEOUT, lambda: running(st), logfile)
+    if server(st) == "minio":
+        logs, pid = [st.dir / "minio.log"], st.recorded_pid("minio_pid")
+    else:
+        logs, pid = [st.dir / "moto.log", st.dir / "gate.log"], st.recorded_pid("moto_pid")
+    await wait_ready(
+        f"s3 at {endpoint(st)}", probe, READY_TIMEOUT, lambda: running(st), logs, pid=pid
+    )
 
 
 def stop(st: ServiceState, kill: bool = False) -> None:

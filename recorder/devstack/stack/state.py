@@ -69,12 +69,18 @@ class ServiceState:
         return value
 
     def pid(self, key: str, marker: str) -> int | None:
-        """The recorded pid if that process still runs our program (`marker` in its command
-        line): after a reboot the number may belong to someone else, who must not be signalled."""
+        """The recorded pid if that process still runs our program (spawned by this process,
+        or `marker` in its command line): after a reboot the number may belong to someone
+        else, who must not be signalled."""
         value = self.data.get(key)
-        if not isinstance(value, int) or not procs.pid_alive(value):
+        if not isinstance(value, int):
             return None
-        return value if marker in procs.cmdline(value) else None
+        return value if procs.runs(value, marker) else None
+
+    def recorded_pid(self, key: str) -> int | None:
+        """The pid recorded under `key`, alive or not (for its exit status)."""
+        value = self.data.get(key)
+        return value if isinstance(value, int) else None
 
 
 @contextlib.contextmanager

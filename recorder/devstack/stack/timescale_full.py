@@ -54,9 +54,11 @@ def start(st: ServiceState) -> None:
         raise ServiceError("node (Node.js >= 20) is needed for the full TimescaleDB edition")
     # ES modules resolve packages next to the script: run a copy beside a link to the cache.
     st.dir.mkdir(parents=True, exist_ok=True)
-    modules = st.dir / "node_modules"
-    if not modules.exists():
-        modules.symlink_to(package_dir() / "node_modules")
+    modules, target = st.dir / "node_modules", package_dir() / "node_modules"
+    if modules.is_symlink() and modules.readlink() != target:  # another cache, or a moved one
+        modules.unlink()
+    if not modules.is_symlink():
+        modules.symlink_to(target)
     (st.dir / "package.json").write_text('{"private": true, "type": "module"}\n')
     shutil.copy(BRIDGE, st.dir / BRIDGE.name)
     argv = [node, str(st.dir / BRIDGE.name), str(st.get_int("port"))]
@@ -89,6 +91,7 @@ async def ready(st: ServiceState) -> None:
         READY_TIMEOUT,
         lambda: running(st),
         logfile(st),
+        pid=st.recorded_pid("pid"),
     )
 
 
