@@ -107,6 +107,7 @@ class S3Sink(SinkHealth):
         self._levels: Literal["typed", "json"] = settings.PARQUET_ORDERBOOK_LEVELS
         self.healthy = False
         self.error: str | None = None  # the last error retrying does not fix, until a flush works
+        self.stage = "connecting"  # where start-up is (the shutdown log names it)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,6 +119,7 @@ class S3Sink(SinkHealth):
             self._failed,
         )
         prefix = self._settings.S3_PREFIX
+        self.stage = "checking conditional writes"
         await retry_forever(
             "conditional_writes_check",
             lambda: self._lake.check_conditional_writes(scratch_prefix(prefix, self._group)),
@@ -126,6 +128,7 @@ class S3Sink(SinkHealth):
         )
         await self._check_unclaimed()
         self._set_healthy(True)
+        self.stage = "started"
         self._timer = asyncio.create_task(self._run_timer(), name="s3-flush-timer")
         telemetry.emit(
             telemetry.SINK_STARTED, sink=SINK, lake=self._lake.description, group=self._group

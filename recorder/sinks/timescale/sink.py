@@ -100,6 +100,7 @@ class TimescaleSink(SinkHealth):
         self._maintenance: asyncio.Task[None] | None = None
         self._failing = False  # the last flush failed for a reason that retrying did not fix
         self.healthy = False
+        self.stage = "connecting"  # where start-up is (the shutdown log names it)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -117,6 +118,7 @@ class TimescaleSink(SinkHealth):
             "connect", connect, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
         )
         self._pool = pool
+        self.stage = "migrating" if self._settings.MIGRATE_ON_START else "reading the schema"
         async with pool.acquire() as conn:
             if self._settings.MIGRATE_ON_START:
                 self._mode = await migrate(conn)
@@ -129,6 +131,7 @@ class TimescaleSink(SinkHealth):
                 self._mode = mode
             await self._apply_compression(conn)
         self._set_healthy(True)
+        self.stage = "started"
         for w in self._writers:
             w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
         if self._settings.DB_RETENTION_DAYS > 0:
