@@ -20,6 +20,8 @@ import pyarrow as pa
 from recorder.core.records import (
     BOOK_DECODER,
     FUTURE_SLACK_NS,
+    MAX_KAFKA_MS,
+    MIN_KAFKA_MS,
     MIN_TIME_NS,
     TICK_DECODER,
     Level,
@@ -106,7 +108,10 @@ def decode_batch(
     else, so a batch's outcome never depends on which path decided it."""
     if not values:
         return empty(kind), []
-    fast = _fast(kind, values, offsets, kafka_ts_ms, limits)
+    try:
+        fast = _fast(kind, values, offsets, kafka_ts_ms, limits)
+    except Exception:  # whatever the batch path cannot handle, the records decide
+        fast = None
     if fast is not None:
         return fast, []
     return _per_record(kind, values, offsets, kafka_ts_ms, limits)
@@ -128,6 +133,9 @@ def _per_record(
         except RecordError as exc:
             rejected.append((i, exc))
             continue
+        except Exception as exc:  # a record must never stop its partition
+            rejected.append((i, RecordError("undecodable", f"{type(exc).__name__}: {exc}")))
+            continue
         kept.append(offsets[i])
     return from_rows(kind, kept, rows), rejected
 
@@ -148,18 +156,32 @@ def _lines(values: Sequence[bytes | None], limits: Limits) -> bytes | None:
 
 
 def _event_times(stamps: Sequence[object], kafka_ns: np.ndarray) -> np.ndarray | None:
-    """Event times in ns when every timestamp is integer ns or absent and within range."""
+    """Event times in ns when every timestamp is integer ns or absent and within range.
+
+    Integers only, never through a float: numpy turns an int64 array with nulls into float64,
+    which rounds nanoseconds to 256 ns, so the nulls are filled on the Arrow side first."""
     try:
         given = pa.array(stamps, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
         return None  # RFC 3339 strings or out-of-range integers: the per-record path decides
-    times = given.to_numpy(zero_copy_only=False)
     if given.null_count:
-        times = np.where(given.is_null().to_numpy(zero_copy_only=False), kafka_ns, times)
-    out = np.asarray(times, dtype=np.int64)
+        absent = given.is_null().to_numpy(zero_copy_only=False)
+        out = np.where(absent, kafka_ns, given.fill_null(0).to_numpy())
+    else:
+        out = given.to_numpy()
+    out = np.asarray(out, dtype=np.int64)
     if not bool(np.all((out >= MIN_TIME_NS) & (out <= kafka_ns + FUTURE_SLACK_NS))):
         return None
     return out
+
+
+def _kafka_ns(kafka_ts_ms: Sequence[int]) -> np.ndarray | None:
+    """Kafka timestamps in ns, or None when one cannot be (then the per-record path names
+    the record): numpy would wrap an int64 overflow silently."""
+    ms = np.asarray(kafka_ts_ms, dtype=np.int64)
+    if not bool(np.all((ms >= MIN_KAFKA_MS) & (ms <= MAX_KAFKA_MS))):
+        return None
+    return ms * NS_PER_MS
 
 
 def _finite(values: pa.Array) -> bool:
@@ -187,7 +209,9 @@ def _fast(
         return None
     if len(wires) != len(values):
         return None  # an empty value is an empty line, which decode_lines skips
-    kafka_ns = np.asarray(kafka_ts_ms, dtype=np.int64) * NS_PER_MS
+    kafka_ns = _kafka_ns(kafka_ts_ms)
+    if kafka_ns is None:
+        return None
     if kind is TopicKind.TICK:
         symbol, price, volume, change, rate, stamps = zip(*map(_TICK_FIELDS, wires), strict=True)
     else:

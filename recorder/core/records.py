@@ -21,6 +21,11 @@ MIN_TIME_NS: Final = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp()) * NS_PER_
 FUTURE_SLACK_NS: Final = 24 * 3600 * NS_PER_SECOND
 MAX_LEVELS: Final = 1000
 INT64_MAX: Final = 2**63 - 1
+# Kafka timestamps (ms) whose ns form fits a signed 64-bit integer with the 24 h slack added;
+# outside them (-1 "no timestamp", ms sent where us were meant) a record that relies on its
+# Kafka timestamp is refused with `timestamp_out_of_range`, never an overflow.
+MIN_KAFKA_MS: Final = 0
+MAX_KAFKA_MS: Final = (INT64_MAX - FUTURE_SLACK_NS) // 1_000_000
 
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
@@ -114,7 +119,7 @@ def parse_timestamp(value: int | str | None, kafka_ts_ns: int) -> int:
             raise RecordError("bad_timestamp", f"timestamp {value[:64]!r}: {exc}") from None
         nanos = int((fraction or "0").ljust(9, "0"))
         time_ns = int(whole.timestamp()) * NS_PER_SECOND + nanos
-    if time_ns < MIN_TIME_NS or time_ns > kafka_ts_ns + FUTURE_SLACK_NS:
+    if time_ns < MIN_TIME_NS or time_ns > min(kafka_ts_ns + FUTURE_SLACK_NS, INT64_MAX):
         raise RecordError(
             "timestamp_out_of_range",
             f"timestamp {time_ns} ns is outside 1990-01-01 .. the Kafka record's timestamp "
@@ -215,7 +220,9 @@ def decode_tick(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> TickRo
         _finite("price", price, positive=True)
         _finite("change", change)
         _finite("change_rate", rate)
-    if type(ts) is not int or not MIN_TIME_NS <= ts <= kafka_ts_ns + FUTURE_SLACK_NS:
+    if type(ts) is not int or not MIN_TIME_NS <= ts <= min(
+        kafka_ts_ns + FUTURE_SLACK_NS, INT64_MAX
+    ):
         ts = parse_timestamp(ts, kafka_ts_ns)
     return _new_tick(TickRow, (ts, symbol, price, wire.volume, change, rate))
 
@@ -233,7 +240,9 @@ def decode_orderbook(value: bytes | None, kafka_ts_ns: int, limits: Limits) -> O
         _check_symbol(symbol)
         _check_levels("bids", bids)
         _check_levels("asks", asks)
-    if type(ts) is not int or not MIN_TIME_NS <= ts <= kafka_ts_ns + FUTURE_SLACK_NS:
+    if type(ts) is not int or not MIN_TIME_NS <= ts <= min(
+        kafka_ts_ns + FUTURE_SLACK_NS, INT64_MAX
+    ):
         ts = parse_timestamp(ts, kafka_ts_ns)
     return _new_tick(OrderBookRow, (ts, symbol, bids, asks))
 
