@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -33,10 +34,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _exit_now(code: int) -> None:
     """Leave at once (no cleanup, no waiting for threads): what the logs hold is flushed."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
 
 

@@ -251,11 +251,10 @@ class Recorder:
         if self._retries is not None:
             self._retries.abandon()
         starting.cancel()
-        try:
+        # An exception is start-up giving up by itself meanwhile (Abandoned): as intended.
+        with contextlib.suppress(Exception):
             if not await supervise.within("start-up", starting, self.deadline()):
                 self._cut.append("start-up")
-        except Exception:  # noqa: S110 - gave up by itself meanwhile (Abandoned): as intended
-            pass
         stop_at = self._stop_at if self._stop_at is not None else time.monotonic()
         telemetry.emit(
             telemetry.STARTUP_ABANDONED,

@@ -9,6 +9,7 @@ mid-run with buffered records).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections.abc import Callable
@@ -37,14 +38,14 @@ HANG_GUARD_SEC = 10.0  # only against a hang of the test itself, not a speed bou
 def test_the_budget_shares_the_whole_deadline_and_keeps_most_for_flushing(d: float) -> None:
     share = budget(d)
     assert math.isclose(share.flush + share.leave, d, rel_tol=1e-9, abs_tol=1e-12)
-    assert 0 < share.leave <= min(LEAVE_MAX_SEC, d / 2)
+    assert 0 <= share.leave <= min(LEAVE_MAX_SEC, d / 2)
     assert share.flush >= d / 2
 
 
 @given(deadlines)
 def test_the_budget_is_what_the_settings_accept(d: float) -> None:
     settings = Settings(_env_file=None, SHUTDOWN_TIMEOUT_SEC=d)
-    assert budget(settings.SHUTDOWN_TIMEOUT_SEC).flush > 0
+    assert budget(settings.SHUTDOWN_TIMEOUT_SEC).flush >= settings.SHUTDOWN_TIMEOUT_SEC / 2
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0])
@@ -108,11 +109,12 @@ async def test_abandoning_the_scope_cancels_an_attempt_in_flight() -> None:
         finally:
             unwound.set()
 
-    async def main() -> tuple[RetryScope, asyncio.Task[None]]:
+    async def main() -> tuple[RetryScope, asyncio.Task[None], contextvars.Context]:
         s = enter_scope()
-        return s, asyncio.create_task(retry_forever("load_progress", hangs, 3600))
+        task = asyncio.create_task(retry_forever("load_progress", hangs, 3600))
+        return s, task, contextvars.copy_context()
 
-    scope, task = await asyncio.create_task(main())
+    scope, task, context = await asyncio.create_task(main())
     await asyncio.wait_for(entered.wait(), HANG_GUARD_SEC)
     scope.abandon()
     with pytest.raises(Abandoned):
@@ -127,7 +129,7 @@ async def test_abandoning_the_scope_cancels_an_attempt_in_flight() -> None:
     async def later() -> None:
         await retry_forever("store_start", counted, 3600)
 
-    ctx_task = asyncio.create_task(later(), context=task.get_context())
+    ctx_task = asyncio.create_task(later(), context=context)
     with pytest.raises(Abandoned):
         await ctx_task
     assert calls == []
