@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from recorder import logs, supervise, telemetry
 from recorder.core.shutdown import ExitCode, Outcome, exit_code
@@ -31,7 +32,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(_env_file=env_file) if env_file else load_settings()
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int) -> NoReturn:
     """Leave at once (no cleanup, no waiting for threads): what the logs hold is flushed."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
@@ -207,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         assert settings is not None
         telemetry.emit(telemetry.SETTINGS, **settings.safe_dump())
-        return asyncio.run(_run(settings))
+        code = asyncio.run(_run(settings))
+        # Everything is flushed, closed and logged: leave without the interpreter's
+        # finalization, which takes about a second with pyarrow and the clients loaded and
+        # would count against SHUTDOWN_TIMEOUT_SEC for nothing.
+        _exit_now(code)
     if args.command == "migrate":
         assert settings is not None
         return asyncio.run(_migrate(settings))

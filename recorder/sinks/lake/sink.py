@@ -48,7 +48,7 @@ import pyarrow as pa
 from recorder import metrics, supervise, telemetry
 from recorder.core.batching import Batch, is_due, split_by_hour
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
-from recorder.retry import retry_forever
+from recorder.retry import Abandoned, retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
@@ -313,6 +313,8 @@ class S3Sink(SinkHealth):
             self._failures.pop(tp, None)
         except asyncio.CancelledError:
             raise
+        except Abandoned:
+            return  # the shutdown's deadline: left to be replayed, not a failed flush
         except Exception as exc:
             failures = self._failures.get(tp, 0) + 1
             self._failures[tp] = failures

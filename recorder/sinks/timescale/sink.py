@@ -28,7 +28,7 @@ from recorder.core.rollups import ROLLUPS, Bars, bars
 from recorder.dlq import DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.retention import apply_retention
-from recorder.retry import Transient, retry_forever
+from recorder.retry import Abandoned, Transient, retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
@@ -322,6 +322,8 @@ class TimescaleSink(SinkHealth):
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except Abandoned:
+                return  # the shutdown's deadline: left to be replayed, not a failed flush
             except Exception as exc:
                 # Connection trouble is retried inside; this is what retrying cannot fix (a
                 # revoked privilege, a table changed by hand, a bug). The writer must survive it:
