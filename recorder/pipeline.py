@@ -274,7 +274,9 @@ class Recorder:
         relief = [t for t in (self._relief, self._held_retry) if t is not None]
         for task in [*self._tasks, *relief]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *relief, return_exceptions=True)
+        stopped = asyncio.gather(*self._tasks, *relief, return_exceptions=True)
+        if not await supervise.within("stop_consuming", stopped, stop_at + share.flush):
+            self._cut.append("stop_consuming")
         try:
             async with asyncio.timeout(max(0.0, stop_at + share.flush - time.monotonic())):
                 await asyncio.gather(*(sink.flush_all() for sink in self.sinks))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -203,3 +205,24 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.005)
+
+
+def test_the_backstop_ends_a_process_stuck_past_the_deadline() -> None:
+    """A process whose event loop is stuck (a thread, a blocking call) still ends at the
+    deadline, with the exit code its outcome so far calls for (here: a flush not finished)."""
+    script = (
+        "import threading\n"
+        "from recorder import cli\n"
+        "from recorder.core.shutdown import Outcome\n"
+        "cli._arm_backstop(0.1, lambda: Outcome(started=True, flushed=None))\n"
+        "threading.Event().wait()\n"  # stuck for good: only the backstop ends it
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_SEC * 3,
+        check=False,
+    )
+    assert res.returncode == ExitCode.CUT, res.stderr
+    assert "shutdown_backstop" in res.stdout + res.stderr
