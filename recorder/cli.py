@@ -1,20 +1,27 @@
 """The `datarecorder` command: run, migrate, produce, verify, demo, operator.
 
-Owns argument parsing, process signals and exit codes; everything else lives in the modules
-it calls.
+Owns argument parsing, process signals and exit codes (recorder.core.shutdown.ExitCode), and
+the hard stop that ends `run` at its shutdown deadline whatever still runs; everything else
+lives in the modules it calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from recorder import logs, telemetry
+from recorder import logs, supervise, telemetry
+from recorder.core.shutdown import ExitCode, Outcome, exit_code
 from recorder.settings import ConfigError, Settings, load_settings
 
 
@@ -23,6 +30,31 @@ def _settings(args: argparse.Namespace) -> Settings:
     if env_file is not None and not Path(env_file).exists():
         raise ConfigError(f"--env-file {env_file}: no such file")
     return load_settings(_env_file=env_file) if env_file else load_settings()
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Leave at once (no cleanup, no waiting for threads): what the logs hold is flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _arm_backstop(seconds: float, outcome: Callable[[], Outcome]) -> threading.Timer:
+    """The deadline holds even if a step ignores its cancellation or the event loop is stuck
+    (a thread, a blocking call): when it passes, the process exits from this timer's thread
+    with the code the outcome so far calls for. Losing nothing: progress is only recorded by
+    committed writes, so a restart replays what was buffered."""
+
+    def fire() -> None:
+        code = int(exit_code(outcome()))
+        telemetry.emit(telemetry.SHUTDOWN_BACKSTOP, seconds=seconds, exit_code=code)
+        _exit_now(code)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def _run(settings: Settings) -> int:
@@ -40,23 +72,31 @@ async def _run(settings: Settings) -> int:
                 telemetry.SHUTDOWN_REQUESTED,
                 signal=signal.Signals(signum).name,
                 deadline_seconds=settings.SHUTDOWN_TIMEOUT_SEC,
+                state=recorder.state(),
             )
             recorder.stop()
         else:
             # Progress is only ever recorded in committed transactions / conditional writes,
             # so leaving now loses nothing that a restart will not replay.
             telemetry.emit(telemetry.SHUTDOWN_FORCED, signal=signal.Signals(signum).name)
-            os._exit(130)
+            _exit_now(ExitCode.FORCED)
+
+    async def backstop_on_stop() -> None:
+        """Whatever stops the recorder (a signal, a failed task), the deadline holds."""
+        await recorder.stopping()
+        _arm_backstop(max(0.0, recorder.deadline() - time.monotonic()), recorder.outcome)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    backstop = asyncio.create_task(backstop_on_stop(), name="shutdown-backstop")
     runner = await serve(recorder, settings.HTTP_PORT) if settings.HTTP_PORT else None
     try:
         await recorder.run()
     finally:
         if runner is not None:
-            await runner.cleanup()
-    return 1 if recorder.health.consumer_error or recorder.health.failed else 0
+            await supervise.within("close_http", runner.cleanup(), recorder.deadline())
+        backstop.cancel()  # armed by now if the recorder was stopped (the timer runs on)
+    return int(exit_code(recorder.outcome()))
 
 
 async def _migrate(settings: Settings) -> int:
@@ -162,13 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args) if args.command != "demo" else None
     except ConfigError as exc:
         print(f"datarecorder: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     if settings is not None:
         logs.configure(settings.LOG_LEVEL)
     if args.command == "run":
         assert settings is not None
         telemetry.emit(telemetry.SETTINGS, **settings.safe_dump())
-        return asyncio.run(_run(settings))
+        code = asyncio.run(_run(settings))
+        # Everything is flushed, closed and logged: leave without the interpreter's
+        # finalization, which takes about a second with pyarrow and the clients loaded and
+        # would count against SHUTDOWN_TIMEOUT_SEC for nothing.
+        _exit_now(code)
     if args.command == "migrate":
         assert settings is not None
         return asyncio.run(_migrate(settings))
@@ -192,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         except ConfigError as exc:
             print(f"datarecorder: {exc}", file=sys.stderr)
-            return 2
+            return ExitCode.CONFIG
         return 0
     if args.command == "demo":
         from recorder.tools.demo import main as demo_main

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from recorder import metrics, supervise, telemetry
+from recorder import metrics, retry, supervise, telemetry
 from recorder.core import backpressure
 from recorder.core.backpressure import Buffered, BufferLimits
 from recorder.core.columns import decode_batch
@@ -31,8 +32,9 @@ from recorder.core.offsets import (
     seek_position,
     unknown_progress,
 )
-from recorder.core.partitions import HaltedAt, PartitionTable
+from recorder.core.partitions import HaltedAt, PartitionTable, Status
 from recorder.core.records import Limits
+from recorder.core.shutdown import Outcome, budget, exit_code
 from recorder.dlq import DeadLetter, DeadLetterRefused
 from recorder.kafka_options import REVOKE_DEADLINE_SEC
 from recorder.retry import retry_forever
@@ -131,6 +133,13 @@ class Recorder:
         self._dlq_held: dict[int, set[TP]] = {}  # per consumer: paused for their dead letters
         self._relief: asyncio.Task[None] | None = None
         self._held_retry: asyncio.Task[None] | None = None
+        # The shutdown: when the stop came, where start-up was, what the flush and the deadline
+        # left (the exit code follows from these, recorder.core.shutdown).
+        self._stop_at: float | None = None
+        self._step = "not started"
+        self._retries: retry.RetryScope | None = None
+        self._flushed: bool | None = None
+        self._cut: list[str] = []
         metrics.BUFFER_LIMIT.set(buffer_limits.records)
         metrics.BUFFER_LIMIT_BYTES.set(buffer_limits.nbytes)
         self._row_bytes = 0  # running average of decoded row sizes, to size the next fetch
@@ -143,15 +152,19 @@ class Recorder:
         # Kafka may come up after the recorder (a cluster starting, a broker restarting): wait
         # for it like for the stores, instead of exiting into a crash loop.
         for sink in self.sinks:
+            self._step = sink.name
             await sink.start()
+        self._step = "kafka: connecting"
         await self._when_kafka_answers("kafka_connect", lambda: self.dlq.start(list(self.topics)))
         for source in self.sources:
+            self._step = "kafka: joining the group"  # and loading progress of what it assigns
             join = partial(
                 source.start, partial(self.on_revoked, source), partial(self.on_assigned, source)
             )
             await self._when_kafka_answers("kafka_join", join)
         self.health.last_fetch = time.monotonic()  # the wait for Kafka is not a stalled fetch
         self.health.started = True
+        self._step = "running"
         self._tasks = [
             asyncio.create_task(self._consume(s), name=f"consume-{s.index}") for s in self.sources
         ]
@@ -169,14 +182,31 @@ class Recorder:
         await retry_forever(what, attempt, self.settings.RETRY_MAX_BACKOFF_SEC)
 
     async def run(self) -> None:
-        """Run until `stop()`; then flush and commit everything within the deadline."""
-        await self.start()
+        """Start, run until `stop()`, then shut down within SHUTDOWN_TIMEOUT_SEC of the stop. A
+        stop during start-up abandons it: nothing is buffered before the group is joined."""
+        self._retries = retry.enter_scope()  # the tasks started from here on share it
+        starting = asyncio.create_task(self.start(), name="start-up")
+        stopped = asyncio.create_task(self._stopping.wait(), name="stop-requested")
+        try:
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not starting.done():
+            await self._abandon_start_up(starting)
+        elif not self._stopping.is_set():
+            starting.result()  # a start-up that failed by itself raises as before
         await self._stopping.wait()
         await self.shutdown()
 
     def stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self.health.stopping = True
         self._stopping.set()
+
+    async def stopping(self) -> None:
+        """Return once a stop was asked for (a signal, or a failure)."""
+        await self._stopping.wait()
 
     def _fail(self, reason: str) -> None:
         if self.health.failed is None:
@@ -184,35 +214,116 @@ class Recorder:
             self.health.failed = reason
         self.stop()
 
+    def deadline(self) -> float:
+        """The monotonic time by which the process must have ended: SHUTDOWN_TIMEOUT_SEC after
+        the stop (from now while none came)."""
+        stop_at = self._stop_at if self._stop_at is not None else time.monotonic()
+        return stop_at + self.settings.SHUTDOWN_TIMEOUT_SEC
+
+    def outcome(self) -> Outcome:
+        """How the run ends, as far as known now (the exit code follows from it)."""
+        return Outcome(
+            started=self.health.started,
+            failed=self.health.consumer_error is not None or self.health.failed is not None,
+            flushed=self._flushed,
+            cut=tuple(self._cut),
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Where the recorder is, for the shutdown's log: starting (at which step, waiting for
+        which requests) or running (partitions loading their progress, held or halted, sinks
+        reporting an outage), and what the buffers hold."""
+        started = self.health.started
+        step = self._step
+        stage = next((getattr(s, "stage", None) for s in self.sinks if s.name == step), None)
+        statuses = Counter(self.partitions.status(tp) for tp in self.partitions)
+        partitions = {
+            "assigning": statuses[Status.ASSIGNED],
+            "held": statuses[Status.HELD],
+            "halted": statuses[Status.HALTED],
+        }
+        return {
+            "phase": "running" if started else "starting",
+            "step": f"{step}: {stage}" if stage else step,
+            "waiting_for": self._retries.waiting_for() if self._retries is not None else {},
+            "partitions": {k: n for k, n in partitions.items() if n},
+            "unhealthy": [s.name for s in self.sinks if started and not s.healthy],
+            "buffered": {s.name: s.buffered() for s in self.sinks},
+        }
+
+    async def _abandon_start_up(self, starting: asyncio.Task[None]) -> None:
+        """Give start-up up at once: every retry waiting for a store or Kafka (in our tasks or in
+        aiokafka's, where assignment loads progress) stops, and the start-up task is cancelled."""
+        state = self.state()
+        if self._retries is not None:
+            self._retries.abandon()
+        starting.cancel()
+        # An exception is start-up giving up by itself meanwhile (Abandoned): as intended.
+        with contextlib.suppress(Exception):
+            if not await supervise.within("start-up", starting, self.deadline()):
+                self._cut.append("start-up")
+        stop_at = self._stop_at if self._stop_at is not None else time.monotonic()
+        telemetry.emit(
+            telemetry.STARTUP_ABANDONED,
+            step=state["step"],
+            waiting_for=state["waiting_for"],
+            seconds=round(time.monotonic() - stop_at, 3),
+        )
+
     async def shutdown(self) -> None:
-        started = time.monotonic()
+        """Flush what can be flushed in the flush share of the deadline; then commit, leave the
+        group and close the stores in the time left. Whatever is still buffered is left to be
+        replayed: progress is recorded only by committed writes, and only it is committed."""
+        stop_at = self._stop_at if self._stop_at is not None else time.monotonic()
+        share = budget(self.settings.SHUTDOWN_TIMEOUT_SEC)
+        end = self.deadline()
+        phase = "running" if self.health.started else "starting"
         relief = [t for t in (self._relief, self._held_retry) if t is not None]
         for task in [*self._tasks, *relief]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *relief, return_exceptions=True)
+        stopped = asyncio.gather(*self._tasks, *relief, return_exceptions=True)
+        if not await supervise.within("stop_consuming", stopped, stop_at + share.flush):
+            self._cut.append("stop_consuming")
         try:
-            async with asyncio.timeout(self.settings.SHUTDOWN_TIMEOUT_SEC):
+            async with asyncio.timeout(max(0.0, stop_at + share.flush - time.monotonic())):
                 await asyncio.gather(*(sink.flush_all() for sink in self.sinks))
-            flushed = True
+            self._flushed = True
         except TimeoutError:
-            flushed = False
+            self._flushed = False
             telemetry.emit(
                 telemetry.SHUTDOWN_DEADLINE_EXCEEDED,
-                seconds=self.settings.SHUTDOWN_TIMEOUT_SEC,
+                seconds=share.flush,
                 buffered={s.name: s.buffered() for s in self.sinks},
             )
-        for source in self.sources:
-            await source.commit(self.partitions.take_commits())
+        left = {s.name: s.buffered() for s in self.sinks}
+        if self._retries is not None:
+            self._retries.abandon()  # a retry still waiting (a flush, a rebalance callback) ends
+        commits = self.partitions.take_commits()
+        for source in self.sources:  # each commits what it owns
+            if not await supervise.within("commit", source.commit(commits), end):
+                self._cut.append("commit")
         for source in self.sources:
             try:
-                await source.stop()
+                if not await supervise.within("leave_group", source.stop(), end):
+                    self._cut.append("leave_group")
             except Exception as exc:  # leaving the group is best effort
                 telemetry.emit(telemetry.CONSUMER_STOP_FAILED, error=str(exc))
-        for sink in self.sinks:
-            await sink.close()
-        await self.dlq.close()
-        seconds = round(time.monotonic() - started, 3)
-        telemetry.emit(telemetry.RECORDER_STOPPED, flushed=flushed, seconds=seconds)
+        closing = [(f"close_{s.name}", s.close) for s in self.sinks]
+        for step, close in [*closing, ("close_dead_letters", self.dlq.close)]:
+            try:
+                if not await supervise.within(step, close(), end):
+                    self._cut.append(step)
+            except Exception as exc:
+                telemetry.emit(telemetry.SHUTDOWN_STEP_FAILED, step=step, error=str(exc))
+        telemetry.emit(
+            telemetry.RECORDER_STOPPED,
+            phase=phase,
+            flushed=self._flushed,
+            left={name: n for name, n in left.items() if n},
+            cut=self._cut,
+            exit_code=int(exit_code(self.outcome())),
+            seconds=round(time.monotonic() - stop_at, 3),
+        )
 
     # --- rebalancing --------------------------------------------------------------------
     async def on_revoked(self, source: Source, tps: set[TP]) -> None:
@@ -412,6 +523,8 @@ class Recorder:
                 source.seek(tp, position)  # within the log again (a leader change): retry
 
     def _retry_held_soon(self) -> None:
+        if self.health.stopping:
+            return  # the shutdown cancelled the retries; a later owner takes them over
         if self._held_retry is None or self._held_retry.done():
             self._held_retry = asyncio.create_task(self._retry_held(), name="retry-held")
 

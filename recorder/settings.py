@@ -199,7 +199,12 @@ class Settings(BaseSettings):
     )
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field("INFO", "Log level.", "INFO")
     SHUTDOWN_TIMEOUT_SEC: float = _field(
-        30, "Deadline to flush and commit everything on SIGTERM.", "30", gt=0, le=3600
+        30,
+        "Deadline from SIGTERM/SIGINT to the exit, in every state (start-up included): flush "
+        "what can be flushed, commit, leave; the rest is replayed by the next owner.",
+        "30",
+        gt=0,
+        le=3600,
     )
     RETRY_MAX_BACKOFF_SEC: float = _field(
         10, "Longest pause between retries of a failing store.", "10", gt=0, le=600

@@ -1,11 +1,13 @@
 """Long-running tasks must not end quietly: a task that dies takes its work with it (a database
 writer's partitions are never written again), so its failure stops the recorder, loudly, and a
-restart replays from the stored progress."""
+restart replays from the stored progress. And the shutdown's steps must not outlive the deadline:
+`within` bounds each one, whether or not it honours its cancellation."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from recorder import telemetry
@@ -33,3 +35,33 @@ def on_failure(task: asyncio.Task[Any], callback: Callable[[str], None]) -> asyn
 
     task.add_done_callback(done)
     return task
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume the outcome of a step left behind, so asyncio does not report it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def within(step: str, work: Awaitable[Any], until: float) -> bool:
+    """Run `work` until the monotonic time `until`. True when it finished (its exception, if
+    any, is raised); False when the deadline cut it: it is then cancelled and *not* waited for,
+    since a step may ignore or outlast its cancellation (aiokafka's `stop` waits for a running
+    rebalance callback), and the shutdown must go on regardless."""
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, until - started))
+    except BaseException:
+        task.cancel()
+        raise
+    if task in done:
+        if not task.cancelled():
+            task.result()
+        return True
+    task.cancel()
+    task.add_done_callback(_retrieve)
+    telemetry.emit(
+        telemetry.SHUTDOWN_STEP_CUT, step=step, seconds=round(time.monotonic() - started, 3)
+    )
+    return False

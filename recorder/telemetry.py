@@ -147,9 +147,33 @@ RECORDER_FAILED = _event(
 SHUTDOWN_DEADLINE_EXCEEDED = _event(
     "shutdown_deadline_exceeded",
     "error",
-    "The buffers did not flush within SHUTDOWN_TIMEOUT_SEC; what is left is replayed by the "
-    "next owner.",
+    "The buffers did not flush within their share of SHUTDOWN_TIMEOUT_SEC (`seconds`; the rest "
+    "is kept for committing, leaving the group and closing the stores): what is still "
+    "`buffered` is left unrecorded and replayed by the next owner; the exit code is 3.",
     ("seconds", "buffered"),
+)
+STARTUP_ABANDONED = _event(
+    "startup_abandoned",
+    "warning",
+    "A stop came before start-up completed: the `step` it was at (a store connecting or "
+    "migrating, Kafka connecting, joining the group, loading progress) and the requests "
+    "`waiting_for` a store are given up at once (nothing is buffered yet); the exit code is 4.",
+    ("step", "waiting_for", "seconds"),
+)
+SHUTDOWN_STEP_CUT = _event(
+    "shutdown_step_cut",
+    "warning",
+    "A last step of the shutdown (`start-up` unwinding, `commit`, `leave_group`, closing a "
+    "store) did not finish before the deadline: it is cancelled and not waited for (progress "
+    "is recorded only in committed writes, so nothing is lost); the exit code is 3.",
+    ("step", "seconds"),
+)
+SHUTDOWN_STEP_FAILED = _event(
+    "shutdown_step_failed",
+    "warning",
+    "A last step of the shutdown (closing a store or the dead-letter producer) failed; the "
+    "shutdown goes on.",
+    ("step", "error"),
 )
 CONSUMER_STOP_FAILED = _event(
     "consumer_stop_failed",
@@ -160,8 +184,10 @@ CONSUMER_STOP_FAILED = _event(
 RECORDER_STOPPED = _event(
     "recorder_stopped",
     "info",
-    "Shutdown finished: whether every buffer was flushed, and how long it took.",
-    ("flushed", "seconds"),
+    "Shutdown finished: the `phase` the stop found (starting or running), whether every buffer "
+    "was flushed, the records `left` unrecorded per sink (replayed by the next owner), the "
+    "steps the deadline `cut`, the `exit_code`, and the `seconds` since the stop.",
+    ("phase", "flushed", "left", "cut", "exit_code", "seconds"),
 )
 REVOKE_ABANDONED = _event(
     "revoke_abandoned",
@@ -328,8 +354,19 @@ SETTINGS = _event(
 SHUTDOWN_REQUESTED = _event(
     "shutdown_requested",
     "info",
-    "SIGTERM or SIGINT: flush and commit within the deadline, then exit.",
-    ("signal", "deadline_seconds"),
+    "SIGTERM or SIGINT: flush and commit within the deadline, then exit. `state` is where the "
+    "signal found the recorder: its `phase` (starting, running), start-up `step`, the requests "
+    "`waiting_for` a store, partitions `assigning` (loading progress), `held` or `halted`, "
+    "`unhealthy` sinks and the records `buffered` per sink.",
+    ("signal", "deadline_seconds", "state"),
+)
+SHUTDOWN_BACKSTOP = _event(
+    "shutdown_backstop",
+    "error",
+    "The deadline passed with the process still stopping (a step that ignored its "
+    "cancellation): it exits at once with `exit_code` (progress is recorded only in committed "
+    "writes, so a restart replays what was buffered).",
+    ("seconds", "exit_code"),
 )
 SHUTDOWN_FORCED = _event(
     "shutdown_forced",

@@ -49,7 +49,7 @@ from recorder import metrics, supervise, telemetry
 from recorder.core.batching import Batch, is_due, split_by_hour
 from recorder.core.columns import TICK_SCHEMA
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
-from recorder.retry import retry_forever
+from recorder.retry import Abandoned, retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
@@ -108,6 +108,7 @@ class S3Sink(SinkHealth):
         self._levels: Literal["typed", "json"] = settings.PARQUET_ORDERBOOK_LEVELS
         self.healthy = False
         self.error: str | None = None  # the last error retrying does not fix, until a flush works
+        self.stage = "connecting"  # where start-up is (the shutdown log names it)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,6 +120,7 @@ class S3Sink(SinkHealth):
             self._failed,
         )
         prefix = self._settings.S3_PREFIX
+        self.stage = "checking conditional writes"
         await retry_forever(
             "conditional_writes_check",
             lambda: self._lake.check_conditional_writes(scratch_prefix(prefix, self._group)),
@@ -127,6 +129,7 @@ class S3Sink(SinkHealth):
         )
         await self._check_unclaimed()
         self._set_healthy(True)
+        self.stage = "started"
         self._timer = asyncio.create_task(self._run_timer(), name="s3-flush-timer")
         telemetry.emit(
             telemetry.SINK_STARTED, sink=SINK, lake=self._lake.description, group=self._group
@@ -311,6 +314,8 @@ class S3Sink(SinkHealth):
             self._failures.pop(tp, None)
         except asyncio.CancelledError:
             raise
+        except Abandoned:
+            return  # the shutdown's deadline: left to be replayed, not a failed flush
         except Exception as exc:
             failures = self._failures.get(tp, 0) + 1
             self._failures[tp] = failures

@@ -28,7 +28,7 @@ from recorder.core.rollups import ROLLUPS, Bars, bars
 from recorder.dlq import DeadLetters
 from recorder.migrate import DbMode, current_mode, migrate
 from recorder.retention import apply_retention
-from recorder.retry import Transient, retry_forever
+from recorder.retry import Abandoned, Transient, retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
@@ -103,6 +103,7 @@ class TimescaleSink(SinkHealth):
         self._maintenance: asyncio.Task[None] | None = None
         self._failing = False  # the last flush failed for a reason that retrying did not fix
         self.healthy = False
+        self.stage = "connecting"  # where start-up is (the shutdown log names it)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -120,6 +121,7 @@ class TimescaleSink(SinkHealth):
             "connect", connect, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
         )
         self._pool = pool
+        self.stage = "migrating" if self._settings.MIGRATE_ON_START else "reading the schema"
         async with pool.acquire() as conn:
             if self._settings.MIGRATE_ON_START:
                 self._mode = await migrate(conn)
@@ -132,6 +134,7 @@ class TimescaleSink(SinkHealth):
                 self._mode = mode
             await self._apply_compression(conn)
         self._set_healthy(True)
+        self.stage = "started"
         for w in self._writers:
             w.task = asyncio.create_task(self._run_writer(w), name=f"db-writer-{w.index}")
         if self._settings.DB_RETENTION_DAYS > 0:
@@ -322,6 +325,8 @@ class TimescaleSink(SinkHealth):
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except Abandoned:
+                return  # the shutdown's deadline: left to be replayed, not a failed flush
             except Exception as exc:
                 # Connection trouble is retried inside; this is what retrying cannot fix (a
                 # revoked privilege, a table changed by hand, a bug). The writer must survive it:

@@ -491,3 +491,71 @@ async def test_a_fetch_of_transaction_markers_only_moves_progress_past_them() ->
     await r.recorder._handle(r.source, {A: []}, r.recorder.partitions.epochs({A: []}))
     await r.sinks["timescaledb"].flush_all()
     assert r.sinks["timescaledb"].stored[A] == 11
+
+
+# --- the shutdown deadline in every state (issue 27) -------------------------------------------
+HANG_GUARD_SEC = 10.0  # only against a hang of the test itself, not a speed bound
+
+
+async def test_a_stop_during_start_up_abandons_it_and_reports_where_it_was() -> None:
+    from recorder.core.shutdown import ExitCode, exit_code
+    from recorder.retry import Transient, retry_forever
+
+    r = rig({A: log_of(A, 10)})
+    attempts: list[int] = []
+
+    async def unreachable() -> None:
+        attempts.append(1)
+        raise Transient("connection refused")
+
+    async def start() -> None:  # the database sink's start against a port nobody listens on
+        await retry_forever("connect", unreachable, 3600)
+
+    setattr(r.sinks["timescaledb"], "stage", "connecting")  # noqa: B010 - a sink's own field
+    setattr(r.sinks["timescaledb"], "start", start)  # noqa: B010 - a stuck sink
+    run = asyncio.create_task(r.recorder.run())
+    await until(lambda: "connect" in r.recorder.state()["waiting_for"], "start-up waits")
+    state = r.recorder.state()
+    assert state["phase"] == "starting" and state["step"] == "timescaledb: connecting", state
+    r.recorder.stop()
+    await asyncio.wait_for(run, HANG_GUARD_SEC)
+    assert exit_code(r.recorder.outcome()) is ExitCode.NOT_STARTED
+    assert r.source.callbacks is None, "never joined the group"
+    assert attempts, "the sink's start was tried"
+
+
+async def test_a_flush_the_deadline_cuts_leaves_the_rest_uncommitted() -> None:
+    from recorder.core.shutdown import ExitCode, exit_code
+
+    r = rig({A: log_of(A, 30)})
+    r.recorder.settings = r.recorder.settings.model_copy(update={"SHUTDOWN_TIMEOUT_SEC": 0.5})
+    await r.recorder.start()
+    await r.source.rebalance(set(), {A})
+    lake = r.sinks["s3"]
+    await until(lambda: lake.buffered() == 30, "the loop offers what it fetches")
+
+    async def outage(tps: Collection[TP] | None = None) -> None:
+        await asyncio.Event().wait()  # S3 does not answer
+
+    setattr(lake, "flush_all", outage)  # noqa: B010 - a store down at shutdown
+    r.recorder.stop()
+    await asyncio.wait_for(r.recorder.shutdown(), HANG_GUARD_SEC)
+    outcome = r.recorder.outcome()
+    assert outcome.flushed is False and exit_code(outcome) is ExitCode.CUT
+    # The database flushed and its progress was committed; the lake's records are left to be
+    # replayed (its progress never moved, and Kafka's offset follows the database).
+    assert r.sinks["timescaledb"].rows[A] == list(range(30))
+    assert r.source.committed[A] == 30
+    assert lake.rows.get(A) is None and lake.buffered() == 30
+
+
+async def test_a_clean_stop_exits_ok() -> None:
+    from recorder.core.shutdown import ExitCode, exit_code
+
+    r = rig({A: log_of(A, 5)}, s3=False)
+    await r.recorder.start()
+    await r.source.rebalance(set(), {A})
+    await until(lambda: r.sinks["timescaledb"].buffered() == 5, "offered")
+    r.recorder.stop()
+    await r.recorder.shutdown()
+    assert exit_code(r.recorder.outcome()) is ExitCode.OK
