@@ -29,7 +29,14 @@ from datarecorder_operator.lag import (
     with_activation,
 )
 from datarecorder_operator.scaler import Stabilizer
-from datarecorder_operator.spec import RecorderSpec, SpecError, is_paused, parse_spec
+from datarecorder_operator.spec import (
+    RESTRICTED,
+    Policy,
+    RecorderSpec,
+    SpecError,
+    is_paused,
+    parse_spec,
+)
 
 # Posts one Event on the DataRecorder: (type, reason, message).
 Events = Callable[[str, str, str], Awaitable[None]]
@@ -59,6 +66,8 @@ class OperatorConfig:
     metrics_port: int = 0  # serve the operator's /metrics on this port (0: off)
     # Watch the recorders' Deployments (off: a GET per tick, as before; kept for the bench).
     watch_deployments: bool = True
+    # What a DataRecorder may ask of its pods (`--policy`, the chart's `policy` value).
+    policy: Policy = RESTRICTED
 
 
 @dataclasses.dataclass
@@ -467,7 +476,9 @@ async def reconcile(
     now = time.monotonic() if now is None else now
     meta, previous = body["metadata"], body.get("status")
     try:
-        rspec = parse_spec(meta["name"], meta["namespace"], dict(body.get("spec") or {}))
+        rspec = parse_spec(
+            meta["name"], meta["namespace"], dict(body.get("spec") or {}), config.policy
+        )
     except SpecError as exc:
         return Outcome(_status_patch(previous, _error(meta, str(exc), "InvalidSpec")), exc)
     try:

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from datarecorder_operator import quantity
-from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec, SecretKey
+from datarecorder_operator.spec import (
+    API_VERSION,
+    KIND,
+    SAFE_CONTAINER_SECURITY,
+    SAFE_POD_SECURITY,
+    RecorderSpec,
+    SecretKey,
+    merge_security_context,
+)
 
 Manifest = dict[str, Any]
 
@@ -286,31 +294,26 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         "env": secret_env(spec) + [dict(e) for e in template.env],
         "resources": {kind: dict(values) for kind, values in spec.resources.items()},
         **probes(),
-        "securityContext": dict(template.container_security_context)
-        if template.container_security_context is not None
-        else {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        # The user's context is laid over the safe defaults, never in their place: what it
+        # leaves out stays safe (the policy refused the unsafe values it may name).
+        "securityContext": merge_security_context(
+            SAFE_CONTAINER_SECURITY,
+            template.container_security_context
+            if template.container_security_context is not None
+            else {"runAsUser": RUN_AS, "runAsGroup": RUN_AS},
+        ),
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
-        "securityContext": dict(template.pod_security_context)
-        if template.pod_security_context is not None
-        else {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": merge_security_context(
+            SAFE_POD_SECURITY,
+            template.pod_security_context
+            if template.pod_security_context is not None
+            else {"runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS},
+        ),
         # Recorders never call the Kubernetes API: no token unless asked (IRSA, workload
         # identity).
         "automountServiceAccountToken": template.automount_service_account_token,
