@@ -12,9 +12,9 @@ import pytest
 from datarecorder_operator.spec import SpecError, parse_spec
 
 from tests.unit.operator.helpers import (
-    EXAMPLES_POLICY,
     CRD_PATH,
     EXAMPLES,
+    EXAMPLES_POLICY,
     K8S_VERSION,
     cr_schema,
     crd,
