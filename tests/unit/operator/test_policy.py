@@ -16,6 +16,7 @@ from datarecorder_operator import cli, rendering
 from datarecorder_operator.spec import (
     ALLOWED_VOLUME_TYPES,
     PERMISSIVE,
+    RESTRICTED,
     Policy,
     SpecError,
     image_allowed,
@@ -50,7 +51,7 @@ ROOT_SHELL: dict[str, Any] = {
 }
 
 
-def pod(spec: dict[str, Any], policy: Policy = Policy()) -> dict[str, Any]:
+def pod(spec: dict[str, Any], policy: Policy = RESTRICTED) -> dict[str, Any]:
     parsed = parse_spec("rec", "md", spec, policy)
     result: dict[str, Any] = rendering.render_deployment(parsed, 1)["spec"]["template"]["spec"]
     return result
@@ -157,7 +158,7 @@ BOOLS = st.sampled_from([None, True, False])
 UIDS = st.sampled_from([None, 0, 1, 10001])
 SECCOMP = st.sampled_from([None, "RuntimeDefault", "Localhost", "Unconfined"])
 VOLUME_TYPES = st.sampled_from(
-    sorted(ALLOWED_VOLUME_TYPES) + ["hostPath", "nfs", "gitRepo", "iscsi", "image"]
+    [*sorted(ALLOWED_VOLUME_TYPES), "hostPath", "nfs", "gitRepo", "iscsi", "image"]
 )
 IMAGES = st.sampled_from(
     ["ghcr.io/example/rec:1", "ghcr.io/example-evil/rec:1", "docker.io/x/y", "quay.io/a/b:2"]
@@ -186,7 +187,9 @@ def contexts(draw: st.DrawFn) -> dict[str, Any] | None:
     seccomp = draw(SECCOMP)
     if seccomp is not None:
         ctx["seccompProfile"] = {"type": seccomp}
-    caps = draw(st.sampled_from([None, {"drop": ["NET_RAW"]}, {"add": ["NET_ADMIN"]}, {"add": []}]))
+    caps: dict[str, list[str]] | None = draw(
+        st.sampled_from([None, {"drop": ["NET_RAW"]}, {"add": ["NET_ADMIN"]}, {"add": []}])
+    )
     if caps is not None:
         ctx["capabilities"] = caps
     return ctx
