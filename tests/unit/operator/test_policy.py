@@ -164,6 +164,12 @@ IMAGES = st.sampled_from(
     ["ghcr.io/example/rec:1", "ghcr.io/example-evil/rec:1", "docker.io/x/y", "quay.io/a/b:2"]
 )
 PREFIX_LISTS = st.sampled_from([(), ("ghcr.io/example",), ("quay.io/", "docker.io/x")])
+CAPABILITIES: list[dict[str, list[str]] | None] = [
+    None,
+    {"drop": ["NET_RAW"]},
+    {"add": ["NET_ADMIN"]},
+    {"add": []},
+]
 SERVICE_ACCOUNTS = st.sampled_from([None, "mine", "theirs", "default"])
 
 
@@ -187,9 +193,7 @@ def contexts(draw: st.DrawFn) -> dict[str, Any] | None:
     seccomp = draw(SECCOMP)
     if seccomp is not None:
         ctx["seccompProfile"] = {"type": seccomp}
-    caps: dict[str, list[str]] | None = draw(
-        st.sampled_from([None, {"drop": ["NET_RAW"]}, {"add": ["NET_ADMIN"]}, {"add": []}])
-    )
+    caps = draw(st.sampled_from(CAPABILITIES))
     if caps is not None:
         ctx["capabilities"] = caps
     return ctx
