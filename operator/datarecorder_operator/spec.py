@@ -66,6 +66,8 @@ class KafkaSASL:
     # A Secret key holding a whole `sasl.jaas.config` line (Strimzi's KafkaUser Secret has one);
     # when set, username and password come from it and the fields above are not used.
     jaas_config: SecretKey | None = None
+    # PLAIN over SASL_PLAINTEXT sends the password in clear text: refused unless this is set.
+    allow_plaintext_password: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,12 +333,21 @@ def _parse_sasl(kafka_raw: _Reader, protocol: str) -> KafkaSASL | None:
             "spec.kafka.sasl: username and jaasConfigKey exclude each other "
             "(the JAAS config carries the username)"
         )
+    mechanism = raw.text(
+        "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    allow_plaintext = raw.flag("allowPlaintextPassword", False)
+    if mechanism == "PLAIN" and protocol == "SASL_PLAINTEXT" and not allow_plaintext:
+        raise SpecError(
+            "spec.kafka.sasl.mechanism PLAIN over securityProtocol SASL_PLAINTEXT sends the "
+            "password in clear text: use SASL_SSL or SCRAM, or set "
+            "spec.kafka.sasl.allowPlaintextPassword: true"
+        )
     # The CRD defaults usernameKey, so a literal username simply wins over it.
     return KafkaSASL(
+        allow_plaintext_password=allow_plaintext,
         jaas_config=SecretKey(secret, jaas_key) if jaas_key is not None else None,
-        mechanism=raw.text(
-            "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-        ),
+        mechanism=mechanism,
         username=literal
         if literal is not None
         else SecretKey(secret, raw.text("usernameKey", "username")),
