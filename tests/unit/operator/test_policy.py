@@ -332,17 +332,18 @@ def test_key_names_are_refused_with_a_clear_message(field: str, value: str, mess
 
 
 def test_plain_password_over_plaintext_only_when_the_spec_allows_it() -> None:
-    kafka = {
+    sasl: dict[str, Any] = {"mechanism": "PLAIN", "secretName": "kafka-user"}
+    kafka: dict[str, Any] = {
         "brokers": ["k:9092"],
         "securityProtocol": "SASL_PLAINTEXT",
-        "sasl": {"mechanism": "PLAIN", "secretName": "kafka-user"},
+        "sasl": sasl,
     }
     with pytest.raises(SpecError, match=r"sends the password in clear text"):
         parse_spec("rec", "md", {**BASE, "kafka": kafka})
-    allowed = {**kafka, "sasl": {**kafka["sasl"], "allowPlaintextPassword": True}}
+    allowed = {**kafka, "sasl": {**sasl, "allowPlaintextPassword": True}}
     spec = parse_spec("rec", "md", {**BASE, "kafka": allowed})
     assert spec.kafka.sasl is not None and spec.kafka.sasl.allow_plaintext_password
     # Over TLS, or with SCRAM (no password on the wire), nothing to allow.
     parse_spec("rec", "md", {**BASE, "kafka": {**kafka, "securityProtocol": "SASL_SSL"}})
-    scram = {**kafka, "sasl": {**kafka["sasl"], "mechanism": "SCRAM-SHA-512"}}
+    scram = {**kafka, "sasl": {**sasl, "mechanism": "SCRAM-SHA-512"}}
     parse_spec("rec", "md", {**BASE, "kafka": scram})
