@@ -69,6 +69,8 @@ class Render:
 
 BASE_KINDS = frozenset(
     {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Pod"}
+    # policy.mode restricted (the default): the guardrails at admission
+    | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 )  # Pod: the helm test hook
 RENDERS = (
     Render(
@@ -103,6 +105,7 @@ BAD_VALUES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("a leader election without its timing", ("--set", "operator.leaderElection=null")),
     ("replicas as a string", ("--set-string", "operator.replicas=one")),
     ("recorder enabled without kafka/timescaledb", ("--set", "recorder.enabled=true")),
+    ("a policy mode outside the enum", ("--set", "policy.mode=lax")),
 )
 
 
