@@ -31,11 +31,13 @@ from datarecorder_operator.lag import (
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import (
     RESTRICTED,
+    SECRET_MARK_ANNOTATION,
     Policy,
     RecorderSpec,
     SpecError,
     is_paused,
     parse_spec,
+    secret_marked_for,
 )
 
 # Posts one Event on the DataRecorder: (type, reason, message).
@@ -234,14 +236,28 @@ async def apply_children(
     return result
 
 
+class CredentialsUnavailable(Exception):
+    """The operator may not (or cannot) read the Kafka credentials a spec names. One message
+    for every cause: a tenant must not learn from the status whether a Secret or key exists."""
+
+    def __init__(self, recorder: str) -> None:
+        super().__init__(
+            "the Kafka credentials in spec.kafka are not readable by the operator: a Secret "
+            "they name is missing, lacks the key, or is not marked for this DataRecorder "
+            f"(annotation {SECRET_MARK_ANNOTATION} listing {recorder!r})"
+        )
+
+
 async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag.KafkaAccess:
-    """Broker address and, for secured clusters, credentials from the referenced Secrets."""
+    """Broker address and, for secured clusters, credentials from the referenced Secrets —
+    only from Secrets marked for this DataRecorder, and never a password in clear text unless
+    the spec allows it."""
 
     async def secret_value(name: str, key: str) -> str:
         secret = await client.get("v1", "Secret", spec.namespace, name)
         data = (secret or {}).get("data") or {}
-        if key not in data:
-            raise SpecError(f"Secret {spec.namespace}/{name} has no key {key!r}")
+        if not secret_marked_for(secret, spec.name) or key not in data:
+            raise CredentialsUnavailable(spec.name)
         return base64.b64decode(data[key]).decode()
 
     access = kafkalag.KafkaAccess(
@@ -249,6 +265,12 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     )
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
+        if (
+            sasl.mechanism == "PLAIN"
+            and spec.kafka.security_protocol == "SASL_PLAINTEXT"
+            and not sasl.allow_plaintext_password
+        ):  # parse_spec refuses it too; the one place a password leaves, checked here again
+            raise SpecError("refusing to send a SASL PLAIN password over SASL_PLAINTEXT")
         if sasl.jaas_config is not None:
             line = await secret_value(sasl.jaas_config.name, sasl.jaas_config.key)
             try:
@@ -291,6 +313,11 @@ async def poll_lag(
         offsets = await state.lag_reader.read(
             access, spec.kafka.group_id, spec.kafka.topics, within=config.kafka_timeout_seconds
         )
+    except CredentialsUnavailable as exc:
+        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc}"
+        state.lag_failures += 1
+        metrics.LAG_READS.labels("error").inc()
+        return
     except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
         state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc!r}"[:300]
         state.lag_failures += 1

@@ -452,6 +452,18 @@ def _parse_pod_template(root: _Reader) -> PodTemplate:
 
 PAUSED_ANNOTATION = "datarecorder.dev/paused"
 
+# A Secret the operator itself may read (for its lag reads) names the DataRecorders it is for:
+# `datarecorder.dev/recorders: "rec, other"`. Unmarked Secrets of the namespace stay unread,
+# whatever a spec names.
+SECRET_MARK_ANNOTATION = "datarecorder.dev/recorders"
+
+
+def secret_marked_for(secret: Mapping[str, Any] | None, recorder: str) -> bool:
+    """Whether the Secret object `secret` is marked for the DataRecorder named `recorder`."""
+    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    names = str(annotations.get(SECRET_MARK_ANNOTATION, "")).split(",")
+    return recorder in {n.strip() for n in names}
+
 
 def is_paused(annotations: Mapping[str, str] | None) -> bool:
     """Strimzi's convention: reconciliation stops while the annotation is "true"."""

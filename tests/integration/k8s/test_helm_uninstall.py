@@ -37,6 +37,10 @@ def test_uninstall_with_a_recorder_never_hangs(k8s: K8s, tmp_path: Path) -> None
     k8s.kubectl("create", "namespace", ns)
     k8s.kubectl("create", "secret", "generic", "tsdb", "-n", ns, "--from-literal=password=pw")
     values = {
+        # restricted would install a cluster-wide admission policy, reaching the DataRecorders
+        # of the tests running beside this one (test_operator_policy.py tests it, bound to
+        # its own namespace).
+        "policy": {"mode": "permissive"},
         "operator": {"watchNamespace": ns},
         "recorder": {
             "enabled": True,

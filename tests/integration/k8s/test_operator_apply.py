@@ -32,7 +32,11 @@ def operator(k8s: K8s, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ope
     name = f"apply-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
     k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
-    op = Operator(k8s, name, tmp_path_factory.mktemp("operator") / "operator.log")
+    # The restricted policy lets spec.serviceAccountName name only listed ServiceAccounts.
+    listed = ("--allowed-service-account", "recorder-sa")
+    op = Operator(
+        k8s, name, tmp_path_factory.mktemp("operator") / "operator.log", extra_args=listed
+    )
     try:
         op.wait_alive()
         yield op

@@ -15,6 +15,7 @@ import kopf
 import pytest
 from datarecorder_operator import kube
 from datarecorder_operator.reconcile import _kafka_access
+from datarecorder_operator.spec import SECRET_MARK_ANNOTATION as MARK
 from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
@@ -54,6 +55,7 @@ async def test_lag_reads_take_sasl_credentials_from_a_jaas_config_key(
         "create", "secret", "generic", "recorder", "-n", operator_ns,
         "--from-literal=password=not-this-one", f"--from-literal=sasl.jaas.config={JAAS}",
     )  # fmt: skip
+    k8s.kubectl("annotate", "secret", "recorder", "-n", operator_ns, f"{MARK}=other, rec")
     kafka = {
         "brokers": ["market-kafka-bootstrap.kafka.svc:9092"],
         "securityProtocol": "SASL_PLAINTEXT",
