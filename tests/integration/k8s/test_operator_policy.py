@@ -1,0 +1,260 @@
+"""Guardrails on the real control plane (issue 21): under the chart's default policy the API
+server refuses a privileged DataRecorder (the chart's ValidatingAdmissionPolicy), the operator
+refuses it where the API server let it through, permissive accepts it and renders it as asked,
+and the operator's lag reads take only Secrets marked for the DataRecorder.
+
+The admission policy is cluster-scoped: each test binds it to its own namespace only, so the
+tests running beside it are not judged by it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from datarecorder_operator import kube
+from datarecorder_operator.reconcile import CredentialsUnavailable, _kafka_access
+from datarecorder_operator.spec import SECRET_MARK_ANNOTATION, parse_spec
+
+from tests.fixtures.k8s import K8s, wait_for
+from tests.integration.k8s.manifests import MINIMAL_SPEC, data_recorder
+from tests.integration.k8s.operator_proc import ROOT, Operator
+
+pytestmark = [pytest.mark.k8s, pytest.mark.integration]
+
+ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+
+# The issue's "root shell on the node", one request per reason (the API server reports the
+# first failed validation only) and all of them together.
+VIOLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "privileged": (
+        {"containerSecurityContext": {"privileged": True}},
+        "spec.containerSecurityContext.privileged: privileged containers are not allowed",
+    ),
+    "uid 0": (
+        {"containerSecurityContext": {"runAsUser": 0}},
+        "spec.containerSecurityContext.runAsUser: uid 0 (root) is not allowed",
+    ),
+    "runAsNonRoot false": (
+        {"podSecurityContext": {"runAsNonRoot": False}},
+        "spec.podSecurityContext.runAsNonRoot: false is not allowed",
+    ),
+    "privilege escalation": (
+        {"containerSecurityContext": {"allowPrivilegeEscalation": True}},
+        "spec.containerSecurityContext.allowPrivilegeEscalation: true is not allowed",
+    ),
+    "added capability": (
+        {"containerSecurityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}},
+        "spec.containerSecurityContext.capabilities.add: adding capabilities is not allowed",
+    ),
+    "hostPath": (
+        {"volumes": [{"name": "host", "hostPath": {"path": "/"}}]},
+        "spec.volumes: a volume type other than configMap",
+    ),
+    "image from elsewhere": (
+        {"image": "docker.io/evil/shell:latest"},
+        "spec.image: not from an allowed registry (ghcr.io/example)",
+    ),
+    "a ServiceAccount not listed": (
+        {"serviceAccountName": "datarecorder-operator"},
+        "spec.serviceAccountName: not an allowed ServiceAccount",
+    ),
+}
+ROOT_SHELL: dict[str, Any] = {
+    "image": "docker.io/evil/shell:latest",
+    "serviceAccountName": "datarecorder-operator",
+    "containerSecurityContext": {
+        "privileged": True,
+        "runAsUser": 0,
+        "allowPrivilegeEscalation": True,
+    },
+    "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+    "volumeMounts": [{"name": "host", "mountPath": "/host"}],
+}
+
+
+def _admission_docs(*set_args: str) -> list[dict[str, Any]]:
+    """The chart's admission objects as `helm template` renders them with `set_args`."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "helm"), "template", "r", str(ROOT / "helm" / "datarecorder"),
+         *set_args],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] in ADMISSION_KINDS]
+
+
+def _create(k8s: K8s, ns: str, manifest: dict[str, Any], *, dry_run: bool = False) -> str | None:
+    """None when the server accepts `manifest`, else its answer."""
+    args = ["create", "-n", ns, "-f", "-", *(["--dry-run=server"] if dry_run else [])]
+    proc = k8s.kubectl(*args, input=json.dumps(manifest), check=False)
+    return None if proc.returncode == 0 else proc.stderr
+
+
+@pytest.fixture
+def guarded(k8s: K8s, k8s_namespace: str) -> Iterator[str]:
+    """A namespace under the chart's restricted admission policy (allowedImages set)."""
+    docs = _admission_docs("--set", "policy.allowedImages={ghcr.io/example/}")
+    assert sorted(d["kind"] for d in docs) == sorted(ADMISSION_KINDS)
+    name = f"dr-restricted-{k8s_namespace}"
+    for doc in docs:
+        doc["metadata"]["name"] = name
+        if doc["kind"] == "ValidatingAdmissionPolicyBinding":
+            doc["spec"]["policyName"] = name
+            doc["spec"]["matchResources"] = {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k8s_namespace}}
+            }
+        k8s.apply(doc)
+    # The admission plugin learns of a new policy from a watch: wait until it answers.
+    wait_for(
+        lambda: _create(k8s, k8s_namespace, data_recorder("probe", **ROOT_SHELL), dry_run=True),
+        timeout=60,
+        what="the admission policy in force",
+    )
+    try:
+        yield k8s_namespace
+    finally:
+        for kind in reversed(ADMISSION_KINDS):
+            k8s.kubectl("delete", kind.lower(), name, "--wait=false", check=False)
+
+
+def test_the_api_server_refuses_the_root_shell_under_the_default_policy(
+    k8s: K8s, guarded: str
+) -> None:
+    for case, (overrides, message) in VIOLATIONS.items():
+        answer = _create(k8s, guarded, data_recorder("shell", **overrides), dry_run=True)
+        assert answer is not None, f"{case}: accepted"
+        assert message in answer, f"{case}: {message!r} not in:\n{answer}"
+    answer = _create(k8s, guarded, data_recorder("shell", **ROOT_SHELL))
+    assert answer is not None and "denied request" in answer and "policy restricted" in answer
+    gone = k8s.kubectl("get", "-n", guarded, "datarecorder", "shell", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    # What stays allowed: an image of the allowed registry, security contexts that only add
+    # safety, allow-listed volume types, the ServiceAccount the operator makes.
+    fine = data_recorder(
+        "fine",
+        podSecurityContext={"runAsUser": 2000},
+        containerSecurityContext={"capabilities": {"drop": ["NET_RAW"]}},
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+        serviceAccount={},
+        automountServiceAccountToken=True,
+    )
+    assert _create(k8s, guarded, fine) is None
+
+
+def test_permissive_renders_no_admission_policy() -> None:
+    assert _admission_docs("--set", "policy.mode=permissive") == []
+
+
+def _deployment(k8s: K8s, ns: str, name: str) -> dict[str, Any] | None:
+    proc = k8s.kubectl("get", "deploy", name, "-n", ns, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def _ready_condition(k8s: K8s, ns: str, name: str) -> dict[str, Any] | None:
+    status = k8s.get_json("datarecorder", name, namespace=ns).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+
+
+def test_the_operator_refuses_what_the_api_server_let_through(
+    k8s: K8s, k8s_namespace: str, tmp_path: Path
+) -> None:
+    """No admission policy here (the CRD installed alone): the restricted operator (its
+    default) still refuses the root shell and creates nothing."""
+    assert _create(k8s, k8s_namespace, data_recorder("shell", **ROOT_SHELL)) is None
+    op = Operator(k8s, k8s_namespace, tmp_path / "operator.log")
+    try:
+        op.wait_alive()
+        ready = wait_for(
+            lambda: (
+                (c := _ready_condition(k8s, k8s_namespace, "shell"))
+                and c["reason"] == "InvalidSpec"
+                and c
+            ),
+            timeout=60,
+            what="Ready=False InvalidSpec on the root shell",
+        )
+        assert ready["status"] == "False"
+        assert ready["message"].startswith("refused by policy restricted: ")
+        assert "spec.containerSecurityContext.privileged" in ready["message"]
+        assert "volume type hostPath is not allowed" in ready["message"]
+        assert _deployment(k8s, k8s_namespace, "shell-recorder") is None
+    finally:
+        op.stop()
+        op.assert_no_traceback_while_running()
+
+
+def test_permissive_accepts_the_root_shell_and_renders_it_as_asked(
+    k8s: K8s, k8s_namespace: str, tmp_path: Path
+) -> None:
+    assert _create(k8s, k8s_namespace, data_recorder("shell", **ROOT_SHELL)) is None
+    op = Operator(
+        k8s, k8s_namespace, tmp_path / "operator.log", extra_args=("--policy", "permissive")
+    )
+    try:
+        op.wait_alive()
+        deployment = wait_for(
+            lambda: _deployment(k8s, k8s_namespace, "shell-recorder"),
+            timeout=60,
+            what="Deployment shell-recorder",
+        )
+    finally:
+        op.stop()
+        op.assert_no_traceback_while_running()
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "docker.io/evil/shell:latest"
+    assert container["securityContext"]["privileged"] is True
+    assert container["securityContext"]["runAsUser"] == 0
+    assert any(v.get("hostPath", {}).get("path") == "/" for v in pod["volumes"])
+    assert pod["serviceAccountName"] == "datarecorder-operator"
+
+
+async def test_lag_reads_take_only_secrets_marked_for_the_recorder(
+    k8s: K8s, k8s_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = k8s_namespace
+    for secret, mark in (("unmarked", None), ("for-other", "other"), ("keyless", "rec")):
+        k8s.kubectl("create", "secret", "generic", secret, "-n", ns, "--from-literal=other=x")
+        if mark is not None:
+            k8s.kubectl("annotate", "secret", secret, "-n", ns, f"{SECRET_MARK_ANNOTATION}={mark}")
+    k8s.kubectl("create", "secret", "generic", "unmarked-pw", "-n", ns, "--from-literal=password=p")
+    k8s.kubectl("create", "secret", "generic", "ours", "-n", ns, "--from-literal=password=p")
+    k8s.kubectl("annotate", "secret", "ours", "-n", ns, f"{SECRET_MARK_ANNOTATION}=a, rec")
+    monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    assert info is not None
+    client = kube.KubeClient(info)
+
+    async def access(secret: str) -> str:
+        kafka = {
+            "brokers": ["kafka.example:9093"],
+            "securityProtocol": "SASL_SSL",
+            "sasl": {"secretName": secret, "username": "rec"},
+        }
+        spec = parse_spec("rec", ns, {**MINIMAL_SPEC, "kafka": kafka})
+        try:
+            got = await _kafka_access(client, spec)
+        except CredentialsUnavailable as exc:
+            return str(exc)
+        return f"password {got.sasl_password}"
+
+    try:
+        answers = {
+            s: await access(s)
+            for s in ("missing", "unmarked", "unmarked-pw", "for-other", "keyless")
+        }
+        ours = await access("ours")
+    finally:
+        await client.close()
+    # One answer for every cause: the status tells nobody which Secret or key exists.
+    assert len(set(answers.values())) == 1, answers
+    assert SECRET_MARK_ANNOTATION in answers["missing"] and "'rec'" in answers["missing"]
+    assert ours == "password p"
