@@ -77,7 +77,15 @@ RENDERS = (
         "default values",
         (),
         (),
-        # Role and RoleBinding: the leader election's Lease in the release namespace.
+        # Role and RoleBinding: the operator's rules in the release namespace (the one watched
+        # by default) and the leader election's Lease; ClusterRole(Binding): only the
+        # cluster-scoped reads (namespaces, CRDs); NetworkPolicy: on by default.
+        BASE_KINDS | {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "NetworkPolicy"},
+    ),
+    Render(
+        "operator.clusterWide",
+        ("--set", "operator.clusterWide=true", "--set", "networkPolicy.enabled=false"),
+        (),
         BASE_KINDS | {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"},
     ),
     Render(
@@ -256,6 +264,19 @@ def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, A
     wanted = _normalized_rules(wanted_rules)
     errors = []
     roles = [doc for doc in docs if doc["kind"] in ("ClusterRole", "Role")]
+    # The helm test's Role: reading the release's one DataRecorder, nothing else.
+    tests = [
+        r for r in roles if r["metadata"]["labels"].get("app.kubernetes.io/component") == "test"
+    ]
+    roles = [r for r in roles if r not in tests]
+    for role in tests:
+        rules = role.get("rules") or []
+        if (
+            role["kind"] != "Role"
+            or _normalized_rules(rules) != {("datarecorder.dev", "datarecorders", "get")}
+            or not all(rule.get("resourceNames") for rule in rules)
+        ):
+            errors.append(f"{describe(role)} must only get the release's DataRecorder by name")
     # The leader-election Role (operator namespace, Leases only) is checked on its own.
     election = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
     roles = [r for r in roles if r not in election]

@@ -52,9 +52,16 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* The namespace the operator watches, or "" for all namespaces. */}}
+{{/* The namespace the operator watches ("" for all namespaces: operator.clusterWide). */}}
 {{- define "datarecorder.watchNamespace" -}}
-{{- .Values.operator.watchNamespace }}
+{{- if not .Values.operator.clusterWide }}
+{{- default .Release.Namespace .Values.operator.watchNamespace }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace of the release's DataRecorder and of the recorders' NetworkPolicy. */}}
+{{- define "datarecorder.recorderNamespace" -}}
+{{- default .Release.Namespace .Values.operator.watchNamespace }}
 {{- end }}
 
 {{/*
