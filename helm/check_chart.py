@@ -266,7 +266,9 @@ def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, A
     roles = [doc for doc in docs if doc["kind"] in ("ClusterRole", "Role")]
     # The helm test's Role: reading the release's one DataRecorder, nothing else.
     tests = [
-        r for r in roles if r["metadata"]["labels"].get("app.kubernetes.io/component") == "test"
+        r
+        for r in roles
+        if (r["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "test"
     ]
     roles = [r for r in roles if r not in tests]
     for role in tests:
