@@ -313,13 +313,10 @@ async def poll_lag(
         offsets = await state.lag_reader.read(
             access, spec.kafka.group_id, spec.kafka.topics, within=config.kafka_timeout_seconds
         )
-    except CredentialsUnavailable as exc:
-        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc}"
-        state.lag_failures += 1
-        metrics.LAG_READS.labels("error").inc()
-        return
     except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
-        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc!r}"[:300]
+        # The credentials' message is whole (it says what to annotate); others are cut short.
+        detail = str(exc) if isinstance(exc, CredentialsUnavailable) else repr(exc)[:270]
+        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {detail}"
         state.lag_failures += 1
         metrics.LAG_READS.labels("error").inc()
         return
