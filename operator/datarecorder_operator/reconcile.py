@@ -57,6 +57,9 @@ ALWAYS_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
+UNMARKED = "SecretNotMarked"  # the status reason when the pods would read unmarked Secrets
+
+
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
     """Operator-wide timing; tests shorten it, production keeps the defaults."""
@@ -97,6 +100,9 @@ class ObjectState:
     # No old-name child (see `migration`) is left: later passes stop looking for them. After a
     # restart one pass looks again.
     legacy_retired: bool = False
+    # Restricted policy: why the pods may not be rendered (Secrets not marked for this
+    # DataRecorder), found on the last apply pass; the passes between keep reporting it.
+    unmarked: str | None = None
 
 
 def _now_iso() -> str:
@@ -305,6 +311,25 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     return access
 
 
+async def unmarked_secrets(client: kube.KubeClient, spec: RecorderSpec) -> str | None:
+    """Restricted policy: the Secrets the recorder pods would read that are missing or not
+    marked for this DataRecorder, as the status message; None when every one is marked."""
+    deployment = rendering.render_deployment(spec, None)
+    unmarked = [
+        name
+        for name in rendering.referenced_secrets(deployment)
+        if not secret_marked_for(await client.get("v1", "Secret", spec.namespace, name), spec.name)
+    ]
+    if not unmarked:
+        return None
+    # Missing and unmarked read the same: the status tells nobody which Secrets exist.
+    return (
+        f"Secrets {', '.join(unmarked)} are missing or not marked for this DataRecorder: the "
+        f"recorder pods may read only Secrets annotated {SECRET_MARK_ANNOTATION} listing "
+        f"{spec.name!r} (or '*')"
+    )
+
+
 async def poll_lag(
     client: kube.KubeClient, spec: RecorderSpec, state: ObjectState, config: OperatorConfig
 ) -> None:
@@ -509,6 +534,12 @@ async def reconcile(
         if is_paused(meta.get("annotations")):
             # Strimzi's pause: children and replicas stay as they are until it is removed.
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
+        if apply and config.policy.restricted:
+            state.unmarked = await unmarked_secrets(client, rspec)
+        if state.unmarked is not None and config.policy.restricted:
+            # Nothing applied: the pods would hand the spec's author Secrets not given to it.
+            error = SpecError(state.unmarked)
+            return Outcome(_status_patch(previous, _error(meta, state.unmarked, UNMARKED)), error)
         if apply:
             partitions = state.lag.partitions if state.lag is not None else None
             applied = await apply_children(client, body, rspec, logger, partitions, state)

