@@ -17,11 +17,13 @@ from datarecorder_operator.spec import (
     ALLOWED_VOLUME_TYPES,
     PERMISSIVE,
     RESTRICTED,
+    SECRET_MARK_ANNOTATION,
     Policy,
     SpecError,
     image_allowed,
     key_name_problem,
     parse_spec,
+    secret_marked_for,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -347,3 +349,46 @@ def test_plain_password_over_plaintext_only_when_the_spec_allows_it() -> None:
     parse_spec("rec", "md", {**BASE, "kafka": {**kafka, "securityProtocol": "SASL_SSL"}})
     scram = {**kafka, "sasl": {**sasl, "mechanism": "SCRAM-SHA-512"}}
     parse_spec("rec", "md", {**BASE, "kafka": scram})
+
+
+def test_every_secret_the_pods_can_read_is_found() -> None:
+    spec = parse_spec(
+        "rec",
+        "md",
+        {
+            **BASE,
+            "kafka": {
+                "brokers": ["k:9093"],
+                "securityProtocol": "SASL_SSL",
+                "sasl": {"secretName": "kafka-user"},
+                "tls": {"secretName": "kafka-ca"},
+            },
+            "s3": {"enabled": True, "bucket": "lake", "credentialsSecret": {"name": "s3"}},
+            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "env-ref", "key": "k"}}}],
+            "envFrom": [{"secretRef": {"name": "env-from"}}, {"configMapRef": {"name": "cm"}}],
+            "volumes": [
+                {"name": "a", "secret": {"secretName": "vol"}},
+                {"name": "b", "projected": {"sources": [{"secret": {"name": "projected"}}]}},
+            ],
+            "imagePullSecrets": [{"name": "pull"}],
+        },
+    )
+    deployment = rendering.render_deployment(spec, 1)
+    assert rendering.referenced_secrets(deployment) == (
+        "env-from", "env-ref", "kafka-ca", "kafka-user", "projected", "s3", "tsdb", "vol",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("annotation", "marked"),
+    [(None, False), ("rec", True), ("other, rec", True), ("other", False), ("*", True),
+     ("recorder", False), ("", False)],
+)  # fmt: skip
+def test_a_secret_is_marked_by_name_or_for_every_recorder(
+    annotation: str | None, marked: bool
+) -> None:
+    meta: dict[str, Any] = {"name": "s"}
+    if annotation is not None:
+        meta["annotations"] = {SECRET_MARK_ANNOTATION: annotation}
+    assert secret_marked_for({"metadata": meta}, "rec") is marked
+    assert secret_marked_for(None, "rec") is False
