@@ -536,6 +536,8 @@ async def reconcile(
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
         if apply and config.policy.restricted:
             state.unmarked = await unmarked_secrets(client, rspec)
+            if state.unmarked is not None:
+                state.last_resync = now  # looked again every resync period, not every tick
         if state.unmarked is not None and config.policy.restricted:
             # Nothing applied: the pods would hand the spec's author Secrets not given to it.
             error = SpecError(state.unmarked)
