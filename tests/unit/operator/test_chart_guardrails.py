@@ -7,6 +7,7 @@ Owns these checks of the rendered chart (scripts/helm, the pinned Helm; no clust
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
@@ -92,3 +93,27 @@ def test_cluster_wide_and_permissive_only_when_asked() -> None:
         r for r in kinds(docs, "ClusterRole") if r["metadata"]["name"] == "r-datarecorder-operator"
     ]
     assert any("secrets" in rule["resources"] for rule in cluster_role["rules"])
+
+
+def test_egress_is_dns_and_the_listed_destinations_only() -> None:
+    kafka = {"to": [{"ipBlock": {"cidr": "10.1.0.0/24"}}], "ports": [{"port": 9092}]}
+    api = {"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"port": 443}]}
+    db = {"to": [{"ipBlock": {"cidr": "10.2.0.0/24"}}], "ports": [{"port": 5432}]}
+    docs = render(
+        "--set", "networkPolicy.egress.enabled=true",
+        "--set-json", f"networkPolicy.egress.kafka=[{json.dumps(kafka)}]",
+        "--set-json", f"networkPolicy.egress.apiServer=[{json.dumps(api)}]",
+        "--set-json", f"networkPolicy.egress.database=[{json.dumps(db)}]",
+    )  # fmt: skip
+    policies = {n["metadata"]["name"]: n["spec"] for n in kinds(docs, "NetworkPolicy")}
+    operator, recorders = policies["r-datarecorder-operator"], policies["r-datarecorder-recorders"]
+    for spec in (operator, recorders):
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        dns = spec["egress"][0]
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert operator["egress"][1:] == [api, kafka]
+    assert recorders["egress"][1:] == [kafka, db]  # no API server for the recorders
+    # Off by default: without destinations, egress rules would cut the recorders off.
+    default = {n["metadata"]["name"]: n["spec"] for n in kinds(render(), "NetworkPolicy")}
+    assert all(spec["policyTypes"] == ["Ingress"] for spec in default.values())
