@@ -721,10 +721,12 @@ SAFE_CONTAINER_SECURITY: dict[str, Any] = {
 
 def merge_security_context(safe: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     """`given` laid over `safe`: a key the user sets wins (the policy has refused the unsafe
-    values before), a key the user leaves out keeps its safe value, and the dropped
-    capabilities are always a superset of the safe ones."""
+    values before), a key the user leaves out, or sets to null, keeps its safe value, and the
+    dropped capabilities are always a superset of the safe ones."""
     out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in safe.items()}
     for key, value in given.items():
+        if value is None and key in safe:
+            continue  # null would unset it on the API server: not a way around a safe default
         if key == "capabilities" and isinstance(value, Mapping):
             safe_caps = safe.get("capabilities") or {}
             drop = [*safe_caps.get("drop", [])]

@@ -154,6 +154,15 @@ def test_user_security_contexts_merge_onto_the_safe_defaults() -> None:
     }
 
 
+def test_null_does_not_unset_a_safe_default() -> None:
+    nulls = {"runAsNonRoot": None, "allowPrivilegeEscalation": None, "capabilities": None}
+    got = pod({**BASE, "containerSecurityContext": nulls, "podSecurityContext": nulls})
+    container = got["containers"][0]["securityContext"]
+    assert container["runAsNonRoot"] is True and container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert got["securityContext"]["runAsNonRoot"] is True
+
+
 # --- Property: restricted refuses exactly what a plain reference predicate says. -----------
 
 BOOLS = st.sampled_from([None, True, False])
