@@ -49,6 +49,7 @@ OPTIONAL_KINDS: tuple[tuple[str, str], ...] = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 ALWAYS_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),

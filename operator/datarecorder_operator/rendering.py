@@ -456,6 +456,40 @@ def render_pdb(spec: RecorderSpec) -> Manifest:
     }
 
 
+# Egress to the cluster's DNS (kube-dns in kube-system), always allowed once egress is limited.
+DNS_EGRESS: dict[str, Any] = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+
+
+def render_network_policy(spec: RecorderSpec) -> Manifest:
+    """This DataRecorder's pods: ingress on the HTTP port only (from spec.networkPolicy
+    .metricsFrom, else anyone); egress, when rules are given, DNS and those rules only."""
+    ingress: dict[str, Any] = {"ports": [{"port": HTTP_PORT, "protocol": "TCP"}]}
+    if spec.network_policy.metrics_from:
+        ingress["from"] = [dict(p) for p in spec.network_policy.metrics_from]
+    body: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(spec)},
+        "policyTypes": ["Ingress"],
+        "ingress": [ingress],
+    }
+    if spec.network_policy.egress:
+        body["policyTypes"] = ["Ingress", "Egress"]
+        body["egress"] = [DNS_EGRESS, *(dict(r) for r in spec.network_policy.egress)]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, child_name(spec)),
+        "spec": body,
+    }
+
+
 def render_service_monitor(spec: RecorderSpec) -> Manifest:
     meta = _metadata(spec, child_name(spec))
     meta["labels"] = {**spec.monitoring.labels, **meta["labels"]}
@@ -522,6 +556,8 @@ def render_children(
         children.append(render_pdb(spec))
     if spec.monitoring.service_monitor and service_monitor_available:
         children.append(render_service_monitor(spec))
+    if spec.network_policy.enabled:
+        children.append(render_network_policy(spec))
     return children
 
 

@@ -151,6 +151,17 @@ class MonitoringSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkPolicySpec:
+    """spec.networkPolicy: a NetworkPolicy for this DataRecorder's pods, rendered by the
+    operator. Ingress: port 8080 (probes, /metrics) from `metrics_from` (empty: anyone);
+    egress, when rules are given: DNS and those rules only."""
+
+    enabled: bool = False
+    metrics_from: tuple[Mapping[str, Any], ...] = ()
+    egress: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class PDBSpec:
     enabled: bool
     max_unavailable: int | str
@@ -202,6 +213,7 @@ class RecorderSpec:
     # eks.amazonaws.com/role-arn, GKE's iam.gke.io/gcp-service-account); None: it makes none.
     service_account_annotations: Mapping[str, str] | None = None
     paused: bool = False  # annotation datarecorder.dev/paused: "true"
+    network_policy: NetworkPolicySpec = dataclasses.field(default_factory=NetworkPolicySpec)
 
     @property
     def operator_scaled(self) -> bool:
@@ -617,6 +629,16 @@ def _parse_monitoring(root: _Reader) -> MonitoringSpec:
     return monitoring
 
 
+def _parse_network_policy(root: _Reader) -> NetworkPolicySpec:
+    """spec.networkPolicy."""
+    raw = root.sub("networkPolicy")
+    return NetworkPolicySpec(
+        enabled=raw.flag("enabled", False),
+        metrics_from=_objects(raw, "metricsFrom"),
+        egress=_objects(raw, "egress"),
+    )
+
+
 def _parse_pdb(root: _Reader) -> PDBSpec:
     """spec.podDisruptionBudget."""
     pdb_raw = root.sub("podDisruptionBudget")
@@ -879,6 +901,7 @@ def parse_spec(
         monitoring=_parse_monitoring(root),
         pdb=_parse_pdb(root),
         pod=_parse_pod_template(root),
+        network_policy=_parse_network_policy(root),
     )
     violations = policy_violations(parsed, root.data, policy)
     if violations:

@@ -23,7 +23,7 @@ from datarecorder_operator.reconcile import CredentialsUnavailable, _kafka_acces
 from datarecorder_operator.spec import SECRET_MARK_ANNOTATION, parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import MINIMAL_SPEC, data_recorder
+from tests.integration.k8s.manifests import MINIMAL_SPEC, create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import ROOT, Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -319,6 +319,44 @@ def test_a_tenant_gets_no_secret_it_was_not_given(
             what="Deployment by-db-recorder once the Secret is given to it",
         )
         assert _deployment(k8s, ns, "by-env-recorder") is None
+    finally:
+        op.stop()
+        op.assert_no_traceback_while_running()
+
+
+def _network_policy(k8s: K8s, ns: str, name: str) -> dict[str, Any] | None:
+    proc = k8s.kubectl("get", "networkpolicy", name, "-n", ns, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def test_the_operator_renders_a_network_policy_per_recorder(
+    k8s: K8s, k8s_namespace: str, tmp_path: Path
+) -> None:
+    ns = k8s_namespace
+    create_tsdb_secret(k8s, ns)
+    kafka = {"to": [{"ipBlock": {"cidr": "10.1.0.0/24"}}], "ports": [{"port": 9092}]}
+    k8s.apply(data_recorder("fenced", networkPolicy={"enabled": True, "egress": [kafka]}), ns)
+    op = Operator(k8s, ns, tmp_path / "operator.log")
+    try:
+        op.wait_alive()
+        policy = wait_for(
+            lambda: _network_policy(k8s, ns, "fenced-recorder"),
+            timeout=60,
+            what="NetworkPolicy fenced-recorder",
+        )
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert policy["spec"]["egress"][0]["ports"][0]["port"] == 53
+        assert policy["spec"]["egress"][1]["to"] == kafka["to"]
+        assert [r["kind"] for r in policy["metadata"]["ownerReferences"]] == ["DataRecorder"]
+        k8s.kubectl(
+            "patch", "datarecorder", "fenced", "-n", ns, "--type=merge",
+            "-p", '{"spec": {"networkPolicy": {"enabled": false}}}',
+        )  # fmt: skip
+        wait_for(
+            lambda: _network_policy(k8s, ns, "fenced-recorder") is None,
+            timeout=60,
+            what="the NetworkPolicy deleted with spec.networkPolicy.enabled false",
+        )
     finally:
         op.stop()
         op.assert_no_traceback_while_running()

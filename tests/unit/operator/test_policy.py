@@ -401,3 +401,30 @@ def test_a_secret_is_marked_by_name_or_for_every_recorder(
         meta["annotations"] = {SECRET_MARK_ANNOTATION: annotation}
     assert secret_marked_for({"metadata": meta}, "rec") is marked
     assert secret_marked_for(None, "rec") is False
+
+
+def test_a_network_policy_per_recorder_when_asked() -> None:
+    assert all(
+        c["kind"] != "NetworkPolicy"
+        for c in rendering.render_children(parse_spec("rec", "md", BASE))
+    )
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    kafka = {"to": [{"ipBlock": {"cidr": "10.1.0.0/24"}}], "ports": [{"port": 9092}]}
+    spec = parse_spec(
+        "rec",
+        "md",
+        {
+            **BASE,
+            "networkPolicy": {"enabled": True, "metricsFrom": [monitoring], "egress": [kafka]},
+        },
+    )
+    (policy,) = [c for c in rendering.render_children(spec) if c["kind"] == "NetworkPolicy"]
+    assert policy["metadata"]["name"] == "rec-recorder"
+    body = policy["spec"]
+    assert body["podSelector"] == {"matchLabels": rendering.selector_labels(spec)}
+    assert body["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": [monitoring]}]
+    assert body["policyTypes"] == ["Ingress", "Egress"]
+    assert body["egress"] == [rendering.DNS_EGRESS, kafka]
+    ingress_only = parse_spec("rec", "md", {**BASE, "networkPolicy": {"enabled": True}})
+    (policy,) = [c for c in rendering.render_children(ingress_only) if c["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
