@@ -289,14 +289,19 @@ def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, A
             errors.append(f"{describe(role)} must be a Role with exactly rbac.LEASE_RULES")
     main = [r for r in roles if not r["metadata"]["name"].endswith("-cluster-scope")]
     extra = [r for r in roles if r["metadata"]["name"].endswith("-cluster-scope")]
-    if len(main) != 1 or len(extra) > 1:
+    # One ClusterRole, or one Role per watched namespace (+ one -cluster-scope ClusterRole).
+    one_per_namespace = all(r["kind"] == "Role" for r in main) and len(
+        {r["metadata"].get("namespace") for r in main}
+    ) == len(main)
+    if not main or len(extra) > 1 or (len(main) > 1 and not one_per_namespace):
         return [f"expected one Role or ClusterRole (+ one -cluster-scope), rendered {len(roles)}"]
-    got = _normalized_rules(main[0].get("rules") or [])
-    if got != wanted:
-        errors.append(
-            f"{describe(main[0])} rules differ from operator/datarecorder_operator/rbac.py: "
-            f"only in chart {sorted(got - wanted)}, only in rbac.py {sorted(wanted - got)}"
-        )
+    for role in main:
+        got = _normalized_rules(role.get("rules") or [])
+        if got != wanted:
+            errors.append(
+                f"{describe(role)} rules differ from operator/datarecorder_operator/rbac.py: "
+                f"only in chart {sorted(got - wanted)}, only in rbac.py {sorted(wanted - got)}"
+            )
     if extra:
         if main[0]["kind"] != "Role":
             errors.append("a -cluster-scope ClusterRole is only for the one-namespace install")

@@ -117,3 +117,21 @@ def test_egress_is_dns_and_the_listed_destinations_only() -> None:
     # Off by default: without destinations, egress rules would cut the recorders off.
     default = {n["metadata"]["name"]: n["spec"] for n in kinds(render(), "NetworkPolicy")}
     assert all(spec["policyTypes"] == ["Ingress"] for spec in default.values())
+
+
+def test_a_role_in_each_watched_namespace_and_nowhere_else() -> None:
+    docs = render("--set", "operator.watchNamespaces={md-a,md-b}")
+    assert [a for a in operator_args(docs) if a.startswith("--namespace")] == [
+        "--namespace=md-a",
+        "--namespace=md-b",
+    ]
+    roles = {
+        r["metadata"]["namespace"]
+        for r in kinds(docs, "Role")
+        if r["metadata"]["name"] == "r-datarecorder-operator"
+    }
+    assert roles == {"md-a", "md-b"}  # not the release namespace, not kube-system
+    bindings = [
+        b for b in kinds(docs, "RoleBinding") if b["metadata"]["name"] == "r-datarecorder-operator"
+    ]
+    assert {b["metadata"]["namespace"] for b in bindings} == roles
