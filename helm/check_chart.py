@@ -69,13 +69,23 @@ class Render:
 
 BASE_KINDS = frozenset(
     {"CustomResourceDefinition", "ServiceAccount", "Deployment", "Pod"}
+    # policy.mode restricted (the default): the guardrails at admission
+    | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 )  # Pod: the helm test hook
 RENDERS = (
     Render(
         "default values",
         (),
         (),
-        # Role and RoleBinding: the leader election's Lease in the release namespace.
+        # Role and RoleBinding: the operator's rules in the release namespace (the one watched
+        # by default) and the leader election's Lease; ClusterRole(Binding): only the
+        # cluster-scoped reads (namespaces, CRDs); NetworkPolicy: on by default.
+        BASE_KINDS | {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "NetworkPolicy"},
+    ),
+    Render(
+        "operator.clusterWide",
+        ("--set", "operator.clusterWide=true", "--set", "networkPolicy.enabled=false"),
+        (),
         BASE_KINDS | {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"},
     ),
     Render(
@@ -103,6 +113,7 @@ BAD_VALUES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("a leader election without its timing", ("--set", "operator.leaderElection=null")),
     ("replicas as a string", ("--set-string", "operator.replicas=one")),
     ("recorder enabled without kafka/timescaledb", ("--set", "recorder.enabled=true")),
+    ("a policy mode outside the enum", ("--set", "policy.mode=lax")),
 )
 
 
@@ -253,6 +264,21 @@ def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, A
     wanted = _normalized_rules(wanted_rules)
     errors = []
     roles = [doc for doc in docs if doc["kind"] in ("ClusterRole", "Role")]
+    # The helm test's Role: reading the release's one DataRecorder, nothing else.
+    tests = [
+        r
+        for r in roles
+        if (r["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "test"
+    ]
+    roles = [r for r in roles if r not in tests]
+    for role in tests:
+        rules = role.get("rules") or []
+        if (
+            role["kind"] != "Role"
+            or _normalized_rules(rules) != {("datarecorder.dev", "datarecorders", "get")}
+            or not all(rule.get("resourceNames") for rule in rules)
+        ):
+            errors.append(f"{describe(role)} must only get the release's DataRecorder by name")
     # The leader-election Role (operator namespace, Leases only) is checked on its own.
     election = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
     roles = [r for r in roles if r not in election]
@@ -263,14 +289,19 @@ def rbac_mismatch(docs: Sequence[dict[str, Any]], wanted_rules: list[dict[str, A
             errors.append(f"{describe(role)} must be a Role with exactly rbac.LEASE_RULES")
     main = [r for r in roles if not r["metadata"]["name"].endswith("-cluster-scope")]
     extra = [r for r in roles if r["metadata"]["name"].endswith("-cluster-scope")]
-    if len(main) != 1 or len(extra) > 1:
+    # One ClusterRole, or one Role per watched namespace (+ one -cluster-scope ClusterRole).
+    one_per_namespace = all(r["kind"] == "Role" for r in main) and len(
+        {r["metadata"].get("namespace") for r in main}
+    ) == len(main)
+    if not main or len(extra) > 1 or (len(main) > 1 and not one_per_namespace):
         return [f"expected one Role or ClusterRole (+ one -cluster-scope), rendered {len(roles)}"]
-    got = _normalized_rules(main[0].get("rules") or [])
-    if got != wanted:
-        errors.append(
-            f"{describe(main[0])} rules differ from operator/datarecorder_operator/rbac.py: "
-            f"only in chart {sorted(got - wanted)}, only in rbac.py {sorted(wanted - got)}"
-        )
+    for role in main:
+        got = _normalized_rules(role.get("rules") or [])
+        if got != wanted:
+            errors.append(
+                f"{describe(role)} rules differ from operator/datarecorder_operator/rbac.py: "
+                f"only in chart {sorted(got - wanted)}, only in rbac.py {sorted(wanted - got)}"
+            )
     if extra:
         if main[0]["kind"] != "Role":
             errors.append("a -cluster-scope ClusterRole is only for the one-namespace install")

@@ -7,6 +7,7 @@ table is generated from (and tested against) `Settings.model_fields`.
 from __future__ import annotations
 
 import os
+import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -247,6 +248,18 @@ class Settings(BaseSettings):
             host, _, port = broker.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port, got {broker!r}")
+        return value
+
+    @field_validator("KAFKA_GROUP_ID", "S3_PREFIX")
+    @classmethod
+    def _check_key_name(cls, value: str) -> str:
+        # Both end up in object keys and local paths (progress objects are scoped by group).
+        if ".." in value:
+            raise ValueError(f"{value!r} must not contain '..'")
+        if value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"{value!r} must not start or end with '/'")
+        if any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise ValueError(f"{value!r} must not contain control characters")
         return value
 
     @field_validator("KAFKA_TOPICS")

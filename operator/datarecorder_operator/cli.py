@@ -22,11 +22,22 @@ from typing import Any, TextIO
 import yaml
 
 from datarecorder_operator import handlers, kube, leader, rendering
-from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
+from datarecorder_operator.spec import (
+    API_VERSION,
+    KIND,
+    POLICY_MODES,
+    RESTRICTED,
+    Policy,
+    SpecError,
+    parse_spec,
+)
 
 
-def render_documents(documents: Iterable[Any], *, service_monitor: bool = True) -> list[Any]:
-    """Every child of every DataRecorder in `documents` (other kinds are skipped)."""
+def render_documents(
+    documents: Iterable[Any], *, service_monitor: bool = True, policy: Policy = RESTRICTED
+) -> list[Any]:
+    """Every child of every DataRecorder in `documents` (other kinds are skipped), each spec
+    held to `policy` as the running operator would."""
     out: list[Any] = []
     for doc in documents:
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
@@ -37,7 +48,7 @@ def render_documents(documents: Iterable[Any], *, service_monitor: bool = True) 
         name = meta.get("name")
         if not isinstance(name, str):
             raise SpecError("metadata.name is required")
-        spec = parse_spec(name, meta.get("namespace") or "default", doc.get("spec"))
+        spec = parse_spec(name, meta.get("namespace") or "default", doc.get("spec"), policy)
         out.extend(rendering.render_children(spec, service_monitor_available=service_monitor))
     return out
 
@@ -51,7 +62,9 @@ def _render(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             with open(path, encoding="utf-8") as fh:
                 docs.extend(yaml.safe_load_all(fh))
     try:
-        children = render_documents(docs, service_monitor=not args.no_service_monitor)
+        children = render_documents(
+            docs, service_monitor=not args.no_service_monitor, policy=policy_from_args(args)
+        )
     except SpecError as exc:
         print(f"error: {exc}", file=stderr)
         return 2
@@ -60,6 +73,40 @@ def _render(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         return 2
     stdout.write(yaml.safe_dump_all(children, sort_keys=False, explicit_start=True))
     return 0
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The guardrails from `--policy`, `--allowed-image` and `--allowed-service-account`."""
+    return Policy(
+        mode=args.policy,
+        allowed_images=tuple(args.allowed_image or ()),
+        allowed_service_accounts=tuple(args.allowed_service_account or ()),
+    )
+
+
+def _policy_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("policy (what a DataRecorder may ask of its pods)")
+    group.add_argument(
+        "--policy",
+        choices=POLICY_MODES,
+        default="restricted",
+        help="restricted (default): refuse privileged or root pods, added capabilities, "
+        "privilege escalation, host namespaces, hostPath and other volume types outside the "
+        "allow-list, images outside --allowed-image, ServiceAccounts not listed; permissive: "
+        "render what the spec asks (creating a DataRecorder then equals creating pods)",
+    )
+    group.add_argument(
+        "--allowed-image",
+        action="append",
+        metavar="PREFIX",
+        help="registry or repository prefix images must come from (repeatable; none: any)",
+    )
+    group.add_argument(
+        "--allowed-service-account",
+        action="append",
+        metavar="NAME",
+        help="a ServiceAccount spec.serviceAccountName may name (repeatable)",
+    )
 
 
 def election_config(args: argparse.Namespace) -> leader.ElectionConfig:
@@ -109,7 +156,10 @@ async def _operate(args: argparse.Namespace) -> int:
     import kopf
 
     config = handlers.OperatorConfig(
-        tick_seconds=args.tick, resync_seconds=args.resync, metrics_port=args.metrics_port
+        tick_seconds=args.tick,
+        resync_seconds=args.resync,
+        metrics_port=args.metrics_port,
+        policy=policy_from_args(args),
     )
     namespaces: Sequence[str] = args.namespace or ()
     elector = None
@@ -168,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render as if the ServiceMonitor CRD were not installed",
     )
+    _policy_arguments(r)
     run = sub.add_parser("run", help="run the operator (kopf, standalone)")
     run.add_argument("-n", "--namespace", action="append", help="watch only this namespace")
     run.add_argument("--tick", type=float, default=5.0, help="resync loop period in seconds")
@@ -176,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-port", type=int, default=0, help="serve the operator's /metrics here (0: off)"
     )
+    _policy_arguments(run)
     election = run.add_argument_group("leader election (several replicas, one leader)")
     election.add_argument(
         "--leader-election",

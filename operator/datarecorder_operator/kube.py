@@ -52,6 +52,9 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
         "autoscaling", "v2", "horizontalpodautoscalers"
     ),
     ("policy/v1", "PodDisruptionBudget"): ResourceType("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ResourceType(
+        "networking.k8s.io", "v1", "networkpolicies"
+    ),
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ResourceType(
         "monitoring.coreos.com", "v1", "servicemonitors"
     ),

@@ -4,7 +4,8 @@ Owns `CLUSTER_ROLE_RULES` and `LEASE_RULES`; every rule names the handler that n
 
 * DataRecorders: watch them (kopf lists and watches cluster-wide), patch them (kopf's
   finalizer and progress annotations), patch their status (conditions, lag).
-* Children (ConfigMaps, Services, ServiceAccounts, Deployments, HPAs, PDBs, ServiceMonitors):
+* Children (ConfigMaps, Services, ServiceAccounts, Deployments, HPAs, PDBs, ServiceMonitors,
+  NetworkPolicies):
   get, create,
   patch (restore drift, scale in mode operator), delete (unwanted children, cleanup).
   Deployments also list/watch: the operator watches the recorders' Deployments (a GET per
@@ -62,6 +63,11 @@ CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["monitoring.coreos.com"],
         "resources": ["servicemonitors"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
         "verbs": ["get", "create", "patch", "delete"],
     },
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

@@ -29,7 +29,16 @@ from datarecorder_operator.lag import (
     with_activation,
 )
 from datarecorder_operator.scaler import Stabilizer
-from datarecorder_operator.spec import RecorderSpec, SpecError, is_paused, parse_spec
+from datarecorder_operator.spec import (
+    RESTRICTED,
+    SECRET_MARK_ANNOTATION,
+    Policy,
+    RecorderSpec,
+    SpecError,
+    is_paused,
+    parse_spec,
+    secret_marked_for,
+)
 
 # Posts one Event on the DataRecorder: (type, reason, message).
 Events = Callable[[str, str, str], Awaitable[None]]
@@ -40,12 +49,16 @@ OPTIONAL_KINDS: tuple[tuple[str, str], ...] = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 ALWAYS_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
 )
+
+
+UNMARKED = "SecretNotMarked"  # the status reason when the pods would read unmarked Secrets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +72,8 @@ class OperatorConfig:
     metrics_port: int = 0  # serve the operator's /metrics on this port (0: off)
     # Watch the recorders' Deployments (off: a GET per tick, as before; kept for the bench).
     watch_deployments: bool = True
+    # What a DataRecorder may ask of its pods (`--policy`, the chart's `policy` value).
+    policy: Policy = RESTRICTED
 
 
 @dataclasses.dataclass
@@ -86,6 +101,9 @@ class ObjectState:
     # No old-name child (see `migration`) is left: later passes stop looking for them. After a
     # restart one pass looks again.
     legacy_retired: bool = False
+    # Restricted policy: why the pods may not be rendered (Secrets not marked for this
+    # DataRecorder), found on the last apply pass; the passes between keep reporting it.
+    unmarked: str | None = None
 
 
 def _now_iso() -> str:
@@ -225,14 +243,28 @@ async def apply_children(
     return result
 
 
+class CredentialsUnavailable(Exception):
+    """The operator may not (or cannot) read the Kafka credentials a spec names. One message
+    for every cause: a tenant must not learn from the status whether a Secret or key exists."""
+
+    def __init__(self, recorder: str) -> None:
+        super().__init__(
+            "the Kafka credentials in spec.kafka are not readable by the operator: a Secret "
+            "they name is missing, lacks the key, or is not marked for this DataRecorder "
+            f"(annotation {SECRET_MARK_ANNOTATION} listing {recorder!r})"
+        )
+
+
 async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag.KafkaAccess:
-    """Broker address and, for secured clusters, credentials from the referenced Secrets."""
+    """Broker address and, for secured clusters, credentials from the referenced Secrets —
+    only from Secrets marked for this DataRecorder, and never a password in clear text unless
+    the spec allows it."""
 
     async def secret_value(name: str, key: str) -> str:
         secret = await client.get("v1", "Secret", spec.namespace, name)
         data = (secret or {}).get("data") or {}
-        if key not in data:
-            raise SpecError(f"Secret {spec.namespace}/{name} has no key {key!r}")
+        if not secret_marked_for(secret, spec.name) or key not in data:
+            raise CredentialsUnavailable(spec.name)
         return base64.b64decode(data[key]).decode()
 
     access = kafkalag.KafkaAccess(
@@ -240,6 +272,12 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     )
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
+        if (
+            sasl.mechanism == "PLAIN"
+            and spec.kafka.security_protocol == "SASL_PLAINTEXT"
+            and not sasl.allow_plaintext_password
+        ):  # parse_spec refuses it too; the one place a password leaves, checked here again
+            raise SpecError("refusing to send a SASL PLAIN password over SASL_PLAINTEXT")
         if sasl.jaas_config is not None:
             line = await secret_value(sasl.jaas_config.name, sasl.jaas_config.key)
             try:
@@ -274,6 +312,25 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     return access
 
 
+async def unmarked_secrets(client: kube.KubeClient, spec: RecorderSpec) -> str | None:
+    """Restricted policy: the Secrets the recorder pods would read that are missing or not
+    marked for this DataRecorder, as the status message; None when every one is marked."""
+    deployment = rendering.render_deployment(spec, None)
+    unmarked = [
+        name
+        for name in rendering.referenced_secrets(deployment)
+        if not secret_marked_for(await client.get("v1", "Secret", spec.namespace, name), spec.name)
+    ]
+    if not unmarked:
+        return None
+    # Missing and unmarked read the same: the status tells nobody which Secrets exist.
+    return (
+        f"Secrets {', '.join(unmarked)} are missing or not marked for this DataRecorder: the "
+        f"recorder pods may read only Secrets annotated {SECRET_MARK_ANNOTATION} listing "
+        f"{spec.name!r} (or '*')"
+    )
+
+
 async def poll_lag(
     client: kube.KubeClient, spec: RecorderSpec, state: ObjectState, config: OperatorConfig
 ) -> None:
@@ -283,7 +340,9 @@ async def poll_lag(
             access, spec.kafka.group_id, spec.kafka.topics, within=config.kafka_timeout_seconds
         )
     except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
-        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {exc!r}"[:300]
+        # The credentials' message is whole (it says what to annotate); others are cut short.
+        detail = str(exc) if isinstance(exc, CredentialsUnavailable) else repr(exc)[:270]
+        state.lag, state.lag_error = None, f"cannot read lag from Kafka: {detail}"
         state.lag_failures += 1
         metrics.LAG_READS.labels("error").inc()
         return
@@ -467,13 +526,23 @@ async def reconcile(
     now = time.monotonic() if now is None else now
     meta, previous = body["metadata"], body.get("status")
     try:
-        rspec = parse_spec(meta["name"], meta["namespace"], dict(body.get("spec") or {}))
+        rspec = parse_spec(
+            meta["name"], meta["namespace"], dict(body.get("spec") or {}), config.policy
+        )
     except SpecError as exc:
         return Outcome(_status_patch(previous, _error(meta, str(exc), "InvalidSpec")), exc)
     try:
         if is_paused(meta.get("annotations")):
             # Strimzi's pause: children and replicas stay as they are until it is removed.
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
+        if apply and config.policy.restricted:
+            state.unmarked = await unmarked_secrets(client, rspec)
+            if state.unmarked is not None:
+                state.last_resync = now  # looked again every resync period, not every tick
+        if state.unmarked is not None and config.policy.restricted:
+            # Nothing applied: the pods would hand the spec's author Secrets not given to it.
+            error = SpecError(state.unmarked)
+            return Outcome(_status_patch(previous, _error(meta, state.unmarked, UNMARKED)), error)
         if apply:
             partitions = state.lag.partitions if state.lag is not None else None
             applied = await apply_children(client, body, rspec, logger, partitions, state)

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from datarecorder_operator import quantity
-from datarecorder_operator.spec import API_VERSION, KIND, RecorderSpec, SecretKey
+from datarecorder_operator.spec import (
+    API_VERSION,
+    KIND,
+    SAFE_CONTAINER_SECURITY,
+    SAFE_POD_SECURITY,
+    RecorderSpec,
+    SecretKey,
+    merge_security_context,
+)
 
 Manifest = dict[str, Any]
 
@@ -286,31 +294,26 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
         "env": secret_env(spec) + [dict(e) for e in template.env],
         "resources": {kind: dict(values) for kind, values in spec.resources.items()},
         **probes(),
-        "securityContext": dict(template.container_security_context)
-        if template.container_security_context is not None
-        else {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        # The user's context is laid over the safe defaults, never in their place: what it
+        # leaves out stays safe (the policy refused the unsafe values it may name).
+        "securityContext": merge_security_context(
+            SAFE_CONTAINER_SECURITY,
+            template.container_security_context
+            if template.container_security_context is not None
+            else {"runAsUser": RUN_AS, "runAsGroup": RUN_AS},
+        ),
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": termination_grace_seconds(spec),
-        "securityContext": dict(template.pod_security_context)
-        if template.pod_security_context is not None
-        else {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": merge_security_context(
+            SAFE_POD_SECURITY,
+            template.pod_security_context
+            if template.pod_security_context is not None
+            else {"runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS},
+        ),
         # Recorders never call the Kubernetes API: no token unless asked (IRSA, workload
         # identity).
         "automountServiceAccountToken": template.automount_service_account_token,
@@ -453,6 +456,40 @@ def render_pdb(spec: RecorderSpec) -> Manifest:
     }
 
 
+# Egress to the cluster's DNS (kube-dns in kube-system), always allowed once egress is limited.
+DNS_EGRESS: dict[str, Any] = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+
+
+def render_network_policy(spec: RecorderSpec) -> Manifest:
+    """This DataRecorder's pods: ingress on the HTTP port only (from spec.networkPolicy
+    .metricsFrom, else anyone); egress, when rules are given, DNS and those rules only."""
+    ingress: dict[str, Any] = {"ports": [{"port": HTTP_PORT, "protocol": "TCP"}]}
+    if spec.network_policy.metrics_from:
+        ingress["from"] = [dict(p) for p in spec.network_policy.metrics_from]
+    body: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(spec)},
+        "policyTypes": ["Ingress"],
+        "ingress": [ingress],
+    }
+    if spec.network_policy.egress:
+        body["policyTypes"] = ["Ingress", "Egress"]
+        body["egress"] = [DNS_EGRESS, *(dict(r) for r in spec.network_policy.egress)]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, child_name(spec)),
+        "spec": body,
+    }
+
+
 def render_service_monitor(spec: RecorderSpec) -> Manifest:
     meta = _metadata(spec, child_name(spec))
     meta["labels"] = {**spec.monitoring.labels, **meta["labels"]}
@@ -519,6 +556,8 @@ def render_children(
         children.append(render_pdb(spec))
     if spec.monitoring.service_monitor and service_monitor_available:
         children.append(render_service_monitor(spec))
+    if spec.network_policy.enabled:
+        children.append(render_network_policy(spec))
     return children
 
 
@@ -642,3 +681,21 @@ def stale_config_keys(desired: Manifest, actual: Mapping[str, Any]) -> list[str]
     if desired.get("kind") != "ConfigMap":
         return []
     return sorted(set(actual.get("data") or {}) - set(desired.get("data") or {}))
+
+
+def referenced_secrets(deployment: Manifest) -> tuple[str, ...]:
+    """Every Secret the recorder pods of `deployment` can read (env, envFrom, volumes,
+    projected volumes), sorted; image pull secrets are the kubelet's, not the pods'."""
+    pod = deployment["spec"]["template"]["spec"]
+    names: set[str] = set()
+    for container in pod.get("containers") or []:
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+            names.add(ref.get("name", ""))
+        for source in container.get("envFrom") or []:
+            names.add((source.get("secretRef") or {}).get("name", ""))
+    for volume in pod.get("volumes") or []:
+        names.add((volume.get("secret") or {}).get("secretName", ""))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            names.add((source.get("secret") or {}).get("name", ""))
+    return tuple(sorted(names - {""}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
@@ -65,6 +66,8 @@ class KafkaSASL:
     # A Secret key holding a whole `sasl.jaas.config` line (Strimzi's KafkaUser Secret has one);
     # when set, username and password come from it and the fields above are not used.
     jaas_config: SecretKey | None = None
+    # PLAIN over SASL_PLAINTEXT sends the password in clear text: refused unless this is set.
+    allow_plaintext_password: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +151,17 @@ class MonitoringSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkPolicySpec:
+    """spec.networkPolicy: a NetworkPolicy for this DataRecorder's pods, rendered by the
+    operator. Ingress: port 8080 (probes, /metrics) from `metrics_from` (empty: anyone);
+    egress, when rules are given: DNS and those rules only."""
+
+    enabled: bool = False
+    metrics_from: tuple[Mapping[str, Any], ...] = ()
+    egress: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class PDBSpec:
     enabled: bool
     max_unavailable: int | str
@@ -199,6 +213,7 @@ class RecorderSpec:
     # eks.amazonaws.com/role-arn, GKE's iam.gke.io/gcp-service-account); None: it makes none.
     service_account_annotations: Mapping[str, str] | None = None
     paused: bool = False  # annotation datarecorder.dev/paused: "true"
+    network_policy: NetworkPolicySpec = dataclasses.field(default_factory=NetworkPolicySpec)
 
     @property
     def operator_scaled(self) -> bool:
@@ -330,12 +345,21 @@ def _parse_sasl(kafka_raw: _Reader, protocol: str) -> KafkaSASL | None:
             "spec.kafka.sasl: username and jaasConfigKey exclude each other "
             "(the JAAS config carries the username)"
         )
+    mechanism = raw.text(
+        "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    allow_plaintext = raw.flag("allowPlaintextPassword", False)
+    if mechanism == "PLAIN" and protocol == "SASL_PLAINTEXT" and not allow_plaintext:
+        raise SpecError(
+            "spec.kafka.sasl.mechanism PLAIN over securityProtocol SASL_PLAINTEXT sends the "
+            "password in clear text: use SASL_SSL or SCRAM, or set "
+            "spec.kafka.sasl.allowPlaintextPassword: true"
+        )
     # The CRD defaults usernameKey, so a literal username simply wins over it.
     return KafkaSASL(
+        allow_plaintext_password=allow_plaintext,
         jaas_config=SecretKey(secret, jaas_key) if jaas_key is not None else None,
-        mechanism=raw.text(
-            "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-        ),
+        mechanism=mechanism,
         username=literal
         if literal is not None
         else SecretKey(secret, raw.text("usernameKey", "username")),
@@ -440,6 +464,21 @@ def _parse_pod_template(root: _Reader) -> PodTemplate:
 
 PAUSED_ANNOTATION = "datarecorder.dev/paused"
 
+# A Secret a DataRecorder may use names the DataRecorders it is for:
+# `datarecorder.dev/recorders: "rec, other"` ("*": every DataRecorder of its namespace). The
+# operator reads only such Secrets (its lag reads), and under the restricted policy renders
+# recorder pods that reference only such Secrets: a spec cannot hand its author a Secret of the
+# namespace that its owner did not mark.
+SECRET_MARK_ANNOTATION = "datarecorder.dev/recorders"
+ANY_RECORDER = "*"
+
+
+def secret_marked_for(secret: Mapping[str, Any] | None, recorder: str) -> bool:
+    """Whether the Secret object `secret` is marked for the DataRecorder named `recorder`."""
+    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    names = {n.strip() for n in str(annotations.get(SECRET_MARK_ANNOTATION, "")).split(",")}
+    return recorder in names or ANY_RECORDER in names
+
 
 def is_paused(annotations: Mapping[str, str] | None) -> bool:
     """Strimzi's convention: reconciliation stops while the annotation is "true"."""
@@ -466,6 +505,7 @@ def _parse_kafka(root: _Reader, name: str, namespace: str) -> KafkaSpec:
         sasl=sasl,
         tls=tls,
     )
+    _check_key_name("spec.kafka.groupId", kafka.group_id)
     for broker in kafka.brokers:
         host, _, port = broker.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -518,6 +558,7 @@ def _parse_s3(root: _Reader) -> S3Spec:
         orderbook_levels=s3_raw.text("orderbookLevels", "typed", choices=("typed", "json")),  # type: ignore[arg-type]
         timestamp_unit=s3_raw.text("timestampUnit", "ns", choices=("ns", "us")),  # type: ignore[arg-type]
     )
+    _check_key_name("spec.s3.prefix", s3.prefix)
     if s3.enabled and not s3.bucket:
         raise SpecError("spec.s3.bucket is required when spec.s3.enabled is true")
     return s3
@@ -588,6 +629,16 @@ def _parse_monitoring(root: _Reader) -> MonitoringSpec:
     return monitoring
 
 
+def _parse_network_policy(root: _Reader) -> NetworkPolicySpec:
+    """spec.networkPolicy."""
+    raw = root.sub("networkPolicy")
+    return NetworkPolicySpec(
+        enabled=raw.flag("enabled", False),
+        metrics_from=_objects(raw, "metricsFrom"),
+        egress=_objects(raw, "egress"),
+    )
+
+
 def _parse_pdb(root: _Reader) -> PDBSpec:
     """spec.podDisruptionBudget."""
     pdb_raw = root.sub("podDisruptionBudget")
@@ -629,11 +680,187 @@ def _parse_service_account(root: _Reader) -> Mapping[str, str] | None:
     return service_account_annotations
 
 
-def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> RecorderSpec:
+# --- Guardrails (issue 21): what a tenant's DataRecorder may ask of the pods the operator makes
+# with its own rights. Restricted is the default; permissive keeps the old freedom (then the
+# right to create a DataRecorder is the right to create any pod in its namespace).
+
+PolicyMode = Literal["restricted", "permissive"]
+POLICY_MODES: tuple[PolicyMode, ...] = ("restricted", "permissive")
+
+# The volume types of the Pod Security Standards' "restricted" profile: no hostPath, no
+# node-level or network file systems the tenant could not mount itself.
+ALLOWED_VOLUME_TYPES = frozenset(
+    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+     "projected", "secret"}
+)  # fmt: skip
+HOST_NAMESPACE_FIELDS = ("hostNetwork", "hostPID", "hostIPC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The operator's `--policy` and its allow-lists (the chart's `policy` value)."""
+
+    mode: PolicyMode = "restricted"
+    # Registry or repository prefixes ("ghcr.io/acme", "registry.example.com:5000/"); empty:
+    # any image. A prefix matches at a path boundary: "ghcr.io/acme" does not allow
+    # "ghcr.io/acme-evil/x".
+    allowed_images: tuple[str, ...] = ()
+    # ServiceAccounts (of the DataRecorder's namespace) that spec.serviceAccountName may name.
+    allowed_service_accounts: tuple[str, ...] = ()
+
+    @property
+    def restricted(self) -> bool:
+        return self.mode == "restricted"
+
+
+RESTRICTED = Policy()
+PERMISSIVE = Policy(mode="permissive")
+
+
+def image_allowed(image: str, prefixes: Sequence[str]) -> bool:
+    """Whether `image` comes from one of `prefixes` (empty: any image)."""
+    if not prefixes:
+        return True
+    for prefix in prefixes:
+        base = prefix.rstrip("/")
+        if base and (image == base or any(image.startswith(base + sep) for sep in "/:@")):
+            return True
+    return False
+
+
+# Safe defaults that a user-supplied security context is merged onto, never replaces.
+SAFE_POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+SAFE_CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def merge_security_context(safe: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`given` laid over `safe`: a key the user sets wins (the policy has refused the unsafe
+    values before), a key the user leaves out, or sets to null, keeps its safe value, and the
+    dropped capabilities are always a superset of the safe ones."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in safe.items()}
+    for key, value in given.items():
+        if value is None and key in safe:
+            continue  # null would unset it on the API server: not a way around a safe default
+        if key == "capabilities" and isinstance(value, Mapping):
+            safe_caps = safe.get("capabilities") or {}
+            drop = [*safe_caps.get("drop", [])]
+            drop += [c for c in value.get("drop") or [] if c not in drop]
+            caps: dict[str, Any] = {"drop": drop}
+            if value.get("add"):
+                caps["add"] = list(value["add"])
+            out[key] = caps
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _context_violations(path: str, ctx: Mapping[str, Any] | None) -> list[str]:
+    if not ctx:
+        return []
+    found: list[str] = []
+    if ctx.get("privileged") is True:
+        found.append(f"{path}.privileged: privileged containers are not allowed")
+    caps = ctx.get("capabilities")
+    if isinstance(caps, Mapping) and caps.get("add"):
+        found.append(f"{path}.capabilities.add: adding capabilities is not allowed")
+    uid = ctx.get("runAsUser")
+    if isinstance(uid, int) and not isinstance(uid, bool) and uid == 0:
+        found.append(f"{path}.runAsUser: uid 0 (root) is not allowed")
+    if ctx.get("runAsNonRoot") is False:
+        found.append(f"{path}.runAsNonRoot: false is not allowed (the pods run as non-root)")
+    if ctx.get("allowPrivilegeEscalation") is True:
+        found.append(f"{path}.allowPrivilegeEscalation: true is not allowed")
+    seccomp = ctx.get("seccompProfile")
+    if isinstance(seccomp, Mapping) and seccomp.get("type") == "Unconfined":
+        found.append(f"{path}.seccompProfile: Unconfined is not allowed")
+    return found
+
+
+def policy_violations(spec: RecorderSpec, raw: Mapping[str, Any], policy: Policy) -> list[str]:
+    """Every way `spec` (and its raw form `raw`) breaks `policy`; empty when it keeps it.
+
+    Restricted refuses what would let a tenant's DataRecorder run a pod the tenant could not
+    create itself: privileged or root containers, added capabilities, privilege escalation,
+    host namespaces, hostPath and other volume types outside `ALLOWED_VOLUME_TYPES`, images
+    outside `policy.allowed_images`, ServiceAccounts (and their tokens) not meant for it.
+    """
+    if not policy.restricted:
+        return []
+    found: list[str] = []
+    found += _context_violations("spec.podSecurityContext", spec.pod.pod_security_context)
+    found += _context_violations(
+        "spec.containerSecurityContext", spec.pod.container_security_context
+    )
+    for field in HOST_NAMESPACE_FIELDS:
+        if raw.get(field):
+            found.append(f"spec.{field}: host namespaces are not allowed")
+    for i, volume in enumerate(spec.pod.volumes):
+        for kind in sorted(set(volume) - {"name"} - ALLOWED_VOLUME_TYPES):
+            found.append(
+                f"spec.volumes[{i}]: volume type {kind} is not allowed (allowed: "
+                f"{', '.join(sorted(ALLOWED_VOLUME_TYPES))})"
+            )
+    if not image_allowed(spec.image, policy.allowed_images):
+        found.append(
+            f"spec.image: {spec.image!r} is not from an allowed registry "
+            f"({', '.join(policy.allowed_images)})"
+        )
+    sa = spec.service_account_name
+    if sa is not None and sa not in policy.allowed_service_accounts:
+        found.append(
+            f"spec.serviceAccountName: {sa!r} is not an allowed ServiceAccount; use "
+            "spec.serviceAccount (the operator makes one for the recorder) or ask for it "
+            "to be listed in the operator's policy"
+        )
+    if (
+        spec.pod.automount_service_account_token
+        and spec.service_account_annotations is None
+        and sa is None
+    ):
+        found.append(
+            "spec.automountServiceAccountToken: a token is mounted only for spec.serviceAccount "
+            "(the operator's) or an allowed serviceAccountName, never the namespace's default"
+        )
+    return found
+
+
+def key_name_problem(value: str) -> str | None:
+    """Why `value` (a consumer group or an S3 prefix: both end up in object keys and local
+    paths) is unfit, or None: no `..`, no `/` at either edge, no control characters."""
+    if ".." in value:
+        return "must not contain '..'"
+    if value.startswith("/") or value.endswith("/"):
+        return "must not start or end with '/'"
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        return "must not contain control characters"
+    return None
+
+
+def _check_key_name(path: str, value: str) -> None:
+    problem = key_name_problem(value)
+    if problem is not None:
+        raise SpecError(f"{path} {value!r} {problem} (it becomes part of object keys and paths)")
+
+
+def parse_spec(
+    name: str, namespace: str, spec: Mapping[str, Any] | None, policy: Policy = RESTRICTED
+) -> RecorderSpec:
     """Validate and default a DataRecorder spec; raise SpecError with a field path if invalid.
 
     Repeats the CRD's own checks (an API server without CEL, or an emulator, lets them through)
-    and adds what a schema cannot express: derived names and request <= limit.
+    and adds what a schema cannot express: derived names and request <= limit. Then `policy`
+    (restricted unless the operator runs with `--policy permissive`): every violation is named
+    in one SpecError.
     """
     if not _DNS1035.match(name) or len(name) > MAX_NAME_LENGTH:
         raise SpecError(
@@ -647,7 +874,7 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         raise SpecError("spec.image must not be empty")
 
     tolerations, pull_secrets = _parse_scheduling_lists(root)
-    return RecorderSpec(
+    parsed = RecorderSpec(
         service_account_annotations=_parse_service_account(root),
         name=name,
         namespace=namespace,
@@ -674,4 +901,9 @@ def parse_spec(name: str, namespace: str, spec: Mapping[str, Any] | None) -> Rec
         monitoring=_parse_monitoring(root),
         pdb=_parse_pdb(root),
         pod=_parse_pod_template(root),
+        network_policy=_parse_network_policy(root),
     )
+    violations = policy_violations(parsed, root.data, policy)
+    if violations:
+        raise SpecError(f"refused by policy {policy.mode}: " + "; ".join(violations))
+    return parsed

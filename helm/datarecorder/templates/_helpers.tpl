@@ -52,9 +52,33 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* The namespace the operator watches, or "" for all namespaces. */}}
+{{/* The namespaces the operator watches, comma-separated: operator.watchNamespace and
+operator.watchNamespaces, else the release's; "" for all namespaces (operator.clusterWide). */}}
 {{- define "datarecorder.watchNamespace" -}}
-{{- .Values.operator.watchNamespace }}
+{{- if not .Values.operator.clusterWide }}
+{{- $ns := list }}
+{{- with .Values.operator.watchNamespace }}
+{{- $ns = append $ns . }}
+{{- end }}
+{{- range .Values.operator.watchNamespaces }}
+{{- $ns = append $ns . }}
+{{- end }}
+{{- if not $ns }}
+{{- $ns = list .Release.Namespace }}
+{{- end }}
+{{- $ns | uniq | join "," }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace of the release's DataRecorder and of the recorders' NetworkPolicy: the first
+watched one, else the release's. */}}
+{{- define "datarecorder.recorderNamespace" -}}
+{{- $watch := include "datarecorder.watchNamespace" . }}
+{{- if $watch }}
+{{- first (splitList "," $watch) }}
+{{- else }}
+{{- default .Release.Namespace .Values.operator.watchNamespace }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -6,7 +6,10 @@ Owns the CRD's coordinates and the minimal valid spec the tests start from.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.fixtures.k8s import K8s
 
 GROUP = "datarecorder.dev"
 VERSION = "v1alpha1"
@@ -31,3 +34,17 @@ def data_recorder(name: str, **spec_overrides: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": spec,
     }
+
+
+# The annotation that gives a Secret to DataRecorders (datarecorder_operator.spec's
+# SECRET_MARK_ANNOTATION); "*": every DataRecorder of the namespace.
+SECRET_MARK = "datarecorder.dev/recorders"
+
+
+def create_tsdb_secret(k8s: K8s, namespace: str, recorders: str = "*") -> None:
+    """The database password Secret MINIMAL_SPEC names, marked for `recorders`: under the
+    restricted policy the operator renders pods that read only marked Secrets."""
+    k8s.kubectl(
+        "create", "secret", "generic", "tsdb", "-n", namespace, "--from-literal=password=pw"
+    )
+    k8s.kubectl("annotate", "secret", "tsdb", "-n", namespace, f"{SECRET_MARK}={recorders}")

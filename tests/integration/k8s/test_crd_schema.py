@@ -77,6 +77,42 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         {"kafka": {"brokers": ["k:9092"], "securityProtocol": "SASL_SSL"}},
         ["kafka.sasl is required when securityProtocol is SASL_PLAINTEXT or SASL_SSL"],
     ),
+    (
+        "PLAIN password over SASL_PLAINTEXT (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9092"],
+                "securityProtocol": "SASL_PLAINTEXT",
+                "sasl": {"mechanism": "PLAIN", "secretName": "kafka-user"},
+            }
+        },
+        ["sends the password in clear text", "kafka.sasl.allowPlaintextPassword: true"],
+    ),
+    (
+        "consumer group with '..' (CEL)",
+        {"kafka": {"brokers": ["k:9092"], "groupId": "a..b"}},
+        ["kafka.groupId must not contain '..'"],
+    ),
+    (
+        "S3 prefix with '..' (CEL)",
+        {"s3": {"prefix": "lake/../other"}},
+        ["s3.prefix must not contain '..'"],
+    ),
+    (
+        "S3 prefix ending in '/'",
+        {"s3": {"prefix": "lake/"}},
+        ["spec.s3.prefix", "should match"],
+    ),
+    (
+        "S3 prefix starting with '/'",
+        {"s3": {"prefix": "/lake"}},
+        ["spec.s3.prefix", "should match"],
+    ),
+    (
+        "S3 prefix with a control character",
+        {"s3": {"prefix": "la\u0001ke"}},
+        ["spec.s3.prefix", "should match"],
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.k8s import K8s, wait_for
+from tests.integration.k8s.manifests import create_tsdb_secret
 from tests.integration.k8s.operator_proc import ROOT, Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -35,8 +36,12 @@ def test_uninstall_with_a_recorder_never_hangs(k8s: K8s, tmp_path: Path) -> None
     ns = f"helm-{uuid.uuid4().hex[:8]}"
     release = f"r{uuid.uuid4().hex[:6]}"
     k8s.kubectl("create", "namespace", ns)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", ns, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, ns)
     values = {
+        # restricted would install a cluster-wide admission policy, reaching the DataRecorders
+        # of the tests running beside this one (test_operator_policy.py tests it, bound to
+        # its own namespace).
+        "policy": {"mode": "permissive"},
         "operator": {"watchNamespace": ns},
         "recorder": {
             "enabled": True,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import data_recorder
+from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -33,7 +33,7 @@ def operator(k8s: K8s, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ope
     """A running operator watching its own namespace (the module's tests share both)."""
     name = f"op-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, name)
     op = Operator(k8s, name, tmp_path_factory.mktemp("operator") / "operator.log")
     try:
         op.wait_alive()

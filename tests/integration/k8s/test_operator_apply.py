@@ -21,7 +21,7 @@ from datarecorder_operator import rendering
 from datarecorder_operator.spec import PAUSED_ANNOTATION, parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import data_recorder
+from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -31,8 +31,12 @@ pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 def operator(k8s: K8s, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     name = f"apply-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
-    op = Operator(k8s, name, tmp_path_factory.mktemp("operator") / "operator.log")
+    create_tsdb_secret(k8s, name)
+    # The restricted policy lets spec.serviceAccountName name only listed ServiceAccounts.
+    listed = ("--allowed-service-account", "recorder-sa")
+    op = Operator(
+        k8s, name, tmp_path_factory.mktemp("operator") / "operator.log", extra_args=listed
+    )
     try:
         op.wait_alive()
         yield op
@@ -154,7 +158,7 @@ def test_deletion_never_waits_for_the_operator(k8s: K8s, tmp_path_factory: Any) 
     deleted all the same (the garbage collector takes the children by owner reference)."""
     ns = f"del-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", ns)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", ns, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, ns)
     op = Operator(k8s, ns, tmp_path_factory.mktemp("operator") / "operator.log")
     try:
         op.wait_alive()

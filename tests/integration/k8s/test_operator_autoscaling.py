@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import data_recorder
+from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -28,7 +28,7 @@ PARTITIONS = 4
 def watched_ns(k8s: K8s, tmp_path: Any) -> Iterator[str]:
     name = f"as-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, name)
     op = Operator(k8s, name, tmp_path / "operator.log")
     try:
         op.wait_alive()

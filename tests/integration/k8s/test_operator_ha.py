@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import data_recorder
+from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -64,7 +64,7 @@ def _replicas(k8s: K8s, ns: str, name: str) -> int | None:
 def namespace(k8s: K8s) -> Iterator[str]:
     name = f"ha-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, name)
     try:
         yield name
     finally:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import data_recorder
+from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -53,7 +53,7 @@ def rbac_operator(k8s: K8s, tmp_path: Path) -> Iterator[tuple[str, Operator]]:
     role = f"datarecorder-operator-{ns}"
     k8s.kubectl("create", "namespace", ns)
     k8s.kubectl("create", "serviceaccount", SA, "-n", ns)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", ns, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, ns)
     k8s.apply(rbac.cluster_role(role))
     k8s.kubectl(
         "create", "clusterrolebinding", role, f"--clusterrole={role}",

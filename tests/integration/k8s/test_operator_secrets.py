@@ -15,10 +15,11 @@ import kopf
 import pytest
 from datarecorder_operator import kube
 from datarecorder_operator.reconcile import _kafka_access
+from datarecorder_operator.spec import SECRET_MARK_ANNOTATION as MARK
 from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
-from tests.integration.k8s.manifests import MINIMAL_SPEC, data_recorder
+from tests.integration.k8s.manifests import MINIMAL_SPEC, create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -34,7 +35,7 @@ ROLE = "arn:aws:iam::123456789012:role/market-data-lake"
 def operator_ns(k8s: K8s, tmp_path: Path) -> Iterator[str]:
     name = f"sec-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
-    k8s.kubectl("create", "secret", "generic", "tsdb", "-n", name, "--from-literal=password=pw")
+    create_tsdb_secret(k8s, name)
     op = Operator(k8s, name, tmp_path / "operator.log")
     try:
         op.wait_alive()
@@ -54,6 +55,7 @@ async def test_lag_reads_take_sasl_credentials_from_a_jaas_config_key(
         "create", "secret", "generic", "recorder", "-n", operator_ns,
         "--from-literal=password=not-this-one", f"--from-literal=sasl.jaas.config={JAAS}",
     )  # fmt: skip
+    k8s.kubectl("annotate", "secret", "recorder", "-n", operator_ns, f"{MARK}=other, rec")
     kafka = {
         "brokers": ["market-kafka-bootstrap.kafka.svc:9092"],
         "securityProtocol": "SASL_PLAINTEXT",

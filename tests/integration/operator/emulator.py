@@ -21,6 +21,7 @@ import kmock
 import kopf
 import pytest
 from datarecorder_operator.handlers import OperatorConfig, build_registry
+from datarecorder_operator.spec import SECRET_MARK_ANNOTATION
 
 DR_PATH = "/apis/datarecorder.dev/v1alpha1/namespaces/{ns}/datarecorders"
 PATHS = {
@@ -31,6 +32,15 @@ PATHS = {
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "ServiceMonitor": "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
     "DataRecorder": DR_PATH,
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+}
+# The Secret the tests' DataRecorders name (namespace md), marked for every DataRecorder there:
+# the restricted policy renders pods that read only marked Secrets.
+SEEDED_SECRET: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "db", "namespace": "md", "annotations": {SECRET_MARK_ANNOTATION: "*"}},
+    "data": {"password": "cHc="},
 }
 
 
@@ -200,6 +210,7 @@ async def running_operator(
     """The emulator on a loopback port and the operator (kopf's runner) connected to it."""
     async with MetadataEmulator() as emulator, kmock.Server(emulator) as server:
         declare_resources(emulator, service_monitors=service_monitors)
+        await Cluster(emulator).create(SEEDED_SECRET)
         kubeconfig = tmp_path / "kubeconfig"
         write_kubeconfig(kubeconfig, str(server.url).rstrip("/"))
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))

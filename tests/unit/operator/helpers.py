@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator.spec import Policy, RecorderSpec, parse_spec
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_PATH = REPO / "crds" / "datarecorders.datarecorder.dev.yaml"
 EXAMPLES = REPO / "examples"
 K8S_VERSION = "1.37"  # the newest that kubernetes-validate 1.37.0 ships
+# examples/full.yaml names a ServiceAccount it manages (`recorder`): the restricted policy
+# lets it only when listed, as the chart's policy.allowedServiceAccounts would.
+EXAMPLES_POLICY = Policy(allowed_service_accounts=("recorder",))
 
 
 def load_yaml(path: Path) -> Any:
@@ -36,4 +39,6 @@ def example(name: str) -> dict[str, Any]:
 
 def example_spec(name: str) -> RecorderSpec:
     doc = example(name)
-    return parse_spec(doc["metadata"]["name"], doc["metadata"]["namespace"], doc["spec"])
+    return parse_spec(
+        doc["metadata"]["name"], doc["metadata"]["namespace"], doc["spec"], EXAMPLES_POLICY
+    )

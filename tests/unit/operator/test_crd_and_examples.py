@@ -14,6 +14,7 @@ from datarecorder_operator.spec import SpecError, parse_spec
 from tests.unit.operator.helpers import (
     CRD_PATH,
     EXAMPLES,
+    EXAMPLES_POLICY,
     K8S_VERSION,
     cr_schema,
     crd,
@@ -82,7 +83,7 @@ def test_schema_is_structural() -> None:
 def test_examples_pass_the_schema_and_the_operator(name: str) -> None:
     doc = example(name)
     assert schema_errors(doc) == []
-    parse_spec(doc["metadata"]["name"], doc["metadata"]["namespace"], doc["spec"])
+    parse_spec(doc["metadata"]["name"], doc["metadata"]["namespace"], doc["spec"], EXAMPLES_POLICY)
 
 
 def test_there_are_invalid_examples() -> None:

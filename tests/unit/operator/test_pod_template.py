@@ -62,16 +62,27 @@ def test_scheduling_and_extra_env_volumes_pass_through() -> None:
 
 def test_no_service_account_token_unless_asked() -> None:
     assert pod()["automountServiceAccountToken"] is False
-    assert pod(automountServiceAccountToken=True)["automountServiceAccountToken"] is True
+    # A token only of the ServiceAccount the operator makes (IRSA, workload identity).
+    got = pod(automountServiceAccountToken=True, serviceAccount={})
+    assert got["automountServiceAccountToken"] is True
 
 
-def test_security_contexts_can_be_replaced_for_openshift() -> None:
+def test_security_contexts_merge_onto_safe_defaults_for_openshift() -> None:
     default = pod()
     assert default["securityContext"]["runAsUser"] == 10001
-    # restricted-v2 assigns its own uid: an empty pod context lets it.
-    got = pod(podSecurityContext={}, containerSecurityContext={"allowPrivilegeEscalation": False})
-    assert got["securityContext"] == {}
-    assert got["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False}
+    # restricted-v2 assigns its own uid: an empty pod context drops the operator's uid, and
+    # the safe defaults stay (a user context is laid over them, never in their place).
+    got = pod(podSecurityContext={}, containerSecurityContext={"readOnlyRootFilesystem": False})
+    assert got["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert got["containers"][0]["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def test_database_tls_with_a_ca_secret_and_hot_path_switch() -> None:

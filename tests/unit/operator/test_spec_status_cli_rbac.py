@@ -11,7 +11,7 @@ from datarecorder_operator import cli, kube, rbac, rendering, status
 from datarecorder_operator.lag import LagReport
 from datarecorder_operator.spec import SpecError, parse_quantity, parse_spec
 
-from tests.unit.operator.helpers import EXAMPLES, example
+from tests.unit.operator.helpers import EXAMPLES, EXAMPLES_POLICY, example
 
 BASE: dict[str, Any] = {
     "image": "img:1",
@@ -170,7 +170,9 @@ def test_render_cli_prints_every_child_of_every_document(tmp_path: Any) -> None:
         (EXAMPLES / "minimal.yaml").read_text() + "\n---\n" + (EXAMPLES / "full.yaml").read_text()
     )
     out, err = io.StringIO(), io.StringIO()
-    assert cli.main(["render", "-f", str(both)], stdout=out, stderr=err) == 0
+    # full.yaml names its own ServiceAccount: listed, as its chart values would list it.
+    argv = ["render", "-f", str(both), "--allowed-service-account", "recorder"]
+    assert cli.main(argv, stdout=out, stderr=err) == 0
     docs = list(yaml.safe_load_all(out.getvalue()))
     assert [d["kind"] for d in docs] == [
         "ConfigMap", "Deployment", "Service", "PodDisruptionBudget",
@@ -197,7 +199,9 @@ def test_rbac_covers_every_child_kind_without_wildcards() -> None:
         for verb in rule["verbs"]
     }
     assert not any("*" in item for item in granted)
-    for child in rendering.render_children(parse_spec("r", "ns", example("full.yaml")["spec"])):
+    for child in rendering.render_children(
+        parse_spec("r", "ns", example("full.yaml")["spec"], EXAMPLES_POLICY)
+    ):
         res = kube.resource_of(child["apiVersion"], child["kind"])
         for verb in ("get", "create", "patch", "delete"):
             assert (res.group, res.plural, verb) in granted, (res, verb)
