@@ -328,6 +328,9 @@ class Recorder:
     # --- rebalancing --------------------------------------------------------------------
     async def on_revoked(self, source: Source, tps: set[TP]) -> None:
         """DESIGN rule 3: finish (or abandon) the revoked partitions' work before giving them up."""
+        # With NUM_CONSUMERS>1 a late revocation of one member may name partitions a sibling
+        # in this process was given meanwhile: their state and buffers are the sibling's now.
+        tps = tps - set().union(*(s.assignment() for s in self.sources if s is not source))
         if not tps:
             return
         self.partitions.revoking(tps)  # nothing more is offered; what flushes is committed

@@ -49,6 +49,10 @@ PG_TRANSIENT = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.ReadOnlySQLTransactionError,
+    # A write that waited past its lock_timeout, or a session the server ended for idling in a
+    # transaction (a frozen member): the transaction rolled back, a rerun decides again.
+    asyncpg.LockNotAvailableError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
 )
 # Configuration mistakes: never retried, whatever else they look like.
 NEVER = (NoCredentialsError, NoRegionError, ParamValidationError)

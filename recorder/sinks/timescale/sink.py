@@ -56,6 +56,10 @@ async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+IDLE_IN_TRANSACTION_MS = "60000"
+WRITE_LOCK_TIMEOUT_MS = 30_000
+
+
 class PartitionMissing(Transient):
     """A row's day partition is gone although we had it as known (dropped by retention or by
     hand): the cache is cleared and the write retried, which creates the partition again."""
@@ -112,6 +116,10 @@ class TimescaleSink(SinkHealth):
                 min_size=1,
                 max_size=self._settings.DB_WRITE_WORKERS + 2,
                 command_timeout=60,
+                # A member frozen inside a transaction (SIGSTOP, a GC pause, a partition from
+                # the database) holds its row locks on the hot bars: the server ends its
+                # session, so the other writers are not stalled behind it for good.
+                server_settings={"idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_MS},
                 **self._settings.db_dsn_kwargs(),
             )
             assert pool is not None
@@ -441,6 +449,9 @@ class TimescaleSink(SinkHealth):
             await self._ensure_partitions(pool, batches)
         outcomes: dict[TP, tuple[CasOutcome, int | None]] = {}
         async with pool.acquire() as conn, conn.transaction():
+            # A write waiting for a lock this long rolls back and is retried (transient), so
+            # a stuck lock holder shows as retries and an unhealthy sink, not a silent stall.
+            await conn.execute(f"SET LOCAL lock_timeout = '{WRITE_LOCK_TIMEOUT_MS}ms'")
             for tp in sorted(batches):
                 outcomes[tp] = await self._cas(conn, tp, batches[tp])
             ticks: list[pa.Table] = []

@@ -559,3 +559,21 @@ async def test_a_clean_stop_exits_ok() -> None:
     r.recorder.stop()
     await r.recorder.shutdown()
     assert exit_code(r.recorder.outcome()) is ExitCode.OK
+
+
+async def test_a_late_revocation_spares_partitions_a_sibling_member_now_owns() -> None:
+    """NUM_CONSUMERS=2: member 0's revocation of A arrives after member 1 was given A; the
+    buffers and state of A are member 1's, so nothing of A is flushed, revoked or dropped."""
+    r = rig({A: log_of(A, 20)})
+    sibling = FakeSource(r.events, r.source.logs)
+    sibling.index = 1
+    r.recorder.sources.append(sibling)
+    sibling.owned = {A}
+    await r.recorder.on_assigned(sibling, {A})
+    data = sibling.take(A, 1000)
+    await r.recorder._handle(sibling, data, r.recorder.partitions.epochs(data))
+    r.events.clear()
+    await r.recorder.on_revoked(r.source, {A})
+    assert r.events == []
+    assert r.recorder.partitions.status(A) is Status.READY
+    assert r.sinks["timescaledb"].buffers[A] == list(range(20))

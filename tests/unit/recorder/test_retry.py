@@ -31,6 +31,10 @@ def s3_error(code: str, status: int) -> ClientError:
         asyncpg.CannotConnectNowError("starting up"),
         asyncpg.ReadOnlySQLTransactionError("read-only"),
         asyncpg.DeadlockDetectedError("deadlock"),
+        asyncpg.LockNotAvailableError("canceling statement due to lock timeout"),
+        asyncpg.IdleInTransactionSessionTimeoutError(
+            "terminating connection due to idle-in-transaction timeout"
+        ),
         PartitionMissing("day gone"),
         KafkaConnectionError(),
         NotLeaderForPartitionError(),
