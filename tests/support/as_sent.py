@@ -8,9 +8,11 @@ recorder's decoder), and readers of both stores (`recorder.tools.verify`'s, whic
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -171,11 +173,31 @@ def settings_of(env: dict[str, str]) -> Settings:
     return Settings(_env_file=None, **known)
 
 
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@contextlib.contextmanager
+def _aws_credentials_of(env: dict[str, str]) -> Iterator[None]:
+    """The S3 readers take credentials from the process environment, as the recorder does:
+    lend them the recorder's for the read."""
+    saved = {k: os.environ.get(k) for k in AWS_VARIABLES}
+    os.environ.update({k: env[k] for k in AWS_VARIABLES if k in env})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 async def stored(env: dict[str, str]) -> dict[str, Counter[Hashable]]:
     """Every row of both stores, keyed by every field (the stores hold no Kafka offsets)."""
     settings = settings_of(env)
     db_ticks, db_books = await database_counters(settings)
-    lake_ticks, lake_books = await lake_counters(settings)
+    with _aws_credentials_of(env):
+        lake_ticks, lake_books = await lake_counters(settings)
     return {
         "db.tick": db_ticks,
         "db.book": db_books,
