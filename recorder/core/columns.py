@@ -159,9 +159,22 @@ def _decode_slice(
         fast = _fast(kind, values, offsets, kafka_ts_ms, limits)
     except Exception:  # whatever the batch path cannot handle, the records decide
         fast = None
-    if fast is not None:
-        return fast, []
-    return _per_record(kind, values, offsets, kafka_ts_ms, limits)
+    if fast is None:
+        return _per_record(kind, values, offsets, kafka_ts_ms, limits)
+    table, bad = fast
+    # Rows the vectorised checks refused: the per-record decoder names each one's reason. It
+    # must refuse every one of them, or the records decide the whole slice after all.
+    rejected: Rejected = []
+    for i in bad:
+        try:
+            decode(kind, values[i], kafka_ts_ms[i], limits)
+        except RecordError as exc:
+            rejected.append((i, exc))
+            continue
+        except Exception:
+            pass
+        return _per_record(kind, values, offsets, kafka_ts_ms, limits)
+    return table, rejected
 
 
 def _per_record(
@@ -202,8 +215,11 @@ def _lines(values: Sequence[bytes | None], limits: Limits) -> bytes | None:
     return blob
 
 
-def _event_times(stamps: Sequence[object], kafka_ns: np.ndarray) -> np.ndarray | None:
-    """Event times in ns when every timestamp is integer ns or absent and within range.
+def _event_times(
+    stamps: Sequence[object], kafka_ns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Event times in ns and which of them are in range, when every timestamp is integer ns
+    or absent.
 
     Integers only, never through a float: numpy turns an int64 array with nulls into float64,
     which rounds nanoseconds to 256 ns, so the nulls are filled on the Arrow side first."""
@@ -217,9 +233,7 @@ def _event_times(stamps: Sequence[object], kafka_ns: np.ndarray) -> np.ndarray |
     else:
         out = given.to_numpy()
     out = np.asarray(out, dtype=np.int64)
-    if not bool(np.all((out >= MIN_TIME_NS) & (out <= kafka_ns + FUTURE_SLACK_NS))):
-        return None
-    return out
+    return out, (out >= MIN_TIME_NS) & (out <= kafka_ns + FUTURE_SLACK_NS)
 
 
 def _kafka_ns(kafka_ts_ms: Sequence[int]) -> np.ndarray | None:
@@ -231,12 +245,11 @@ def _kafka_ns(kafka_ts_ms: Sequence[int]) -> np.ndarray | None:
     return ms * NS_PER_MS
 
 
-def _finite(values: pa.Array) -> bool:
-    """True when every present value is finite (nulls allowed)."""
-    array = values.to_numpy(zero_copy_only=False) if not values.null_count else None
-    if array is None:
-        array = values.fill_null(0.0).to_numpy(zero_copy_only=False)
-    return bool(np.all(np.isfinite(array)))
+def _finite_or_null(values: pa.Array) -> np.ndarray:
+    """Per value: finite, or null."""
+    if values.null_count:
+        values = values.fill_null(0.0)
+    return np.asarray(np.isfinite(values.to_numpy(zero_copy_only=False)), dtype=np.bool_)
 
 
 def _fast(
@@ -245,7 +258,10 @@ def _fast(
     offsets: Sequence[int],
     kafka_ts_ms: Sequence[int],
     limits: Limits,
-) -> pa.Table | None:
+) -> tuple[pa.Table, list[int]] | None:
+    """The valid rows and the indexes of the rows a vectorised check refused, or None when
+    the batch needs the per-record path (a value that does not parse as the kind, a string
+    timestamp, a NUL)."""
     blob = _lines(values, limits)
     if blob is None:
         return None
@@ -266,25 +282,29 @@ def _fast(
     # PostgreSQL text cannot hold NUL (records.decode refuses it with a reason).
     if "\x00" in "".join(symbol):
         return None
-    times = _event_times(stamps, kafka_ns)
-    if times is None:
+    timed = _event_times(stamps, kafka_ns)
+    if timed is None:
         return None
+    times, ok = timed
     head = [pa.array(offsets, pa.int64()), pa.array(times), pa.array(symbol, pa.string())]
     if kind is TopicKind.TICK:
         prices = pa.array(price, pa.float64())
         p = prices.to_numpy()
-        if not bool(np.all((p > 0) & (p < _INF))):
-            return None
         changes = pa.array(change, pa.float64())
         rates = pa.array(rate, pa.float64())
-        if not (_finite(changes) and _finite(rates)):
-            return None
+        ok &= (p > 0) & (p < _INF) & _finite_or_null(changes) & _finite_or_null(rates)
         columns = [*head, prices, pa.array(volume, pa.int64()), changes, rates]
-        return pa.Table.from_arrays(columns, schema=TICK_SCHEMA)
+        table = pa.Table.from_arrays(columns, schema=TICK_SCHEMA)
+        if bool(ok.all()):
+            return table, []
+        # A few bad ticks (a poison flood): the rest stays on the columnar path.
+        return table.filter(pa.array(ok)), np.flatnonzero(~ok).tolist()
+    if not bool(ok.all()):
+        return None
     sides = _book_sides(bids, asks)
     if sides is None:
         return None
-    return pa.Table.from_arrays([*head, *sides], schema=BOOK_SCHEMA)
+    return pa.Table.from_arrays([*head, *sides], schema=BOOK_SCHEMA), []
 
 
 def _typed(sides: Sequence[list[Level]]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
