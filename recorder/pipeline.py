@@ -359,6 +359,9 @@ class Recorder:
             return
         metrics.ASSIGNED_PARTITIONS.inc(len(tps))
         self.partitions.assign(tps)
+        await self._take_over_or_hold(source, tps)
+
+    async def _take_over_or_hold(self, source: Source, tps: set[TP]) -> None:
         try:
             await self._take_over(source, tps)
         except Exception as exc:
@@ -504,7 +507,9 @@ class Recorder:
         the log start (or halts), past the log end halts, no position takes the partition
         over again from the sinks' progress."""
         owned = source.assignment()
-        tps = {tp for tp in lost if tp in owned}
+        # Held or halted partitions have no position on purpose (paused until their progress
+        # loads): the held-partition retry takes them over, not this.
+        tps = {tp for tp in lost if tp in owned and not self.partitions.is_held(tp)}
         if not tps:
             return
         starts = await source.log_starts(tps)
@@ -512,7 +517,7 @@ class Recorder:
         for tp in sorted(tps):
             position = lost[tp]
             if position is None or tp not in starts or tp not in ends:
-                await self._take_over(source, {tp})
+                await self._take_over_or_hold(source, {tp})
             elif position > ends[tp]:
                 await self._halt_running(source, tp, ends[tp])
             elif position < starts[tp]:

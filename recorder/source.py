@@ -193,7 +193,10 @@ class KafkaSource:
         """The first offset each partition's log still holds (retention moves it)."""
         if not tps:
             return {}
-        found = await self.consumer.beginning_offsets([kafka_tp(tp) for tp in tps])
+        try:
+            found = await self.consumer.beginning_offsets([kafka_tp(tp) for tp in tps])
+        except KafkaError:
+            return {}  # unknown for now: the next refused fetch or take-over asks again
         return {TP(tp.topic, tp.partition): int(off) for tp, off in found.items()}
 
     def pause(self, tps: Collection[TP]) -> None:

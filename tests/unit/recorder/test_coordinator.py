@@ -64,11 +64,14 @@ class FakeSink:
         self.buffers: dict[TP, list[int]] = {}
         self.ends: dict[TP, int] = {}
         self.rows: dict[TP, list[int]] = {}  # offsets made durable
+        self.corrupt: str | None = None  # load_progress raises with this message
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
     async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
+        if self.corrupt:
+            raise ValueError(self.corrupt)
         return {tp: self.stored.get(tp) for tp in tps}
 
     async def store_start(self, starts: Mapping[TP, int]) -> dict[TP, int]:
@@ -577,3 +580,21 @@ async def test_a_late_revocation_spares_partitions_a_sibling_member_now_owns() -
     assert r.events == []
     assert r.recorder.partitions.status(A) is Status.READY
     assert r.sinks["timescaledb"].buffers[A] == list(range(20))
+
+
+async def test_a_partition_without_a_position_is_taken_over_or_held_never_crashing() -> None:
+    """The consumer never resets on its own: a partition with no position (PositionLost with
+    None) is taken over; when its progress cannot be loaded it is held, and a held one is
+    left to the held-partition retry (before: CorruptProgress escaped the consumer loop and
+    the process exited)."""
+    r = rig({A: log_of(A, 10)}, {"timescaledb": {A: 0}, "s3": {A: 0}})
+    r.source.owned = {A}
+    r.sinks["s3"].corrupt = "progress object is corrupt"
+    await r.recorder.on_assigned(r.source, {A})
+    assert r.recorder.partitions.is_held(A)
+    r.events.clear()
+    await r.recorder._reposition(r.source, {A: None})  # held: nothing to do here
+    assert r.events == []
+    r.recorder.partitions.assign({A})  # not held any more, still unloadable
+    await r.recorder._reposition(r.source, {A: None})
+    assert r.recorder.partitions.is_held(A)
