@@ -6,7 +6,7 @@ no Python tuple or `datetime` per row; every field is written for all rows at on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -123,7 +123,7 @@ def _times(table: pa.Table) -> _Fixed:
     return _Fixed(micros.astype(">i8"))
 
 
-def _tick_fields(table: pa.Table | pa.RecordBatch) -> list[_Fixed | _Text]:
+def _tick_fields(table: pa.Table) -> list[_Fixed | _Text]:
     return [
         _times(table),
         _text(table.column("symbol")),
@@ -134,7 +134,7 @@ def _tick_fields(table: pa.Table | pa.RecordBatch) -> list[_Fixed | _Text]:
     ]
 
 
-def _book_fields(table: pa.Table | pa.RecordBatch) -> list[_Fixed | _Text]:
+def _book_fields(table: pa.Table) -> list[_Fixed | _Text]:
     # Levels as jsonb from their JSON text, never decoded again.
     return [
         _times(table),
@@ -158,20 +158,41 @@ COPY_COLUMNS: Final = {
 def copy_chunks(table: pa.Table, kind: str, chunk_bytes: int = COPY_CHUNK_BYTES) -> Iterator[bytes]:
     """The binary COPY stream of `table`'s rows (`kind` "tick" or "book") in pieces of about
     `chunk_bytes`: the header, the tuples a slice of rows at a time, the trailer. Only the
-    columns the table stores are read, and the table is never made contiguous (a flush of
-    many fetches may hold more text than one 32-bit-offset string array can)."""
+    columns the table stores are read, and only a slice at a time is made contiguous (a flush
+    of many fetches may hold more text than one 32-bit-offset string array can, and a fetch's
+    few rows are too few to encode alone: the per-call cost would dominate)."""
     fields = _tick_fields if kind == "tick" else _book_fields
     used = table.select(list(COPY_COLUMNS[kind]))
     yield HEADER
-    for batch in used.to_batches():
+    group: list[pa.RecordBatch] = []
+    size = 0
+    for piece in _pieces(used, chunk_bytes):
+        group.append(piece)
+        size += piece.get_total_buffer_size()
+        if size >= chunk_bytes:
+            yield _encoded(fields, group)
+            group, size = [], 0
+    if group:
+        yield _encoded(fields, group)
+    yield TRAILER
+
+
+def _pieces(table: pa.Table, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
+    """The table's batches, a large one cut into slices of about `chunk_bytes`."""
+    for batch in table.to_batches():
         rows = batch.num_rows
         if not rows:
             continue
-        step = max(1, rows * chunk_bytes // max(1, batch.nbytes))
+        step = max(1, rows * chunk_bytes // max(1, batch.get_total_buffer_size()))
         for first in range(0, rows, step):
-            piece = batch.slice(first, step)
-            yield _tuples(fields(piece), piece.num_rows)
-    yield TRAILER
+            yield batch.slice(first, step)
+
+
+def _encoded(
+    fields: Callable[[pa.Table], list[_Fixed | _Text]], group: list[pa.RecordBatch]
+) -> bytes:
+    piece = pa.Table.from_batches(group).combine_chunks() if len(group) > 1 else group[0]
+    return _tuples(fields(piece), piece.num_rows)
 
 
 def tick_copy(table: pa.Table) -> bytes:
