@@ -31,6 +31,7 @@ from recorder.core.records import (
     Row,
     TickRow,
     decode,
+    parse_timestamp,
 )
 from recorder.settings import TopicKind
 
@@ -226,7 +227,7 @@ def _event_times(
     try:
         given = pa.array(stamps, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-        return None  # RFC 3339 strings or out-of-range integers: the per-record path decides
+        return _mixed_times(stamps, kafka_ns)  # RFC 3339 strings or out-of-range integers
     if given.null_count:
         absent = given.is_null().to_numpy(zero_copy_only=False)
         out = np.where(absent, kafka_ns, given.fill_null(0).to_numpy())
@@ -234,6 +235,23 @@ def _event_times(
         out = given.to_numpy()
     out = np.asarray(out, dtype=np.int64)
     return out, (out >= MIN_TIME_NS) & (out <= kafka_ns + FUTURE_SLACK_NS)
+
+
+def _mixed_times(stamps: Sequence[object], kafka_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Event times of a batch holding strings or out-of-range integers, a row at a time with
+    the per-record rule (`parse_timestamp`); a row it refuses is marked not ok (the
+    per-record decoder then names its reason)."""
+    out = np.zeros(len(stamps), dtype=np.int64)
+    ok = np.ones(len(stamps), dtype=np.bool_)
+    for i, stamp in enumerate(stamps):
+        if stamp is not None and not isinstance(stamp, int | str):
+            ok[i] = False
+            continue
+        try:
+            out[i] = parse_timestamp(stamp, int(kafka_ns[i]))
+        except (RecordError, OverflowError, ValueError):
+            ok[i] = False
+    return out, ok
 
 
 def _kafka_ns(kafka_ts_ms: Sequence[int]) -> np.ndarray | None:
