@@ -216,11 +216,10 @@ def _lines(values: Sequence[bytes | None], limits: Limits) -> bytes | None:
     return blob
 
 
-def _event_times(
-    stamps: Sequence[object], kafka_ns: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Event times in ns and which of them are in range, when every timestamp is integer ns
-    or absent.
+def _event_times(stamps: Sequence[object], kafka_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Event times in ns and which of them are in range. Integer ns and absent ones are taken
+    as a column; a batch holding strings or out-of-range integers goes a row at a time
+    (`_mixed_times`).
 
     Integers only, never through a float: numpy turns an int64 array with nulls into float64,
     which rounds nanoseconds to 256 ns, so the nulls are filled on the Arrow side first."""
@@ -278,8 +277,8 @@ def _fast(
     limits: Limits,
 ) -> tuple[pa.Table, list[int]] | None:
     """The valid rows and the indexes of the rows a vectorised check refused, or None when
-    the batch needs the per-record path (a value that does not parse as the kind, a string
-    timestamp, a NUL)."""
+    the batch needs the per-record path (a value that does not parse as the kind, a Kafka
+    timestamp outside int64 ns, a NUL, an order book with any refused row)."""
     blob = _lines(values, limits)
     if blob is None:
         return None
@@ -300,10 +299,7 @@ def _fast(
     # PostgreSQL text cannot hold NUL (records.decode refuses it with a reason).
     if "\x00" in "".join(symbol):
         return None
-    timed = _event_times(stamps, kafka_ns)
-    if timed is None:
-        return None
-    times, ok = timed
+    times, ok = _event_times(stamps, kafka_ns)
     head = [pa.array(offsets, pa.int64()), pa.array(times), pa.array(symbol, pa.string())]
     if kind is TopicKind.TICK:
         prices = pa.array(price, pa.float64())
