@@ -108,11 +108,16 @@ class DeadLetters:
 
     async def _start_producer(self) -> None:
         largest = max(self._source_limits.values(), default=KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+        # Whatever the source topic could hold, its dead letter must fit in one request.
+        request_bytes = max(largest, self._settings.MAX_MESSAGE_BYTES) + HEADROOM_BYTES
         producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
-            # Whatever the source topic could hold, its dead letter must fit in one request.
-            max_request_size=max(largest, self._settings.MAX_MESSAGE_BYTES) + HEADROOM_BYTES,
+            max_request_size=request_bytes,
+            # One batch per partition holds a whole fetch's letters: the producer keeps one
+            # request in flight per broker, so at the default 16 KiB a poison flood's letters
+            # took several round trips in a row while the consumer waited for their acks.
+            max_batch_size=request_bytes,
             linger_ms=0,  # the consumer waits for these acks: do not add latency
             **self._options,
         )

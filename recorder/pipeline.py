@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -165,6 +166,10 @@ class Recorder:
         self.health.last_fetch = time.monotonic()  # the wait for Kafka is not a stalled fetch
         self.health.started = True
         self._step = "running"
+        # What start-up built (modules, classes, clients: ~140,000 objects) lives as long as the
+        # process; out of the collector's sight, its full collections walk only the data path's
+        # objects (they cost ~0.15 s each on this much, a third of a drain's CPU).
+        gc.freeze()
         self._tasks = [
             asyncio.create_task(self._consume(s), name=f"consume-{s.index}") for s in self.sources
         ]

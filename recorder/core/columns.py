@@ -3,8 +3,10 @@
 Owns the columnar form of DESIGN's message contract: `decode_batch` turns one partition's
 fetched values into an Arrow table (one row per valid record, with its Kafka offset) and the
 rejected records with their exact reasons. The common all-valid batch takes one msgspec batch
-decode and vectorised checks; a batch with a bad record falls back to the per-record decoder of
-`recorder.core.records`, which names the reason.
+decode and vectorised checks; a bad record (not JSON, a tombstone, a wrong type, a value out of
+range) is taken out of the columns and named by the per-record decoder of
+`recorder.core.records`, so its neighbours stay columnar. Only a batch the columns cannot hold
+exactly (a NUL in a symbol, a Kafka timestamp outside int64 ns) is decoded a record at a time.
 """
 
 from __future__ import annotations
@@ -276,22 +278,62 @@ def _fast(
     kafka_ts_ms: Sequence[int],
     limits: Limits,
 ) -> tuple[pa.Table, list[int]] | None:
-    """The valid rows and the indexes of the rows a vectorised check refused, or None when
-    the batch needs the per-record path (a value that does not parse as the kind, a Kafka
-    timestamp outside int64 ns, a NUL, an order book with any refused row)."""
-    blob = _lines(values, limits)
-    if blob is None:
-        return None
-    decoder = TICK_DECODER if kind is TopicKind.TICK else BOOK_DECODER
-    try:
-        wires = decoder.decode_lines(blob)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
-    if len(wires) != len(values):
-        return None  # an empty value is an empty line, which decode_lines skips
+    """The valid rows and the indexes of the rows the columnar checks refused (sorted), or
+    None when the batch needs the per-record path (a Kafka timestamp outside int64 ns, a NUL).
+
+    A value that does not parse (not JSON, a wrong type, a tombstone, too large) is refused
+    on its own, so a poison flood leaves its neighbours on the columnar path."""
     kafka_ns = _kafka_ns(kafka_ts_ms)
     if kafka_ns is None:
         return None
+    wires, unparsed = _parse(kind, values, limits)
+    if not unparsed:
+        return _columns(kind, wires, offsets, kafka_ns)
+    refused = set(unparsed)
+    keep = [i for i in range(len(values)) if i not in refused]
+    parsed = _columns(kind, [wires[i] for i in keep], [offsets[i] for i in keep], kafka_ns[keep])
+    if parsed is None:
+        return None
+    table, bad = parsed
+    return table, sorted([*unparsed, *(keep[j] for j in bad)])
+
+
+def _parse(
+    kind: TopicKind, values: Sequence[bytes | None], limits: Limits
+) -> tuple[list[object], list[int]]:
+    """The values parsed as the kind's wire form (one msgspec call for the whole batch), and
+    the indexes of those that do not parse; those are None in the list. When the batch call
+    fails, each value is parsed on its own to find which."""
+    decoder = TICK_DECODER if kind is TopicKind.TICK else BOOK_DECODER
+    blob = _lines(values, limits)
+    if blob is not None:
+        try:
+            wires: list[object] = list(decoder.decode_lines(blob))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass
+        else:
+            if len(wires) == len(values):  # an empty value is an empty line, which is skipped
+                return wires, []
+    wires, unparsed = [], []
+    for i, value in enumerate(values):
+        if value is None or len(value) > limits.max_message_bytes:
+            wires.append(None)
+            unparsed.append(i)
+            continue
+        try:
+            wires.append(decoder.decode(value))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            wires.append(None)
+            unparsed.append(i)
+    return wires, unparsed
+
+
+def _columns(
+    kind: TopicKind, wires: Sequence[object], offsets: Sequence[int], kafka_ns: np.ndarray
+) -> tuple[pa.Table, list[int]] | None:
+    """Columns of parsed values, with the indexes of those the vectorised checks refused."""
+    if not wires:
+        return empty(kind), []
     if kind is TopicKind.TICK:
         symbol, price, volume, change, rate, stamps = zip(*map(_TICK_FIELDS, wires), strict=True)
     else:
@@ -313,12 +355,25 @@ def _fast(
             return table, []
         # A few bad ticks (a poison flood): the rest stays on the columnar path.
         return table.filter(pa.array(ok)), np.flatnonzero(~ok).tolist()
-    if not bool(ok.all()):
-        return None
-    sides = _book_sides(bids, asks)
-    if sides is None:
-        return None
-    return pa.Table.from_arrays([*head, *sides], schema=BOOK_SCHEMA), []
+    typed_bids, bids_ok = _typed_checked(bids)
+    typed_asks, asks_ok = _typed_checked(asks)
+    ok &= bids_ok & asks_ok
+    if bool(ok.all()):
+        sides = [_json_texts(bids), _json_texts(asks), typed_bids, typed_asks]
+        return pa.Table.from_arrays([*head, *sides], schema=BOOK_SCHEMA), []
+    # Books with a refused level or time: the rest are built again without them.
+    kept = np.flatnonzero(ok)
+    kept_bids = [bids[i] for i in kept]
+    kept_asks = [asks[i] for i in kept]
+    sides = [
+        _json_texts(kept_bids),
+        _json_texts(kept_asks),
+        _typed(kept_bids)[0],
+        _typed(kept_asks)[0],
+    ]
+    head = [column.take(pa.array(kept)) for column in head]
+    table = pa.Table.from_arrays([*head, *sides], schema=BOOK_SCHEMA)
+    return table, np.flatnonzero(~ok).tolist()
 
 
 def _typed(sides: Sequence[list[Level]]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
@@ -354,15 +409,16 @@ def _json_texts(sides: Sequence[list[Level]]) -> pa.Array:
     return pa.StringArray.from_buffers(len(sides), pa.py_buffer(string_offsets), pa.py_buffer(data))
 
 
-def _book_sides(bids: Sequence[list[Level]], asks: Sequence[list[Level]]) -> list[pa.Array] | None:
-    typed_bids, bp, bq = _typed(bids)
-    typed_asks, ap, aq = _typed(asks)
-    for prices, quantities in ((bp, bq), (ap, aq)):
-        if not bool(
-            np.all((prices > 0) & (prices < _INF) & (quantities >= 0) & (quantities < _INF))
-        ):
-            return None
-    return [_json_texts(bids), _json_texts(asks), typed_bids, typed_asks]
+def _typed_checked(sides: Sequence[list[Level]]) -> tuple[pa.Array, np.ndarray]:
+    """The typed levels, and per book whether every level of this side is in range."""
+    typed, prices, quantities = _typed(sides)
+    level_ok = (prices > 0) & (prices < _INF) & (quantities >= 0) & (quantities < _INF)
+    # Refused levels counted up to each book's first level: a book is ok when its own
+    # levels add none.
+    refused = np.zeros(len(level_ok) + 1, dtype=np.int64)
+    np.cumsum(~level_ok, out=refused[1:])
+    bounds = np.asarray(typed.offsets.to_numpy(), dtype=np.int64)
+    return typed, refused[bounds[1:]] == refused[bounds[:-1]]
 
 
 def from_rows(kind: TopicKind, offsets: Sequence[int], rows: Sequence[Row]) -> pa.Table:

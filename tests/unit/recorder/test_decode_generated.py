@@ -20,7 +20,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder.core.columns import _per_record, decode_batch
+from recorder.core.columns import _fast, _per_record, decode_batch
 from recorder.core.records import FUTURE_SLACK_NS, MIN_TIME_NS, Limits
 from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import orderbook_table, tick_table
@@ -169,13 +169,14 @@ def books(draw: st.DrawFn, kafka_ms: st.SearchStrategy[int] = KAFKA_MS) -> Case:
 
 
 @st.composite
-def broken(draw: st.DrawFn, kind: TopicKind) -> Case:
-    """A record that breaks one rule of the contract."""
+def broken(draw: st.DrawFn, kind: TopicKind, nul: bool = True) -> Case:
+    """A record that breaks one rule of the contract (`nul`: a NUL in the symbol among them)."""
     good = draw(ticks() if kind is TopicKind.TICK else books())
     if good.value is None or good.expected is None:
         return good
     record = msgspec.json.decode(good.value)
-    how = draw(st.sampled_from(["value", "symbol", "number", "missing", "type", "nul", "levels"]))
+    rules = ["value", "symbol", "number", "missing", "type", "levels"] + (["nul"] if nul else [])
+    how = draw(st.sampled_from(rules))
     if how == "value":
         return Case(draw(INVALID_VALUES), good.kafka_ms, None)
     if how == "symbol":
@@ -300,6 +301,29 @@ def test_large_batches(data: st.DataObject) -> None:
     n = data.draw(st.integers(1, 5000))
     pattern = data.draw(st.lists(ticks(), min_size=1, max_size=8))
     check(TopicKind.TICK, [pattern[i % len(pattern)] for i in range(n)], first_offset=2**40)
+
+
+@PROFILE
+@given(st.sampled_from(list(TopicKind)), st.data())
+def test_invalid_records_leave_their_neighbours_on_the_columnar_path(
+    kind: TopicKind, data: st.DataObject
+) -> None:
+    """A poison flood puts bad records of every kind into nearly every fetch: a value that is
+    not JSON, a tombstone, one too large, a wrong type or a level out of range is refused on
+    its own, and the valid records beside it stay on the columnar path (only a NUL in a symbol
+    sends a batch to the per-record path), with the same outcome as the records decide."""
+    valid = ticks() if kind is TopicKind.TICK else books()
+    cases = data.draw(
+        st.lists(st.one_of(valid, valid, broken(kind, nul=False)), min_size=1, max_size=40)
+    )
+    check(kind, cases)
+    values = [c.value for c in cases]
+    offsets = list(range(len(cases)))
+    fast = _fast(kind, values, offsets, [c.kafka_ms for c in cases], LIMITS)
+    assert fast is not None
+    table, refused = fast
+    assert refused == [i for i, c in enumerate(cases) if c.expected is None]
+    assert table.column("offset").to_pylist() == [i for i in offsets if i not in refused]
 
 
 EDGE_KAFKA_MS = st.one_of(
