@@ -26,6 +26,9 @@ HEADER_REASON = "x-recorder-error-reason"
 HEADER_TOPIC = "x-recorder-source-topic"
 HEADER_PARTITION = "x-recorder-source-partition"
 HEADER_OFFSET = "x-recorder-source-offset"
+# Kafka holds a record with neither key nor value, but a producer cannot send one: its dead
+# letter gets an empty key and this header says the original key was null.
+HEADER_NULL_KEY = "x-recorder-source-key-null"
 
 MAX_MESSAGE_BYTES_CONFIG = "max.message.bytes"
 # Room for the key, the five headers (the error text is cut at 1,000 bytes) and the record
@@ -59,13 +62,24 @@ class DeadLetter:
 
 
 def headers_for(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    return [
+    headers = [
         (HEADER_ERROR, letter.message[:1000].encode("utf-8", "replace")),
         (HEADER_REASON, letter.reason.encode()),
         (HEADER_TOPIC, letter.topic.encode()),
         (HEADER_PARTITION, str(letter.partition).encode()),
         (HEADER_OFFSET, str(letter.offset).encode()),
     ]
+    if letter.key is None and letter.value is None:
+        headers.append((HEADER_NULL_KEY, b"true"))
+    return headers
+
+
+def key_for(letter: DeadLetter) -> bytes | None:
+    """The dead letter's key: the original one, or empty for a record with neither key nor
+    value (a keyless tombstone), which producers refuse to send."""
+    if letter.key is None and letter.value is None:
+        return b""
+    return letter.key
 
 
 def max_message_bytes(described: Sequence[object]) -> dict[str, int]:
@@ -297,7 +311,7 @@ class DeadLetters:
                 await producer.send(
                     self._settings.dlq_topic(letter.topic),
                     value=letter.value,  # the original bytes, however large
-                    key=letter.key,
+                    key=key_for(letter),
                     headers=headers_for(letter),
                 )
             )
