@@ -90,16 +90,14 @@ def _log(msg: str) -> None:
 # --- the recorder ------------------------------------------------------------------------
 @dataclass
 class ProfiledRecorder(RecorderProcess):
-    """`datarecorder run` under pyinstrument; the session file is written on a clean exit."""
+    """`datarecorder run` under pyinstrument (bench/profiled_recorder.py); the session file is
+    written when the run ends."""
 
     session: Path | None = None
 
     def command(self) -> list[str]:
         assert self.session is not None
-        return [
-            *(sys.executable, "-m", "pyinstrument", "-i", "0.002", "-r", "pyisession"),
-            *("-o", str(self.session), "-m", "recorder.cli", "run"),
-        ]
+        return [sys.executable, "-m", "bench.profiled_recorder", str(self.session)]
 
 
 def _cpu(proc: RecorderProcess) -> float:

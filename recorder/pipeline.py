@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ import pyarrow as pa
 from recorder import metrics, retry, supervise, telemetry
 from recorder.core import backpressure
 from recorder.core.backpressure import Buffered, BufferLimits
-from recorder.core.columns import decode_batch
+from recorder.core.columns import decode_batch, value_bytes
 from recorder.core.offsets import (
     TP,
     PositionLost,
@@ -43,6 +44,9 @@ from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import Sink
 
 COMMIT_INTERVAL_SEC = 0.25
+_OFFSET = attrgetter("offset")
+_VALUE = attrgetter("value")
+_TIMESTAMP = attrgetter("timestamp")
 HELD_RETRY_MIN_SEC = 2.0
 HELD_RETRY_MAX_SEC = 30.0
 # Fetch waits: short while paused (the loop only keeps the membership alive and watches for
@@ -731,17 +735,13 @@ class Recorder:
                 assert log_end is not None
                 await self._halt_running(source, tp, log_end)
                 continue
-            offsets = [m.offset for m in messages]
-            values = [m.value for m in messages]
+            offsets = list(map(_OFFSET, messages))
+            values = list(map(_VALUE, messages))
             if values:
-                raw = sum(len(v) for v in values if v is not None) // len(values)
+                raw = value_bytes(values) // len(values)
                 self._raw_bytes = max(raw, (self._raw_bytes * 7 + raw) // 8)
             columns, rejected = decode_batch(
-                self.topics[tp.topic],
-                values,
-                offsets,
-                [m.timestamp for m in messages],
-                limits,
+                self.topics[tp.topic], values, offsets, list(map(_TIMESTAMP, messages)), limits
             )
             for i, exc in rejected:
                 m = messages[i]

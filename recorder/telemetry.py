@@ -341,7 +341,14 @@ DEAD_LETTER = _event(
     "debug",
     "One record was sent to the dead-letter topic, with the reason it was rejected.",
     (*TOPIC_PARTITION, "offset", "reason", "error"),
-    Update(metrics.DEAD_LETTERS, "inc", labels=("topic", "reason")),
+)
+DEAD_LETTERS_SENT = _event(
+    "dead_letters_sent",
+    "debug",
+    "The dead-letter topic acknowledged `letters` dead letters of one source topic and reason "
+    "(one event per fetch, topic and reason; `dead_letter` names each record).",
+    ("topic", "reason", "letters"),
+    Update(metrics.DEAD_LETTERS, "inc", amount="letters", labels=("topic", "reason")),
 )
 
 # --- process (recorder.cli, recorder.supervise) -----------------------------------------------

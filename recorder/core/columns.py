@@ -132,6 +132,14 @@ def decode_batch(
     return pa.concat_tables(tables), rejected
 
 
+def value_bytes(values: Sequence[bytes | None]) -> int:
+    """The bytes the values hold (a tombstone holds none)."""
+    try:
+        return sum(map(len, values))  # type: ignore[arg-type]  # counted at C speed
+    except TypeError:
+        return sum(len(v) for v in values if v is not None)
+
+
 def _slices(values: Sequence[bytes | None], slice_bytes: int) -> list[tuple[int, int]]:
     """[first, stop) index ranges of about `slice_bytes` of values each (at least one value)."""
     try:
