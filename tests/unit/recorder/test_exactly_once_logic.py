@@ -24,7 +24,8 @@ from recorder.core.offsets import (
     unknown_progress,
 )
 from recorder.core.records import TickRow
-from recorder.reset_progress import plan, render, target_offset
+from recorder.core.reset_plan import Stored, plan, target_offset
+from recorder.reset_progress import render
 from recorder.settings import ConfigError, TopicKind, load_settings
 from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
@@ -96,9 +97,19 @@ def test_progress_beyond_the_log_end_is_named() -> None:
 
 
 def test_progress_objects_round_trip_and_corruption_is_named() -> None:
-    assert decode_progress(encode_progress(7), "k") == (7, None)
-    assert decode_progress(encode_progress(7, 9), "k") == (7, 9)
-    for body in (b"{not json", b'{"offset": 1}', b'{"next_offset": 5, "flush_end": 5}', b"[]"):
+    assert decode_progress(encode_progress(7), "k") == (7, None, 0)
+    assert decode_progress(encode_progress(7, 9), "k") == (7, 9, 0)
+    assert decode_progress(encode_progress(7, 9, 3), "k") == (7, 9, 3)
+    # written before the generation field: generation 0
+    assert decode_progress(b'{"next_offset": 7}', "k") == (7, None, 0)
+    # the generation alone makes two writes of the same progress differ (so do their ETags)
+    assert encode_progress(7, None, 1) != encode_progress(7, None, 2)
+    bad = (b"{not json", b'{"offset": 1}', b'{"next_offset": 5, "flush_end": 5}', b"[]")
+    for body in (
+        *bad,
+        b'{"next_offset": 5, "generation": -1}',
+        b'{"next_offset": 5, "generation": "x"}',
+    ):
         with pytest.raises(CorruptProgress, match="progress object k"):
             decode_progress(body, "k")
 
@@ -110,13 +121,14 @@ def test_reset_plan() -> None:
     for bad in ("-1", "first", ""):
         with pytest.raises(ConfigError, match="expected earliest, latest or an offset"):
             target_offset(bad, 0, 1)
-    changes = plan({"timescaledb": {A: 500}, "s3": {A: None}}, {A: (0, 20)}, "earliest")
-    assert [(c.sink, c.current, c.new) for c in changes] == [
-        ("timescaledb", 500, 0),
-        ("s3", None, 0),
+    # progress beyond the log end (the log was replaced): the rewind is the resolution
+    changes = plan({"timescaledb": {A: Stored(500)}, "s3": {}}, {A: (0, 20)}, "earliest", {})
+    assert [(c.sink, c.stored.offset, c.new, c.refusal) for c in changes] == [
+        ("timescaledb", 500, 0, None),
+        ("s3", None, 0, None),
     ]
-    text = render(changes, applied=False)
-    assert "t[0]" in text and "dry run" in text
+    text = render(changes, None)
+    assert "t[0]" in text and "dry run" in text and "would move" in text
 
 
 class _IgnoresConditions:
