@@ -13,8 +13,9 @@ with a `generation` that every write increments (see `recorder.sinks.lake.store`
 1. *Intent.* Before uploading the batch [N, E) a writer records `flush_end: E` by a
    compare-and-set (If-Match on the ETag it read, If-None-Match for a new object). Only the
    state `{N}` (no range) may take an intent, and the only way out of `{N, E}` is the commit to
-   `{E}`; progress never moves back (except by the explicit `reset-progress`). So for each N at
-   most one E is ever recorded.
+   `{E}`; progress never moves back (`reset-progress` refuses to, except from beyond the end of
+   a replaced log, and never over a pending range). So for each N at most one E is ever
+   recorded.
 2. *Upload only a recorded range.* A writer uploads the files of [N, E) only after it saw that
    very range recorded (it wrote it, or read it). A writer whose batch [N, E') finds another
    range [N, E) recorded drops its batch and flushes exactly [N, E) once it holds those
