@@ -30,7 +30,9 @@ from recorder.settings import ConfigError, TopicKind, load_settings
 from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
     CorruptProgress,
+    LocalLake,
     S3Lake,
+    StoredProgress,
     decode_progress,
     encode_progress,
 )
@@ -112,6 +114,27 @@ def test_progress_objects_round_trip_and_corruption_is_named() -> None:
     ):
         with pytest.raises(CorruptProgress, match="progress object k"):
             decode_progress(body, "k")
+
+
+def test_local_lake_rewound_progress_never_repeats_a_token(tmp_path: Any) -> None:
+    """The local lake's tokens, like S3's ETags, differ for every write (the generation): a
+    writer holding the token of {0} from before a rewind back to {0} is refused."""
+
+    async def run() -> None:
+        lake = LocalLake(tmp_path)
+        await lake.start()
+        key = "progress/t/0.json"
+        none = StoredProgress(None, None)
+        first = none.successor(str(await lake.write_progress(key, none, 0)), 0)
+        assert await lake.read_progress(key) == first and first.generation == 1
+        intent = first.successor(str(await lake.write_progress(key, first, 0, 50)), 0, 50)
+        done = intent.successor(str(await lake.write_progress(key, intent, 50)), 50)
+        rewound = done.successor(str(await lake.write_progress(key, done, 0)), 0)
+        assert await lake.read_progress(key) == rewound
+        assert (rewound.offset, rewound.generation) == (0, 4) and rewound.token != first.token
+        assert await lake.write_progress(key, first, 0, 40) is None  # the stale token
+
+    asyncio.run(run())
 
 
 def test_reset_plan() -> None:
