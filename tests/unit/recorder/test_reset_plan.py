@@ -185,3 +185,27 @@ def test_owners_from_the_group_description() -> None:
     # Mid-rebalance no assignment is settled: every member may own every partition.
     moving = owners_of([{"state": "PreparingRebalance", "members": [_member("c", [])]}], tps)
     assert sorted(moving) == tps and all("member c" in v for v in moving.values())
+
+
+def test_a_lake_replay_of_a_rewound_range_lands_under_new_keys() -> None:
+    """Why lake rewinds are refused: a file is keyed by the first offset of its hour within the
+    flush range, so records 0..99 recorded as one file and replayed from 30 (or cut at another
+    batch boundary) go to other keys beside the old file instead of overwriting it."""
+    from recorder.core.batching import split_by_hour
+    from recorder.core.columns import from_rows
+    from recorder.core.records import TickRow
+    from recorder.settings import TopicKind
+    from recorder.sinks.lake.parquet import object_key
+
+    hour = 1_796_587_200 * 10**9
+
+    def keys(first: int, end: int) -> set[str]:
+        offsets = list(range(first, end))
+        rows = [TickRow(hour + o, "AAA", 1.0, o, None, None) for o in offsets]
+        groups = split_by_hour(from_rows(TopicKind.TICK, offsets, rows))
+        return {object_key("p", TopicKind.TICK, h, TOPIC, 0, f) for h, f, _ in groups}
+
+    recorded = keys(0, 100)
+    replayed = keys(30, 100) | keys(0, 50) | keys(50, 100)
+    assert recorded == {next(iter(keys(0, 50)))}
+    assert replayed - recorded  # files at other keys: records 30..99 stored twice
