@@ -5,7 +5,8 @@
 (c) a database rewind is refused, a forward move is applied, and a recorder started afterwards
     records exactly the records from the new progress on;
 (d) the lake's progress object carries a generation that grows across a rewind, so the ETag a
-    writer read before the rewind no longer passes its If-Match.
+    writer read before the rewind no longer passes its If-Match;
+(e) a lake partition with a pending flush that the log still holds is refused.
 """
 
 from __future__ import annotations
@@ -237,5 +238,33 @@ async def test_lake_generation_grows_across_a_rewind_and_a_stale_token_fails(
         # The stalled writer wakes up and records its intent on what it read: refused.
         assert await lake.write_progress(key, stale, 0, 40) is None
         assert await lake.read_progress(key) == after
+    finally:
+        await lake.close()
+
+
+async def test_a_pending_lake_flush_the_log_holds_is_refused(
+    kafka_topics: TopicFactory, fresh_bucket: str, recorder_env: RecorderEnv
+) -> None:
+    """A recorder stopped between recording the range [100, 150) and committing it: moving the
+    progress would orphan the range's files that are already up. Refused, object untouched."""
+    [tick] = await kafka_topics("market.tick", partitions=1)
+    env = recorder_env(bucket=fresh_bucket, topics=[tick], db_write_enabled="false")
+    await as_sent.send(
+        env["KAFKA_BROKERS"], as_sent.corpus((tick, "unused"), 1, ticks=300, books=0, seed=4)
+    )
+    settings = as_sent.settings_of(env)
+    lake = make_lake(settings)
+    await lake.start()
+    key = progress_key(settings.S3_PREFIX, settings.KAFKA_GROUP_ID, tick, 0)
+    try:
+        none = StoredProgress(None, None)
+        start = none.successor(str(await lake.write_progress(key, none, 100)), 100)
+        assert await lake.write_progress(key, start, 100, 150) is not None
+        pending = await lake.read_progress(key)
+
+        report, ok = await reset_progress(settings, tick, None, "latest", True)
+        assert not ok and report.splitlines()[-1] == "refused: nothing written", report
+        assert "flush of offsets [100, 150) is pending" in report and "orphan" in report, report
+        assert await lake.read_progress(key) == pending
     finally:
         await lake.close()
