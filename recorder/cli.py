@@ -170,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     p_reset.add_argument(
         "--to", required=True, help="earliest, latest, or an offset (where recording resumes)"
     )
-    p_reset.add_argument("--apply", action="store_true", help="write the new progress")
+    p_reset.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the new progress (refused while a recorder owns a partition, and for "
+        "moves that would record rows twice)",
+    )
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
     p_demo.add_argument(
         "--duration", type=float, default=60.0, help="seconds of feed (default: 60)"
@@ -229,15 +234,14 @@ def main(argv: list[str] | None = None) -> int:
 
         assert settings is not None
         try:
-            print(
-                asyncio.run(
-                    reset_progress(settings, args.topic, args.partition, args.to, args.apply)
-                )
+            report, done = asyncio.run(
+                reset_progress(settings, args.topic, args.partition, args.to, args.apply)
             )
         except ConfigError as exc:
             print(f"datarecorder: {exc}", file=sys.stderr)
             return ExitCode.CONFIG
-        return 0
+        print(report)
+        return 0 if done else 1  # refused, or changed since read: nothing for a script to trust
     if args.command == "demo":
         from recorder.tools.demo import main as demo_main
 

@@ -7,13 +7,15 @@ partition's next upload starts only after the previous one's progress is recorde
 The lake protocol (DESIGN rule 4: a fenced writer cannot change the lake). An S3 PUT cannot be
 fenced: a writer that stalled past its session timeout (a zombie) may wake up and upload after
 a new owner moved on. So the protocol makes every upload harmless instead of preventing it.
-A partition's progress object is `{next_offset: N}` or `{next_offset: N, flush_end: E}`:
+A partition's progress object is `{next_offset: N}` or `{next_offset: N, flush_end: E}`, each
+with a `generation` that every write increments (see `recorder.sinks.lake.store`):
 
 1. *Intent.* Before uploading the batch [N, E) a writer records `flush_end: E` by a
    compare-and-set (If-Match on the ETag it read, If-None-Match for a new object). Only the
    state `{N}` (no range) may take an intent, and the only way out of `{N, E}` is the commit to
-   `{E}`; progress never moves back (except by the explicit `reset-progress`). So for each N at
-   most one E is ever recorded.
+   `{E}`; progress never moves back (`reset-progress` refuses to, except from beyond the end of
+   a replaced log, and never over a pending range). So for each N at most one E is ever
+   recorded.
 2. *Upload only a recorded range.* A writer uploads the files of [N, E) only after it saw that
    very range recorded (it wrote it, or read it). A writer whose batch [N, E') finds another
    range [N, E) recorded drops its batch and flushes exactly [N, E) once it holds those
@@ -178,7 +180,7 @@ class S3Sink(SinkHealth):
                 legacy_progress_key(self._settings.S3_PREFIX, tp.topic, tp.partition)
             )
             if legacy.offset is not None:
-                return StoredProgress(legacy.offset, None, None)
+                return StoredProgress(legacy.offset, None, None, legacy.generation)
         return stored
 
     async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
@@ -204,7 +206,7 @@ class S3Sink(SinkHealth):
             expected = self._stored.get(tp, StoredProgress(None, None))
             token = await self._lake.write_progress(self._key(tp), expected, offset)
             if token is not None:
-                return tp, StoredProgress(offset, token)
+                return tp, expected.successor(token, offset)
             return tp, await self._lake.read_progress(self._key(tp))
 
         async def store_all() -> list[tuple[TP, StoredProgress]]:
@@ -482,7 +484,7 @@ class S3Sink(SinkHealth):
             if outcome is IntentOutcome.FREE:
                 token = await self._lake.write_progress(key, stored, first, batch.end)
                 if token is not None:
-                    self._remember(tp, StoredProgress(first, token, batch.end))
+                    self._remember(tp, stored.successor(token, first, batch.end))
                     return IntentOutcome.RECORDED
             elif outcome is not IntentOutcome.FENCED or fresh:
                 return outcome
@@ -497,7 +499,7 @@ class S3Sink(SinkHealth):
         expected = self._stored.get(tp, StoredProgress(batch.start, None, batch.end))
         token = await self._lake.write_progress(key, expected, batch.end)
         if token is not None:
-            self._remember(tp, StoredProgress(batch.end, token))
+            self._remember(tp, expected.successor(token, batch.end))
             return IntentOutcome.RECORDED
         current = await self._read_stored(tp)
         self._remember(tp, current)

@@ -5,8 +5,12 @@ conditional writes If-Match / If-None-Match or, locally, a lock file around read
 and the start-up check that the store really honours those conditions: the lake protocol of
 `recorder.sinks.lake.sink` is only as strong as they are, so a store that ignores them is refused.
 
-A progress object is `{"next_offset": N}` or, while a flush is under way,
-`{"next_offset": N, "flush_end": E}`: the range [N, E) that every writer must flush next.
+A progress object is `{"next_offset": N, "generation": G}` or, while a flush is under way,
+`{"next_offset": N, "flush_end": E, "generation": G}`: the range [N, E) that every writer must
+flush next. G counts the writes of the object (each write stores the read G + 1, the sink's and
+`reset-progress`'s alike), so no two writes of one object have the same bytes: after a rewind
+to an earlier state its ETag (on S3 an MD5 of the bytes) is new, and a writer still holding the
+ETag it read before cannot pass its If-Match. Objects from before the field load as G = 0.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ class StoredProgress:
     offset: int | None
     token: str | None  # S3 ETag or local marker; None when there is no progress object
     flush_end: int | None = None  # a recorded flush range [offset, flush_end) not yet done
+    generation: int = 0  # writes of the object so far (0: none, or written before the field)
+
+    def successor(self, token: str, offset: int, flush_end: int | None = None) -> StoredProgress:
+        """What the object holds after `write_progress(key, self, offset, flush_end)` returned
+        `token`."""
+        return StoredProgress(offset, token, flush_end, self.generation + 1)
 
 
 class ConditionalWritesUnsupported(RuntimeError):
@@ -51,8 +61,9 @@ class Lake(Protocol):
     async def write_progress(
         self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
     ) -> str | None:
-        """Store `offset` (and a pending `flush_end`) if the stored object is still `expected`;
-        return the new token, or None when the precondition failed (someone else moved it)."""
+        """Store `offset` (and a pending `flush_end`), with generation `expected.generation + 1`,
+        if the stored object is still `expected`; return the new token, or None when the
+        precondition failed (someone else moved it)."""
         ...
 
     async def list_groups(self, root: str) -> list[str]:
@@ -70,28 +81,32 @@ class CorruptProgress(ValueError):
     """A progress object that is not what the recorder writes (never retried: a person must look)."""
 
 
-def encode_progress(offset: int, flush_end: int | None = None) -> bytes:
+def encode_progress(offset: int, flush_end: int | None = None, generation: int = 0) -> bytes:
     doc: dict[str, int] = {"next_offset": offset}
     if flush_end is not None:
         doc["flush_end"] = flush_end
+    if generation:
+        doc["generation"] = generation
     return json.dumps(doc).encode()
 
 
-def decode_progress(body: bytes, key: str) -> tuple[int, int | None]:
-    """(next_offset, flush_end) of a progress object, or CorruptProgress naming the key."""
+def decode_progress(body: bytes, key: str) -> tuple[int, int | None, int]:
+    """(next_offset, flush_end, generation) of a progress object (generation 0 when it predates
+    the field), or CorruptProgress naming the key."""
     try:
         doc = json.loads(body)
         offset = int(doc["next_offset"])
         end = doc.get("flush_end")
         flush_end = None if end is None else int(end)
+        generation = int(doc.get("generation", 0))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptProgress(
             f"progress object {key} is corrupt ({exc!r}): expected JSON "
             '{"next_offset": <int>}; fix it with `datarecorder reset-progress`'
         ) from None
-    if offset < 0 or (flush_end is not None and flush_end <= offset):
+    if offset < 0 or generation < 0 or (flush_end is not None and flush_end <= offset):
         raise CorruptProgress(f"progress object {key} holds an impossible range: {doc}")
-    return offset, flush_end
+    return offset, flush_end, generation
 
 
 def _precondition_failed(exc: ClientError) -> bool:
@@ -167,8 +182,8 @@ class S3Lake:
             raise
         async with res["Body"] as stream:
             body = await stream.read()
-        offset, flush_end = decode_progress(body, key)
-        return StoredProgress(offset, res["ETag"], flush_end)
+        offset, flush_end, generation = decode_progress(body, key)
+        return StoredProgress(offset, res["ETag"], flush_end, generation)
 
     async def write_progress(
         self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
@@ -176,7 +191,10 @@ class S3Lake:
         condition = {"IfMatch": expected.token} if expected.token else {"IfNoneMatch": "*"}
         try:
             res = await self._client.put_object(
-                Bucket=self._bucket, Key=key, Body=encode_progress(offset, flush_end), **condition
+                Bucket=self._bucket,
+                Key=key,
+                Body=encode_progress(offset, flush_end, expected.generation + 1),
+                **condition,
             )
         except ClientError as exc:
             # If-Match on a key that is gone (deleted by hand or by a lifecycle rule) is
@@ -236,6 +254,12 @@ class S3Lake:
                 await self._client.delete_object(Bucket=self._bucket, Key=key)
 
 
+def _local_token(offset: int, flush_end: int | None, generation: int) -> str:
+    """The local lake's token: the object's whole content, generation included (so, as on S3,
+    a rewound object never repeats a token)."""
+    return f"{generation}:{offset}:{flush_end}"
+
+
 class LocalLake:
     """The lake in a local directory, for runs without S3 (demo, laptops)."""
 
@@ -280,8 +304,10 @@ class LocalLake:
             body = path.read_bytes()
         except FileNotFoundError:
             return StoredProgress(None, None)
-        offset, flush_end = decode_progress(body, key)
-        return StoredProgress(offset, f"{offset}:{flush_end}", flush_end)
+        offset, flush_end, generation = decode_progress(body, key)
+        return StoredProgress(
+            offset, _local_token(offset, flush_end, generation), flush_end, generation
+        )
 
     async def write_progress(
         self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
@@ -299,9 +325,10 @@ class LocalLake:
             if current.token != expected.token:
                 return None
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(encode_progress(offset, flush_end))
+            generation = expected.generation + 1
+            tmp.write_bytes(encode_progress(offset, flush_end, generation))
             os.replace(tmp, path)
-            return f"{offset}:{flush_end}"
+            return _local_token(offset, flush_end, generation)
 
     async def list_groups(self, root: str) -> list[str]:
         base = self._path(root)

@@ -32,6 +32,7 @@ from recorder.retry import Abandoned, Transient, retry_forever
 from recorder.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback, SinkHealth
 from recorder.sinks.buffer import Buffers
+from recorder.sinks.timescale import progress as progress_rows
 from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, copy_chunks
 
 SINK = "timescaledb"
@@ -195,24 +196,13 @@ class TimescaleSink(SinkHealth):
     async def load_progress(self, tps: Collection[TP]) -> dict[TP, int | None]:
         pool = self._pool
         assert pool is not None
-        topics = [tp.topic for tp in tps]
-        parts = [tp.partition for tp in tps]
 
-        async def read() -> list[asyncpg.Record]:
-            rows: list[asyncpg.Record] = await pool.fetch(
-                """SELECT o.topic, o.partition, o.next_offset FROM recorder_offsets o
-                   JOIN unnest($1::text[], $2::int[]) AS w(topic, partition)
-                   USING (topic, partition)""",
-                topics,
-                parts,
-            )
-            return rows
+        async def read() -> dict[TP, int | None]:
+            return await progress_rows.load(pool, tps)
 
-        rows = await retry_forever(
+        return await retry_forever(
             "load_progress", read, self._settings.RETRY_MAX_BACKOFF_SEC, self._failed
         )
-        found = {TP(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
-        return {tp: found.get(tp) for tp in tps}
 
     async def store_start(self, starts: Mapping[TP, int]) -> dict[TP, int]:
         """Record where partitions without progress start (the reset policy's position), so a
@@ -490,30 +480,9 @@ class TimescaleSink(SinkHealth):
         self, conn: asyncpg.Connection, tp: TP, batch: Batch
     ) -> tuple[CasOutcome, int | None]:
         """Fenced progress (DESIGN rule 1): move start -> end only if start is still stored."""
-        if batch.start is None:
-            status = await conn.execute(
-                """INSERT INTO recorder_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
-                   ON CONFLICT (topic, partition) DO NOTHING""",
-                tp.topic,
-                tp.partition,
-                batch.end,
-            )
-        else:
-            status = await conn.execute(
-                """UPDATE recorder_offsets SET next_offset = $3, updated_at = now()
-                   WHERE topic = $1 AND partition = $2 AND next_offset = $4""",
-                tp.topic,
-                tp.partition,
-                batch.end,
-                batch.start,
-            )
-        if status.endswith(" 1"):
+        if await progress_rows.compare_and_set(conn, tp, batch.start, batch.end):
             return CasOutcome.APPLIED, batch.end
-        stored = await conn.fetchval(
-            "SELECT next_offset FROM recorder_offsets WHERE topic = $1 AND partition = $2",
-            tp.topic,
-            tp.partition,
-        )
+        stored = await progress_rows.load_one(conn, tp)
         outcome = cas_outcome(stored, batch.start, batch.end)
         # The first branch failed, so "applied" here can only mean a concurrent equal write.
         return (CasOutcome.FENCED if outcome is CasOutcome.APPLIED else outcome), stored

@@ -24,12 +24,15 @@ from recorder.core.offsets import (
     unknown_progress,
 )
 from recorder.core.records import TickRow
-from recorder.reset_progress import plan, render, target_offset
+from recorder.core.reset_plan import Stored, plan, target_offset
+from recorder.reset_progress import render
 from recorder.settings import ConfigError, TopicKind, load_settings
 from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
     CorruptProgress,
+    LocalLake,
     S3Lake,
+    StoredProgress,
     decode_progress,
     encode_progress,
 )
@@ -96,11 +99,42 @@ def test_progress_beyond_the_log_end_is_named() -> None:
 
 
 def test_progress_objects_round_trip_and_corruption_is_named() -> None:
-    assert decode_progress(encode_progress(7), "k") == (7, None)
-    assert decode_progress(encode_progress(7, 9), "k") == (7, 9)
-    for body in (b"{not json", b'{"offset": 1}', b'{"next_offset": 5, "flush_end": 5}', b"[]"):
+    assert decode_progress(encode_progress(7), "k") == (7, None, 0)
+    assert decode_progress(encode_progress(7, 9), "k") == (7, 9, 0)
+    assert decode_progress(encode_progress(7, 9, 3), "k") == (7, 9, 3)
+    # written before the generation field: generation 0
+    assert decode_progress(b'{"next_offset": 7}', "k") == (7, None, 0)
+    # the generation alone makes two writes of the same progress differ (so do their ETags)
+    assert encode_progress(7, None, 1) != encode_progress(7, None, 2)
+    bad = (b"{not json", b'{"offset": 1}', b'{"next_offset": 5, "flush_end": 5}', b"[]")
+    for body in (
+        *bad,
+        b'{"next_offset": 5, "generation": -1}',
+        b'{"next_offset": 5, "generation": "x"}',
+    ):
         with pytest.raises(CorruptProgress, match="progress object k"):
             decode_progress(body, "k")
+
+
+def test_local_lake_rewound_progress_never_repeats_a_token(tmp_path: Any) -> None:
+    """The local lake's tokens, like S3's ETags, differ for every write (the generation): a
+    writer holding the token of {0} from before a rewind back to {0} is refused."""
+
+    async def run() -> None:
+        lake = LocalLake(tmp_path)
+        await lake.start()
+        key = "progress/t/0.json"
+        none = StoredProgress(None, None)
+        first = none.successor(str(await lake.write_progress(key, none, 0)), 0)
+        assert await lake.read_progress(key) == first and first.generation == 1
+        intent = first.successor(str(await lake.write_progress(key, first, 0, 50)), 0, 50)
+        done = intent.successor(str(await lake.write_progress(key, intent, 50)), 50)
+        rewound = done.successor(str(await lake.write_progress(key, done, 0)), 0)
+        assert await lake.read_progress(key) == rewound
+        assert (rewound.offset, rewound.generation) == (0, 4) and rewound.token != first.token
+        assert await lake.write_progress(key, first, 0, 40) is None  # the stale token
+
+    asyncio.run(run())
 
 
 def test_reset_plan() -> None:
@@ -110,13 +144,14 @@ def test_reset_plan() -> None:
     for bad in ("-1", "first", ""):
         with pytest.raises(ConfigError, match="expected earliest, latest or an offset"):
             target_offset(bad, 0, 1)
-    changes = plan({"timescaledb": {A: 500}, "s3": {A: None}}, {A: (0, 20)}, "earliest")
-    assert [(c.sink, c.current, c.new) for c in changes] == [
-        ("timescaledb", 500, 0),
-        ("s3", None, 0),
+    # progress beyond the log end (the log was replaced): the rewind is the resolution
+    changes = plan({"timescaledb": {A: Stored(500)}, "s3": {}}, {A: (0, 20)}, "earliest", {})
+    assert [(c.sink, c.stored.offset, c.new, c.refusal) for c in changes] == [
+        ("timescaledb", 500, 0, None),
+        ("s3", None, 0, None),
     ]
-    text = render(changes, applied=False)
-    assert "t[0]" in text and "dry run" in text
+    text = render(changes, None)
+    assert "t[0]" in text and "dry run" in text and "would move" in text
 
 
 class _IgnoresConditions:
