@@ -460,8 +460,9 @@ class Recorder:
 
     def _halt(self, source: Source, tp: TP, at: HaltedAt) -> None:
         fix = (
+            "stopping this consumer group's recorders (scale to 0), then "
             f"`datarecorder reset-progress --topic {tp.topic} --partition {tp.partition} "
-            "--to earliest --apply`"
+            "--to earliest --apply` (it refuses partitions a running member owns)"
         )
         if at.truncated:
             reason = (

@@ -102,7 +102,8 @@ def decode_progress(body: bytes, key: str) -> tuple[int, int | None, int]:
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptProgress(
             f"progress object {key} is corrupt ({exc!r}): expected JSON "
-            '{"next_offset": <int>}; fix it with `datarecorder reset-progress`'
+            '{"next_offset": <int>}; with the recorders stopped, write the next offset to '
+            "record into it by hand (reset-progress reads it too)"
         ) from None
     if offset < 0 or generation < 0 or (flush_end is not None and flush_end <= offset):
         raise CorruptProgress(f"progress object {key} holds an impossible range: {doc}")
