@@ -30,6 +30,7 @@ from datarecorder_operator.lag import (
 )
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import (
+    RESTART_ANNOTATION,
     RESTRICTED,
     SECRET_MARK_ANNOTATION,
     Policy,
@@ -104,6 +105,10 @@ class ObjectState:
     # Restricted policy: why the pods may not be rendered (Secrets not marked for this
     # DataRecorder), found on the last apply pass; the passes between keep reporting it.
     unmarked: str | None = None
+    # What the last pass found: spec.state, or "reconcile_paused" / "invalid" (the operator's
+    # gauge of recorders by state); None before the first pass.
+    phase: str | None = None
+    restart_noted: str | None = None  # the restart value an event was posted for
 
 
 def _now_iso() -> str:
@@ -199,6 +204,8 @@ async def apply_children(
         current_replicas=current_replicas,
         partitions=partitions,
         replicas_owned_elsewhere=elsewhere,
+        before_stop=rendering.replicas_before_stop(deployment),
+        restart=rendering.restart_value(meta.get("annotations"), deployment),
     )
     kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
     result = ApplyResult(deployment=None)
@@ -442,6 +449,7 @@ def _observation(
         foreign=state.foreign,
         lag_available=None if state.last_lag_poll == float("-inf") else state.lag is not None,
         custom_metrics_served=state.custom_metrics_served if spec.hpa_scaled else None,
+        state=spec.state,
     )
 
 
@@ -463,6 +471,22 @@ async def _note_foreign(events: Events, state: ObjectState, applied: ApplyResult
     if foreign and foreign != state.foreign:
         await events("Warning", status.NOT_OWNED, status.foreign_message(foreign))
     state.foreign = foreign
+
+
+async def _note_restart(
+    events: Events,
+    state: ObjectState,
+    previous: Mapping[str, Any] | None,
+    deployment: Mapping[str, Any] | None,
+) -> None:
+    """A Normal event `Restarted` when the Deployment's pod template carries a restart value
+    the status has not recorded yet (once per value and process)."""
+    value = status.template_restart(deployment)
+    recorded = ((previous or {}).get("lastRestart") or {}).get("value")
+    if value is not None and value != recorded and value != state.restart_noted:
+        state.restart_noted = value
+        message = f"rolling the recorder pods for {RESTART_ANNOTATION}={value!r}"
+        await events("Normal", "Restarted", message)
 
 
 async def _note_custom_metrics(client: kube.KubeClient, events: Events, state: ObjectState) -> None:
@@ -530,11 +554,14 @@ async def reconcile(
             meta["name"], meta["namespace"], dict(body.get("spec") or {}), config.policy
         )
     except SpecError as exc:
+        state.phase = "invalid"
         return Outcome(_status_patch(previous, _error(meta, str(exc), "InvalidSpec")), exc)
     try:
         if is_paused(meta.get("annotations")):
             # Strimzi's pause: children and replicas stay as they are until it is removed.
+            state.phase = "reconcile_paused"
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
+        state.phase = rspec.state
         if apply and config.policy.restricted:
             state.unmarked = await unmarked_secrets(client, rspec)
             if state.unmarked is not None:
@@ -547,6 +574,7 @@ async def reconcile(
             partitions = state.lag.partitions if state.lag is not None else None
             applied = await apply_children(client, body, rspec, logger, partitions, state)
             await _note_foreign(events, state, applied)
+            await _note_restart(events, state, previous, applied.deployment)
             if rspec.hpa_scaled:
                 await _note_custom_metrics(client, events, state)
             deployment = applied.deployment
