@@ -134,6 +134,15 @@ def _condition(status: dict[str, Any], ctype: str) -> tuple[str, str] | None:
     return None
 
 
+def _printed(k8s: K8s, ns: str, name: str) -> dict[str, str]:
+    """`kubectl get datarecorder` as the printer columns show it, by header (an empty cell
+    would shift a plain split)."""
+    header, row = k8s.kubectl("get", "-n", ns, "datarecorder", name).stdout.splitlines()[:2]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, ends, strict=True)}
+
+
 def _set_state(k8s: K8s, ns: str, name: str, state: str) -> None:
     patch = json.dumps({"spec": {"state": state}})
     k8s.kubectl("patch", "datarecorder", name, "-n", ns, "--type=merge", "-p", patch)
@@ -169,8 +178,8 @@ def test_stopped_stays_at_zero_under_an_hpa_and_running_restores(
         )
 
     _until(stopped_status, "status.state stopped and Ready=True reason Stopped")
-    row = k8s.kubectl("get", "-n", ns, "datarecorder", "auto", "--no-headers").stdout.split()
-    assert row[1:3] == ["True", "0"] and row[4] == "stopped", row  # READY REPLICAS .. STATE
+    columns = _printed(k8s, ns, "auto")
+    assert (columns["READY"], columns["REPLICAS"], columns["STATE"]) == ("True", "0", "stopped")
     assert 'datarecorder_operator_recorders{state="stopped"} 1.0' in operator.metrics()
 
     # Something scales it up again (a leftover autoscaler, a person): the operator takes it back
