@@ -158,6 +158,9 @@ class ApplyResult:
 
     deployment: dict[str, Any] | None
     foreign: list[str] = dataclasses.field(default_factory=list)  # "Kind name" not ours
+    # The restart value the existing Deployment's pods were rolled for by this pass (None: no
+    # roll for a restart; a new Deployment is not a restart).
+    restarted: str | None = None
 
 
 async def apply_children(
@@ -231,6 +234,9 @@ async def apply_children(
             logger.info(f"applied {kind} {name} (created, spec change or drift)")
         if kind == "Deployment":
             result.deployment = actual
+            asked = status.template_restart(actual)
+            if deployment is not None and asked != status.template_restart(deployment):
+                result.restarted = asked
     for api_version, kind in OPTIONAL_KINDS:
         if (api_version, kind) in wanted:
             continue
@@ -473,17 +479,11 @@ async def _note_foreign(events: Events, state: ObjectState, applied: ApplyResult
     state.foreign = foreign
 
 
-async def _note_restart(
-    events: Events,
-    state: ObjectState,
-    previous: Mapping[str, Any] | None,
-    deployment: Mapping[str, Any] | None,
-) -> None:
-    """A Normal event `Restarted` when the Deployment's pod template carries a restart value
-    the status has not recorded yet (once per value and process)."""
-    value = status.template_restart(deployment)
-    recorded = ((previous or {}).get("lastRestart") or {}).get("value")
-    if value is not None and value != recorded and value != state.restart_noted:
+async def _note_restart(events: Events, state: ObjectState, applied: ApplyResult) -> None:
+    """A Normal event `Restarted` when this pass rolled the pods for a new restart value (once
+    per value and process: a stale watch may show the old template to the next pass)."""
+    value = applied.restarted
+    if value is not None and value != state.restart_noted:
         state.restart_noted = value
         message = f"rolling the recorder pods for {RESTART_ANNOTATION}={value!r}"
         await events("Normal", "Restarted", message)
@@ -574,7 +574,7 @@ async def reconcile(
             partitions = state.lag.partitions if state.lag is not None else None
             applied = await apply_children(client, body, rspec, logger, partitions, state)
             await _note_foreign(events, state, applied)
-            await _note_restart(events, state, previous, applied.deployment)
+            await _note_restart(events, state, applied)
             if rspec.hpa_scaled:
                 await _note_custom_metrics(client, events, state)
             deployment = applied.deployment

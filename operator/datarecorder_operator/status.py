@@ -155,20 +155,20 @@ def _main_conditions(obs: Observation) -> list[dict[str, Any]]:
             _condition(DEGRADED, False, "AsExpected", "no problems found"),
         ]
     ready, progressing, reason, message = _deployment_conditions(obs.deployment)
+    moving = "RollingOut" if progressing else "Complete"
     if obs.state == "stopped":
         ready, progressing, reason, message = _stopped_conditions(obs.deployment)
+        moving = reason  # Stopping, then Stopped
     failure = _deployment_failure(obs.deployment)
     if obs.foreign:
         return [
             _condition(READY, ready, reason, message),
-            _condition(
-                PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message
-            ),
+            _condition(PROGRESSING, progressing, moving, message),
             _condition(DEGRADED, True, NOT_OWNED, foreign_message(obs.foreign)),
         ]
     return [
         _condition(READY, ready, reason, message),
-        _condition(PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message),
+        _condition(PROGRESSING, progressing, moving, message),
         _condition(DEGRADED, True, "DeploymentFailed", failure)
         if failure
         else _condition(DEGRADED, False, "AsExpected", "no problems found"),

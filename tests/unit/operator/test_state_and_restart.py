@@ -234,9 +234,10 @@ def conditions(obs: status.Observation) -> dict[str, tuple[str, str]]:
 def test_stopped_status_says_so_and_is_ready_once_the_pods_are_gone() -> None:
     stopping = status.Observation(generation=2, deployment=observed(0, 2), state="stopped")
     assert conditions(stopping)["Ready"] == ("False", "Stopping")
-    assert conditions(stopping)["Progressing"] == ("True", "RollingOut")
+    assert conditions(stopping)["Progressing"] == ("True", "Stopping")
     stopped = status.Observation(generation=2, deployment=observed(0, 0), state="stopped")
     assert conditions(stopped)["Ready"] == ("True", "Stopped")
+    assert conditions(stopped)["Progressing"] == ("False", "Stopped")
     assert conditions(stopped)["Degraded"] == ("False", "AsExpected")
     assert status.compute_status(stopped, None, now="t")["state"] == "stopped"
     # A pass that does not know the state (reconciliation paused) keeps the last one.
@@ -370,3 +371,27 @@ def test_recorders_gauge_counts_every_state() -> None:
 
     assert (value("running"), value("stopped"), value("invalid")) == (2, 1, 1)
     assert value("reconcile_paused") == 0
+
+
+async def test_a_new_recorder_with_a_restart_value_records_it_without_an_event() -> None:
+    """Created with the annotation: the pods start with the value (status.lastRestart says so),
+    but nothing was rolled, so no `Restarted` event; the same value later rolls nothing."""
+    client = MemoryClient([])
+    state = ObjectState(last_lag_poll=0.0)
+    config = OperatorConfig(read_lag=False, policy=PERMISSIVE)
+    posted: list[tuple[str, str, str]] = []
+
+    async def events(type_: str, reason: str, message: str) -> None:
+        posted.append((type_, reason, message))
+
+    class Log:
+        def info(self, _: str) -> None: ...
+
+    fresh = body({}, {RESTART_ANNOTATION: "r0"})
+    outcome = await reconcile(client, fresh, state, config, events, Log(), apply=True, now=1)
+    assert outcome.status is not None and outcome.status["lastRestart"]["value"] == "r0"
+    stored = client.objects[("Deployment", "rec-recorder")]
+    assert template_annotations(stored)[RESTART_ANNOTATION] == "r0"
+    fresh["status"] = outcome.status
+    await reconcile(client, fresh, state, config, events, Log(), apply=True, now=2)
+    assert posted == []
