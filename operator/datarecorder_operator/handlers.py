@@ -188,6 +188,7 @@ async def resync_all(memo: Any, config: OperatorConfig) -> None:
                 except Exception as exc:  # one resource's failure must not stop the others
                     meta = entry.body["metadata"]
                     log.warning("resync of %s/%s failed: %r", meta["namespace"], meta["name"], exc)
+        metrics.set_recorders(entry.state.phase for entry in _table(memo).values())
         await asyncio.sleep(config.tick_seconds)
 
 

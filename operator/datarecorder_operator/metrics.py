@@ -1,16 +1,20 @@
 """The operator's own Prometheus metrics, declared once, on a registry of their own.
 
-Owns the series (reconciles, their errors and duration, lag reads, scale decisions) and the
-`/metrics` endpoint that `operator run --metrics-port` serves for the chart's ServiceMonitor.
+Owns the series (reconciles, their errors and duration, lag reads, scale decisions, recorders
+by state) and the `/metrics` endpoint that `operator run --metrics-port` serves.
 """
 
 from __future__ import annotations
+
+from collections import Counter as Counter_
+from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -57,6 +61,25 @@ API_REQUESTS = Counter(
     ["method"],
     registry=REGISTRY,
 )
+
+
+RECORDERS = Gauge(
+    "datarecorder_operator_recorders",
+    "DataRecorders the operator reconciles, by what its last pass found: spec.state (running, "
+    "stopped), reconcile_paused (annotation datarecorder.dev/paused) or invalid (a spec it "
+    "cannot render).",
+    ["state"],
+    registry=REGISTRY,
+)
+RECORDER_STATES = ("running", "stopped", "reconcile_paused", "invalid")
+
+
+def set_recorders(phases: Iterable[str | None]) -> None:
+    """Set the recorders-by-state gauge from every known recorder's last phase (every state
+    is exported, 0 included, so a rule can compare with it)."""
+    counts = Counter_(p for p in phases if p is not None)
+    for state in RECORDER_STATES:
+        RECORDERS.labels(state).set(counts.get(state, 0))
 
 
 async def serve(port: int) -> web.AppRunner:

@@ -30,6 +30,7 @@ from datarecorder_operator.lag import (
 )
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import (
+    RESTART_ANNOTATION,
     RESTRICTED,
     SECRET_MARK_ANNOTATION,
     Policy,
@@ -104,6 +105,10 @@ class ObjectState:
     # Restricted policy: why the pods may not be rendered (Secrets not marked for this
     # DataRecorder), found on the last apply pass; the passes between keep reporting it.
     unmarked: str | None = None
+    # What the last pass found: spec.state, or "reconcile_paused" / "invalid" (the operator's
+    # gauge of recorders by state); None before the first pass.
+    phase: str | None = None
+    restart_noted: str | None = None  # the restart value an event was posted for
 
 
 def _now_iso() -> str:
@@ -153,6 +158,9 @@ class ApplyResult:
 
     deployment: dict[str, Any] | None
     foreign: list[str] = dataclasses.field(default_factory=list)  # "Kind name" not ours
+    # The restart value the existing Deployment's pods were rolled for by this pass (None: no
+    # roll for a restart; a new Deployment is not a restart).
+    restarted: str | None = None
 
 
 async def apply_children(
@@ -199,6 +207,8 @@ async def apply_children(
         current_replicas=current_replicas,
         partitions=partitions,
         replicas_owned_elsewhere=elsewhere,
+        before_stop=rendering.replicas_before_stop(deployment),
+        restart=rendering.restart_value(meta.get("annotations"), deployment),
     )
     kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
     result = ApplyResult(deployment=None)
@@ -224,6 +234,9 @@ async def apply_children(
             logger.info(f"applied {kind} {name} (created, spec change or drift)")
         if kind == "Deployment":
             result.deployment = actual
+            asked = status.template_restart(actual)
+            if deployment is not None and asked != status.template_restart(deployment):
+                result.restarted = asked
     for api_version, kind in OPTIONAL_KINDS:
         if (api_version, kind) in wanted:
             continue
@@ -442,6 +455,7 @@ def _observation(
         foreign=state.foreign,
         lag_available=None if state.last_lag_poll == float("-inf") else state.lag is not None,
         custom_metrics_served=state.custom_metrics_served if spec.hpa_scaled else None,
+        state=spec.state,
     )
 
 
@@ -463,6 +477,16 @@ async def _note_foreign(events: Events, state: ObjectState, applied: ApplyResult
     if foreign and foreign != state.foreign:
         await events("Warning", status.NOT_OWNED, status.foreign_message(foreign))
     state.foreign = foreign
+
+
+async def _note_restart(events: Events, state: ObjectState, applied: ApplyResult) -> None:
+    """A Normal event `Restarted` when this pass rolled the pods for a new restart value (once
+    per value and process: a stale watch may show the old template to the next pass)."""
+    value = applied.restarted
+    if value is not None and value != state.restart_noted:
+        state.restart_noted = value
+        message = f"rolling the recorder pods for {RESTART_ANNOTATION}={value!r}"
+        await events("Normal", "Restarted", message)
 
 
 async def _note_custom_metrics(client: kube.KubeClient, events: Events, state: ObjectState) -> None:
@@ -530,11 +554,14 @@ async def reconcile(
             meta["name"], meta["namespace"], dict(body.get("spec") or {}), config.policy
         )
     except SpecError as exc:
+        state.phase = "invalid"
         return Outcome(_status_patch(previous, _error(meta, str(exc), "InvalidSpec")), exc)
     try:
         if is_paused(meta.get("annotations")):
             # Strimzi's pause: children and replicas stay as they are until it is removed.
+            state.phase = "reconcile_paused"
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
+        state.phase = rspec.state
         if apply and config.policy.restricted:
             state.unmarked = await unmarked_secrets(client, rspec)
             if state.unmarked is not None:
@@ -547,6 +574,7 @@ async def reconcile(
             partitions = state.lag.partitions if state.lag is not None else None
             applied = await apply_children(client, body, rspec, logger, partitions, state)
             await _note_foreign(events, state, applied)
+            await _note_restart(events, state, applied)
             if rspec.hpa_scaled:
                 await _note_custom_metrics(client, events, state)
             deployment = applied.deployment

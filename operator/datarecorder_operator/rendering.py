@@ -6,6 +6,7 @@ Owns the names, labels, environment and the config hash of every child; no I/O, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from datarecorder_operator import quantity
 from datarecorder_operator.spec import (
     API_VERSION,
     KIND,
+    RESTART_ANNOTATION,
     SAFE_CONTAINER_SECURITY,
     SAFE_POD_SECURITY,
     RecorderSpec,
@@ -30,6 +32,9 @@ TLS_MOUNT = "/etc/datarecorder/kafka-tls"
 CLIENT_TLS_MOUNT = "/etc/datarecorder/kafka-client-tls"
 DB_CA_MOUNT = "/etc/datarecorder/db-ca"
 CONFIG_HASH_ANNOTATION = "datarecorder.dev/config-hash"
+# On a stopped recorder's Deployment: the replicas it ran before the stop, restored when
+# spec.state is running again (an autoscaler's count would otherwise be lost to the 0).
+REPLICAS_BEFORE_STOP_ANNOTATION = "datarecorder.dev/replicas-before-stop"
 MANAGED_BY = "datarecorder-operator"
 RUN_AS = 10001
 # startupProbe: 5 s x 60 = 5 minutes for a cold start before liveness takes over.
@@ -265,8 +270,11 @@ def termination_grace_seconds(spec: RecorderSpec) -> int:
     return spec.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
-def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
-    """The recorder Deployment; `replicas=None` leaves the field to an autoscaler."""
+def render_deployment(
+    spec: RecorderSpec, replicas: int | None, restart: str | None = None
+) -> Manifest:
+    """The recorder Deployment; `replicas=None` leaves the field to an autoscaler. `restart`
+    (see `restart_value`) goes on the pod template: a new value rolls the pods once."""
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     for secret, path in tls_mounts(spec).items():
@@ -354,6 +362,7 @@ def render_deployment(spec: RecorderSpec, replicas: int | None) -> Manifest:
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(HTTP_PORT),
                     "prometheus.io/path": "/metrics",
+                    **({RESTART_ANNOTATION: restart} if restart is not None else {}),
                 },
             },
             "spec": pod_spec,
@@ -523,6 +532,53 @@ def applies_replicas(deployment: Mapping[str, Any], manager: str) -> bool:
     return False
 
 
+def restart_value(
+    annotations: Mapping[str, str] | None, deployment: Mapping[str, Any] | None
+) -> str | None:
+    """The restart value for the pod template: the DataRecorder's annotation, or, once that is
+    removed, the value the Deployment's template already carries (removing the annotation must
+    not roll the pods again)."""
+    asked = (annotations or {}).get(RESTART_ANNOTATION)
+    if asked is not None:
+        return str(asked)
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    kept = (template.get("metadata") or {}).get("annotations") or {}
+    return None if kept.get(RESTART_ANNOTATION) is None else str(kept[RESTART_ANNOTATION])
+
+
+def replicas_before_stop(deployment: Mapping[str, Any] | None) -> int | None:
+    """The count a stopped Deployment remembers (`REPLICAS_BEFORE_STOP_ANNOTATION`), if any."""
+    annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    value = str(annotations.get(REPLICAS_BEFORE_STOP_ANNOTATION, ""))
+    return int(value) if value.isdigit() else None
+
+
+def deployment_replicas(
+    spec: RecorderSpec,
+    *,
+    current_replicas: int | None = None,
+    replicas_owned_elsewhere: bool = False,
+    before_stop: int | None = None,
+) -> int | None:
+    """The Deployment's `spec.replicas` to apply (None: left to the autoscaler that owns it).
+
+    Stopped: 0, whoever owned the field (the forced apply takes it back; the HPA is not
+    rendered, the operator does not scale). Running again after a stop (`before_stop` is
+    known) with autoscaling: the count before the stop, within min and max; without
+    autoscaling `spec.replicas` is the count.
+    """
+    auto = spec.autoscaling
+    if spec.stopped:
+        return 0
+    if not auto.enabled:
+        return spec.replicas
+    if before_stop is not None:
+        return min(max(before_stop, auto.min_replicas), auto.max_replicas)
+    if replicas_owned_elsewhere:
+        return None
+    return current_replicas if current_replicas is not None else initial_replicas(spec)
+
+
 def render_children(
     spec: RecorderSpec,
     *,
@@ -530,26 +586,38 @@ def render_children(
     current_replicas: int | None = None,
     partitions: int | None = None,
     replicas_owned_elsewhere: bool = False,
+    before_stop: int | None = None,
+    restart: str | None = None,
 ) -> list[Manifest]:
     """Every child the resource should have, in apply order (config before its consumers).
 
-    `current_replicas` is the Deployment's replica count when an autoscaler owns it; the
-    rendering then keeps it (a fresh Deployment starts at minReplicas). Once an autoscaler has
+    `current_replicas` is the Deployment's replica count (when it exists); with an autoscaler
+    the rendering keeps it (a fresh Deployment starts at minReplicas). Once an autoscaler has
     written replicas (`replicas_owned_elsewhere`, see `applies_replicas`) the field is left out
     of the applied Deployment: a forced apply of a value read a moment earlier would take the
     field back and could undo a scale that happened in between. `partitions`, when the
     operator has read it from Kafka, caps the HPA's maxReplicas.
+
+    `spec.state` stopped renders 0 replicas, no HPA, and remembers on the Deployment the count
+    to return to (`before_stop`, the one already remembered, else `current_replicas`); see
+    `deployment_replicas`. `restart` goes on the pod template (`restart_value`).
     """
-    if spec.autoscaling.enabled and replicas_owned_elsewhere:
-        replicas = None
-    elif spec.autoscaling.enabled:
-        replicas = current_replicas if current_replicas is not None else initial_replicas(spec)
-    else:
-        replicas = spec.replicas
+    replicas = deployment_replicas(
+        spec,
+        current_replicas=current_replicas,
+        replicas_owned_elsewhere=replicas_owned_elsewhere,
+        before_stop=before_stop,
+    )
+    deployment = render_deployment(spec, replicas, restart)
+    if spec.stopped:
+        if before_stop is None:
+            running = dataclasses.replace(spec, state="running")
+            before_stop = current_replicas or deployment_replicas(running) or 0
+        deployment["metadata"]["annotations"] = {REPLICAS_BEFORE_STOP_ANNOTATION: str(before_stop)}
     children = [render_configmap(spec)]
     if spec.service_account_annotations is not None:
         children.append(render_service_account(spec))  # before the pods that use it
-    children += [render_deployment(spec, replicas), render_service(spec)]
+    children += [deployment, render_service(spec)]
     if spec.hpa_scaled:
         children.append(render_hpa(spec, partitions))
     if spec.pdb.enabled:

@@ -32,6 +32,11 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 ScalingMode = Literal["hpa", "operator"]
+# spec.state, as Strimzi's KafkaConnector `state`: stopped scales the recorders to 0 and
+# suspends autoscaling. No `paused` (pods kept, consumer paused): the recorder has no setting
+# that pauses its consumer while keeping the pod, and this is the place to add it once it has.
+RecorderState = Literal["running", "stopped"]
+STATES: tuple[RecorderState, ...] = ("running", "stopped")
 
 
 class SpecError(ValueError):
@@ -214,14 +219,21 @@ class RecorderSpec:
     service_account_annotations: Mapping[str, str] | None = None
     paused: bool = False  # annotation datarecorder.dev/paused: "true"
     network_policy: NetworkPolicySpec = dataclasses.field(default_factory=NetworkPolicySpec)
+    state: RecorderState = "running"
+
+    @property
+    def stopped(self) -> bool:
+        return self.state == "stopped"
 
     @property
     def operator_scaled(self) -> bool:
-        return self.autoscaling.enabled and self.autoscaling.mode == "operator"
+        """The operator moves the replicas from lag (never while stopped)."""
+        return self.autoscaling.enabled and self.autoscaling.mode == "operator" and not self.stopped
 
     @property
     def hpa_scaled(self) -> bool:
-        return self.autoscaling.enabled and self.autoscaling.mode == "hpa"
+        """An HPA child moves the replicas (none while stopped: it would scale them back up)."""
+        return self.autoscaling.enabled and self.autoscaling.mode == "hpa" and not self.stopped
 
 
 class _Reader:
@@ -463,6 +475,10 @@ def _parse_pod_template(root: _Reader) -> PodTemplate:
 
 
 PAUSED_ANNOTATION = "datarecorder.dev/paused"
+# Set on the DataRecorder to any new value: the recorder pods roll once per distinct value (the
+# value is copied to the pod template under the same key, as `kubectl rollout restart` does
+# with its own annotation).
+RESTART_ANNOTATION = "datarecorder.dev/restart"
 
 # A Secret a DataRecorder may use names the DataRecorders it is for:
 # `datarecorder.dev/recorders: "rec, other"` ("*": every DataRecorder of its namespace). The
@@ -478,6 +494,12 @@ def secret_marked_for(secret: Mapping[str, Any] | None, recorder: str) -> bool:
     annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
     names = {n.strip() for n in str(annotations.get(SECRET_MARK_ANNOTATION, "")).split(",")}
     return recorder in names or ANY_RECORDER in names
+
+
+def restart_requested(annotations: Mapping[str, str] | None) -> str | None:
+    """The value of the DataRecorder's restart annotation, None when it has none."""
+    value = (annotations or {}).get(RESTART_ANNOTATION)
+    return None if value is None else str(value)
 
 
 def is_paused(annotations: Mapping[str, str] | None) -> bool:
@@ -902,6 +924,7 @@ def parse_spec(
         pdb=_parse_pdb(root),
         pod=_parse_pod_template(root),
         network_policy=_parse_network_policy(root),
+        state=root.text("state", "running", choices=STATES),  # type: ignore[arg-type]
     )
     violations = policy_violations(parsed, root.data, policy)
     if violations:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from datarecorder_operator.lag import LagReport
+from datarecorder_operator.spec import RESTART_ANNOTATION
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 NOT_OWNED = "ChildNotOwned"
@@ -50,6 +51,7 @@ class Observation:
     lag_available: bool | None = None  # None: lag is not read for this resource
     paused: bool = False  # annotation datarecorder.dev/paused: nothing reconciled meanwhile
     custom_metrics_served: bool | None = None  # None: not in hpa mode (or not asked yet)
+    state: str | None = None  # spec.state as this pass applied it (None: not known)
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -81,6 +83,21 @@ def _deployment_conditions(deployment: Mapping[str, Any]) -> tuple[bool, bool, s
     if not rolled:
         return False, True, "RollingOut", f"{updated}/{want} recorders updated, {ready} ready"
     return False, False, "RecordersNotReady", f"{ready}/{want} recorders ready"
+
+
+STOPPED_MESSAGE = (
+    "spec.state is stopped: the recorders are scaled to 0 and autoscaling is suspended; "
+    "spec.state: running brings them back"
+)
+
+
+def _stopped_conditions(deployment: Mapping[str, Any]) -> tuple[bool, bool, str, str]:
+    """(ready, progressing, reason, message) of a stopped recorder: Ready once its last pod
+    is gone (stopped as asked is the declared state, not an outage: no NotReady alert)."""
+    left = int((deployment.get("status") or {}).get("replicas") or 0)
+    if left:
+        return False, True, "Stopping", f"{left} recorder pods still running; {STOPPED_MESSAGE}"
+    return True, False, "Stopped", STOPPED_MESSAGE
 
 
 def _deployment_failure(deployment: Mapping[str, Any]) -> str | None:
@@ -138,18 +155,20 @@ def _main_conditions(obs: Observation) -> list[dict[str, Any]]:
             _condition(DEGRADED, False, "AsExpected", "no problems found"),
         ]
     ready, progressing, reason, message = _deployment_conditions(obs.deployment)
+    moving = "RollingOut" if progressing else "Complete"
+    if obs.state == "stopped":
+        ready, progressing, reason, message = _stopped_conditions(obs.deployment)
+        moving = reason  # Stopping, then Stopped
     failure = _deployment_failure(obs.deployment)
     if obs.foreign:
         return [
             _condition(READY, ready, reason, message),
-            _condition(
-                PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message
-            ),
+            _condition(PROGRESSING, progressing, moving, message),
             _condition(DEGRADED, True, NOT_OWNED, foreign_message(obs.foreign)),
         ]
     return [
         _condition(READY, ready, reason, message),
-        _condition(PROGRESSING, progressing, "RollingOut" if progressing else "Complete", message),
+        _condition(PROGRESSING, progressing, moving, message),
         _condition(DEGRADED, True, "DeploymentFailed", failure)
         if failure
         else _condition(DEGRADED, False, "AsExpected", "no problems found"),
@@ -217,6 +236,13 @@ def compute_status(
                 status[key] = previous[key]
         if obs.lag_error is not None:
             status["lagError"] = obs.lag_error
+    if obs.state is not None:
+        status["state"] = obs.state
+    elif "state" in previous:
+        status["state"] = previous["state"]
+    restart = last_restart(previous.get("lastRestart"), deployment, now=now)
+    if restart is not None:
+        status["lastRestart"] = restart
     if obs.last_scale_time is not None:
         status["lastScaleTime"] = obs.last_scale_time
     elif "lastScaleTime" in previous:
@@ -225,6 +251,26 @@ def compute_status(
         previous.get("conditions"), conditions_for(obs), now=now, generation=obs.generation
     )
     return status
+
+
+def template_restart(deployment: Mapping[str, Any] | None) -> str | None:
+    """The restart value the Deployment's pod template carries (what the pods were rolled
+    for), None when it carries none."""
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    value = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTART_ANNOTATION)
+    return None if value is None else str(value)
+
+
+def last_restart(
+    previous: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None, *, now: str
+) -> dict[str, Any] | None:
+    """`status.lastRestart`: the restart value the pods were last rolled for and when the
+    operator first saw it on the Deployment. Kept as it was while the value is the same, so
+    a restarted operator (or a removed annotation) records nothing new."""
+    value = template_restart(deployment)
+    if value is None or (previous is not None and previous.get("value") == value):
+        return dict(previous) if previous is not None else None
+    return {"value": value, "time": now}
 
 
 def status_changed(previous: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:

@@ -57,6 +57,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ['spec.imagePullPolicy: Unsupported value: "Sometimes"'],
     ),
     (
+        # Strimzi's third state is not offered: the recorder cannot pause its consumer.
+        "state paused",
+        {"state": "paused"},
+        ['spec.state: Unsupported value: "paused": supported values: "running", "stopped"'],
+    ),
+    (
         "autoscaling min above max (CEL)",
         {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
         ["autoscaling.minReplicas must be <= autoscaling.maxReplicas"],

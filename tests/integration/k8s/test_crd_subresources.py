@@ -74,6 +74,7 @@ def test_printer_columns_show_status_fields(k8s: K8s, k8s_namespace: str) -> Non
         {
             "replicas": 3,
             "lag": {"timescaledb": 4242},
+            "state": "stopped",
             # Typed like metav1.Condition: reason, message and lastTransitionTime are required.
             "conditions": [
                 {
@@ -88,9 +89,9 @@ def test_printer_columns_show_status_fields(k8s: K8s, k8s_namespace: str) -> Non
         },
     )
     lines = k8s.kubectl("get", "-n", k8s_namespace, "datarecorder", "cols").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "REPLICAS", "LAG", "AGE"]
-    name, ready, replicas, lag, _age = lines[1].split()
-    assert (name, ready, replicas, lag) == ("cols", "True", "3", "4242")
+    assert lines[0].split() == ["NAME", "READY", "REPLICAS", "LAG", "STATE", "AGE"]
+    name, ready, replicas, lag, state, _age = lines[1].split()
+    assert (name, ready, replicas, lag, state) == ("cols", "True", "3", "4242", "stopped")
     # Not in the "all" category: `kubectl delete all --all` must not take recorders with it.
     listed = k8s.kubectl("get", "-n", k8s_namespace, "all", "-o", "name").stdout.split()
     assert "datarecorder.datarecorder.dev/cols" not in listed

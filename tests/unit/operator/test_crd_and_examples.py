@@ -55,7 +55,7 @@ def test_crd_names_and_subresources_match_the_fixed_interface() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Replicas", "Lag", "Age"]
+    assert columns == ["Ready", "Replicas", "Lag", "State", "Age"]
 
 
 def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

@@ -10,6 +10,7 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
+from datarecorder_operator.metrics import REGISTRY as OPERATOR_REGISTRY
 from prometheus_client.metrics_core import Metric
 
 from recorder.metrics import ALL_METRIC_NAMES, REGISTRY
@@ -83,6 +84,11 @@ def kube_state_metrics_names() -> set[str]:
     }
 
 
+def operator_metric_names() -> set[str]:
+    """Series the operator exports (for alerts on the operator itself)."""
+    return exposed_names(list(OPERATOR_REGISTRY.collect()))
+
+
 def test_all_metric_names_is_what_the_registry_exposes() -> None:
     """ALL_METRIC_NAMES is the reference of the next tests: it must not drift from the code."""
     assert exposed_names(list(REGISTRY.collect())) == ALL_METRIC_NAMES
@@ -100,7 +106,9 @@ def test_only_exported_metrics_are_used(source: str, exprs: list[str]) -> None:
     assert exprs, f"no PromQL found in the {source}"
     used = {name for expr in exprs for name in METRIC.findall(expr)}
     assert used, f"the {source} use no datarecorder metric"
-    known = ALL_METRIC_NAMES | (kube_state_metrics_names() if source == "alert rules" else set())
+    known = ALL_METRIC_NAMES | (
+        kube_state_metrics_names() | operator_metric_names() if source == "alert rules" else set()
+    )
     assert used <= known, f"{source} use unknown metrics: {sorted(used - known)}"
 
 
