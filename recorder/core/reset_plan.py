@@ -86,7 +86,7 @@ def refusal(
     if owner is not None:
         return (
             f"assigned to {owner}, a running member of the consumer group: stop the recorder "
-            "first (scale it to 0 replicas), then run this again"
+            "first (DataRecorder spec.state: stopped, or 0 replicas), then run this again"
         )
     if new > log_end:
         return f"{new} lies beyond the log end {log_end}: the partition would halt there"
