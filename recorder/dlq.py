@@ -296,19 +296,22 @@ class DeadLetters:
             **self._options,
         )
         out: dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]] = {}
-        await consumer.start()
         try:
-            consumer.assign(list(wanted))
-            ends = await consumer.end_offsets(list(wanted))
-            for tp, offsets in wanted.items():
-                first = min(offsets)
-                last = min(max(offsets) + 1, ends[tp])
-                consumer.seek(tp, first)
-                while await consumer.position(tp) < last:
-                    batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
-                    for m in batch.get(tp, []):
-                        if m.offset in offsets:
-                            out[(tp.topic, tp.partition, m.offset)] = (m.key, m.value, True)
+            # A deadline like a send's: a cluster that does not answer is a transient error
+            # for the flush that waits for these (retried with backoff), not a hang.
+            async with asyncio.timeout(SEND_TIMEOUT_SEC):
+                await consumer.start()
+                consumer.assign(list(wanted))
+                ends = await consumer.end_offsets(list(wanted))
+                for tp, offsets in wanted.items():
+                    first = min(offsets)
+                    last = min(max(offsets) + 1, ends[tp])
+                    consumer.seek(tp, first)
+                    while await consumer.position(tp) < last:
+                        batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                        for m in batch.get(tp, []):
+                            if m.offset in offsets:
+                                out[(tp.topic, tp.partition, m.offset)] = (m.key, m.value, True)
         finally:
             await consumer.stop()
         return out

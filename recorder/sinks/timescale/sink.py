@@ -67,6 +67,35 @@ class PartitionMissing(Transient):
 
 
 @dataclass
+class _RowsRefused(Exception):
+    """Rows the database refused for their data: the transaction is rolled back (nothing of
+    the flush recorded) so that their dead letters are sent with no transaction open, before
+    the flush is tried again without them."""
+
+    positions: list[tuple[str, int, int]]  # (topic, partition, offset) of each refused row
+    messages: list[str]
+
+
+def _without(
+    rows: pa.Table, sources: list[tuple[TP, int]], skip: set[tuple[str, int, int]]
+) -> pa.Table:
+    """The rows but those at the positions in `skip` (already dead letters); `sources` (the
+    partition and row count of each batch, in order) is updated to match."""
+    if not skip:
+        return rows
+    offsets = offsets_of(rows)
+    keep = np.ones(rows.num_rows, bool)
+    first = 0
+    for n, (tp, count) in enumerate(sources):
+        for i in range(first, first + count):
+            if (tp.topic, tp.partition, int(offsets[i])) in skip:
+                keep[i] = False
+        sources[n] = (tp, int(keep[first : first + count].sum()))
+        first += count
+    return rows if bool(keep.all()) else rows.filter(pa.array(keep))
+
+
+@dataclass
 class _Writer:
     index: int
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -417,8 +446,16 @@ class TimescaleSink(SinkHealth):
     async def _write(self, batches: dict[TP, Batch]) -> dict[TP, tuple[CasOutcome, int | None]]:
         pool = self._pool
         assert pool is not None
+        skip: set[tuple[str, int, int]] = set()  # rows dead-lettered by an earlier attempt
         try:
-            return await self._write_once(pool, batches)
+            while True:
+                try:
+                    return await self._write_once(pool, batches, skip)
+                except _RowsRefused as refused:
+                    # Kafka I/O (reading the originals, the acknowledged send) never holds a
+                    # transaction open; the letters are out before progress passes them.
+                    await self._dlq.send_refused(refused.positions, refused.messages)
+                    skip.update(refused.positions)
         except asyncpg.ReadOnlySQLTransactionError as exc:
             # After a failover the pool's connections may still reach the demoted server (same
             # address, new role, or a DNS name that now points elsewhere): replace them all.
@@ -433,7 +470,7 @@ class TimescaleSink(SinkHealth):
             raise PartitionMissing(str(exc)) from exc
 
     async def _write_once(
-        self, pool: asyncpg.Pool, batches: dict[TP, Batch]
+        self, pool: asyncpg.Pool, batches: dict[TP, Batch], skip: set[tuple[str, int, int]]
     ) -> dict[TP, tuple[CasOutcome, int | None]]:
         if self._mode is DbMode.POSTGRES:
             await self._ensure_partitions(pool, batches)
@@ -460,20 +497,19 @@ class TimescaleSink(SinkHealth):
                 else:
                     ticks.append(batch.table())
                     tick_from.append((tp, batch.count))
+            refused = _RowsRefused([], [])
             if books:
-                rows = pa.concat_tables(books)
-                await self._copy(conn, "orderbook", BOOK_COLUMNS, rows, book_from)
+                rows = _without(pa.concat_tables(books), book_from, skip)
+                await self._copy(conn, "orderbook", BOOK_COLUMNS, rows, book_from, refused)
             if ticks:
-                tick_table = pa.concat_tables(ticks).combine_chunks()
-                refused = await self._copy(conn, "tick_data", TICK_COLUMNS, tick_table, tick_from)
-                if refused:  # a refused row is a dead letter, not a trade: no bar counts it
-                    keep = np.ones(tick_table.num_rows, bool)
-                    keep[sorted(refused)] = False
-                    tick_table = tick_table.filter(pa.array(keep))
+                tick_table = _without(pa.concat_tables(ticks).combine_chunks(), tick_from, skip)
+                await self._copy(conn, "tick_data", TICK_COLUMNS, tick_table, tick_from, refused)
                 # Last in the transaction: the upsert's row locks on the hot bars are held
                 # from here to the commit only, not during the COPYs (writers serialise there).
-                if self._mode.recorder_rollups and tick_table.num_rows:
+                if self._mode.recorder_rollups and tick_table.num_rows and not refused.positions:
                     await self._upsert_rollups(conn, tick_table)
+            if refused.positions:
+                raise refused  # rolls the transaction back; `_write` sends the letters
         return outcomes
 
     async def _cas(
@@ -494,31 +530,26 @@ class TimescaleSink(SinkHealth):
         columns: tuple[str, ...],
         rows: pa.Table,
         sources: list[tuple[TP, int]],
-    ) -> set[int]:
+        refused: _RowsRefused,
+    ) -> None:
         """Binary COPY of the rows (`sources`: the partition and row count of each batch in
-        them, in order); rows the database refuses for their data go to the dead letters of
-        their source topic. Returns the indexes of the refused rows."""
+        them, in order); rows the database refuses for their data are added to `refused`,
+        with their source position and the database's message."""
         try:
             async with conn.transaction():  # savepoint: a data error must not lose the batch
                 await self._copy_rows(conn, table, columns, rows)
-            return set()
+            return
         except asyncpg.DataError as exc:
-            refused: dict[int, str] = {}
+            bad: dict[int, str] = {}
             await self._copy_isolating_bad_rows(
-                conn, table, columns, rows, 0, rows.num_rows, refused, str(exc)
+                conn, table, columns, rows, 0, rows.num_rows, bad, str(exc)
             )
         offsets = offsets_of(rows)
         ends = np.cumsum([count for _, count in sources])
-        order = sorted(refused)
-        origin = [sources[int(np.searchsorted(ends, i, side="right"))][0] for i in order]
-        await self._dlq.send_refused(
-            [
-                (tp.topic, tp.partition, int(offsets[i]))
-                for tp, i in zip(origin, order, strict=True)
-            ],
-            [f"{table}: the database refused this row: {refused[i]}" for i in order],
-        )
-        return set(refused)
+        for i in sorted(bad):
+            tp = sources[int(np.searchsorted(ends, i, side="right"))][0]
+            refused.positions.append((tp.topic, tp.partition, int(offsets[i])))
+            refused.messages.append(f"{table}: the database refused this row: {bad[i]}")
 
     @staticmethod
     async def _copy_rows(

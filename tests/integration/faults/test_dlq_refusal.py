@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 
 import asyncpg
+import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -200,6 +203,76 @@ async def test_rows_the_database_refuses_go_to_their_source_topics_dlq(
         "rows the database refuses (db_refused)",
         report,
         produced=2 * VALID + len(refused),
+        db_refused=len(refused),
+        peak_rss_mib=round(dep.peak_rss_mib(), 1),
+        recovery_s=None,
+    )
+
+
+def listener_pid(address: str) -> int:
+    """The process listening on `host:port`."""
+    port = int(address.rsplit(":", 1)[1])
+    for conn in psutil.net_connections(kind="tcp"):
+        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        if listening and conn.pid is not None:
+            return conn.pid
+    raise AssertionError(f"nothing listens on {address}")
+
+
+IDLE_IN_TRANSACTION = """
+SELECT coalesce(max(extract(epoch FROM now() - state_change)), 0)::float8
+FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'
+"""
+
+
+async def test_refused_rows_are_dead_lettered_with_no_transaction_open(
+    deployment: Deployment,
+) -> None:
+    """The dead letters of rows the database refuses are sent after the transaction rolled
+    back, then the flush goes again without them: with Kafka frozen (SIGSTOP) when such a
+    flush runs, no transaction of the recorder waits on Kafka holding its locks (before: the
+    originals were read from Kafka inside it, `idle in transaction` until the client gave up)."""
+    dep = deployment
+    tick_topic = dep.topics[0]
+    rec = dep.recorder(BATCH_SIZE=100_000, BATCH_TIMEOUT_MS=4000)
+    database = dep.env["TIMESCALEDB_DB"]
+    conn = await asyncpg.connect(dep.stack.pg_dsn(database))
+    try:
+        await conn.execute(REFUSE_TRIGGER)
+        now_ns = time.time_ns()
+        refused = [
+            json.dumps(
+                {"symbol": "REFUSE", "price": 1.0 + i, "volume": 1, "timestamp": now_ns + i}
+            ).encode()
+            for i in range(3)
+        ]
+        await dep.feed(VALID).wait()
+        await dep.send_raw([(tick_topic, v) for v in refused])
+        await dep.wait_consumed(rec, VALID + len(refused))
+        kafka = listener_pid(dep.env["KAFKA_BROKERS"].split(",")[0])
+        os.kill(kafka, signal.SIGSTOP)
+        try:
+            # The buffered rows flush within BATCH_TIMEOUT_MS, meeting the trigger.
+            longest = 0.0
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:
+                longest = max(longest, await conn.fetchval(IDLE_IN_TRANSACTION, database))
+                await asyncio.sleep(0.2)
+        finally:
+            os.kill(kafka, signal.SIGCONT)
+        assert longest < 2.0, f"a transaction waited {longest:.1f} s idle on Kafka"
+        await dep.wait_drained(limit_s=120, what="after Kafka came back")
+        report = await dep.verify_exact()
+        letters = await dead_letters(dep, f"{tick_topic}.dlq")
+        assert {v for v, _ in letters.values()} >= set(refused)
+        rows = await conn.fetchval("SELECT count(*) FROM tick_data WHERE symbol = 'REFUSE'")
+        assert rows == 0
+    finally:
+        await conn.close()
+    record_result(
+        "rows the database refuses while Kafka is frozen",
+        report,
+        produced=VALID + len(refused),
         db_refused=len(refused),
         peak_rss_mib=round(dep.peak_rss_mib(), 1),
         recovery_s=None,
