@@ -10,28 +10,64 @@ from __future__ import annotations
 import asyncpg
 
 from recorder import telemetry
+from recorder.migrate import MIGRATION_LOCK_ID
 
 TABLES = ("tick_data", "orderbook")
 
 
+# The settings each table wants, as timescaledb_information.compression_settings shows them:
+# column -> (segmentby_column_index, orderby_asc).
+WANTED: dict[str, tuple[int | None, bool | None]] = {"symbol": (1, None), "time": (None, False)}
+
+
 async def apply_compression(conn: asyncpg.Connection, after_days: int) -> None:
     """Compress chunks older than `after_days`; 0 leaves the tables' compression as it is (a
-    policy set by hand stays)."""
+    policy set by hand stays).
+
+    Only what differs is changed, under the migration lock (pods start together): an ALTER of
+    the settings is refused by TimescaleDB before 2.14 once chunks are compressed, so applying
+    it at every start would stop every pod from starting, and replacing an equal policy would
+    give it a new job each time."""
     if after_days <= 0:
         return
-    for table in TABLES:
-        await conn.execute(
-            f"""ALTER TABLE {table} SET (timescaledb.compress,
-                    timescaledb.compress_segmentby = 'symbol',
-                    timescaledb.compress_orderby = 'time DESC')"""
-        )
-        # Replaced, not kept: if_not_exists would silently keep a policy's old interval.
-        await conn.execute(
-            "SELECT remove_compression_policy($1::regclass, if_exists => TRUE)", table
-        )
-        await conn.execute(
-            "SELECT add_compression_policy($1::regclass, compress_after => make_interval(days => $2))",
-            table,
-            after_days,
-        )
-        telemetry.emit(telemetry.COMPRESSION_POLICY, table=table, after_days=after_days)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        for table in TABLES:
+            if await _settings(conn, table) != WANTED:
+                await conn.execute(
+                    f"""ALTER TABLE {table} SET (timescaledb.compress,
+                            timescaledb.compress_segmentby = 'symbol',
+                            timescaledb.compress_orderby = 'time DESC')"""
+                )
+            if await _policy(conn, table) == f"{after_days} days":
+                continue
+            # Replaced, not kept: if_not_exists would silently keep a policy's old interval.
+            await conn.execute(
+                "SELECT remove_compression_policy($1::regclass, if_exists => TRUE)", table
+            )
+            await conn.execute(
+                "SELECT add_compression_policy($1::regclass,"
+                " compress_after => make_interval(days => $2))",
+                table,
+                after_days,
+            )
+            telemetry.emit(telemetry.COMPRESSION_POLICY, table=table, after_days=after_days)
+
+
+async def _settings(conn: asyncpg.Connection, table: str) -> dict[str, tuple[object, object]]:
+    rows = await conn.fetch(
+        """SELECT attname, segmentby_column_index, orderby_asc
+           FROM timescaledb_information.compression_settings WHERE hypertable_name = $1""",
+        table,
+    )
+    return {r["attname"]: (r["segmentby_column_index"], r["orderby_asc"]) for r in rows}
+
+
+async def _policy(conn: asyncpg.Connection, table: str) -> str | None:
+    """The table's compression policy's `compress_after` (e.g. "2 days"), None without one."""
+    value: str | None = await conn.fetchval(
+        """SELECT config->>'compress_after' FROM timescaledb_information.jobs
+           WHERE proc_name = 'policy_compression' AND hypertable_name = $1""",
+        table,
+    )
+    return value

@@ -153,6 +153,14 @@ async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any
                  AND config->>'compress_after' = '2 days'"""
         )
         assert job is not None
+        # A second start with the same setting changes nothing (before: a new policy job at
+        # every start, and an ALTER that TimescaleDB < 2.14 refuses once chunks are compressed).
+        await apply_compression(conn, 2)
+        jobs = (
+            "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'"
+        )
+        again = {r[0] for r in await conn.fetch(jobs + " AND hypertable_name = 'tick_data'")}
+        assert again == {job}
         await conn.execute(f"CALL run_job({job})")
         compressed = await conn.fetchval(
             """SELECT bool_and(is_compressed) FROM timescaledb_information.chunks
