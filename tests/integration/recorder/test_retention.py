@@ -60,3 +60,39 @@ async def test_retention_drops_old_days_and_keeps_recent_rows_and_rollups(
         await conn.close()
         code, _ = rec.terminate()
     assert code == 0, rec.tail()
+
+
+async def test_a_detached_day_table_does_not_stall_the_writer(
+    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+) -> None:
+    """Plain PostgreSQL: a day table detached and not dropped (retention interrupted between
+    its DETACH and its DROP, or a DBA) is kept under another name and the day gets a new
+    partition; before, every late row of that day failed to route and its writer retried
+    forever."""
+    (topic,) = await kafka_topics("market.tick", partitions=1)
+    env = recorder_env(
+        database=fresh_database, topics=[topic], S3_WRITE_ENABLED="false", BATCH_TIMEOUT_MS=100
+    )
+    rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+    conn = await asyncpg.connect(stack.pg_dsn(fresh_database))
+    try:
+        day = [days_ago_ns(2) + i for i in range(3)]
+        await send_ticks(stack.kafka_bootstrap, topic, day)
+
+        async def rows(n: int) -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM tick_data") == n)
+
+        await wait_for(lambda: rows(3), 60, "the day's first rows", rec.tail)
+        child = await conn.fetchval("SELECT tableoid::regclass::text FROM tick_data LIMIT 1")
+        await conn.execute(f'ALTER TABLE tick_data DETACH PARTITION "{child}"')
+        await send_ticks(stack.kafka_bootstrap, topic, [t + 100 for t in day])
+        assert await rows(0)  # the day's rows left with their table
+        await wait_for(lambda: rows(3), 60, "the day's late rows in a new partition", rec.tail)
+        kept = await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE $1", f"{child}_detached_%"
+        )
+        assert kept == 1
+        assert rec.health()[0] == 200, rec.tail()
+    finally:
+        await conn.close()
+        rec.terminate()
