@@ -139,24 +139,34 @@ async def pipe(
     store = make_lake(settings)
     if lake:
         await store.start()
-    copy_q: asyncio.Queue[tuple[str, tuple[str, ...], bytes] | None] = asyncio.Queue()
-    put_q: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
-    line: Timeline = []
+    copy_q: asyncio.Queue[tuple[str, tuple[str, ...], bytes, int] | None] = asyncio.Queue()
+    put_q: asyncio.Queue[tuple[str, bytes, int] | None] = asyncio.Queue()
+    line: Timeline = []  # (seconds since the first record, records in every store so far)
     t0 = 0.0
+    copied = put = 0
+
+    def progress() -> None:
+        line.append((time.monotonic() - t0, min(copied, put) if lake else copied))
 
     async def copier() -> None:
+        nonlocal copied
         async with pool.acquire() as conn:
             while (job := await copy_q.get()) is not None:
-                table, cols, data = job
+                table, cols, data, rows = job
                 async with conn.transaction():
                     await conn.copy_to_table(
                         table, source=io.BytesIO(data), columns=list(cols), format="binary"
                     )
+                copied += rows
+                progress()
 
     async def putter() -> None:
+        nonlocal put
         while (job := await put_q.get()) is not None:
-            key, data = job
+            key, data, rows = job
             await store.put_file(key, io.BytesIO(data), len(data))
+            put += rows
+            progress()
 
     gc.collect()
     gc.freeze()  # the decoded backlog's millions of objects stay out of the pipe's collections
@@ -189,13 +199,14 @@ async def pipe(
                     if kind is TopicKind.TICK
                     else ("orderbook", BOOK_COLUMNS)
                 )
+                ends = pieces[kind].ends
                 for i in range(sent[kind], upto):
-                    copy_q.put_nowait((table, cols, pieces[kind].copies[i]))
+                    rows = ends[i] - (ends[i - 1] if i else 0)
+                    copy_q.put_nowait((table, cols, pieces[kind].copies[i], rows))
                     if lake:
-                        put_q.put_nowait((f"pipe/{kind.value}/{i:06d}.parquet",
-                                          pieces[kind].files[i]))  # fmt: skip
+                        key = f"pipe/{kind.value}/{i:06d}.parquet"
+                        put_q.put_nowait((key, pieces[kind].files[i], rows))
                 sent[kind] = upto
-            line.append((time.monotonic() - t0, n))
         for _ in workers:
             copy_q.put_nowait(None)
         for _ in uploaders:

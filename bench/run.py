@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench`, `recorder`, `tes
 from bench import scenarios as sc  # noqa: E402
 from bench import workload as wl  # noqa: E402
 from bench.peers.scenario import run_peers  # noqa: E402
-from bench.report import Rate, Results, drain_rate, render, tail_bound  # noqa: E402
+from bench.report import Rate, Results, drain_rate, render, same_way, tail_bound  # noqa: E402
 from bench.stack import Stack, acquire  # noqa: E402
 
 
@@ -46,7 +46,7 @@ class Plan:
 
 # --quick runs one peer, Benthos (a Go binary that starts in a second); Kafka Connect's JVM,
 # plugin load and the schema re-produce step would double the quick run's time.
-QUICK = Plan(100_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False,
+QUICK = Plan(300_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False,
              peers=("benthos",))  # fmt: skip
 FULL = Plan(2_000_000, 20_000, 20_000, 60, outage=True, scaling=True, plots=True,
             peers=("benthos", "connect", "benthos-s3"))  # fmt: skip
@@ -111,10 +111,10 @@ async def measure(
 
         log("pipe ceiling, hot path: fetch + binary COPY at once, no decode")
         hot_pipe = await sc.pipe_ceiling(stack, topics, total, backlog, lake=False)
-        r.pipe_hot, r.pipe_hot_cpu_us = hot_pipe.rate, hot_pipe.cpu_us_per_record
+        r.pipe_hot_cpu_us = hot_pipe.cpu_us_per_record
         log("pipe ceiling, both sinks: fetch + binary COPY + Parquet PUT at once")
         both_pipe = await sc.pipe_ceiling(stack, topics, total, backlog, lake=True)
-        r.pipe_both, r.pipe_both_cpu_us = both_pipe.rate, both_pipe.cpu_us_per_record
+        r.pipe_both_cpu_us = both_pipe.cpu_us_per_record
         lines["pipe: fetch + COPY"] = hot_pipe.line
 
         log("recorder: end-to-end drain of the backlog")
@@ -137,7 +137,12 @@ async def measure(
             "ceiling: fetch-only": fetch_line,
         }
 
-        await hot_path(stack, topics, plan, logs, r)
+        hot = await hot_path(stack, topics, plan, logs, r)
+        # Each pipe rate is taken the way the recorder rate it is compared with was: over the
+        # whole drain, or over the same steady-state window of its own progress curve.
+        r.pipe_hot = same_way(hot_pipe.line, total, hot_pipe.seconds, hot)
+        r.pipe_both = same_way(both_pipe.line, total, both_pipe.seconds, slower(db, lake))
+        r.pipe_how = {"hot": way(hot), "both": way(slower(db, lake))}
         await measure_timescaledb(stack, topics, plan, backlog, logs, r)
         if plan.peers:
             r.peers = await run_peers(stack, topics.tick, plan.ticks, logs, peers=list(plan.peers))
@@ -229,7 +234,21 @@ def scaled(r: Results, name: str, d: sc.DrainResult, plan: Plan) -> None:
         r.scaling[name] = rate.value
 
 
-async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: Results) -> None:
+def slower(a: Rate, b: Rate) -> Rate:
+    """The store that sets the pace of both sinks (a store not measured: the other)."""
+    if a.value is None or b.value is None:
+        return b if a.value is None else a
+    return a if a.value <= b.value else b
+
+
+def way(rate: Rate) -> str:
+    if rate.window is None:
+        return "whole run"
+    lo, hi = rate.window
+    return f"steady state {lo:.0%}→{hi:.0%} of its records"
+
+
+async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: Results) -> Rate:
     """The hot path alone on the whole backlog, then on ticks and order books apart (for the
     CPU per record of each kind)."""
     log("recorder: hot path alone (S3_WRITE_ENABLED=false)")
@@ -251,6 +270,7 @@ async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: R
             r.cpu_us[f"hot path, {name} alone"] = d.cpu_us_per_record
         if d.cores is not None:
             r.cores[f"hot path, {name} alone"] = d.cores
+    return hot
 
 
 def on_timescaledb(stack: Stack) -> Stack | None:

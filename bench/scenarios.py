@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import sys
+import threading
 import time
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -36,8 +37,7 @@ from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
 
 NS_PER_DAY = 86_400 * 1_000_000_000
-POLL_S = 0.1  # how often a drain reads the database's progress (the curve's resolution)
-LAKE_EVERY = 2  # and the lake's, every this many polls
+POLL_S = 0.1  # how often a drain reads each store's progress (the curve's resolution)
 Timeline = list[tuple[float, float]]  # (seconds since start, records durable/read so far)
 
 
@@ -171,47 +171,70 @@ async def drain(
             p.wait_ready(120)
             return time.monotonic(), _cpu(p)
 
-        # Each process's /ready time and CPU then. The clock starts at the FIRST /ready: a
-        # process consumes from then on, whether or not the others are up (timing from the
-        # last /ready counted the first one's head start as free: 857,672 rec/s on 2 cores).
-        # The stores are polled from the spawn on, so nothing recorded before goes unseen.
+        # The clock starts when the FIRST record is consumed by any process (its own
+        # datarecorder_records_consumed counter, polled every FIRST_POLL_S from the spawn):
+        # timing from the last /ready counted the first process's head start as free (857,672
+        # rec/s on 2 cores), and timing from /ready counted the group join as work.
         waits = asyncio.gather(*(asyncio.to_thread(ready, p) for p in procs))
+        seen = threading.Event()
+        firsts = asyncio.gather(*(asyncio.to_thread(_first_record, p, seen) for p in procs))
         raw_db: list[tuple[float, int]] = []
         raw_s3: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+
+        async def poll_db() -> None:
+            while not stop.is_set():
+                db = await progress.database()
+                if db >= 0:
+                    raw_db.append((time.monotonic(), db))
+                await asyncio.sleep(POLL_S)
+
+        async def poll_lake() -> None:
+            # The lake's progress is a GET per partition: polled apart from the database, so
+            # a slow round of GETs does not thin out the database's curve.
+            while not stop.is_set():
+                lake = await progress.lake()
+                raw_s3.append((time.monotonic(), lake))
+                await asyncio.sleep(POLL_S)
+
+        pollers = [asyncio.create_task(poll_db())]
+        if s3:
+            pollers.append(asyncio.create_task(poll_lake()))
         readies: list[tuple[float, float]] | None = None
         cpu_done: float | None = None
-        db_at = s3_at = None
-        polls = 0
-        while True:
-            polls += 1
-            now = time.monotonic()
-            if now - spawned > limit_s:
-                raise TimeoutError(
-                    f"{name}: stores not complete after {limit_s:.0f}s "
-                    f"(db {raw_db[-1:]}, s3 {raw_s3[-1:]}); log: {procs[0].tail()}"
-                )
-            if readies is None and waits.done():
-                readies = waits.result()
-            for p in procs:
-                if not p.alive():
-                    raise RuntimeError(f"{name}: recorder exited; log: {p.tail()}")
-            db = await progress.database()
-            if db >= 0:
-                raw_db.append((now, db))
-                if db >= total and db_at is None:
-                    db_at = now
-            # The lake's progress is one GET per partition: read it every LAKE_EVERY polls, so
-            # the probe's own load on the shared cores stays small.
-            if s3 and (polls % LAKE_EVERY == 0 or db_at is not None):
-                lake = await progress.lake()
-                raw_s3.append((now, lake))
-                if lake >= total and s3_at is None:
-                    s3_at = now
-            if readies is not None and db_at is not None and (not s3 or s3_at is not None):
-                cpu_done = sum(_cpu(p) for p in procs) - sum(c for _, c in readies)
-                break
-            await asyncio.sleep(POLL_S)
-        t0 = min(t for t, _ in readies)
+        try:
+            while True:
+                if time.monotonic() - spawned > limit_s:
+                    raise TimeoutError(
+                        f"{name}: stores not complete after {limit_s:.0f}s "
+                        f"(db {raw_db[-1:]}, s3 {raw_s3[-1:]}); log: {procs[0].tail()}"
+                    )
+                for p in procs:
+                    if not p.alive():
+                        raise RuntimeError(f"{name}: recorder exited; log: {p.tail()}")
+                for task in pollers:
+                    if task.done():
+                        task.result()  # a poller's error ends the drain
+                if readies is None and waits.done():
+                    readies = waits.result()
+                db_full = bool(raw_db) and raw_db[-1][1] >= total
+                s3_full = not s3 or (bool(raw_s3) and raw_s3[-1][1] >= total)
+                if readies is not None and db_full and s3_full:
+                    cpu_done = sum(_cpu(p) for p in procs) - sum(c for _, c in readies)
+                    break
+                await asyncio.sleep(POLL_S / 2)
+        finally:
+            stop.set()
+            seen.set()
+            for task in pollers:
+                task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+        started = [t for t in await firsts if t is not None]
+        if not started:
+            raise RuntimeError(f"{name}: the stores filled but no recorder counted a record")
+        t0 = min(started)
+        db_at = next(t for t, v in raw_db if v >= total)
+        s3_at = next((t for t, v in raw_s3 if v >= total), None)
         db_done = db_at - t0
         s3_done = s3_at - t0 if s3_at is not None else None
         db_line: Timeline = [(t - t0, v) for t, v in raw_db if t >= t0]
@@ -228,7 +251,7 @@ async def drain(
             s3_timeline=s3_line,
             cpu_seconds=cpu_done,
             durable_at_start=max(before[-1:] + before_lake[-1:], default=0),
-            ready_spread=max(t for t, _ in readies) - t0,
+            ready_spread=max(t for t, _ in readies) - min(t for t, _ in readies),
         )
         if verify:
             from recorder.tools.verify import verify as run_verify
@@ -254,6 +277,32 @@ async def drain(
         await wl.drop_bucket(stack, bucket)
     result.peak_rss = max(p.peak_rss for p in procs)
     return result
+
+
+FIRST_POLL_S = 0.05  # how often a starting recorder's /metrics is read for its first record
+CONSUMED = "datarecorder_records_consumed_total"
+
+
+def records_consumed(metrics_text: str) -> float:
+    """The recorder's consumed-records counter, summed over topics (0 before any)."""
+    return sum(
+        v
+        for k, v in _metric_values(metrics_text).items()
+        if k == CONSUMED or k.startswith(CONSUMED + "{")
+    )
+
+
+def _first_record(proc: RecorderProcess, stop: threading.Event) -> float | None:
+    """When `proc` consumed its first record (monotonic; FIRST_POLL_S resolution); None if
+    it had consumed none when `stop` was set (a second process that got no partitions)."""
+    while not stop.is_set() and proc.alive():
+        try:
+            if records_consumed(proc.metrics_text()) > 0:
+                return time.monotonic()
+        except OSError:  # its HTTP server is not up yet
+            pass
+        time.sleep(FIRST_POLL_S)
+    return None
 
 
 # --- ceilings ----------------------------------------------------------------------------

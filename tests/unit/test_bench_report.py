@@ -9,13 +9,16 @@ import pytest
 
 from bench.pipe import piece_ends, released
 from bench.report import (
+    Rate,
     Results,
     crossing,
     drain_rate,
     limit,
     percentile,
     percentiles,
+    rate_between,
     render,
+    same_way,
     tail_bound,
 )
 
@@ -152,3 +155,28 @@ def test_a_piece_goes_only_when_all_its_records_have_arrived() -> None:
     assert released(24_999, ends) == 2
     assert released(25_000, ends) == 3
     assert piece_ends(0, 10) == []
+
+
+def test_a_ceiling_is_taken_the_same_way_as_the_recorder_rate_it_is_compared_with() -> None:
+    # A pipe that ramps up for 1 s, then 1,000 records/s.
+    line = [(0.0, 0.0), (1.0, 100.0)] + [(1.0 + t / 10, 100.0 + 100.0 * t) for t in range(1, 10)]
+    line.append((2.0, 1000.0))
+    whole = Rate(10.0, "whole drain")
+    steady = Rate(10.0, "steady", window=(0.1, 0.9))
+    assert same_way(line, 1000, 2.0, whole) == 500.0
+    assert same_way(line, 1000, 2.0, steady) == pytest.approx(1000.0)
+    assert rate_between(line, 1000, 0.1, 0.9) == pytest.approx(1000.0)
+    assert rate_between(line, 2000, 0.1, 0.9) is None  # never reaches 90 %
+
+
+def test_the_first_record_is_read_from_the_recorders_consumed_counter() -> None:
+    from bench.scenarios import records_consumed
+
+    text = (
+        "# HELP datarecorder_records_consumed_total Kafka records fetched\n"
+        'datarecorder_records_consumed_total{topic="a"} 0.0\n'
+        'datarecorder_records_consumed_total{topic="b"} 12.0\n'
+        'datarecorder_records_consumed_created{topic="b"} 1.7e9\n'
+    )
+    assert records_consumed(text) == 12.0
+    assert records_consumed("") == 0.0
