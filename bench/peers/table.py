@@ -19,10 +19,15 @@ class PeerRun:
     db_cpu: float | None  # of the PostgreSQL server; None where it is not on this machine
     fingerprint: tuple[object, ...] = ()
     check: str = ""
+    # A lake run ends with files that wait a flush timer: its rate is then taken as
+    # bench.report.drain_rate says (whole window, the curve's steady state, or not measured).
+    steady: float | None = None
+    rate_how: str = ""
+    timed: bool = False
 
     @property
-    def rate(self) -> float:
-        return self.rows / self.seconds
+    def rate(self) -> float | None:
+        return self.steady if self.timed else self.rows / self.seconds
 
 
 PG, S3 = "PostgreSQL", "Parquet/S3"
@@ -54,13 +59,14 @@ def peer_rows(runs: list[PeerRun]) -> list[tuple[str, str, str, str]]:
     for r in runs:
         base = next((b for b in runs if b.label == "recorder" and b.store == r.store), None)
         compared = ""
-        if base is not None and r is not base:
+        if base is not None and r is not base and r.rate is not None and base.rate:
             compared = f"{r.rate / base.rate:.2f}x recorder"
         db = f", PostgreSQL {us_per_row(r.db_cpu, r.rows)}" if r.store == PG else ""
         how = (
             f"{r.rows:,} rows, partitions assigned → last durable; CPU/row: process "
             f"{us_per_row(r.cpu, r.rows)}{db}; {NOTES.get((r.label, r.store), '')}; {r.check}"
+            + (f"; rate: {r.rate_how}" if r.rate_how else "")
         )
         label = LABELS.get((r.label, r.store), f"{r.label} → {r.store}")
-        out.append((label, f"{r.rate:,.0f} rec/s", compared, how))
+        out.append((label, "—" if r.rate is None else f"{r.rate:,.0f} rec/s", compared, how))
     return out
