@@ -21,7 +21,7 @@ import asyncpg
 import pyarrow as pa
 
 from bench import workload as wl
-from bench.peers.cpu import process_cpu
+from bench.peers.cpu import machine_busy, process_cpu
 from bench.stack import Stack
 from recorder.core.columns import empty
 from recorder.core.offsets import TP
@@ -83,6 +83,7 @@ class PipeResult:
     seconds: float
     cpu_seconds: float
     line: Timeline
+    machine_cores: float  # cores the whole machine kept busy over the pipe's window
 
     @property
     def rate(self) -> float:
@@ -179,7 +180,7 @@ async def pipe(
         arrived = dict.fromkeys(kinds.values(), 0)
         sent = dict.fromkeys(kinds.values(), 0)
         n = 0
-        cpu0 = 0.0
+        cpu0 = busy0 = 0.0
         deadline = time.monotonic() + LIMIT_S
         while n < total:
             if time.monotonic() > deadline:
@@ -191,7 +192,7 @@ async def pipe(
                     n += len(msgs)
             if n and not t0:
                 t0 = time.monotonic()
-                cpu0 = process_cpu(os.getpid())
+                cpu0, busy0 = process_cpu(os.getpid()), machine_busy()
             for kind, got in arrived.items():
                 upto = released(got, pieces[kind].ends)
                 table, cols = (
@@ -214,6 +215,7 @@ async def pipe(
         await asyncio.gather(*workers, *uploaders)
         seconds = time.monotonic() - t0
         cpu = process_cpu(os.getpid()) - cpu0
+        busy = (machine_busy() - busy0) / seconds
         missing = {
             k: len(p.ends) - sent[k] for k, p in pieces.items() if sent.get(k) != len(p.ends)
         }
@@ -226,4 +228,4 @@ async def pipe(
         if lake:
             await store.close()
             await wl.drop_bucket(stack, bucket)
-    return PipeResult(total, seconds, cpu, line)
+    return PipeResult(total, seconds, cpu, line, busy)

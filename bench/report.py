@@ -170,6 +170,7 @@ class Results:
     pipe_both: float | None = None
     pipe_both_cpu_us: float | None = None
     pipe_how: dict[str, str] = field(default_factory=dict)  # "hot"/"both": whole or window
+    pipe_whole: dict[str, float] = field(default_factory=dict)  # "hot"/"both": whole run
     naive: float | None = None
     naive_sample: int = 0
     latency: Percentiles | None = None
@@ -196,6 +197,10 @@ class Results:
     recorder_db_only_how: str = ""
     cpu_us: dict[str, float] = field(default_factory=dict)
     cores: dict[str, float] = field(default_factory=dict)
+    # Cores the whole machine kept busy over each drain's (and pipe's: "pipe hot", "pipe
+    # both") window, of `cpus`: whether the shared cores were the limit.
+    machine_cores: dict[str, float] = field(default_factory=dict)
+    cpus: int = 2
 
     @property
     def ceiling(self) -> float | None:
@@ -250,19 +255,28 @@ def _ratio(value: float | None, of: float | None, unit: str = "x") -> str:
 
 
 # A recorder whose process kept this many cores busy is limited by its own CPU (one event
-# loop, plus the Parquet encode's thread); below it, by what it waits for on the shared cores.
+# loop, plus the Parquet encode's thread); a machine this close to all its cores busy is the
+# limit itself (the recorder shares it with Kafka, PostgreSQL, the S3 server, other jobs).
 BUSY_CORES = 0.85
+MACHINE_FULL = 0.9
 
 
-def limit(cores: float | None) -> str:
-    """What limits a recorder drain, from how busy its process was."""
+def limit(cores: float | None, machine: float | None = None, cpus: int = 2) -> str:
+    """What limits a run, from how busy its process and the machine were over its window."""
     if cores is None:
         return "limit: not known (no CPU figure)"
+    seen = f"process {cores:.2f} cores busy" + (
+        "" if machine is None else f", machine {machine:.2f} of {cpus}"
+    )
     if cores >= BUSY_CORES:
-        return f"limit: the recorder's own CPU (its process kept {cores:.2f} cores busy)"
+        return f"limit: its own CPU, one event loop ({seen})"
+    if machine is not None and machine >= MACHINE_FULL * cpus:
+        return f"limit: the shared cores, all busy with it, the servers and other jobs ({seen})"
+    if machine is None:
+        return f"limit: not its own CPU ({seen}); the machine's was not measured"
     return (
-        f"limit: the shared cores and the servers (the recorder process kept only {cores:.2f} "
-        "cores busy; Kafka, PostgreSQL, the S3 server and other jobs had the rest)"
+        f"limit: neither its CPU nor the machine's was saturated ({seen}): it waits — on "
+        "round trips to the stores and its own batching/backpressure"
     )
 
 
@@ -273,13 +287,22 @@ def _measured(value: float | None, how: str) -> str:
 def rows(r: Results) -> list[tuple[str, str, str, str]]:
     """(measurement, result, compared with, how and what limits it) for every figure."""
     n = f"{r.ticks:,} ticks + {r.books:,} order books"
-    both_cores = r.cores.get("both sinks")
-    hot_cores = r.cores.get("hot path")
-    pipe_limit = (
-        "limit: one process's event loop doing fetch + COPY protocol"
-        + (" + PUTs" if r.pipe_both else "")
-        + " on 2 cores shared with Kafka, PostgreSQL and the S3 server"
-    )
+
+    def lim(name: str) -> str:
+        return limit(r.cores.get(name), r.machine_cores.get(name), r.cpus)
+
+    def pipe_cpu(name: str, us: float | None) -> str:
+        whole = r.pipe_whole.get(name)
+        return ", ".join(
+            ([f"whole run {whole:,.0f} rec/s"] if whole is not None else [])
+            + ([f"{us:.2f} µs CPU/rec"] if us is not None else [])
+        )
+
+    def pipe_limit(name: str, us: float | None, rate_: float | None) -> str:
+        whole = r.pipe_whole.get(name)
+        cores = us * whole / 1e6 if us is not None and whole else None
+        return limit(cores, r.machine_cores.get(f"pipe {name}"), r.cpus)
+
     out: list[tuple[str, str, str, str]] = [
         (
             "Recorder drain → PostgreSQL (both sinks on)",
@@ -287,7 +310,7 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
             _ratio(r.recorder_db, r.ceiling, " of one-stage min"),
             f"{n}, 12 partitions each, from the first record consumed until "
             "`recorder_offsets` covers all; "
-            f"{_measured(r.recorder_db, r.recorder_db_how)}; {limit(both_cores)}",
+            f"{_measured(r.recorder_db, r.recorder_db_how)}; {lim('both sinks')}",
         ),
         (
             "Recorder drain → Parquet on S3 (both sinks on)",
@@ -302,14 +325,14 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
             _ratio(r.recorder_both, r.pipe_both, " of pipe (both)"),
             "min of the two rows above; "
             + ("" if r.recorder_both is not None else "not measured: a store's rate is not; ")
-            + limit(both_cores),
+            + lim("both sinks"),
         ),
         (
             "Recorder drain → PostgreSQL, hot path alone",
             rate(r.recorder_db_only),
             _ratio(r.recorder_db_only, r.pipe_hot, " of hot pipe"),
             f"same backlog, S3_WRITE_ENABLED=false; "
-            f"{_measured(r.recorder_db_only, r.recorder_db_only_how)}; {limit(hot_cores)}",
+            f"{_measured(r.recorder_db_only, r.recorder_db_only_how)}; {lim('hot path')}",
         ),
         *(
             (
@@ -317,29 +340,30 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
                 f"{us:.2f} µs",
                 f"≈ {1e6 / us:,.0f} rec/s per core",
                 "recorder process user+system CPU from /ready to done ÷ records (servers "
-                "apart): per-core capacity where the servers run elsewhere"
-                + (f"; {r.cores[name]:.2f} cores busy" if name in r.cores else ""),
+                "apart): per-core capacity where the servers run elsewhere" + f"; {lim(name)}",
             )
             for name, us in r.cpu_us.items()
         ),
         (
             "Pipe ceiling, hot path: fetch + COPY at once",
             rate(r.pipe_hot),
-            f"{r.pipe_hot_cpu_us:.2f} µs CPU/rec" if r.pipe_hot_cpu_us else "",
+            pipe_cpu("hot", r.pipe_hot_cpu_us),
             "the zero-work recorder (bench/pipe.py): the recorder's KafkaSource (same consumer "
             "settings, group, getmany(5000)) and, as records arrive, binary COPY of rows "
             "pre-encoded by the recorder's encoder, 10k rows a COPY, 4 connections; no decode, "
             "no progress rows, no rollups; first record fetched → last COPY done, "
-            f"{r.pipe_how.get('hot', 'whole run')} (as the hot-path row); {pipe_limit}",
+            f"{r.pipe_how.get('hot', 'whole run')} (as the hot-path row); "
+            f"{pipe_limit('hot', r.pipe_hot_cpu_us, r.pipe_hot)}",
         ),
         (
             "Pipe ceiling, both sinks: fetch + COPY + PUT at once",
             rate(r.pipe_both),
-            f"{r.pipe_both_cpu_us:.2f} µs CPU/rec" if r.pipe_both_cpu_us else "",
+            pipe_cpu("both", r.pipe_both_cpu_us),
             "as above, plus a PUT of a pre-encoded 10k-row snappy Parquet file to the same S3 "
             "server as its records arrive (up to a file per partition in flight), no progress "
             "objects; first record fetched → last COPY and PUT done, "
-            f"{r.pipe_how.get('both', 'whole run')} (as the slower store's row); {pipe_limit}",
+            f"{r.pipe_how.get('both', 'whole run')} (as the slower store's row); "
+            f"{pipe_limit('both', r.pipe_both_cpu_us, r.pipe_both)}",
         ),
         (
             "Ceiling (a), one stage: asyncpg binary COPY",
@@ -409,8 +433,8 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
                 rate(value),
                 _ratio(value, base, "x of 1 worker") if base else "",
                 f"hot path only (S3 off), {r.scaling_records:,} records, from the first record "
-                f"consumed by any process; {how}; limit: 2 cores shared by Kafka, PostgreSQL and the "
-                "recorder(s): contention, not capacity",
+                f"consumed by any process; {how}; {lim(f'scaling {name}')} (2 cores shared by "
+                "Kafka, PostgreSQL and the recorders: contention, not capacity)",
             )
         )
     if not r.scaling_how:

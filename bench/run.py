@@ -87,6 +87,7 @@ async def measure(
     stack: Stack, plan: Plan, out: Path, mode: str
 ) -> tuple[Results, dict[str, object]]:
     r = Results(mode=mode, ticks=plan.ticks, books=plan.books, machine=machine())
+    r.cpus = os.cpu_count() or 1
     r.naive_sample = plan.naive_sample
     lines: dict[str, object] = {}
     logs = out / "logs"
@@ -112,9 +113,12 @@ async def measure(
         log("pipe ceiling, hot path: fetch + binary COPY at once, no decode")
         hot_pipe = await sc.pipe_ceiling(stack, topics, total, backlog, lake=False)
         r.pipe_hot_cpu_us = hot_pipe.cpu_us_per_record
+        r.pipe_whole["hot"], r.machine_cores["pipe hot"] = hot_pipe.rate, hot_pipe.machine_cores
         log("pipe ceiling, both sinks: fetch + binary COPY + Parquet PUT at once")
         both_pipe = await sc.pipe_ceiling(stack, topics, total, backlog, lake=True)
         r.pipe_both_cpu_us = both_pipe.cpu_us_per_record
+        r.pipe_whole["both"] = both_pipe.rate
+        r.machine_cores["pipe both"] = both_pipe.machine_cores
         lines["pipe: fetch + COPY"] = hot_pipe.line
 
         log("recorder: end-to-end drain of the backlog")
@@ -127,8 +131,7 @@ async def measure(
         r.recorder_s3, r.recorder_s3_how = lake.value, lake.how
         if drain.cpu_us_per_record is not None:
             r.cpu_us["both sinks"] = drain.cpu_us_per_record
-        if drain.cores is not None:
-            r.cores["both sinks"] = drain.cores
+        keep_cpu(r, "both sinks", drain)
         r.startup_s, r.verified, r.rss_drain = drain.startup_seconds, drain.verified, drain.peak_rss
         lines |= {
             "recorder → PostgreSQL": drain.db_timeline,
@@ -216,6 +219,14 @@ def lake_rate(d: sc.DrainResult, plan: Plan) -> Rate:
     return checked(d, drain_rate(d.records, d.s3_seconds, d.s3_timeline, FILE_TIMEOUT_S, tail))
 
 
+def keep_cpu(r: Results, name: str, d: sc.DrainResult) -> None:
+    """How busy the recorder and the machine were over a drain: what limited it."""
+    if d.cores is not None:
+        r.cores[name] = d.cores
+    if d.machine_cores is not None:
+        r.machine_cores[name] = d.machine_cores
+
+
 def checked(d: sc.DrainResult, rate: Rate) -> Rate:
     """No rate from a clock that started after work began."""
     if d.durable_at_start:
@@ -230,6 +241,7 @@ def scaled(r: Results, name: str, d: sc.DrainResult, plan: Plan) -> None:
     if d.ready_spread > 0.05:
         how += f"; the second process was ready {d.ready_spread:.1f} s after the first"
     r.scaling_how[name] = how
+    keep_cpu(r, f"scaling {name}", d)
     if rate.value is not None:
         r.scaling[name] = rate.value
 
@@ -258,8 +270,7 @@ async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: R
     r.recorder_db_only, r.recorder_db_only_how = hot.value, hot.how
     if d.cpu_us_per_record is not None:
         r.cpu_us["hot path"] = d.cpu_us_per_record
-    if d.cores is not None:
-        r.cores["hot path"] = d.cores
+    keep_cpu(r, "hot path", d)
     parts = [("ticks", wl.Topics(topics.tick, None), plan.ticks)]
     if topics.book:
         parts.append(("order books", wl.Topics(topics.book, None), plan.books))
@@ -268,8 +279,7 @@ async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: R
         d = await sc.drain(stack, only, count, logs, name=f"hot-{name[:4]}", s3=False)
         if d.cpu_us_per_record is not None:
             r.cpu_us[f"hot path, {name} alone"] = d.cpu_us_per_record
-        if d.cores is not None:
-            r.cores[f"hot path, {name} alone"] = d.cores
+        keep_cpu(r, f"hot path, {name} alone", d)
     return hot
 
 

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import pipe as pipe_mod
 from bench import workload as wl
-from bench.peers.cpu import process_cpu
+from bench.peers.cpu import machine_busy, process_cpu
 from bench.report import Percentiles, percentiles
 from bench.stack import Stack
 from recorder.core.columns import decode_batch, empty
@@ -57,16 +57,17 @@ class DrainResult:
     durable_at_start: int = 0
     ready_spread: float = 0.0
 
-    @property
-    def wall_seconds(self) -> float:
-        return max(self.db_seconds, self.s3_seconds or 0.0)
+    # The window of cpu_seconds (first record → every store done), and how many of the
+    # machine's cores were busy over it (every process: recorder, servers, other jobs).
+    cpu_wall: float = 0.0
+    machine_cores: float | None = None
 
     @property
     def cores(self) -> float | None:
         """The recorder processes' CPU over the drain ÷ its wall time: cores they kept busy."""
-        if self.cpu_seconds is None or not self.wall_seconds:
+        if self.cpu_seconds is None or not self.cpu_wall:
             return None
-        return self.cpu_seconds / self.wall_seconds
+        return self.cpu_seconds / self.cpu_wall
 
     @property
     def cpu_us_per_record(self) -> float | None:
@@ -201,9 +202,12 @@ async def drain(
         if s3:
             pollers.append(asyncio.create_task(poll_lake()))
         readies: list[tuple[float, float]] | None = None
-        cpu_done: float | None = None
+        # (time, the machine's busy CPU seconds, the recorder processes' CPU seconds), every
+        # loop: the CPU figures are taken over the same window as the rates.
+        cpu_line: list[tuple[float, float, float]] = []
         try:
             while True:
+                cpu_line.append((time.monotonic(), machine_busy(), sum(_cpu(p) for p in procs)))
                 if time.monotonic() - spawned > limit_s:
                     raise TimeoutError(
                         f"{name}: stores not complete after {limit_s:.0f}s "
@@ -220,7 +224,6 @@ async def drain(
                 db_full = bool(raw_db) and raw_db[-1][1] >= total
                 s3_full = not s3 or (bool(raw_s3) and raw_s3[-1][1] >= total)
                 if readies is not None and db_full and s3_full:
-                    cpu_done = sum(_cpu(p) for p in procs) - sum(c for _, c in readies)
                     break
                 await asyncio.sleep(POLL_S / 2)
         finally:
@@ -233,6 +236,11 @@ async def drain(
         if not started:
             raise RuntimeError(f"{name}: the stores filled but no recorder counted a record")
         t0 = min(started)
+        # CPU from the last sample at or before the first record to the end.
+        c0 = max((c for c in cpu_line if c[0] <= t0), key=lambda c: c[0], default=cpu_line[0])
+        c1 = cpu_line[-1]
+        cpu_done = c1[2] - c0[2]
+        busy = (c1[1] - c0[1]) / (c1[0] - c0[0]) if c1[0] > c0[0] else None
         db_at = next(t for t, v in raw_db if v >= total)
         s3_at = next((t for t, v in raw_s3 if v >= total), None)
         db_done = db_at - t0
@@ -250,6 +258,8 @@ async def drain(
             db_timeline=db_line,
             s3_timeline=s3_line,
             cpu_seconds=cpu_done,
+            cpu_wall=c1[0] - c0[0],
+            machine_cores=busy,
             durable_at_start=max(before[-1:] + before_lake[-1:], default=0),
             ready_spread=max(t for t, _ in readies) - min(t for t, _ in readies),
         )

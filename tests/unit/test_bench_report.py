@@ -71,14 +71,15 @@ def test_missing_figures_say_so_instead_of_failing() -> None:
 def test_every_row_has_the_same_columns_and_says_what_limits_the_drains() -> None:
     r = Results(mode="full", ticks=10, books=1, recorder_db=80.0, recorder_db_only=90.0)
     r.cpu_us["hot path"], r.cores["hot path"] = 4.0, 0.95
-    r.cores["both sinks"] = 0.5
+    r.cores["both sinks"], r.machine_cores["both sinks"] = 0.5, 1.95
     r.scaling["DB_WRITE_WORKERS=1"] = 50.0
     r.scaling_how |= {"DB_WRITE_WORKERS=1": "whole drain", "2 processes x 4 writers": "not m"}
     table = [line for line in render(r).splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1
     text = "\n".join(table)
-    assert "limit: the recorder's own CPU (its process kept 0.95 cores busy)" in text
-    assert "the recorder process kept only 0.50 cores busy" in text
+    assert "limit: its own CPU, one event loop (process 0.95 cores busy)" in text
+    assert "limit: the shared cores, all busy with it, the servers and other jobs" in text
+    assert "cores busy, machine 1.95 of 2)" in text
     assert "4.00 µs" in text and "≈ 250,000 rec/s per core" in text
     # A scaling run that could not be measured is listed, without a rate.
     row = next(line for line in table if "2 processes x 4 writers" in line)
@@ -88,7 +89,9 @@ def test_every_row_has_the_same_columns_and_says_what_limits_the_drains() -> Non
 def test_limit_says_what_is_known() -> None:
     assert "not known" in limit(None)
     assert "own CPU" in limit(1.3)
-    assert "shared cores" in limit(0.4)
+    assert "the machine's was not measured" in limit(0.4)
+    assert "shared cores" in limit(0.4, 1.9, 2)
+    assert "neither its CPU nor the machine's was saturated" in limit(0.4, 1.2, 2)
 
 
 # --- the rate from the progress curve -----------------------------------------------------
