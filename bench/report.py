@@ -291,6 +291,13 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
     def lim(name: str) -> str:
         return limit(r.cores.get(name), r.machine_cores.get(name), r.cpus)
 
+    def busy(name: str) -> str:
+        if name not in r.cores:
+            return ""
+        machine = r.machine_cores.get(name)
+        of = "" if machine is None else f", the machine {machine:.2f} of {r.cpus}"
+        return f"; over that window the process kept {r.cores[name]:.2f} cores busy{of}"
+
     def pipe_cpu(name: str, us: float | None) -> str:
         whole = r.pipe_whole.get(name)
         return ", ".join(
@@ -339,8 +346,9 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
                 f"Recorder CPU per record, {name}",
                 f"{us:.2f} µs",
                 f"≈ {1e6 / us:,.0f} rec/s per core",
-                "recorder process user+system CPU from /ready to done ÷ records (servers "
-                "apart): per-core capacity where the servers run elsewhere" + f"; {lim(name)}",
+                "recorder process user+system CPU from its first record to every store done "
+                "÷ records (servers apart): per-core capacity where the servers run elsewhere"
+                + busy(name),
             )
             for name, us in r.cpu_us.items()
         ),
