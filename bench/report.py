@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.peers.table import PeerRun, peer_rows
+from bench.rates import crossing, rate_between
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,6 @@ class Rate:
     window: tuple[float, float] | None = None
 
 
-def rate_between(
-    line: Sequence[tuple[float, float]], records: int, lo: float, hi: float
-) -> float | None:
-    """Records per second between the curve reaching `lo` and `hi` shares of `records`."""
-    t_lo, t_hi = crossing(line, lo * records), crossing(line, hi * records)
-    if t_lo is None or t_hi is None or t_hi <= t_lo:
-        return None
-    return (hi - lo) * records / (t_hi - t_lo)
-
-
 def same_way(line: Sequence[tuple[float, float]], records: int, seconds: float, as_: Rate) -> float:
     """A ceiling's rate taken the way `as_` (the recorder's) was: whole, or over its window."""
     if as_.window is not None:
@@ -78,19 +69,6 @@ def same_way(line: Sequence[tuple[float, float]], records: int, seconds: float, 
         if steady is not None:
             return steady
     return records / seconds
-
-
-def crossing(line: Sequence[tuple[float, float]], level: float) -> float | None:
-    """When a non-decreasing progress curve first reaches `level` (linear between samples)."""
-    prev: tuple[float, float] | None = None
-    for t, v in line:
-        if v >= level:
-            if prev is None or v == prev[1]:
-                return t
-            pt, pv = prev
-            return pt + (t - pt) * (level - pv) / (v - pv)
-        prev = (t, v)
-    return None
 
 
 def tail_bound(counts: Sequence[int], partitions: int, batch_rows: int) -> float:
@@ -116,7 +94,7 @@ def drain_rate(
         return Rate(None, "not measured: the drain did not finish")
     share = timer_s / seconds
     if share < TIMER_SHARE:
-        return Rate(records / seconds, f"whole drain, {seconds:.1f} s (flush timer {share:.0%})")
+        return Rate(records / seconds, f"whole drain, {seconds:.1f} s (flush timer {share:.1%})")
     hi = min(STEADY_TO, 1.0 - tail)
     if hi - STEADY_FROM < MIN_WINDOW:
         return Rate(
@@ -410,6 +388,7 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
     ]
     if r.latency is not None:
         lat = r.latency
+        per_partition = (r.latency_achieved or 0) / 12
         out.append(
             (
                 f"Latency at {r.latency_rate or 0:,.0f} ticks/s",
@@ -417,8 +396,9 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
                 f"{lat.count:,} records",
                 f"achieved {r.latency_achieved or 0:,.0f}/s; Kafka LogAppendTime → first 25 ms "
                 "poll seeing the row's transaction; limit: batching — a partition gets "
-                f"~{(r.latency_achieved or 0) / 12:,.0f} ticks/s, a 1,000-row batch (BATCH_SIZE) "
-                "fills in well under BATCH_TIMEOUT_MS=1000, then the COPY transaction",
+                f"~{per_partition:,.0f} ticks/s, so a 1,000-row batch (BATCH_SIZE) fills in "
+                f"~{1000 / per_partition if per_partition else 0:.1f} s (BATCH_TIMEOUT_MS=1000 "
+                "caps it), then the COPY transaction",
             )
         )
     else:

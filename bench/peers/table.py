@@ -6,7 +6,9 @@ Owns how a peer is described in one line: what it is, what it was given and what
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from bench.rates import rate_between
 
 
 @dataclass
@@ -24,6 +26,10 @@ class PeerRun:
     steady: float | None = None
     rate_how: str = ""
     timed: bool = False
+    # The steady-state window (shares of the rows) the rate was taken over, None: the whole
+    # window; and the progress curve (seconds, rows), so a peer is compared over the same window.
+    window: tuple[float, float] | None = None
+    line: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def rate(self) -> float | None:
@@ -61,6 +67,13 @@ def peer_rows(runs: list[PeerRun]) -> list[tuple[str, str, str, str]]:
         compared = ""
         if base is not None and r is not base and r.rate is not None and base.rate:
             compared = f"{r.rate / base.rate:.2f}x recorder"
+            if base.window is not None and r.window != base.window:
+                # The recorder's rate is a steady state: the peer's over the same window.
+                lo, hi = base.window
+                same = rate_between(r.line, r.rows, lo, hi)
+                compared = (
+                    "" if same is None else f"{same / base.rate:.2f}x recorder ({lo:.0%}→{hi:.0%})"
+                )
         db = f", PostgreSQL {us_per_row(r.db_cpu, r.rows)}" if r.store == PG else ""
         how = (
             f"{r.rows:,} rows, partitions assigned → last durable; CPU/row: process "

@@ -71,6 +71,7 @@ async def timed_drain(
         waiting = tail_bound([run.rows], PARTITIONS, FILE_ROWS)
         measured = drain_rate(run.rows, run.seconds, line, flush_timer_s, waiting)
         run.timed, run.steady, run.rate_how = True, measured.value, measured.how
+        run.window, run.line = measured.window, line
     return run
 
 

@@ -8,15 +8,14 @@ import math
 import pytest
 
 from bench.pipe import piece_ends, released
+from bench.rates import crossing, rate_between
 from bench.report import (
     Rate,
     Results,
-    crossing,
     drain_rate,
     limit,
     percentile,
     percentiles,
-    rate_between,
     render,
     same_way,
     tail_bound,
