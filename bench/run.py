@@ -361,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(r, lines, args.out, plan.plots)
     print()
     print(f"Benchmark ({r.mode} run, {time.monotonic() - started:.0f} s) on {r.machine}")
-    print(f"Recorder startup (spawn → /ready): {r.startup_s or 0:.1f} s; check: {r.verified}")
+    print(
+        f"Recorder startup (spawn → first record consumed): {r.startup_s or 0:.1f} s; check: {r.verified}"
+    )
     print()
     print(render(r))
     return 0
