@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:  # run as a script: make `bench`, `recorder`, `tes
 from bench import scenarios as sc  # noqa: E402
 from bench import workload as wl  # noqa: E402
 from bench.peers.scenario import run_peers  # noqa: E402
-from bench.report import Results, render  # noqa: E402
+from bench.report import Rate, Results, drain_rate, render, same_way, tail_bound  # noqa: E402
 from bench.stack import Stack, acquire  # noqa: E402
 
 
@@ -46,7 +46,7 @@ class Plan:
 
 # --quick runs one peer, Benthos (a Go binary that starts in a second); Kafka Connect's JVM,
 # plugin load and the schema re-produce step would double the quick run's time.
-QUICK = Plan(100_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False,
+QUICK = Plan(300_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False,
              peers=("benthos",))  # fmt: skip
 FULL = Plan(2_000_000, 20_000, 20_000, 60, outage=True, scaling=True, plots=True,
             peers=("benthos", "connect", "benthos-s3"))  # fmt: skip
@@ -87,6 +87,7 @@ async def measure(
     stack: Stack, plan: Plan, out: Path, mode: str
 ) -> tuple[Results, dict[str, object]]:
     r = Results(mode=mode, ticks=plan.ticks, books=plan.books, machine=machine())
+    r.cpus = os.cpu_count() or 1
     r.naive_sample = plan.naive_sample
     lines: dict[str, object] = {}
     logs = out / "logs"
@@ -109,23 +110,43 @@ async def measure(
         log("ceiling (c): Parquet encode")
         r.parquet_ceiling = await asyncio.to_thread(sc.parquet_ceiling, backlog)
 
+        log("pipe ceiling, hot path: fetch + binary COPY at once, no decode")
+        hot_pipe = await sc.pipe_ceiling(stack, topics, total, backlog, lake=False)
+        r.pipe_hot_cpu_us = hot_pipe.cpu_us_per_record
+        r.pipe_whole["hot"], r.machine_cores["pipe hot"] = hot_pipe.rate, hot_pipe.machine_cores
+        log("pipe ceiling, both sinks: fetch + binary COPY + Parquet PUT at once")
+        both_pipe = await sc.pipe_ceiling(stack, topics, total, backlog, lake=True)
+        r.pipe_both_cpu_us = both_pipe.cpu_us_per_record
+        r.pipe_whole["both"] = both_pipe.rate
+        r.machine_cores["pipe both"] = both_pipe.machine_cores
+        lines["pipe: fetch + COPY"] = hot_pipe.line
+
         log("recorder: end-to-end drain of the backlog")
         drain = await sc.drain(
             stack, topics, total, logs, name="drain", verify=True, S3_BATCH_TIMEOUT_SEC=5
         )
-        r.recorder_db, r.recorder_s3 = drain.db_rate, drain.s3_rate
+        db = db_rate(drain, plan)
+        lake = lake_rate(drain, plan)
+        r.recorder_db, r.recorder_db_how = db.value, db.how
+        r.recorder_s3, r.recorder_s3_how = lake.value, lake.how
         if drain.cpu_us_per_record is not None:
             r.cpu_us["both sinks"] = drain.cpu_us_per_record
+        keep_cpu(r, "both sinks", drain)
         r.startup_s, r.verified, r.rss_drain = drain.startup_seconds, drain.verified, drain.peak_rss
-        lines = {
+        lines |= {
             "recorder → PostgreSQL": drain.db_timeline,
             "recorder → Parquet/S3": drain.s3_timeline,
             "ceiling: binary COPY": copy_line,
             "ceiling: fetch-only": fetch_line,
         }
 
-        await hot_path(stack, topics, plan, logs, r)
-        await measure_timescaledb(stack, topics, total, backlog, logs, r)
+        hot = await hot_path(stack, topics, plan, logs, r)
+        # Each pipe rate is taken the way the recorder rate it is compared with was: over the
+        # whole drain, or over the same steady-state window of its own progress curve.
+        r.pipe_hot = same_way(hot_pipe.line, total, hot_pipe.seconds, hot)
+        r.pipe_both = same_way(both_pipe.line, total, both_pipe.seconds, slower(db, lake))
+        r.pipe_how = {"hot": way(hot), "both": way(slower(db, lake))}
+        await measure_timescaledb(stack, topics, plan, backlog, logs, r)
         if plan.peers:
             r.peers = await run_peers(stack, topics.tick, plan.ticks, logs, peers=list(plan.peers))
         else:
@@ -168,13 +189,13 @@ async def measure(
                     stack, topics, total, logs, name=f"w{workers}", s3=False,
                     DB_WRITE_WORKERS=workers,
                 )  # fmt: skip
-                r.scaling[f"DB_WRITE_WORKERS={workers}"] = d.db_rate
+                scaled(r, f"DB_WRITE_WORKERS={workers}", d, plan)
             log("scaling: NUM_CONSUMERS=2 in one process")
             d = await sc.drain(stack, topics, total, logs, name="c2", s3=False, NUM_CONSUMERS=2)
-            r.scaling["NUM_CONSUMERS=2, 1 process"] = d.db_rate
+            scaled(r, "NUM_CONSUMERS=2, 1 process", d, plan)
             log("scaling: 2 recorder processes")
             d = await sc.drain(stack, topics, total, logs, name="p2", s3=False, processes=2)
-            r.scaling["2 processes x 4 writers"] = d.db_rate
+            scaled(r, "2 processes x 4 writers", d, plan)
         else:
             r.skipped["scaling"] = "full run only"
     finally:
@@ -182,15 +203,74 @@ async def measure(
     return r, lines
 
 
-async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: Results) -> None:
+# The recorder's defaults the drains keep (recorder/settings.py), and the bench's lake timer.
+BATCH_ROWS, BATCH_TIMEOUT_S = 1000, 1.0
+FILE_ROWS, FILE_TIMEOUT_S = 10_000, 5.0
+
+
+def db_rate(d: sc.DrainResult, plan: Plan, counts: list[int] | None = None) -> Rate:
+    """The drain's rate into PostgreSQL, whole or steady-state (report.drain_rate)."""
+    tail = tail_bound(counts or [plan.ticks, plan.books], wl.PARTITIONS, BATCH_ROWS)
+    return checked(d, drain_rate(d.records, d.db_seconds, d.db_timeline, BATCH_TIMEOUT_S, tail))
+
+
+def lake_rate(d: sc.DrainResult, plan: Plan) -> Rate:
+    tail = tail_bound([plan.ticks, plan.books], wl.PARTITIONS, FILE_ROWS)
+    return checked(d, drain_rate(d.records, d.s3_seconds, d.s3_timeline, FILE_TIMEOUT_S, tail))
+
+
+def keep_cpu(r: Results, name: str, d: sc.DrainResult) -> None:
+    """How busy the recorder and the machine were over a drain: what limited it."""
+    if d.cores is not None:
+        r.cores[name] = d.cores
+    if d.machine_cores is not None:
+        r.machine_cores[name] = d.machine_cores
+
+
+def checked(d: sc.DrainResult, rate: Rate) -> Rate:
+    """No rate from a clock that started after work began."""
+    if d.durable_at_start:
+        return Rate(None, f"not measured: {d.durable_at_start:,} records were durable before "
+                    "the clock started")  # fmt: skip
+    return rate
+
+
+def scaled(r: Results, name: str, d: sc.DrainResult, plan: Plan) -> None:
+    rate = db_rate(d, plan)
+    how = rate.how
+    if d.ready_spread > 0.05:
+        how += f"; the second process was ready {d.ready_spread:.1f} s after the first"
+    r.scaling_how[name] = how
+    keep_cpu(r, f"scaling {name}", d)
+    if rate.value is not None:
+        r.scaling[name] = rate.value
+
+
+def slower(a: Rate, b: Rate) -> Rate:
+    """The store that sets the pace of both sinks (a store not measured: the other)."""
+    if a.value is None or b.value is None:
+        return b if a.value is None else a
+    return a if a.value <= b.value else b
+
+
+def way(rate: Rate) -> str:
+    if rate.window is None:
+        return "whole run"
+    lo, hi = rate.window
+    return f"steady state {lo:.0%}→{hi:.0%} of its records"
+
+
+async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: Results) -> Rate:
     """The hot path alone on the whole backlog, then on ticks and order books apart (for the
     CPU per record of each kind)."""
     log("recorder: hot path alone (S3_WRITE_ENABLED=false)")
     total = plan.ticks + plan.books
     d = await sc.drain(stack, topics, total, logs, name="hot", s3=False)
-    r.recorder_db_only = d.db_rate
+    hot = db_rate(d, plan)
+    r.recorder_db_only, r.recorder_db_only_how = hot.value, hot.how
     if d.cpu_us_per_record is not None:
         r.cpu_us["hot path"] = d.cpu_us_per_record
+    keep_cpu(r, "hot path", d)
     parts = [("ticks", wl.Topics(topics.tick, None), plan.ticks)]
     if topics.book:
         parts.append(("order books", wl.Topics(topics.book, None), plan.books))
@@ -199,6 +279,8 @@ async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: R
         d = await sc.drain(stack, only, count, logs, name=f"hot-{name[:4]}", s3=False)
         if d.cpu_us_per_record is not None:
             r.cpu_us[f"hot path, {name} alone"] = d.cpu_us_per_record
+        keep_cpu(r, f"hot path, {name} alone", d)
+    return hot
 
 
 def on_timescaledb(stack: Stack) -> Stack | None:
@@ -211,7 +293,7 @@ def on_timescaledb(stack: Stack) -> Stack | None:
 
 
 async def measure_timescaledb(
-    stack: Stack, topics: wl.Topics, total: int, backlog: sc.Backlog, logs: Path, r: Results
+    stack: Stack, topics: wl.Topics, plan: Plan, backlog: sc.Backlog, logs: Path, r: Results
 ) -> None:
     """Ceiling (a) and the recorder's drain again, on TimescaleDB hypertables, same run."""
     ts = on_timescaledb(stack)
@@ -222,9 +304,12 @@ async def measure_timescaledb(
     r.tsdb_copy_ceiling, _ = await sc.copy_ceiling(ts, backlog)
     log("recorder: end-to-end drain into TimescaleDB")
     drain = await sc.drain(
-        ts, topics, total, logs, name="drain-tsdb", verify=True, S3_BATCH_TIMEOUT_SEC=5
-    )
-    r.tsdb_recorder_db, r.tsdb_verified = drain.db_rate, drain.verified
+        ts, topics, plan.ticks + plan.books, logs, name="drain-tsdb", verify=True,
+        S3_BATCH_TIMEOUT_SEC=5,
+    )  # fmt: skip
+    tsdb = db_rate(drain, plan)
+    r.tsdb_recorder_db, r.tsdb_recorder_db_how = tsdb.value, tsdb.how
+    r.tsdb_verified = drain.verified
 
 
 def write_outputs(r: Results, lines: dict[str, object], out: Path, plots: bool) -> None:
@@ -276,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(r, lines, args.out, plan.plots)
     print()
     print(f"Benchmark ({r.mode} run, {time.monotonic() - started:.0f} s) on {r.machine}")
-    print(f"Recorder startup (spawn → /ready): {r.startup_s or 0:.1f} s; check: {r.verified}")
+    print(
+        f"Recorder startup (spawn → first record consumed): {r.startup_s or 0:.1f} s; check: {r.verified}"
+    )
     print()
     print(render(r))
     return 0

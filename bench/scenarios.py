@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import sys
+import threading
 import time
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ import msgspec
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench import pipe as pipe_mod
 from bench import workload as wl
-from bench.peers.cpu import process_cpu
+from bench.peers.cpu import machine_busy, process_cpu
 from bench.report import Percentiles, percentiles
 from bench.stack import Stack
 from recorder.core.columns import decode_batch, empty
@@ -35,6 +37,7 @@ from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
 
 NS_PER_DAY = 86_400 * 1_000_000_000
+POLL_S = 0.1  # how often a drain reads each store's progress (the curve's resolution)
 Timeline = list[tuple[float, float]]  # (seconds since start, records durable/read so far)
 
 
@@ -49,6 +52,22 @@ class DrainResult:
     s3_timeline: Timeline = field(default_factory=list)
     # The recorder processes' own CPU (user + system) from /ready until every store was done.
     cpu_seconds: float | None = None
+    # Records already durable when the clock started (must be 0 for a true rate), and how long
+    # after the first process's /ready the last one's came (processes > 1).
+    durable_at_start: int = 0
+    ready_spread: float = 0.0
+
+    # The window of cpu_seconds (first record → every store done), and how many of the
+    # machine's cores were busy over it (every process: recorder, servers, other jobs).
+    cpu_wall: float = 0.0
+    machine_cores: float | None = None
+
+    @property
+    def cores(self) -> float | None:
+        """The recorder processes' CPU over the drain ÷ its wall time: cores they kept busy."""
+        if self.cpu_seconds is None or not self.cpu_wall:
+            return None
+        return self.cpu_seconds / self.cpu_wall
 
     @property
     def cpu_us_per_record(self) -> float | None:
@@ -146,37 +165,88 @@ async def drain(
                 else RecorderProcess(env=env, log_path=log_path)
             )
             procs.append(proc.start(wait_ready=None))
-        await asyncio.gather(*(asyncio.to_thread(p.wait_ready, 120) for p in procs))
-        t0 = time.monotonic()
-        cpu0 = sum(_cpu(p) for p in procs)
-        cpu_done: float | None = None
-        db_done = s3_done = None
-        db_line: Timeline = []
-        s3_line: Timeline = []
-        while db_done is None or (s3 and s3_done is None):
-            now = time.monotonic() - t0
-            if now > limit_s:
-                raise TimeoutError(
-                    f"{name}: stores not complete after {limit_s:.0f}s "
-                    f"(db {db_line[-1:]}, s3 {s3_line[-1:]}); log: {procs[0].tail()}"
-                )
-            for p in procs:
-                if not p.alive():
-                    raise RuntimeError(f"{name}: recorder exited; log: {p.tail()}")
-            db = await progress.database()
-            if db >= 0:
-                db_line.append((now, db))
-                if db >= total and db_done is None:
-                    db_done = now
-            if s3:
+
+        def ready(p: RecorderProcess) -> tuple[float, float]:
+            p.wait_ready(120)
+            return time.monotonic(), _cpu(p)
+
+        # The clock starts when the FIRST record is consumed by any process (its own
+        # datarecorder_records_consumed counter, polled every FIRST_POLL_S from the spawn):
+        # timing from the last /ready counted the first process's head start as free (857,672
+        # rec/s on 2 cores), and timing from /ready counted the group join as work.
+        waits = asyncio.gather(*(asyncio.to_thread(ready, p) for p in procs))
+        seen = threading.Event()
+        firsts = asyncio.gather(*(asyncio.to_thread(_first_record, p, seen) for p in procs))
+        raw_db: list[tuple[float, int]] = []
+        raw_s3: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+
+        async def poll_db() -> None:
+            while not stop.is_set():
+                db = await progress.database()
+                if db >= 0:
+                    raw_db.append((time.monotonic(), db))
+                await asyncio.sleep(POLL_S)
+
+        async def poll_lake() -> None:
+            # The lake's progress is a GET per partition: polled apart from the database, so
+            # a slow round of GETs does not thin out the database's curve.
+            while not stop.is_set():
                 lake = await progress.lake()
-                s3_line.append((now, lake))
-                if lake >= total and s3_done is None:
-                    s3_done = now
-            if db_done is not None and (not s3 or s3_done is not None):
-                cpu_done = sum(_cpu(p) for p in procs) - cpu0
-                break
-            await asyncio.sleep(0.25)
+                raw_s3.append((time.monotonic(), lake))
+                await asyncio.sleep(POLL_S)
+
+        pollers = [asyncio.create_task(poll_db())]
+        if s3:
+            pollers.append(asyncio.create_task(poll_lake()))
+        readies: list[tuple[float, float]] | None = None
+        # (time, the machine's busy CPU seconds, the recorder processes' CPU seconds), every
+        # loop: the CPU figures are taken over the same window as the rates.
+        cpu_line: list[tuple[float, float, float]] = []
+        try:
+            while True:
+                cpu_line.append((time.monotonic(), machine_busy(), sum(_cpu(p) for p in procs)))
+                if time.monotonic() - spawned > limit_s:
+                    raise TimeoutError(
+                        f"{name}: stores not complete after {limit_s:.0f}s "
+                        f"(db {raw_db[-1:]}, s3 {raw_s3[-1:]}); log: {procs[0].tail()}"
+                    )
+                for p in procs:
+                    if not p.alive():
+                        raise RuntimeError(f"{name}: recorder exited; log: {p.tail()}")
+                for task in pollers:
+                    if task.done():
+                        task.result()  # a poller's error ends the drain
+                if readies is None and waits.done():
+                    readies = waits.result()
+                db_full = bool(raw_db) and raw_db[-1][1] >= total
+                s3_full = not s3 or (bool(raw_s3) and raw_s3[-1][1] >= total)
+                if readies is not None and db_full and s3_full:
+                    break
+                await asyncio.sleep(POLL_S / 2)
+        finally:
+            stop.set()
+            seen.set()
+            for task in pollers:
+                task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+        started = [t for t in await firsts if t is not None]
+        if not started:
+            raise RuntimeError(f"{name}: the stores filled but no recorder counted a record")
+        t0 = min(started)
+        # CPU from the last sample at or before the first record to the end.
+        c0 = max((c for c in cpu_line if c[0] <= t0), key=lambda c: c[0], default=cpu_line[0])
+        c1 = cpu_line[-1]
+        cpu_done = c1[2] - c0[2]
+        busy = (c1[1] - c0[1]) / (c1[0] - c0[0]) if c1[0] > c0[0] else None
+        db_at = next(t for t, v in raw_db if v >= total)
+        s3_at = next((t for t, v in raw_s3 if v >= total), None)
+        db_done = db_at - t0
+        s3_done = s3_at - t0 if s3_at is not None else None
+        db_line: Timeline = [(t - t0, v) for t, v in raw_db if t >= t0]
+        s3_line: Timeline = [(t - t0, v) for t, v in raw_s3 if t >= t0]
+        before = [v for t, v in raw_db if t <= t0]
+        before_lake = [v for t, v in raw_s3 if t <= t0]
         result = DrainResult(
             records=total,
             db_seconds=db_done,
@@ -186,6 +256,10 @@ async def drain(
             db_timeline=db_line,
             s3_timeline=s3_line,
             cpu_seconds=cpu_done,
+            cpu_wall=c1[0] - c0[0],
+            machine_cores=busy,
+            durable_at_start=max(before[-1:] + before_lake[-1:], default=0),
+            ready_spread=max(t for t, _ in readies) - min(t for t, _ in readies),
         )
         if verify:
             from recorder.tools.verify import verify as run_verify
@@ -211,6 +285,32 @@ async def drain(
         await wl.drop_bucket(stack, bucket)
     result.peak_rss = max(p.peak_rss for p in procs)
     return result
+
+
+FIRST_POLL_S = 0.05  # how often a starting recorder's /metrics is read for its first record
+CONSUMED = "datarecorder_records_consumed_total"
+
+
+def records_consumed(metrics_text: str) -> float:
+    """The recorder's consumed-records counter, summed over topics (0 before any)."""
+    return sum(
+        v
+        for k, v in _metric_values(metrics_text).items()
+        if k == CONSUMED or k.startswith(CONSUMED + "{")
+    )
+
+
+def _first_record(proc: RecorderProcess, stop: threading.Event) -> float | None:
+    """When `proc` consumed its first record (monotonic; FIRST_POLL_S resolution); None if
+    it had consumed none when `stop` was set (a second process that got no partitions)."""
+    while not stop.is_set() and proc.alive():
+        try:
+            if records_consumed(proc.metrics_text()) > 0:
+                return time.monotonic()
+        except OSError:  # its HTTP server is not up yet
+            pass
+        time.sleep(FIRST_POLL_S)
+    return None
 
 
 # --- ceilings ----------------------------------------------------------------------------
@@ -392,6 +492,27 @@ def parquet_ceiling(backlog: Backlog, chunk: int = 10_000) -> float:
         for i in range(0, whole.num_rows, chunk):
             write_parquet(io.BytesIO(), kind, whole.slice(i, chunk), "ns", "typed", 50_000)
     return backlog.total / (time.perf_counter() - started)
+
+
+# --- the pipe ceiling: fetch and write at once, no decode ---------------------------------
+async def pipe_ceiling(
+    stack: Stack, topics: wl.Topics, total: int, backlog: Backlog, *, lake: bool,
+    connections: int = 4,
+) -> pipe_mod.PipeResult:  # fmt: skip
+    """bench/pipe.py's zero-work recorder into a fresh migrated database (and bucket): the
+    recorder's rows pre-encoded by its own encoders before the clock starts."""
+    pieces = {
+        TopicKind.TICK: pipe_mod.pre_encode(TopicKind.TICK, backlog.tick_columns, lake),
+        TopicKind.ORDERBOOK: pipe_mod.pre_encode(TopicKind.ORDERBOOK, backlog.book_columns, lake),
+    }
+    database = wl.unique("bpp")
+    await fresh_schema(stack, database, backlog)
+    try:
+        return await pipe_mod.pipe(
+            stack, topics, total, pieces, lake=lake, database=database, connections=connections
+        )
+    finally:
+        await wl.drop_database(stack, database)
 
 
 # --- the naive baseline ------------------------------------------------------------------

@@ -19,6 +19,13 @@ def process_cpu(pid: int) -> float:
     return float(t.user + t.system + t.children_user + t.children_system)
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy, all cores (user, nice, system, interrupts;
+    not idle, I/O wait or time stolen by the hypervisor)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
 def postmaster_of(backend_pid: int) -> int | None:
     """The server process of a backend (its parent), when the server runs on this machine."""
     try:

@@ -77,7 +77,7 @@ async def recorder_to_s3(
         assert proc.proc is not None
         run = await timed_drain(
             "recorder", "Parquet/S3", progress.lake, lambda: None, total, proc.proc.pid,
-            proc.alive, proc.tail, limit_s, consuming(stack, group),
+            proc.alive, proc.tail, limit_s, consuming(stack, group), flush_timer_s=5.0,
         )  # fmt: skip
         run.fingerprint = await lake_fingerprint(stack, bucket)
         return run
@@ -105,6 +105,7 @@ async def benthos_to_s3(
         run = await timed_drain(
             "Benthos", "Parquet/S3", lambda: committed(stack, group, topic), lambda: None,
             total, peer.pid, peer.alive, peer.tail, limit_s, consuming(stack, group),
+            flush_timer_s=5.0,
         )  # fmt: skip
         run.fingerprint = await lake_fingerprint(stack, bucket)
         return run

@@ -6,7 +6,9 @@ Owns how a peer is described in one line: what it is, what it was given and what
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from bench.rates import rate_between
 
 
 @dataclass
@@ -19,10 +21,19 @@ class PeerRun:
     db_cpu: float | None  # of the PostgreSQL server; None where it is not on this machine
     fingerprint: tuple[object, ...] = ()
     check: str = ""
+    # A lake run ends with files that wait a flush timer: its rate is then taken as
+    # bench.report.drain_rate says (whole window, the curve's steady state, or not measured).
+    steady: float | None = None
+    rate_how: str = ""
+    timed: bool = False
+    # The steady-state window (shares of the rows) the rate was taken over, None: the whole
+    # window; and the progress curve (seconds, rows), so a peer is compared over the same window.
+    window: tuple[float, float] | None = None
+    line: list[tuple[float, float]] = field(default_factory=list)
 
     @property
-    def rate(self) -> float:
-        return self.rows / self.seconds
+    def rate(self) -> float | None:
+        return self.steady if self.timed else self.rows / self.seconds
 
 
 PG, S3 = "PostgreSQL", "Parquet/S3"
@@ -54,13 +65,21 @@ def peer_rows(runs: list[PeerRun]) -> list[tuple[str, str, str, str]]:
     for r in runs:
         base = next((b for b in runs if b.label == "recorder" and b.store == r.store), None)
         compared = ""
-        if base is not None and r is not base:
+        if base is not None and r is not base and r.rate is not None and base.rate:
             compared = f"{r.rate / base.rate:.2f}x recorder"
+            if base.window is not None and r.window != base.window:
+                # The recorder's rate is a steady state: the peer's over the same window.
+                lo, hi = base.window
+                same = rate_between(r.line, r.rows, lo, hi)
+                compared = (
+                    "" if same is None else f"{same / base.rate:.2f}x recorder ({lo:.0%}→{hi:.0%})"
+                )
         db = f", PostgreSQL {us_per_row(r.db_cpu, r.rows)}" if r.store == PG else ""
         how = (
             f"{r.rows:,} rows, partitions assigned → last durable; CPU/row: process "
             f"{us_per_row(r.cpu, r.rows)}{db}; {NOTES.get((r.label, r.store), '')}; {r.check}"
+            + (f"; rate: {r.rate_how}" if r.rate_how else "")
         )
         label = LABELS.get((r.label, r.store), f"{r.label} → {r.store}")
-        out.append((label, f"{r.rate:,.0f} rec/s", compared, how))
+        out.append((label, "—" if r.rate is None else f"{r.rate:,.0f} rec/s", compared, how))
     return out

@@ -14,7 +14,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.peers.cpu import process_cpu
 from bench.peers.table import PeerRun
+from bench.report import drain_rate, tail_bound
 from bench.stack import Stack
+
+PARTITIONS = 12  # bench.workload.PARTITIONS (the peer topics are the run's)
+FILE_ROWS = 10_000  # rows a Parquet file, for the recorder (S3_BATCH_SIZE) and Benthos alike
 
 
 async def timed_drain(
@@ -28,9 +32,12 @@ async def timed_drain(
     tail: Callable[[], str],
     limit_s: float,
     ready: Callable[[], Awaitable[bool]],
+    flush_timer_s: float | None = None,
 ) -> PeerRun:
     """Wait until `ready` (the consumer group has its partitions), then poll `count` until it
-    reaches `total`; time and CPU from then to the last record (start-up left out)."""
+    reaches `total`; time and CPU from then to the last record (start-up left out). With
+    `flush_timer_s` (a lake run: the last files wait that long) the rate is taken as
+    bench.report.drain_rate says, from the count's curve."""
     started = time.monotonic()
     while not await ready():
         if not alive():
@@ -39,6 +46,7 @@ async def timed_drain(
             raise TimeoutError(f"{label}: not ready after 300 s; log:\n{tail()}")
         await asyncio.sleep(0.1)
     t0, n0, cpu0, db0 = time.monotonic(), await count(), process_cpu(pid), db_cpu()
+    line: list[tuple[float, float]] = [(0.0, 0.0)]
     while True:
         if time.monotonic() - t0 > limit_s:
             raise TimeoutError(f"{label}: {await count()} of {total} records after {limit_s}s")
@@ -46,11 +54,12 @@ async def timed_drain(
             raise RuntimeError(f"{label}: exited; log:\n{tail()}")
         n = await count()
         now = time.monotonic()
+        line.append((now - t0, n - n0))
         if n >= total:
             break
         await asyncio.sleep(0.25)
     cpu, db = process_cpu(pid), db_cpu()
-    return PeerRun(
+    run = PeerRun(
         label,
         store,
         total - n0,
@@ -58,6 +67,12 @@ async def timed_drain(
         cpu - cpu0,
         None if db is None or db0 is None else db - db0,
     )
+    if flush_timer_s is not None:
+        waiting = tail_bound([run.rows], PARTITIONS, FILE_ROWS)
+        measured = drain_rate(run.rows, run.seconds, line, flush_timer_s, waiting)
+        run.timed, run.steady, run.rate_how = True, measured.value, measured.how
+        run.window, run.line = measured.window, line
+    return run
 
 
 def consuming(stack: Stack, group: str) -> Callable[[], Awaitable[bool]]:

@@ -56,6 +56,26 @@ def test_peer_rows_give_rate_ratio_and_cpu_per_row() -> None:
     assert "process 40.0 µs, PostgreSQL n/a" in peer[3] and "same rows" in peer[3]
 
 
+def test_a_lake_run_the_timer_dominates_shows_no_rate_and_no_ratio() -> None:
+    rec = PeerRun("recorder", "Parquet/S3", 100_000, 7.0, 0.8, None, timed=True)
+    rec.rate_how = "not measured: the flush timer (5 s) is 71% of the 7.0 s drain"
+    peer = PeerRun("Benthos", "Parquet/S3", 100_000, 9.0, 1.0, None, timed=True, steady=20_000.0)
+    peer.rate_how = "steady state: 10%→90% of records recorded in 4.0 s"
+    (r1, r2) = peer_rows([rec, peer])
+    assert r1[1] == "—" and "rate: not measured: the flush timer" in r1[3]
+    assert r2[1] == "20,000 rec/s" and r2[2] == "" and "rate: steady state" in r2[3]
+
+
+def test_a_peer_is_compared_over_the_recorders_steady_window() -> None:
+    rec = PeerRun("recorder", "Parquet/S3", 1000, 3.0, 0.1, None, timed=True, steady=1000.0)
+    rec.window = (0.1, 0.9)
+    # Benthos: 250 rows/s between 10 % and 90 %, then a long tail: whole rate 1000/5 = 200.
+    peer = PeerRun("Benthos", "Parquet/S3", 1000, 5.0, 0.1, None, timed=True, steady=200.0)
+    peer.line = [(0.0, 0.0), (0.4, 100.0), (3.6, 900.0), (5.0, 1000.0)]
+    (_, row) = peer_rows([rec, peer])
+    assert row[1] == "200 rec/s" and row[2] == "0.25x recorder (10%→90%)"
+
+
 def test_benchmark_table_has_the_peer_rows_or_says_why_not() -> None:
     r = Results(mode="quick", ticks=10, books=1)
     r.skipped["peers"] = "not in this plan"
