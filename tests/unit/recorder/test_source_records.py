@@ -21,7 +21,7 @@ records = st.lists(
     st.tuples(
         st.one_of(st.none(), st.binary(max_size=20)),  # key
         st.one_of(st.none(), st.binary(max_size=60)),  # value
-        st.integers(-1, 2**62),  # timestamp
+        st.integers(0, 2**62),  # timestamp (a batch stores -1, "none", relative to its first)
     ),
     min_size=1,
     max_size=30,
