@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ __all__ = [
     "free_port",
     "http_get",
     "produce",
+    "reset_progress",
     "verify",
     "wait_exactly_once",
     "wait_until",
@@ -53,3 +56,18 @@ def wait_exactly_once(
     except TimeoutError:
         pytest.fail(f"not exactly once: {json.dumps(report, indent=1)}\n{rec.tail()}")
     return report
+
+
+def reset_progress(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`datarecorder reset-progress ARGS` with `env`: its exit code (0 applied or a dry run,
+    1 refused or not applied) and its report (logs go to stderr)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "recorder.cli", "reset-progress", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode in (0, 1), res.stdout[-3000:] + res.stderr[-3000:]
+    return res.returncode, res.stdout

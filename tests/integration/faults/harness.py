@@ -22,6 +22,7 @@ from typing import Any
 
 import aioboto3
 import asyncpg
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from recorder.devstack.client import REPO
@@ -454,3 +455,12 @@ async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
             first, last, count = out.get(name, [offset, offset, 0])
             out[name] = [min(first, offset), max(last, offset), count + 1]
     return out
+
+
+def listener_pid(port: int) -> int:
+    """The process listening on `port` (a server of the stack, to freeze it with SIGSTOP)."""
+    for conn in psutil.net_connections(kind="tcp"):
+        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        if listening and conn.pid is not None:
+            return int(conn.pid)
+    raise AssertionError(f"nothing listens on port {port}")

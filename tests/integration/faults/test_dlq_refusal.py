@@ -14,13 +14,12 @@ import signal
 import time
 
 import asyncpg
-import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.integration.faults.harness import Deployment, record_result
+from tests.integration.faults.harness import Deployment, listener_pid, record_result
 from tests.support.recorder_proc import http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -209,16 +208,6 @@ async def test_rows_the_database_refuses_go_to_their_source_topics_dlq(
     )
 
 
-def listener_pid(address: str) -> int:
-    """The process listening on `host:port`."""
-    port = int(address.rsplit(":", 1)[1])
-    for conn in psutil.net_connections(kind="tcp"):
-        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
-        if listening and conn.pid is not None:
-            return conn.pid
-    raise AssertionError(f"nothing listens on {address}")
-
-
 IDLE_IN_TRANSACTION = """
 SELECT coalesce(max(extract(epoch FROM now() - state_change)), 0)::float8
 FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'
@@ -249,7 +238,7 @@ async def test_refused_rows_are_dead_lettered_with_no_transaction_open(
         await dep.feed(VALID).wait()
         await dep.send_raw([(tick_topic, v) for v in refused])
         await dep.wait_consumed(rec, VALID + len(refused))
-        kafka = listener_pid(dep.env["KAFKA_BROKERS"].split(",")[0])
+        kafka = listener_pid(int(dep.env["KAFKA_BROKERS"].split(",")[0].rsplit(":", 1)[1]))
         os.kill(kafka, signal.SIGSTOP)
         try:
             # The buffered rows flush within BATCH_TIMEOUT_MS, meeting the trigger.

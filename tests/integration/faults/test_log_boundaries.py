@@ -11,39 +11,19 @@ ON_LOG_TRUNCATION=halt it halts instead.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
-from tests.integration.faults.harness import BASE_ENV, Deployment, record_result
+from tests.integration.faults.harness import Deployment, record_result
 from tests.support import as_sent
 from tests.support.recorder_proc import http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 FIRST, LATER, DELETED_BEFORE = 1000, 2000, 2000
-
-
-@pytest.fixture
-async def one_partition(
-    stack: Stack,
-    kafka_topics: TopicFactory,
-    fresh_database: str,
-    fresh_bucket: str,
-    recorder_env: RecorderEnv,
-    unique_name: str,
-) -> AsyncIterator[Deployment]:
-    topics = await kafka_topics("market.tick", "market.orderbook", partitions=1, dlq=True)
-    env = recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics, **BASE_ENV)
-    dep = Deployment(unique_name, stack, env, topics, 1)
-    try:
-        yield dep
-    finally:
-        dep.stop_all()
 
 
 async def _delete_records(brokers: str, topic: str, before: int) -> None:

@@ -15,11 +15,10 @@ import signal
 import time
 from urllib.parse import urlparse
 
-import psutil
 import pytest
 
 from recorder.kafka_options import REVOKE_DEADLINE_SEC
-from tests.integration.faults.harness import Deployment, record_result, scaled
+from tests.integration.faults.harness import Deployment, listener_pid, record_result, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -27,11 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 def s3_server_pid(endpoint: str) -> int:
     """The process listening on the S3 endpoint's port (moto's gate, or MinIO)."""
     port = urlparse(endpoint).port
-    for conn in psutil.net_connections(kind="tcp"):
-        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
-        if listening and conn.pid is not None:
-            return conn.pid
-    raise AssertionError(f"nothing listens on {endpoint}")
+    assert port is not None, endpoint
+    return listener_pid(port)
 
 
 async def test_rebalance_while_s3_stalls_past_the_revocation_deadline(

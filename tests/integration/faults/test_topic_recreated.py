@@ -10,8 +10,6 @@ member owns) and runs `datarecorder reset-progress`; then the new log is recorde
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 
 import asyncpg
@@ -21,6 +19,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from tests.integration.faults.harness import Deployment, record_result
 from tests.support.recorder_proc import http_get
+from tests.support.recorder_proc import reset_progress as reset_progress_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -56,16 +55,9 @@ async def recreate(brokers: str, topic: str, partitions: int) -> None:
 
 
 def reset_progress(env: dict[str, str], *args: str, refused: bool = False) -> str:
-    res = subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "reset-progress", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert res.returncode == (1 if refused else 0), res.stdout[-3000:] + res.stderr[-3000:]
-    return res.stdout
+    code, out = reset_progress_cli(env, *args)
+    assert code == (1 if refused else 0), out[-3000:]
+    return out
 
 
 async def test_recreated_topic_halts_until_progress_is_reset(deployment: Deployment) -> None:

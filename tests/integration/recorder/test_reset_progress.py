@@ -11,9 +11,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -27,8 +24,9 @@ from recorder.settings import Settings
 from recorder.sinks.lake.parquet import progress_key
 from recorder.sinks.lake.store import StoredProgress, make_lake
 from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
-from tests.integration.faults.harness import BASE_ENV, S3_PREFIX, Deployment
+from tests.integration.faults.harness import S3_PREFIX, Deployment
 from tests.support import as_sent
+from tests.support.recorder_proc import reset_progress as run_reset_cli
 
 pytestmark = pytest.mark.integration
 
@@ -42,37 +40,6 @@ def aws_credentials(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         if key in stack.env:
             monkeypatch.setenv(key, stack.env[key])
-
-
-@pytest.fixture
-async def one_partition(
-    stack: Stack,
-    kafka_topics: TopicFactory,
-    fresh_database: str,
-    fresh_bucket: str,
-    recorder_env: RecorderEnv,
-    unique_name: str,
-) -> AsyncIterator[Deployment]:
-    topics = await kafka_topics("market.tick", "market.orderbook", partitions=1, dlq=True)
-    env = recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics, **BASE_ENV)
-    dep = Deployment(unique_name, stack, env, topics, 1)
-    try:
-        yield dep
-    finally:
-        dep.stop_all()
-
-
-def run_reset(env: dict[str, str], *args: str) -> tuple[int, str]:
-    res = subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "reset-progress", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert res.returncode in (0, 1), res.stderr[-3000:]
-    return res.returncode, res.stdout  # the report (logs go to stderr)
 
 
 async def lake_objects(dep: Deployment) -> dict[str, tuple[str, bytes]]:
@@ -109,7 +76,7 @@ async def test_refused_while_a_running_recorder_owns_the_partition(
     await dep.wait_owned([rec])
     before = (await dep.progress(), await lake_objects(dep))
 
-    code, out = run_reset(dep.env, "--topic", tick, "--to", "earliest", "--apply")
+    code, out = run_reset_cli(dep.env, "--topic", tick, "--to", "earliest", "--apply")
     assert code == 1, out
     assert "refused" in out and "running member" in out and "stop the recorder" in out, out
     assert "client datarecorder-0" in out and "host " in out, out  # names the member
@@ -117,7 +84,7 @@ async def test_refused_while_a_running_recorder_owns_the_partition(
     assert (await dep.progress(), await lake_objects(dep)) == before  # nothing written
 
     dep.terminate(rec)
-    code, out = run_reset(dep.env, "--topic", tick, "--to", "latest")  # dry run, now allowed
+    code, out = run_reset_cli(dep.env, "--topic", tick, "--to", "latest")  # dry run, now allowed
     assert code == 0 and "dry run" in out, out
 
 
@@ -184,13 +151,13 @@ async def test_database_rewind_refused_forward_move_applied_then_recorded_exactl
     book = {(dep.topics[1], 0): 0}  # the order book topic's start, stored at assignment
     assert before["timescaledb"] == before["s3"] == {(tick, 0): FIRST, **book}
 
-    code, out = run_reset(dep.env, "--topic", tick, "--to", "200", "--apply")
+    code, out = run_reset_cli(dep.env, "--topic", tick, "--to", "200", "--apply")
     assert code == 1, out
     assert f"rewind from {FIRST} to 200" in out and "recorded twice" in out, out
     assert f"offsets 200..{FIRST - 1}" in out, out
     assert await dep.progress() == before  # refused: nothing written, in either store
 
-    code, out = run_reset(dep.env, "--topic", tick, "--to", str(SKIP_TO), "--apply")
+    code, out = run_reset_cli(dep.env, "--topic", tick, "--to", str(SKIP_TO), "--apply")
     assert code == 0 and out.splitlines()[-1] == "applied", out
     moved = {(tick, 0): SKIP_TO, **book}
     assert await dep.progress() == {"timescaledb": moved, "s3": moved}
