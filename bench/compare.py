@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,18 +48,42 @@ async def runs(stack: Stack, topics: wl.Topics, ticks: int, books: int, logs: Pa
     if scaling:
         plan.append(("hot path, NUM_CONSUMERS=2", topics, total, {"s3": False, "NUM_CONSUMERS": 2}))
         plan.append(("hot path, 2 processes", topics, total, {"s3": False, "processes": 2}))
+    for tree, path in trees.items():
+        _check_imports(tree, path)
     out: list[Row] = []
     for run, only, count, kw in plan:
         for tree, path in trees.items():
             log(f"{tree}: {run}")
-            wl.REPO = path  # recorder processes import this tree's recorder
+            # Recorder processes import this tree's recorder: PYTHONPATH names it, and the
+            # working directory is the tree too, because `python -m` puts the working
+            # directory first on sys.path (from another tree's checkout, "before" ran "after").
+            wl.REPO = path
+            here = os.getcwd()
+            os.chdir(path)
             try:
                 d = await sc.drain(stack, only, count, logs, name=f"{tree}-{run[:8]}", **kw)  # type: ignore[arg-type]
             finally:
+                os.chdir(here)
                 wl.REPO = REPO
             rate = min(d.db_rate, d.s3_rate) if kw["s3"] and d.s3_rate else d.db_rate
             out.append((tree, run, rate, d.cpu_us_per_record, d.peak_rss))
     return out
+
+
+def _check_imports(tree: str, path: Path) -> None:
+    """Fail before measuring when a recorder started as the runs start it would not import
+    `path`'s recorder package."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import recorder; print(recorder.__file__)"],
+        env=dict(os.environ, PYTHONPATH=str(path)),
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(path.resolve()):
+        raise SystemExit(f"{tree}: a recorder started in {path} imports {found}")
+    log(f"{tree}: {found}")
 
 
 async def measure(stack: Stack, baseline: Path, ticks: int, scaling: bool) -> None:

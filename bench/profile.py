@@ -24,17 +24,33 @@ from bench import workload as wl  # noqa: E402
 from bench.stack import Stack, acquire  # noqa: E402
 
 
-async def profile(stack: Stack, ticks: int, out: Path) -> sc.DrainResult:
+async def profile(
+    stack: Stack, ticks: int, out: Path, only: str | None = None, s3: bool = True
+) -> sc.DrainResult:
+    """Drain `ticks` ticks and a tenth as many order books (or only one of them: `only`) into
+    both stores (or the database alone: `s3` False) under the profiler."""
+    books = ticks // 10
+    if only == "book":
+        books, ticks = ticks, 0
+    elif only == "tick":
+        books = 0
     topics = wl.Topics(wl.unique("market.tick.prof"), wl.unique("market.orderbook.prof"))
     await wl.create_topics(stack, topics)
+    assert topics.book is not None
+    drained = {  # a topic's kind is read from its name, not from its place in Topics
+        None: topics,
+        "tick": wl.Topics(topics.tick, None),
+        "book": wl.Topics(topics.book, None),
+    }[only]
     try:
-        await asyncio.to_thread(wl.produce, stack, topics, ticks=ticks, orderbooks=ticks // 10)
+        await asyncio.to_thread(wl.produce, stack, topics, ticks=ticks, orderbooks=books)
         return await sc.drain(
             stack,
-            topics,
-            ticks + ticks // 10,
+            drained,
+            ticks + books,
             out / "logs",
             name="profile",
+            s3=s3,
             profile=out / "profile.pyisession",
             S3_BATCH_TIMEOUT_SEC=5,
         )
@@ -72,13 +88,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ticks", type=int, default=500_000)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    ap.add_argument(
+        "--only", choices=("tick", "book"), help="one kind (--ticks then counts that kind)"
+    )
+    ap.add_argument("--no-s3", action="store_true", help="the database alone (hot path)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stack = acquire()
     os.environ.update(stack.env)
     started = time.monotonic()
     try:
-        result = asyncio.run(profile(stack, args.ticks, args.out))
+        result = asyncio.run(profile(stack, args.ticks, args.out, args.only, not args.no_s3))
     finally:
         stack.release()
     render(args.out)

@@ -1,4 +1,4 @@
-"""The `datarecorder` command: run, migrate, produce, verify, demo, operator.
+"""The `datarecorder` command: run, migrate, produce, verify, reset-progress, dlq, demo, operator.
 
 Owns argument parsing, process signals and exit codes (recorder.core.shutdown.ExitCode), and
 the hard stop that ends `run` at its shutdown deadline whatever still runs; everything else
@@ -167,14 +167,45 @@ def main(argv: list[str] | None = None) -> int:
     p_reset.add_argument("--env-file")
     p_reset.add_argument("--topic", required=True)
     p_reset.add_argument("--partition", type=int, default=None, help="default: every partition")
-    p_reset.add_argument(
-        "--to", required=True, help="earliest, latest, or an offset (where recording resumes)"
+    where = p_reset.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", help="earliest, latest, or an offset (where recording resumes)")
+    where.add_argument(
+        "--to-time",
+        help="an RFC 3339 time: each partition resumes at its first record stamped at or after "
+        "it (its log end where there is none)",
+    )
+    where.add_argument(
+        "--from-group",
+        help="carry consumer group FROM_GROUP's lake progress over to KAFKA_GROUP_ID (a group "
+        "rename; the database's progress is not scoped by group and stays as it is)",
     )
     p_reset.add_argument(
         "--apply",
         action="store_true",
         help="write the new progress (refused while a recorder owns a partition, and for "
         "moves that would record rows twice)",
+    )
+    p_dlq = sub.add_parser("dlq", help="dead letters: replay them once their cause is fixed")
+    dlq_sub = p_dlq.add_subparsers(dest="dlq_command", required=True)
+    p_replay = dlq_sub.add_parser(
+        "replay",
+        help="record the dead letters that pass today's rules, exactly once, up to the "
+        "topic's current end (those that still fail stay, counted by reason)",
+    )
+    p_replay.add_argument("--env-file")
+    p_replay.add_argument(
+        "--topic", required=True, help="the dead-letter topic, e.g. market.tick.dlq"
+    )
+    p_replay.add_argument(
+        "--reason",
+        action="append",
+        help="only dead letters of this reason label (x-recorder-error-reason; repeatable); "
+        "the others are passed over for good",
+    )
+    p_replay.add_argument(
+        "--since",
+        help="only dead letters written at or after this RFC 3339 time; earlier ones are "
+        "passed over for good",
     )
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
     p_demo.add_argument(
@@ -235,13 +266,32 @@ def main(argv: list[str] | None = None) -> int:
         assert settings is not None
         try:
             report, done = asyncio.run(
-                reset_progress(settings, args.topic, args.partition, args.to, args.apply)
+                reset_progress(
+                    settings,
+                    args.topic,
+                    args.partition,
+                    args.to,
+                    args.apply,
+                    to_time=args.to_time,
+                    from_group=args.from_group,
+                )
             )
         except ConfigError as exc:
             print(f"datarecorder: {exc}", file=sys.stderr)
             return ExitCode.CONFIG
         print(report)
         return 0 if done else 1  # refused, or changed since read: nothing for a script to trust
+    if args.command == "dlq":
+        from recorder.tools.dlq_replay import replay
+
+        assert settings is not None
+        try:
+            report, finished = asyncio.run(replay(settings, args.topic, args.reason, args.since))
+        except ConfigError as exc:
+            print(f"datarecorder: {exc}", file=sys.stderr)
+            return ExitCode.CONFIG
+        print(report)
+        return 0 if finished else 1
     if args.command == "demo":
         from recorder.tools.demo import main as demo_main
 

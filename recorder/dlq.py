@@ -63,6 +63,75 @@ class DeadLetter:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a dead letter's headers say about it: why it was refused and where it came from."""
+
+    reason: str | None
+    topic: str | None
+    partition: int | None
+    offset: int | None
+
+
+def origin_of(headers: Sequence[tuple[str, bytes | None]] | None) -> Origin:
+    """Read a dead letter's headers (missing or unreadable ones are None: a letter written by
+    another tool, or by hand, is still a record to replay)."""
+    found = {name: value for name, value in headers or () if value is not None}
+
+    def text(name: str) -> str | None:
+        value = found.get(name)
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def number(name: str) -> int | None:
+        value = text(name)
+        return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+    return Origin(
+        text(HEADER_REASON), text(HEADER_TOPIC), number(HEADER_PARTITION), number(HEADER_OFFSET)
+    )
+
+
+async def read_records(
+    options: dict[str, object], positions: Sequence[tuple[str, int, int]], max_bytes: int
+) -> dict[tuple[str, int, int], Any]:
+    """The records (aiokafka ConsumerRecords) at these (topic, partition, offset) positions
+    that the log still holds, read with a group-less consumer that lives for this call only,
+    within SEND_TIMEOUT_SEC (a cluster that does not answer is a transient error for the
+    caller, not a hang)."""
+    wanted: dict[TopicPartition, set[int]] = {}
+    for topic, partition, offset in positions:
+        wanted.setdefault(TopicPartition(topic, partition), set()).add(offset)
+    out: dict[tuple[str, int, int], Any] = {}
+    if not wanted:
+        return out
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=max_bytes,
+        **options,
+    )
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_SEC):
+            await consumer.start()
+            consumer.assign(list(wanted))
+            starts = await consumer.beginning_offsets(list(wanted))
+            ends = await consumer.end_offsets(list(wanted))
+            for tp, offsets in wanted.items():
+                first = max(min(offsets), starts[tp])
+                last = min(max(offsets) + 1, ends[tp])
+                if first >= last:
+                    continue  # gone (retention) or never there
+                consumer.seek(tp, first)
+                while await consumer.position(tp) < last:
+                    batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                    for m in batch.get(tp, []):
+                        if m.offset in offsets:
+                            out[(tp.topic, tp.partition, m.offset)] = m
+    finally:
+        await consumer.stop()
+    return out
+
+
 def headers_for(letter: DeadLetter) -> list[tuple[str, bytes]]:
     headers = [
         (HEADER_ERROR, letter.message[:1000].encode("utf-8", "replace")),
@@ -285,36 +354,9 @@ class DeadLetters:
     ) -> dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]]:
         """(key, value, found) of the records at these positions, read with a group-less
         consumer that lives for this call only."""
-        wanted: dict[TopicPartition, set[int]] = {}
-        for topic, partition, offset in positions:
-            wanted.setdefault(TopicPartition(topic, partition), set()).add(offset)
-        consumer = AIOKafkaConsumer(
-            enable_auto_commit=False,
-            group_id=None,
-            max_partition_fetch_bytes=max(self._source_limits.values(), default=1_048_576)
-            + HEADROOM_BYTES,
-            **self._options,
-        )
-        out: dict[tuple[str, int, int], tuple[bytes | None, bytes | None, bool]] = {}
-        try:
-            # A deadline like a send's: a cluster that does not answer is a transient error
-            # for the flush that waits for these (retried with backoff), not a hang.
-            async with asyncio.timeout(SEND_TIMEOUT_SEC):
-                await consumer.start()
-                consumer.assign(list(wanted))
-                ends = await consumer.end_offsets(list(wanted))
-                for tp, offsets in wanted.items():
-                    first = min(offsets)
-                    last = min(max(offsets) + 1, ends[tp])
-                    consumer.seek(tp, first)
-                    while await consumer.position(tp) < last:
-                        batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
-                        for m in batch.get(tp, []):
-                            if m.offset in offsets:
-                                out[(tp.topic, tp.partition, m.offset)] = (m.key, m.value, True)
-        finally:
-            await consumer.stop()
-        return out
+        largest = max(self._source_limits.values(), default=1_048_576) + HEADROOM_BYTES
+        found = await read_records(self._options, positions, largest)
+        return {pos: (m.key, m.value, True) for pos, m in found.items()}
 
     async def _send(self, letters: Sequence[DeadLetter]) -> None:
         producer = self._producer

@@ -14,53 +14,79 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from recorder import metrics
-from recorder.pipeline import Recorder
+from recorder.core.readiness import REASONS, Problem, describe
+from recorder.pipeline import Health, Recorder
 
-# One named part of the pod's readiness: (ok, why not). A new reason for unreadiness (halted
-# partitions, a DLQ refusing writes, ...) is one more entry in `readiness_parts`.
-Part = tuple[bool, str]
+# One named part of the pod's readiness: (ok, why not). A new reason for unreadiness is one
+# more entry in `readiness_parts` and one more code in `recorder.core.readiness.REASONS`. The
+# bodies carry codes and fixed sentences only: the raw errors are in the log.
+Part = tuple[bool, Problem]
 
 
-def health_report(parts: Mapping[str, bool]) -> tuple[int, str]:
-    """Pure: status code and body of /health for each part's health."""
-    ok = all(parts.values())
+def health_report(parts: Mapping[str, str | None]) -> tuple[int, str]:
+    """Pure: status code and body of /health; each part is None when healthy, else its code."""
+    ok = all(code is None for code in parts.values())
     lines = ["OK" if ok else "UNHEALTHY"]
-    lines += [f"{name}: {'healthy' if good else 'unhealthy'}" for name, good in parts.items()]
+    for name, code in parts.items():
+        if code is None:
+            lines.append(f"{name}: healthy")
+        elif code not in REASONS:  # a code, never an error's text
+            raise ValueError(f"unknown reason code {code!r}")
+        else:
+            lines.append(f"{name}: unhealthy {code}")
     return (200 if ok else 503), "\n".join(lines) + "\n"
 
 
 def readiness_report(parts: Mapping[str, Part]) -> tuple[int, str]:
-    """Pure: status code and body of /ready; the body names every part that is not ready."""
-    failing = [f"{name}: {reason}" for name, (ok, reason) in parts.items() if not ok]
+    """Pure: status code and body of /ready; the body names every part that is not ready, with
+    its code and the code's fixed sentence."""
+    failing = [describe(name, problem) for name, (ok, problem) in parts.items() if not ok]
     if not failing:
         return 200, "ready\n"
     return 503, "not ready\n" + "\n".join(failing) + "\n"
 
 
+def consumer_code(health: Health) -> str | None:
+    """Why the consumer is not well, or None."""
+    if health.consumer_ok():
+        return None
+    if health.consumer_error is not None:
+        return "consumer_failed"
+    return "starting" if not health.started else "consumer_not_fetching"
+
+
 def readiness_parts(recorder: Recorder) -> dict[str, Part]:
     """The recorder's parts as /ready judges them (reads shared state only, no I/O)."""
     h = recorder.health
+    consumer = consumer_code(h)
     parts: dict[str, Part] = {
         "lifecycle": (
             h.started and not h.stopping,
-            "stopping" if h.stopping else "starting (migrations, joining the Kafka group)",
+            Problem("stopping" if h.stopping else "starting"),
         ),
-        "consumer": (h.consumer_ok(), h.consumer_error or "not fetching from Kafka"),
+        "consumer": (consumer is None, Problem(consumer or "consumer_not_fetching")),
     }
+    if recorder.settings.PAUSED:
+        # Paused on purpose (spec.state paused): up and in the group, but not recording.
+        parts["paused"] = (False, Problem("paused"))
     for sink in recorder.sinks:
-        parts[sink.name] = (sink.healthy, "its store does not answer")
-    # Halted or held partitions, dead letters refused, a store's last permanent error: each
-    # with the reason the pipeline gives (a sink's message replaces its generic one above).
-    for name, reason in recorder.problems().items():
-        parts[name] = (False, reason)
+        parts[sink.name] = (sink.healthy, Problem("store_unreachable"))
+    # Halted or held partitions, dead letters refused, a store's failing writes: each with the
+    # pipeline's code (a sink's code replaces the generic one above).
+    for name, problem in recorder.problems().items():
+        parts[name] = (False, problem)
     return parts
 
 
-def health_parts(recorder: Recorder) -> dict[str, bool]:
-    parts = {"consumer": recorder.health.consumer_ok()}
+def health_parts(recorder: Recorder) -> dict[str, str | None]:
+    parts = {"consumer": consumer_code(recorder.health)}
+    problems = recorder.problems()
     for sink in recorder.sinks:
-        parts[sink.name] = sink.healthy
-    parts["dead_letters"] = recorder.dead_letter_part()[0]
+        problem = problems.get(sink.name)
+        parts[sink.name] = (
+            None if sink.healthy else (problem.code if problem is not None else "store_unreachable")
+        )
+    parts["dead_letters"] = None if recorder.dead_letter_part()[0] else "dead_letters_refused"
     return parts
 
 

@@ -53,6 +53,13 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """What only the recorder's group consumers take on top of `client_options`: the rack its
+    fetches name (KIP-392 fetch-from-follower; none when KAFKA_CLIENT_RACK is empty)."""
+    rack = settings.KAFKA_CLIENT_RACK.strip()
+    return {"client_rack": rack} if rack else {}
+
+
 # key="quoted value" (with \" and \\ escapes, as Kafka's JAAS parser takes) or key=bare-word.
 _JAAS_OPTION = re.compile(r'([A-Za-z_][\w.-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]+))')
 

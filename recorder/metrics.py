@@ -86,6 +86,12 @@ CONSUMER_PAUSED = Gauge(
     "1 while the consumer is paused because buffers are full, else 0.",
     registry=REGISTRY,
 )
+PAUSED = Gauge(
+    "datarecorder_paused",
+    "1 while the data flow is paused on purpose (PAUSED=true, spec.state paused): nothing is "
+    "fetched, lag grows and no lag alert fires; else 0.",
+    registry=REGISTRY,
+)
 PARTITION_LAG = Gauge(
     "datarecorder_partition_lag_records",
     "Records in a partition not yet durable in a sink (high watermark minus sink progress).",
@@ -123,8 +129,9 @@ ASSIGNED_PARTITIONS = Gauge(
 )
 PARTITION_HALTED = Gauge(
     "datarecorder_partition_halted",
-    "1 while a partition is halted: a sink's progress lies beyond the log end (topic recreated, "
-    "unclean leader election); resolve with `datarecorder reset-progress`.",
+    "1 while a partition is halted: a sink's progress lies beyond the log end or counts another "
+    "topic ID (topic recreated, unclean leader election), or vanished from one store; resolve "
+    "with `datarecorder reset-progress`.",
     ["topic", "partition"],
     registry=REGISTRY,
 )

@@ -31,17 +31,20 @@ from recorder.core.offsets import (
     PositionLost,
     beyond_log_end,
     partition_lag,
+    recreated_topic,
     seek_position,
     unknown_progress,
+    vanished_progress,
 )
 from recorder.core.partitions import HaltedAt, PartitionTable, Status
+from recorder.core.readiness import Problem, halt_cause, partitions_problem
 from recorder.core.records import Limits
 from recorder.core.shutdown import Outcome, budget, exit_code
 from recorder.dlq import DeadLetter, DeadLetterRefused
 from recorder.kafka_options import REVOKE_DEADLINE_SEC
 from recorder.retry import retry_forever
 from recorder.settings import Settings, TopicKind
-from recorder.sinks.base import Sink
+from recorder.sinks.base import NOT_ANSWERING, Sink
 
 COMMIT_INTERVAL_SEC = 0.25
 _OFFSET = attrgetter("offset")
@@ -75,6 +78,7 @@ class Source(Protocol):
     def seek(self, tp: TP, offset: int) -> None: ...
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]: ...
     async def log_starts(self, tps: Collection[TP]) -> dict[TP, int]: ...
+    async def topic_ids(self, topics: Collection[str]) -> dict[str, str | None]: ...
     def pause(self, tps: Collection[TP]) -> None: ...
     def resume(self, tps: Collection[TP]) -> None: ...
     async def commit(self, offsets: Mapping[TP, int]) -> None: ...
@@ -136,6 +140,14 @@ class Recorder:
         self._tasks: list[asyncio.Task[None]] = []
         self._paused: dict[int, bool] = {}
         self._dlq_held: dict[int, set[TP]] = {}  # per consumer: paused for their dead letters
+        # Per partition: the offset after the last dead letter Kafka acknowledged from this
+        # process. Kept across revocations: a partition taken over again (a rebalance, a
+        # resync) re-reads records whose letters were sent already, and must not send them
+        # twice. Forgotten when the partition halts (its log may have been replaced).
+        self._letters_sent: dict[TP, int] = {}
+        # Per consumer, while its buffers are full: partitions fed on to complete a pending
+        # lake range, with the range.
+        self._completing: dict[int, dict[TP, tuple[int, int]]] = {}
         self._relief: asyncio.Task[None] | None = None
         self._held_retry: asyncio.Task[None] | None = None
         # The shutdown: when the stop came, where start-up was, what the flush and the deadline
@@ -186,6 +198,8 @@ class Recorder:
             sinks=[s.name for s in self.sinks],
             consumers=len(self.sources),
         )
+        if self.settings.PAUSED:
+            telemetry.emit(telemetry.RECORDER_PAUSED, consumers=len(self.sources))
 
     async def _when_kafka_answers(self, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
         await retry_forever(what, attempt, self.settings.RETRY_MAX_BACKOFF_SEC)
@@ -338,8 +352,9 @@ class Recorder:
     async def on_revoked(self, source: Source, tps: set[TP]) -> None:
         """DESIGN rule 3: finish (or abandon) the revoked partitions' work before giving them up."""
         # With NUM_CONSUMERS>1 a late revocation of one member may name partitions a sibling
-        # in this process was given meanwhile: their state and buffers are the sibling's now.
-        tps = tps - set().union(*(s.assignment() for s in self.sources if s is not source))
+        # in this process was given meanwhile (before this callback or during its awaits):
+        # their state and buffers are the sibling's then, and stay untouched.
+        tps = self._still_owned(source, tps)
         if not tps:
             return
         self.partitions.revoking(tps)  # nothing more is offered; what flushes is committed
@@ -350,8 +365,10 @@ class Recorder:
         except TimeoutError:
             telemetry.emit(telemetry.REVOKE_ABANDONED, partitions=len(tps))
             for sink in self.sinks:
-                await sink.abandon(tps)
+                await sink.abandon(self._still_owned(source, tps))
+        tps = self._still_owned(source, tps)
         await source.commit(self.partitions.take_commits(tps))
+        tps = self._still_owned(source, tps)
         for sink in self.sinks:
             sink.revoke(tps)
         for tp in self.partitions.revoke(tps):
@@ -363,11 +380,16 @@ class Recorder:
         seconds = round(time.monotonic() - started, 3)
         telemetry.emit(telemetry.PARTITIONS_REVOKED, count=len(tps), seconds=seconds)
 
+    def _still_owned(self, source: Source, tps: set[TP]) -> set[TP]:
+        """Those of `tps` no sibling member was given since `source` owned them."""
+        siblings = set().union(*(s.assignment() for s in self.sources if s is not source))
+        return self.partitions.owned_by(tps - siblings, source.index)
+
     async def on_assigned(self, source: Source, tps: set[TP]) -> None:
         if not tps:
             return
         metrics.ASSIGNED_PARTITIONS.inc(len(tps))
-        self.partitions.assign(tps)
+        self.partitions.assign(tps, source.index)
         await self._take_over_or_hold(source, tps)
 
     async def _take_over_or_hold(self, source: Source, tps: set[TP]) -> None:
@@ -388,6 +410,10 @@ class Recorder:
         each sink's stored progress, or for a sink with none the reset policy's start, which
         that sink then stores. A partition whose progress lies past its log end halts."""
         progress = {sink.name: await sink.load_progress(tps) for sink in self.sinks}
+        topics = {tp.topic for tp in tps}
+        current_ids = await source.topic_ids(topics)
+        recorded_ids = {sink.name: await sink.load_identity(tps) for sink in self.sinks}
+        known = await self._known_partitions(progress, tps)
         ends = await source.end_offsets(tps)
         halted: set[TP] = set()
         for tp in tps:
@@ -401,9 +427,19 @@ class Recorder:
                 continue
             self.partitions.clear_halt(tp)
             beyond = beyond_log_end(values, ends.get(tp))
+            top = max((v for v in values if v is not None), default=0)
+            end = ends.get(tp, 0)
+            recreated = recreated_topic(current_ids.get(tp.topic), recorded_ids, tp)
+            vanished = vanished_progress(progress, known, tp)
             if beyond is not None:
-                halted.add(tp)
                 self._halt(source, tp, HaltedAt(values, beyond, ends[tp]))
+            elif recreated is not None:
+                self._halt(source, tp, HaltedAt(values, top, end, recreated=recreated))
+            elif vanished is not None:
+                self._halt(source, tp, HaltedAt(values, top, end, vanished=vanished))
+            else:
+                continue
+            halted.add(tp)
         live = tps - halted
         unknown = unknown_progress(progress, live)
         if unknown:
@@ -426,6 +462,16 @@ class Recorder:
             else:
                 self._lost(tp, position, start)
                 positions[tp] = start
+        for sink in self.sinks:  # each store learns the topic ID its progress counts
+            learn = {
+                tp: topic_id
+                for tp in live
+                if (topic_id := current_ids.get(tp.topic)) is not None
+                and recorded_ids[sink.name].get(tp) is None
+                and progress[sink.name][tp] is not None
+            }
+            if learn:
+                await sink.store_identity(learn)
         live &= source.assignment()  # a retry outside the callback may race a revocation
         # No await from here to the last seek: aiokafka keeps fetching while this callback runs,
         # and a fetch landing between a buffer's creation and its partition's seek would leave
@@ -448,6 +494,16 @@ class Recorder:
             },
         )
 
+    async def _known_partitions(
+        self, progress: Mapping[str, Mapping[TP, int | None]], tps: Collection[TP]
+    ) -> dict[str, dict[str, set[int]]]:
+        """For partitions some sink has progress for and another has none: the partitions each
+        sink holds progress for, by topic (asked only then: one listing per topic)."""
+        gaps = {tp.topic for tp in tps if len({p[tp] is None for p in progress.values()}) > 1}
+        if not gaps:
+            return {}
+        return {sink.name: await sink.known_partitions(gaps) for sink in self.sinks}
+
     # --- held partitions (halted past the log end, or waiting for their progress) -----------
     def _hold(self, source: Source, tp: TP, reason: str) -> None:
         self.partitions.hold(tp, reason)
@@ -459,12 +515,30 @@ class Recorder:
             source.resume([tp])
 
     def _halt(self, source: Source, tp: TP, at: HaltedAt) -> None:
+        self._letters_sent.pop(tp, None)
         fix = (
             "stopping this consumer group's recorders (scale to 0), then "
             f"`datarecorder reset-progress --topic {tp.topic} --partition {tp.partition} "
             "--to earliest --apply` (it refuses partitions a running member owns)"
         )
-        if at.truncated:
+        if at.recreated is not None:
+            old, new = at.recreated
+            reason = (
+                f"{tp.topic}[{tp.partition}] progress {at.beyond} counts the log of topic ID "
+                f"{old}, but the topic's ID is now {new}: the topic was deleted and recreated; "
+                f"halted; resolve with {fix}"
+            )
+        elif at.vanished is not None:
+            held = {s.name: v for s, v in zip(self.sinks, at.progress, strict=True)}
+            fix = fix.replace("--to earliest", "--to <offset>")
+            reason = (
+                f"{tp.topic}[{tp.partition}] has no progress in {at.vanished} (its progress "
+                f"object or row was deleted: a lifecycle rule, by hand) while the stores hold "
+                f"{held} and {at.vanished} holds progress for other partitions of the topic: "
+                "starting it from the reset policy would record records twice or skip them; "
+                f"halted; resolve with {fix}, the offset being where {at.vanished} is complete"
+            )
+        elif at.truncated:
             reason = (
                 f"{tp.topic}[{tp.partition}] progress {at.beyond} is below the log start "
                 f"{at.log_end}: records {at.beyond}..{at.log_end - 1} were deleted by retention "
@@ -568,19 +642,37 @@ class Recorder:
                     )
             wait = min(HELD_RETRY_MAX_SEC, wait * 2)
 
-    def problems(self) -> dict[str, str]:
-        """What keeps this pod from being ready, by part (the readiness endpoint shows it)."""
-        out: dict[str, str] = {}
+    def problems(self) -> dict[str, Problem]:
+        """What keeps this pod from being ready, by part, as codes (the readiness endpoint
+        shows them; each raw error is in the log event that reported it)."""
+        out: dict[str, Problem] = {}
         held = self.partitions.held()
         if held:
-            out["partitions"] = "; ".join(sorted(held.values()))
-        dead_letters_ok, why = self.dead_letter_part()
-        if not dead_letters_ok:
-            out["dead_letters"] = why
+            causes: list[tuple[str, int, str | None]] = []
+            for tp in held:
+                at = self.partitions.halted_at(tp)
+                cause = halt_cause(at) if at is not None else "partition_held"
+                causes.append((tp.topic, tp.partition, cause))
+            halted = any(cause != "partition_held" for _, _, cause in causes)
+            out["partitions"] = partitions_problem(
+                "partition_halted" if halted else "partition_held", causes
+            )
+        blocked = self.partitions.blocked()
+        if blocked:
+            out["dead_letters"] = partitions_problem(
+                "dead_letters_refused", ((tp.topic, tp.partition, None) for tp in blocked)
+            )
+        completing = {tp for ranges in self._completing.values() for tp in ranges}
+        if completing:
+            out["buffers"] = partitions_problem(
+                "buffers_full_completing_range",
+                ((tp.topic, tp.partition, None) for tp in completing),
+            )
         for sink in self.sinks:
-            error = getattr(sink, "error", None)
-            if error:
-                out[sink.name] = error
+            health = sink.health()
+            if not health.ok:
+                code = "store_unreachable" if health.reason == NOT_ANSWERING else "writes_failing"
+                out[sink.name] = Problem(code)
         return out
 
     # --- consuming ----------------------------------------------------------------------
@@ -611,7 +703,9 @@ class Recorder:
                 if full:
                     # Every round, not only on the change: partitions assigned by a rebalance
                     # while paused start unpaused.
-                    source.pause(source.assignment())
+                    self._pause_all_but_completing(source)
+                else:
+                    self._completing.pop(source.index, None)
                 self._hold_refused(source, full)
                 if action.changes:
                     if not full:
@@ -633,6 +727,12 @@ class Recorder:
                 # and data of partitions no longer assigned, and the returned records move the
                 # position on. So a batch that arrives after a rebalance must be kept: dropping
                 # it would skip its offsets for good (the next fetch starts after them).
+                if self.settings.PAUSED:
+                    # Paused on purpose: every owned partition, every round (a rebalance or a
+                    # released hold may have resumed some), never resumed. aiokafka returns no
+                    # records of a paused partition; getmany still keeps the membership alive.
+                    source.pause(source.assignment())
+                    full = True
                 wait = FETCH_WAIT_PAUSED_MS if full else FETCH_WAIT_MS
                 try:
                     data = await source.fetch(wait, self._fetch_limit(full))
@@ -640,7 +740,7 @@ class Recorder:
                     await self._reposition(source, lost.positions)
                     continue
                 self.health.last_fetch = time.monotonic()
-                if data:
+                if data and not self.settings.PAUSED:
                     await self._handle(source, dict(data), self.partitions.epochs(data))
                 now = time.monotonic()
                 if self.partitions.has_pending() and now - last_commit >= COMMIT_INTERVAL_SEC:
@@ -652,6 +752,28 @@ class Recorder:
             self.health.consumer_error = f"{type(exc).__name__}: {exc}"
             telemetry.emit(telemetry.CONSUMER_FAILED, exc_info=True)
             self.stop()
+
+    def _pause_all_but_completing(self, source: Source) -> None:
+        """Pause every partition but those whose pending lake range can only be flushed whole:
+        pausing them too would wedge the pod (full buffers that no flush can empty)."""
+        owned = source.assignment()
+        ranges = {
+            tp: span for sink in self.sinks for tp, span in sink.completing().items() if tp in owned
+        }
+        source.pause(owned - ranges.keys())
+        blocked = self.partitions.held().keys() | self._dlq_held.get(source.index, set())
+        source.resume(ranges.keys() - blocked)
+        before = self._completing.get(source.index, {})
+        for tp in sorted(ranges.keys() - before.keys()):
+            first, end = ranges[tp]
+            telemetry.emit(
+                telemetry.RANGE_COMPLETING,
+                topic=tp.topic,
+                partition=tp.partition,
+                first=first,
+                end=end,
+            )
+        self._completing[source.index] = ranges
 
     def _hold_refused(self, source: Source, full: bool) -> None:
         """Keep partitions whose dead letters were refused paused until their backoff ends;
@@ -726,7 +848,7 @@ class Recorder:
         decoded: list[tuple[TP, pa.Table, int, int]] = []
         dead: list[DeadLetter] = []
         for tp, messages in data.items():
-            if not self.partitions.takes(tp, epochs[tp]):
+            if not self.partitions.takes(tp, epochs[tp], source.index):
                 continue
             end = source.fetched_end(tp)
             if not messages and end is None:
@@ -779,16 +901,21 @@ class Recorder:
 
     async def _dead_letter(self, dead: list[DeadLetter]) -> set[TP]:
         """Send the dead letters; returns the partitions whose letters were refused."""
-        # A dead letter below every sink's progress was sent before that progress was recorded.
+        # A dead letter below every sink's progress was sent before that progress was recorded;
+        # one below what this process already had acknowledged was sent before a re-read.
         floors: dict[TP, int] = {}
         for tp in {TP(d.topic, d.partition) for d in dead}:
             recorded = [sink.progress().get(tp) for sink in self.sinks]
-            floors[tp] = max((p for p in recorded if p is not None), default=-1)
+            floor = max((p for p in recorded if p is not None), default=-1)
+            floors[tp] = max(floor, self._letters_sent.get(tp, -1))
         fresh = [d for d in dead if d.offset >= floors[TP(d.topic, d.partition)]]
         try:
             await self.dlq.send_many(fresh)
         except DeadLetterRefused as exc:
             return self._refused(exc)
+        for d in fresh:
+            tp = TP(d.topic, d.partition)
+            self._letters_sent[tp] = max(self._letters_sent.get(tp, -1), d.offset + 1)
         for tp in {TP(d.topic, d.partition) for d in fresh}:
             if self.partitions.unblock(tp):
                 telemetry.emit(

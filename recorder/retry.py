@@ -2,9 +2,9 @@
 
 Owns `is_transient` (one predicate for every store and Kafka: a configuration mistake or a
 refused request never heals by waiting and fails loudly; unreachable, busy, restarting or
-failing-over servers are waited for) and `retry_forever` (jittered exponential backoff capped
-by RETRY_MAX_BACKOFF_SEC, through tenacity). Errors a caller raises to ask for a retry subclass
-`Transient`. Also owns the retry scope: what the pod is waiting for right now, and the switch
+failing-over servers are waited for) and `retry_forever` (recorder.core.backoff's jittered
+exponential backoff capped by RETRY_MAX_BACKOFF_SEC, through tenacity). Errors a caller raises
+to ask for a retry subclass `Transient`. Also owns the retry scope: what the pod is waiting for right now, and the switch
 that makes every wait give up at shutdown (`RetryScope.abandon`).
 """
 
@@ -26,9 +26,10 @@ from botocore.exceptions import (
     NoRegionError,
     ParamValidationError,
 )
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from recorder import telemetry
+from recorder.core.backoff import Backoff
 
 T = TypeVar("T")
 
@@ -54,6 +55,10 @@ PG_TRANSIENT = (
     asyncpg.LockNotAvailableError,
     asyncpg.IdleInTransactionSessionTimeoutError,
 )
+# A request that failed waits this long before its second attempt, twice as long per failure
+# since (capped by RETRY_MAX_BACKOFF_SEC), plus up to RETRY_JITTER_SEC drawn at random.
+RETRY_FIRST_BACKOFF_SEC = 0.1
+RETRY_JITTER_SEC = 0.1
 # Configuration mistakes: never retried, whatever else they look like.
 NEVER = (NoCredentialsError, NoRegionError, ParamValidationError)
 
@@ -150,6 +155,10 @@ async def retry_forever(
     tasks the recorder does not own, such as a rebalance callback)."""
     scope = _SCOPE.get()
     backing_off = False
+    backoff = Backoff(RETRY_FIRST_BACKOFF_SEC, max_backoff, RETRY_JITTER_SEC)
+
+    def wait(state: RetryCallState) -> float:
+        return backoff.delay(state.attempt_number)
 
     def before_sleep(state: object) -> None:
         nonlocal backing_off
@@ -175,7 +184,7 @@ async def retry_forever(
     try:
         async for try_ in AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(multiplier=0.1, max=max_backoff, jitter=0.1),
+            wait=wait,
             sleep=sleep,
             before_sleep=before_sleep,
             reraise=True,

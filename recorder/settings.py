@@ -7,7 +7,10 @@ table is generated from (and tested against) `Settings.model_fields`.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -63,6 +66,25 @@ class Settings(BaseSettings):
         "a restart resumes there, and the other sink keeps its own progress.",
         "earliest",
     )
+    START_FROM: str = _field(
+        "",
+        "Where a sink without progress for a partition starts, instead of the reset policy (so "
+        "only where KAFKA_AUTO_OFFSET_RESET would apply): `time:<RFC 3339>` starts at the "
+        "partition's first record with a Kafka timestamp at or after that time (its log end "
+        "when there is none), `offset:<N>` at offset N (kept within the log's bounds; a "
+        "partition added to a topic this group already records starts at its beginning). "
+        "Empty: the reset policy.",
+        "time:2026-12-01T00:00:00Z",
+    )
+    PAUSED: bool = _field(
+        False,
+        "Pauses the data flow while the pod stays up (Strimzi's paused connector): the consumer "
+        "keeps its group membership and partitions but fetches nothing, records nothing and "
+        "moves no progress; `/ready` answers 503 with the part `paused`, and "
+        "`datarecorder_paused` is 1 (the lag alerts leave a paused recorder out). The "
+        "operator sets it for `spec.state: paused`.",
+        "false",
+    )
     ON_LOG_TRUNCATION: Literal["resume", "halt"] = _field(
         "resume",
         "When a partition's progress lies below its log start (retention or DeleteRecords removed "
@@ -92,6 +114,15 @@ class Settings(BaseSettings):
         "A whole sasl.jaas.config line (from a Secret, e.g. a Strimzi KafkaUser's); its username "
         "and password are used where KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD are unset.",
         "***",
+    )
+    KAFKA_CLIENT_RACK: str = _field(
+        "",
+        "The rack (availability zone) of this recorder, sent with its fetches (client.rack): "
+        "brokers with a replica selector (replica.selector.class=RackAwareReplicaSelector) "
+        "then serve it from a replica in its own zone (fetch-from-follower, KIP-392) instead "
+        "of the leader. Empty: none, every fetch goes to the leader.",
+        "eu-west-1a",
+        max_length=255,
     )
     KAFKA_SSL_CA_FILE: Path | None = _field(
         None, "CA bundle for TLS to Kafka.", "/etc/kafka-tls/ca.crt"
@@ -214,7 +245,8 @@ class Settings(BaseSettings):
         0,
         "Days of rows (by event time) the database keeps; older day partitions (plain "
         "PostgreSQL) or chunks (TimescaleDB, by drop_chunks) are dropped by the recorder. "
-        "0 keeps everything. Rollups are kept.",
+        "0 keeps everything. Rollups are kept. In `timescaledb` mode 0 or at least 8 (the "
+        "longest refresh policy window, 7 days, and a day).",
         "30",
         ge=0,
         le=100_000,
@@ -250,16 +282,30 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port, got {broker!r}")
         return value
 
+    @field_validator("START_FROM")
+    @classmethod
+    def _check_start_from(cls, value: str) -> str:
+        parse_start_from(value)  # raises a ValueError saying the expected form
+        return value.strip()
+
+    def start_from(self) -> StartFrom | None:
+        """START_FROM parsed (None: the reset policy applies)."""
+        return parse_start_from(self.START_FROM)
+
     @field_validator("KAFKA_GROUP_ID", "S3_PREFIX")
     @classmethod
     def _check_key_name(cls, value: str) -> str:
         # Both end up in object keys and local paths (progress objects are scoped by group).
+        expected = (
+            "expected a name that becomes part of object keys and paths: no '..', no '/' at "
+            "either end, no control characters"
+        )
         if ".." in value:
-            raise ValueError(f"{value!r} must not contain '..'")
+            raise ValueError(f"{value!r} contains '..'; {expected}")
         if value.startswith("/") or value.endswith("/"):
-            raise ValueError(f"{value!r} must not start or end with '/'")
+            raise ValueError(f"{value!r} starts or ends with '/'; {expected}")
         if any(unicodedata.category(ch) == "Cc" for ch in value):
-            raise ValueError(f"{value!r} must not contain control characters")
+            raise ValueError(f"{value!r} contains a control character; {expected}")
         return value
 
     @field_validator("KAFKA_TOPICS")
@@ -304,6 +350,56 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+START_FROM_FORM = (
+    "expected time:<RFC 3339 date-time with a zone> (e.g. time:2026-12-01T00:00:00Z), "
+    "offset:<integer >= 0> (e.g. offset:12345), or empty for the reset policy"
+)
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StartFrom:
+    """A point of the log to start at: a Kafka timestamp in ms (`time`) or an offset."""
+
+    kind: Literal["time", "offset"]
+    value: int
+
+
+def parse_rfc3339_ms(text: str) -> int:
+    """Milliseconds since the epoch of an RFC 3339 date-time with a zone (digits below the ms
+    are dropped, toward the past); ValueError otherwise."""
+    text = text.strip()
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(f"{text!r} is not an RFC 3339 date-time with a zone")
+    head, dot, rest = text.upper().partition(".")
+    fraction = ""
+    if dot:  # Python reads 6 digits at most: keep the ms, the rest only says where the zone is
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        fraction, rest = rest[:digits], rest[digits:]
+    when = datetime.fromisoformat(head.replace(" ", "T") + rest.replace("Z", "+00:00"))
+    millis = int(fraction[:3].ljust(3, "0")) if fraction else 0
+    return int(when.timestamp()) * 1000 + millis
+
+
+def parse_start_from(value: str) -> StartFrom | None:
+    """START_FROM's value parsed; ValueError with the expected form when it is none of them."""
+    value = value.strip()
+    if not value:
+        return None
+    kind, sep, rest = value.partition(":")
+    kind = kind.strip().lower()
+    try:
+        if sep and kind == "time":
+            return StartFrom("time", parse_rfc3339_ms(rest))
+        if sep and kind == "offset" and rest.strip().isascii() and rest.strip().isdigit():
+            return StartFrom("offset", int(rest.strip()))
+    except ValueError:
+        pass
+    raise ValueError(f"{value!r}: {START_FROM_FORM}")
 
 
 def split_topic(item: str) -> tuple[str, TopicKind]:

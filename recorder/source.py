@@ -21,8 +21,10 @@ from aiokafka.errors import (
 
 from recorder import telemetry
 from recorder.core.offsets import TP, PositionLost
-from recorder.kafka_options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS
+from recorder.core.reset_plan import start_position
+from recorder.kafka_options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS, consumer_options
 from recorder.settings import Settings
+from recorder.topic_ids import topic_ids
 
 
 class Fetched(Protocol):
@@ -99,6 +101,7 @@ class KafkaSource:
         self.consumer = self._new_consumer()
         self._topics = list(settings.topics())
         self._reset = settings.KAFKA_AUTO_OFFSET_RESET
+        self._start_from = settings.start_from()
         # Each partition's fetch position after the last fetch or seek, and the offset after
         # what the last fetch returned of it: past its last record when the broker's log holds
         # transaction markers or aborted records there (see `fetch`).
@@ -128,6 +131,7 @@ class KafkaSource:
             # A recreated topic or added partitions rejoin the group within this (aiokafka's
             # default, 5 minutes, left a recreated topic unrecorded and unnoticed that long).
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            **consumer_options(settings),
             **self._client_options,
         )
 
@@ -208,7 +212,9 @@ class KafkaSource:
             )
 
     async def reset_positions(self, tps: Collection[TP]) -> dict[TP, int]:
-        """Where the reset policy starts partitions no sink has written: first or next offset.
+        """Where partitions no sink has written start: START_FROM's point when set
+        (`recorder.core.reset_plan.start_position`), otherwise the reset policy's first or next
+        offset.
 
         `latest` applies to a topic the group has never recorded; a partition added to a
         recorded topic starts at its beginning (its first records were produced after the
@@ -216,6 +222,8 @@ class KafkaSource:
         ktps = [kafka_tp(tp) for tp in tps]
         starts = await self.consumer.beginning_offsets(ktps)
         found = {TP(tp.topic, tp.partition): int(off) for tp, off in starts.items()}
+        if self._start_from is not None:
+            return await self._start_from_positions(found)
         if self._reset != "latest":
             return found
         fresh = [tp for tp in tps if not await self._topic_recorded(tp.topic)]
@@ -223,6 +231,28 @@ class KafkaSource:
             ends = await self.consumer.end_offsets([kafka_tp(tp) for tp in fresh])
             found.update({TP(tp.topic, tp.partition): int(off) for tp, off in ends.items()})
         return found
+
+    async def _start_from_positions(self, log_starts: dict[TP, int]) -> dict[TP, int]:
+        start_from = self._start_from
+        assert start_from is not None
+        ktps = [kafka_tp(tp) for tp in log_starts]
+        ends = {
+            TP(tp.topic, tp.partition): int(off)
+            for tp, off in (await self.consumer.end_offsets(ktps)).items()
+        }
+        at: dict[TP, int | None] = dict.fromkeys(log_starts)
+        recorded: dict[str, bool] = {}
+        if start_from.kind == "time":
+            answer = await self.consumer.offsets_for_times(dict.fromkeys(ktps, start_from.value))
+            for ktp, found in answer.items():
+                at[TP(ktp.topic, ktp.partition)] = None if found is None else int(found.offset)
+        else:
+            for topic in sorted({tp.topic for tp in log_starts}):
+                recorded[topic] = await self._topic_recorded(topic)
+        return {
+            tp: start_position(start_from, at[tp], start, ends[tp], recorded.get(tp.topic, False))
+            for tp, start in log_starts.items()
+        }
 
     async def _topic_recorded(self, topic: str) -> bool:
         """True when the group has committed an offset for some partition of `topic` (the
@@ -241,6 +271,10 @@ class KafkaSource:
         except KafkaError:
             return {}  # unknown for now: the next refused fetch or take-over asks again
         return {TP(tp.topic, tp.partition): int(off) for tp, off in found.items()}
+
+    async def topic_ids(self, topics: Collection[str]) -> dict[str, str | None]:
+        """Each topic's current Kafka topic ID (None: the cluster has none to give)."""
+        return await topic_ids(self.consumer._client, topics)
 
     def pause(self, tps: Collection[TP]) -> None:
         self.consumer.pause(*(kafka_tp(tp) for tp in tps))

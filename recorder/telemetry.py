@@ -137,6 +137,14 @@ RECORDER_STARTED = _event(
     "Joined the Kafka group and consuming: the topics, the enabled sinks, the consumers.",
     ("topics", "sinks", "consumers"),
 )
+RECORDER_PAUSED = _event(
+    "recorder_paused",
+    "warning",
+    "PAUSED is true: the consumers keep their partitions but fetch nothing and record nothing "
+    "until the recorder runs with PAUSED=false (the readiness part `paused`).",
+    ("consumers",),
+    Update(metrics.PAUSED, "set", 1),
+)
 RECORDER_FAILED = _event(
     "recorder_failed",
     "error",
@@ -237,8 +245,9 @@ PARTITION_HALTED = _event(
     "partition_halted",
     "error",
     "A sink's progress lies beyond the partition's log end (topic recreated, unclean leader "
-    "election), or below its log start with ON_LOG_TRUNCATION=halt: the partition halts until "
-    "`datarecorder reset-progress`.",
+    "election), counts another topic ID than the topic's (recreated), is gone from one store "
+    "while the other holds some, or lies below the log start with ON_LOG_TRUNCATION=halt: the "
+    "partition halts until `datarecorder reset-progress`.",
     (*TOPIC_PARTITION, "progress", "log_end", "reason"),
     Update(metrics.PARTITION_HALTED, "set", 1, TOPIC_PARTITION),
 )
@@ -262,6 +271,29 @@ CONSUMER_RESUMED = _event(
     "Buffers have room again: the consumer resumes.",
     ("buffered", "buffered_bytes", "consumers_paused"),
     Update(metrics.CONSUMER_PAUSED, "set", _any_paused),
+)
+LATE_BARS_REFRESHED = _event(
+    "late_bars_refreshed",
+    "info",
+    "TimescaleDB mode: the buckets [start, end) of a continuous aggregate that late ticks "
+    "touched outside its refresh policy's window were refreshed, so its bars include them.",
+    ("sink", "view", "start", "end"),
+)
+LATE_BARS_REFRESH_FAILED = _event(
+    "late_bars_refresh_failed",
+    "warning",
+    "TimescaleDB mode: refreshing the buckets of late ticks failed; the range is kept and "
+    "tried again.",
+    ("sink", "view", "error"),
+)
+RANGE_COMPLETING = _event(
+    "recorded_range_completing",
+    "warning",
+    "Buffers are full, but a partition's pending lake range (recorded by a writer with larger "
+    "buffers: S3_BATCH_SIZE, MAX_BUFFER_SIZE or MAX_BUFFER_BYTES were lowered) can only be "
+    "flushed whole: that partition is fed on past the limits until the range completes; the "
+    "others stay paused and /ready names it.",
+    (*TOPIC_PARTITION, "first", "end"),
 )
 CONSUMER_FAILED = _event(
     "consumer_failed",

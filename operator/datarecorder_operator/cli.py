@@ -16,21 +16,14 @@ import socket
 import sys
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import yaml
 
 from datarecorder_operator import handlers, kube, leader, rendering
-from datarecorder_operator.spec import (
-    API_VERSION,
-    KIND,
-    POLICY_MODES,
-    RESTRICTED,
-    Policy,
-    SpecError,
-    parse_spec,
-)
+from datarecorder_operator.policy import POLICY_MODES, RESTRICTED, Policy
+from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
 
 
 def render_documents(
@@ -75,12 +68,33 @@ def _render(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-def policy_from_args(args: argparse.Namespace) -> Policy:
-    """The guardrails from `--policy`, `--allowed-image` and `--allowed-service-account`."""
+# The policy from the environment, for installs that set env rather than args (the flags win).
+POLICY_ENV = "DATARECORDER_POLICY"
+ALLOWED_IMAGES_ENV = "DATARECORDER_ALLOWED_IMAGES"  # comma-separated prefixes
+ALLOWED_SERVICE_ACCOUNTS_ENV = "DATARECORDER_ALLOWED_SERVICE_ACCOUNTS"  # comma-separated names
+
+
+def _env_list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+
+
+def policy_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Policy:
+    """The guardrails from `--policy`, `--allowed-image` and `--allowed-service-account`, else
+    from $DATARECORDER_POLICY, $DATARECORDER_ALLOWED_IMAGES and
+    $DATARECORDER_ALLOWED_SERVICE_ACCOUNTS; restricted when neither says."""
+    env = os.environ if environ is None else environ
+    wanted = args.policy or env.get(POLICY_ENV, "").strip() or "restricted"
+    modes = [mode for mode in POLICY_MODES if mode == wanted]
+    if not modes:
+        raise SystemExit(
+            f"{POLICY_ENV}={wanted!r}: expected one of {', '.join(POLICY_MODES)} "
+            "(restricted when unset)"
+        )
     return Policy(
-        mode=args.policy,
-        allowed_images=tuple(args.allowed_image or ()),
-        allowed_service_accounts=tuple(args.allowed_service_account or ()),
+        mode=modes[0],
+        allowed_images=tuple(args.allowed_image or ()) or _env_list(env, ALLOWED_IMAGES_ENV),
+        allowed_service_accounts=tuple(args.allowed_service_account or ())
+        or _env_list(env, ALLOWED_SERVICE_ACCOUNTS_ENV),
     )
 
 
@@ -89,23 +103,26 @@ def _policy_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--policy",
         choices=POLICY_MODES,
-        default="restricted",
-        help="restricted (default): refuse privileged or root pods, added capabilities, "
-        "privilege escalation, host namespaces, hostPath and other volume types outside the "
-        "allow-list, images outside --allowed-image, ServiceAccounts not listed; permissive: "
-        "render what the spec asks (creating a DataRecorder then equals creating pods)",
+        default=None,
+        help=f"restricted (the default, unless ${POLICY_ENV} says otherwise): refuse privileged "
+        "or root pods, added capabilities, privilege escalation, host namespaces, hostPath "
+        "and other volume types outside the allow-list, images outside --allowed-image, "
+        "ServiceAccounts not listed; permissive: render what the spec asks (creating a "
+        "DataRecorder then equals creating pods)",
     )
     group.add_argument(
         "--allowed-image",
         action="append",
         metavar="PREFIX",
-        help="registry or repository prefix images must come from (repeatable; none: any)",
+        help="registry or repository prefix images must come from (repeatable; none: "
+        f"${ALLOWED_IMAGES_ENV}, comma-separated; neither: any)",
     )
     group.add_argument(
         "--allowed-service-account",
         action="append",
         metavar="NAME",
-        help="a ServiceAccount spec.serviceAccountName may name (repeatable)",
+        help="a ServiceAccount spec.serviceAccountName may name (repeatable; none: "
+        f"${ALLOWED_SERVICE_ACCOUNTS_ENV}, comma-separated)",
     )
 
 

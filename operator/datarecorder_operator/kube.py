@@ -59,6 +59,8 @@ RESOURCES: dict[tuple[str, str], ResourceType] = {
         "monitoring.coreos.com", "v1", "servicemonitors"
     ),
     ("v1", "Event"): ResourceType("", "v1", "events"),
+    ("v1", "Pod"): ResourceType("", "v1", "pods"),
+    ("batch/v1", "Job"): ResourceType("batch", "v1", "jobs"),
     ("coordination.k8s.io/v1", "Lease"): ResourceType("coordination.k8s.io", "v1", "leases"),
     ("datarecorder.dev/v1alpha1", "DataRecorder"): ResourceType(
         "datarecorder.dev", "v1alpha1", "datarecorders"
@@ -147,6 +149,15 @@ class KubeClient:
         self, api_version: str, kind: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         return await self._request("GET", resource_of(api_version, kind).path(namespace, name))
+
+    async def list_names(
+        self, api_version: str, kind: str, namespace: str, selector: Mapping[str, str]
+    ) -> list[str]:
+        """Names of the objects of a kind whose labels match `selector` (terminating ones too)."""
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
+        path = resource_of(api_version, kind).path(namespace)
+        found = await self._request("GET", path, params=params) or {}
+        return [str(item["metadata"]["name"]) for item in found.get("items") or []]
 
     async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         res = resource_of(manifest["apiVersion"], manifest["kind"])

@@ -66,12 +66,12 @@ API_REQUESTS = Counter(
 RECORDERS = Gauge(
     "datarecorder_operator_recorders",
     "DataRecorders the operator reconciles, by what its last pass found: spec.state (running, "
-    "stopped), reconcile_paused (annotation datarecorder.dev/paused) or invalid (a spec it "
+    "paused, stopped), reconcile_paused (annotation datarecorder.dev/paused) or invalid (a spec it "
     "cannot render).",
     ["state"],
     registry=REGISTRY,
 )
-RECORDER_STATES = ("running", "stopped", "reconcile_paused", "invalid")
+RECORDER_STATES = ("running", "paused", "stopped", "reconcile_paused", "invalid")
 
 
 def set_recorders(phases: Iterable[str | None]) -> None:

@@ -10,6 +10,7 @@ Owns `CLUSTER_ROLE_RULES` and `LEASE_RULES`; every rule names the handler that n
   patch (restore drift, scale in mode operator), delete (unwanted children, cleanup).
   Deployments also list/watch: the operator watches the recorders' Deployments (a GET per
   tick otherwise); the other children are only read by name, once per resync.
+* Jobs: get, create, delete (the reset-to-time Job); Pods: list (are the recorders gone?).
 * Secrets: get only, to read Kafka SASL/TLS credentials for the lag poll (the recorder pods
   receive secrets by reference; the operator never copies them).
 * Events: create/patch, so `kubectl describe dr` shows scaling and failures.
@@ -70,6 +71,10 @@ CLUSTER_ROLE_RULES: list[dict[str, Any]] = [
         "resources": ["networkpolicies"],
         "verbs": ["get", "create", "patch", "delete"],
     },
+    # The reset-to-time annotation: a Job runs `reset-progress` once the recorder pods (listed
+    # by label, terminating ones included) are gone.
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {

@@ -17,7 +17,16 @@ from typing import Any
 
 import kopf
 
-from datarecorder_operator import jaas, kafkalag, kube, metrics, migration, rendering, status
+from datarecorder_operator import (
+    jaas,
+    kafkalag,
+    kube,
+    metrics,
+    migration,
+    rendering,
+    reset,
+    status,
+)
 from datarecorder_operator.lag import (
     Committed,
     LagReport,
@@ -28,17 +37,21 @@ from datarecorder_operator.lag import (
     persistent_partitions,
     with_activation,
 )
-from datarecorder_operator.scaler import Stabilizer
-from datarecorder_operator.spec import (
-    RESTART_ANNOTATION,
+from datarecorder_operator.policy import (
     RESTRICTED,
     SECRET_MARK_ANNOTATION,
     Policy,
+    secret_marked_for,
+)
+from datarecorder_operator.scaler import Stabilizer
+from datarecorder_operator.spec import (
+    API_VERSION,
+    KIND,
+    RESTART_ANNOTATION,
     RecorderSpec,
     SpecError,
     is_paused,
     parse_spec,
-    secret_marked_for,
 )
 
 # Posts one Event on the DataRecorder: (type, reason, message).
@@ -459,6 +472,57 @@ def _observation(
     )
 
 
+def _reset_pods(spec: RecorderSpec) -> dict[str, str]:
+    return rendering.selector_labels(spec)
+
+
+async def reset_pass(
+    client: kube.KubeClient,
+    body: Mapping[str, Any],
+    spec: RecorderSpec,
+    events: Events,
+    logger: Any,
+) -> reset.ResetStep:
+    """The reset-to-time annotation's step for this pass (`reset.next_step`) and its I/O: the
+    recorder pods and the Job read, the Job created, the annotation removed."""
+    meta, previous = body["metadata"], body.get("status") or {}
+    asked = (meta.get("annotations") or {}).get(reset.RESET_ANNOTATION)
+    current, last = previous.get("reset"), previous.get("lastReset")
+    if asked is None and current is None:
+        return reset.ResetStep()
+    pods, job = 0, None
+    if current is not None:
+        found = await client.get("batch/v1", "Job", spec.namespace, str(current["job"]))
+        job = reset.job_state(found)
+        if job is None:
+            pods = len(await client.list_names("v1", "Pod", spec.namespace, _reset_pods(spec)))
+    step = reset.next_step(
+        None if asked is None else str(asked),
+        current,
+        last,
+        recorder=spec.name,
+        pods=pods,
+        job=job,
+        now=_now_iso(),
+    )
+    if step.create_job and step.in_progress is not None:
+        progress = step.in_progress
+        manifest = reset.render_reset_job(spec, str(progress["time"]), str(progress["job"]))
+        kopf.append_owner_reference(manifest, owner=body)  # type: ignore[arg-type]
+        try:
+            await client.create(manifest)
+        except kube.KubeError as exc:
+            if exc.status != 409:  # 409: created by a pass whose status write was lost
+                raise
+        logger.info(f"created Job {progress['job']}: reset-progress --to-time {progress['time']}")
+    if step.event is not None:
+        await events(*step.event)
+    if step.remove_annotation is not None:
+        drop = {"metadata": {"annotations": {reset.RESET_ANNOTATION: None}}}
+        await client.patch(API_VERSION, KIND, spec.namespace, spec.name, drop)
+    return step
+
+
 def _paused(meta: Mapping[str, Any], spec: RecorderSpec) -> status.Observation:
     return status.Observation(
         generation=meta.get("generation"),
@@ -561,6 +625,10 @@ async def reconcile(
             # Strimzi's pause: children and replicas stay as they are until it is removed.
             state.phase = "reconcile_paused"
             return Outcome(_status_patch(previous, _paused(meta, rspec)))
+        step = await reset_pass(client, body, rspec, events, logger)
+        if step.event is not None:
+            apply = True  # the reset stops the recorders, or its end restores them
+        rspec = reset.reset_spec(rspec, step)
         state.phase = rspec.state
         if apply and config.policy.restricted:
             state.unmarked = await unmarked_secrets(client, rspec)
@@ -597,7 +665,13 @@ async def reconcile(
             deployment = await scale(client, events, rspec, state, deployment, now)
     except kube.KubeError as exc:
         return Outcome(_status_patch(previous, _error(meta, str(exc), "ReconcileFailed")), exc)
-    return Outcome(_status_patch(previous, _observation(meta, rspec, deployment, state)))
+    observed = dataclasses.replace(
+        _observation(meta, rspec, deployment, state),
+        reset_known=True,
+        reset=step.in_progress,
+        last_reset=step.finished,
+    )
+    return Outcome(_status_patch(previous, observed))
 
 
 async def delete_children(client: kube.KubeClient, meta: Mapping[str, Any], logger: Any) -> None:

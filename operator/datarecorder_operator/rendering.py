@@ -13,15 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from datarecorder_operator import quantity
+from datarecorder_operator.policy import (
+    SAFE_CONTAINER_SECURITY,
+    SAFE_POD_SECURITY,
+    merge_security_context,
+)
 from datarecorder_operator.spec import (
     API_VERSION,
     KIND,
     RESTART_ANNOTATION,
-    SAFE_CONTAINER_SECURITY,
-    SAFE_POD_SECURITY,
     RecorderSpec,
     SecretKey,
-    merge_security_context,
 )
 
 Manifest = dict[str, Any]
@@ -127,6 +129,13 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
         "SHUTDOWN_TIMEOUT_SEC": str(spec.shutdown_timeout_seconds),
         "LOG_LEVEL": spec.log_level,
     }
+    if spec.kafka.start_from is not None:
+        data["START_FROM"] = spec.kafka.start_from
+    if spec.kafka.rack is not None and spec.kafka.rack.id is not None:
+        data["KAFKA_CLIENT_RACK"] = spec.kafka.rack.id
+    if spec.flow_paused:
+        # Only while paused: a running recorder's config (and hash) stays as it always was.
+        data["PAUSED"] = "true"
     if spec.kafka.sasl is not None:
         data["KAFKA_SASL_MECHANISM"] = spec.kafka.sasl.mechanism
     tls = spec.kafka.tls
@@ -200,6 +209,17 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
     ]
 
 
+def rack_env(spec: RecorderSpec) -> list[dict[str, Any]]:
+    """KAFKA_CLIENT_RACK from the pod's own copy of its node's zone label (the downward API
+    cannot read node labels; PodTopologyLabelsAdmission copies topology.kubernetes.io/zone and
+    /region onto the pod at binding). Without the label the value is empty: no rack."""
+    rack = spec.kafka.rack
+    if rack is None or rack.topology_key is None:
+        return []
+    path = f"metadata.labels['{rack.topology_key}']"
+    return [{"name": "KAFKA_CLIENT_RACK", "valueFrom": {"fieldRef": {"fieldPath": path}}}]
+
+
 def config_hash(spec: RecorderSpec) -> str:
     """A digest of everything that reaches the container's environment and mounts.
 
@@ -270,6 +290,15 @@ def termination_grace_seconds(spec: RecorderSpec) -> int:
     return spec.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
+def rollout_strategy(spec: RecorderSpec) -> dict[str, Any]:
+    """Surge first: every pod joining or leaving rebalances the group, so keep capacity. Not
+    into a pause: a paused pod is never ready (/ready names the part `paused`), so a surge
+    would wait for it forever while the old pods kept recording; all are replaced at once."""
+    if spec.flow_paused:
+        return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "100%"}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
 def render_deployment(
     spec: RecorderSpec, replicas: int | None, restart: str | None = None
 ) -> Manifest:
@@ -299,7 +328,7 @@ def render_deployment(
             {"configMapRef": {"name": configmap_name(spec)}},
             *(dict(e) for e in template.env_from),
         ],
-        "env": secret_env(spec) + [dict(e) for e in template.env],
+        "env": secret_env(spec) + rack_env(spec) + [dict(e) for e in template.env],
         "resources": {kind: dict(values) for kind, values in spec.resources.items()},
         **probes(),
         # The user's context is laid over the safe defaults, never in their place: what it
@@ -347,11 +376,7 @@ def render_deployment(
 
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(spec)},
-        # Surge first: every pod joining or leaving rebalances the group, so keep capacity.
-        "strategy": {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-        },
+        "strategy": rollout_strategy(spec),
         "revisionHistoryLimit": 5,
         "template": {
             "metadata": {
@@ -461,6 +486,8 @@ def render_pdb(spec: RecorderSpec) -> Manifest:
         "spec": {
             "maxUnavailable": spec.pdb.max_unavailable,
             "selector": {"matchLabels": selector_labels(spec)},
+            # Paused pods are unready by design: they must not block a node's drain.
+            **({"unhealthyPodEvictionPolicy": "AlwaysAllow"} if spec.flow_paused else {}),
         },
     }
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
 from datarecorder_operator import quantity
+from datarecorder_operator.policy import RESTRICTED, Policy, key_name_problem, policy_violations
+
+# Re-exported: the Secret mark is named wherever a spec's Secrets are (tests, tools).
+from datarecorder_operator.policy import SECRET_MARK_ANNOTATION as SECRET_MARK_ANNOTATION
 
 GROUP = "datarecorder.dev"
 VERSION = "v1alpha1"
@@ -32,11 +35,11 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 ScalingMode = Literal["hpa", "operator"]
-# spec.state, as Strimzi's KafkaConnector `state`: stopped scales the recorders to 0 and
-# suspends autoscaling. No `paused` (pods kept, consumer paused): the recorder has no setting
-# that pauses its consumer while keeping the pod, and this is the place to add it once it has.
-RecorderState = Literal["running", "stopped"]
-STATES: tuple[RecorderState, ...] = ("running", "stopped")
+# spec.state, as Strimzi's KafkaConnector `state`: paused keeps the pods (and their group
+# membership) with the consumer fetching nothing (the recorder's PAUSED); stopped scales the
+# recorders to 0. Both suspend autoscaling.
+RecorderState = Literal["running", "paused", "stopped"]
+STATES: tuple[RecorderState, ...] = ("running", "paused", "stopped")
 
 
 class SpecError(ValueError):
@@ -75,6 +78,21 @@ class KafkaSASL:
     allow_plaintext_password: bool = False
 
 
+# The node labels Kubernetes copies onto a pod at binding (PodTopologyLabelsAdmission, 1.33+):
+# the only node labels a pod can read through the downward API.
+POD_TOPOLOGY_LABELS = ("topology.kubernetes.io/zone", "topology.kubernetes.io/region")
+RACK_ID = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9._]{0,61}[A-Za-z0-9])?")
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaRack:
+    """Exactly one: `id` (a literal rack, e.g. one DataRecorder per zone) or `topology_key` (the
+    pod's copy of its node's zone label, read through the downward API)."""
+
+    id: str | None = None
+    topology_key: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class KafkaSpec:
     brokers: tuple[str, ...]
@@ -83,6 +101,12 @@ class KafkaSpec:
     security_protocol: SecurityProtocol
     sasl: KafkaSASL | None
     tls: KafkaTLS | None
+    # spec.kafka.startFrom as the recorder's START_FROM (`time:<RFC 3339>` | `offset:<N>`);
+    # None: the reset policy.
+    start_from: str | None = None
+    # spec.kafka.rack, the consumer's client.rack (KAFKA_CLIENT_RACK): a literal rack id, or the
+    # pod label (copied from its node at binding) that the downward API reads it from.
+    rack: KafkaRack | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,14 +250,24 @@ class RecorderSpec:
         return self.state == "stopped"
 
     @property
+    def flow_paused(self) -> bool:
+        """spec.state paused: the pods stay, their consumers fetch nothing (not the annotation
+        datarecorder.dev/paused, which pauses the operator's reconciliation)."""
+        return self.state == "paused"
+
+    @property
     def operator_scaled(self) -> bool:
-        """The operator moves the replicas from lag (never while stopped)."""
-        return self.autoscaling.enabled and self.autoscaling.mode == "operator" and not self.stopped
+        """The operator moves the replicas from lag (only while running: lag grows while paused
+        and stopped on purpose)."""
+        auto = self.autoscaling
+        return auto.enabled and auto.mode == "operator" and self.state == "running"
 
     @property
     def hpa_scaled(self) -> bool:
-        """An HPA child moves the replicas (none while stopped: it would scale them back up)."""
-        return self.autoscaling.enabled and self.autoscaling.mode == "hpa" and not self.stopped
+        """An HPA child moves the replicas (only while running: stopped, it would scale them
+        back up; paused, it would scale out on the lag the pause makes)."""
+        auto = self.autoscaling
+        return auto.enabled and auto.mode == "hpa" and self.state == "running"
 
 
 class _Reader:
@@ -480,21 +514,6 @@ PAUSED_ANNOTATION = "datarecorder.dev/paused"
 # with its own annotation).
 RESTART_ANNOTATION = "datarecorder.dev/restart"
 
-# A Secret a DataRecorder may use names the DataRecorders it is for:
-# `datarecorder.dev/recorders: "rec, other"` ("*": every DataRecorder of its namespace). The
-# operator reads only such Secrets (its lag reads), and under the restricted policy renders
-# recorder pods that reference only such Secrets: a spec cannot hand its author a Secret of the
-# namespace that its owner did not mark.
-SECRET_MARK_ANNOTATION = "datarecorder.dev/recorders"
-ANY_RECORDER = "*"
-
-
-def secret_marked_for(secret: Mapping[str, Any] | None, recorder: str) -> bool:
-    """Whether the Secret object `secret` is marked for the DataRecorder named `recorder`."""
-    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
-    names = {n.strip() for n in str(annotations.get(SECRET_MARK_ANNOTATION, "")).split(",")}
-    return recorder in names or ANY_RECORDER in names
-
 
 def restart_requested(annotations: Mapping[str, str] | None) -> str | None:
     """The value of the DataRecorder's restart annotation, None when it has none."""
@@ -505,6 +524,61 @@ def restart_requested(annotations: Mapping[str, str] | None) -> str | None:
 def is_paused(annotations: Mapping[str, str] | None) -> bool:
     """Strimzi's convention: reconciliation stops while the annotation is "true"."""
     return (annotations or {}).get(PAUSED_ANNOTATION, "").strip().lower() == "true"
+
+
+# The recorder's START_FROM time form (recorder.settings): a date-time with a zone.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+START_FROM_FORM = (
+    'expected {time: "<RFC 3339 date-time with a zone>"} (e.g. {time: '
+    '"2026-12-01T00:00:00Z"}) or {offset: <integer >= 0>}'
+)
+MAX_OFFSET = 2**63 - 1
+
+
+def _exactly_one(raw: _Reader, first: str, second: str, form: str) -> None:
+    """Refuse a choice object that names neither or both of its two keys, or another key."""
+    unknown = sorted(set(raw.data) - {first, second})
+    if unknown or raw.has(first) == raw.has(second):
+        extra = f" (unknown: {', '.join(unknown)})" if unknown else ""
+        raise SpecError(f"{raw.path} must name exactly one of {first} and {second}{extra}; {form}")
+
+
+def parse_start_from(raw: _Reader) -> str | None:
+    """spec.kafka.startFrom: where a sink without progress starts (exactly one of `time` and
+    `offset`), as the recorder's START_FROM; None when absent."""
+    if not raw.data:
+        return None
+    _exactly_one(raw, "time", "offset", START_FROM_FORM)
+    if raw.has("time"):
+        value = raw.text("time").strip()
+        if not _RFC3339.fullmatch(value):
+            raise SpecError(
+                f"{raw.path}.time {value!r} is not an RFC 3339 date-time; {START_FROM_FORM}"
+            )
+        return f"time:{value}"
+    try:
+        return f"offset:{raw.integer('offset', 0, 0, MAX_OFFSET)}"
+    except SpecError as exc:
+        raise SpecError(f"{exc}; {START_FROM_FORM}") from None
+
+
+RACK_FORM = (
+    "expected {topologyKey: topology.kubernetes.io/zone} (or .../region: the node labels "
+    'Kubernetes copies onto pods) or {id: "<rack>"} (e.g. {id: "eu-west-1a"})'
+)
+
+
+def parse_rack(raw: _Reader) -> KafkaRack | None:
+    """spec.kafka.rack: the consumer's client.rack, for fetching from a replica in its zone."""
+    if not raw.data:
+        return None
+    _exactly_one(raw, "topologyKey", "id", RACK_FORM)
+    if raw.has("id"):
+        value = raw.text("id")
+        if not RACK_ID.fullmatch(value):
+            raise SpecError(f"{raw.path}.id {value!r} is not a rack name; {RACK_FORM}")
+        return KafkaRack(id=value)
+    return KafkaRack(topology_key=raw.text("topologyKey", choices=POD_TOPOLOGY_LABELS))
 
 
 def _parse_kafka(root: _Reader, name: str, namespace: str) -> KafkaSpec:
@@ -526,6 +600,8 @@ def _parse_kafka(root: _Reader, name: str, namespace: str) -> KafkaSpec:
         security_protocol=protocol,  # type: ignore[arg-type]  # checked by choices above
         sasl=sasl,
         tls=tls,
+        start_from=parse_start_from(kafka_raw.sub("startFrom")),
+        rack=parse_rack(kafka_raw.sub("rack")),
     )
     _check_key_name("spec.kafka.groupId", kafka.group_id)
     for broker in kafka.brokers:
@@ -702,172 +778,6 @@ def _parse_service_account(root: _Reader) -> Mapping[str, str] | None:
     return service_account_annotations
 
 
-# --- Guardrails (issue 21): what a tenant's DataRecorder may ask of the pods the operator makes
-# with its own rights. Restricted is the default; permissive keeps the old freedom (then the
-# right to create a DataRecorder is the right to create any pod in its namespace).
-
-PolicyMode = Literal["restricted", "permissive"]
-POLICY_MODES: tuple[PolicyMode, ...] = ("restricted", "permissive")
-
-# The volume types of the Pod Security Standards' "restricted" profile: no hostPath, no
-# node-level or network file systems the tenant could not mount itself.
-ALLOWED_VOLUME_TYPES = frozenset(
-    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-     "projected", "secret"}
-)  # fmt: skip
-HOST_NAMESPACE_FIELDS = ("hostNetwork", "hostPID", "hostIPC")
-
-
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    """The operator's `--policy` and its allow-lists (the chart's `policy` value)."""
-
-    mode: PolicyMode = "restricted"
-    # Registry or repository prefixes ("ghcr.io/acme", "registry.example.com:5000/"); empty:
-    # any image. A prefix matches at a path boundary: "ghcr.io/acme" does not allow
-    # "ghcr.io/acme-evil/x".
-    allowed_images: tuple[str, ...] = ()
-    # ServiceAccounts (of the DataRecorder's namespace) that spec.serviceAccountName may name.
-    allowed_service_accounts: tuple[str, ...] = ()
-
-    @property
-    def restricted(self) -> bool:
-        return self.mode == "restricted"
-
-
-RESTRICTED = Policy()
-PERMISSIVE = Policy(mode="permissive")
-
-
-def image_allowed(image: str, prefixes: Sequence[str]) -> bool:
-    """Whether `image` comes from one of `prefixes` (empty: any image)."""
-    if not prefixes:
-        return True
-    for prefix in prefixes:
-        base = prefix.rstrip("/")
-        if base and (image == base or any(image.startswith(base + sep) for sep in "/:@")):
-            return True
-    return False
-
-
-# Safe defaults that a user-supplied security context is merged onto, never replaces.
-SAFE_POD_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-SAFE_CONTAINER_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-}
-
-
-def merge_security_context(safe: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    """`given` laid over `safe`: a key the user sets wins (the policy has refused the unsafe
-    values before), a key the user leaves out, or sets to null, keeps its safe value, and the
-    dropped capabilities are always a superset of the safe ones."""
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in safe.items()}
-    for key, value in given.items():
-        if value is None and key in safe:
-            continue  # null would unset it on the API server: not a way around a safe default
-        if key == "capabilities" and isinstance(value, Mapping):
-            safe_caps = safe.get("capabilities") or {}
-            drop = [*safe_caps.get("drop", [])]
-            drop += [c for c in value.get("drop") or [] if c not in drop]
-            caps: dict[str, Any] = {"drop": drop}
-            if value.get("add"):
-                caps["add"] = list(value["add"])
-            out[key] = caps
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
-
-
-def _context_violations(path: str, ctx: Mapping[str, Any] | None) -> list[str]:
-    if not ctx:
-        return []
-    found: list[str] = []
-    if ctx.get("privileged") is True:
-        found.append(f"{path}.privileged: privileged containers are not allowed")
-    caps = ctx.get("capabilities")
-    if isinstance(caps, Mapping) and caps.get("add"):
-        found.append(f"{path}.capabilities.add: adding capabilities is not allowed")
-    uid = ctx.get("runAsUser")
-    if isinstance(uid, int) and not isinstance(uid, bool) and uid == 0:
-        found.append(f"{path}.runAsUser: uid 0 (root) is not allowed")
-    if ctx.get("runAsNonRoot") is False:
-        found.append(f"{path}.runAsNonRoot: false is not allowed (the pods run as non-root)")
-    if ctx.get("allowPrivilegeEscalation") is True:
-        found.append(f"{path}.allowPrivilegeEscalation: true is not allowed")
-    seccomp = ctx.get("seccompProfile")
-    if isinstance(seccomp, Mapping) and seccomp.get("type") == "Unconfined":
-        found.append(f"{path}.seccompProfile: Unconfined is not allowed")
-    return found
-
-
-def policy_violations(spec: RecorderSpec, raw: Mapping[str, Any], policy: Policy) -> list[str]:
-    """Every way `spec` (and its raw form `raw`) breaks `policy`; empty when it keeps it.
-
-    Restricted refuses what would let a tenant's DataRecorder run a pod the tenant could not
-    create itself: privileged or root containers, added capabilities, privilege escalation,
-    host namespaces, hostPath and other volume types outside `ALLOWED_VOLUME_TYPES`, images
-    outside `policy.allowed_images`, ServiceAccounts (and their tokens) not meant for it.
-    """
-    if not policy.restricted:
-        return []
-    found: list[str] = []
-    found += _context_violations("spec.podSecurityContext", spec.pod.pod_security_context)
-    found += _context_violations(
-        "spec.containerSecurityContext", spec.pod.container_security_context
-    )
-    for field in HOST_NAMESPACE_FIELDS:
-        if raw.get(field):
-            found.append(f"spec.{field}: host namespaces are not allowed")
-    for i, volume in enumerate(spec.pod.volumes):
-        for kind in sorted(set(volume) - {"name"} - ALLOWED_VOLUME_TYPES):
-            found.append(
-                f"spec.volumes[{i}]: volume type {kind} is not allowed (allowed: "
-                f"{', '.join(sorted(ALLOWED_VOLUME_TYPES))})"
-            )
-    if not image_allowed(spec.image, policy.allowed_images):
-        found.append(
-            f"spec.image: {spec.image!r} is not from an allowed registry "
-            f"({', '.join(policy.allowed_images)})"
-        )
-    sa = spec.service_account_name
-    if sa is not None and sa not in policy.allowed_service_accounts:
-        found.append(
-            f"spec.serviceAccountName: {sa!r} is not an allowed ServiceAccount; use "
-            "spec.serviceAccount (the operator makes one for the recorder) or ask for it "
-            "to be listed in the operator's policy"
-        )
-    if (
-        spec.pod.automount_service_account_token
-        and spec.service_account_annotations is None
-        and sa is None
-    ):
-        found.append(
-            "spec.automountServiceAccountToken: a token is mounted only for spec.serviceAccount "
-            "(the operator's) or an allowed serviceAccountName, never the namespace's default"
-        )
-    return found
-
-
-def key_name_problem(value: str) -> str | None:
-    """Why `value` (a consumer group or an S3 prefix: both end up in object keys and local
-    paths) is unfit, or None: no `..`, no `/` at either edge, no control characters."""
-    if ".." in value:
-        return "must not contain '..'"
-    if value.startswith("/") or value.endswith("/"):
-        return "must not start or end with '/'"
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        return "must not contain control characters"
-    return None
-
-
 def _check_key_name(path: str, value: str) -> None:
     problem = key_name_problem(value)
     if problem is not None:
@@ -926,7 +836,7 @@ def parse_spec(
         network_policy=_parse_network_policy(root),
         state=root.text("state", "running", choices=STATES),  # type: ignore[arg-type]
     )
-    violations = policy_violations(parsed, root.data, policy)
+    violations = policy_violations(root.data, policy)
     if violations:
         raise SpecError(f"refused by policy {policy.mode}: " + "; ".join(violations))
     return parsed

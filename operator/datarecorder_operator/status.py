@@ -52,6 +52,12 @@ class Observation:
     paused: bool = False  # annotation datarecorder.dev/paused: nothing reconciled meanwhile
     custom_metrics_served: bool | None = None  # None: not in hpa mode (or not asked yet)
     state: str | None = None  # spec.state as this pass applied it (None: not known)
+    # The reset-to-time annotation (datarecorder_operator.reset): whether this pass knows
+    # (else status.reset / lastReset keep their values), the reset in progress, and the one
+    # that finished in this pass.
+    reset_known: bool = False
+    reset: Mapping[str, Any] | None = None
+    last_reset: Mapping[str, Any] | None = None
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -98,6 +104,19 @@ def _stopped_conditions(deployment: Mapping[str, Any]) -> tuple[bool, bool, str,
     if left:
         return False, True, "Stopping", f"{left} recorder pods still running; {STOPPED_MESSAGE}"
     return True, False, "Stopped", STOPPED_MESSAGE
+
+
+PAUSED_MESSAGE = (
+    "spec.state is paused: the recorder pods keep their partitions and fetch nothing (PAUSED); "
+    "autoscaling is suspended; spec.state: running resumes"
+)
+
+
+def _paused_conditions(deployment: Mapping[str, Any]) -> tuple[bool, bool, str, str]:
+    """(ready, progressing, reason, message) of a paused recorder: never Ready (it records
+    nothing), Progressing while the pods are replaced by paused ones."""
+    _, progressing, _, message = _deployment_conditions(deployment)
+    return False, progressing, "Paused", f"{PAUSED_MESSAGE} ({message})"
 
 
 def _deployment_failure(deployment: Mapping[str, Any]) -> str | None:
@@ -156,9 +175,20 @@ def _main_conditions(obs: Observation) -> list[dict[str, Any]]:
         ]
     ready, progressing, reason, message = _deployment_conditions(obs.deployment)
     moving = "RollingOut" if progressing else "Complete"
-    if obs.state == "stopped":
+    if obs.reset is not None:
+        ready, progressing, reason = False, True, "ResettingProgress"
+        message = (
+            f"moving every topic's progress to {obs.reset.get('time')} "
+            f"({obs.reset.get('phase')}: recorders stopped, then Job {obs.reset.get('job')}); "
+            "the previous state is restored after it"
+        )
+        moving = reason
+    elif obs.state == "stopped":
         ready, progressing, reason, message = _stopped_conditions(obs.deployment)
         moving = reason  # Stopping, then Stopped
+    elif obs.state == "paused":
+        ready, progressing, reason, message = _paused_conditions(obs.deployment)
+        moving = "RollingOut" if progressing else reason  # the pods replaced, then Paused
     failure = _deployment_failure(obs.deployment)
     if obs.foreign:
         return [
@@ -243,6 +273,14 @@ def compute_status(
     restart = last_restart(previous.get("lastRestart"), deployment, now=now)
     if restart is not None:
         status["lastRestart"] = restart
+    if obs.reset_known:
+        status["reset"] = dict(obs.reset) if obs.reset is not None else None  # None removes
+    elif previous.get("reset") is not None:
+        status["reset"] = previous["reset"]
+    if obs.last_reset is not None:
+        status["lastReset"] = dict(obs.last_reset)
+    elif "lastReset" in previous:
+        status["lastReset"] = previous["lastReset"]
     if obs.last_scale_time is not None:
         status["lastScaleTime"] = obs.last_scale_time
     elif "lastScaleTime" in previous:

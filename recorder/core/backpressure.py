@@ -14,6 +14,7 @@ from typing import Final
 
 import pyarrow as pa
 
+from recorder.core.backoff import Backoff
 from recorder.core.columns import ARROW_RSS_FACTOR
 from recorder.core.offsets import TP
 
@@ -27,6 +28,9 @@ MAX_DERIVED_BUFFER_BYTES: Final = 1024 * MIB
 # (~150 MiB), aiokafka's fetch buffers (up to 64 MiB raw per fetch), one fetch decoded beyond
 # the limit, and the flush copies (COPY records with JSON levels, Arrow arrays and Parquet).
 BUFFER_SHARE_OF_LIMIT: Final = 4
+# A partition whose dead letters were refused first waits this long, then twice as long per
+# refusal in a row (capped by RETRY_MAX_BACKOFF_SEC).
+DEAD_LETTER_BACKOFF_SEC: Final = 0.5
 
 
 # cgroup v1 writes "no limit" as a page-rounded 2**63 - 1.
@@ -79,7 +83,7 @@ class Blocked:
 def block(previous: Blocked | None, now: float, reason: str, max_backoff: float) -> Blocked:
     """The next state after a refused send: exponential backoff from 0.5 s, capped."""
     failures = 1 if previous is None else previous.failures + 1
-    delay = min(max_backoff, 0.5 * 2 ** min(failures - 1, 16))
+    delay = Backoff(DEAD_LETTER_BACKOFF_SEC, max_backoff).delay(failures)
     return Blocked(now + delay, failures, reason)
 
 

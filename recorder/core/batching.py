@@ -131,8 +131,8 @@ def next_due_in(batches: Iterable[Batch], now: float, max_age: float) -> float:
 def split_by_hour(table: pa.Table) -> list[tuple[int, int, pa.Table]]:
     """The rows grouped by UTC event hour, in hour order: (hour start ns, first offset, rows).
 
-    The first offset of each hour names the file, so a replay from the same progress writes the
-    same keys whatever its flush boundaries are (DESIGN rule 2).
+    The first offset of each hour named the file in releases before encoders were recorded
+    with flush ranges (`recorder.sinks.lake.encoder`); ranges they left pending keep it.
     """
     if not table.num_rows:
         return []

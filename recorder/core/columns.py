@@ -12,6 +12,7 @@ exactly (a NUL in a symbol, a Kafka timestamp outside int64 ns) is decoded a rec
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from operator import attrgetter
 from typing import Final
 
@@ -68,6 +69,11 @@ NS_PER_MS: Final = 1_000_000
 _INF: Final = np.inf
 _NEWLINE: Final = 10
 _LEVELS_ENCODER: Final = msgspec.json.Encoder()
+_LEVELS_PACKER: Final = msgspec.msgpack.Encoder()
+# A Level in MessagePack: 0x82 (map of 2), 0xa5 "price", 0xcb (float64) and its 8 bytes, 0xa8
+# "quantity", 0xcb and its 8 bytes: 34 bytes, type bytes at 7 and 25.
+_PACKED_LEVEL: Final = 34
+_FLOAT64: Final = 0xCB
 _TICK_FIELDS: Final = attrgetter("symbol", "price", "volume", "change", "change_rate", "timestamp")
 _BOOK_FIELDS: Final = attrgetter("symbol", "bids", "asks", "timestamp")
 
@@ -388,12 +394,7 @@ def _typed(sides: Sequence[list[Level]]) -> tuple[pa.Array, np.ndarray, np.ndarr
     lengths = np.fromiter(map(len, sides), dtype=np.int32, count=len(sides))
     list_offsets = np.zeros(len(sides) + 1, dtype=np.int32)
     np.cumsum(lengths, out=list_offsets[1:])
-    prices = np.fromiter(
-        (level.price for side in sides for level in side), np.float64, int(list_offsets[-1])
-    )
-    quantities = np.fromiter(
-        (level.quantity for side in sides for level in side), np.float64, int(list_offsets[-1])
-    )
+    prices, quantities = _level_numbers(sides, int(list_offsets[-1]))
     values = pa.StructArray.from_arrays(
         [pa.array(prices), pa.array(quantities)], names=["price", "quantity"]
     )
@@ -402,6 +403,43 @@ def _typed(sides: Sequence[list[Level]]) -> tuple[pa.Array, np.ndarray, np.ndarr
         prices,
         quantities,
     )
+
+
+def _level_numbers(sides: Sequence[list[Level]], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every level's price and quantity, in order, as two float64 arrays."""
+    flat = list(chain.from_iterable(sides))
+    packed = _packed_level_numbers(flat)
+    if packed is not None:
+        return packed
+    prices = np.fromiter((level.price for level in flat), np.float64, count)
+    quantities = np.fromiter((level.quantity for level in flat), np.float64, count)
+    return prices, quantities
+
+
+def _packed_level_numbers(flat: list[Level]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The levels' prices and quantities read from one MessagePack encoding of them instead
+    of an attribute fetch per level, or None when the encoding is not the expected layout.
+
+    A level is a 2-entry map whose two floats msgspec writes as float64, so each level is the
+    same 34 bytes with its price and quantity at fixed places. No level encodes longer, so the
+    blob's length says every level is 34 bytes; the type bytes say both numbers are float64."""
+    count = len(flat)
+    if not count:
+        return None
+    blob = _LEVELS_PACKER.encode(flat)
+    head = 1 if count < 16 else 3 if count < 1 << 16 else 5  # the array's header
+    if len(blob) != head + _PACKED_LEVEL * count:
+        return None
+    rows = np.frombuffer(blob, np.uint8, _PACKED_LEVEL * count, head).reshape(count, -1)
+    if not (bool(np.all(rows[:, 7] == _FLOAT64)) and bool(np.all(rows[:, 25] == _FLOAT64))):
+        return None
+    return _packed_floats(blob, head + 8, count), _packed_floats(blob, head + 26, count)
+
+
+def _packed_floats(blob: bytes, first: int, count: int) -> np.ndarray:
+    """`count` big-endian float64s `_PACKED_LEVEL` bytes apart from byte `first` of `blob`."""
+    strided = np.ndarray((count,), ">f8", blob, first, (_PACKED_LEVEL,))
+    return strided.astype(np.float64)
 
 
 def _json_texts(sides: Sequence[list[Level]]) -> pa.Array:

@@ -101,3 +101,33 @@ class PositionLost(Exception):
     def __init__(self, positions: Mapping[TP, int | None]) -> None:
         super().__init__(f"fetch positions lost: {dict(positions)}")
         self.positions = dict(positions)
+
+
+def recreated_topic(
+    current: str | None, recorded: Mapping[str, Mapping[TP, str | None]], tp: TP
+) -> tuple[str, str] | None:
+    """(stored ID, current ID) when a sink's progress of `tp` counts another incarnation of the
+    topic than the one the broker has now; None when they agree or either is unknown."""
+    if current is None:
+        return None
+    for ids in recorded.values():
+        stored = ids.get(tp)
+        if stored is not None and stored != current:
+            return stored, current
+    return None
+
+
+def vanished_progress(
+    progress: Mapping[str, Mapping[TP, int | None]],
+    known: Mapping[str, Mapping[str, set[int]]],
+    tp: TP,
+) -> str | None:
+    """The sink whose progress of `tp` is gone: it has none while another sink has some, and it
+    holds progress for other partitions of the topic (so it was recording this topic; a store
+    enabled later for an existing deployment has none for any). None when nothing vanished."""
+    if all(p.get(tp) is None for p in progress.values()):
+        return None  # a new partition, or a new deployment: the reset policy decides
+    for name, p in progress.items():
+        if p.get(tp) is None and known.get(name, {}).get(tp.topic, set()) - {tp.partition}:
+            return name
+    return None

@@ -34,12 +34,16 @@ class Status(Enum):
 class HaltedAt:
     """Each sink's progress when a partition halted, and the numbers shown: past its log end
     (`beyond` > `log_end`), or, when `truncated`, below its log start (`beyond` is where the
-    sinks would resume, `log_end` the log start)."""
+    sinks would resume, `log_end` the log start). `recreated` (stored topic ID, current one):
+    the progress counts another incarnation of the topic. `vanished` names a sink whose
+    progress of the partition is gone while another sink's is not."""
 
     progress: tuple[int | None, ...]
     beyond: int
     log_end: int
     truncated: bool = False
+    recreated: tuple[str, str] | None = None
+    vanished: str | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +58,9 @@ class PartitionState:
     # progress, but resuming there would still skip its first records.
     halted_at: HaltedAt | None = None
     blocked: Blocked | None = None  # dead letters refused: paused until the backoff ends
+    # The group member (NUM_CONSUMERS>1: one of several in this process) the partition was last
+    # given to. A member's late revocation may only touch partitions it still owns.
+    owner: int | None = None
 
 
 HOLDING = frozenset({Status.HELD, Status.HALTED})
@@ -90,18 +97,29 @@ class PartitionTable:
     def epochs(self, tps: Iterable[TP]) -> dict[TP, int]:
         return {tp: self.epoch(tp) for tp in tps}
 
-    def takes(self, tp: TP, epoch: int) -> bool:
-        """Whether a batch fetched under `epoch` may be decoded and offered now."""
+    def takes(self, tp: TP, epoch: int, member: int = 0) -> bool:
+        """Whether a batch `member` fetched under `epoch` may be decoded and offered now (not
+        one a member fetched from its old position after a sibling was given the partition)."""
         state = self.state(tp)
-        return state.status is Status.READY and state.epoch == epoch
+        return (
+            state.status is Status.READY and state.epoch == epoch and state.owner in (member, None)
+        )
 
     # --- transitions ------------------------------------------------------------------------
-    def assign(self, tps: Iterable[TP]) -> None:
-        """A rebalance gave us these partitions: owned, waiting for their seek."""
+    def assign(self, tps: Iterable[TP], owner: int = 0) -> None:
+        """A rebalance gave these partitions to member `owner`: waiting for their seek. A
+        partition taken from a sibling member whose revocation has not run yet changes hands
+        here: it takes nothing until the new owner's seek (its epoch moves then)."""
         for tp in tps:
             state = self._get(tp)
-            if state.status is Status.REVOKED:
+            if state.status is Status.REVOKED or state.owner != owner:
                 state.status = Status.ASSIGNED
+            state.owner = owner
+
+    def owned_by(self, tps: Iterable[TP], owner: int) -> set[TP]:
+        """Those of `tps` that member `owner` was given last (a partition never assigned in
+        this process counts as the revoking member's: it has nothing to lose)."""
+        return {tp for tp in tps if self.state(tp).owner in (owner, None)}
 
     def seeked(self, tp: TP) -> bool:
         """The consumer was seeked to the sinks' position: the partition takes records again,
@@ -171,7 +189,7 @@ class PartitionTable:
             state = self._get(tp)
             if state.status in HOLDING or state.reason is not None:
                 released.add(tp)
-            self._states[tp] = PartitionState(Status.REVOKED, epoch=state.epoch)
+            self._states[tp] = PartitionState(Status.REVOKED, epoch=state.epoch, owner=None)
         return released
 
     # --- held and halted --------------------------------------------------------------------

@@ -155,3 +155,51 @@ def bars(time_ns: np.ndarray, symbol: pa.Array, price: np.ndarray, volume: np.nd
         open_ns=t[starts],
         close_ns=t[ends],
     )
+
+
+# TimescaleDB mode: each continuous aggregate's refresh policy covers [now - start, now - end)
+# (migrations/0003_rollups.timescaledb.sql). A bucket older than `start` is never refreshed by
+# its policy: a late tick there reaches the bars only through an explicit refresh.
+POLICY_START_NS: dict[str, int] = {
+    "tick_1min": 3 * 60 * NS_PER_MINUTE,
+    "tick_5min": 24 * 60 * NS_PER_MINUTE,
+    "tick_1hour": 7 * 24 * 60 * NS_PER_MINUTE,
+}
+NS_PER_DAY = 24 * 60 * NS_PER_MINUTE
+# Retention must keep every day a policy may recompute, or a refresh would rebuild bars from
+# raw rows that retention already dropped (and the bars would lose them).
+MIN_RETENTION_DAYS_WITH_POLICIES = POLICY_START_NS["tick_1hour"] // NS_PER_DAY + 1
+
+
+def late_windows(
+    times_ns: np.ndarray, now_ns: int, retention_days: int
+) -> dict[str, tuple[int, int]]:
+    """The bucket range [start, end) each continuous aggregate must refresh for a flush's tick
+    times: only the buckets of ticks older than that aggregate's policy window (the policy
+    refreshes the rest), and never a bucket retention may have dropped rows of (older than
+    `retention_days`, when set: its bar would be rebuilt from what is left)."""
+    if not len(times_ns):
+        return {}
+    floor = None if retention_days <= 0 else now_ns - retention_days * NS_PER_DAY
+    out: dict[str, tuple[int, int]] = {}
+    for view, width in ROLLUPS.items():
+        horizon = now_ns - POLICY_START_NS[view]
+        late = times_ns[times_ns < horizon]
+        if floor is not None:  # whole buckets younger than the retention floor only
+            late = late[late - late % width >= floor]
+        if not len(late):
+            continue
+        first, last = int(late.min()), int(late.max())
+        out[view] = (first - first % width, last - last % width + width)
+    return out
+
+
+def merge_windows(
+    pending: dict[str, tuple[int, int]], more: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """One range per aggregate covering both (refreshes are batched, not one per flush)."""
+    out = dict(pending)
+    for view, (start, end) in more.items():
+        have = out.get(view)
+        out[view] = (start, end) if have is None else (min(have[0], start), max(have[1], end))
+    return out

@@ -1,18 +1,18 @@
 """What every sink offers the pipeline.
 
-Owns the Sink protocol (buffer, flush, progress, revoke) and the sinks' health probe; the retry
-rule they share is recorder.retry.
+Owns the Sink protocol (buffer, flush, progress, revoke) and the health model every sink
+reports (`Health`); the retry rule they share is recorder.retry, the driver both stores run on
+recorder.sinks.driver.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import pyarrow as pa
 
-from recorder import metrics
 from recorder.core.offsets import TP
 
 T = TypeVar("T")
@@ -31,6 +31,18 @@ class Fenced(Exception):
         self.stored = stored
 
 
+# The reason of a sink whose store does not answer its probe.
+NOT_ANSWERING = "its store does not answer"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A sink's health: `ok`, or why not (in the log; /ready shows the sink's reason code)."""
+
+    ok: bool
+    reason: str = ""
+
+
 class Sink(Protocol):
     name: str
     healthy: bool
@@ -41,6 +53,19 @@ class Sink(Protocol):
     async def store_start(self, starts: Mapping[TP, int]) -> dict[TP, int]:
         """Store `starts` as the progress of partitions that have none; return what is stored
         (another writer's start where it stored one first)."""
+        ...
+
+    async def load_identity(self, tps: Collection[TP]) -> dict[TP, str | None]:
+        """The Kafka topic ID each partition's stored progress counts (None: no progress, or
+        not known yet). Called after `load_progress` of the same partitions."""
+        ...
+
+    async def store_identity(self, ids: Mapping[TP, str]) -> None:
+        """Record the topic ID of partitions whose progress has none yet."""
+        ...
+
+    async def known_partitions(self, topics: Collection[str]) -> dict[str, set[int]]:
+        """The partitions of each topic this store holds progress for."""
         ...
 
     def assign(self, progress: Mapping[TP, int | None]) -> None: ...
@@ -55,37 +80,23 @@ class Sink(Protocol):
         ...
 
     def progress(self) -> dict[TP, int | None]: ...
+    def completing(self) -> dict[TP, tuple[int, int]]:
+        """Partitions whose buffer can only be flushed once it reaches the end of a range
+        [start, end) recorded before (the lake's pending flush range): they must be fed on
+        even while the buffers are full, or the range never completes."""
+        ...
+
     async def flush_all(self, tps: Collection[TP] | None = None) -> None: ...
     def revoke(self, tps: Collection[TP]) -> None: ...
     async def abandon(self, tps: Collection[TP]) -> None: ...
-    async def check_health(self) -> bool: ...
+    async def check_health(self) -> bool:
+        """Probe the store; sets `healthy` (and the sink_healthy metric)."""
+        ...
+
+    def health(self) -> Health:
+        """The sink's health as last seen (no I/O): why it is not ok, if it is not."""
+        ...
+
     def failure(self) -> str | None:
         """Why one of the sink's long-running tasks died, if one did."""
         ...
-
-
-PROBE_TIMEOUT_SEC = 3.0
-
-
-class SinkHealth:
-    """A sink's health flag, shown on /health and as `datarecorder_sink_healthy{sink}`."""
-
-    name: str
-    healthy: bool = False
-
-    def _set_healthy(self, ok: bool) -> None:
-        self.healthy = ok
-        metrics.SINK_HEALTHY.labels(self.name).set(1 if ok else 0)
-
-    def _failed(self, _exc: BaseException) -> None:
-        self._set_healthy(False)
-
-    async def _probe(self, check: Callable[[], Awaitable[object]]) -> bool:
-        """Run the store's cheapest request; healthy when it answers within PROBE_TIMEOUT_SEC."""
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_SEC):
-                await check()
-            self._set_healthy(True)
-        except Exception:
-            self._set_healthy(False)
-        return self.healthy

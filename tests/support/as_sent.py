@@ -177,7 +177,7 @@ AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKE
 
 
 @contextlib.contextmanager
-def _aws_credentials_of(env: dict[str, str]) -> Iterator[None]:
+def aws_credentials_of(env: dict[str, str]) -> Iterator[None]:
     """The S3 readers take credentials from the process environment, as the recorder does:
     lend them the recorder's for the read."""
     saved = {k: os.environ.get(k) for k in AWS_VARIABLES}
@@ -196,7 +196,7 @@ async def stored(env: dict[str, str]) -> dict[str, Counter[Hashable]]:
     """Every row of both stores, keyed by every field (the stores hold no Kafka offsets)."""
     settings = settings_of(env)
     db_ticks, db_books = await database_counters(settings)
-    with _aws_credentials_of(env):
+    with aws_credentials_of(env):
         lake_ticks, lake_books = await lake_counters(settings)
     return {
         "db.tick": db_ticks,
@@ -213,3 +213,38 @@ def differences(want: Counter[Hashable], got: Counter[Hashable]) -> dict[str, li
         "unexpected": list((got - want).items())[:5],
         "counts": [sum(want.values()), sum(got.values())],
     }
+
+
+def ticks_wanted(records: Sequence[Sent], tick: str) -> dict[str, Counter[Hashable]]:
+    """What both stores must hold of `tick`'s records, keyed as `stored` keys them."""
+    return {
+        "db.tick": expected(records, tick, micros=True),
+        "lake.tick": expected(records, tick, micros=False),
+    }
+
+
+async def holds_exactly(env: dict[str, str], want: dict[str, Counter[Hashable]]) -> bool:
+    """Whether each store named in `want` holds exactly those rows: none missing, none extra."""
+    got = await stored(env)
+    return all(not (w - got[k]) and not (got[k] - w) for k, w in want.items())
+
+
+def fault_report(
+    want: dict[str, Counter[Hashable]], got: dict[str, Counter[Hashable]]
+) -> dict[str, Any]:
+    """The fault report's entry for stores compared by content (`record_result`'s report)."""
+    stores = []
+    for key, expected_rows in want.items():
+        # Named as `datarecorder verify` names them (the fault report counts the database's).
+        name = key.replace("db.tick", "timescaledb.tick_data").replace("lake.", "parquet.")
+        found = got[key]
+        stores.append(
+            {
+                "store": name,
+                "expected": sum(expected_rows.values()),
+                "missing": sum((expected_rows - found).values()),
+                "duplicated": sum(n - 1 for n in found.values() if n > 1),
+                "unexpected": sum((found - expected_rows).values()),
+            }
+        )
+    return {"ok": True, "stores": stores, "dead_letter_duplicates": 0}

@@ -20,7 +20,7 @@ from recorder.core.rollups import ROLLUPS, aggregate, bars
 from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
 from recorder.sinks.timescale.encode import HEADER, PG_EPOCH_US, TRAILER, book_copy, tick_copy
-from recorder.sinks.timescale.sink import rollup_bars
+from recorder.sinks.timescale.service import rollup_bars
 
 KAFKA_MS = 1_764_133_200_000
 

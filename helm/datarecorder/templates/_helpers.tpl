@@ -93,3 +93,41 @@ operator's own list of the calls it makes, and checked to be current.
 {{- end }}
 {{- toYaml $rules }}
 {{- end }}
+
+{{/*
+NetworkPolicyEgressRules from a list of networkPolicy.egress destinations: one rule each, to its
+cidrs (as ipBlocks) and peers (`to`) on its ports (a number is TCP). Without peers a rule allows
+its ports on any address; a destination with neither ports nor peers is left out (a rule with
+neither would allow everything).
+*/}}
+{{- define "datarecorder.egressRules" -}}
+{{- $rules := list }}
+{{- range . }}
+{{- $peers := list }}
+{{- range .cidrs }}
+{{- $peers = append $peers (dict "ipBlock" (dict "cidr" .)) }}
+{{- end }}
+{{- range .to }}
+{{- $peers = append $peers . }}
+{{- end }}
+{{- $ports := list }}
+{{- range .ports }}
+{{- if kindIs "map" . }}
+{{- $ports = append $ports (dict "port" .port "protocol" (default "TCP" .protocol)) }}
+{{- else }}
+{{- $ports = append $ports (dict "port" . "protocol" "TCP") }}
+{{- end }}
+{{- end }}
+{{- if or $peers $ports }}
+{{- $rule := dict }}
+{{- with $peers }}
+{{- $_ := set $rule "to" . }}
+{{- end }}
+{{- with $ports }}
+{{- $_ := set $rule "ports" . }}
+{{- end }}
+{{- $rules = append $rules $rule }}
+{{- end }}
+{{- end }}
+{{- toYaml $rules }}
+{{- end }}

@@ -1,7 +1,7 @@
 """Parquet encoding of tick and order book columns, and the lake's hive key layout (pure).
 
 Owns the Parquet schemas of the original service and the object key of a file:
-`{prefix}/{tick|orderbook}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-p{P}-o{first offset}.parquet`.
+`{prefix}/{tick|orderbook}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-p{P}-o{first offset of the flush range}.parquet`.
 """
 
 from __future__ import annotations
@@ -103,14 +103,23 @@ def write_parquet(
 
 
 def object_key(
-    prefix: str, kind: TopicKind, hour_ns: int, topic: str, partition: int, first_offset: int
+    prefix: str,
+    kind: TopicKind,
+    hour_ns: int,
+    topic: str,
+    partition: int,
+    first_offset: int,
+    incarnation: str | None = None,
 ) -> str:
-    """Hive-partitioned key of one file; the same inputs always give the same key."""
+    """Hive-partitioned key of one file; the same inputs always give the same key. The
+    `incarnation` (a prefix of the topic ID) keeps the files of a recreated topic's new log
+    beside the old log's, whose offsets it reuses, instead of replacing them."""
     hour = datetime.fromtimestamp(hour_ns // 1_000_000_000, tz=UTC)
     base = prefix.strip("/")
+    tag = f"-i{incarnation}" if incarnation else ""
     path = (
         f"{kind.value}/year={hour:%Y}/month={hour:%m}/day={hour:%d}/hour={hour:%H}/"
-        f"{topic}-p{partition}-o{first_offset:020d}.parquet"
+        f"{topic}-p{partition}-o{first_offset:020d}{tag}.parquet"
     )
     return f"{base}/{path}" if base else path
 

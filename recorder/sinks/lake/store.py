@@ -11,12 +11,20 @@ flush next. G counts the writes of the object (each write stores the read G + 1,
 `reset-progress`'s alike), so no two writes of one object have the same bytes: after a rewind
 to an earlier state its ETag (on S3 an MD5 of the bytes) is new, and a writer still holding the
 ETag it read before cannot pass its If-Match. Objects from before the field load as G = 0.
+A recorded range also carries the `encoder` of the writer that recorded it (see
+`recorder.sinks.lake.encoder`): whoever completes the range encodes with it. `topic_id` is the
+Kafka topic ID the progress counts (`recorder.topic_ids`); every write carries forward the one
+of the object it expects, so a writer that means to change it passes an `expected` with another.
+
+A little over 400 lines: the two stores sit side by side so that their conditional writes can
+be read against each other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -40,11 +48,22 @@ class StoredProgress:
     token: str | None  # S3 ETag or local marker; None when there is no progress object
     flush_end: int | None = None  # a recorded flush range [offset, flush_end) not yet done
     generation: int = 0  # writes of the object so far (0: none, or written before the field)
+    # The recorded range's encoder (`recorder.sinks.lake.encoder.Encoder.doc()`); None without a
+    # range, or for a range recorded by a release before the field.
+    encoder: dict[str, Any] | None = None
+    topic_id: str | None = None  # the topic ID the progress counts; None: not known yet
 
-    def successor(self, token: str, offset: int, flush_end: int | None = None) -> StoredProgress:
-        """What the object holds after `write_progress(key, self, offset, flush_end)` returned
-        `token`."""
-        return StoredProgress(offset, token, flush_end, self.generation + 1)
+    def successor(
+        self,
+        token: str,
+        offset: int,
+        flush_end: int | None = None,
+        encoder: dict[str, Any] | None = None,
+    ) -> StoredProgress:
+        """What the object holds after `write_progress(key, self, offset, flush_end, encoder)`
+        returned `token`."""
+        kept = encoder if flush_end is not None else None
+        return StoredProgress(offset, token, flush_end, self.generation + 1, kept, self.topic_id)
 
 
 class ConditionalWritesUnsupported(RuntimeError):
@@ -59,11 +78,21 @@ class Lake(Protocol):
     async def put_file(self, key: str, body: IO[bytes], size: int) -> None: ...
     async def read_progress(self, key: str) -> StoredProgress: ...
     async def write_progress(
-        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
+        self,
+        key: str,
+        expected: StoredProgress,
+        offset: int,
+        flush_end: int | None = None,
+        encoder: dict[str, Any] | None = None,
     ) -> str | None:
-        """Store `offset` (and a pending `flush_end`), with generation `expected.generation + 1`,
-        if the stored object is still `expected`; return the new token, or None when the
-        precondition failed (someone else moved it)."""
+        """Store `offset` (and a pending `flush_end` with its `encoder`), with generation
+        `expected.generation + 1` and `expected.topic_id`, if the stored object is still
+        `expected` (its token); return the new token, or None when the precondition failed
+        (someone else moved it)."""
+        ...
+
+    async def list_names(self, prefix: str) -> list[str]:
+        """Names of the objects directly under `prefix`."""
         ...
 
     async def list_groups(self, root: str) -> list[str]:
@@ -81,24 +110,40 @@ class CorruptProgress(ValueError):
     """A progress object that is not what the recorder writes (never retried: a person must look)."""
 
 
-def encode_progress(offset: int, flush_end: int | None = None, generation: int = 0) -> bytes:
-    doc: dict[str, int] = {"next_offset": offset}
+def encode_progress(
+    offset: int,
+    flush_end: int | None = None,
+    generation: int = 0,
+    encoder: dict[str, Any] | None = None,
+    topic_id: str | None = None,
+) -> bytes:
+    doc: dict[str, Any] = {"next_offset": offset}
+    if topic_id is not None:
+        doc["topic_id"] = topic_id
     if flush_end is not None:
         doc["flush_end"] = flush_end
+        if encoder is not None:
+            doc["encoder"] = encoder
     if generation:
         doc["generation"] = generation
     return json.dumps(doc).encode()
 
 
-def decode_progress(body: bytes, key: str) -> tuple[int, int | None, int]:
-    """(next_offset, flush_end, generation) of a progress object (generation 0 when it predates
-    the field), or CorruptProgress naming the key."""
+def decode_progress(body: bytes, key: str) -> StoredProgress:
+    """A progress object's fields (token None: the caller knows it; generation 0, no encoder
+    and no topic ID when it predates those fields), or CorruptProgress naming the key."""
     try:
         doc = json.loads(body)
         offset = int(doc["next_offset"])
         end = doc.get("flush_end")
         flush_end = None if end is None else int(end)
         generation = int(doc.get("generation", 0))
+        encoder = doc.get("encoder")
+        if encoder is not None and not isinstance(encoder, dict):
+            raise TypeError(f"encoder is not an object: {encoder!r}")
+        topic_id = doc.get("topic_id")
+        if topic_id is not None and not isinstance(topic_id, str):
+            raise TypeError(f"topic_id is not a string: {topic_id!r}")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptProgress(
             f"progress object {key} is corrupt ({exc!r}): expected JSON "
@@ -107,7 +152,8 @@ def decode_progress(body: bytes, key: str) -> tuple[int, int | None, int]:
         ) from None
     if offset < 0 or generation < 0 or (flush_end is not None and flush_end <= offset):
         raise CorruptProgress(f"progress object {key} holds an impossible range: {doc}")
-    return offset, flush_end, generation
+    kept = encoder if flush_end is not None else None
+    return StoredProgress(offset, None, flush_end, generation, kept, topic_id)
 
 
 def _precondition_failed(exc: ClientError) -> bool:
@@ -183,18 +229,24 @@ class S3Lake:
             raise
         async with res["Body"] as stream:
             body = await stream.read()
-        offset, flush_end, generation = decode_progress(body, key)
-        return StoredProgress(offset, res["ETag"], flush_end, generation)
+        return dataclasses.replace(decode_progress(body, key), token=res["ETag"])
 
     async def write_progress(
-        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
+        self,
+        key: str,
+        expected: StoredProgress,
+        offset: int,
+        flush_end: int | None = None,
+        encoder: dict[str, Any] | None = None,
     ) -> str | None:
         condition = {"IfMatch": expected.token} if expected.token else {"IfNoneMatch": "*"}
         try:
             res = await self._client.put_object(
                 Bucket=self._bucket,
                 Key=key,
-                Body=encode_progress(offset, flush_end, expected.generation + 1),
+                Body=encode_progress(
+                    offset, flush_end, expected.generation + 1, encoder, expected.topic_id
+                ),
                 **condition,
             )
         except ClientError as exc:
@@ -220,6 +272,13 @@ class S3Lake:
     async def has_objects(self, prefix: str) -> bool:
         res = await self._client.list_objects_v2(Bucket=self._bucket, Prefix=prefix, MaxKeys=1)
         return bool(res.get("KeyCount", 0))
+
+    async def list_names(self, prefix: str) -> list[str]:
+        found: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix, Delimiter="/"):
+            found.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
+        return found
 
     async def check_conditional_writes(self, scratch_prefix: str) -> None:
         """Write a scratch object, then try writes whose preconditions are false: each must be
@@ -305,18 +364,28 @@ class LocalLake:
             body = path.read_bytes()
         except FileNotFoundError:
             return StoredProgress(None, None)
-        offset, flush_end, generation = decode_progress(body, key)
-        return StoredProgress(
-            offset, _local_token(offset, flush_end, generation), flush_end, generation
-        )
+        stored = decode_progress(body, key)
+        assert stored.offset is not None
+        token = _local_token(stored.offset, stored.flush_end, stored.generation)
+        return dataclasses.replace(stored, token=token)
 
     async def write_progress(
-        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None = None
+        self,
+        key: str,
+        expected: StoredProgress,
+        offset: int,
+        flush_end: int | None = None,
+        encoder: dict[str, Any] | None = None,
     ) -> str | None:
-        return await asyncio.to_thread(self._write_sync, key, expected, offset, flush_end)
+        return await asyncio.to_thread(self._write_sync, key, expected, offset, flush_end, encoder)
 
     def _write_sync(
-        self, key: str, expected: StoredProgress, offset: int, flush_end: int | None
+        self,
+        key: str,
+        expected: StoredProgress,
+        offset: int,
+        flush_end: int | None,
+        encoder: dict[str, Any] | None,
     ) -> str | None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +396,9 @@ class LocalLake:
                 return None
             tmp = path.with_suffix(".tmp")
             generation = expected.generation + 1
-            tmp.write_bytes(encode_progress(offset, flush_end, generation))
+            tmp.write_bytes(
+                encode_progress(offset, flush_end, generation, encoder, expected.topic_id)
+            )
             os.replace(tmp, path)
             return _local_token(offset, flush_end, generation)
 
@@ -340,6 +411,12 @@ class LocalLake:
     async def has_objects(self, prefix: str) -> bool:
         base = self._path(prefix)
         return base.is_dir() and any(p.suffix == ".json" for p in base.rglob("*"))
+
+    async def list_names(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_file() and p.suffix == ".json")
 
     async def check_conditional_writes(self, scratch_prefix: str) -> None:
         return None  # the lock file makes every progress write a compare-and-set

@@ -1,4 +1,4 @@
-"""PostgreSQL binary COPY streams built from a flush's columns (pure, vectorised with numpy).
+"""PostgreSQL binary COPY streams built from a flush's columns (pure, vectorised: numpy, Arrow).
 
 Owns the wire layout of `COPY ... FROM STDIN (FORMAT binary)` for `tick_data` and `orderbook`:
 no Python tuple or `datetime` per row; every field is written for all rows at once.
@@ -12,6 +12,7 @@ from typing import Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TICK_COLUMNS: Final = ("time", "symbol", "price", "volume", "change", "change_rate")
 BOOK_COLUMNS: Final = ("time", "symbol", "bids", "asks")
@@ -31,36 +32,25 @@ class _Fixed:
     values: np.ndarray  # already of a big-endian 8-byte dtype
     present: np.ndarray | None = None
 
-    def sizes(self, n: int) -> np.ndarray:
-        if self.present is None:
-            return np.full(n, 12, np.int64)
-        return np.where(self.present, 12, 4)
-
 
 @dataclass(frozen=True, slots=True)
 class _Text:
     """A variable-length value per row from an Arrow string array, optionally after a prefix
     byte (jsonb's version)."""
 
-    data: np.ndarray  # the UTF-8 bytes of every row, back to back
+    values: pa.Array  # binary, no nulls
     lengths: np.ndarray
     prefix: int | None = None
 
-    def sizes(self, n: int) -> np.ndarray:
-        return 4 + self.lengths + (0 if self.prefix is None else 1)
 
-
-def _text(array: pa.Array, prefix: int | None = None) -> _Text:
+def _text(array: pa.Array | pa.ChunkedArray, prefix: int | None = None) -> _Text:
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    _validity, offsets_buf, data_buf = array.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int32)[array.offset : array.offset + len(array) + 1]
-    data = (
-        np.frombuffer(data_buf, np.uint8)[offsets[0] : offsets[-1]]
-        if data_buf
-        else (np.empty(0, np.uint8))
-    )
-    return _Text(data, np.diff(offsets).astype(np.int64), prefix)
+    values = array.cast(pa.binary())  # the same buffers, typed as bytes
+    offsets = np.frombuffer(values.buffers()[1], np.int32)[
+        values.offset : values.offset + len(values) + 1
+    ]
+    return _Text(values, np.diff(offsets), prefix)
 
 
 def _numbers(array: pa.Array | pa.ChunkedArray, dtype: str) -> _Fixed:
@@ -71,50 +61,60 @@ def _numbers(array: pa.Array | pa.ChunkedArray, dtype: str) -> _Fixed:
     return _Fixed(array.to_numpy().astype(dtype), present)
 
 
-def _put(out: np.ndarray, at: np.ndarray, values: np.ndarray, width: int) -> None:
-    """Write `width` bytes of each row's value at each row's position."""
-    if len(at):
-        out[at[:, None] + np.arange(width)] = values.view(np.uint8).reshape(-1, width)
-
-
 def encode(fields: list[_Fixed | _Text], n: int) -> bytes:
     """The binary COPY stream of `n` rows of `fields` (header, tuples, trailer)."""
     return HEADER + _tuples(fields, n) + TRAILER
 
 
+_NULL: Final = pa.scalar(b"\xff\xff\xff\xff", pa.binary())  # a field length of -1: NULL
+
+
+def _each_row(columns: list[np.ndarray], n: int) -> pa.Array:
+    """One binary value a row: the columns' big-endian bytes side by side (a fixed width)."""
+    row = np.empty(n, np.dtype([(f"c{i}", c.dtype) for i, c in enumerate(columns)]))
+    for i, column in enumerate(columns):
+        row[f"c{i}"] = column
+    width = row.dtype.itemsize
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(row.view(np.uint8))]
+    )
+
+
 def _tuples(fields: list[_Fixed | _Text], n: int) -> bytes:
-    """The tuples of `n` rows of `fields`, without the stream's header and trailer."""
-    sizes = [f.sizes(n) for f in fields]
-    row_sizes = 2 + np.sum(sizes, axis=0) if n else np.zeros(0, np.int64)
-    starts = np.zeros(n, np.int64)
-    if n:
-        np.cumsum(row_sizes[:-1], out=starts[1:])
-    total = int(row_sizes.sum())
-    out = np.empty(total, np.uint8)
-    _put(out, starts, np.full(n, len(fields), ">i2"), 2)
-    at = starts + 2
-    for field, size in zip(fields, sizes, strict=True):
+    """The tuples of `n` rows of `fields`, without the stream's header and trailer.
+
+    Each row's bytes are cut in parts — runs of fixed-width bytes packed by numpy, each text
+    as it is — and Arrow joins the parts row by row in one call: no Python object and no index
+    per row or byte."""
+    if not n:
+        return b""
+    parts: list[pa.Array] = []
+    fixed: list[np.ndarray] = [np.full(n, len(fields), ">i2")]  # the field count
+    for field in fields:
         if isinstance(field, _Fixed):
-            lengths = np.full(n, 8, ">i4")
-            if field.present is not None:
-                lengths[~field.present] = -1
-            _put(out, at, lengths, 4)
-            rows = at + 4 if field.present is None else (at + 4)[field.present]
-            values = field.values if field.present is None else field.values[field.present]
-            _put(out, rows, values, 8)
-        else:
-            extra = 0 if field.prefix is None else 1
-            _put(out, at, (field.lengths + extra).astype(">i4"), 4)
-            if field.prefix is not None:
-                out[at + 4] = field.prefix
-            if len(field.data):
-                # Byte j of row i goes to at[i] + 4 + extra + (j - first byte of row i).
-                row_starts = np.zeros(n, np.int64)
-                np.cumsum(field.lengths[:-1], out=row_starts[1:])
-                shift = np.repeat(at + 4 + extra - row_starts, field.lengths)
-                out[np.arange(len(field.data)) + shift] = field.data
-        at = at + size
-    return out.tobytes()
+            sized = [np.full(n, 8, ">i4"), field.values]
+            if field.present is None:
+                fixed.extend(sized)
+                continue
+            if fixed:
+                parts.append(_each_row(fixed, n))
+            fixed = []
+            parts.append(pc.if_else(pa.array(field.present), _each_row(sized, n), _NULL))
+            continue
+        extra = 0 if field.prefix is None else 1
+        fixed.append((field.lengths + extra).astype(">i4"))
+        if field.prefix is not None:
+            fixed.append(np.full(n, field.prefix, np.uint8))
+        parts.append(_each_row(fixed, n))
+        parts.append(field.values)
+        fixed = []
+    if fixed:
+        parts.append(_each_row(fixed, n))
+    rows = pc.binary_join_element_wise(*parts, b"") if len(parts) > 1 else parts[0]
+    _validity, offsets_buf, data_buf = rows.buffers()
+    bounds = np.frombuffer(offsets_buf, np.int32)[[rows.offset, rows.offset + n]]
+    return bytes(data_buf.slice(int(bounds[0]), int(bounds[1] - bounds[0])).to_pybytes())
 
 
 def _times(table: pa.Table) -> _Fixed:
@@ -145,7 +145,7 @@ def _book_fields(table: pa.Table) -> list[_Fixed | _Text]:
 
 
 # The stream is built this many bytes of rows at a time (estimated from the columns' size):
-# the encoder's transients (row positions, a byte index per text byte) are bounded by it, not
+# the encoder's transients (each row's fixed-width parts, the joined rows) are bounded by it, not
 # by the flush, so a flush of deep order books costs its rows plus a few MiB (MAX_BUFFER_BYTES
 # counts the rows).
 COPY_CHUNK_BYTES: Final = 1 << 20

@@ -110,9 +110,12 @@ async def test_dlq_refusing_writes_pauses_and_recovers_exactly_once(
         dep.check_alive()
         assert time.monotonic() < deadline, (status, body, failures, dep.logs())
         await asyncio.sleep(0.3)
-    assert "MessageSizeTooLarge" in body or "too large" in body.lower(), body
+    assert f"dead_letters: dead_letters_refused ({tick_topic}[" in body, body
+    assert "MessageSizeTooLarge" not in body and "too large" not in body.lower(), body
+    log = rec.log_path.read_text()  # the cluster's refusal is in the log only
+    assert "MessageSizeTooLarge" in log or "too large" in log.lower(), dep.logs()
     assert dep.metric(rec, "datarecorder_dead_letter_blocked_partitions") == 1
-    assert "dead_letters: unhealthy" in dep.health(rec)
+    assert "dead_letters: unhealthy dead_letters_refused" in dep.health(rec)
     refused_at = time.monotonic()
 
     # The cause is fixed: the next retry goes through and everything drains.

@@ -55,24 +55,6 @@ async def _recorded_then_truncated(
     return first, later
 
 
-def _report(want: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
-    stores = []
-    for key, expected in want.items():
-        # Named as `datarecorder verify` names them (the fault report counts the database's).
-        name = key.replace("db.tick", "timescaledb.tick_data").replace("lake.", "parquet.")
-        found = got[key]
-        stores.append(
-            {
-                "store": name,
-                "expected": sum(expected.values()),
-                "missing": sum((expected - found).values()),
-                "duplicated": sum(n - 1 for n in found.values() if n > 1),
-                "unexpected": sum((found - expected).values()),
-            }
-        )
-    return {"ok": True, "stores": stores, "dead_letter_duplicates": 0}
-
-
 async def test_progress_below_the_log_start_resumes_there_and_counts_the_loss(
     one_partition: Deployment,
 ) -> None:
@@ -81,16 +63,10 @@ async def test_progress_below_the_log_start_resumes_there_and_counts_the_loss(
     first, later = await _recorded_then_truncated(dep)
     rec = dep.recorder(KAFKA_AUTO_OFFSET_RESET="latest")
     retained = first + later[DELETED_BEFORE - FIRST :]
-    want = {
-        "db.tick": as_sent.expected(retained, tick, micros=True),
-        "lake.tick": as_sent.expected(retained, tick, micros=False),
-    }
-
-    async def stored_as_sent() -> bool:
-        got = await as_sent.stored(dep.env)
-        return all(not (w - got[k]) and not (got[k] - w) for k, w in want.items())
-
-    await dep.wait_for("the retained records in both stores", stored_as_sent, 120)
+    want = as_sent.ticks_wanted(retained, tick)
+    await dep.wait_for(
+        "the retained records in both stores", lambda: as_sent.holds_exactly(dep.env, want), 120
+    )
     lost = DELETED_BEFORE - FIRST
     await dep.wait_for(
         "records_lost_total counted",
@@ -110,7 +86,7 @@ async def test_progress_below_the_log_start_resumes_there_and_counts_the_loss(
     assert lost_events[0]["level"] == "error", lost_events
     record_result(
         "retention below progress, reset=latest",
-        _report(want, await as_sent.stored(dep.env)),
+        as_sent.fault_report(want, await as_sent.stored(dep.env)),
         produced=FIRST + LATER,
         deleted_by_retention=lost,
     )
@@ -128,9 +104,11 @@ async def test_progress_below_the_log_start_halts_when_configured(
             status, body = http_get(rec.url + "/ready", 3.0)
         except OSError:
             return False
-        return status != 200 and "below the log start" in body
+        return status != 200 and "log_truncated" in body
 
     await dep.wait_for("/ready names the truncated partition", halted, 90)
+    assert "below the log start" in rec.log_path.read_text()  # the detail: in the log only
+    assert "below the log start" not in http_get(rec.url + "/ready", 3.0)[1]
     got = await as_sent.stored(dep.env)
     assert got["db.tick"] == as_sent.expected(first, dep.topics[0], micros=True)
     assert dep.metric(rec, "datarecorder_partition_halted", topic=dep.topics[0]) == 1

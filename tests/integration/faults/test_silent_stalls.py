@@ -36,7 +36,9 @@ async def test_corrupt_progress_object_is_loud_and_recovers(deployment: Deployme
         dep.check_alive()
         await asyncio.sleep(0.5)
     status, body = http_get(rec.url + "/ready", 3.0)
-    assert status == 503 and "corrupt" in body and key in body, body
+    assert status == 503 and "partitions: partition_held" in body and key not in body, body
+    log = rec.log_path.read_text()  # the detail (which object, why) is in the log only
+    assert "corrupt" in log and key in log, rec.tail(40)
     assert rec.alive()
 
     async with session.client("s3", **dep.stack.s3_client_kwargs()) as s3:

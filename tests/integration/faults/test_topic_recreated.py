@@ -76,8 +76,10 @@ async def test_recreated_topic_halts_until_progress_is_reset(deployment: Deploym
         dep.check_alive()
         await asyncio.sleep(0.5)
     status, body = http_get(rec.url + "/ready", 3.0)
-    assert status == 503 and "beyond the log end" in body and "reset-progress" in body, body
-    assert '"partition_halted"' in rec.log_path.read_text()
+    assert status == 503 and "log_replaced" in body and "reset-progress" in body, body
+    assert "beyond the log end" not in body, body  # the detail is in the log only
+    log = rec.log_path.read_text()
+    assert '"partition_halted"' in log and "beyond the log end" in log
     assert {tp: off for tp, off in (await dep.db_progress() or {}).items() if tp[0] == tick} == old
 
     # The halted partitions are still assigned to the running recorder: refused, unchanged.

@@ -9,6 +9,8 @@ import json
 from typing import Any
 
 import pytest
+from datarecorder_operator import rendering
+from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s
 from tests.integration.k8s.manifests import CRD_NAME, GROUP, PLURAL, VERSION, data_recorder
@@ -35,6 +37,8 @@ def _create(k8s: K8s, namespace: str, manifest: dict[str, Any]) -> tuple[int, st
     return proc.returncode, proc.stderr
 
 
+KAFKA: dict[str, Any] = {"brokers": ["k:9092"]}
+
 INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "missing required image",
@@ -57,10 +61,42 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ['spec.imagePullPolicy: Unsupported value: "Sometimes"'],
     ),
     (
-        # Strimzi's third state is not offered: the recorder cannot pause its consumer.
-        "state paused",
-        {"state": "paused"},
-        ['spec.state: Unsupported value: "paused": supported values: "running", "stopped"'],
+        "unknown state",
+        {"state": "suspended"},
+        [
+            'spec.state: Unsupported value: "suspended": supported values: '
+            '"running", "paused", "stopped"'
+        ],
+    ),
+    (
+        "startFrom with both time and offset (CEL)",
+        {"kafka": {**KAFKA, "startFrom": {"time": "2026-12-01T00:00:00Z", "offset": 5}}},
+        ["kafka.startFrom must name exactly one of time and offset"],
+    ),
+    (
+        "startFrom with neither (CEL)",
+        {"kafka": {**KAFKA, "startFrom": {}}},
+        ["kafka.startFrom must name exactly one of time and offset"],
+    ),
+    (
+        "startFrom time that is not RFC 3339",
+        {"kafka": {**KAFKA, "startFrom": {"time": "2026-12-01"}}},
+        ["spec.kafka.startFrom.time", "should match"],
+    ),
+    (
+        "startFrom time without a zone",
+        {"kafka": {**KAFKA, "startFrom": {"time": "2026-12-01T00:00:00"}}},
+        ["spec.kafka.startFrom.time", "should match"],
+    ),
+    (
+        "startFrom negative offset",
+        {"kafka": {**KAFKA, "startFrom": {"offset": -1}}},
+        ["spec.kafka.startFrom.offset: Invalid value: -1"],
+    ),
+    (
+        "startFrom offset as a string",
+        {"kafka": {**KAFKA, "startFrom": {"offset": "latest"}}},
+        ["spec.kafka.startFrom.offset: Invalid value", "must be of type integer"],
     ),
     (
         "autoscaling min above max (CEL)",
@@ -118,6 +154,21 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "S3 prefix with a control character",
         {"s3": {"prefix": "la\u0001ke"}},
         ["spec.s3.prefix", "should match"],
+    ),
+    (
+        "rack with both topologyKey and id",
+        {"kafka": {**KAFKA, "rack": {"topologyKey": "topology.kubernetes.io/zone", "id": "a"}}},
+        ["spec.kafka.rack", "exactly one of topologyKey and id"],
+    ),
+    (
+        "rack from a node label pods do not get",
+        {"kafka": {**KAFKA, "rack": {"topologyKey": "kubernetes.io/hostname"}}},
+        ["spec.kafka.rack.topologyKey: Unsupported value"],
+    ),
+    (
+        "rack id with a space",
+        {"kafka": {**KAFKA, "rack": {"id": "eu west"}}},
+        ["spec.kafka.rack.id", "should match"],
     ),
 ]
 
@@ -191,3 +242,51 @@ def test_unknown_fields_strict_for_kubectl_pruned_for_plain_clients(
     created = api.create_namespaced_custom_object(GROUP, VERSION, k8s_namespace, PLURAL, manifest)
     assert "replica" not in created["spec"]
     assert created["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize(
+    "start_from", [{"time": "2026-12-01T09:00:00.5+09:00"}, {"offset": 0}, {"offset": 2**40}]
+)
+def test_start_from_time_or_offset_is_accepted(
+    k8s: K8s, k8s_namespace: str, start_from: dict[str, Any]
+) -> None:
+    manifest = data_recorder("start", kafka={**KAFKA, "startFrom": start_from})
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    assert code == 0, stderr
+    stored = k8s.get_json("datarecorder", "start", namespace=k8s_namespace)
+    assert stored["spec"]["kafka"]["startFrom"] == start_from
+    k8s.kubectl("delete", "datarecorder", "start", "-n", k8s_namespace)
+
+
+def test_start_from_with_an_unknown_key_is_refused(k8s: K8s, k8s_namespace: str) -> None:
+    """kubectl's strict field validation names the field (a schema without it would prune it
+    silently and start from the reset policy)."""
+    start_from = {"timestamp": "2026-12-01T00:00:00Z"}
+    manifest = data_recorder("start", kafka={**KAFKA, "startFrom": start_from})
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    assert code != 0
+    assert 'unknown field "spec.kafka.startFrom.timestamp"' in stderr, stderr
+
+
+def test_a_rack_is_accepted_and_its_rendered_env_taken_by_the_server(
+    k8s: K8s, k8s_namespace: str
+) -> None:
+    """spec.kafka.rack passes the schema and CEL rule, and the Deployment the operator renders
+    for it (KAFKA_CLIENT_RACK from the pod's own zone label) is one the server accepts."""
+    rack = {"topologyKey": "topology.kubernetes.io/zone"}
+    manifest = data_recorder("racked", kafka={**KAFKA, "rack": rack})
+    k8s.apply(manifest, k8s_namespace)
+    spec = k8s.get_json("datarecorder", "racked", namespace=k8s_namespace)["spec"]
+    assert spec["kafka"]["rack"] == rack
+    deployment = rendering.render_deployment(parse_spec("racked", k8s_namespace, spec), 1)
+    proc = k8s.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        k8s_namespace,
+        "-f",
+        "-",
+        input=json.dumps(deployment),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr

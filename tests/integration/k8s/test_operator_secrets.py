@@ -14,8 +14,8 @@ from typing import Any
 import kopf
 import pytest
 from datarecorder_operator import kube
+from datarecorder_operator.policy import SECRET_MARK_ANNOTATION as MARK
 from datarecorder_operator.reconcile import _kafka_access
-from datarecorder_operator.spec import SECRET_MARK_ANNOTATION as MARK
 from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for

@@ -295,3 +295,155 @@ def test_restart_annotation_rolls_once_per_value_across_operator_restarts(
         lambda: (_status(k8s, ns, "roll").get("lastRestart") or {}).get("value") == "second",
         "status.lastRestart of the second value",
     )
+
+
+def _template_hash(k8s: K8s, ns: str, name: str) -> str | None:
+    deployment = _deployment(k8s, ns, name) or {}
+    template = deployment.get("spec", {}).get("template", {}).get("metadata", {})
+    value = (template.get("annotations") or {}).get("datarecorder.dev/config-hash")
+    return None if value is None else str(value)
+
+
+def _config(k8s: K8s, ns: str, name: str) -> dict[str, str]:
+    found = k8s.get_json("configmap", f"{name}-recorder-config", namespace=ns)
+    data: dict[str, str] = found.get("data") or {}
+    return data
+
+
+def test_paused_keeps_the_pods_with_paused_true_and_no_autoscaling(
+    k8s: K8s, operator: MeteredOperator
+) -> None:
+    """Paused: the same pods' count, rolled into PAUSED=true (all at once: a paused pod is never
+    ready), no HPA, Ready=False reason Paused; running again drops PAUSED and brings the HPA
+    back. (kwok's pods report Ready whatever /ready says: the recorder's side of the pause is
+    tests/integration/recorder/test_paused.py.)"""
+    ns = operator.namespace
+    auto = {"enabled": True, "mode": "hpa", "minReplicas": 2, "maxReplicas": 4}
+    k8s.apply(data_recorder("pause", autoscaling=auto), ns)
+    _until(lambda: _replicas(k8s, ns, "pause") == 2 and _hpa_exists(k8s, ns, "pause"), "HPA + 2")
+    _until(lambda: len(_replicasets(k8s, ns, "pause")) == 1, "the first ReplicaSet")
+    assert "PAUSED" not in _config(k8s, ns, "pause")
+    running_hash = _template_hash(k8s, ns, "pause")
+
+    _set_state(k8s, ns, "pause", "paused")
+    _until(lambda: _config(k8s, ns, "pause").get("PAUSED") == "true", "PAUSED=true in the config")
+    _until(lambda: not _hpa_exists(k8s, ns, "pause"), "the HPA removed while paused")
+    _until(lambda: len(_replicasets(k8s, ns, "pause")) == 2, "the pods rolled into the pause")
+
+    def paused_status() -> bool:
+        status = _status(k8s, ns, "pause")
+        return status.get("state") == "paused" and _condition(status, "Ready") == (
+            "False",
+            "Paused",
+        )
+
+    _until(paused_status, "status.state paused and Ready=False reason Paused")
+    deployment = _deployment(k8s, ns, "pause")
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 2  # the pods stay
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert (rolling["maxSurge"], rolling["maxUnavailable"]) == (0, "100%")
+    assert BEFORE_STOP not in (deployment["metadata"].get("annotations") or {})
+    columns = _printed(k8s, ns, "pause")
+    assert (columns["READY"], columns["STATE"]) == ("False", "paused")
+    assert 'datarecorder_operator_recorders{state="paused"} 1.0' in operator.metrics()
+    operator.wait_passes(3)
+    assert not _hpa_exists(k8s, ns, "pause") and _replicas(k8s, ns, "pause") == 2
+
+    _set_state(k8s, ns, "pause", "running")
+    _until(lambda: "PAUSED" not in _config(k8s, ns, "pause"), "PAUSED dropped from the config")
+    _until(lambda: _hpa_exists(k8s, ns, "pause"), "the HPA back")
+    # The running template again: the Deployment scales the first ReplicaSet back up.
+    _until(
+        lambda: _template_hash(k8s, ns, "pause") == running_hash, "the pods rolled out of the pause"
+    )
+    assert len(_replicasets(k8s, ns, "pause")) == 2
+    _until(
+        lambda: _condition(_status(k8s, ns, "pause"), "Ready") == ("True", "RecordersReady"),
+        "Ready again once running",
+    )
+
+
+RESET = "datarecorder.dev/reset-to-time"
+RESET_TIME = "2026-12-01T00:00:00Z"
+
+
+def _annotations(k8s: K8s, ns: str, name: str) -> dict[str, str]:
+    found = k8s.get_json("datarecorder", name, namespace=ns)
+    annotations: dict[str, str] = found["metadata"].get("annotations") or {}
+    return annotations
+
+
+def _jobs(k8s: K8s, ns: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = k8s.get_json("jobs", namespace=ns)["items"]
+    return items
+
+
+def _event_reasons(k8s: K8s, ns: str, name: str) -> list[str]:
+    events = k8s.get_json("events", namespace=ns)["items"]
+    ordered = sorted(events, key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+    return [e["reason"] for e in ordered if e["involvedObject"]["name"] == name]
+
+
+def test_reset_to_time_stops_runs_the_job_records_and_restores(
+    k8s: K8s, operator: MeteredOperator
+) -> None:
+    """The annotation: recorders scaled to 0, then a Job with the recorder's pod runs
+    reset-progress --to-time per topic (kwok completes it), the outcome lands in
+    status.lastReset, the annotation goes and the replicas come back."""
+    ns = operator.namespace
+    k8s.apply(data_recorder("rst", replicas=2), ns)
+    _until(lambda: _replicas(k8s, ns, "rst") == 2, "2 recorders")
+    _annotate(k8s, ns, "rst", f"{RESET}={RESET_TIME}")
+    _until(lambda: _replicas(k8s, ns, "rst") == 0, "the recorders stopped for the reset")
+    _until(lambda: len(_jobs(k8s, ns)) == 1, "the reset Job, once the pods are gone")
+
+    def finished() -> bool:
+        last = _status(k8s, ns, "rst").get("lastReset") or {}
+        return last.get("outcome") == "Succeeded"
+
+    _until(finished, "status.lastReset Succeeded", timeout=120)
+    status = _status(k8s, ns, "rst")
+    last = status["lastReset"]
+    assert (last["time"], last["job"]) == (RESET_TIME, _jobs(k8s, ns)[0]["metadata"]["name"])
+    assert status.get("reset") is None
+    _until(lambda: RESET not in _annotations(k8s, ns, "rst"), "the annotation removed")
+    _until(lambda: _replicas(k8s, ns, "rst") == 2, "the recorders back (state restored)")
+    _until(
+        lambda: _condition(_status(k8s, ns, "rst"), "Ready") == ("True", "RecordersReady"),
+        "Ready again",
+    )
+
+    # The Job is the recorder's pod running the command, topic after topic.
+    job = _jobs(k8s, ns)[0]
+    pod = job["spec"]["template"]["spec"]
+    deployment = _deployment(k8s, ns, "rst")
+    assert deployment is not None
+    recorder = deployment["spec"]["template"]["spec"]
+    commands = [c["command"] for c in pod["initContainers"] + pod["containers"]]
+    assert commands == [
+        ["datarecorder", "reset-progress", "--topic", t, "--to-time", RESET_TIME, "--apply"]
+        for t in ("market.tick", "market.orderbook")
+    ]
+    assert pod["serviceAccountName"] == recorder["serviceAccountName"]
+    assert pod["restartPolicy"] == "Never"
+    for container in pod["containers"]:
+        assert container["image"] == recorder["containers"][0]["image"]
+        assert container["envFrom"] == recorder["containers"][0]["envFrom"]
+        assert container["env"] == recorder["containers"][0]["env"]
+    assert job["metadata"]["ownerReferences"][0]["name"] == "rst"
+    reasons = _event_reasons(k8s, ns, "rst")
+    assert [r for r in reasons if r.startswith("Reset")] == [
+        "ResetStarted",
+        "ResetRunning",
+        "ResetSucceeded",
+    ]
+
+    # Not a time: refused in the status, the annotation removed, the recorders left running.
+    _annotate(k8s, ns, "rst", f"{RESET}=yesterday")
+    _until(
+        lambda: (_status(k8s, ns, "rst").get("lastReset") or {}).get("outcome") == "Invalid",
+        "status.lastReset Invalid",
+    )
+    _until(lambda: RESET not in _annotations(k8s, ns, "rst"), "the invalid annotation removed")
+    assert _replicas(k8s, ns, "rst") == 2 and len(_jobs(k8s, ns)) == 1

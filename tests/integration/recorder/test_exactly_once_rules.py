@@ -149,7 +149,8 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
     fresh_bucket: str, recorder_env: Any, stack: Any
 ) -> None:
     """A crash after uploading [0, 300) but before recording progress leaves files keyed by the
-    first offset per hour; a replay from 0 with other flush boundaries writes the same keys."""
+    range's first offset; a replay from 0 with other flush boundaries overwrites them (its first
+    range starts at 0 too) and keys the rest by its own ranges: every offset once."""
     s = settings_for(recorder_env(bucket=fresh_bucket), S3_PREFIX="p")
     topics = {TOPIC: TopicKind.TICK}
 
@@ -164,9 +165,10 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
         # encode and upload like a flush, then "crash" before the progress is recorded
         from recorder.core.batching import Batch
 
-        files = crashed._encode(TPX, TopicKind.TICK, Batch(None, 300, [batch], batch.num_rows))
+        whole = Batch(None, 300, [batch], batch.num_rows)
+        files = crashed.store.encode(TPX, TopicKind.TICK, whole, crashed.store.config.encoder, 0)
         for key, body, size in files:
-            await crashed._lake.put_file(key, body, size)
+            await crashed.objects.lake.put_file(key, body, size)
     finally:
         await crashed.close()
     leftover = await _keys(stack, fresh_bucket)
@@ -253,7 +255,7 @@ async def test_rule3_revocation_waits_for_in_flight_work(
     rec = build_recorder(s)
     (s3,) = [sink for sink in rec.sinks if isinstance(sink, S3Sink)]
     lake = SlowLake(s, delay=1.5)
-    s3._lake = lake
+    s3.objects.lake = lake
     for sink in rec.sinks:
         await sink.start()
     try:
@@ -272,6 +274,8 @@ async def test_rule3_revocation_waits_for_in_flight_work(
             sink.offer(tp, batch, 500)
 
         class Source:
+            index = 0
+
             async def commit(self, offsets: Any) -> None:
                 return None
 

@@ -108,8 +108,8 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
         stalled = zombie._buffers.open[TPX].take()  # the zombie's flush, stopped after step 1
         from recorder.core.offsets import IntentOutcome
 
-        assert await zombie._record_intent(TPX, stalled) is IntentOutcome.RECORDED
-        zombie_files = zombie._encode(TPX, TopicKind.TICK, stalled)
+        assert await zombie.store.record_intent(TPX, stalled) is IntentOutcome.RECORDED
+        zombie_files = zombie.store.encode_recorded(TPX, TopicKind.TICK, stalled)
 
         owner.assign(await owner.load_progress([TPX]))
         batch = rows(0, 100, two_hours)
@@ -120,9 +120,9 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
         assert offsets_in(before) == list(range(100))
 
         for key, body, size in zombie_files:  # the zombie wakes up: its PUTs land late
-            await zombie._lake.put_file(key, body, size)
+            await zombie.objects.lake.put_file(key, body, size)
             body.close()
-        assert await zombie._commit(TPX, stalled) is IntentOutcome.FENCED
+        assert await zombie.store.commit(TPX, stalled) is IntentOutcome.FENCED
         after = await lake_files(stack, fresh_bucket)
         assert after == before
     finally:

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from datarecorder_operator.spec import Policy, RecorderSpec, parse_spec
+from datarecorder_operator.policy import Policy
+from datarecorder_operator.spec import RecorderSpec, parse_spec
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_PATH = REPO / "crds" / "datarecorders.datarecorder.dev.yaml"

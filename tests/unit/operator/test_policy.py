@@ -13,18 +13,17 @@ from typing import Any
 import pytest
 import yaml
 from datarecorder_operator import cli, rendering
-from datarecorder_operator.spec import (
+from datarecorder_operator.policy import (
     ALLOWED_VOLUME_TYPES,
     PERMISSIVE,
     RESTRICTED,
     SECRET_MARK_ANNOTATION,
     Policy,
-    SpecError,
     image_allowed,
     key_name_problem,
-    parse_spec,
     secret_marked_for,
 )
+from datarecorder_operator.spec import SpecError, parse_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -169,7 +168,16 @@ BOOLS = st.sampled_from([None, True, False])
 UIDS = st.sampled_from([None, 0, 1, 10001])
 SECCOMP = st.sampled_from([None, "RuntimeDefault", "Localhost", "Unconfined"])
 VOLUME_TYPES = st.sampled_from(
-    [*sorted(ALLOWED_VOLUME_TYPES), "hostPath", "nfs", "gitRepo", "iscsi", "image"]
+    [
+        *sorted(ALLOWED_VOLUME_TYPES),
+        "hostPath",
+        "nfs",
+        "gitRepo",
+        "iscsi",
+        "image",
+        "csi",
+        "ephemeral",
+    ]
 )
 IMAGES = st.sampled_from(
     ["ghcr.io/example/rec:1", "ghcr.io/example-evil/rec:1", "docker.io/x/y", "quay.io/a/b:2"]
@@ -245,8 +253,8 @@ def reference_allows(spec: dict[str, Any], policy: Policy) -> bool:
             return False
     if spec.get("hostNetwork") or spec.get("hostPID") or spec.get("hostIPC"):
         return False
-    safe_types = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"}
-    safe_types |= {"persistentVolumeClaim", "projected", "secret"}
+    safe_types = {"configMap", "downwardAPI", "emptyDir", "persistentVolumeClaim"}
+    safe_types |= {"projected", "secret"}
     if any(set(v) - {"name"} - safe_types for v in spec["volumes"]):
         return False
     if policy.allowed_images and not any(
@@ -428,3 +436,47 @@ def test_a_network_policy_per_recorder_when_asked() -> None:
     ingress_only = parse_spec("rec", "md", {**BASE, "networkPolicy": {"enabled": True}})
     (policy,) = [c for c in rendering.render_children(ingress_only) if c["kind"] == "NetworkPolicy"]
     assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]
+
+
+def test_the_policy_comes_from_the_flags_else_the_environment() -> None:
+    run = cli.parser()
+    env = {
+        "DATARECORDER_POLICY": "permissive",
+        "DATARECORDER_ALLOWED_IMAGES": "ghcr.io/acme/, quay.io/acme",
+        "DATARECORDER_ALLOWED_SERVICE_ACCOUNTS": "mine,",
+    }
+    assert cli.policy_from_args(run.parse_args(["run"]), {}) == RESTRICTED
+    assert cli.policy_from_args(run.parse_args(["run"]), env) == Policy(
+        mode="permissive",
+        allowed_images=("ghcr.io/acme/", "quay.io/acme"),
+        allowed_service_accounts=("mine",),
+    )
+    flags = [
+        "run",
+        "--policy=restricted",
+        "--allowed-image=r.example/",
+        "--allowed-service-account=x",
+    ]
+    assert cli.policy_from_args(run.parse_args(flags), env) == Policy(
+        allowed_images=("r.example/",), allowed_service_accounts=("x",)
+    )
+    with pytest.raises(SystemExit, match=r"DATARECORDER_POLICY='lax': expected one of"):
+        cli.policy_from_args(run.parse_args(["run"]), {"DATARECORDER_POLICY": "lax"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("KAFKA_GROUP_ID", "a/../b", "contains '..'"),
+        ("S3_PREFIX", "/lake", "starts or ends with '/'"),
+        ("S3_PREFIX", "lake\n", "contains a control character"),
+    ],
+)
+def test_settings_name_the_variable_and_the_expected_form(
+    variable: str, value: str, why: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(**{variable: value})
+    message = str(info.value)
+    assert f"{variable}={value!r}: {value!r} {why}" in message
+    assert "expected a name that becomes part of object keys and paths" in message

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import kube, metrics, rendering, status
+from datarecorder_operator.policy import PERMISSIVE
 from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
 from datarecorder_operator.spec import (
-    PERMISSIVE,
     RESTART_ANNOTATION,
     RecorderSpec,
     SpecError,
@@ -50,10 +50,11 @@ def hpa(**auto: Any) -> dict[str, Any]:
 def test_state_defaults_to_running_and_refuses_what_it_does_not_know() -> None:
     assert spec().state == "running" and not spec().stopped
     assert spec(state="stopped").stopped
+    assert spec(state="paused").flow_paused and not spec(state="paused").stopped
     with pytest.raises(
-        SpecError, match=r"spec\.state must be one of running, stopped, got 'paused'"
+        SpecError, match=r"spec\.state must be one of running, paused, stopped, got 'frozen'"
     ):
-        spec(state="paused")
+        spec(state="frozen")
 
 
 def test_stopped_renders_zero_replicas_no_hpa_and_remembers_the_count() -> None:
@@ -102,7 +103,7 @@ def test_a_stopped_deployment_is_reapplied_when_scaled_behind_the_operators_back
     assert rendering.needs_apply(desired, actual)
 
 
-STATES = st.sampled_from(["running", "stopped"])
+STATES = st.sampled_from(["running", "paused", "stopped"])
 COUNTS = st.one_of(st.none(), st.integers(0, 12))
 
 
@@ -166,7 +167,9 @@ def test_generated_specs_keep_the_state_rules(
         assert back == (min(max(remembered, lo), hi) if auto["enabled"] else replicas)
         return
     assert remembered is None
-    assert ("HorizontalPodAutoscaler" in children) == (auto["enabled"] and auto["mode"] == "hpa")
+    # Paused keeps the replicas as running would, but suspends autoscaling too.
+    hpa_wanted = auto["enabled"] and auto["mode"] == "hpa" and state == "running"
+    assert ("HorizontalPodAutoscaler" in children) == hpa_wanted
     if not auto["enabled"]:
         assert got == replicas
     elif before is not None:

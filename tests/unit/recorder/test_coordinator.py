@@ -21,10 +21,12 @@ from recorder.core.backpressure import BufferLimits
 from recorder.core.commit import committing_sink
 from recorder.core.offsets import TP
 from recorder.core.partitions import PartitionTable, Status
+from recorder.core.readiness import Problem
 from recorder.dlq import DeadLetter, DeadLetterRefused
+from recorder.http import health_parts, health_report, readiness_parts, readiness_report
 from recorder.pipeline import RebalanceCallback, Recorder
 from recorder.settings import Settings
-from recorder.sinks.base import ProgressCallback, ResyncCallback
+from recorder.sinks.base import NOT_ANSWERING, Health, ProgressCallback, ResyncCallback
 
 TOPIC = "market.tick"
 A, B = TP(TOPIC, 0), TP(TOPIC, 1)
@@ -57,6 +59,7 @@ class FakeSink:
     ) -> None:
         self.name = name
         self.healthy = True
+        self.error: str | None = None  # a write's raw error (driver: "its writes fail: ...")
         self.events = events
         self.on_progress = on_progress
         self.on_resync = on_resync
@@ -65,6 +68,11 @@ class FakeSink:
         self.ends: dict[TP, int] = {}
         self.rows: dict[TP, list[int]] = {}  # offsets made durable
         self.corrupt: str | None = None  # load_progress raises with this message
+        self.gate: asyncio.Event | None = None  # flush_all waits for it when set
+        # A pending range [0, end) per partition (the lake's, recorded by a writer with larger
+        # buffers): flushed only whole, as soon as an offer reaches its end.
+        self.hold_until: dict[TP, int] = {}
+        self.ids: dict[TP, str] = {}  # the topic ID each partition's progress counts
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -79,6 +87,19 @@ class FakeSink:
         self.events.append((self.name, "store_start", *map(str, sorted(starts.values()))))
         return dict(starts)
 
+    async def load_identity(self, tps: Collection[TP]) -> dict[TP, str | None]:
+        return {tp: self.ids.get(tp) for tp in tps}
+
+    async def store_identity(self, ids: Mapping[TP, str]) -> None:
+        for tp, topic_id in ids.items():
+            self.ids.setdefault(tp, topic_id)
+
+    async def known_partitions(self, topics: Collection[str]) -> dict[str, set[int]]:
+        return {
+            t: {tp.partition for tp, v in self.stored.items() if tp.topic == t and v is not None}
+            for t in topics
+        }
+
     def assign(self, progress: Mapping[TP, int | None]) -> None:
         for tp, value in progress.items():
             self.buffers[tp] = []
@@ -90,6 +111,9 @@ class FakeSink:
         offsets = [int(o) for o in columns.column("offset").to_pylist()]
         buffer.extend(o for o in offsets if o >= floor)
         self.ends[tp] = end
+        if tp in self.hold_until and end >= self.hold_until[tp]:
+            del self.hold_until[tp]
+            asyncio.get_running_loop().create_task(self.flush_all([tp]))
         first = str(offsets[0]) if offsets else "-"
         self.events.append((self.name, "offer", str(tp.partition), first, str(end)))
 
@@ -102,9 +126,14 @@ class FakeSink:
     def progress(self) -> dict[TP, int | None]:
         return dict(self.stored)
 
+    def completing(self) -> dict[TP, tuple[int, int]]:
+        return {tp: (0, end) for tp, end in self.hold_until.items() if self.ends.get(tp, 0) < end}
+
     async def flush_all(self, tps: Collection[TP] | None = None) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         for tp in sorted(self.buffers if tps is None else tps):
-            if tp not in self.ends:
+            if tp not in self.ends or tp in self.hold_until:
                 continue
             self.rows.setdefault(tp, []).extend(self.buffers[tp])
             self.buffers[tp] = []
@@ -123,6 +152,11 @@ class FakeSink:
 
     async def check_health(self) -> bool:
         return True
+
+    def health(self) -> Health:
+        if self.error is not None:
+            return Health(False, f"its writes fail: {self.error}")
+        return Health(True) if self.healthy else Health(False, NOT_ANSWERING)
 
     def failure(self) -> str | None:
         return None
@@ -143,6 +177,7 @@ class FakeSource:
         self.callbacks: tuple[RebalanceCallback, RebalanceCallback] | None = None
         self.starts: dict[TP, int] = {}  # log starts (retention moves them)
         self.ends: dict[TP, int] = {}  # fetched ends past the last record (transaction markers)
+        self.topic_id: str | None = "id-1"  # the topic's current ID (None: an old broker)
 
     async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
         self.callbacks = (on_revoked, on_assigned)
@@ -188,6 +223,9 @@ class FakeSource:
 
     async def log_starts(self, tps: Collection[TP]) -> dict[TP, int]:
         return {tp: self.starts.get(tp, 0) for tp in tps}
+
+    async def topic_ids(self, topics: Collection[str]) -> dict[str, str | None]:
+        return {t: self.topic_id for t in topics}
 
     def pause(self, tps: Collection[TP]) -> None:
         self.paused |= set(tps)
@@ -248,6 +286,7 @@ def rig(
     s3: bool = True,
     db: bool = True,
     on_truncation: str = "resume",
+    **extra: Any,
 ) -> Rig:
     settings = Settings(
         _env_file=None,
@@ -255,6 +294,7 @@ def rig(
         DB_WRITE_ENABLED=db,
         S3_WRITE_ENABLED=s3,
         ON_LOG_TRUNCATION=on_truncation,
+        **extra,
     )
     events: Events = []
     table = PartitionTable()
@@ -370,20 +410,59 @@ async def test_a_resync_seeks_back_to_the_sinks_progress_before_taking_records()
     assert r.sinks["s3"].buffers[A] == list(range(10, 40))
 
 
-async def test_progress_beyond_the_log_end_halts_the_partition_until_revoked() -> None:
+def halted(cause: str, *tps: TP) -> Problem:
+    """/ready's part "partitions" for these halted partitions (the reason text is logged)."""
+    return Problem("partition_halted", tuple((tp.topic, tp.partition, cause) for tp in tps))
+
+
+async def test_progress_beyond_the_log_end_halts_the_partition_until_revoked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     r = rig({A: log_of(A, 5)}, {"timescaledb": {A: 100}, "s3": {A: 100}})
     r.source.owned = {A}
     await r.recorder.on_assigned(r.source, {A})
     try:
         assert r.recorder.partitions.status(A) is Status.HALTED
         assert A in r.source.paused
-        assert "beyond the log end 5" in r.recorder.problems()["partitions"]
+        assert r.recorder.problems()["partitions"] == halted("log_replaced", A)
+        assert "beyond the log end 5" in capsys.readouterr().out  # the detail: in the log
         assert not any(e[:2] == ("source", "seek") for e in r.events)
     finally:
         assert r.recorder._held_retry is not None
         r.recorder._held_retry.cancel()
     await r.recorder.on_revoked(r.source, {A})
     assert r.recorder.problems() == {}
+
+
+async def test_probe_bodies_carry_codes_and_partition_names_never_raw_errors() -> None:
+    """/ready and /health are readable by anyone who reaches the pod's port: a store's error
+    text (host, user, bucket) and a refused dead letter's reason stay out of their bodies."""
+    r = rig({A: log_of(A, 10, bad={3}), B: log_of(B, 5)}, {"timescaledb": {B: 100}, "s3": {}})
+    r.source.owned = {A, B}
+    await r.recorder.on_assigned(r.source, {A, B})
+    try:
+        r.dlq.refuse = "RecordTooLargeError at broker-7.internal:9093"
+        await r.fetch_and_handle(A)
+        db, lake = r.sinks["timescaledb"], r.sinks["s3"]
+        db.healthy, db.error = False, "OperationalError: password authentication failed for alice"
+        lake.healthy = False
+        r.recorder.health.started = True
+        status, ready = readiness_report(readiness_parts(r.recorder))
+        health_status, health = health_report(health_parts(r.recorder))
+    finally:
+        assert r.recorder._held_retry is not None
+        r.recorder._held_retry.cancel()
+    assert status == 503 and health_status == 503
+    lines = ready.splitlines()
+    assert lines[0] == "not ready"
+    assert f"partitions: partition_halted ({TOPIC}[1] log_replaced) - " in ready, ready
+    assert f"dead_letters: dead_letters_refused ({TOPIC}[0]) - " in ready, ready
+    assert "timescaledb: writes_failing - " in ready and "s3: store_unreachable - " in ready
+    assert "timescaledb: unhealthy writes_failing" in health
+    assert "s3: unhealthy store_unreachable" in health
+    assert "dead_letters: unhealthy dead_letters_refused" in health
+    for secret in ("alice", "password", "broker-7", "RecordTooLarge", "100", "log end"):
+        assert secret not in ready + health, secret
 
 
 async def test_refused_dead_letters_keep_the_batch_out_and_the_partition_unready() -> None:
@@ -396,6 +475,9 @@ async def test_refused_dead_letters_keep_the_batch_out_and_the_partition_unready
     assert r.recorder.partitions.status(A) is Status.RESYNC
     ok, why = r.recorder.dead_letter_part()
     assert not ok and "RecordTooLargeError" in why
+    assert r.recorder.problems()["dead_letters"] == Problem(
+        "dead_letters_refused", ((A.topic, A.partition, None),)
+    )
     r.dlq.refuse = None
     await r.recorder._apply_resyncs(r.source)
     await r.fetch_and_handle(A)
@@ -440,6 +522,112 @@ async def test_full_buffers_pause_the_consumer_flush_at_once_and_resume() -> Non
     assert db.rows[A] == list(range(150))
 
 
+async def test_full_buffers_keep_feeding_a_partition_that_completes_a_recorded_range() -> None:
+    """A's pending lake range [0, 150) was recorded by a pod with larger buffers; it can only be
+    flushed whole, and this pod's buffers (100 records) fill before it is. Pausing A with the
+    rest wedged the pod (full buffers no flush could empty, /ready 200): A is fed on until the
+    range completes, the others stay paused meanwhile, /ready names why."""
+    r = rig({A: log_of(A, 130), B: log_of(B, 150)}, db=False, FETCH_MAX_RECORDS=40)
+    lake = r.sinks["s3"]
+    lake.hold_until[A] = 150  # the range's last 20 records are not produced yet
+    await r.recorder.start()
+    try:
+        await r.source.rebalance(set(), {A, B})
+        await until(lambda: lake.ends.get(A) == 130, "A fed to its log end past the limit")
+        assert r.recorder.problems().get("buffers") == Problem(
+            "buffers_full_completing_range", ((A.topic, A.partition, None),)
+        ), r.recorder.problems()
+        assert B in r.source.paused and A not in r.source.paused
+        r.source.logs[A] += [tick(i) for i in range(130, 150)]
+        await until(lambda: lake.rows.get(A) == list(range(150)), "the range completes")
+        await until(lambda: lake.rows.get(B, []) + lake.buffers[B] == list(range(150)), "B too")
+        await until(lambda: "buffers" not in r.recorder.problems(), "ready again")
+    finally:
+        r.recorder.stop()
+        await r.recorder.shutdown()
+
+
+async def test_progress_of_another_incarnation_of_the_topic_halts_until_reset(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The topic was deleted and recreated while the pods were down, and a fast producer wrote
+    past the old progress (so "beyond the log end" cannot see it): the stores' topic ID differs
+    from the broker's, and the partition halts instead of skipping the new log's first 30."""
+    r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 30}, "s3": {A: 30}})
+    for sink in r.sinks.values():
+        sink.ids[A] = "id-1"
+    r.source.topic_id = "id-2"
+    r.source.owned, r.source.position[A] = {A}, 0
+    await r.recorder.on_assigned(r.source, {A})
+    assert r.recorder.partitions.status(A) is Status.HALTED
+    assert r.recorder.problems()["partitions"] == halted("topic_recreated", A)
+    reason = capsys.readouterr().out  # the detail: in the log
+    assert "topic ID id-1" in reason and "now id-2" in reason and "reset-progress" in reason
+    assert not any(e[1] == "seek" for e in r.events)
+    # reset-progress moves the progress and forgets the ID: the new log is taken, the ID learned
+    for sink in r.sinks.values():
+        sink.stored[A] = 0
+        del sink.ids[A]
+    await r.recorder._take_over(r.source, {A})
+    assert r.recorder.partitions.status(A) is Status.READY
+    assert all(sink.ids[A] == "id-2" for sink in r.sinks.values())
+
+
+async def test_a_store_learns_the_topic_id_and_an_unknown_one_is_no_halt() -> None:
+    r = rig({A: log_of(A, 50), B: log_of(B, 5)}, {"timescaledb": {A: 30}, "s3": {A: 30}})
+    r.sinks["s3"].ids[A] = "id-1"
+    r.source.owned = {A, B}
+    r.source.position.update({A: 0, B: 0})
+    await r.recorder.on_assigned(r.source, {A, B})
+    assert {r.recorder.partitions.status(tp) for tp in (A, B)} == {Status.READY}
+    assert r.sinks["timescaledb"].ids == {A: "id-1", B: "id-1"} == r.sinks["s3"].ids
+    r2 = rig({A: log_of(A, 50)}, {"timescaledb": {A: 30}, "s3": {A: 30}})
+    r2.sinks["s3"].ids[A] = "id-1"
+    r2.source.topic_id = None  # a broker without topic IDs: no check, as before
+    r2.source.owned, r2.source.position[A] = {A}, 0
+    await r2.recorder.on_assigned(r2.source, {A})
+    assert r2.recorder.partitions.status(A) is Status.READY
+
+
+async def test_a_vanished_progress_object_halts_instead_of_the_reset_policy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lake's progress object of B is gone (a lifecycle rule) while the database holds 40
+    and the lake holds progress for A: starting B's lake from the reset policy would record
+    [0, 40) twice (earliest) or skip to the end (latest). A new partition C (no progress
+    anywhere) and a store enabled later (no progress for any partition) are not halts."""
+    C = TP(TOPIC, 2)
+    logs = {A: log_of(A, 50), B: log_of(B, 50), C: log_of(C, 5)}
+    r = rig(logs, {"timescaledb": {A: 50, B: 40}, "s3": {A: 50, B: None}})
+    r.source.owned = {A, B, C}
+    r.source.position.update({A: 0, B: 0, C: 0})
+    await r.recorder.on_assigned(r.source, {A, B, C})
+    assert r.recorder.partitions.status(B) is Status.HALTED
+    assert r.recorder.partitions.status(A) is Status.READY
+    assert r.recorder.partitions.status(C) is Status.READY
+    assert r.recorder.problems()["partitions"] == halted("progress_vanished", B)
+    assert "no progress in s3" in capsys.readouterr().out  # the detail: in the log
+    later = rig(logs, {"timescaledb": {A: 50, B: 40}, "s3": {}})
+    later.source.owned = {A, B}
+    later.source.position.update({A: 0, B: 0})
+    await later.recorder.on_assigned(later.source, {A, B})
+    assert {later.recorder.partitions.status(tp) for tp in (A, B)} == {Status.READY}
+
+
+async def test_records_read_again_in_the_same_process_are_not_dead_lettered_twice() -> None:
+    """A partition re-read before any flush (taken over again after an early rebalance, a
+    resync) used to send its dead letters again: the replay of dead letters then recorded
+    them twice. Letters this process had acknowledged are not sent again."""
+    r = rig({A: log_of(A, 10, bad={2, 5})})
+    r.source.owned, r.source.position[A] = {A}, 0
+    await r.recorder.on_assigned(r.source, {A})
+    await r.fetch_and_handle(A)
+    assert [d.offset for d in r.dlq.sent] == [2, 5]
+    r.source.position[A] = 0  # read again from the stored progress
+    await r.fetch_and_handle(A)
+    assert [d.offset for d in r.dlq.sent] == [2, 5]
+
+
 def test_a_recorder_needs_a_sink() -> None:
     with pytest.raises(ValueError, match="both sinks are disabled"):
         rig({}, db=False, s3=False)
@@ -467,7 +655,9 @@ async def test_progress_below_the_log_start_resumes_at_the_log_start_and_counts_
     assert r.sinks["timescaledb"].buffers[A] == list(range(25, 50))
 
 
-async def test_a_refused_position_mid_run_goes_on_at_the_log_start_or_halts() -> None:
+async def test_a_refused_position_mid_run_goes_on_at_the_log_start_or_halts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for mode in ("resume", "halt"):
         r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 0}, "s3": {A: 0}}, on_truncation=mode)
         r.source.owned = {A}
@@ -479,7 +669,8 @@ async def test_a_refused_position_mid_run_goes_on_at_the_log_start_or_halts() ->
             assert r.source.position[A] == 40 and _lost(A) - before == 10
         else:
             assert r.recorder.partitions.status(A) is Status.HALTED
-            assert "below the log start 40" in r.recorder.problems()["partitions"]
+            assert r.recorder.problems()["partitions"] == halted("log_truncated", A)
+            assert "below the log start 40" in capsys.readouterr().out  # in the log
             assert _lost(A) == before
 
 
@@ -580,6 +771,38 @@ async def test_a_late_revocation_spares_partitions_a_sibling_member_now_owns() -
     assert r.events == []
     assert r.recorder.partitions.status(A) is Status.READY
     assert r.sinks["timescaledb"].buffers[A] == list(range(20))
+
+
+async def test_a_sibling_given_the_partition_during_a_slow_revocation_keeps_it() -> None:
+    """NUM_CONSUMERS=2: member 0's revocation of A waits on its flush; meanwhile member 1 is
+    given A and takes it over. When member 0's revocation goes on, A's buffers, state and
+    records are member 1's: nothing of A is revoked, and what member 0 still fetched of A
+    from its old position is not offered."""
+    r = rig({A: log_of(A, 20)})
+    r.source.owned, r.source.position[A] = {A}, 0
+    await r.recorder.on_assigned(r.source, {A})
+    await r.fetch_and_handle(A, 5)
+    gate = asyncio.Event()
+    for sink in r.sinks.values():
+        sink.gate = gate
+    revoking = asyncio.create_task(r.recorder.on_revoked(r.source, {A}))
+    await asyncio.sleep(0)  # the revocation now waits on the flush
+    sibling = FakeSource(r.events, r.source.logs)
+    sibling.index = 1
+    r.recorder.sources.append(sibling)
+    sibling.owned = {A}
+    sibling.position[A] = 0
+    await r.recorder.on_assigned(sibling, {A})
+    gate.set()
+    await revoking
+    assert r.recorder.partitions.status(A) is Status.READY
+    assert not any(e[1] == "revoke" and "0" in e[2:] for e in r.events)
+    stale = {A: [m for m in r.source.logs[A] if m.offset >= 5]}  # member 0's old position
+    await r.recorder._handle(r.source, stale, r.recorder.partitions.epochs(stale))
+    assert r.sinks["timescaledb"].buffers[A] == []
+    data = sibling.take(A, 1000)
+    await r.recorder._handle(sibling, data, r.recorder.partitions.epochs(data))
+    assert r.sinks["timescaledb"].buffers[A] == list(range(5, 20))
 
 
 async def test_a_partition_without_a_position_is_taken_over_or_held_never_crashing() -> None:

@@ -161,12 +161,12 @@ def test_object_keys_are_hive_partitioned_and_deterministic() -> None:
 
 
 def test_health_report_names_the_failing_part() -> None:
-    assert health_report({"consumer": True, "timescaledb": True, "s3": True}) == (
+    assert health_report({"consumer": None, "timescaledb": None, "s3": None}) == (
         200,
         "OK\nconsumer: healthy\ntimescaledb: healthy\ns3: healthy\n",
     )
-    status, body = health_report({"consumer": True, "timescaledb": False})
-    assert status == 503 and "timescaledb: unhealthy" in body
+    status, body = health_report({"consumer": None, "timescaledb": "store_unreachable"})
+    assert status == 503 and "timescaledb: unhealthy store_unreachable" in body
 
 
 def test_migration_plan_picks_the_mode_variant_once() -> None:

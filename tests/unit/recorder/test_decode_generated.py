@@ -16,15 +16,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recorder.core.columns import _fast, _per_record, decode_batch
-from recorder.core.records import FUTURE_SLACK_NS, MIN_TIME_NS, Limits
+from recorder.core.columns import (
+    _fast,
+    _level_numbers,
+    _packed_level_numbers,
+    _per_record,
+    decode_batch,
+)
+from recorder.core.records import FUTURE_SLACK_NS, MIN_TIME_NS, Level, Limits
 from recorder.settings import TopicKind
 from recorder.sinks.lake.parquet import orderbook_table, tick_table
-from recorder.sinks.timescale.encode import book_copy, copy_chunks, tick_copy
+from recorder.sinks.timescale.encode import (
+    HEADER,
+    JSONB_VERSION,
+    PG_EPOCH_US,
+    TRAILER,
+    book_copy,
+    copy_chunks,
+    tick_copy,
+)
 
 LIMITS = Limits(64 * 1024)
 INT64_MAX = 2**63 - 1
@@ -243,6 +258,32 @@ def expected_rows(kind: TopicKind, table: pa.Table) -> list[tuple[Any, ...]]:
     return out
 
 
+def reference_copy(kind: TopicKind, table: pa.Table) -> bytes:
+    """PostgreSQL's binary COPY layout written a row and a field at a time from the columns
+    (the documented format, not the vectorised encoder): a field count, then per field its
+    length (-1: NULL) and bytes; timestamptz as microseconds since 2000, floored."""
+    out = [HEADER]
+    for row in table.to_pylist():
+        fields: list[bytes | None] = [
+            struct.pack(">q", row["time_ns"] // 1000 - PG_EPOCH_US),
+            row["symbol"].encode(),
+        ]
+        if kind is TopicKind.TICK:
+            fields.append(struct.pack(">d", row["price"]))
+            fields.append(struct.pack(">q", row["volume"]))
+            for name in ("change", "change_rate"):
+                fields.append(None if row[name] is None else struct.pack(">d", row[name]))
+        else:
+            for name in ("bids", "asks"):
+                fields.append(bytes([JSONB_VERSION]) + row[name].encode())
+        out.append(struct.pack(">h", len(fields)))
+        for field in fields:
+            out.append(struct.pack(">i", -1) if field is None else struct.pack(">i", len(field)))
+            out.append(field or b"")
+    out.append(TRAILER)
+    return b"".join(out)
+
+
 def check(kind: TopicKind, cases: list[Case], first_offset: int = 0) -> None:
     values = [c.value for c in cases]
     offsets = list(range(first_offset, first_offset + len(cases)))
@@ -264,8 +305,15 @@ def check(kind: TopicKind, cases: list[Case], first_offset: int = 0) -> None:
     assert expected_rows(kind, fast) == [_bits(cases[i].expected) for i in kept]
     # What the stores are sent is built from these columns: the same bytes from either path.
     # Encoded a few rows at a time (bounded transients), the stream is the same bytes.
-    pieces = copy_chunks(fast, "tick" if kind is TopicKind.TICK else "book", chunk_bytes=97)
-    assert b"".join(pieces) == (tick_copy if kind is TopicKind.TICK else book_copy)(slow)
+    stream = b"".join(copy_chunks(fast, "tick" if kind is TopicKind.TICK else "book", 97))
+    assert stream == (tick_copy if kind is TopicKind.TICK else book_copy)(slow)
+    # And the vectorised stream is the documented layout, written a field at a time.
+    assert stream == reference_copy(kind, slow)
+    if fast.num_rows > 2:  # a slice of a table (its arrays start at an offset)
+        middle = fast.slice(1, fast.num_rows - 2)
+        assert b"".join(copy_chunks(middle, "tick" if kind is TopicKind.TICK else "book")) == (
+            reference_copy(kind, middle)
+        )
     if kind is TopicKind.TICK:
         assert tick_copy(fast) == tick_copy(slow)
         assert tick_table(fast, "ns").equals(tick_table(slow, "ns"))
@@ -412,3 +460,44 @@ def test_decoding_never_raises(kind: TopicKind, records: list[tuple[bytes | None
     assert all(exc.reason for _, exc in rejected)
     slow, _ = _per_record(kind, values, offsets, stamps, LIMITS)
     assert table_bits(table) == table_bits(slow)
+
+
+any_level = st.builds(Level, st.floats(), st.floats())  # NaN, infinities, -0.0, subnormals
+
+
+@PROFILE
+@given(
+    st.lists(st.lists(any_level, max_size=20), max_size=40),
+    st.sampled_from([0, 1, 15, 16, 65_535, 65_536]),
+)
+def test_levels_read_from_their_messagepack_bytes_are_their_attributes(
+    sides: list[list[Level]], more: int
+) -> None:
+    """The typed levels are read at fixed places of msgspec's MessagePack encoding of them:
+    for any floats, and every size of MessagePack array header, the bits read are the bits of
+    the levels' attributes, and that path is the one taken."""
+    sides = [*sides, [Level(1.5, 2.5)] * more]
+    flat = [level for side in sides for level in side]
+    packed = _packed_level_numbers(flat)
+    if not flat:
+        assert packed is None
+        return
+    assert packed is not None
+    for got, name in zip(packed, ("price", "quantity"), strict=True):
+        want = np.array([getattr(level, name) for level in flat], np.float64)
+        assert got.dtype == np.float64 and got.view(np.uint64).tolist() == (
+            want.view(np.uint64).tolist()
+        )
+    prices, quantities = _level_numbers(sides, len(flat))
+    assert prices.tobytes() == packed[0].tobytes()
+    assert quantities.tobytes() == packed[1].tobytes()
+
+
+def test_levels_not_holding_two_float64s_take_the_attribute_walk() -> None:
+    """Levels built by hand with integers encode otherwise (an int 2**40 in the same 9 bytes
+    as a float64): the layout check refuses them and their values are still exact."""
+    for levels in ([Level(1, 2)], [Level(1.0, 2**40)], [Level(2**40, 1.0)] * 20):
+        assert _packed_level_numbers(levels) is None
+        prices, quantities = _level_numbers([levels], len(levels))
+        assert prices.tolist() == [float(level.price) for level in levels]
+        assert quantities.tolist() == [float(level.quantity) for level in levels]

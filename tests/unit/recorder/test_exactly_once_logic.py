@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recorder.core.batching import Batch, PartitionBuffer
 from recorder.core.columns import from_rows
@@ -27,6 +29,7 @@ from recorder.core.records import TickRow
 from recorder.core.reset_plan import Stored, plan, target_offset
 from recorder.reset_progress import render
 from recorder.settings import ConfigError, TopicKind, load_settings
+from recorder.sinks.lake.encoder import Encoder, EncoderMismatch, for_recorded_range
 from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
     CorruptProgress,
@@ -98,12 +101,79 @@ def test_progress_beyond_the_log_end_is_named() -> None:
     assert beyond_log_end([100], None) is None  # end unknown: no decision
 
 
-def test_progress_objects_round_trip_and_corruption_is_named() -> None:
-    assert decode_progress(encode_progress(7), "k") == (7, None, 0)
-    assert decode_progress(encode_progress(7, 9), "k") == (7, 9, 0)
-    assert decode_progress(encode_progress(7, 9, 3), "k") == (7, 9, 3)
-    # written before the generation field: generation 0
-    assert decode_progress(b'{"next_offset": 7}', "k") == (7, None, 0)
+_ENCODERS = st.builds(
+    Encoder,
+    st.sampled_from(["range", "hour"]),
+    st.sampled_from(["ns", "us"]),
+    st.sampled_from(["typed", "json"]),
+    st.integers(1, 10**7),
+    st.integers(1, 2**31),
+    st.one_of(st.none(), st.text(alphabet="0123456789abcdef", min_size=8, max_size=8)),
+)
+
+
+@given(
+    st.integers(0, 2**63 - 2),
+    st.one_of(st.none(), st.integers(1, 10**9)),
+    st.integers(0, 2**40),
+    st.one_of(st.none(), _ENCODERS),
+    st.one_of(st.none(), st.uuids().map(str)),
+)
+def test_progress_objects_round_trip(
+    offset: int,
+    length: int | None,
+    generation: int,
+    encoder: Encoder | None,
+    topic_id: str | None,
+) -> None:
+    """Every field a writer stores reads back as written; an encoder is kept only with a range
+    (the commit to `{E}` ends the range and its encoder)."""
+    flush_end = None if length is None else offset + length
+    doc = None if encoder is None else encoder.doc()
+    got = decode_progress(encode_progress(offset, flush_end, generation, doc, topic_id), "k")
+    kept = doc if flush_end is not None else None
+    assert got == StoredProgress(offset, None, flush_end, generation, kept, topic_id)
+    if got.encoder is not None:
+        assert Encoder.from_doc(got.encoder) == encoder
+
+
+@given(_ENCODERS, st.one_of(st.none(), _ENCODERS))
+def test_a_recorded_range_is_written_by_its_own_encoder_or_refused(
+    ours: Encoder, recorded: Encoder | None
+) -> None:
+    """Reference: an older release's range (no encoder) keeps hour keys with our options; a
+    recorded encoder is adopted whole when the validation limit is the same, else refused with
+    the limit to set."""
+    if recorded is None:
+        got = for_recorded_range(ours, None, "t[0] [0, 5)")
+        assert got.keys == "hour" and (got.unit, got.levels) == (ours.unit, ours.levels)
+    elif recorded.max_message_bytes == ours.max_message_bytes:
+        assert for_recorded_range(ours, recorded, "t[0] [0, 5)") == recorded
+    else:
+        with pytest.raises(
+            EncoderMismatch, match=f"MAX_MESSAGE_BYTES={recorded.max_message_bytes}"
+        ):
+            for_recorded_range(ours, recorded, "t[0] [0, 5)")
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["keys", "unit", "levels", "row_group_size", "max_message_bytes", "x"]),
+        st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=5)),
+    )
+)
+def test_an_encoder_that_is_not_ours_is_refused(doc: dict[str, Any]) -> None:
+    try:
+        got = Encoder.from_doc(doc)
+    except ValueError:
+        return
+    assert got.doc() == {k: v for k, v in doc.items() if k != "x"}
+
+
+def test_progress_objects_of_older_releases_and_corruption_is_named() -> None:
+    # written before the generation and encoder fields: generation 0, no encoder
+    assert decode_progress(b'{"next_offset": 7}', "k") == StoredProgress(7, None)
+    assert decode_progress(b'{"next_offset": 7, "flush_end": 9}', "k") == StoredProgress(7, None, 9)
     # the generation alone makes two writes of the same progress differ (so do their ETags)
     assert encode_progress(7, None, 1) != encode_progress(7, None, 2)
     bad = (b"{not json", b'{"offset": 1}', b'{"next_offset": 5, "flush_end": 5}', b"[]")
@@ -111,6 +181,8 @@ def test_progress_objects_round_trip_and_corruption_is_named() -> None:
         *bad,
         b'{"next_offset": 5, "generation": -1}',
         b'{"next_offset": 5, "generation": "x"}',
+        b'{"next_offset": 5, "flush_end": 6, "encoder": [1]}',
+        b'{"next_offset": 5, "topic_id": 7}',
     ):
         with pytest.raises(CorruptProgress, match="progress object k"):
             decode_progress(body, "k")

@@ -21,6 +21,21 @@ def test_assigned_partitions_take_nothing_until_seeked() -> None:
     assert table.takes(A, table.epoch(A))
 
 
+def test_a_partition_given_to_a_sibling_member_is_the_siblings() -> None:
+    table = PartitionTable()
+    table.assign([A, B], owner=0)
+    table.seeked(A)
+    fetched_by_0 = table.epoch(A)
+    table.assign([A], owner=1)  # member 0's revocation of A has not run yet
+    assert table.status(A) is Status.ASSIGNED
+    assert table.owned_by({A, B}, 0) == {B} and table.owned_by({A, B}, 1) == {A}
+    table.seeked(A)
+    assert table.takes(A, table.epoch(A), 1)
+    assert not table.takes(A, table.epoch(A), 0) and not table.takes(A, fetched_by_0, 0)
+    table.revoke([A])
+    assert table.owned_by({A}, 0) == {A}  # gone from this process: nobody's to keep
+
+
 def test_a_resync_stops_the_partition_until_its_resync_seek() -> None:
     table = PartitionTable()
     table.assign([A, B])

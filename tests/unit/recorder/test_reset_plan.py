@@ -188,8 +188,8 @@ def test_owners_from_the_group_description() -> None:
 
 
 def test_a_lake_replay_of_a_rewound_range_lands_under_new_keys() -> None:
-    """Why lake rewinds are refused: a file is keyed by the first offset of its hour within the
-    flush range, so records 0..99 recorded as one file and replayed from 30 (or cut at another
+    """Why lake rewinds are refused: a file is keyed by the first offset of its recorded flush
+    range, so records 0..99 recorded as one file and replayed from 30 (or cut at another
     batch boundary) go to other keys beside the old file instead of overwriting it."""
     from recorder.core.batching import split_by_hour
     from recorder.core.columns import from_rows
@@ -209,3 +209,16 @@ def test_a_lake_replay_of_a_rewound_range_lands_under_new_keys() -> None:
     replayed = keys(30, 100) | keys(0, 50) | keys(50, 100)
     assert recorded == {next(iter(keys(0, 50)))}
     assert replayed - recorded  # files at other keys: records 30..99 stored twice
+
+
+def test_progress_of_a_replaced_log_may_be_rewound_and_its_pending_range_dropped() -> None:
+    """Progress whose stored topic ID is not the topic's counts a log that is gone: a rewind
+    cannot record anything twice, and its pending range can never be completed."""
+    from recorder.core.reset_plan import LAKE, TIMESCALE, Stored, refusal
+
+    assert refusal(TIMESCALE, Stored(1000), 0, 0, 1500, None) is not None
+    assert refusal(TIMESCALE, Stored(1000, replaced=True), 0, 0, 1500, None) is None
+    assert refusal(LAKE, Stored(1000, 1200), 0, 0, 1500, None) is not None
+    assert refusal(LAKE, Stored(1000, 1200, replaced=True), 0, 0, 1500, None) is None
+    owner = "member m"
+    assert refusal(LAKE, Stored(1000, replaced=True), 0, 0, 1500, owner) is not None

@@ -14,7 +14,7 @@ from aiokafka.errors import (
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from recorder.retry import Transient, is_transient, retry_forever
-from recorder.sinks.timescale.sink import PartitionMissing
+from recorder.sinks.timescale.service import PartitionMissing
 
 
 def s3_error(code: str, status: int) -> ClientError:
