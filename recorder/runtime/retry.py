@@ -28,8 +28,8 @@ from botocore.exceptions import (
 )
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from recorder import telemetry
 from recorder.core.backoff import Backoff
+from recorder.runtime import telemetry
 
 T = TypeVar("T")
 
