@@ -34,6 +34,7 @@ import kopf
 from aiohttp import web
 
 from datarecorder_operator import kube, metrics
+from datarecorder_operator.naming import RECORDER_LABELS, child_name
 from datarecorder_operator.reconcile import (
     Events,
     ObjectState,
@@ -42,7 +43,6 @@ from datarecorder_operator.reconcile import (
     measured,
     reconcile,
 )
-from datarecorder_operator.rendering import CHILD_SUFFIX, MANAGED_BY
 from datarecorder_operator.spec import GROUP, KIND, PLURAL, VERSION, SpecError
 
 __all__ = ["OperatorConfig", "Tracked", "build_registry", "resync_all", "tune_settings"]
@@ -62,13 +62,6 @@ class Tracked:
 
 Table = dict[str, Tracked]  # by uid
 Deployments = dict[str, dict[str, Any] | None]  # the watched Deployment by its owner's uid
-
-# What the Deployment watch selects: the labels every recorder Deployment carries.
-RECORDER_LABELS = {
-    "app.kubernetes.io/name": "datarecorder",
-    "app.kubernetes.io/component": "recorder",
-    "app.kubernetes.io/managed-by": MANAGED_BY,
-}
 
 
 def _client(memo: Any) -> kube.KubeClient:
@@ -101,7 +94,7 @@ def owner_uid(body: Mapping[str, Any]) -> str | None:
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
-            if meta.get("name") != f"{ref.get('name')}{CHILD_SUFFIX}":
+            if meta.get("name") != child_name(str(ref.get("name")), "Deployment"):
                 return None
             return str(ref.get("uid"))
     return None

@@ -28,11 +28,6 @@ LEGACY_KINDS: tuple[tuple[str, str], ...] = (
 RETIRED_BEFORE_APPLY = frozenset({"PodDisruptionBudget", "HorizontalPodAutoscaler"})
 
 
-def legacy_name(name: str, kind: str) -> str:
-    """The name the old naming gave the child `kind` of the DataRecorder `name`."""
-    return f"{name}-config" if kind == "ConfigMap" else name
-
-
 def available(deployment: Mapping[str, Any] | None) -> bool:
     """Whether the new Deployment can take over: every desired replica updated and available
     (for the generation applied), or none desired."""

@@ -18,14 +18,19 @@ from typing import Any
 import kopf
 
 from datarecorder_operator import (
+    drift,
+    environment,
     jaas,
     kafkalag,
     kube,
     metrics,
     migration,
+    naming,
     rendering,
+    replicas,
     reset,
     status,
+    workload,
 )
 from datarecorder_operator.lag import (
     Committed,
@@ -136,10 +141,9 @@ def _owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
 def child_names(name: str) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child the resource `name` may have, old names
     included (for deletion without a spec)."""
-    new = f"{name}{rendering.CHILD_SUFFIX}"
-    names = [(v, k, f"{new}-config" if k == "ConfigMap" else new) for v, k in ALWAYS_KINDS]
-    names += [(v, k, new) for v, k in OPTIONAL_KINDS]
-    return names + [(v, k, migration.legacy_name(name, k)) for v, k in migration.LEGACY_KINDS]
+    names = [(v, k, naming.child_name(name, k)) for v, k in (*ALWAYS_KINDS, *OPTIONAL_KINDS)]
+    legacy = migration.LEGACY_KINDS
+    return names + [(v, k, naming.child_name(name, k, legacy=True)) for v, k in legacy]
 
 
 async def _legacy_children(
@@ -150,7 +154,7 @@ async def _legacy_children(
     for api_version, kind in migration.LEGACY_KINDS:
         if kind == "ServiceMonitor" and not monitor_served:
             continue
-        name = migration.legacy_name(spec.name, kind)
+        name = naming.child_name(spec.name, kind, legacy=True)
         existing = await client.get(api_version, kind, spec.namespace, name)
         if existing is not None and _owned_by(existing, uid):
             found[kind] = existing
@@ -162,7 +166,7 @@ async def _retire(
 ) -> None:
     kind, name = legacy["kind"], legacy["metadata"]["name"]
     await client.delete(legacy["apiVersion"], kind, spec.namespace, name)
-    logger.info(f"deleted {kind} {name}: replaced by {kind} {rendering.child_name(spec)}")
+    logger.info(f"deleted {kind} {name}: replaced by {kind} {naming.child_name(spec.name, kind)}")
 
 
 @dataclasses.dataclass
@@ -202,7 +206,7 @@ async def apply_children(
     deployment = state.watched_deployment if state is not None else None
     if deployment is None:
         deployment = await client.get(
-            "apps/v1", "Deployment", spec.namespace, rendering.child_name(spec)
+            "apps/v1", "Deployment", spec.namespace, naming.child_name(spec.name, "Deployment")
         )
     legacy: dict[str, dict[str, Any]] = {}
     if state is None or not state.legacy_retired:
@@ -210,7 +214,7 @@ async def apply_children(
     current_replicas, elsewhere = None, False
     if deployment is not None and spec.autoscaling.enabled:
         current_replicas = (deployment.get("spec") or {}).get("replicas")
-        elsewhere = not rendering.applies_replicas(deployment, kube.FIELD_MANAGER)
+        elsewhere = not replicas.applies_replicas(deployment, kube.FIELD_MANAGER)
     elif "Deployment" in legacy and spec.autoscaling.enabled:
         # The new Deployment starts where the autoscaler had the old one, not at minReplicas.
         current_replicas = (legacy["Deployment"].get("spec") or {}).get("replicas")
@@ -220,13 +224,13 @@ async def apply_children(
         current_replicas=current_replicas,
         partitions=partitions,
         replicas_owned_elsewhere=elsewhere,
-        before_stop=rendering.replicas_before_stop(deployment),
-        restart=rendering.restart_value(meta.get("annotations"), deployment),
+        before_stop=replicas.replicas_before_stop(deployment),
+        restart=workload.restart_value(meta.get("annotations"), deployment),
     )
     kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
     result = ApplyResult(deployment=None)
     wanted = {(m["apiVersion"], m["kind"]) for m in desired}
-    for manifest in map(rendering.stamped, desired):
+    for manifest in map(drift.stamped, desired):
         api_version, kind = manifest["apiVersion"], manifest["kind"]
         name = manifest["metadata"]["name"]
         actual = deployment if kind == "Deployment" else None
@@ -237,8 +241,8 @@ async def apply_children(
             continue
         if kind in migration.RETIRED_BEFORE_APPLY and kind in legacy:
             await _retire(client, spec, legacy.pop(kind), logger)
-        if rendering.needs_apply(manifest, actual):
-            stale = rendering.stale_config_keys(manifest, actual or {})
+        if drift.needs_apply(manifest, actual):
+            stale = drift.stale_config_keys(manifest, actual or {})
             actual = await client.apply(manifest)
             metrics.APPLIES.labels(kind).inc()
             if stale:
@@ -255,7 +259,7 @@ async def apply_children(
             continue
         if kind == "ServiceMonitor" and not monitor_served:
             continue
-        name = rendering.child_name(spec)
+        name = naming.child_name(spec.name, kind)
         existing = await client.get(api_version, kind, spec.namespace, name)
         if existing is not None and _owned_by(existing, uid):
             await client.delete(api_version, kind, spec.namespace, name)
@@ -341,10 +345,10 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
 async def unmarked_secrets(client: kube.KubeClient, spec: RecorderSpec) -> str | None:
     """Restricted policy: the Secrets the recorder pods would read that are missing or not
     marked for this DataRecorder, as the status message; None when every one is marked."""
-    deployment = rendering.render_deployment(spec, None)
+    deployment = workload.render_deployment(spec, None)
     unmarked = [
         name
-        for name in rendering.referenced_secrets(deployment)
+        for name in workload.referenced_secrets(deployment)
         if not secret_marked_for(await client.get("v1", "Secret", spec.namespace, name), spec.name)
     ]
     if not unmarked:
@@ -432,7 +436,7 @@ async def scale(
         "apps/v1",
         "Deployment",
         spec.namespace,
-        rendering.child_name(spec),
+        naming.child_name(spec.name, "Deployment"),
         {"spec": {"replicas": target}},
     )
     state.last_scale_time = _now_iso()
@@ -459,8 +463,8 @@ def _observation(
     return status.Observation(
         generation=meta.get("generation"),
         deployment=deployment,
-        selector=rendering.selector_string(spec),
-        config_hash=rendering.config_hash(spec),
+        selector=naming.selector_string(spec),
+        config_hash=environment.config_hash(spec),
         lag=state.lag,
         lag_time=state.lag_time,
         lag_error=state.lag_error,
@@ -473,7 +477,7 @@ def _observation(
 
 
 def _reset_pods(spec: RecorderSpec) -> dict[str, str]:
-    return rendering.selector_labels(spec)
+    return naming.selector_labels(spec)
 
 
 async def reset_pass(
@@ -526,7 +530,7 @@ async def reset_pass(
 def _paused(meta: Mapping[str, Any], spec: RecorderSpec) -> status.Observation:
     return status.Observation(
         generation=meta.get("generation"),
-        selector=rendering.selector_string(spec),
+        selector=naming.selector_string(spec),
         paused=True,
     )
 
@@ -647,13 +651,16 @@ async def reconcile(
                 await _note_custom_metrics(client, events, state)
             deployment = applied.deployment
             state.last_resync = now
-        elif f"Deployment {rendering.child_name(rspec)}" in state.foreign:
+        elif f"Deployment {naming.child_name(rspec.name, 'Deployment')}" in state.foreign:
             deployment = None  # not ours: never read or scale someone else's Deployment
         elif state.deployment_watched:
             deployment = state.watched_deployment  # the watch keeps it current: no GET
         else:
             deployment = await client.get(
-                "apps/v1", "Deployment", rspec.namespace, rendering.child_name(rspec)
+                "apps/v1",
+                "Deployment",
+                rspec.namespace,
+                naming.child_name(rspec.name, "Deployment"),
             )
         poll_every = rspec.autoscaling.poll_interval_seconds
         if (rspec.operator_scaled or config.read_lag) and now - state.last_lag_poll >= poll_every:

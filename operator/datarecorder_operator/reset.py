@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from datarecorder_operator import rendering
+from datarecorder_operator import naming, workload
 from datarecorder_operator.spec import RecorderSpec
 
 # Set on a DataRecorder to an RFC 3339 time: the operator stops its recorders, moves every
@@ -56,7 +56,7 @@ def job_name(recorder: str, time: str, started: str) -> str:
     """`<name>-reset-<hash>`: a new name per reset (a finished Job of an earlier reset, kept for
     its logs, is never taken for this one), at most 61 characters (a Job name is a label)."""
     digest = hashlib.sha256(f"{time}\n{started}".encode()).hexdigest()[:8]
-    return f"{recorder[:46].rstrip('-')}-reset-{digest}"
+    return naming.child_name(recorder, "Job", reset=digest)
 
 
 def valid_time(value: str) -> bool:
@@ -167,7 +167,7 @@ def render_reset_job(spec: RecorderSpec, time: str, name: str) -> dict[str, Any]
     context, volumes) running `reset-progress --to-time` once per topic, one after the other
     (init containers, the last topic in the main container), never as a recorder (no probes,
     no ports, not selected by the recorders' Service, PDB or Deployment)."""
-    pod = copy.deepcopy(rendering.render_deployment(spec, 0)["spec"]["template"]["spec"])
+    pod = copy.deepcopy(workload.render_deployment(spec, 0)["spec"]["template"]["spec"])
     recorder = pod.pop("containers")[0]
     for key in ("ports", "livenessProbe", "readinessProbe", "startupProbe"):
         recorder.pop(key, None)
@@ -180,7 +180,7 @@ def render_reset_job(spec: RecorderSpec, time: str, name: str) -> dict[str, Any]
         steps.append(container)
     pod["initContainers"], pod["containers"] = steps[:-1], steps[-1:]
     pod["restartPolicy"] = "Never"
-    labels = {**rendering.common_labels(spec), "app.kubernetes.io/component": JOB_COMPONENT}
+    labels = {**naming.common_labels(spec), "app.kubernetes.io/component": JOB_COMPONENT}
     meta = {"name": name, "namespace": spec.namespace, "labels": labels}
     meta["annotations"] = {RESET_ANNOTATION: time}
     return {

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from datarecorder_operator import rendering
+from datarecorder_operator import workload
 from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s
@@ -278,7 +278,7 @@ def test_a_rack_is_accepted_and_its_rendered_env_taken_by_the_server(
     k8s.apply(manifest, k8s_namespace)
     spec = k8s.get_json("datarecorder", "racked", namespace=k8s_namespace)["spec"]
     assert spec["kafka"]["rack"] == rack
-    deployment = rendering.render_deployment(parse_spec("racked", k8s_namespace, spec), 1)
+    deployment = workload.render_deployment(parse_spec("racked", k8s_namespace, spec), 1)
     proc = k8s.kubectl(
         "create",
         "--dry-run=server",

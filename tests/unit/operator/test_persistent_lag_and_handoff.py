@@ -14,7 +14,8 @@ from datarecorder_operator.lag import (
     excluding,
     persistent_partitions,
 )
-from datarecorder_operator.rendering import applies_replicas, render_children
+from datarecorder_operator.rendering import render_children
+from datarecorder_operator.replicas import applies_replicas
 from datarecorder_operator.spec import parse_spec
 
 from tests.unit.operator.helpers import example

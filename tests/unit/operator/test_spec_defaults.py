@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from datarecorder_operator import rendering
+from datarecorder_operator import environment
 from datarecorder_operator.spec import parse_spec
 
 from recorder.runtime.settings import Settings
@@ -65,7 +65,7 @@ def test_parse_spec_defaults_equal_the_crds() -> None:
 
 
 def test_defaulted_settings_are_the_recorders_defaults() -> None:
-    data = rendering.config_data(parse_spec("rec", "md", MINIMAL))
+    data = environment.config_data(parse_spec("rec", "md", MINIMAL))
     fields = Settings.model_fields
     differ = {}
     for key, value in data.items():
