@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from datarecorder_operator import sinks
 from datarecorder_operator.environment import HTTP_PORT, config_data
 from datarecorder_operator.naming import Manifest, child_name, metadata, selector_labels
 from datarecorder_operator.replicas import (
@@ -61,7 +62,8 @@ def render_service(spec: RecorderSpec) -> Manifest:
 
 
 def render_hpa(spec: RecorderSpec, partitions: int | None = None) -> Manifest:
-    """An autoscaling/v2 HPA on the per-pod lag gauge (needs a Pods-metrics adapter)."""
+    """An autoscaling/v2 HPA on the per-pod lag gauge (needs a Pods-metrics adapter), of the
+    sink Kafka's committed offset follows (`sinks.scaling_sink`)."""
     auto = spec.autoscaling
     behavior = (
         dict(auto.behavior)
@@ -95,7 +97,7 @@ def render_hpa(spec: RecorderSpec, partitions: int | None = None) -> Manifest:
                     "pods": {
                         "metric": {
                             "name": METRIC_NAME,
-                            "selector": {"matchLabels": {"sink": "timescaledb"}},
+                            "selector": {"matchLabels": {"sink": sinks.scaling_sink(spec)}},
                         },
                         "target": {
                             "type": "AverageValue",
