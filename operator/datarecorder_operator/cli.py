@@ -198,7 +198,7 @@ async def _operate(args: argparse.Namespace) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(),
+            memo=handlers.OperatorMemo(),
         )
     )
     if elector is None:

@@ -162,7 +162,7 @@ async def _legacy_children(
 
 
 async def _retire(
-    client: kube.KubeClient, spec: RecorderSpec, legacy: Mapping[str, Any], logger: Any
+    client: kube.KubeClient, spec: RecorderSpec, legacy: Mapping[str, Any], logger: kopf.Logger
 ) -> None:
     kind, name = legacy["kind"], legacy["metadata"]["name"]
     await client.delete(legacy["apiVersion"], kind, spec.namespace, name)
@@ -184,7 +184,7 @@ async def apply_children(
     client: kube.KubeClient,
     body: Mapping[str, Any],
     spec: RecorderSpec,
-    logger: Any,
+    logger: kopf.Logger,
     partitions: int | None = None,
     state: ObjectState | None = None,
 ) -> ApplyResult:
@@ -485,7 +485,7 @@ async def reset_pass(
     body: Mapping[str, Any],
     spec: RecorderSpec,
     events: Events,
-    logger: Any,
+    logger: kopf.Logger,
 ) -> reset.ResetStep:
     """The reset-to-time annotation's step for this pass (`reset.next_step`) and its I/O: the
     recorder pods and the Job read, the Job created, the annotation removed."""
@@ -603,7 +603,7 @@ async def reconcile(
     state: ObjectState,
     config: OperatorConfig,
     events: Events,
-    logger: Any,
+    logger: kopf.Logger,
     *,
     apply: bool,
     now: float | None = None,
@@ -681,7 +681,9 @@ async def reconcile(
     return Outcome(_status_patch(previous, observed))
 
 
-async def delete_children(client: kube.KubeClient, meta: Mapping[str, Any], logger: Any) -> None:
+async def delete_children(
+    client: kube.KubeClient, meta: Mapping[str, Any], logger: kopf.Logger
+) -> None:
     """Delete the children a deleted DataRecorder owned (the garbage collector does the same on
     a real cluster; this covers API servers without one, such as the tests' emulator)."""
     namespace, uid = meta["namespace"], meta.get("uid")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ BASE: dict[str, Any] = {
     "kafka": {"brokers": ["k:9092"]},
     "timescaledb": {"host": "db", "passwordSecret": {"name": "tsdb"}},
 }
+
+LOG = logging.getLogger("tests.operator")
 
 
 def hpa_spec(**auto: Any) -> Any:
@@ -60,7 +63,7 @@ async def test_a_paused_resource_is_left_alone_and_says_so() -> None:
 
     # A client that never logged in: any request would raise, so none is made.
     outcome = await reconcile(
-        kube.KubeClient(), body, ObjectState(), OperatorConfig(), events, None, apply=True
+        kube.KubeClient(), body, ObjectState(), OperatorConfig(), events, LOG, apply=True
     )
     assert outcome.error is None and not posted
     assert outcome.status is not None

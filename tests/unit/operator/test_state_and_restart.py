@@ -8,6 +8,7 @@ and a reconcile pass on an in-memory client (a stopped recorder in mode operator
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ BASE: dict[str, Any] = {
     "timescaledb": {"host": "db", "passwordSecret": {"name": "tsdb"}},
 }
 BEFORE = replica_rules.REPLICAS_BEFORE_STOP_ANNOTATION
+LOG = logging.getLogger("tests.operator")
 
 
 def spec(**fields: Any) -> RecorderSpec:
@@ -337,11 +339,8 @@ async def test_a_stopped_recorder_in_mode_operator_is_not_scaled_back_up() -> No
     async def events(type_: str, reason: str, message: str) -> None:
         posted.append((type_, reason, message))
 
-    class Log:
-        def info(self, _: str) -> None: ...
-
     stopped = body({"autoscaling": auto, "state": "stopped"})
-    outcome = await reconcile(client, stopped, state, config, events, Log(), apply=True, now=1)
+    outcome = await reconcile(client, stopped, state, config, events, LOG, apply=True, now=1)
     assert outcome.error is None, outcome.error
     stored = client.objects[("Deployment", "rec-recorder")]
     assert stored["spec"]["replicas"] == 0
@@ -356,7 +355,7 @@ async def test_a_stopped_recorder_in_mode_operator_is_not_scaled_back_up() -> No
         state,
         config,
         events,
-        Log(),
+        LOG,
         apply=True,
         now=2,
     )
@@ -388,14 +387,11 @@ async def test_a_new_recorder_with_a_restart_value_records_it_without_an_event()
     async def events(type_: str, reason: str, message: str) -> None:
         posted.append((type_, reason, message))
 
-    class Log:
-        def info(self, _: str) -> None: ...
-
     fresh = body({}, {RESTART_ANNOTATION: "r0"})
-    outcome = await reconcile(client, fresh, state, config, events, Log(), apply=True, now=1)
+    outcome = await reconcile(client, fresh, state, config, events, LOG, apply=True, now=1)
     assert outcome.status is not None and outcome.status["lastRestart"]["value"] == "r0"
     stored = client.objects[("Deployment", "rec-recorder")]
     assert template_annotations(stored)[RESTART_ANNOTATION] == "r0"
     fresh["status"] = outcome.status
-    await reconcile(client, fresh, state, config, events, Log(), apply=True, now=2)
+    await reconcile(client, fresh, state, config, events, LOG, apply=True, now=2)
     assert posted == []
