@@ -22,8 +22,9 @@ from typing import Any, TextIO
 import yaml
 
 from datarecorder_operator import handlers, kube, leader, rendering
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import POLICY_MODES, RESTRICTED, Policy
-from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
+from datarecorder_operator.spec import API_VERSION, KIND, SpecError
 
 
 def render_documents(

@@ -42,6 +42,7 @@ from datarecorder_operator.lag import (
     persistent_partitions,
     with_activation,
 )
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import (
     RESTRICTED,
     SECRET_MARK_ANNOTATION,
@@ -56,7 +57,6 @@ from datarecorder_operator.spec import (
     RecorderSpec,
     SpecError,
     is_paused,
-    parse_spec,
 )
 
 # Posts one Event on the DataRecorder: (type, reason, message).

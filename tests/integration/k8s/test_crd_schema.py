@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import workload
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.parsing import parse_spec
 
 from tests.fixtures.k8s import K8s
 from tests.integration.k8s.manifests import CRD_NAME, GROUP, PLURAL, VERSION, data_recorder

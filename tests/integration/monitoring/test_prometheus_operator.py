@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 from datarecorder_operator.naming import child_name
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.rendering import render_children
-from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
 from tests.integration.k8s.manifests import MINIMAL_SPEC

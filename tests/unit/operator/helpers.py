@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import Policy
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator.spec import RecorderSpec
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_PATH = REPO / "crds" / "datarecorders.datarecorder.dev.yaml"

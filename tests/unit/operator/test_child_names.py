@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import handlers, migration, naming, reconcile, rendering
-from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import API_VERSION, KIND, SpecError
 
 from tests.unit.operator.helpers import example, example_spec
 

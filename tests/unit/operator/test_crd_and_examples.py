@@ -9,7 +9,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
 
 from tests.unit.operator.helpers import (
     CRD_PATH,

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import environment, jaas
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
 
 from recorder.kafka.options import client_options, jaas_credentials
 from recorder.runtime.settings import Settings

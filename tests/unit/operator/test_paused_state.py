@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from datarecorder_operator import environment, metrics, rendering, status
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

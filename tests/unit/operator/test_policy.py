@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from datarecorder_operator import cli, naming, rendering, workload
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import (
     ALLOWED_VOLUME_TYPES,
     PERMISSIVE,
@@ -23,7 +24,7 @@ from datarecorder_operator.policy import (
     key_name_problem,
     secret_marked_for,
 )
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator.spec import SpecError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import drift, quantity, rendering, workload
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.parsing import parse_spec
 
 from tests.unit.operator.helpers import example_spec
 

@@ -12,7 +12,8 @@ from typing import Any
 import jsonschema
 import pytest
 from datarecorder_operator import environment, workload
-from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec, SpecError
 
 from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema

@@ -10,7 +10,8 @@ import dataclasses
 from typing import Any
 
 from datarecorder_operator import naming, reset, status, workload
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

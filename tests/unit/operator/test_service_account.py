@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import rendering, workload
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

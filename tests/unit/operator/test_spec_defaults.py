@@ -11,7 +11,7 @@ import copy
 from typing import Any
 
 from datarecorder_operator import environment
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.parsing import parse_spec
 
 from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema

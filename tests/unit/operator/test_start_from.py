@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import environment
-from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec, SpecError
 
 from recorder.runtime.settings import parse_start_from
 

@@ -15,14 +15,10 @@ from typing import Any
 import pytest
 from datarecorder_operator import drift, kube, metrics, rendering, status, workload
 from datarecorder_operator import replicas as replica_rules
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import PERMISSIVE
 from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
-from datarecorder_operator.spec import (
-    RESTART_ANNOTATION,
-    RecorderSpec,
-    SpecError,
-    parse_spec,
-)
+from datarecorder_operator.spec import RESTART_ANNOTATION, RecorderSpec, SpecError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from datarecorder_operator import environment, kafkalag, workload
-from datarecorder_operator.spec import SecretKey, SpecError, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SecretKey, SpecError
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
