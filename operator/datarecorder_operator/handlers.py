@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import time
 from collections.abc import Mapping
@@ -33,16 +32,12 @@ from typing import Any
 import kopf
 
 from datarecorder_operator import kube, metrics
+from datarecorder_operator.children import delete_children
 from datarecorder_operator.memo import Deployments, OperatorMemo, Tracked
 from datarecorder_operator.naming import RECORDER_LABELS, child_name
-from datarecorder_operator.reconcile import (
-    Events,
-    OperatorConfig,
-    delete_children,
-    measured,
-    reconcile,
-)
+from datarecorder_operator.reconcile import measured, reconcile
 from datarecorder_operator.spec import GROUP, KIND, PLURAL, VERSION, SpecError
+from datarecorder_operator.state import Events, OperatorConfig, now_iso
 
 __all__ = [
     "OperatorConfig",
@@ -76,16 +71,12 @@ def _with_watched(entry: Tracked, deployments: Deployments) -> None:
     entry.state.watched_deployment = deployments.get(uid)
 
 
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def event_poster(client: kube.KubeClient, body: Mapping[str, Any]) -> Events:
     """An `Events` callable that posts Events on `body` (a failed post is only logged)."""
 
     async def post(type_: str, reason: str, message: str) -> None:
         try:
-            await client.post_event(body, type_, reason, message, now=_now_iso())
+            await client.post_event(body, type_, reason, message, now=now_iso())
         except (kube.KubeError, OSError) as exc:
             log.warning("cannot post event %s %s: %s", type_, reason, exc)
 

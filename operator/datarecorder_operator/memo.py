@@ -15,7 +15,7 @@ import kopf
 from aiohttp import web
 
 from datarecorder_operator.kube import KubeClient
-from datarecorder_operator.reconcile import ObjectState
+from datarecorder_operator.state import ObjectState
 
 
 @dataclasses.dataclass

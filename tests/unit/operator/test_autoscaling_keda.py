@@ -9,9 +9,10 @@ import pytest
 from datarecorder_operator import kube, rendering
 from datarecorder_operator.lag import LagReport, with_activation
 from datarecorder_operator.parsing import parse_spec
-from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
+from datarecorder_operator.reconcile import reconcile
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import SpecError
+from datarecorder_operator.state import ObjectState, OperatorConfig
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

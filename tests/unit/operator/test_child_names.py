@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from datarecorder_operator import handlers, migration, naming, reconcile, rendering
+from datarecorder_operator import children, handlers, migration, naming, rendering
 from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.spec import API_VERSION, KIND, SpecError
 
@@ -37,7 +37,7 @@ def test_the_longest_name_still_makes_a_valid_service_name() -> None:
 
 
 def test_deletion_covers_new_and_old_names() -> None:
-    names = {(kind, name) for _, kind, name in reconcile.child_names("rec")}
+    names = {(kind, name) for _, kind, name in children.child_names("rec")}
     assert ("Deployment", "rec-recorder") in names and ("Deployment", "rec") in names
     assert ("ConfigMap", "rec-recorder-config") in names and ("ConfigMap", "rec-config") in names
     assert ("PodDisruptionBudget", "rec") in names and ("ServiceAccount", "rec") in names

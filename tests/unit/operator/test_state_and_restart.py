@@ -17,8 +17,9 @@ from datarecorder_operator import drift, kube, metrics, rendering, status, workl
 from datarecorder_operator import replicas as replica_rules
 from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import PERMISSIVE
-from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
+from datarecorder_operator.reconcile import reconcile
 from datarecorder_operator.spec import RESTART_ANNOTATION, RecorderSpec, SpecError
+from datarecorder_operator.state import ObjectState, OperatorConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
