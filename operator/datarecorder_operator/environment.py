@@ -1,7 +1,7 @@
 """The recorder's environment contract: a spec in, the recorder pods' environment out; pure.
 
-Owns the variables the operator sets (each one a `recorder.settings.Settings` field, a unit test
-holds them to it), where the Secrets they name are mounted, and the config hash that rolls pods.
+Owns the variables the operator sets (each a field of `recorder.runtime.settings.Settings`, a
+test holds them to it), where the Secrets they name are mounted, and the config hash.
 """
 
 from __future__ import annotations

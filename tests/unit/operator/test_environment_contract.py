@@ -1,4 +1,4 @@
-"""The recorder's environment contract: what the operator renders, `recorder.settings` accepts.
+"""The recorder's environment contract: what the operator renders, `Settings` accepts.
 
 Bounds as well as defaults, read from the CRD's schema: every variable the operator sets is a
 `Settings` field; every integer the CRD allows at its minimum and maximum reaches the recorder

@@ -12,7 +12,7 @@ from datarecorder_operator.spec import RecorderSpec
 
 from tests.unit.operator.helpers import K8S_VERSION, example_spec
 
-# The recorder's environment contract (recorder/settings): nothing else may be rendered.
+# The recorder's environment contract (recorder/runtime/settings.py): nothing else may be rendered.
 CONFIG_ENV = {
     "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_TOPICS", "TIMESCALEDB_HOST", "TIMESCALEDB_PORT",
     "TIMESCALEDB_USER", "TIMESCALEDB_DB", "S3_WRITE_ENABLED", "S3_BUCKET", "S3_REGION",
