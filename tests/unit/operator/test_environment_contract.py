@@ -103,7 +103,7 @@ def with_value(path: str, value: Any) -> dict[str, Any]:
     if path == "autoscaling.minReplicas":
         auto["maxReplicas"] = max(value, 6)
     if path == "autoscaling.maxReplicas":
-        auto["minReplicas"] = max(1, min(value, 1))
+        auto["minReplicas"] = 1
     if path.startswith("autoscaling.fallback."):
         auto["fallback"].setdefault("replicas", 1)
     return spec
