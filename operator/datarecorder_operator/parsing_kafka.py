@@ -102,7 +102,7 @@ def _parse_tls(raw: Reader) -> KafkaTLS:
 
 
 # The recorder's START_FROM time form (recorder.runtime.settings): a date-time with a zone.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 START_FROM_FORM = (
     'expected {time: "<RFC 3339 date-time with a zone>"} (e.g. {time: '
     '"2026-12-01T00:00:00Z"}) or {offset: <integer >= 0>}'
@@ -118,7 +118,7 @@ def parse_start_from(raw: Reader) -> str | None:
     exactly_one(raw, "time", "offset", START_FROM_FORM)
     if raw.has("time"):
         value = raw.text("time").strip()
-        if not _RFC3339.fullmatch(value):
+        if not RFC3339.fullmatch(value):
             raise SpecError(
                 f"{raw.path}.time {value!r} is not an RFC 3339 date-time; {START_FROM_FORM}"
             )

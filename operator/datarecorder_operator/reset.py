@@ -10,18 +10,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from datarecorder_operator import naming, workload
+from datarecorder_operator.parsing_kafka import RFC3339
 from datarecorder_operator.spec import RecorderSpec
 
 # Set on a DataRecorder to an RFC 3339 time: the operator stops its recorders, moves every
 # topic's progress to the first record stamped at or after that time, and runs them again.
 RESET_ANNOTATION = "datarecorder.dev/reset-to-time"
-# The recorder's own form (recorder.runtime.settings, START_FROM's time): a date-time with a zone.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 # A Job that cannot finish (brokers or stores that never answer) ends as Failed, not never.
 JOB_DEADLINE_SECONDS = 900
 # The Job (and its pods' logs) stays a day for `kubectl logs job/...`; then it is collected.
@@ -60,7 +58,7 @@ def job_name(recorder: str, time: str, started: str) -> str:
 
 
 def valid_time(value: str) -> bool:
-    return _RFC3339.fullmatch(value.strip()) is not None
+    return RFC3339.fullmatch(value.strip()) is not None  # START_FROM's form
 
 
 def job_state(job: Mapping[str, Any] | None) -> tuple[JobState, str] | None:
