@@ -1,9 +1,10 @@
 """The record kinds a topic can carry, one row of a table per kind, and how a topic names its kind.
 
-Owns `TopicKind` and `KINDS`: per kind its database table and columns, its batch (Arrow)
-columns, its decoders (the batch fast path and the per-record validator), its rollups and its
+Owns `TopicKind` and `kind_table()`: per kind its topic-name hints, database table and columns,
+batch (Arrow) columns, decoders (the batch fast path and the per-record validator), rollups and
 lake folder. Code reads a kind's row instead of branching on the kind; a store's own piece of a
-kind (the lake's Parquet layout) lives in that store's package, in a table keyed by kind.
+kind lives in that store's package, in a table keyed by kind (`COPY_PLANS` of the database,
+`LAYOUTS` of the lake), and the synthetic feed's in `recorder.tools.produce.FEEDS`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -77,7 +79,7 @@ def kind_table() -> Mapping[TopicKind, Kind]:
 
     time = DbColumn("time", "time_ns", "timestamptz")
     symbol = DbColumn("symbol", "symbol", "text")
-    return {
+    kinds = {
         TopicKind.TICK: Kind(
             topic_kind=TopicKind.TICK,
             name_hints=("tick",),
@@ -120,6 +122,7 @@ def kind_table() -> Mapping[TopicKind, Kind]:
             from_rows=columns.books_from_rows,
         ),
     }
+    return MappingProxyType(kinds)
 
 
 def kind_of(kind: TopicKind) -> Kind:

@@ -202,25 +202,22 @@ class TimescaleStore:
                 sources.setdefault(kind, []).append((tp, batch.count))
             refused = _RowsRefused([], [])
             rolled: list[tuple[Kind, pa.Table]] = []
-            for kind, plan in COPY_PLANS.items():
+            for kind, plan in COPY_PLANS.items():  # every write COPYs in one order
                 if kind not in gathered:
                     continue
-                rows = pa.concat_tables(gathered[kind])
+                spec = kind_of(kind)
+                joined = pa.concat_tables(gathered[kind])
                 rows = _without(
-                    rows.combine_chunks() if plan.contiguous else rows, sources[kind], skip
+                    joined.combine_chunks() if plan.contiguous else joined, sources[kind], skip
                 )
-                await self._copy(conn, kind_of(kind), rows, sources[kind], refused)
-                if kind_of(kind).rollups:
-                    rolled.append((kind_of(kind), rows))
+                await self._copy(conn, spec, rows, sources[kind], refused)
+                if spec.rollups and rows.num_rows:
+                    rolled.append((spec, rows))
             # Last in the transaction: the upsert's row locks on the hot bars are held from
             # here to the commit only, not during the COPYs (writers serialise there).
-            for kind_rows in rolled:
-                if (
-                    self._upkeep.mode.recorder_rollups
-                    and kind_rows[1].num_rows
-                    and not refused.positions
-                ):
-                    await self._upsert_rollups(conn, *kind_rows)
+            if self._upkeep.mode.recorder_rollups and not refused.positions:
+                for spec, rows in rolled:
+                    await self._upsert_rollups(conn, spec, rows)
             if refused.positions:
                 raise refused  # rolls the transaction back; `_write` sends the letters
         return outcomes
