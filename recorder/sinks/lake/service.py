@@ -12,18 +12,16 @@ import asyncio
 import tempfile
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from recorder.core.batching import Batch, split_by_hour
-from recorder.core.columns import TICK_SCHEMA
+from recorder.core.kinds import FALLBACK, TopicKind
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
 from recorder.runtime import metrics
 from recorder.runtime.retry import retry_forever
-from recorder.runtime.settings import TopicKind
 from recorder.sinks.driver import Fence, Outcome, Written
 from recorder.sinks.lake.config import LakeConfig
 from recorder.sinks.lake.encoder import Encoder, for_recorded_range
-from recorder.sinks.lake.parquet import object_key, write_parquet
+from recorder.sinks.lake.parquet import batch_columns, object_key, write_parquet
 from recorder.sinks.lake.progress import LakeProgress
 from recorder.sinks.lake.store import StoredProgress
 
@@ -64,7 +62,7 @@ class LakeStore:
             return Written({tp: Outcome.DONE})  # someone else flushed exactly these records
         if outcome is not IntentOutcome.RECORDED:
             return self._fenced(tp, batch, outcome)
-        kind = self.topics.get(tp.topic, TopicKind.TICK)
+        kind = self.topics.get(tp.topic, FALLBACK)
         files = await asyncio.to_thread(self.encode_recorded, tp, kind, batch)
         nbytes = sum(size for _, _, size in files)
         try:
@@ -106,14 +104,6 @@ class LakeStore:
                 self.on_retry,
             )
 
-    @staticmethod
-    def _columns(kind: TopicKind, levels: Literal["typed", "json"]) -> list[str]:
-        """The batch columns a file of `kind` is made of (order books: one form of levels)."""
-        if kind is TopicKind.TICK:
-            return list(TICK_SCHEMA.names)
-        sides = ["bid_levels", "ask_levels"] if levels == "typed" else ["bids", "asks"]
-        return ["offset", "time_ns", "symbol", *sides]
-
     def encode_recorded(self, tp: TP, kind: TopicKind, batch: Batch) -> Files:
         """The files of the range `record_intent` just found recorded, by its encoder."""
         recorded = self._intents.pop(tp)
@@ -132,7 +122,7 @@ class LakeStore:
         spilled to disk above the part size."""
         out: Files = []
         spill = self.config.spill_bytes
-        columns = self._columns(kind, encoder.levels)
+        columns = batch_columns(kind, encoder.levels)
         try:
             groups = split_by_hour(batch.table(columns)) if batch.count else []
             for hour, first_offset, part in groups:
