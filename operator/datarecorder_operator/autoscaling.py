@@ -112,7 +112,7 @@ async def poll_lag(
     try:
         access = await _kafka_access(client, spec)
         offsets = await state.lag_reader.read(
-            access, spec.kafka.group_id, spec.kafka.topics, within=config.kafka_timeout_seconds
+            access, spec.kafka.group_id, spec.kafka.topic_names, within=config.kafka_timeout_seconds
         )
     except Exception as exc:  # any Kafka failure only makes the lag unknown for a while
         # The credentials' message is whole (it says what to annotate); others are cut short.

@@ -137,17 +137,28 @@ def _parse_timescaledb(root: Reader) -> TimescaleSpec:
     return timescaledb
 
 
+# The CRD's pattern: a URL with no whitespace or control characters (they cannot reach an
+# environment variable).
+ENDPOINT_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+")
+
+
 def _parse_s3(root: Reader) -> S3Spec:
     """spec.s3: the cold path (Parquet on S3)."""
     s3_raw = root.sub("s3")
     s3_enabled = s3_raw.flag("enabled", False)
     creds = s3_raw.sub("credentialsSecret") if s3_raw.has("credentialsSecret") else None
+    endpoint = s3_raw.text("endpointURL", "")
+    if endpoint and not ENDPOINT_URL.fullmatch(endpoint):
+        raise SpecError(
+            f"spec.s3.endpointURL {endpoint!r}: expected http(s)://host[:port], no spaces or "
+            "control characters (empty: AWS)"
+        )
     s3 = S3Spec(
         enabled=s3_enabled,
         bucket=s3_raw.text("bucket", ""),
         region=s3_raw.text("region", "us-east-1"),
         prefix=s3_raw.text("prefix", "market-data"),
-        endpoint_url=s3_raw.text("endpointURL", ""),
+        endpoint_url=endpoint,
         access_key_id=secret_key(creds, "name", "accessKeyIdKey", "AWS_ACCESS_KEY_ID")
         if creds
         else None,

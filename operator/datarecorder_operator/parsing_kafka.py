@@ -6,6 +6,7 @@ Owns the Kafka section's defaults and the checks the CRD schema cannot do for it
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from datarecorder_operator.spec import (
     KafkaRack,
@@ -109,6 +110,47 @@ START_FROM_FORM = (
 )
 MAX_OFFSET = 2**63 - 1
 
+# How the recorder tells a topic's kind (recorder.core.kinds.topic_kind; a unit test holds the
+# two rules equal): `name:kind`, else the longest of these found in the lower-cased name.
+KIND_HINTS = {"tick": ("tick",), "orderbook": ("orderbook", "order_book", "order-book")}
+TOPIC_FORM = (
+    "name it with 'tick' or 'orderbook' (or 'order_book' / 'order-book') in it, "
+    "or write '<topic>:tick' / '<topic>:orderbook'"
+)
+
+
+def topic_kind(topic: str) -> str:
+    """The record kind `topic` carries, as the recorder will read it; SpecError otherwise."""
+    name, sep, kind = topic.partition(":")
+    if sep:
+        if kind in KIND_HINTS:
+            return kind
+        raise SpecError(
+            f"spec.kafka.topics: {topic!r}: the kind after ':' must be tick or orderbook"
+        )
+    lowered = name.lower()
+    found = [(len(h), k) for k, hints in KIND_HINTS.items() for h in hints if h in lowered]
+    if not found:
+        raise SpecError(f"spec.kafka.topics: cannot tell what {name!r} carries: {TOPIC_FORM}")
+    return max(found)[1]
+
+
+def check_time(path: str, value: str) -> None:
+    """An RFC 3339 date-time with a zone that exists on the calendar (2026-02-30 does not)."""
+    if RFC3339.fullmatch(value):
+        head, zone = (
+            value[:19].replace("t", "T").replace(" ", "T"),
+            value[19:].lstrip(".0123456789"),
+        )
+        try:
+            datetime.fromisoformat(head + ("+00:00" if zone in ("Z", "z") else zone))
+            return
+        except ValueError:
+            raise SpecError(
+                f"{path} {value!r} is not a date-time on the calendar; {START_FROM_FORM}"
+            ) from None
+    raise SpecError(f"{path} {value!r} is not an RFC 3339 date-time; {START_FROM_FORM}")
+
 
 def parse_start_from(raw: Reader) -> str | None:
     """spec.kafka.startFrom: where a sink without progress starts (exactly one of `time` and
@@ -118,10 +160,7 @@ def parse_start_from(raw: Reader) -> str | None:
     exactly_one(raw, "time", "offset", START_FROM_FORM)
     if raw.has("time"):
         value = raw.text("time").strip()
-        if not RFC3339.fullmatch(value):
-            raise SpecError(
-                f"{raw.path}.time {value!r} is not an RFC 3339 date-time; {START_FROM_FORM}"
-            )
+        check_time(f"{raw.path}.time", value)
         return f"time:{value}"
     try:
         return f"offset:{raw.integer('offset', 0, 0, MAX_OFFSET)}"
@@ -171,6 +210,8 @@ def parse_kafka(root: Reader, name: str, namespace: str) -> KafkaSpec:
         rack=parse_rack(kafka_raw.sub("rack")),
     )
     check_key_name("spec.kafka.groupId", kafka.group_id)
+    for topic in kafka.topics:
+        topic_kind(topic)
     for broker in kafka.brokers:
         host, _, port = broker.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from datarecorder_operator import naming, workload
-from datarecorder_operator.parsing_kafka import RFC3339
-from datarecorder_operator.spec import RecorderSpec
+from datarecorder_operator.parsing_kafka import check_time
+from datarecorder_operator.spec import RecorderSpec, SpecError
 
 # Set on a DataRecorder to an RFC 3339 time: the operator stops its recorders, moves every
 # topic's progress to the first record stamped at or after that time, and runs them again.
@@ -58,7 +58,12 @@ def job_name(recorder: str, time: str, started: str) -> str:
 
 
 def valid_time(value: str) -> bool:
-    return RFC3339.fullmatch(value.strip()) is not None  # START_FROM's form
+    """START_FROM's form, on the calendar."""
+    try:
+        check_time(RESET_ANNOTATION, value.strip())
+    except SpecError:
+        return False
+    return True
 
 
 def job_state(job: Mapping[str, Any] | None) -> tuple[JobState, str] | None:
@@ -170,11 +175,10 @@ def render_reset_job(spec: RecorderSpec, time: str, name: str) -> dict[str, Any]
     for key in ("ports", "livenessProbe", "readinessProbe", "startupProbe"):
         recorder.pop(key, None)
     steps = []
-    for index, topic in enumerate(spec.kafka.topics):
+    for index, topic in enumerate(spec.kafka.topic_names):
         container = copy.deepcopy(recorder)
         container["name"] = f"reset-{index}"
-        # `name:kind` says a topic's kind; a Kafka topic name never holds ':'.
-        container["command"] = reset_args(topic.partition(":")[0], time)
+        container["command"] = reset_args(topic, time)
         steps.append(container)
     pod["initContainers"], pod["containers"] = steps[:-1], steps[-1:]
     pod["restartPolicy"] = "Never"

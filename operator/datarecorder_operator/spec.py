@@ -89,6 +89,11 @@ class KafkaSpec:
     # pod label (copied from its node at binding) that the downward API reads it from.
     rack: KafkaRack | None = None
 
+    @property
+    def topic_names(self) -> tuple[str, ...]:
+        """The Kafka topics (`name:kind` says a topic's kind; a Kafka name never holds ':')."""
+        return tuple(topic.partition(":")[0] for topic in self.topics)
+
 
 @dataclasses.dataclass(frozen=True)
 class TimescaleSpec:

@@ -18,10 +18,12 @@ from unittest import mock
 import pytest
 from datarecorder_operator import environment
 from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.parsing_kafka import topic_kind as operator_topic_kind
 from datarecorder_operator.spec import RecorderSpec, SpecError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recorder.core.kinds import topic_kind as recorder_topic_kind
 from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema
 
@@ -293,11 +295,10 @@ def _valid_broker(broker: str) -> bool:
 @st.composite
 def kafka(draw: st.DrawFn) -> dict[str, Any]:
     brokers = st.lists(strings(_prop("kafka", "brokers")["items"]).filter(_valid_broker))
-    # A topic the recorder can tell the kind of: its name holds `tick` or `orderbook` (see
-    # test_a_topic_whose_kind_cannot_be_told_passes_the_crd below).
-    topic = st.tuples(strings(_prop("kafka", "topics")["items"]), st.sampled_from(KINDS)).map(
-        lambda pair: f"{pair[0][:200]}{pair[1]}"
-    )
+    # A topic the CRD's rule lets through: its name holds `tick` or `orderbook`, or it ends in
+    # `:tick` / `:orderbook` (the pattern's name part, then one of those).
+    names = strings(_prop("kafka", "topics")["items"]).map(lambda t: t.partition(":")[0][:200])
+    topic = st.tuples(names, st.sampled_from([*KINDS, *(f":{k}" for k in KINDS)])).map("".join)
     out: dict[str, Any] = {
         "brokers": draw(brokers.filter(bool).map(lambda b: sorted(set(b))[:32])),
         "topics": draw(st.lists(topic, min_size=1, max_size=4, unique=True)),
@@ -388,30 +389,13 @@ def test_every_spec_within_the_crd_renders_an_environment_the_recorder_takes(
     assert set(env) <= set(Settings.model_fields) | set(NOT_SETTINGS)
 
 
-def _gap(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"a gap this test found: {reason}")
-
-
-# Specs the CRD and the operator accept and the recorder refuses at start: each case fails
-# today (strict: fixing the operator turns it into an error here, and the mark comes off).
+# Specs the recorder refuses at start: the operator refuses them too, naming the field (the
+# CRD refuses the first as well: examples/invalid/topic-of-no-kind.yaml).
 GAPS = [
+    pytest.param({"topics": ["trades"]}, "trades", id="topic-of-no-kind"),
+    pytest.param({"topics": ["trades:quote"]}, "trades", id="topic-of-unknown-kind"),
     pytest.param(
-        {"topics": ["trades"]},
-        "trades",
-        marks=_gap(
-            "a topic whose kind the recorder cannot tell (no `tick` / `orderbook` in its name; "
-            "the CRD's pattern has no ':' for `name:kind`)"
-        ),
-        id="topic-of-no-kind",
-    ),
-    pytest.param(
-        {"startFrom": {"time": "2026-02-30T00:00:00Z"}},
-        "START_FROM|startFrom",
-        marks=_gap(
-            "spec.kafka.startFrom.time is checked by its form only (the CRD's pattern, "
-            "parse_spec's regex), so a date that does not exist passes both"
-        ),
-        id="start-time-no-date",
+        {"startFrom": {"time": "2026-02-30T00:00:00Z"}}, "START_FROM|startFrom", id="no-such-date"
     ),
 ]
 
@@ -423,3 +407,32 @@ def test_what_the_recorder_refuses_the_operator_refuses(kafka: dict[str, Any], w
         recorder_settings(rendered(spec))  # the recorder refuses it...
     with pytest.raises(SpecError, match=words):
         parse_spec("rec", "md", spec)  # ...so the operator should, naming the field
+
+
+@pytest.mark.parametrize("topics", [["trades:tick", "depth:orderbook"], ["Market.Order-Book"]])
+def test_topics_whose_kind_is_said_reach_the_recorder(topics: list[str]) -> None:
+    spec = {**BASE, "kafka": {**BASE["kafka"], "topics": topics}}
+    assert topics == recorder_settings(rendered(spec)).KAFKA_TOPICS
+
+
+_PIECES = st.sampled_from(["tick", "TICK", "orderbook", "Order_Book", "order-book", "trade", "."])
+_TOPICS = st.lists(
+    st.one_of(_PIECES, st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", max_size=6)),
+    min_size=1,
+    max_size=4,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=_TOPICS, suffix=st.sampled_from(["", ":tick", ":orderbook", ":quote"]))
+def test_the_operator_tells_a_topic_kind_as_the_recorder_does(name: str, suffix: str) -> None:
+    topic = name + suffix
+    try:
+        expected: str | None = str(recorder_topic_kind(topic))
+    except ValueError:
+        expected = None
+    try:
+        got: str | None = operator_topic_kind(topic)
+    except SpecError:
+        got = None
+    assert got == expected

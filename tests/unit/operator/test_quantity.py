@@ -87,7 +87,7 @@ def _canonicalized(manifest: dict[str, Any], path: tuple[str | int, ...], text: 
 def test_drift_ignores_resources_the_server_stored_canonically() -> None:
     raw = {
         "image": "r:1",
-        "kafka": {"brokers": ["k:9092"], "topics": ["t"]},
+        "kafka": {"brokers": ["k:9092"], "topics": ["t.tick"]},
         "timescaledb": {"host": "db", "passwordSecret": {"name": "s"}},
         "resources": {
             "requests": {"cpu": "0.5", "memory": "1024Mi"},
