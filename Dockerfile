@@ -6,10 +6,10 @@
 # dependency by version and sha256 (requirements.lock, installed with --require-hashes), and
 # the final stage holds the interpreter and one venv: no pip, setuptools, wheel or compiler.
 #
-# The base: python:3.11-slim as published on 2026-08-16 (Python 3.11.16, Debian trixie; the
-# same multi-arch index as python:3.11-slim-trixie and python:3.11.16-slim-trixie, with
-# linux/amd64 and linux/arm64 images). Both stages must use the same one: the venv's python
-# is a link to the base's /usr/local/bin/python. Refresh with scripts/pin-images.
+# The base image, pinned by digest (a multi-arch index: linux/amd64 and linux/arm64). Both
+# stages use the same one: the venv's python is a link to the base's /usr/local/bin/python.
+# scripts/pin-images re-resolves the tag and rewrites the digest and the line below.
+# python:3.11-slim, resolved 2026-08-18 from public records (pushed 2026-08-16): Python 3.11.16
 ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # --- builder: a venv with the locked dependencies and the project's wheel ------------------
