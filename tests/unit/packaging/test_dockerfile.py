@@ -17,6 +17,7 @@ import yaml
 from tests.unit.packaging.helpers import (
     ROOT,
     Stage,
+    build_context,
     dockerfile_stages,
     dockerignore_patterns,
     excluded,
@@ -110,6 +111,64 @@ def test_the_final_stage_removes_the_installers_of_the_base_image(
     subprocess.run(["bash", "-euc", script], check=True, timeout=30)
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert left == sorted(p.relative_to(tmp_path).as_posix() for p in kept)
+
+
+@pytest.mark.slow
+def test_the_builders_commands_run_here_and_make_a_venv_that_runs_the_entrypoint(
+    stages: list[Stage], final: Stage, tmp_path: Path
+) -> None:
+    """The builder stage's RUN commands as written, on this machine: the build context as
+    the working directory, /opt and /wheels moved under tmp_path, the interpreter the project's
+    venv was made from as `python` (the base image's role: a CPython 3.11 with pip). The venv
+    they fill then runs the image's ENTRYPOINT and has no pip. 20-90 s (installs; load)."""
+    builder = stages[0]
+    context = tmp_path / "src"
+    build_context(context)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(getattr(sys, "_base_executable", sys.executable))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for assignment in " ".join(builder.args_of("ENV")).split():
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    # The locks' files come from the index once, into the wheelhouse `scripts/constraints
+    # --verify` keeps (hash-checked there); the commands then install from it, checked again.
+    wheelhouse = Path.home() / ".cache" / "datarecorder" / "wheels"
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    for lock in ("requirements.lock", "requirements-build.lock"):
+        download = subprocess.run(
+            ["flock", str(wheelhouse), sys.executable, "-m", "pip", "download", "-q",
+             "--require-hashes", "--no-deps", "--only-binary=:all:", "--dest", str(wheelhouse),
+             "-r", str(ROOT / lock)],
+            env={**env, "PIP_FIND_LINKS": ""}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert download.returncode == 0, download.stderr
+    env["PIP_FIND_LINKS"], env["PIP_NO_INDEX"] = str(wheelhouse), "1"
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    env["PIP_NO_COMPILE"] = "1"  # the image's .pyc files are not what is checked here
+    for run in builder.args_of("RUN"):
+        command = run.replace("/opt/", f"{tmp_path}/opt/").replace("/wheels", f"{tmp_path}/wheels")
+        proc = subprocess.run(
+            ["bash", "-euc", command], cwd=context, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{run}\n{proc.stdout}{proc.stderr}"
+
+    (copy,) = final.args_of("COPY")
+    venv = Path(f"{tmp_path}{copy.split()[1]}")
+    (image_env,) = final.args_of("ENV")
+    assert f"PATH={copy.split()[1]}/bin:" in image_env
+    (entrypoint,) = final.args_of("ENTRYPOINT")
+    run_env = {**env, "PATH": f"{venv / 'bin'}:/usr/bin:/bin"}
+    argv = [*exec_form(entrypoint), "operator", "run", "--help"]
+    proc = subprocess.run(
+        argv, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "--liveness" in proc.stdout, proc.stderr
+    no_pip = subprocess.run(
+        ["python", "-c", "import pip"], cwd=tmp_path, env=run_env, capture_output=True, text=True
+    )
+    assert "No module named 'pip'" in no_pip.stderr
 
 
 def test_final_stage_has_no_compilers(final: Stage) -> None:
