@@ -203,6 +203,12 @@ class _Registry(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         host = self.headers.get("Host", "")
+        if self.path == f"/storage/{CONFIG}":  # where the blob redirects: no registry token
+            if "Authorization" in self.headers:  # as a signed storage URL refuses a second one
+                self.send_response(400)
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
+            return self._reply({"config": {"Env": ["PATH=/usr/bin", "PYTHON_VERSION=3.11.99"]}})
         if self.path.startswith("/token?"):
             assert "scope=repository%3Apython%3Apull" in self.path
             return self._reply({"token": self.token})
@@ -221,8 +227,12 @@ class _Registry(http.server.BaseHTTPRequestHandler):
                 ]
             },
             f"/v2/python/manifests/{CHILD}": {"config": {"digest": CONFIG}},
-            f"/v2/python/blobs/{CONFIG}": {"config": {"Env": ["PATH=/usr/bin", "PYTHON_VERSION=3.11.99"]}},
         }  # fmt: skip
+        if self.path == f"/v2/python/blobs/{CONFIG}":
+            self.send_response(307)
+            self.send_header("Location", f"http://{host}/storage/{CONFIG}")
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
         if self.path not in responses:
             self.send_response(404)
             self.send_header("Content-Length", "0")
