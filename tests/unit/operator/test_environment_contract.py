@@ -73,6 +73,10 @@ def recorder_environment(spec: RecorderSpec) -> dict[str, str]:
 
 def recorder_settings(env: Mapping[str, str]) -> Settings:
     """`Settings` as the recorder builds them in its pod: from this environment alone."""
+    # A NUL byte cannot be in an environment; checked first, since patch.dict would fail half-way
+    # through and leave os.environ cleared for the tests after this one.
+    if nul := sorted(k for k, v in env.items() if "\x00" in k + v):
+        raise AssertionError(f"{nul}: a NUL byte cannot reach a pod's environment")
     with mock.patch.dict(os.environ, env, clear=True):
         return Settings(_env_file=None)
 
