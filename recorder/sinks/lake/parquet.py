@@ -12,7 +12,7 @@ from typing import IO, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recorder.core.columns import LEVEL_TYPE
+from recorder.core.columns import LEVEL_TYPE, event_times
 from recorder.settings import TopicKind
 
 
@@ -41,18 +41,11 @@ def orderbook_schema(unit: Literal["ns", "us"], levels: Literal["typed", "json"]
     )
 
 
-def _timestamps(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Array:
-    values = columns.column("time_ns").combine_chunks()
-    if unit == "us":  # floor, as the row-at-a-time encoder did (times are after 1990)
-        values = pa.array(values.to_numpy() // 1000)
-    return values.view(pa.timestamp(unit, tz="UTC"))
-
-
 def tick_table(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Table:
     """The Parquet table of tick columns (recorder.core.columns.TICK_SCHEMA): no row walked."""
     return pa.Table.from_arrays(
         [
-            _timestamps(columns, unit),
+            event_times(columns, unit),
             *(
                 columns.column(name)
                 for name in ("symbol", "price", "volume", "change", "change_rate")
@@ -70,7 +63,7 @@ def orderbook_table(
     sides = ("bid_levels", "ask_levels") if levels == "typed" else ("bids", "asks")
     return pa.Table.from_arrays(
         [
-            _timestamps(columns, unit),
+            event_times(columns, unit),
             columns.column("symbol"),
             columns.column(sides[0]),
             columns.column(sides[1]),

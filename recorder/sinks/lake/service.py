@@ -12,11 +12,10 @@ import asyncio
 import tempfile
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from recorder import metrics
 from recorder.core.batching import Batch, split_by_hour
-from recorder.core.columns import TICK_SCHEMA
+from recorder.core.columns import file_columns
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
 from recorder.retry import retry_forever
 from recorder.settings import TopicKind
@@ -106,14 +105,6 @@ class LakeStore:
                 self.on_retry,
             )
 
-    @staticmethod
-    def _columns(kind: TopicKind, levels: Literal["typed", "json"]) -> list[str]:
-        """The batch columns a file of `kind` is made of (order books: one form of levels)."""
-        if kind is TopicKind.TICK:
-            return list(TICK_SCHEMA.names)
-        sides = ["bid_levels", "ask_levels"] if levels == "typed" else ["bids", "asks"]
-        return ["offset", "time_ns", "symbol", *sides]
-
     def encode_recorded(self, tp: TP, kind: TopicKind, batch: Batch) -> Files:
         """The files of the range `record_intent` just found recorded, by its encoder."""
         recorded = self._intents.pop(tp)
@@ -132,7 +123,7 @@ class LakeStore:
         spilled to disk above the part size."""
         out: Files = []
         spill = self.config.spill_bytes
-        columns = self._columns(kind, encoder.levels)
+        columns = file_columns(kind, encoder.levels)
         try:
             groups = split_by_hour(batch.table(columns)) if batch.count else []
             for hour, first_offset, part in groups:
