@@ -535,4 +535,3 @@ def file_columns(kind: TopicKind, levels: Literal["typed", "json"]) -> list[str]
         return list(TICK_SCHEMA.names)
     sides = ["bid_levels", "ask_levels"] if levels == "typed" else ["bids", "asks"]
     return ["offset", "time_ns", "symbol", *sides]
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Mapping
+from functools import partial
 from typing import TypeVar
 
 from recorder import telemetry
@@ -100,7 +101,7 @@ class IcebergSink(BufferedSink):
     async def _read(self, tps: Collection[TP]) -> dict[TopicKind, TableProgress]:
         kinds = list(self._by_kind(tps))
         read = await asyncio.gather(
-            *(self._retried("load_progress", lambda k=k: self.store.read(k)) for k in kinds)
+            *(self._retried("load_progress", partial(self.store.read, k)) for k in kinds)
         )
         return dict(zip(kinds, read, strict=True))
 
@@ -114,11 +115,9 @@ class IcebergSink(BufferedSink):
         group = self._config.group
         out: dict[TP, int] = {}
         for kind, tps in self._by_kind(starts).items():
-            mine = {tp: starts[tp] for tp in tps}
+            change = partial(with_starts, starts={tp: starts[tp] for tp in tps}, group=group)
             stored = await self._retried(
-                "store_start",
-                lambda k=kind, m=mine: self.store.update(k, lambda p: with_starts(p, m, group)),
-                failed=False,
+                "store_start", partial(self.store.update, kind, change), failed=False
             )
             out.update({tp: stored.offsets.get(tp, starts[tp]) for tp in tps})
         return out
@@ -134,13 +133,8 @@ class IcebergSink(BufferedSink):
     async def store_identity(self, ids: Mapping[TP, str]) -> None:
         group = self._config.group
         for kind, tps in self._by_kind(ids).items():
-            topics = {tp.topic: ids[tp] for tp in tps}
-            await self._retried(
-                "store_identity",
-                lambda k=kind, t=topics: self.store.update(
-                    k, lambda p: with_topic_ids(p, t, group)
-                ),
-            )
+            change = partial(with_topic_ids, ids={tp.topic: ids[tp] for tp in tps}, group=group)
+            await self._retried("store_identity", partial(self.store.update, kind, change))
 
     async def known_partitions(self, topics: Collection[str]) -> dict[str, set[int]]:
         kinds = {self.store.topics.get(t, TopicKind.TICK) for t in topics}
