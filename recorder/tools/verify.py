@@ -7,6 +7,7 @@ invalid one in the dead-letter topics. Reports missing and duplicated records pe
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -25,6 +26,8 @@ from recorder.core.records import Limits, OrderBookRow, RecordError, Row, TickRo
 from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from recorder.kafka_options import client_options
 from recorder.settings import Settings, TopicKind
+from recorder.sinks.iceberg.catalog import Tables
+from recorder.sinks.iceberg.config import IcebergConfig
 
 
 @dataclass
@@ -242,7 +245,10 @@ async def database_counters(settings: Settings) -> tuple[Counter[Hashable], Coun
 
 
 async def lake_tables(settings: Settings) -> dict[str, Any]:
-    """The lake's tick and orderbook tables, read as hive-partitioned pyarrow datasets."""
+    """The lake's tick and orderbook tables, read as hive-partitioned pyarrow datasets (or,
+    with LAKE_FORMAT=iceberg, scanned from the Iceberg tables' current snapshots)."""
+    if settings.LAKE_FORMAT == "iceberg":
+        return await asyncio.to_thread(iceberg_tables, settings)
     out: dict[str, Any] = {}
     if settings.LOCAL_LAKE_DIR is not None:
         for kind in ("tick", "orderbook"):
@@ -275,33 +281,64 @@ async def lake_tables(settings: Settings) -> dict[str, Any]:
     return out
 
 
+def iceberg_tables(settings: Settings) -> dict[str, Any]:
+    """Each kind's Iceberg table as it is now (None: not created yet); nothing is created."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    tables = Tables(IcebergConfig.of(settings))
+    out: dict[str, Any] = {}
+    try:
+        for kind in TopicKind:
+            try:
+                out[kind.value] = tables.load(kind).scan().to_arrow()
+            except NoSuchTableError:
+                out[kind.value] = None
+    finally:
+        tables.close()
+    return out
+
+
 def _ns(value: Any) -> int:
     return int(value.value) if hasattr(value, "value") else int(value)
+
+
+def lake_scale(settings: Settings) -> int:
+    """The lake's time resolution in ns: Parquet files keep PARQUET_TIMESTAMP_UNIT, Iceberg
+    tables the exact ns (`timestamp_ns`)."""
+    parquet_us = settings.LAKE_FORMAT == "parquet" and settings.PARQUET_TIMESTAMP_UNIT == "us"
+    return 1000 if parquet_us else 1
+
+
+def _times(table: Any, factor: int) -> list[int]:
+    """Event times in ns of a lake table's rows (an Iceberg table's exact `timestamp_ns`)."""
+    if "timestamp_ns" in table.column_names:
+        return [int(t) for t in table.column("timestamp_ns").to_pylist()]
+    return [int(t) * factor for t in table.column("timestamp").cast("int64").to_pylist()]
 
 
 async def lake_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
     tables = await lake_tables(settings)
     ticks: Counter[Hashable] = Counter()
     books: Counter[Hashable] = Counter()
-    factor = 1000 if settings.PARQUET_TIMESTAMP_UNIT == "us" else 1
+    factor = lake_scale(settings)
     if tables.get("tick") is not None:
         t = tables["tick"]
-        times = t.column("timestamp").cast("int64").to_pylist()
+        times = _times(t, factor)
         cols = [
             t.column(c).to_pylist() for c in ("symbol", "price", "volume", "change", "change_rate")
         ]
         for i, ts in enumerate(times):
-            ticks[(ts * factor, *(c[i] for c in cols))] += 1
+            ticks[(ts, *(c[i] for c in cols))] += 1
     if tables.get("orderbook") is not None:
         t = tables["orderbook"]
-        times = t.column("timestamp").cast("int64").to_pylist()
+        times = _times(t, factor)
         symbols = t.column("symbol").to_pylist()
         bids = t.column("bids").to_pylist()
         asks = t.column("asks").to_pylist()
         for i, ts in enumerate(times):
             b = json.loads(bids[i]) if isinstance(bids[i], str) else bids[i]
             a = json.loads(asks[i]) if isinstance(asks[i], str) else asks[i]
-            books[(ts * factor, symbols[i], _levels_key(b), _levels_key(a))] += 1
+            books[(ts, symbols[i], _levels_key(b), _levels_key(a))] += 1
     return ticks, books
 
 
@@ -358,17 +395,18 @@ async def verify(settings: Settings) -> Report:
         )
     if settings.S3_WRITE_ENABLED:
         lake_ticks, lake_books = await lake_counters(settings)
-        scale = 1000 if settings.PARQUET_TIMESTAMP_UNIT == "us" else 1
+        scale = lake_scale(settings)
+        lake = "iceberg" if settings.LAKE_FORMAT == "iceberg" else "parquet"
         stores.append(
             compare(
-                "parquet.tick",
+                f"{lake}.tick",
                 Counter((r.time_ns // scale * scale, *r[1:]) for r in ticks),
                 lake_ticks,
             )
         )
         stores.append(
             compare(
-                "parquet.orderbook",
+                f"{lake}.orderbook",
                 Counter(
                     (r.time_ns // scale * scale, r.symbol, _levels_key(r.bids), _levels_key(r.asks))
                     for r in books

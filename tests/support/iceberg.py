@@ -1,0 +1,43 @@
+"""The Iceberg tables of a test's recorder, read as a reader would (pyiceberg, no recorder code
+path that writes): the progress in the current snapshots, the data files, the rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from recorder.core.offsets import TP
+from recorder.settings import TopicKind
+from recorder.sinks.iceberg.catalog import Tables
+from recorder.sinks.iceberg.config import IcebergConfig
+from tests.support import as_sent
+
+
+def _read(env: dict[str, str]) -> dict[str, Any]:
+    tables = Tables(IcebergConfig.of(as_sent.settings_of(env)))
+    try:
+        out: dict[str, Any] = {"offsets": {}, "files": {}, "snapshots": {}}
+        for kind in TopicKind:
+            table = tables.load(kind)
+            out["offsets"].update(tables.progress(table).offsets)
+            out["files"][kind.value] = [task.file for task in table.scan().plan_files()]
+            out["snapshots"][kind.value] = list(table.snapshots())
+        return out
+    finally:
+        tables.close()
+
+
+async def read(env: dict[str, str]) -> dict[str, Any]:
+    """`offsets` (TP -> next offset, both tables), `files` and `snapshots` per table."""
+    with as_sent.aws_credentials_of(env):
+        return await asyncio.to_thread(_read, env)
+
+
+async def progress(env: dict[str, str]) -> dict[tuple[str, int], int] | None:
+    """The tables' progress as (topic, partition) -> next offset; None while unreadable."""
+    try:
+        offsets: dict[TP, int] = (await read(env))["offsets"]
+    except Exception:  # the catalog or the warehouse is down, or no table yet
+        return None
+    return {(tp.topic, tp.partition): n for tp, n in offsets.items()}
