@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 PARTITIONS = 4
 SESSION_MS = 6000  # the broker's minimum: keeps the freeze short
 CONSUMED = "datarecorder_records_consumed_total"
+KILLS = int(os.environ.get("FAULTS_KILLS", "6"))
 
 
 @pytest.fixture
@@ -64,15 +65,18 @@ async def test_sigkill_mid_stream_and_restart_leave_every_record_once(
     dep = iceberg_deployment
     total = scaled(30_000)
     seed = int(os.environ.get("FAULTS_SEED", str(int(time.time()))))
-    rec = dep.recorder(S3_BATCH_SIZE=1000)
+    # Commits many times a second, so that kills land between an upload and its commit, and
+    # inside commits.
+    knobs = {"S3_BATCH_SIZE": 200, "S3_BATCH_TIMEOUT_SEC": 0.1}
+    rec = dep.recorder(**knobs)
     feed = dep.feed(total, rate=max(total / 30, 1000.0), invalid_ratio=0.005)
     kills = 0
     try:
-        for delay in random_delays(4, 1.0, 5.0, seed):
+        for delay in random_delays(KILLS, 1.0, 4.0, seed):
             await asyncio.sleep(delay)
             dep.kill(rec)  # mid-upload, mid-commit, mid-rebalance: wherever it is
             kills += 1
-            rec = dep.recorder(S3_BATCH_SIZE=1000, wait_ready=None)
+            rec = dep.recorder(**knobs, wait_ready=None)
         rec.wait_ready(90)
         await feed.wait()
     finally:
@@ -109,6 +113,8 @@ async def test_frozen_member_cannot_commit_behind_the_new_owner(
     assert other.alive(), other.tail()
     report = await dep.verify_exact()
     log = frozen.log_path.read_text()
+    # The zombie woke up with batches of partitions it had lost: its commits were refused.
+    assert log.count('"batch_fenced"') >= 1, frozen.tail()
     record_result(
         "iceberg live zombie (SIGSTOP past session timeout)",
         report,
