@@ -41,3 +41,19 @@ async def progress(env: dict[str, str]) -> dict[tuple[str, int], int] | None:
     except Exception:  # the catalog or the warehouse is down, or no table yet
         return None
     return {(tp.topic, tp.partition): n for tp, n in offsets.items()}
+
+
+def _duckdb_rows(env: dict[str, str], kind: TopicKind) -> int:
+    tables = Tables(IcebergConfig.of(as_sent.settings_of(env)))
+    try:
+        con = tables.load(kind).scan().to_duckdb(kind.value)
+        rows = con.execute(f"SELECT count(*) FROM {kind.value}").fetchall()
+        return int(rows[0][0])
+    finally:
+        tables.close()
+
+
+async def duckdb_rows(env: dict[str, str], kind: TopicKind) -> int:
+    """The rows of a table as DuckDB reads them through pyiceberg's scan (docs/iceberg.md)."""
+    with as_sent.aws_credentials_of(env):
+        return await asyncio.to_thread(_duckdb_rows, env, kind)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from recorder.settings import TopicKind
 from tests.support import as_sent, iceberg
 from tests.support.recorder_proc import RecorderProcess, http_get, verify
 
@@ -83,6 +84,9 @@ async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
                 assert f"timestamp_hour={datetime.fromtimestamp(hour * 3600, UTC):%Y-%m-%d-%H}" in (
                     f.file_path
                 )
+        for kind, topic in ((TopicKind.TICK, topics[0]), (TopicKind.ORDERBOOK, topics[1])):
+            sent = sum(1 for r in records if r.topic == topic)
+            assert await iceberg.duckdb_rows(env, kind) == sent
         report = await asyncio.to_thread(verify, env)
         assert report["ok"], report
         assert {s["store"] for s in report["stores"]} >= {"iceberg.tick", "iceberg.orderbook"}
