@@ -25,12 +25,12 @@ from bench.peers.cpu import machine_busy, process_cpu
 from bench.stack import Stack
 from recorder.core.columns import empty
 from recorder.core.offsets import TP
-from recorder.kafka_options import client_options
-from recorder.settings import TopicKind
+from recorder.kafka.options import client_options
+from recorder.kafka.source import KafkaSource
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
 from recorder.sinks.lake.store import make_lake
 from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
-from recorder.source import KafkaSource
 
 Timeline = list[tuple[float, float]]
 COPY_ROWS = 10_000  # rows a COPY, as ceiling (a); the recorder's flushes under a backlog group
@@ -105,7 +105,7 @@ async def pipe(
     connections: int,
 ) -> PipeResult:
     """Fetch `topics` from offset 0 with the recorder's KafkaSource (its consumer settings,
-    group membership and fetch wrapper: recorder/source.py, recorder/kafka_options.py) and,
+    group membership and fetch wrapper: recorder/kafka/source.py, recorder/kafka/options.py) and,
     as records arrive, COPY the pieces they pay for on `connections` connections (and PUT
     their Parquet files when `lake`). Clock: from the first record fetched to the last
     COPY/PUT done. CPU: this process (the pipe alone runs in it meanwhile)."""

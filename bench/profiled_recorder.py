@@ -13,9 +13,9 @@ import sys
 
 from pyinstrument import Profiler
 
-from recorder import logs
 from recorder.cli import _run
-from recorder.settings import load_settings
+from recorder.runtime import logs
+from recorder.runtime.settings import load_settings
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from recorder.core.columns import decode_batch, table_bytes
 from recorder.core.records import Limits
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 
 N = 10_000
 TS_MS = 1_764_133_200_000

@@ -203,7 +203,7 @@ async def measure(
     return r, lines
 
 
-# The recorder's defaults the drains keep (recorder/settings.py), and the bench's lake timer.
+# The recorder's defaults the drains keep (recorder/runtime/settings.py), and the bench's lake timer.
 BATCH_ROWS, BATCH_TIMEOUT_S = 1000, 1.0
 FILE_ROWS, FILE_TIMEOUT_S = 10_000, 5.0
 

@@ -32,9 +32,9 @@ from bench.stack import Stack
 from recorder.core.columns import decode_batch, empty
 from recorder.core.records import Limits, OrderBookRow, TickRow, decode
 from recorder.devstack.recorder_proc import RecorderProcess
-from recorder.migrate import migrate
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
+from recorder.sinks.timescale.migrate import migrate
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 POLL_S = 0.1  # how often a drain reads each store's progress (the curve's resolution)
@@ -315,7 +315,7 @@ def _first_record(proc: RecorderProcess, stop: threading.Event) -> float | None:
 
 # --- ceilings ----------------------------------------------------------------------------
 def _consumer(stack: Stack, **kw: Any) -> AIOKafkaConsumer:
-    # The recorder's fetch settings (recorder/source.py), so only the work after fetch differs.
+    # The recorder's fetch settings (recorder/kafka/source.py), so only the work after fetch differs.
     # auto_offset_reset="earliest": assign() starts a background reset with the default policy
     # ("latest") that can finish after seek_to_beginning and leave nothing to read.
     return AIOKafkaConsumer(

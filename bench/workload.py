@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.stack import REPO as REPO  # re-exported: bench/compare.py points it at another tree
 from bench.stack import Stack
 from recorder.devstack.recorder_proc import produce as run_produce
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from recorder.sinks.lake.parquet import progress_key
 from recorder.sinks.lake.store import make_lake
 

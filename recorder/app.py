@@ -16,16 +16,16 @@ from recorder.core.backpressure import BufferLimits
 from recorder.core.commit import commit_offset, committing_sink
 from recorder.core.offsets import TP
 from recorder.core.partitions import PartitionTable
-from recorder.dlq import DeadLetters
-from recorder.kafka_options import client_options
+from recorder.kafka.dlq import DeadLetters
+from recorder.kafka.options import client_options
+from recorder.kafka.source import KafkaSource
 from recorder.pipeline import Recorder
-from recorder.settings import Settings, TopicKind
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, Sink
 from recorder.sinks.iceberg import sink as iceberg_sink
 from recorder.sinks.lake import sink as lake_sink
 from recorder.sinks.lake.store import make_lake
 from recorder.sinks.timescale import sink as timescale_sink
-from recorder.source import KafkaSource
 
 # cgroup v2, then v1: a container sees its own cgroup at these paths.
 CGROUP_MEMORY_LIMITS = (

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from recorder import logs, supervise, telemetry
 from recorder.core.shutdown import ExitCode, Outcome, exit_code
-from recorder.settings import ConfigError, Settings, load_settings
+from recorder.runtime import logs, supervise, telemetry
+from recorder.runtime.settings import ConfigError, Settings, load_settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -102,7 +102,7 @@ async def _run(settings: Settings) -> int:
 async def _migrate(settings: Settings) -> int:
     import asyncpg
 
-    from recorder.migrate import migrate_explained
+    from recorder.sinks.timescale.migrate import migrate_explained
 
     conn = await asyncpg.connect(**settings.db_dsn_kwargs())
     try:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         assert settings is not None
         return int(asyncio.run(verify_main(settings, as_json=args.json)))
     if args.command == "reset-progress":
-        from recorder.reset_progress import reset_progress
+        from recorder.tools.reset_progress import reset_progress
 
         assert settings is not None
         try:

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from recorder import metrics
 from recorder.core.readiness import REASONS, Problem, describe
 from recorder.pipeline import Health, Recorder
+from recorder.runtime import metrics
 
 # One named part of the pod's readiness: (ok, why not). A new reason for unreadiness is one
 # more entry in `readiness_parts` and one more code in `recorder.core.readiness.REASONS`. The

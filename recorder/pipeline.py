@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from recorder import metrics, retry, supervise, telemetry
 from recorder.core import backpressure
 from recorder.core.backpressure import Buffered, BufferLimits
 from recorder.core.columns import decode_batch, value_bytes
@@ -40,10 +39,11 @@ from recorder.core.partitions import HaltedAt, PartitionTable, Status
 from recorder.core.readiness import Problem, halt_cause, partitions_problem
 from recorder.core.records import Limits
 from recorder.core.shutdown import Outcome, budget, exit_code
-from recorder.dlq import DeadLetter, DeadLetterRefused
-from recorder.kafka_options import REVOKE_DEADLINE_SEC
-from recorder.retry import retry_forever
-from recorder.settings import Settings, TopicKind
+from recorder.kafka.dlq import DeadLetter, DeadLetterRefused
+from recorder.kafka.options import REVOKE_DEADLINE_SEC
+from recorder.runtime import metrics, retry, supervise, telemetry
+from recorder.runtime.retry import retry_forever
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.base import NOT_ANSWERING, Sink
 
 COMMIT_INTERVAL_SEC = 0.25
@@ -64,7 +64,7 @@ RebalanceCallback = Callable[[set[TP]], Awaitable[None]]
 
 
 class Source(Protocol):
-    """One consumer-group member, as the coordinator uses it (recorder.source.KafkaSource)."""
+    """One consumer-group member, as the coordinator uses it (recorder.kafka.source.KafkaSource)."""
 
     index: int
 
@@ -88,7 +88,7 @@ class Source(Protocol):
 
 
 class DeadLetterQueue(Protocol):
-    """Where invalid records go (recorder.dlq.DeadLetters): `send_many` is acknowledged or
+    """Where invalid records go (recorder.kafka.dlq.DeadLetters): `send_many` is acknowledged or
     raises DeadLetterRefused naming the partitions the cluster refused."""
 
     async def start(self, topics: Sequence[str]) -> None: ...

@@ -24,7 +24,7 @@ from bench.peers.table import PeerRun
 from bench.peers.window import consuming, timed_drain
 from bench.stack import Stack
 from recorder.devstack.recorder_proc import RecorderProcess
-from recorder.migrate import migrate
+from recorder.sinks.timescale.migrate import migrate
 
 # The Connect sink reads a schema with every message: the same tick with its types spelled out
 # (event time as Debezium's nanosecond timestamp). Built around the original bytes, unparsed.

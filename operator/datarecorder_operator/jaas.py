@@ -2,7 +2,7 @@
 
 Owns `credentials`: what a Strimzi KafkaUser Secret (and most managed Kafka offerings) hold,
 e.g. `org.apache.kafka.common.security.scram.ScramLoginModule required username="u"
-password="p";`. The recorder has the same reader (recorder/kafka_options.py) for its own env.
+password="p";`. The recorder has the same reader (recorder/kafka/options.py) for its own env.
 """
 
 from __future__ import annotations

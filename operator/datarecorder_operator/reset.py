@@ -20,7 +20,7 @@ from datarecorder_operator.spec import RecorderSpec
 # Set on a DataRecorder to an RFC 3339 time: the operator stops its recorders, moves every
 # topic's progress to the first record stamped at or after that time, and runs them again.
 RESET_ANNOTATION = "datarecorder.dev/reset-to-time"
-# The recorder's own form (recorder.settings, START_FROM's time): a date-time with a zone.
+# The recorder's own form (recorder.runtime.settings, START_FROM's time): a date-time with a zone.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 # A Job that cannot finish (brokers or stores that never answer) ends as Failed, not never.
 JOB_DEADLINE_SECONDS = 900

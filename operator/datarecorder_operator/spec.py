@@ -526,7 +526,7 @@ def is_paused(annotations: Mapping[str, str] | None) -> bool:
     return (annotations or {}).get(PAUSED_ANNOTATION, "").strip().lower() == "true"
 
 
-# The recorder's START_FROM time form (recorder.settings): a date-time with a zone.
+# The recorder's START_FROM time form (recorder.runtime.settings): a date-time with a zone.
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 START_FROM_FORM = (
     'expected {time: "<RFC 3339 date-time with a zone>"} (e.g. {time: '

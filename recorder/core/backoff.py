@@ -1,7 +1,7 @@
 """The one backoff of the pod: how long to wait after the n-th failure in a row.
 
 Owns `Backoff` (exponential from `first`, doubling per failure, capped, optional jitter), used
-by the store retries (recorder.retry), a sink's failed flushes (recorder.sinks.driver) and the
+by the store retries (recorder.runtime.retry), a sink's failed flushes (recorder.sinks.driver) and the
 dead-letter pause (recorder.core.backpressure). Pure: the caller sleeps.
 """
 

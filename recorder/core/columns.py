@@ -20,6 +20,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from recorder.core.kinds import TopicKind
 from recorder.core.records import (
     BOOK_DECODER,
     FUTURE_SLACK_NS,
@@ -36,7 +37,6 @@ from recorder.core.records import (
     decode,
     parse_timestamp,
 )
-from recorder.settings import TopicKind
 
 LEVEL_TYPE: Final = pa.list_(pa.struct([("price", pa.float64()), ("quantity", pa.float64())]))
 

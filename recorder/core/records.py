@@ -14,7 +14,7 @@ from typing import Annotated, Final, NamedTuple
 
 import msgspec
 
-from recorder.settings import TopicKind
+from recorder.core.kinds import TopicKind
 
 NS_PER_SECOND: Final = 1_000_000_000
 MIN_TIME_NS: Final = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp()) * NS_PER_SECOND

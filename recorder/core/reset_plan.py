@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from recorder.core.errors import ConfigError
 from recorder.core.offsets import TP
-from recorder.settings import ConfigError, StartFrom
+from recorder.core.start_from import StartFrom
 
 TIMESCALE = "timescaledb"
 LAKE = "s3"

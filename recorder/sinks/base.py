@@ -1,7 +1,7 @@
 """What every sink offers the pipeline.
 
 Owns the Sink protocol (buffer, flush, progress, revoke) and the health model every sink
-reports (`Health`); the retry rule they share is recorder.retry, the driver both stores run on
+reports (`Health`); the retry rule they share is recorder.runtime.retry, the driver both stores run on
 recorder.sinks.driver.
 """
 

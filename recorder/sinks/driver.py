@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from recorder import metrics, supervise, telemetry
 from recorder.core.backoff import Backoff
 from recorder.core.batching import Batch, is_due, next_due_in
 from recorder.core.offsets import TP
-from recorder.retry import Abandoned
+from recorder.runtime import metrics, supervise, telemetry
+from recorder.runtime.retry import Abandoned
 from recorder.sinks.base import NOT_ANSWERING, Health, ProgressCallback, ResyncCallback
 from recorder.sinks.buffer import Buffers
 

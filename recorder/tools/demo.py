@@ -31,8 +31,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from recorder.devstack import services
 from recorder.devstack.procs import pid_alive
 from recorder.devstack.services import Child, Database, ServiceError
-from recorder.kafka_options import client_options
-from recorder.settings import Settings
+from recorder.kafka.options import client_options
+from recorder.runtime.settings import Settings
 from recorder.tools.demo_report import Snapshot, consistency, lag_by_sink, progress_line, table
 from recorder.tools.produce import FeedSpec, produce, symbols
 from recorder.tools.verify import verify

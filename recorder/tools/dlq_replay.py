@@ -29,11 +29,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from recorder.app import buffer_limits, build_sinks, container_memory_limit
 from recorder.core.offsets import TP
 from recorder.core.partitions import PartitionTable
-from recorder.dlq import HEADROOM_BYTES, DeadLetter, DeadLetters, origin_of, read_records
-from recorder.kafka_options import client_options
+from recorder.kafka.dlq import HEADROOM_BYTES, DeadLetter, DeadLetters, origin_of, read_records
+from recorder.kafka.options import client_options
+from recorder.kafka.source import Fetched, KafkaSource
 from recorder.pipeline import Recorder
-from recorder.settings import ConfigError, Settings, TopicKind, parse_rfc3339_ms, topic_kind
-from recorder.source import Fetched, KafkaSource
+from recorder.runtime.settings import ConfigError, Settings, TopicKind, parse_rfc3339_ms, topic_kind
 
 GROUP_SUFFIX = ".dlq-replay"
 POLL_SEC = 0.2

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from recorder.kafka_options import client_options
-from recorder.settings import Settings, TopicKind
+from recorder.kafka.options import client_options
+from recorder.runtime.settings import Settings, TopicKind
 
 _ENC = msgspec.json.Encoder()
 

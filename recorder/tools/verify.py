@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from recorder.core.records import Limits, OrderBookRow, RecordError, Row, TickRow, decode
-from recorder.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
-from recorder.kafka_options import client_options
-from recorder.settings import Settings, TopicKind
+from recorder.kafka.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
+from recorder.kafka.options import client_options
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.iceberg.catalog import Tables
 from recorder.sinks.iceberg.config import IcebergConfig
 

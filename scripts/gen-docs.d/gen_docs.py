@@ -1,7 +1,7 @@
 """The README's reference tables, generated from the one place each is defined.
 
-Owns rendering `Settings.model_fields` (recorder/settings.py), the metrics of
-recorder/metrics.py, the log events of recorder/telemetry.py and the DataRecorder CRD's schema
+Owns rendering `Settings.model_fields` (recorder/runtime/settings.py), the metrics of
+recorder/runtime/metrics.py, the log events of recorder/runtime/telemetry.py and the DataRecorder CRD's schema
 (crds/) as Markdown, and rewriting the marked sections of README.md; `--check` exits 1 when
 README.md differs from its sources.
 """
@@ -77,7 +77,7 @@ def _bounds(metadata: list[Any]) -> str:
 
 def settings_rows() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, in declaration order."""
-    from recorder.settings import Settings
+    from recorder.runtime.settings import Settings
 
     rows = []
     for name, field in Settings.model_fields.items():
@@ -102,10 +102,10 @@ def settings_table() -> str:
 
 
 def metric_rows() -> list[tuple[str, str, str, str]]:
-    """(exported series, type, labels, meaning) for every metric of recorder/metrics.py."""
+    """(exported series, type, labels, meaning) for every metric of recorder/runtime/metrics.py."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from recorder import metrics
+    from recorder.runtime import metrics
 
     rows: list[tuple[str, str, str, str]] = []
     for value in vars(metrics).values():
@@ -133,8 +133,8 @@ def metrics_table() -> str:
 
 
 def log_events_table() -> str:
-    """One row per event of recorder/telemetry.py: its name, level, fields and metrics."""
-    from recorder.telemetry import event_rows
+    """One row per event of recorder/runtime/telemetry.py: its name, level, fields and metrics."""
+    from recorder.runtime.telemetry import event_rows
 
     lines = ["| Event | Level | Fields | Metrics | Meaning |", "| --- | --- | --- | --- | --- |"]
     for name, level, fields, names, meaning in event_rows():

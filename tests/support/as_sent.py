@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from recorder.tools.verify import database_counters, lake_counters
 
 NS = 1_000_000_000

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from recorder.core.offsets import TP
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.iceberg.catalog import Tables
 from recorder.sinks.iceberg.config import IcebergConfig
 from tests.support import as_sent

@@ -17,7 +17,7 @@ import pytest
 from recorder.core.columns import decode_batch, from_rows
 from recorder.core.records import Limits, RecordError, TickRow, decode
 from recorder.core.rollups import ROLLUPS, aggregate, bars
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
 from recorder.sinks.timescale.encode import HEADER, PG_EPOCH_US, TRAILER, book_copy, tick_copy
 from recorder.sinks.timescale.service import rollup_bars

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from datarecorder_operator import metrics as operator_metrics
 
-from recorder import metrics, telemetry
-from recorder.settings import Settings
+from recorder.runtime import metrics, telemetry
+from recorder.runtime.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

@@ -23,7 +23,7 @@ from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.update import AssertTableUUID
 from pyiceberg.transforms import HourTransform
 
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.iceberg import rows
 from recorder.sinks.iceberg.config import IcebergConfig
 from recorder.sinks.iceberg.progress import TableProgress, from_summary

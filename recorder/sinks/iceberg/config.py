@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from recorder.settings import Settings, TopicKind
+from recorder.runtime.settings import Settings, TopicKind
 
 SINK = "iceberg"
 # The catalog database answers within this or counts as down (psycopg2 would wait minutes).

@@ -13,7 +13,7 @@ from typing import Literal
 import pyarrow as pa
 
 from recorder.core.columns import LEVEL_TYPE, event_times, file_columns
-from recorder.settings import TopicKind
+from recorder.core.kinds import TopicKind
 
 Levels = Literal["typed", "json"]
 PARTITION_SOURCE = "timestamp"

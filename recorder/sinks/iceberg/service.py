@@ -21,12 +21,12 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.manifest import DataFile
 
-from recorder import telemetry
 from recorder.core.backoff import Backoff
 from recorder.core.batching import Batch
 from recorder.core.offsets import TP, CasOutcome
-from recorder.retry import Transient, retry_forever
-from recorder.settings import TopicKind
+from recorder.runtime import telemetry
+from recorder.runtime.retry import Transient, retry_forever
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.driver import Fence, Outcome, Written
 from recorder.sinks.iceberg import rows
 from recorder.sinks.iceberg.catalog import Tables

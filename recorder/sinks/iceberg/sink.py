@@ -22,11 +22,11 @@ from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import TypeVar
 
-from recorder import telemetry
 from recorder.core.backoff import Backoff
 from recorder.core.offsets import TP
-from recorder.retry import retry_forever
-from recorder.settings import Settings, TopicKind
+from recorder.runtime import telemetry
+from recorder.runtime.retry import retry_forever
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback
 from recorder.sinks.driver import BufferedSink, Schedule
 from recorder.sinks.iceberg.catalog import Tables

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from recorder.sinks.lake.encoder import Encoder
 
 SINK = "s3"

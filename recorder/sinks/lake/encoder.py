@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 
 Keys = Literal["range", "hour"]
 

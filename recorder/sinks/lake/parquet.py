@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recorder.core.columns import LEVEL_TYPE, event_times
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 
 
 def tick_schema(unit: Literal["ns", "us"]) -> pa.Schema:

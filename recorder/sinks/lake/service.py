@@ -13,12 +13,12 @@ import tempfile
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
-from recorder import metrics
 from recorder.core.batching import Batch, split_by_hour
 from recorder.core.columns import file_columns
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
-from recorder.retry import retry_forever
-from recorder.settings import TopicKind
+from recorder.runtime import metrics
+from recorder.runtime.retry import retry_forever
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.driver import Fence, Outcome, Written
 from recorder.sinks.lake.config import LakeConfig
 from recorder.sinks.lake.encoder import Encoder, for_recorded_range

@@ -47,11 +47,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TypeVar
 
-from recorder import telemetry
 from recorder.core.backoff import Backoff
 from recorder.core.offsets import TP
-from recorder.retry import retry_forever
-from recorder.settings import Settings, TopicKind
+from recorder.runtime import telemetry
+from recorder.runtime.retry import retry_forever
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback
 from recorder.sinks.driver import BufferedSink, Schedule
 from recorder.sinks.lake.config import SINK as SINK

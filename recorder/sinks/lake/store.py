@@ -13,7 +13,7 @@ to an earlier state its ETag (on S3 an MD5 of the bytes) is new, and a writer st
 ETag it read before cannot pass its If-Match. Objects from before the field load as G = 0.
 A recorded range also carries the `encoder` of the writer that recorded it (see
 `recorder.sinks.lake.encoder`): whoever completes the range encodes with it. `topic_id` is the
-Kafka topic ID the progress counts (`recorder.topic_ids`); every write carries forward the one
+Kafka topic ID the progress counts (`recorder.kafka.topic_ids`); every write carries forward the one
 of the object it expects, so a writer that means to change it passes an `expected` with another.
 
 A little over 400 lines: the two stores sit side by side so that their conditional writes can
@@ -39,7 +39,7 @@ from botocore.exceptions import (
     ClientError,
 )
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

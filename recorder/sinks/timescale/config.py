@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 
 SINK = "timescaledb"
 

@@ -1,5 +1,5 @@
 """The hot path's progress rows in `recorder_offsets`: read them, compare-and-set one, and the
-topic ID (`recorder.topic_ids`) each row counts.
+topic ID (`recorder.kafka.topic_ids`) each row counts.
 
 Owns the SQL of progress, shared by the sink (fenced progress, DESIGN rule 1) and by
 `datarecorder reset-progress`, so both move a row by the same rule: only from what was read.

@@ -16,19 +16,19 @@ import asyncpg
 import numpy as np
 import pyarrow as pa
 
-from recorder import telemetry
 from recorder.core.batching import Batch, writer_for
 from recorder.core.columns import offsets_of
 from recorder.core.offsets import TP, CasOutcome, cas_outcome
 from recorder.core.rollups import ROLLUPS, Bars, bars
-from recorder.dlq import DeadLetters
-from recorder.migrate import DbMode
-from recorder.retry import Transient, retry_forever
-from recorder.settings import TopicKind
+from recorder.kafka.dlq import DeadLetters
+from recorder.runtime import telemetry
+from recorder.runtime.retry import Transient, retry_forever
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.driver import Fence, Outcome, Written
 from recorder.sinks.timescale import progress as progress_rows
 from recorder.sinks.timescale.config import SINK, TimescaleConfig
 from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, copy_chunks
+from recorder.sinks.timescale.migrate import DbMode
 from recorder.sinks.timescale.upkeep import Upkeep, table_of
 
 WRITE_LOCK_TIMEOUT_MS = 30_000

@@ -13,18 +13,18 @@ from typing import TypeVar
 
 import asyncpg
 
-from recorder import telemetry
 from recorder.core.backoff import Backoff
 from recorder.core.offsets import TP
-from recorder.dlq import DeadLetters
-from recorder.migrate import DbMode, current_mode, migrate
-from recorder.retry import retry_forever
-from recorder.settings import Settings, TopicKind
+from recorder.kafka.dlq import DeadLetters
+from recorder.runtime import telemetry
+from recorder.runtime.retry import retry_forever
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.base import ProgressCallback, ResyncCallback
 from recorder.sinks.driver import BufferedSink, Schedule
 from recorder.sinks.timescale import progress as progress_rows
 from recorder.sinks.timescale.config import SINK as SINK
 from recorder.sinks.timescale.config import TimescaleConfig
+from recorder.sinks.timescale.migrate import DbMode, current_mode, migrate
 from recorder.sinks.timescale.service import TimescaleStore
 from recorder.sinks.timescale.upkeep import Upkeep
 

@@ -18,8 +18,6 @@ from datetime import date, timedelta
 import asyncpg
 import numpy as np
 
-from recorder import telemetry
-from recorder.compression import apply_compression
 from recorder.core.batching import Batch
 from recorder.core.columns import times_of
 from recorder.core.offsets import TP
@@ -28,10 +26,12 @@ from recorder.core.rollups import (
     late_windows,
     merge_windows,
 )
-from recorder.migrate import DbMode
-from recorder.retention import apply_retention
-from recorder.settings import TopicKind
+from recorder.runtime import telemetry
+from recorder.runtime.settings import TopicKind
+from recorder.sinks.timescale.compression import apply_compression
 from recorder.sinks.timescale.config import SINK, TimescaleConfig
+from recorder.sinks.timescale.migrate import DbMode
+from recorder.sinks.timescale.retention import apply_retention
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 # Plain mode creates daily partitions ahead of the data on this period (and at start).

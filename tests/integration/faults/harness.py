@@ -424,7 +424,7 @@ async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
     """Diagnosis of a failed verify: the Kafka offsets whose records a store lacks, as
     `store topic[partition]` -> [first, last, count]."""
     from recorder.core.records import Limits, RecordError, decode
-    from recorder.settings import Settings, TopicKind
+    from recorder.runtime.settings import Settings, TopicKind
     from recorder.tools import verify as v
 
     settings = Settings.model_validate({k: v for k, v in env.items() if k in Settings.model_fields})

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from recorder.core.backpressure import buffer_bytes_limit
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from recorder.tools.produce import FeedSpec, orderbook_values
 from tests.integration.faults.harness import BASE_ENV, MIB, Deployment, record_result
 

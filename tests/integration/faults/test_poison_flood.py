@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from recorder.core.records import Limits, RecordError, decode
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.tools.produce import FeedSpec, orderbook_values, tick_values
 from tests.integration.faults.harness import Deployment, record_result, scaled
 

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from recorder.kafka_options import REVOKE_DEADLINE_SEC
+from recorder.kafka.options import REVOKE_DEADLINE_SEC
 from tests.integration.faults.harness import Deployment, listener_pid, record_result, scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]

@@ -16,14 +16,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from recorder.core.records import Limits, RecordError, decode
-from recorder.dlq import (
+from recorder.kafka.dlq import (
     HEADER_NULL_KEY,
     HEADER_OFFSET,
     HEADER_PARTITION,
     HEADER_REASON,
     HEADER_TOPIC,
 )
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from tests.support import as_sent
 from tests.support.recorder_proc import RecorderProcess, http_get
 

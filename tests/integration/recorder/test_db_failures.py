@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recorder.migrate import migrate
+from recorder.sinks.timescale.migrate import migrate
 from tests.support.recorder_proc import RecorderProcess, produce, wait_exactly_once, wait_until
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ import pytest
 from recorder.core.columns import from_rows
 from recorder.core.offsets import TP
 from recorder.core.records import TickRow
-from recorder.dlq import DeadLetters
-from recorder.kafka_options import client_options
-from recorder.settings import Settings, TopicKind, load_settings
+from recorder.kafka.dlq import DeadLetters
+from recorder.kafka.options import client_options
+from recorder.runtime.settings import Settings, TopicKind, load_settings
 from recorder.sinks.lake.sink import S3Sink
 from recorder.sinks.lake.store import S3Lake
 from recorder.sinks.timescale.sink import TimescaleSink

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from tests.support import as_sent, iceberg
 from tests.support.recorder_proc import RecorderProcess, http_get, verify
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recorder.core.offsets import IntentOutcome
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.sink import S3Sink
 from recorder.sinks.lake.store import S3Lake, StoredProgress
 from tests.integration.recorder.test_exactly_once_rules import (  # noqa: F401 (a fixture)

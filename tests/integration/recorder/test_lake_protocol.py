@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recorder.core.offsets import TP
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import legacy_progress_key, progress_key
 from recorder.sinks.lake.sink import LakeClaimed, S3Sink
 from recorder.sinks.lake.store import S3Lake

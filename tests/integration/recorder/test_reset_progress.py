@@ -18,11 +18,11 @@ import pytest
 
 from recorder.core.offsets import TP
 from recorder.core.reset_plan import plan
-from recorder.migrate import migrate
-from recorder.reset_progress import APPLIED, CHANGED, apply, read, reset_progress
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from recorder.sinks.lake.parquet import progress_key
 from recorder.sinks.lake.store import StoredProgress, make_lake
+from recorder.sinks.timescale.migrate import migrate
+from recorder.tools.reset_progress import APPLIED, CHANGED, apply, read, reset_progress
 from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.integration.faults.harness import S3_PREFIX, Deployment
 from tests.support import as_sent

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from recorder.reset_progress import DB_NOT_SCOPED
+from recorder.tools.reset_progress import DB_NOT_SCOPED
 from tests.integration.faults.harness import Deployment
 from tests.support import as_sent
 from tests.support.recorder_proc import reset_progress as run_reset_cli

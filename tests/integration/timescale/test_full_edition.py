@@ -17,16 +17,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recorder.compression import apply_compression
 from recorder.core.batching import Batch
 from recorder.core.columns import from_rows
 from recorder.core.records import TickRow
 from recorder.core.rollups import ROLLUPS, aggregate
-from recorder.migrate import DbMode, migrate_explained
-from recorder.retention import apply_retention
-from recorder.settings import TopicKind, load_settings
+from recorder.runtime.settings import TopicKind, load_settings
+from recorder.sinks.timescale.compression import apply_compression
 from recorder.sinks.timescale.config import TimescaleConfig
 from recorder.sinks.timescale.encode import tick_copy
+from recorder.sinks.timescale.migrate import DbMode, migrate_explained
+from recorder.sinks.timescale.retention import apply_retention
 from recorder.sinks.timescale.upkeep import Upkeep, refresh_buckets
 from tests.integration.recorder.test_rollups import T0, TICKS
 

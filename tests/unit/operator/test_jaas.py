@@ -11,8 +11,8 @@ import pytest
 from datarecorder_operator import jaas, rendering
 from datarecorder_operator.spec import SpecError, parse_spec
 
-from recorder.kafka_options import client_options, jaas_credentials
-from recorder.settings import Settings
+from recorder.kafka.options import client_options, jaas_credentials
+from recorder.runtime.settings import Settings
 
 STRIMZI_LINE = (
     "org.apache.kafka.common.security.scram.ScramLoginModule required "

@@ -27,7 +27,7 @@ from datarecorder_operator.spec import SpecError, parse_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.settings import ConfigError, load_settings
+from recorder.runtime.settings import ConfigError, load_settings
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

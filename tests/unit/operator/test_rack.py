@@ -14,7 +14,7 @@ import pytest
 from datarecorder_operator import rendering
 from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema
 
 BASE: dict[str, Any] = {

@@ -13,7 +13,7 @@ from typing import Any
 from datarecorder_operator import rendering
 from datarecorder_operator.spec import parse_spec
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema
 
 MINIMAL: dict[str, Any] = {

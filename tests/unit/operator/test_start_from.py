@@ -12,7 +12,7 @@ import pytest
 from datarecorder_operator import rendering
 from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
 
-from recorder.settings import parse_start_from
+from recorder.runtime.settings import parse_start_from
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

@@ -13,7 +13,7 @@ import yaml
 from datarecorder_operator.metrics import REGISTRY as OPERATOR_REGISTRY
 from prometheus_client.metrics_core import Metric
 
-from recorder.metrics import ALL_METRIC_NAMES, REGISTRY
+from recorder.runtime.metrics import ALL_METRIC_NAMES, REGISTRY
 from tests.unit.packaging.helpers import ROOT
 
 # Digits too: with `[a-z_]+` alone, datarecorder_s3_bytes_uploaded_total would read as

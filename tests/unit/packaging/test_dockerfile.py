@@ -93,7 +93,7 @@ def test_both_entrypoints_exist(argv: list[str], expected: tuple[str, ...]) -> N
 
 
 def test_exposes_the_recorders_http_port(final: Stage) -> None:
-    from recorder.settings import Settings
+    from recorder.runtime.settings import Settings
 
     assert final.args_of("EXPOSE") == ["8080"]
     assert Settings.model_fields["HTTP_PORT"].default == 8080
@@ -154,7 +154,7 @@ def test_build_context_is_an_allow_list_of_what_the_wheel_needs() -> None:
     patterns = dockerignore_patterns()
     for allowed in (p[1:] for p in patterns if p.startswith("!")):
         assert (ROOT / allowed).exists(), f".dockerignore allows {allowed}, which does not exist"
-    for needed in ("pyproject.toml", "README.md", "recorder/cli.py", "recorder/metrics.py"):
+    for needed in ("pyproject.toml", "README.md", "recorder/cli.py", "recorder/runtime/metrics.py"):
         assert not excluded(needed, patterns), needed
     for sql in (ROOT / "recorder" / "migrations").glob("*.sql"):
         assert not excluded(sql.relative_to(ROOT).as_posix(), patterns)
@@ -165,7 +165,7 @@ def test_build_context_is_an_allow_list_of_what_the_wheel_needs() -> None:
 
 def test_compose_file_uses_only_known_settings_and_commands() -> None:
     """docker-compose.yml is not run in CI: at least its names must be the recorder's."""
-    from recorder.settings import Settings
+    from recorder.runtime.settings import Settings
 
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

@@ -1,4 +1,4 @@
-"""Pure rules of recorder.core.backpressure and the DLQ sizing of recorder.dlq (fake clock)."""
+"""Pure rules of recorder.core.backpressure and the DLQ sizing of recorder.kafka.dlq (fake clock)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from recorder.core import backpressure as bp
 from recorder.core.columns import ARROW_RSS_FACTOR, TABLE_BYTES, from_rows, table_bytes
 from recorder.core.offsets import TP
 from recorder.core.records import Level, OrderBookRow, TickRow
-from recorder.dlq import HEADROOM_BYTES, dlq_limit, max_message_bytes
-from recorder.settings import TopicKind
+from recorder.kafka.dlq import HEADROOM_BYTES, dlq_limit, max_message_bytes
+from recorder.runtime.settings import TopicKind
 
 A, B, C = TP("t", 0), TP("t", 1), TP("t", 2)
 

@@ -1,5 +1,5 @@
 """`reset-progress --from-group` (recorder.core.reset_plan.carry_plan) and the dead-letter
-replay's pure parts (recorder.tools.dlq_replay, recorder.dlq.origin_of), on generated inputs."""
+replay's pure parts (recorder.tools.dlq_replay, recorder.kafka.dlq.origin_of), on generated inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from recorder.core.offsets import TP
 from recorder.core.reset_plan import LAKE, Stored, carry_plan, refusal
-from recorder.dlq import DeadLetter, headers_for, origin_of
+from recorder.kafka.dlq import DeadLetter, headers_for, origin_of
 from recorder.tools.dlq_replay import Selection, fetched_all, reached
 
 TOPIC = "market.tick"

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from recorder.core.columns import _per_record, decode_batch
 from recorder.core.records import Limits
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 
 LIMITS = Limits(1024)
 TS_MS = 1764133200000

@@ -22,10 +22,10 @@ from recorder.core.commit import committing_sink
 from recorder.core.offsets import TP
 from recorder.core.partitions import PartitionTable, Status
 from recorder.core.readiness import Problem
-from recorder.dlq import DeadLetter, DeadLetterRefused
 from recorder.http import health_parts, health_report, readiness_parts, readiness_report
+from recorder.kafka.dlq import DeadLetter, DeadLetterRefused
 from recorder.pipeline import RebalanceCallback, Recorder
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 from recorder.sinks.base import NOT_ANSWERING, Health, ProgressCallback, ResyncCallback
 
 TOPIC = "market.tick"
@@ -634,7 +634,7 @@ def test_a_recorder_needs_a_sink() -> None:
 
 
 def _lost(tp: TP) -> float:
-    from recorder import metrics
+    from recorder.runtime import metrics
 
     value = metrics.REGISTRY.get_sample_value(
         "datarecorder_records_lost_total",
@@ -693,7 +693,7 @@ HANG_GUARD_SEC = 10.0  # only against a hang of the test itself, not a speed bou
 
 async def test_a_stop_during_start_up_abandons_it_and_reports_where_it_was() -> None:
     from recorder.core.shutdown import ExitCode, exit_code
-    from recorder.retry import Transient, retry_forever
+    from recorder.runtime.retry import Transient, retry_forever
 
     r = rig({A: log_of(A, 10)})
     attempts: list[int] = []

@@ -20,9 +20,9 @@ from recorder.core.offsets import CasOutcome, cas_outcome, partition_lag, seek_p
 from recorder.core.records import TickRow
 from recorder.core.rollups import Bar, aggregate, merge
 from recorder.http import health_report
-from recorder.migrate import DbMode, mode_for_license, plan_migrations
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import object_key, progress_key
+from recorder.sinks.timescale.migrate import DbMode, mode_for_license, plan_migrations
 
 H = 3600 * 10**9
 

@@ -29,7 +29,7 @@ from recorder.core.columns import (
     decode_batch,
 )
 from recorder.core.records import FUTURE_SLACK_NS, MIN_TIME_NS, Level, Limits
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import orderbook_table, tick_table
 from recorder.sinks.timescale.encode import (
     HEADER,

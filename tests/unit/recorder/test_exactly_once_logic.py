@@ -27,8 +27,7 @@ from recorder.core.offsets import (
 )
 from recorder.core.records import TickRow
 from recorder.core.reset_plan import Stored, plan, target_offset
-from recorder.reset_progress import render
-from recorder.settings import ConfigError, TopicKind, load_settings
+from recorder.runtime.settings import ConfigError, TopicKind, load_settings
 from recorder.sinks.lake.encoder import Encoder, EncoderMismatch, for_recorded_range
 from recorder.sinks.lake.store import (
     ConditionalWritesUnsupported,
@@ -39,6 +38,7 @@ from recorder.sinks.lake.store import (
     decode_progress,
     encode_progress,
 )
+from recorder.tools.reset_progress import render
 
 A, B = TP("t", 0), TP("t", 1)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from recorder.core.columns import TICK_SCHEMA
 from recorder.core.offsets import TP, CasOutcome
-from recorder.settings import Settings, TopicKind
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.iceberg import rows
 from recorder.sinks.iceberg.config import IcebergConfig, catalog_uri
 from recorder.sinks.iceberg.progress import (

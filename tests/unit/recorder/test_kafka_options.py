@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from recorder.kafka_options import client_options, consumer_options
-from recorder.settings import Settings
-from recorder.source import KafkaSource
+from recorder.kafka.options import client_options, consumer_options
+from recorder.kafka.source import KafkaSource
+from recorder.runtime.settings import Settings
 
 
 def _settings(**env: str) -> Settings:

@@ -16,9 +16,9 @@ from recorder.core.rollups import (
     late_windows,
     merge_windows,
 )
-from recorder.migrate import DbMode
-from recorder.settings import TopicKind, load_settings
+from recorder.runtime.settings import TopicKind, load_settings
 from recorder.sinks.timescale.config import TimescaleConfig
+from recorder.sinks.timescale.migrate import DbMode
 from recorder.sinks.timescale.upkeep import Upkeep
 
 NOW = 1_796_587_197_071_827_963

@@ -16,7 +16,7 @@ from recorder.core.records import (
     decode,
     parse_timestamp,
 )
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 
 NOW = time.time_ns()
 TS = 1764133200123456789

@@ -166,7 +166,7 @@ def _member(member_id: str, assignment: list[tuple[str, list[int]]]) -> dict[str
 
 
 def test_owners_from_the_group_description() -> None:
-    from recorder.reset_progress import owners_of
+    from recorder.tools.reset_progress import owners_of
 
     tps = [TP(TOPIC, 0), TP(TOPIC, 1), TP(TOPIC, 2)]
     stable = {
@@ -194,7 +194,7 @@ def test_a_lake_replay_of_a_rewound_range_lands_under_new_keys() -> None:
     from recorder.core.batching import split_by_hour
     from recorder.core.columns import from_rows
     from recorder.core.records import TickRow
-    from recorder.settings import TopicKind
+    from recorder.runtime.settings import TopicKind
     from recorder.sinks.lake.parquet import object_key
 
     hour = 1_796_587_200 * 10**9

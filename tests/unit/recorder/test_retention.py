@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from recorder.retention import cutoff_day, partitions_to_drop
+from recorder.sinks.timescale.retention import cutoff_day, partitions_to_drop
 
 
 def test_only_whole_days_before_the_cutoff_of_our_own_partitions_go() -> None:

@@ -1,4 +1,4 @@
-"""The one retry rule (recorder.retry.is_transient): what every store and Kafka wait for."""
+"""The one retry rule (recorder.runtime.retry.is_transient): what every store and Kafka wait for."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiokafka.errors import (
 )
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from recorder.retry import Transient, is_transient, retry_forever
+from recorder.runtime.retry import Transient, is_transient, retry_forever
 from recorder.sinks.timescale.service import PartitionMissing
 
 

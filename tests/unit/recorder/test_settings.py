@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recorder.settings import ConfigError, Settings, TopicKind, load_settings
+from recorder.runtime.settings import ConfigError, Settings, TopicKind, load_settings
 
 
 @pytest.fixture(autouse=True)

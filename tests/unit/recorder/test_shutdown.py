@@ -20,7 +20,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recorder import supervise
 from recorder.core.shutdown import (
     LEAVE_MAX_SEC,
     ExitCode,
@@ -28,8 +27,9 @@ from recorder.core.shutdown import (
     budget,
     exit_code,
 )
-from recorder.retry import Abandoned, RetryScope, Transient, enter_scope, retry_forever
-from recorder.settings import Settings
+from recorder.runtime import supervise
+from recorder.runtime.retry import Abandoned, RetryScope, Transient, enter_scope, retry_forever
+from recorder.runtime.settings import Settings
 
 # SHUTDOWN_TIMEOUT_SEC as the settings accept it: > 0, <= 3,600 (an operator's input).
 deadlines = st.floats(min_value=0.0, max_value=3600.0, exclude_min=True, allow_nan=False)

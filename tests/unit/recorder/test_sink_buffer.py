@@ -11,7 +11,7 @@ import pytest
 from recorder.core.columns import from_rows
 from recorder.core.offsets import TP
 from recorder.core.records import TickRow
-from recorder.settings import TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.buffer import Buffers
 
 A, B = TP("t.tick", 0), TP("t.tick", 1)

@@ -1,4 +1,4 @@
-"""Our consumers read records as the record batch holds them (recorder/source.py): the hook
+"""Our consumers read records as the record batch holds them (recorder/kafka/source.py): the hook
 into aiokafka's fetcher must still be called with records whose offset, timestamp, key and
 value are the ones sent, aborted transactions still skipped, and other consumers must still
 get ConsumerRecords. Generated batches; the reference is what was appended."""
@@ -14,7 +14,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder import source
+from recorder.kafka import source
 
 TP = TopicPartition("t", 0)
 records = st.lists(

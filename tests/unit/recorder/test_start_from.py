@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recorder.core.reset_plan import at_time, start_position
-from recorder.settings import (
+from recorder.runtime.settings import (
     ConfigError,
     StartFrom,
     load_settings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from recorder import supervise
+from recorder.runtime import supervise
 
 
 async def _boom() -> None:

@@ -1,4 +1,4 @@
-"""Log events declared once (recorder.telemetry): every log call of the pod names a declared
+"""Log events declared once (recorder.runtime.telemetry): every log call of the pod names a declared
 event at its declared level with declared fields, and an event's metrics move when it is emitted.
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from recorder import metrics, telemetry
+from recorder.runtime import metrics, telemetry
 
-PACKAGE = Path(telemetry.__file__).resolve().parent
+PACKAGE = Path(telemetry.__file__).resolve().parents[1]  # recorder/
 LEVELS = {"debug", "info", "warning", "error", "exception"}
 
 
@@ -78,7 +78,7 @@ def test_every_log_call_is_a_declared_event(
 ) -> None:
     event = telemetry.EVENTS.get(name)
     assert event is not None, (
-        f"{where}: log event {name!r} is not declared in recorder/telemetry.py"
+        f"{where}: log event {name!r} is not declared in recorder/runtime/telemetry.py"
     )
     assert level == event.level, f"{where}: {name} logged at {level}, declared {event.level}"
     undeclared = keywords - set(event.fields)
@@ -90,7 +90,9 @@ def test_every_declared_event_is_logged_somewhere() -> None:
     assert set(telemetry.EVENTS) - logged == set()
 
 
-@pytest.mark.parametrize("module", ["pipeline.py", "source.py", "dlq.py", "cli.py", "supervise.py"])
+@pytest.mark.parametrize(
+    "module", ["pipeline.py", "kafka/source.py", "kafka/dlq.py", "cli.py", "runtime/supervise.py"]
+)
 def test_the_coordinator_and_kafka_modules_log_only_through_events(module: str) -> None:
     assert "structlog" not in (PACKAGE / module).read_text(), f"{module} logs around telemetry"
 

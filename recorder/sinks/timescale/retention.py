@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from recorder import telemetry
-from recorder.migrate import DbMode
+from recorder.runtime import telemetry
+from recorder.sinks.timescale.migrate import DbMode
 
 TABLES = ("tick_data", "orderbook")
 SECONDS_PER_DAY = 86_400

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from recorder import telemetry
+from recorder.runtime import telemetry
 
 # Any constant works as long as every recorder uses the same one.
 MIGRATION_LOCK_ID = 0x5245434F5244  # "RECORD"

@@ -4,7 +4,7 @@ metric change apart.
 
 Owns `EVENTS` (the README's log-event table is generated from it and a test checks every log
 call in `recorder/` against it) and `emit`. Metrics that are sampled rather than caused by an
-event (buffer sizes, lag, health) are set directly from recorder.metrics.
+event (buffer sizes, lag, health) are set directly from recorder.runtime.metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 import structlog
 from prometheus_client import Counter, Gauge
 
-from recorder import metrics
+from recorder.runtime import metrics
 
 Level = Literal["debug", "info", "warning", "error"]
 Fields = Mapping[str, Any]
@@ -314,7 +314,7 @@ DEAD_LETTERS_ACCEPTED = _event(
     TOPIC_PARTITION,
 )
 
-# --- Kafka (recorder.source, recorder.dlq) -------------------------------------------------------
+# --- Kafka (recorder.kafka.source, recorder.kafka.dlq) -------------------------------------------------------
 SEEK_SKIPPED_NOT_ASSIGNED = _event(
     "seek_skipped_not_assigned",
     "info",
@@ -383,7 +383,7 @@ DEAD_LETTERS_SENT = _event(
     Update(metrics.DEAD_LETTERS, "inc", amount="letters", labels=("topic", "reason")),
 )
 
-# --- process (recorder.cli, recorder.supervise) -----------------------------------------------
+# --- process (recorder.cli, recorder.runtime.supervise) -----------------------------------------------
 SETTINGS = _event(
     "settings",
     "info",
@@ -421,7 +421,7 @@ TASK_FAILED = _event(
     ("task",),
 )
 
-# --- stores (recorder.sinks, recorder.migrate, recorder.retention, recorder.compression) --------
+# --- stores (recorder.sinks, recorder.sinks.timescale.migrate, recorder.sinks.timescale.retention, recorder.sinks.timescale.compression) --------
 STORE_RETRY = _event(
     "store_retry",
     "warning",

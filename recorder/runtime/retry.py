@@ -30,8 +30,8 @@ from sqlalchemy.exc import InterfaceError as SqlInterfaceError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from recorder import telemetry
 from recorder.core.backoff import Backoff
+from recorder.runtime import telemetry
 
 T = TypeVar("T")
 

@@ -39,12 +39,12 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from recorder.core.offsets import TP
 from recorder.core.reset_plan import LAKE, TIMESCALE, Change, Stored, at_time, carry_plan, plan
-from recorder.kafka_options import client_options
-from recorder.settings import ConfigError, Settings, parse_rfc3339_ms
+from recorder.kafka.options import client_options
+from recorder.kafka.topic_ids import topic_ids
+from recorder.runtime.settings import ConfigError, Settings, parse_rfc3339_ms
 from recorder.sinks.lake.parquet import progress_key
 from recorder.sinks.lake.store import Lake, StoredProgress, make_lake
 from recorder.sinks.timescale import progress as progress_rows
-from recorder.topic_ids import topic_ids
 
 APPLIED = "applied"
 DB_NOT_SCOPED = (
@@ -150,7 +150,7 @@ async def log_bounds(
 
 
 async def current_topic_id(settings: Settings, topic: str) -> str | None:
-    """The topic's ID now (`recorder.topic_ids`): progress counting another was recorded from
+    """The topic's ID now (`recorder.kafka.topic_ids`): progress counting another was recorded from
     a log that was replaced, and may be rewound."""
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(settings))
     await consumer.start()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from recorder import telemetry
-from recorder.migrate import MIGRATION_LOCK_ID
+from recorder.runtime import telemetry
+from recorder.sinks.timescale.migrate import MIGRATION_LOCK_ID
 
 TABLES = ("tick_data", "orderbook")
 

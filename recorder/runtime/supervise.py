@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from recorder import telemetry
+from recorder.runtime import telemetry
 
 
 def failure(tasks: Iterable[asyncio.Task[Any] | None]) -> str | None:

@@ -19,12 +19,12 @@ from aiokafka.errors import (
     OffsetOutOfRangeError,
 )
 
-from recorder import telemetry
 from recorder.core.offsets import TP, PositionLost
 from recorder.core.reset_plan import start_position
-from recorder.kafka_options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS, consumer_options
-from recorder.settings import Settings
-from recorder.topic_ids import topic_ids
+from recorder.kafka.options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS, consumer_options
+from recorder.kafka.topic_ids import topic_ids
+from recorder.runtime import telemetry
+from recorder.runtime.settings import Settings
 
 
 class Fetched(Protocol):

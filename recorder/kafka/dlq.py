@@ -20,8 +20,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from recorder import telemetry
-from recorder.settings import Settings
+from recorder.runtime import telemetry
+from recorder.runtime.settings import Settings
 
 HEADER_ERROR = "x-recorder-error"
 HEADER_REASON = "x-recorder-error-reason"

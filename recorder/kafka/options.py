@@ -6,7 +6,7 @@ import re
 import ssl
 from typing import Any
 
-from recorder.settings import Settings
+from recorder.runtime.settings import Settings
 
 # How long the group waits for members to rejoin a rebalance (aiokafka's rebalance_timeout_ms).
 REBALANCE_TIMEOUT_MS = 60_000

@@ -9,23 +9,23 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from recorder.core.errors import ConfigError as ConfigError
+from recorder.core.kinds import TopicKind as TopicKind
+from recorder.core.kinds import split_topic as split_topic
+from recorder.core.kinds import topic_kind as topic_kind
+from recorder.core.start_from import START_FROM_FORM as START_FROM_FORM
+from recorder.core.start_from import StartFrom as StartFrom
+from recorder.core.start_from import parse_rfc3339_ms as parse_rfc3339_ms
+from recorder.core.start_from import parse_start_from as parse_start_from
 
-class TopicKind(StrEnum):
-    TICK = "tick"
-    ORDERBOOK = "orderbook"
-
-
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names the variable and what it expects."""
+# An Iceberg namespace or table name: one level (a dot would nest namespaces), nothing to quote.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _field(default: Any, description: str, example: str, **kw: Any) -> Any:
@@ -407,82 +407,6 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
-
-
-START_FROM_FORM = (
-    "expected time:<RFC 3339 date-time with a zone> (e.g. time:2026-12-01T00:00:00Z), "
-    "offset:<integer >= 0> (e.g. offset:12345), or empty for the reset policy"
-)
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE
-)
-
-
-@dataclass(frozen=True, slots=True)
-class StartFrom:
-    """A point of the log to start at: a Kafka timestamp in ms (`time`) or an offset."""
-
-    kind: Literal["time", "offset"]
-    value: int
-
-
-def parse_rfc3339_ms(text: str) -> int:
-    """Milliseconds since the epoch of an RFC 3339 date-time with a zone (digits below the ms
-    are dropped, toward the past); ValueError otherwise."""
-    text = text.strip()
-    if not _RFC3339.fullmatch(text):
-        raise ValueError(f"{text!r} is not an RFC 3339 date-time with a zone")
-    head, dot, rest = text.upper().partition(".")
-    fraction = ""
-    if dot:  # Python reads 6 digits at most: keep the ms, the rest only says where the zone is
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        fraction, rest = rest[:digits], rest[digits:]
-    when = datetime.fromisoformat(head.replace(" ", "T") + rest.replace("Z", "+00:00"))
-    millis = int(fraction[:3].ljust(3, "0")) if fraction else 0
-    return int(when.timestamp()) * 1000 + millis
-
-
-def parse_start_from(value: str) -> StartFrom | None:
-    """START_FROM's value parsed; ValueError with the expected form when it is none of them."""
-    value = value.strip()
-    if not value:
-        return None
-    kind, sep, rest = value.partition(":")
-    kind = kind.strip().lower()
-    try:
-        if sep and kind == "time":
-            return StartFrom("time", parse_rfc3339_ms(rest))
-        if sep and kind == "offset" and rest.strip().isascii() and rest.strip().isdigit():
-            return StartFrom("offset", int(rest.strip()))
-    except ValueError:
-        pass
-    raise ValueError(f"{value!r}: {START_FROM_FORM}")
-
-
-def split_topic(item: str) -> tuple[str, TopicKind]:
-    name, sep, kind = item.partition(":")
-    if sep:
-        try:
-            return name, TopicKind(kind)
-        except ValueError:
-            raise ValueError(f"topic {item!r}: kind must be 'tick' or 'orderbook'") from None
-    return name, topic_kind(name)
-
-
-def topic_kind(item: str) -> TopicKind:
-    name, sep, _ = item.partition(":")
-    if sep:
-        return split_topic(item)[1]
-    lowered = name.lower()
-    if "orderbook" in lowered or "order_book" in lowered or "order-book" in lowered:
-        return TopicKind.ORDERBOOK
-    if "tick" in lowered:
-        return TopicKind.TICK
-    raise ValueError(
-        f"cannot tell what topic {name!r} carries: name it with 'tick' or 'orderbook', "
-        f"or write '{name}:tick' / '{name}:orderbook'"
-    )
 
 
 _EXPECTS: dict[str, str] = {

@@ -1,0 +1,1 @@
+"""Kafka I/O: the consumer source, the dead-letter producer, client options, topic IDs."""

@@ -1,0 +1,1 @@
+"""What every part of the recorder runs on: settings, telemetry (log events and metrics), logs, task supervision, the retry rule."""
