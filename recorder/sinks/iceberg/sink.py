@@ -22,7 +22,6 @@ from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import TypeVar
 
-from recorder.core.backoff import Backoff
 from recorder.core.offsets import TP
 from recorder.runtime import telemetry
 from recorder.runtime.retry import retry_forever
@@ -37,11 +36,6 @@ from recorder.sinks.iceberg.service import IcebergStore
 
 T = TypeVar("T")
 
-# A flush that failed with an error retrying does not fix waits this long before its
-# partitions are fed again, doubling per consecutive failure up to the cap.
-FAILED_FLUSH_BACKOFF_SEC = 1.0
-FAILED_FLUSH_BACKOFF_MAX_SEC = 60.0
-
 
 class IcebergSink(BufferedSink):
     def __init__(
@@ -55,11 +49,7 @@ class IcebergSink(BufferedSink):
         self._config = config
         self.tables = Tables(config)
         self.store = IcebergStore(config, dict(topics), self.tables, self._on_retry)
-        schedule = Schedule(
-            config.batch_rows,
-            config.batch_age_sec,
-            Backoff(FAILED_FLUSH_BACKOFF_SEC, FAILED_FLUSH_BACKOFF_MAX_SEC),
-        )
+        schedule = Schedule.of_files(config.batch_rows, config.batch_age_sec)
         super().__init__(SINK, self.store, schedule, on_progress, on_resync)
         self.stage = "connecting"  # where start-up is (the shutdown log names it)
 

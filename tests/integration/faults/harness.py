@@ -375,6 +375,11 @@ class Deployment:
         )
 
 
+# The `deploy` fixture (tests/integration/conftest.py): `await deploy(partitions, on=stack,
+# **env)` -> a Deployment on fresh topics, database and bucket.
+Deploy = Callable[..., Awaitable[Deployment]]
+
+
 def summary(report: dict[str, Any]) -> dict[str, int]:
     stores = report["stores"]
     lakes = ("dead", "parquet", "iceberg")

@@ -12,13 +12,11 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.integration.faults.harness import (
-    BASE_ENV,
+    Deploy,
     Deployment,
     random_delays,
     record_result,
@@ -34,29 +32,10 @@ KILLS = int(os.environ.get("FAULTS_KILLS", "6"))
 
 
 @pytest.fixture
-async def iceberg_deployment(
-    stack: Stack,
-    kafka_topics: TopicFactory,
-    fresh_database: str,
-    fresh_bucket: str,
-    recorder_env: RecorderEnv,
-    unique_name: str,
-) -> AsyncIterator[Deployment]:
+async def iceberg_deployment(deploy: Deploy) -> Deployment:
     """The fault deployment with the cold path as Iceberg tables (catalog in the test's
-    database, warehouse in its bucket)."""
-    topics = await kafka_topics("market.tick", "market.orderbook", partitions=PARTITIONS, dlq=True)
-    env = recorder_env(
-        database=fresh_database,
-        bucket=fresh_bucket,
-        topics=topics,
-        LAKE_FORMAT="iceberg",
-        **BASE_ENV,
-    )
-    dep = Deployment(unique_name, stack, env, topics, PARTITIONS)
-    try:
-        yield dep
-    finally:
-        dep.stop_all()
+    database, warehouse in its bucket), on any stack."""
+    return await deploy(PARTITIONS, LAKE_FORMAT="iceberg")
 
 
 async def test_sigkill_mid_stream_and_restart_leave_every_record_once(

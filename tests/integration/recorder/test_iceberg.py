@@ -6,7 +6,6 @@ recorders of one group committing to the same tables at once, their conflicts re
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,23 +20,6 @@ pytestmark = pytest.mark.integration
 
 HOUR_NS = 3600 * 10**9
 CONFLICTS = "datarecorder_iceberg_commit_conflicts_total"
-
-
-async def wait_stored(
-    env: dict[str, str], want: dict[str, Any], recs: list[RecorderProcess], limit_s: float = 240
-) -> None:
-    """Until each store named in `want` holds exactly its rows, or fail with the differences."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        got = await as_sent.stored(env)
-        diff = {k: as_sent.differences(w, got[k]) for k, w in want.items()}
-        if all(not d["missing"] and not d["unexpected"] for d in diff.values()):
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"stores differ from what was sent: {diff}\n{recs[-1].tail()}")
-        for rec in recs:
-            assert rec.proc is not None and rec.proc.poll() is None, rec.tail()
-        await asyncio.sleep(1.0)
 
 
 def metric(rec: RecorderProcess, name: str) -> float:
@@ -63,18 +45,11 @@ async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
     )
     records = as_sent.corpus((topics[0], topics[1]), 3, ticks=4000, books=400)
     await as_sent.send(env["KAFKA_BROKERS"], records)
-    want = {
-        "db.tick": as_sent.expected(records, topics[0], micros=True),
-        "db.book": as_sent.expected(records, topics[1], micros=True),
-        "lake.tick": as_sent.expected(records, topics[0], micros=False),
-        "lake.book": as_sent.expected(records, topics[1], micros=False),
-    }
+    want = as_sent.wanted(records, topics[0], topics[1])
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
     try:
-        await wait_stored(env, want, [rec])
-        ends: dict[tuple[str, int], int] = {}
-        for r in records:
-            ends[(r.topic, r.partition)] = ends.get((r.topic, r.partition), 0) + 1
+        await as_sent.wait_stored(env, want, [rec])
+        ends = as_sent.log_ends(records)
         read = await iceberg.read(env)
         assert {(tp.topic, tp.partition): n for tp, n in read["offsets"].items()} == ends
         for kind, files in read["files"].items():
@@ -125,12 +100,10 @@ async def test_two_recorders_of_one_group_commit_at_once_exactly(
             "lake.tick": as_sent.expected(records, topics[0], micros=False),
             "lake.book": as_sent.expected(records, topics[1], micros=False),
         }
-        await wait_stored(env, want, recs)
+        await as_sent.wait_stored(env, want, recs)
         # Every partition's progress in the summary is its log end: no commit carried another
         # member's progress back to what it had read before that member's commit.
-        ends: dict[tuple[str, int], int] = {}
-        for r in records:
-            ends[(r.topic, r.partition)] = ends.get((r.topic, r.partition), 0) + 1
+        ends = as_sent.log_ends(records)
         assert await iceberg.progress(env) == ends
         owned = [metric(r, "datarecorder_assigned_partitions") for r in recs]
         assert all(owned), f"one member owned nothing: {owned}"
