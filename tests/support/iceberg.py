@@ -17,10 +17,12 @@ from tests.support import as_sent
 def _read(env: dict[str, str]) -> dict[str, Any]:
     tables = Tables(IcebergConfig.of(as_sent.settings_of(env)))
     try:
-        out: dict[str, Any] = {"offsets": {}, "files": {}, "snapshots": {}}
+        out: dict[str, Any] = {"offsets": {}, "topic_ids": {}, "files": {}, "snapshots": {}}
         for kind in TopicKind:
             table = tables.load(kind)
-            out["offsets"].update(tables.progress(table).offsets)
+            progress = tables.progress(table)
+            out["offsets"].update(progress.offsets)
+            out["topic_ids"].update(progress.topic_ids)
             out["files"][kind.value] = [task.file for task in table.scan().plan_files()]
             out["snapshots"][kind.value] = list(table.snapshots())
         return out
@@ -29,7 +31,8 @@ def _read(env: dict[str, str]) -> dict[str, Any]:
 
 
 async def read(env: dict[str, str]) -> dict[str, Any]:
-    """`offsets` (TP -> next offset, both tables), `files` and `snapshots` per table."""
+    """`offsets` (TP -> next offset) and `topic_ids` (topic -> Kafka topic ID) of both tables,
+    `files` and `snapshots` per table."""
     with as_sent.aws_credentials_of(env):
         return await asyncio.to_thread(_read, env)
 

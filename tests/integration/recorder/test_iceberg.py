@@ -52,6 +52,7 @@ async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
         ends = as_sent.log_ends(records)
         read = await iceberg.read(env)
         assert {(tp.topic, tp.partition): n for tp, n in read["offsets"].items()} == ends
+        assert set(read["topic_ids"]) == set(topics[:2])  # the incarnation the offsets count
         for kind, files in read["files"].items():
             assert files, kind
             for f in files:
