@@ -18,7 +18,7 @@ from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.update import AssertTableUUID
 from pyiceberg.transforms import HourTransform
@@ -100,6 +100,9 @@ class Tables:
         if self._catalog is not None:
             self._catalog.engine.dispose()
 
+    def name(self, kind: TopicKind) -> str:
+        return self._config.table(kind)
+
     def load(self, kind: TopicKind) -> Table:
         return self.catalog.load_table(self._config.table(kind))
 
@@ -129,10 +132,15 @@ class Tables:
         with txn.update_snapshot(snapshot_properties=progress.summary()).fast_append() as append:
             for data_file in files:
                 append.append_data_file(data_file)
-        # One attempt through the catalog: the producer asserts the current snapshot id
-        # (AssertRefSnapshotId on main), the SQL catalog swaps the metadata location only if it
-        # is still the one loaded. Transaction.commit_transaction would retry on conflict by
-        # rebasing these files and this summary onto the new snapshot: a double commit.
+        self.commit_staged(table, txn)
+
+    def commit_staged(self, table: Table, txn: Transaction) -> None:
+        """Commit what `txn` (begun on `table`) staged, once: CommitFailedException when the
+        branch's current snapshot is no longer `table`'s (nothing applied)."""
+        # The snapshot producers assert the current snapshot id (AssertRefSnapshotId on main,
+        # the first one staged), and the SQL catalog swaps the metadata location only if it is
+        # still the one loaded. Transaction.commit_transaction would retry on conflict by
+        # rebasing the staged files and summary onto the new snapshot: a double commit.
         requirements = (*txn._requirements, AssertTableUUID(uuid=table.metadata.table_uuid))
         self.catalog.commit_table(table, requirements, txn._updates)
 

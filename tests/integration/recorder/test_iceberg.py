@@ -6,6 +6,8 @@ recorders of one group committing to the same tables at once, their conflicts re
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,74 @@ async def test_two_recorders_of_one_group_commit_at_once_exactly(
     finally:
         for rec in recs:
             rec.terminate()
+
+
+def compact(env: dict[str, str], hour: str) -> str:
+    """`datarecorder lake compact --hour HOUR`; its report."""
+    res = subprocess.run(
+        [sys.executable, "-m", "recorder.cli", "lake", "compact", "--hour", hour],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+async def test_compacting_hours_while_recording_keeps_every_record_once(
+    kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any, tmp_path: Path
+) -> None:
+    """`lake compact` replaces an hour's many small files by one while a recorder keeps
+    committing into the same hours: a compaction that loses the race is redone, so the tables
+    still hold every record once, and the progress stays the log end."""
+    topics = await kafka_topics("market.tick", "market.orderbook", partitions=2, dlq=True)
+    env = recorder_env(
+        database=fresh_database,
+        bucket=fresh_bucket,
+        topics=topics,
+        LAKE_FORMAT="iceberg",
+        DB_WRITE_ENABLED="false",
+        S3_BATCH_SIZE=100,
+        S3_BATCH_TIMEOUT_SEC=0.2,
+    )
+    rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+    try:
+        records = as_sent.corpus((topics[0], topics[1]), 2, ticks=3000, books=300, seed=1)
+        await as_sent.send(env["KAFKA_BROKERS"], records)
+        want = as_sent.wanted(records, topics[0], topics[1])
+        lake = {k: v for k, v in want.items() if k.startswith("lake.")}
+        await as_sent.wait_stored(env, lake, [rec])
+        hours = sorted({r.time_ns // HOUR_NS for r in records})
+        before = await iceberg.read(env)
+        # More records of the same hours arrive while the hours are compacted.
+        more = [
+            as_sent.corpus(
+                (topics[0], topics[1]), 2, ticks=800, books=80, seed=wave, first=wave * 1000
+            )
+            for wave in range(10, 20)
+        ]
+
+        async def send_waves() -> None:  # one after another, while the compactions run
+            for wave in more:
+                await as_sent.send(env["KAFKA_BROKERS"], wave)
+
+        sending = asyncio.create_task(send_waves())
+        reports: list[str] = []
+        while not sending.done() or not reports:  # each hour again and again, racing commits
+            for h in hours:
+                hour = f"{datetime.fromtimestamp(h * 3600, UTC):%Y-%m-%dT%H}"
+                reports.append(await asyncio.to_thread(compact, env, hour))
+        await sending
+        records += [r for wave in more for r in wave]
+        want = as_sent.wanted(records, topics[0], topics[1])
+        await as_sent.wait_stored(env, {k: v for k, v in want.items() if k in lake}, [rec])
+        assert await iceberg.progress(env) == as_sent.log_ends(records)
+        # Compacted: far fewer files than the recorder's many small commits had made.
+        first = sum(len(f) for f in before["files"].values())
+        after = await iceberg.read(env)
+        assert sum(len(f) for f in after["files"].values()) < first, reports
+        assert all("->" in r for r in reports), reports
+    finally:
+        rec.terminate()

@@ -8,6 +8,7 @@ tests/integration/faults/test_iceberg_zombie.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recorder.core.columns import TICK_SCHEMA
+from recorder.core.errors import ConfigError
 from recorder.core.offsets import TP, CasOutcome
 from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.iceberg import rows
@@ -29,6 +31,7 @@ from recorder.sinks.iceberg.progress import (
     with_starts,
     with_topic_ids,
 )
+from recorder.tools.lake_compact import parse_hour
 
 tps = st.builds(TP, st.sampled_from(["market.tick", "a.b-c_d", "x"]), st.integers(0, 5))
 offsets = st.integers(0, 50)
@@ -178,3 +181,14 @@ def test_catalog_uri_takes_its_password_from_the_secret_and_never_shows_it() -> 
     )
     assert catalog_uri(own) == "postgresql+psycopg2://rec:pw@localhost:5432/md?connect_timeout=10"
     assert IcebergConfig.of(own).warehouse == "s3://market-data/market-data"
+
+
+def test_lake_compact_takes_an_hour_that_has_ended_and_says_the_form_otherwise() -> None:
+    now = datetime(2026, 11, 26, 10, 30, tzinfo=UTC)
+    nine = datetime(2026, 11, 26, 9, tzinfo=UTC)
+    for text in ("2026-11-26T09", "2026-11-26T09:00", "2026-11-26T09:00:00Z", " 2026-11-26t09 "):
+        assert parse_hour(text, now) == nine
+    assert parse_hour("2026-11-26T11:00+02:00", now) == nine  # a zone names the same instant
+    for text in ("2026-11-26T10", "2026-11-26T09:30", "yesterday", "2026-11-26T09:00+05:30"):
+        with pytest.raises(ConfigError, match="--hour"):
+            parse_hour(text, now)
