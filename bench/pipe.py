@@ -24,13 +24,14 @@ from bench import workload as wl
 from bench.peers.cpu import machine_busy, process_cpu
 from bench.stack import Stack
 from recorder.core.columns import empty
+from recorder.core.kinds import kind_of
 from recorder.core.offsets import TP
 from recorder.kafka.options import client_options
 from recorder.kafka.source import KafkaSource
 from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
 from recorder.sinks.lake.store import make_lake
-from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, book_copy, tick_copy
+from recorder.sinks.timescale.encode import copy_bytes
 
 Timeline = list[tuple[float, float]]
 COPY_ROWS = 10_000  # rows a COPY, as ceiling (a); the recorder's flushes under a backlog group
@@ -63,12 +64,11 @@ def pre_encode(kind: TopicKind, tables: Sequence[pa.Table], lake: bool) -> Piece
     """The recorder's own encoders (binary COPY stream, snappy Parquet) over the decoded
     backlog, before any clock runs. COPY pieces and files are both COPY_ROWS = FILE_ROWS."""
     whole = pa.concat_tables(tables) if tables else empty(kind)
-    encode = tick_copy if kind is TopicKind.TICK else book_copy
     out = Pieces(ends=piece_ends(whole.num_rows, COPY_ROWS))
     start = 0
     for end in out.ends:
         part = whole.slice(start, end - start)
-        out.copies.append(encode(part))
+        out.copies.append(copy_bytes(part, kind))
         if lake:
             buf = io.BytesIO()
             write_parquet(buf, kind, part, "ns", "typed", 50_000)
@@ -195,11 +195,7 @@ async def pipe(
                 cpu0, busy0 = process_cpu(os.getpid()), machine_busy()
             for kind, got in arrived.items():
                 upto = released(got, pieces[kind].ends)
-                table, cols = (
-                    ("tick_data", TICK_COLUMNS)
-                    if kind is TopicKind.TICK
-                    else ("orderbook", BOOK_COLUMNS)
-                )
+                table, cols = kind_of(kind).table, kind_of(kind).db_column_names
                 ends = pieces[kind].ends
                 for i in range(sent[kind], upto):
                     rows = ends[i] - (ends[i - 1] if i else 0)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from recorder.core.kinds import TopicKind
 from recorder.core.shutdown import ExitCode, Outcome, exit_code
 from recorder.runtime import logs, supervise, telemetry
 from recorder.runtime.settings import ConfigError, Settings, load_settings
@@ -120,8 +121,7 @@ async def _produce(settings: Settings, args: argparse.Namespace) -> int:
 
     sent = await produce(
         settings,
-        ticks=args.ticks,
-        orderbooks=args.orderbooks,
+        counts={kind: getattr(args, f"{kind}s") for kind in TopicKind},
         rate=args.rate,
         duration=args.duration,
         spec=FeedSpec(symbols=args.symbols, seed=args.seed),
@@ -141,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     p_mig.add_argument("--env-file")
     p_prod = sub.add_parser("produce", help="send a synthetic market feed to the topics")
     p_prod.add_argument("--env-file")
-    p_prod.add_argument(
-        "--ticks",
-        type=int,
-        default=None,
-        help="tick records to send (default: endless with --rate)",
-    )
-    p_prod.add_argument("--orderbooks", type=int, default=None, help="order books to send")
+    for kind in TopicKind:  # --ticks, --orderbooks, ...: one count per record kind
+        p_prod.add_argument(
+            f"--{kind}s",
+            type=int,
+            default=None,
+            help=f"{kind} records to send (default: endless with --rate)",
+        )
     p_prod.add_argument(
         "--rate", type=float, default=None, help="records per second (default: as fast as possible)"
     )

@@ -17,7 +17,10 @@ children, restoring drift; default 30), ``--liveness URL`` (kopf's probe endpoin
 ``http://0.0.0.0:8080/healthz``), ``--verbose``. The RBAC it needs is
 ``datarecorder_operator.rbac.CLUSTER_ROLE_RULES``.
 
-Modules (import layers, checked by import-linter): ``cli`` > ``handlers`` > ``scaler`` >
-``rendering`` | ``status`` > ``spec`` | ``lag`` > ``kube``; ``quantity`` (pure, used by ``spec``
-and ``rendering``), ``kafkalag`` (Kafka I/O) and ``rbac`` (data) stand aside.
+Modules (import layers, checked by import-linter; ``.importlinter`` lists every one): ``cli`` >
+``handlers`` > ``memo`` > ``reconcile`` > ``children`` | ``autoscaling`` > ``state`` > ``reset`` >
+``rendering`` | ``status`` > ``workload`` | ``replicas`` > ``environment`` | ``drift`` >
+``naming`` | ``sinks`` > ``kube`` | ``kafkalag`` > ``parsing`` > ``parsing_kafka`` >
+``spec_reader`` > ``spec`` | ``lag`` | ``rbac`` > ``quantity`` | ``policy``. Everything from
+``reset`` down but ``kube`` and ``kafkalag`` is pure (a contract forbids I/O libraries there).
 """

@@ -22,8 +22,9 @@ from typing import Any, TextIO
 import yaml
 
 from datarecorder_operator import handlers, kube, leader, rendering
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import POLICY_MODES, RESTRICTED, Policy
-from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
+from datarecorder_operator.spec import API_VERSION, KIND, SpecError
 
 
 def render_documents(
@@ -198,7 +199,7 @@ async def _operate(args: argparse.Namespace) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(),
+            memo=handlers.OperatorMemo(),
         )
     )
     if elector is None:

@@ -1,7 +1,8 @@
 """The kopf wiring: handlers that call `reconcile.reconcile`, and the resync loop.
 
-Owns the operator's registry (`build_registry`), its kopf settings and the table of the
-DataRecorders it has seen (each with its per-resource state).
+Owns the operator's registry (`build_registry`) and its kopf settings; what the handlers share
+(the client, the DataRecorders seen with their per-resource state) is `memo.OperatorMemo`, the
+memo `kopf.operator` must be given.
 
 * create / update / resume: one pass that applies every child; an invalid spec writes a
   `Degraded` condition and raises `kopf.PermanentError` (no retry loop until the spec changes).
@@ -23,75 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from aiohttp import web
 
 from datarecorder_operator import kube, metrics
-from datarecorder_operator.reconcile import (
-    Events,
-    ObjectState,
-    OperatorConfig,
-    delete_children,
-    measured,
-    reconcile,
-)
-from datarecorder_operator.rendering import CHILD_SUFFIX, MANAGED_BY
+from datarecorder_operator.children import delete_children
+from datarecorder_operator.memo import Deployments, OperatorMemo, Tracked
+from datarecorder_operator.naming import RECORDER_LABELS, child_name
+from datarecorder_operator.reconcile import measured, reconcile
 from datarecorder_operator.spec import GROUP, KIND, PLURAL, VERSION, SpecError
+from datarecorder_operator.state import Events, OperatorConfig, now_iso
 
-__all__ = ["OperatorConfig", "Tracked", "build_registry", "resync_all", "tune_settings"]
+__all__ = [
+    "OperatorConfig",
+    "OperatorMemo",
+    "Tracked",
+    "build_registry",
+    "resync_all",
+    "tune_settings",
+]
 
 log = logging.getLogger("datarecorder_operator")
-
-
-@dataclasses.dataclass
-class Tracked:
-    """A DataRecorder as last seen on the watch, and the operator's memory of it."""
-
-    body: dict[str, Any]
-    state: ObjectState = dataclasses.field(default_factory=ObjectState)
-    # One pass at a time per resource: kopf's handler and the loop share the state.
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-
-
-Table = dict[str, Tracked]  # by uid
-Deployments = dict[str, dict[str, Any] | None]  # the watched Deployment by its owner's uid
-
-# What the Deployment watch selects: the labels every recorder Deployment carries.
-RECORDER_LABELS = {
-    "app.kubernetes.io/name": "datarecorder",
-    "app.kubernetes.io/component": "recorder",
-    "app.kubernetes.io/managed-by": MANAGED_BY,
-}
-
-
-def _client(memo: Any) -> kube.KubeClient:
-    client = memo.get("kube")
-    if not isinstance(client, kube.KubeClient):
-        raise kopf.TemporaryError("the Kubernetes client is not ready yet", delay=1)
-    return client
-
-
-def _table(memo: Any) -> Table:
-    table = memo.get("recorders")
-    if not isinstance(table, dict):
-        table = memo["recorders"] = {}
-    recorders: Table = table
-    return recorders
-
-
-def _deployments(memo: Any) -> Deployments:
-    table = memo.get("deployments")
-    if not isinstance(table, dict):
-        table = memo["deployments"] = {}
-    deployments: Deployments = table
-    return deployments
 
 
 def owner_uid(body: Mapping[str, Any]) -> str | None:
@@ -101,7 +58,7 @@ def owner_uid(body: Mapping[str, Any]) -> str | None:
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
-            if meta.get("name") != f"{ref.get('name')}{CHILD_SUFFIX}":
+            if meta.get("name") != child_name(str(ref.get("name")), "Deployment"):
                 return None
             return str(ref.get("uid"))
     return None
@@ -114,26 +71,12 @@ def _with_watched(entry: Tracked, deployments: Deployments) -> None:
     entry.state.watched_deployment = deployments.get(uid)
 
 
-def _track(table: Table, body: Mapping[str, Any]) -> Tracked:
-    uid = str(body["metadata"].get("uid"))
-    entry = table.get(uid)
-    if entry is None:
-        entry = table[uid] = Tracked(dict(body))
-    else:
-        entry.body = dict(body)
-    return entry
-
-
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def event_poster(client: kube.KubeClient, body: Mapping[str, Any]) -> Events:
     """An `Events` callable that posts Events on `body` (a failed post is only logged)."""
 
     async def post(type_: str, reason: str, message: str) -> None:
         try:
-            await client.post_event(body, type_, reason, message, now=_now_iso())
+            await client.post_event(body, type_, reason, message, now=now_iso())
         except (kube.KubeError, OSError) as exc:
             log.warning("cannot post event %s %s: %s", type_, reason, exc)
 
@@ -177,18 +120,18 @@ async def resync_one(
                 entry.body = written  # the next pass compares with what is stored now
 
 
-async def resync_all(memo: Any, config: OperatorConfig) -> None:
+async def resync_all(memo: OperatorMemo, config: OperatorConfig) -> None:
     """Every `tick_seconds`, one pass over each DataRecorder the watch has shown."""
     while True:
-        client = memo.get("kube")
-        if isinstance(client, kube.KubeClient):
-            for entry in list(_table(memo).values()):
+        client = memo.kube
+        if client is not None:
+            for entry in list(memo.recorders.values()):
                 try:
-                    await resync_one(client, entry, config, time.monotonic(), _deployments(memo))
+                    await resync_one(client, entry, config, time.monotonic(), memo.deployments)
                 except Exception as exc:  # one resource's failure must not stop the others
                     meta = entry.body["metadata"]
                     log.warning("resync of %s/%s failed: %r", meta["namespace"], meta["name"], exc)
-        metrics.set_recorders(entry.state.phase for entry in _table(memo).values())
+        metrics.set_recorders(entry.state.phase for entry in memo.recorders.values())
         await asyncio.sleep(config.tick_seconds)
 
 
@@ -220,67 +163,63 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     resource = (GROUP, VERSION, PLURAL)
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-        memo.setdefault("kube", kube.KubeClient())
-        _table(memo)  # before any resource handler copies the memo
-        _deployments(memo)
+    async def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
+        memo.ensure_client()  # before any resource handler copies the memo
         tune_settings(settings)
-        memo["resync"] = asyncio.create_task(resync_all(memo, config), name="resync")
+        memo.resync = asyncio.create_task(resync_all(memo, config), name="resync")
         if config.metrics_port:
-            memo["metrics"] = await metrics.serve(config.metrics_port)
+            memo.metrics = await metrics.serve(config.metrics_port)
 
     @kopf.on.login(registry=registry)
-    async def login(memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    async def login(memo: OperatorMemo, **kwargs: Any) -> kopf.ConnectionInfo | None:
         info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is not None:
-            client = memo.setdefault("kube", kube.KubeClient())
-            await client.use(info)
+            await memo.ensure_client().use(info)
         return info
 
     @kopf.on.cleanup(registry=registry)
-    async def close(memo: Any, **_: Any) -> None:
-        task = memo.get("resync")
-        if isinstance(task, asyncio.Task):
-            task.cancel()
+    async def close(memo: OperatorMemo, **_: Any) -> None:
+        if memo.resync is not None:
+            memo.resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for entry in _table(memo).values():
+                await memo.resync
+        for entry in memo.recorders.values():
             await entry.state.lag_reader.close()
-        runner = memo.get("metrics")
-        if isinstance(runner, web.AppRunner):
-            await runner.cleanup()
-        client = memo.get("kube")
-        if isinstance(client, kube.KubeClient):
-            await client.close()
+        if memo.metrics is not None:
+            await memo.metrics.cleanup()
+        if memo.kube is not None:
+            await memo.kube.close()
 
     @kopf.on.probe(registry=registry, id="kube")
-    async def kube_ready(memo: Any, **_: Any) -> bool:
-        return isinstance(memo.get("kube"), kube.KubeClient)
+    async def kube_ready(memo: OperatorMemo, **_: Any) -> bool:
+        return memo.kube is not None
 
     @kopf.on.event(*resource, registry=registry)
     async def seen(
-        event: Mapping[str, Any], body: kopf.Body, memo: Any, logger: Any, **_: Any
+        event: Mapping[str, Any],
+        body: kopf.Body,
+        memo: OperatorMemo,
+        logger: kopf.Logger,
+        **_: Any,
     ) -> None:
-        table = _table(memo)
         if event.get("type") == "DELETED":
-            _deployments(memo).pop(str(body["metadata"].get("uid")), None)
-            gone = table.pop(str(body["metadata"].get("uid")), None)
+            memo.deployments.pop(str(body["metadata"].get("uid")), None)
+            gone = memo.recorders.pop(str(body["metadata"].get("uid")), None)
             if gone is not None:
                 await gone.state.lag_reader.close()
-            client = memo.get("kube")
-            if isinstance(client, kube.KubeClient):
-                await delete_children(client, body["metadata"], logger)
+            if memo.kube is not None:
+                await delete_children(memo.kube, body["metadata"], logger)
             return
-        _track(table, body)
+        memo.track(body)
 
     async def deployment_seen(
-        event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any
+        event: Mapping[str, Any], body: kopf.Body, memo: OperatorMemo, **_: Any
     ) -> None:
         # Only remembered, never acted on here: the resync loop reads it on its next tick.
         uid = owner_uid(body)
         if uid is None:
             return
-        deployments = _deployments(memo)
+        deployments = memo.deployments
         if event.get("type") == "DELETED":
             deployments[uid] = None
         else:
@@ -294,11 +233,13 @@ def build_registry(config: OperatorConfig | None = None) -> kopf.OperatorRegistr
     @kopf.on.resume(*resource, registry=registry)
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, registry=registry)
-    async def apply(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: Any, **_: Any) -> None:
-        client = _client(memo)
-        entry = _track(_table(memo), body)
+    async def apply(
+        body: kopf.Body, patch: kopf.Patch, memo: OperatorMemo, logger: kopf.Logger, **_: Any
+    ) -> None:
+        client = memo.client()
+        entry = memo.track(body)
         async with entry.lock:
-            _with_watched(entry, _deployments(memo))
+            _with_watched(entry, memo.deployments)
             events = event_poster(client, body)
             outcome = await measured(
                 "handler",

@@ -1,7 +1,7 @@
 """Pure rules of the move from children named `<name>` to `<name>-recorder`.
 
 Releases before it named the Deployment, Service, PDB, HPA, ServiceMonitor and ServiceAccount
-exactly like the DataRecorder (ConfigMap `<name>-config`). `reconcile.apply_children` applies the
+exactly like the DataRecorder (ConfigMap `<name>-config`). `children.apply_children` applies the
 new children first and retires the old ones it owns: the old PDB before the new one is applied
 (the eviction API refuses a pod covered by two PDBs), the old HPA as the new one is applied, and
 the rest once the new Deployment is available. Two Deployments of one consumer group overlap
@@ -26,11 +26,6 @@ LEGACY_KINDS: tuple[tuple[str, str], ...] = (
 )
 # Retired as soon as their replacement is applied, without waiting for the new Deployment.
 RETIRED_BEFORE_APPLY = frozenset({"PodDisruptionBudget", "HorizontalPodAutoscaler"})
-
-
-def legacy_name(name: str, kind: str) -> str:
-    """The name the old naming gave the child `kind` of the DataRecorder `name`."""
-    return f"{name}-config" if kind == "ConfigMap" else name
 
 
 def available(deployment: Mapping[str, Any] | None) -> bool:

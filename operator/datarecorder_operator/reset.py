@@ -10,18 +10,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import RecorderSpec
+from datarecorder_operator import naming, workload
+from datarecorder_operator.parsing_kafka import check_time
+from datarecorder_operator.spec import RecorderSpec, SpecError
 
 # Set on a DataRecorder to an RFC 3339 time: the operator stops its recorders, moves every
 # topic's progress to the first record stamped at or after that time, and runs them again.
 RESET_ANNOTATION = "datarecorder.dev/reset-to-time"
-# The recorder's own form (recorder.runtime.settings, START_FROM's time): a date-time with a zone.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 # A Job that cannot finish (brokers or stores that never answer) ends as Failed, not never.
 JOB_DEADLINE_SECONDS = 900
 # The Job (and its pods' logs) stays a day for `kubectl logs job/...`; then it is collected.
@@ -56,11 +54,16 @@ def job_name(recorder: str, time: str, started: str) -> str:
     """`<name>-reset-<hash>`: a new name per reset (a finished Job of an earlier reset, kept for
     its logs, is never taken for this one), at most 61 characters (a Job name is a label)."""
     digest = hashlib.sha256(f"{time}\n{started}".encode()).hexdigest()[:8]
-    return f"{recorder[:46].rstrip('-')}-reset-{digest}"
+    return naming.child_name(recorder, "Job", reset=digest)
 
 
 def valid_time(value: str) -> bool:
-    return _RFC3339.fullmatch(value.strip()) is not None
+    """START_FROM's form, on the calendar."""
+    try:
+        check_time(RESET_ANNOTATION, value.strip())
+    except SpecError:
+        return False
+    return True
 
 
 def job_state(job: Mapping[str, Any] | None) -> tuple[JobState, str] | None:
@@ -167,20 +170,19 @@ def render_reset_job(spec: RecorderSpec, time: str, name: str) -> dict[str, Any]
     context, volumes) running `reset-progress --to-time` once per topic, one after the other
     (init containers, the last topic in the main container), never as a recorder (no probes,
     no ports, not selected by the recorders' Service, PDB or Deployment)."""
-    pod = copy.deepcopy(rendering.render_deployment(spec, 0)["spec"]["template"]["spec"])
+    pod = copy.deepcopy(workload.render_deployment(spec, 0)["spec"]["template"]["spec"])
     recorder = pod.pop("containers")[0]
     for key in ("ports", "livenessProbe", "readinessProbe", "startupProbe"):
         recorder.pop(key, None)
     steps = []
-    for index, topic in enumerate(spec.kafka.topics):
+    for index, topic in enumerate(spec.kafka.topic_names):
         container = copy.deepcopy(recorder)
         container["name"] = f"reset-{index}"
-        # `name:kind` says a topic's kind; a Kafka topic name never holds ':'.
-        container["command"] = reset_args(topic.partition(":")[0], time)
+        container["command"] = reset_args(topic, time)
         steps.append(container)
     pod["initContainers"], pod["containers"] = steps[:-1], steps[-1:]
     pod["restartPolicy"] = "Never"
-    labels = {**rendering.common_labels(spec), "app.kubernetes.io/component": JOB_COMPONENT}
+    labels = {**naming.common_labels(spec), "app.kubernetes.io/component": JOB_COMPONENT}
     meta = {"name": name, "namespace": spec.namespace, "labels": labels}
     meta["annotations"] = {RESET_ANNOTATION: time}
     return {

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from datarecorder_operator import sinks
 from datarecorder_operator.lag import LagReport
 from datarecorder_operator.spec import RESTART_ANNOTATION
 
@@ -249,7 +250,9 @@ def compute_status(
         elif key in previous:
             status[key] = previous[key]
     if obs.lag is not None:
-        status["lag"] = {"timescaledb": obs.lag.total}
+        # The group's committed lag, under the hot path's name whichever sink the offsets follow:
+        # the CRD's printer column reads `.status.lag.timescaledb`.
+        status["lag"] = {sinks.TIMESCALEDB: obs.lag.total}
         status["partitions"] = obs.lag.partitions
         # When the lag last changed: a steady lag then costs no status write (and no watch
         # event to every client) per poll; LagAvailable says whether reads still work.

@@ -20,14 +20,12 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from recorder.core.kinds import TopicKind
+from recorder.core.kinds import TopicKind, kind_of
 from recorder.core.records import (
-    BOOK_DECODER,
     FUTURE_SLACK_NS,
     MAX_KAFKA_MS,
     MIN_KAFKA_MS,
     MIN_TIME_NS,
-    TICK_DECODER,
     Level,
     Limits,
     OrderBookRow,
@@ -96,7 +94,7 @@ Rejected = list[tuple[int, RecordError]]  # (index in the fetched batch, why)
 
 
 def schema_of(kind: TopicKind) -> pa.Schema:
-    return TICK_SCHEMA if kind is TopicKind.TICK else BOOK_SCHEMA
+    return kind_of(kind).schema
 
 
 def empty(kind: TopicKind) -> pa.Table:
@@ -318,7 +316,7 @@ def _parse(
     """The values parsed as the kind's wire form (one msgspec call for the whole batch), and
     the indexes of those that do not parse; those are None in the list. When the batch call
     fails, each value is parsed on its own to find which."""
-    decoder = TICK_DECODER if kind is TopicKind.TICK else BOOK_DECODER
+    decoder = kind_of(kind).wire
     blob = _lines(values, limits)
     if blob is not None:
         try:
@@ -348,27 +346,52 @@ def _columns(
     """Columns of parsed values, with the indexes of those the vectorised checks refused."""
     if not wires:
         return empty(kind), []
-    if kind is TopicKind.TICK:
-        symbol, price, volume, change, rate, stamps = zip(*map(_TICK_FIELDS, wires), strict=True)
-    else:
-        symbol, bids, asks, stamps = zip(*map(_BOOK_FIELDS, wires), strict=True)
+    return kind_of(kind).columns(wires, offsets, kafka_ns)
+
+
+def _head(
+    symbol: Sequence[str], stamps: Sequence[object], offsets: Sequence[int], kafka_ns: np.ndarray
+) -> tuple[list[pa.Array], np.ndarray] | None:
+    """The columns every kind starts with (offset, time_ns, symbol) and which rows' times are
+    in range, or None when the batch needs the per-record path."""
     # PostgreSQL text cannot hold NUL (records.decode refuses it with a reason).
     if "\x00" in "".join(symbol):
         return None
     times, ok = _event_times(stamps, kafka_ns)
-    head = [pa.array(offsets, pa.int64()), pa.array(times), pa.array(symbol, pa.string())]
-    if kind is TopicKind.TICK:
-        prices = pa.array(price, pa.float64())
-        p = prices.to_numpy()
-        changes = pa.array(change, pa.float64())
-        rates = pa.array(rate, pa.float64())
-        ok &= (p > 0) & (p < _INF) & _finite_or_null(changes) & _finite_or_null(rates)
-        columns = [*head, prices, pa.array(volume, pa.int64()), changes, rates]
-        table = pa.Table.from_arrays(columns, schema=TICK_SCHEMA)
-        if bool(ok.all()):
-            return table, []
-        # A few bad ticks (a poison flood): the rest stays on the columnar path.
-        return table.filter(pa.array(ok)), np.flatnonzero(~ok).tolist()
+    return [pa.array(offsets, pa.int64()), pa.array(times), pa.array(symbol, pa.string())], ok
+
+
+def tick_columns(
+    wires: Sequence[object], offsets: Sequence[int], kafka_ns: np.ndarray
+) -> tuple[pa.Table, list[int]] | None:
+    """Tick columns (TICK_SCHEMA) of parsed ticks, and the indexes of those refused."""
+    symbol, price, volume, change, rate, stamps = zip(*map(_TICK_FIELDS, wires), strict=True)
+    started = _head(symbol, stamps, offsets, kafka_ns)
+    if started is None:
+        return None
+    head, ok = started
+    prices = pa.array(price, pa.float64())
+    p = prices.to_numpy()
+    changes = pa.array(change, pa.float64())
+    rates = pa.array(rate, pa.float64())
+    ok &= (p > 0) & (p < _INF) & _finite_or_null(changes) & _finite_or_null(rates)
+    columns = [*head, prices, pa.array(volume, pa.int64()), changes, rates]
+    table = pa.Table.from_arrays(columns, schema=TICK_SCHEMA)
+    if bool(ok.all()):
+        return table, []
+    # A few bad ticks (a poison flood): the rest stays on the columnar path.
+    return table.filter(pa.array(ok)), np.flatnonzero(~ok).tolist()
+
+
+def book_columns(
+    wires: Sequence[object], offsets: Sequence[int], kafka_ns: np.ndarray
+) -> tuple[pa.Table, list[int]] | None:
+    """Order book columns (BOOK_SCHEMA) of parsed books, and the indexes of those refused."""
+    symbol, bids, asks, stamps = zip(*map(_BOOK_FIELDS, wires), strict=True)
+    started = _head(symbol, stamps, offsets, kafka_ns)
+    if started is None:
+        return None
+    head, ok = started
     typed_bids, bids_ok = _typed_checked(bids)
     typed_asks, asks_ok = _typed_checked(asks)
     ok &= bids_ok & asks_ok
@@ -471,22 +494,26 @@ def from_rows(kind: TopicKind, offsets: Sequence[int], rows: Sequence[Row]) -> p
     """Columns of already decoded rows (the per-record path; tests and tools build them too)."""
     if not rows:
         return empty(kind)
-    if kind is TopicKind.TICK:
-        ticks: Sequence[TickRow] = rows  # type: ignore[assignment]
-        t, symbol, price, volume, change, rate = zip(*ticks, strict=True)
-        return pa.Table.from_arrays(
-            [
-                pa.array(offsets, pa.int64()),
-                pa.array(t, pa.int64()),
-                pa.array(symbol, pa.string()),
-                pa.array(price, pa.float64()),
-                pa.array(volume, pa.int64()),
-                pa.array(change, pa.float64()),
-                pa.array(rate, pa.float64()),
-            ],
-            schema=TICK_SCHEMA,
-        )
-    books: Sequence[OrderBookRow] = rows  # type: ignore[assignment]
+    return kind_of(kind).from_rows(offsets, rows)
+
+
+def ticks_from_rows(offsets: Sequence[int], rows: Sequence[TickRow]) -> pa.Table:
+    t, symbol, price, volume, change, rate = zip(*rows, strict=True)
+    return pa.Table.from_arrays(
+        [
+            pa.array(offsets, pa.int64()),
+            pa.array(t, pa.int64()),
+            pa.array(symbol, pa.string()),
+            pa.array(price, pa.float64()),
+            pa.array(volume, pa.int64()),
+            pa.array(change, pa.float64()),
+            pa.array(rate, pa.float64()),
+        ],
+        schema=TICK_SCHEMA,
+    )
+
+
+def books_from_rows(offsets: Sequence[int], books: Sequence[OrderBookRow]) -> pa.Table:
     bids = [r.bids for r in books]
     asks = [r.asks for r in books]
     return pa.Table.from_arrays(
@@ -527,11 +554,3 @@ def event_times(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Array:
     if unit == "us":
         values = pa.array(values.to_numpy() // 1000)
     return values.view(pa.timestamp(unit, tz="UTC"))
-
-
-def file_columns(kind: TopicKind, levels: Literal["typed", "json"]) -> list[str]:
-    """The batch columns a lake file of `kind` is made of (order books: one form of levels)."""
-    if kind is TopicKind.TICK:
-        return list(TICK_SCHEMA.names)
-    sides = ["bid_levels", "ask_levels"] if levels == "typed" else ["bids", "asks"]
-    return ["offset", "time_ns", "symbol", *sides]

@@ -14,7 +14,7 @@ from typing import Annotated, Final, NamedTuple
 
 import msgspec
 
-from recorder.core.kinds import TopicKind
+from recorder.core.kinds import TopicKind, kind_of
 
 NS_PER_SECOND: Final = 1_000_000_000
 MIN_TIME_NS: Final = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp()) * NS_PER_SECOND
@@ -251,7 +251,4 @@ def decode(kind: TopicKind, value: bytes | None, kafka_ts_ms: int, limits: Limit
     """Decode one record value of a topic of `kind`; raise RecordError when it is invalid.
 
     A function of the record alone (value and Kafka timestamp): no clock is read here."""
-    ts_ns = kafka_ts_ms * 1_000_000
-    if kind is TopicKind.TICK:
-        return decode_tick(value, ts_ns, limits)
-    return decode_orderbook(value, ts_ns, limits)
+    return kind_of(kind).decode(value, kafka_ts_ms * 1_000_000, limits)

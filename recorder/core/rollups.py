@@ -8,7 +8,7 @@ tested against.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -172,17 +172,21 @@ MIN_RETENTION_DAYS_WITH_POLICIES = POLICY_START_NS["tick_1hour"] // NS_PER_DAY +
 
 
 def late_windows(
-    times_ns: np.ndarray, now_ns: int, retention_days: int
+    times_ns: np.ndarray,
+    now_ns: int,
+    retention_days: int,
+    rollups: Mapping[str, int] = ROLLUPS,
 ) -> dict[str, tuple[int, int]]:
     """The bucket range [start, end) each continuous aggregate must refresh for a flush's tick
     times: only the buckets of ticks older than that aggregate's policy window (the policy
     refreshes the rest), and never a bucket retention may have dropped rows of (older than
-    `retention_days`, when set: its bar would be rebuilt from what is left)."""
+    `retention_days`, when set: its bar would be rebuilt from what is left). `rollups`: the
+    views of the rows' kind (view -> bucket width)."""
     if not len(times_ns):
         return {}
     floor = None if retention_days <= 0 else now_ns - retention_days * NS_PER_DAY
     out: dict[str, tuple[int, int]] = {}
-    for view, width in ROLLUPS.items():
+    for view, width in rollups.items():
         horizon = now_ns - POLICY_START_NS[view]
         late = times_ns[times_ns < horizon]
         if floor is not None:  # whole buckets younger than the retention floor only

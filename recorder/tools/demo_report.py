@@ -12,6 +12,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from recorder.sinks.lake.config import SINK as LAKE_SINK
+from recorder.sinks.timescale.config import SINK as DB_SINK
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -58,7 +61,7 @@ def progress_line(prev: Snapshot | None, now: Snapshot) -> str:
     )
 
 
-_SINK = {"timescaledb": "db", "s3": "parquet"}
+_SINK = {DB_SINK: "db", LAKE_SINK: "parquet"}
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, counts: bool = False) -> str:

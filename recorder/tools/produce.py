@@ -1,6 +1,7 @@
 """A synthetic market feed (`datarecorder produce`): ticks and order books for N symbols.
 
-Owns the generator (pure, seeded) and a thin producer shell that paces it at a rate or a count.
+Owns the generators (pure, seeded; `FEEDS`: one per record kind, with its share of the feed)
+and a thin producer shell that paces them at a rate or a count.
 """
 
 from __future__ import annotations
@@ -8,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 
+from recorder.core.kinds import TopicKind, all_kinds
 from recorder.kafka.options import client_options
-from recorder.runtime.settings import Settings, TopicKind
+from recorder.runtime.settings import Settings
 
 _ENC = msgspec.json.Encoder()
 
@@ -92,11 +95,47 @@ def orderbook_values(spec: FeedSpec, start_ns: int, step_ns: int) -> Iterator[tu
         yield s, _ENC.encode(doc)
 
 
+@dataclass(frozen=True)
+class Feed:
+    """One kind's part of the synthetic feed."""
+
+    values: Callable[[FeedSpec, int, int], Iterator[tuple[str, bytes]]]
+    step_ns: int  # event time between two of its records
+    # Its slot in the interleaving: record n of the feed is of this kind when
+    # n % every == every - 1 (and it has records left); every == 1: any slot no other kind takes.
+    every: int = 1
+
+
+# Paced, ticks : order books = 10 : 1.
+FEEDS: Final[Mapping[TopicKind, Feed]] = {
+    TopicKind.TICK: Feed(tick_values, 1_000_000),
+    TopicKind.ORDERBOOK: Feed(orderbook_values, 10_000_000, every=11),
+}
+
+
+def next_kind(
+    n: int, feeds: Mapping[TopicKind, Feed], left: Callable[[TopicKind], bool]
+) -> TopicKind | None:
+    """The kind of the feed's record n: a kind whose slot n is, else the first kind of the
+    table with records left (None: the feed is done). Pure."""
+    for kind, feed in feeds.items():
+        if feed.every > 1 and n % feed.every == feed.every - 1 and left(kind):
+            return kind
+    for kind in feeds:
+        if feeds[kind].every == 1 and left(kind):
+            return kind
+    for kind in feeds:
+        if left(kind):
+            return kind
+    return None
+
+
 async def produce(
     settings: Settings,
     *,
-    ticks: int | None,
-    orderbooks: int | None,
+    ticks: int | None = None,
+    orderbooks: int | None = None,
+    counts: Mapping[TopicKind, int | None] | None = None,
     rate: float | None = None,
     duration: float | None = None,
     spec: FeedSpec | None = None,
@@ -108,16 +147,24 @@ async def produce(
 
     With `rate`, records are paced (ticks : order books = 10 : 1) for `duration` seconds or
     until the counts are reached; without it, the counts are sent as fast as the broker takes.
+    `counts`: records per kind (None: no limit), or `ticks` / `orderbooks`.
     """
     spec = spec or FeedSpec()
     topics = settings.topics()
-    tick_topics = [t for t, k in topics.items() if k is TopicKind.TICK]
-    book_topics = [t for t, k in topics.items() if k is TopicKind.ORDERBOOK]
+    wanted = dict(counts or {TopicKind.TICK: ticks, TopicKind.ORDERBOOK: orderbooks})
+    of_kind = {
+        k.topic_kind: [t for t, tk in topics.items() if tk is k.topic_kind] for k in all_kinds()
+    }
     start = start_ns if start_ns is not None else time.time_ns() - 3_600 * 1_000_000_000
-    tick_gen = tick_values(spec, start, 1_000_000)
-    book_gen = orderbook_values(spec, start, 10_000_000)
+    values = {kind: feed.values(spec, start, feed.step_ns) for kind, feed in FEEDS.items()}
     rng = random.Random(spec.seed + 2)
     sent = {t: 0 for t in topics}
+    done = dict.fromkeys(FEEDS, 0)  # records sent per kind
+
+    def left(kind: TopicKind) -> bool:
+        limit = wanted.get(kind)
+        return bool(of_kind[kind]) and (limit is None or done[kind] < limit)
+
     producer = AIOKafkaProducer(
         acks="all",
         linger_ms=20,
@@ -131,26 +178,16 @@ async def produce(
     try:
         n = 0
         while True:
-            books_left = orderbooks is None or sum(sent[t] for t in book_topics) < orderbooks
-            want_book = bool(book_topics) and n % 11 == 10 and books_left
-            if (
-                not want_book
-                and tick_topics
-                and (ticks is None or sum(sent[t] for t in tick_topics) < ticks)
-            ):
-                topic = tick_topics[n % len(tick_topics)]
-                key, value = next(tick_gen)
-            elif book_topics and (
-                orderbooks is None or sum(sent[t] for t in book_topics) < orderbooks
-            ):
-                topic = book_topics[n % len(book_topics)]
-                key, value = next(book_gen)
-            else:
+            kind = next_kind(n, FEEDS, left)
+            if kind is None:
                 break
+            topic = of_kind[kind][n % len(of_kind[kind])]
+            key, value = next(values[kind])
             if invalid_ratio and rng.random() < invalid_ratio:
                 value = POISON[rng.randrange(len(POISON))]
             pending.append(await producer.send(topic, value=value, key=key.encode()))
             sent[topic] += 1
+            done[kind] += 1
             n += 1
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)

@@ -1,8 +1,9 @@
 """`datarecorder verify`: compare what Kafka holds with what each store holds.
 
-Owns the after-incident check: every valid record of the topics must be in `tick_data` /
-`orderbook` and in the Parquet lake exactly once (compared by content and count), and every
-invalid one in the dead-letter topics. Reports missing and duplicated records per store.
+Owns the after-incident check: every valid record of the topics must be in its kind's table
+(`tick_data`, `orderbook`, ...) and in the Parquet lake exactly once (compared by content and
+count), and every invalid one in the dead-letter topics. Reports missing and duplicated records
+per store and kind.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +23,15 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from recorder.core.records import Limits, OrderBookRow, RecordError, Row, TickRow, decode
+from recorder.core.kinds import Kind, TopicKind, all_kinds, kind_of
+from recorder.core.records import Limits, RecordError, Row, decode
 from recorder.kafka.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from recorder.kafka.options import client_options
-from recorder.runtime.settings import Settings, TopicKind
+from recorder.runtime.settings import Settings
 from recorder.sinks.iceberg.catalog import Tables
 from recorder.sinks.iceberg.config import IcebergConfig
+from recorder.sinks.lake.parquet import LAYOUTS
+from recorder.sinks.timescale.config import SINK as DB_SINK
 
 
 @dataclass
@@ -103,10 +107,36 @@ def _levels_key(levels: Iterable[Any]) -> tuple[tuple[float, float], ...]:
     return tuple(out)
 
 
+def _levels(value: Any) -> Hashable:
+    return _levels_key(json.loads(value) if isinstance(value, str) else value)
+
+
+# A value made comparable by its column's SQL type: the database's, the lake's and the decoded
+# record's forms of one value give one key (levels: JSON text, typed structs or `Level`s).
+NORMALISE: dict[str, Callable[[Any], Hashable]] = {
+    "text": lambda value: value,
+    "double precision": lambda value: None if value is None else float(value),
+    "bigint": lambda value: None if value is None else int(value),
+    "jsonb": _levels,
+}
+
+
+def row_key(kind: Kind, time: int, values: Sequence[Any]) -> Hashable:
+    """A stored or decoded row of `kind` by content: its time (in the store's unit) and its
+    values after the time, in the order of the kind's table columns."""
+    return (
+        time,
+        *(
+            NORMALISE[column.sql_type](value)
+            for column, value in zip(kind.db_columns[1:], values, strict=True)
+        ),
+    )
+
+
 def tick_key(
     time_us: int, symbol: str, price: float, volume: int, change: float | None, rate: float | None
 ) -> Hashable:
-    return (time_us, symbol, float(price), int(volume), change, rate)
+    return row_key(kind_of(TopicKind.TICK), time_us, (symbol, price, volume, change, rate))
 
 
 UNKNOWN_TOPIC = 3
@@ -182,14 +212,13 @@ async def expected_records(
     settings: Settings,
     records: dict[str, list[Any]] | None = None,
     db_refused: set[Hashable] | None = None,
-) -> tuple[list[TickRow], list[OrderBookRow], Counter[Hashable], list[Row]]:
-    """Rows every store should hold, invalid positions (dead letters), and the rows the
-    database refused (`db_refused`: positions dead-lettered with reason db_refused) — those
+) -> tuple[dict[TopicKind, list[Row]], Counter[Hashable], list[Row]]:
+    """Rows every store should hold (per kind), invalid positions (dead letters), and the rows
+    the database refused (`db_refused`: positions dead-lettered with reason db_refused) — those
     belong in the dead letters and the lake, not in the database."""
     topics = settings.topics()
     records = records if records is not None else await read_topics(settings, topics)
-    ticks: list[TickRow] = []
-    books: list[OrderBookRow] = []
+    rows: dict[TopicKind, list[Row]] = {kind.topic_kind: [] for kind in all_kinds()}
     invalid: Counter[Hashable] = Counter()
     refused_rows: list[Row] = []
     refused = db_refused or set()
@@ -205,55 +234,41 @@ async def expected_records(
             if (topic, m.partition, m.offset) in refused:
                 invalid[(topic, m.partition, m.offset)] += 1
                 refused_rows.append(row)
-            if kind is TopicKind.TICK:
-                ticks.append(row)  # type: ignore[arg-type]
-            else:
-                books.append(row)  # type: ignore[arg-type]
-    return ticks, books, invalid, refused_rows
+            rows[kind].append(row)
+    return rows, invalid, refused_rows
 
 
-async def database_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
+async def database_counters(settings: Settings) -> dict[TopicKind, Counter[Hashable]]:
+    """Every row of every kind's table, by content (`row_key`, times in microseconds)."""
     conn = await asyncpg.connect(**settings.db_dsn_kwargs())
-    ticks: Counter[Hashable] = Counter()
-    books: Counter[Hashable] = Counter()
+    out: dict[TopicKind, Counter[Hashable]] = {}
     try:
-        if await conn.fetchval("SELECT to_regclass('tick_data')") is None:
-            return ticks, books  # nothing recorded yet: no schema
         epoch_us = "(extract(epoch from time) * 1000000)::bigint"
-        for r in await conn.fetch(
-            f"SELECT {epoch_us} AS t, symbol, price, volume, change, change_rate FROM tick_data"
-        ):
-            ticks[
-                tick_key(
-                    r["t"], r["symbol"], r["price"], r["volume"], r["change"], r["change_rate"]
-                )
-            ] += 1
-        for r in await conn.fetch(
-            f"SELECT {epoch_us} AS t, symbol, bids::text, asks::text FROM orderbook"
-        ):
-            books[
-                (
-                    r["t"],
-                    r["symbol"],
-                    _levels_key(json.loads(r["bids"])),
-                    _levels_key(json.loads(r["asks"])),
-                )
-            ] += 1
-        return ticks, books
+        for kind in all_kinds():
+            found: Counter[Hashable] = Counter()
+            out[kind.topic_kind] = found
+            if await conn.fetchval("SELECT to_regclass($1::text)", kind.table) is None:
+                continue  # nothing recorded yet: no schema
+            values = ", ".join(
+                f"{c.name}::text" if c.sql_type == "jsonb" else c.name for c in kind.db_columns[1:]
+            )
+            for r in await conn.fetch(f"SELECT {epoch_us} AS t, {values} FROM {kind.table}"):
+                found[row_key(kind, r["t"], tuple(r)[1:])] += 1
+        return out
     finally:
         await conn.close()
 
 
-async def lake_tables(settings: Settings) -> dict[str, Any]:
-    """The lake's tick and orderbook tables, read as hive-partitioned pyarrow datasets (or,
-    with LAKE_FORMAT=iceberg, scanned from the Iceberg tables' current snapshots)."""
+async def lake_tables(settings: Settings) -> dict[TopicKind, Any]:
+    """Every kind's lake files, read as hive-partitioned pyarrow datasets (None: no files), or,
+    with LAKE_FORMAT=iceberg, scanned from the Iceberg tables' current snapshots."""
     if settings.LAKE_FORMAT == "iceberg":
         return await asyncio.to_thread(iceberg_tables, settings)
-    out: dict[str, Any] = {}
+    out: dict[TopicKind, Any] = {}
     if settings.LOCAL_LAKE_DIR is not None:
-        for kind in ("tick", "orderbook"):
-            root = settings.LOCAL_LAKE_DIR / settings.S3_PREFIX / kind
-            out[kind] = (
+        for kind in all_kinds():
+            root = settings.LOCAL_LAKE_DIR / settings.S3_PREFIX / kind.lake_segment
+            out[kind.topic_kind] = (
                 ds.dataset(str(root), format="parquet", partitioning="hive").to_table()
                 if root.exists()
                 else None
@@ -265,10 +280,10 @@ async def lake_tables(settings: Settings) -> dict[str, Any]:
     async with session.client(
         "s3", region_name=settings.S3_REGION, endpoint_url=settings.S3_ENDPOINT_URL
     ) as s3:
-        for kind in ("tick", "orderbook"):
+        for kind in all_kinds():
             tables = []
             paginator = s3.get_paginator("list_objects_v2")
-            prefix = f"{settings.S3_PREFIX.strip('/')}/{kind}/"
+            prefix = f"{settings.S3_PREFIX.strip('/')}/{kind.lake_segment}/"
             async for page in paginator.paginate(Bucket=settings.S3_BUCKET, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     res = await s3.get_object(Bucket=settings.S3_BUCKET, Key=obj["Key"])
@@ -277,29 +292,25 @@ async def lake_tables(settings: Settings) -> dict[str, Any]:
                     tables.append(pq.read_table(io.BytesIO(body)))
             import pyarrow as pa
 
-            out[kind] = pa.concat_tables(tables) if tables else None
+            out[kind.topic_kind] = pa.concat_tables(tables) if tables else None
     return out
 
 
-def iceberg_tables(settings: Settings) -> dict[str, Any]:
+def iceberg_tables(settings: Settings) -> dict[TopicKind, Any]:
     """Each kind's Iceberg table as it is now (None: not created yet); nothing is created."""
     from pyiceberg.exceptions import NoSuchTableError
 
     tables = Tables(IcebergConfig.of(settings))
-    out: dict[str, Any] = {}
+    out: dict[TopicKind, Any] = {}
     try:
         for kind in TopicKind:
             try:
-                out[kind.value] = tables.load(kind).scan().to_arrow()
+                out[kind] = tables.load(kind).scan().to_arrow()
             except NoSuchTableError:
-                out[kind.value] = None
+                out[kind] = None
     finally:
         tables.close()
     return out
-
-
-def _ns(value: Any) -> int:
-    return int(value.value) if hasattr(value, "value") else int(value)
 
 
 def lake_scale(settings: Settings) -> int:
@@ -316,30 +327,26 @@ def _times(table: Any, factor: int) -> list[int]:
     return [int(t) * factor for t in table.column("timestamp").cast("int64").to_pylist()]
 
 
-async def lake_counters(settings: Settings) -> tuple[Counter[Hashable], Counter[Hashable]]:
+def _ns(value: Any) -> int:
+    return int(value.value) if hasattr(value, "value") else int(value)
+
+
+async def lake_counters(settings: Settings) -> dict[TopicKind, Counter[Hashable]]:
+    """Every row of every kind's lake files, by content (`row_key`, times in nanoseconds)."""
     tables = await lake_tables(settings)
-    ticks: Counter[Hashable] = Counter()
-    books: Counter[Hashable] = Counter()
+    out: dict[TopicKind, Counter[Hashable]] = {}
     factor = lake_scale(settings)
-    if tables.get("tick") is not None:
-        t = tables["tick"]
+    for kind in all_kinds():
+        found: Counter[Hashable] = Counter()
+        out[kind.topic_kind] = found
+        t = tables.get(kind.topic_kind)
+        if t is None:
+            continue
         times = _times(t, factor)
-        cols = [
-            t.column(c).to_pylist() for c in ("symbol", "price", "volume", "change", "change_rate")
-        ]
+        columns = [t.column(c.name).to_pylist() for c in LAYOUTS[kind.topic_kind]]
         for i, ts in enumerate(times):
-            ticks[(ts, *(c[i] for c in cols))] += 1
-    if tables.get("orderbook") is not None:
-        t = tables["orderbook"]
-        times = _times(t, factor)
-        symbols = t.column("symbol").to_pylist()
-        bids = t.column("bids").to_pylist()
-        asks = t.column("asks").to_pylist()
-        for i, ts in enumerate(times):
-            b = json.loads(bids[i]) if isinstance(bids[i], str) else bids[i]
-            a = json.loads(asks[i]) if isinstance(asks[i], str) else asks[i]
-            books[(ts, symbols[i], _levels_key(b), _levels_key(a))] += 1
-    return ticks, books
+            found[row_key(kind, ts, [c[i] for c in columns])] += 1
+    return out
 
 
 async def dead_letter_counter(settings: Settings) -> tuple[Counter[Hashable], set[Hashable]]:
@@ -368,52 +375,27 @@ async def dead_letter_counter(settings: Settings) -> tuple[Counter[Hashable], se
 
 async def verify(settings: Settings) -> Report:
     dead, db_refused = await dead_letter_counter(settings)
-    ticks, books, invalid, refused_rows = await expected_records(settings, db_refused=db_refused)
+    rows, invalid, refused_rows = await expected_records(settings, db_refused=db_refused)
     stores: list[StoreReport] = []
     if settings.DB_WRITE_ENABLED:
-        db_ticks, db_books = await database_counters(settings)
+        in_db = await database_counters(settings)
         not_in_db = {id(r) for r in refused_rows}
-        stores.append(
-            compare(
-                "timescaledb.tick_data",
-                Counter(
-                    tick_key(r.time_ns // 1000, *r[1:]) for r in ticks if id(r) not in not_in_db
-                ),
-                db_ticks,
+        for kind in all_kinds():
+            want = Counter(
+                row_key(kind, r.time_ns // 1000, r[1:])
+                for r in rows[kind.topic_kind]
+                if id(r) not in not_in_db
             )
-        )
-        stores.append(
-            compare(
-                "timescaledb.orderbook",
-                Counter(
-                    (r.time_ns // 1000, r.symbol, _levels_key(r.bids), _levels_key(r.asks))
-                    for r in books
-                    if id(r) not in not_in_db
-                ),
-                db_books,
-            )
-        )
+            stores.append(compare(f"{DB_SINK}.{kind.table}", want, in_db[kind.topic_kind]))
     if settings.S3_WRITE_ENABLED:
-        lake_ticks, lake_books = await lake_counters(settings)
+        in_lake = await lake_counters(settings)
         scale = lake_scale(settings)
         lake = "iceberg" if settings.LAKE_FORMAT == "iceberg" else "parquet"
-        stores.append(
-            compare(
-                f"{lake}.tick",
-                Counter((r.time_ns // scale * scale, *r[1:]) for r in ticks),
-                lake_ticks,
+        for kind in all_kinds():
+            want = Counter(
+                row_key(kind, r.time_ns // scale * scale, r[1:]) for r in rows[kind.topic_kind]
             )
-        )
-        stores.append(
-            compare(
-                f"{lake}.orderbook",
-                Counter(
-                    (r.time_ns // scale * scale, r.symbol, _levels_key(r.bids), _levels_key(r.asks))
-                    for r in books
-                ),
-                lake_books,
-            )
-        )
+            stores.append(compare(f"{lake}.{kind.lake_segment}", want, in_lake[kind.topic_kind]))
     # Dead letters are at-least-once: a crash between publishing one and recording progress
     # publishes it again. Count those apart; a missing or unexpected dead letter is a failure.
     dupes = sum(n - 1 for n in dead.values() if n > 1)

@@ -48,3 +48,23 @@ def test_contributing_names_only_paths_that_exist_or_are_marked_new() -> None:
             if "<" in path or "*" in path:
                 continue
             assert (ROOT / path.split("::")[0]).exists(), f"CONTRIBUTING.md names {path}"
+
+
+OPERATOR = "operator/datarecorder_operator/"
+
+
+def code_map_modules(text: str, folder: str) -> set[str]:
+    """The bare module names (`spec.py`) a code map row gives in parentheses after `folder`."""
+    names: set[str] = set()
+    for row in text.splitlines():
+        if f"`{folder}`" not in row:
+            continue
+        names.update(re.findall(r"`([\w]+\.py)`", row.split(f"`{folder}`", 1)[1]))
+    return names
+
+
+def test_the_code_map_names_every_operator_module_and_only_those() -> None:
+    named = code_map_modules((ROOT / "CONTRIBUTING.md").read_text(), OPERATOR)
+    present = {p.name for p in (ROOT / OPERATOR).glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert named - present == set(), "CONTRIBUTING.md names operator modules that do not exist"
+    assert present - named == set(), "operator modules missing from CONTRIBUTING.md's code map"

@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from recorder.devstack.recorder_proc import RecorderProcess
-from recorder.runtime.settings import Settings
+from recorder.runtime.settings import Settings, TopicKind
 from recorder.tools.verify import database_counters, lake_counters
 
 NS = 1_000_000_000
@@ -199,14 +199,14 @@ def aws_credentials_of(env: dict[str, str]) -> Iterator[None]:
 async def stored(env: dict[str, str]) -> dict[str, Counter[Hashable]]:
     """Every row of both stores, keyed by every field (the stores hold no Kafka offsets)."""
     settings = settings_of(env)
-    db_ticks, db_books = await database_counters(settings)
+    in_db = await database_counters(settings)
     with aws_credentials_of(env):
-        lake_ticks, lake_books = await lake_counters(settings)
+        in_lake = await lake_counters(settings)
     return {
-        "db.tick": db_ticks,
-        "db.book": db_books,
-        "lake.tick": lake_ticks,
-        "lake.book": lake_books,
+        "db.tick": in_db[TopicKind.TICK],
+        "db.book": in_db[TopicKind.ORDERBOOK],
+        "lake.tick": in_lake[TopicKind.TICK],
+        "lake.book": in_lake[TopicKind.ORDERBOOK],
     }
 
 

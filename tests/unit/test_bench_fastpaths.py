@@ -19,7 +19,7 @@ from recorder.core.records import Limits, RecordError, TickRow, decode
 from recorder.core.rollups import ROLLUPS, aggregate, bars
 from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import write_parquet
-from recorder.sinks.timescale.encode import HEADER, PG_EPOCH_US, TRAILER, book_copy, tick_copy
+from recorder.sinks.timescale.encode import HEADER, PG_EPOCH_US, TRAILER, copy_bytes
 from recorder.sinks.timescale.service import rollup_bars
 
 KAFKA_MS = 1_764_133_200_000
@@ -170,7 +170,7 @@ def test_binary_copy_of_ticks_follows_the_wire_format() -> None:
         TickRow(1_764_133_200_123_456_789, "005930", 71000.0, 120, 500.0, None),
         TickRow(946_684_800_000_000_999, "한국", 0.5, 0, None, -0.25),
     ]
-    parsed = _read_copy(tick_copy(from_rows(TopicKind.TICK, [0, 1], rows)))
+    parsed = _read_copy(copy_bytes(from_rows(TopicKind.TICK, [0, 1], rows), TopicKind.TICK))
     assert len(parsed) == 2
     for fields, row in zip(parsed, rows, strict=True):
         assert struct.unpack(">q", fields[0] or b"")[0] == row.time_ns // 1000 - PG_EPOCH_US
@@ -179,13 +179,13 @@ def test_binary_copy_of_ticks_follows_the_wire_format() -> None:
         assert struct.unpack(">q", fields[3] or b"")[0] == row.volume
         for got, want in ((fields[4], row.change), (fields[5], row.change_rate)):
             assert (None if got is None else struct.unpack(">d", got)[0]) == want
-    assert _read_copy(tick_copy(from_rows(TopicKind.TICK, [], []))) == []
+    assert _read_copy(copy_bytes(from_rows(TopicKind.TICK, [], []), TopicKind.TICK)) == []
 
 
 def test_binary_copy_of_order_books_sends_the_json_text_as_jsonb() -> None:
     value = b'{"symbol":"A","timestamp":1764133200000000000,"bids":[{"price":1,"quantity":2}],"asks":[]}'
     table, _ = decode_batch(TopicKind.ORDERBOOK, [value, value], [0, 1], [KAFKA_MS] * 2, Limits())
-    parsed = _read_copy(book_copy(table))
+    parsed = _read_copy(copy_bytes(table, TopicKind.ORDERBOOK))
     assert parsed[1][2] == b'\x01[{"price":1.0,"quantity":2.0}]' and parsed[1][3] == b"\x01[]"
     assert parsed[0][1] == b"A"
 

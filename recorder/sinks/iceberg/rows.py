@@ -1,60 +1,53 @@
 """The rows of the Iceberg tables from a batch's columns (pure).
 
-Owns the tables' Arrow schemas: the lake's Parquet columns, with `timestamp` in microseconds
-(Iceberg v2 has no nanosecond type, and pyiceberg writes no v3 table) and `timestamp_ns`, the
-event time exactly as sent, beside it. `timestamp` is `timestamp_ns` floored to microseconds,
-so the hour partition of a row is that of its exact time.
+Owns the tables' Arrow schemas: the lake's Parquet columns (`recorder.core.layouts.LAYOUTS`),
+with `timestamp` in microseconds (Iceberg v2 has no nanosecond type, and pyiceberg writes no v3
+table) and `timestamp_ns`, the event time exactly as sent, beside it. `timestamp` is
+`timestamp_ns` floored to microseconds, so the hour partition of a row is that of its exact time.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final
 
 import pyarrow as pa
 
-from recorder.core.columns import LEVEL_TYPE, event_times, file_columns
-from recorder.core.kinds import TopicKind
+from recorder.core.columns import event_times
+from recorder.core.kinds import TopicKind, kind_of
+from recorder.core.layouts import LAYOUTS, LevelsLayout
 
-Levels = Literal["typed", "json"]
+Levels = LevelsLayout
 PARTITION_SOURCE = "timestamp"
+# The message contract's optional fields (absent or null: stored as NULL); every other column
+# is NOT NULL for readers.
+OPTIONAL: Final = frozenset({"change", "change_rate"})
 _TIMES = [
     pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("timestamp_ns", pa.int64(), nullable=False),
-    pa.field("symbol", pa.string(), nullable=False),
 ]
 
 
 def schema(kind: TopicKind, levels: Levels) -> pa.Schema:
-    if kind is TopicKind.TICK:
-        return pa.schema(
-            [
-                *_TIMES,
-                pa.field("price", pa.float64(), nullable=False),
-                pa.field("volume", pa.int64(), nullable=False),
-                pa.field("change", pa.float64()),
-                pa.field("change_rate", pa.float64()),
-            ]
-        )
-    level_type = LEVEL_TYPE if levels == "typed" else pa.string()
+    batch = kind_of(kind).schema
     return pa.schema(
         [
             *_TIMES,
-            pa.field("bids", level_type, nullable=False),
-            pa.field("asks", level_type, nullable=False),
+            *(
+                pa.field(c.name, batch.field(c.source_for(levels)).type, c.name in OPTIONAL)
+                for c in LAYOUTS[kind]
+            ),
         ]
     )
 
 
 def rows(kind: TopicKind, columns: pa.Table, levels: Levels) -> pa.Table:
     """The table rows of one batch's `columns` (recorder.core.columns' schema)."""
-    picked = columns.select(file_columns(kind, levels)).combine_chunks()
-    rest = [picked.column(i) for i in range(3, picked.num_columns)]  # after offset, time, symbol
+    contiguous = columns.combine_chunks()
     return pa.Table.from_arrays(
         [
-            event_times(picked, "us"),
-            picked.column("time_ns"),
-            picked.column("symbol"),
-            *rest,
+            event_times(contiguous, "us"),
+            contiguous.column("time_ns"),
+            *(contiguous.column(c.source_for(levels)) for c in LAYOUTS[kind]),
         ],
         schema=schema(kind, levels),
     )

@@ -1,74 +1,46 @@
-"""Parquet encoding of tick and order book columns, and the lake's hive key layout (pure).
+"""Parquet encoding of a kind's batch columns, and the lake's hive key layout (pure).
 
-Owns the Parquet schemas of the original service and the object key of a file:
-`{prefix}/{tick|orderbook}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-p{P}-o{first offset of the flush range}.parquet`.
+Owns the Parquet schemas of the original service (from `recorder.core.layouts.LAYOUTS`, per
+kind its file's columns, shared with the Iceberg tables) and the object key of a file:
+`{prefix}/{kind's lake segment}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-p{P}-o{first offset of the flush range}.parquet`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import IO, Literal
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recorder.core.columns import LEVEL_TYPE, event_times
-from recorder.runtime.settings import TopicKind
+from recorder.core.columns import event_times
+from recorder.core.kinds import TopicKind, kind_of
+from recorder.core.layouts import LAYOUTS as LAYOUTS
+from recorder.core.layouts import LevelsLayout as LevelsLayout
+from recorder.core.layouts import ParquetColumn as ParquetColumn
+from recorder.core.layouts import Unit as Unit
+from recorder.core.layouts import batch_columns as batch_columns
 
 
-def tick_schema(unit: Literal["ns", "us"]) -> pa.Schema:
+def parquet_schema(kind: TopicKind, unit: Unit, levels: LevelsLayout) -> pa.Schema:
+    batch = kind_of(kind).schema
     return pa.schema(
         [
             ("timestamp", pa.timestamp(unit, tz="UTC")),
-            ("symbol", pa.string()),
-            ("price", pa.float64()),
-            ("volume", pa.int64()),
-            ("change", pa.float64()),
-            ("change_rate", pa.float64()),
+            *((c.name, batch.field(c.source_for(levels)).type) for c in LAYOUTS[kind]),
         ]
     )
 
 
-def orderbook_schema(unit: Literal["ns", "us"], levels: Literal["typed", "json"]) -> pa.Schema:
-    level_type = LEVEL_TYPE if levels == "typed" else pa.string()
-    return pa.schema(
-        [
-            ("timestamp", pa.timestamp(unit, tz="UTC")),
-            ("symbol", pa.string()),
-            ("bids", level_type),
-            ("asks", level_type),
-        ]
-    )
-
-
-def tick_table(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Table:
-    """The Parquet table of tick columns (recorder.core.columns.TICK_SCHEMA): no row walked."""
+def parquet_table(kind: TopicKind, columns: pa.Table, unit: Unit, levels: LevelsLayout) -> pa.Table:
+    """The Parquet table of a kind's batch columns: no row walked (order books' typed levels
+    and their JSON text were both built at decode)."""
     return pa.Table.from_arrays(
         [
             event_times(columns, unit),
-            *(
-                columns.column(name)
-                for name in ("symbol", "price", "volume", "change", "change_rate")
-            ),
+            *(columns.column(c.source_for(levels)) for c in LAYOUTS[kind]),
         ],
-        schema=tick_schema(unit),
-    )
-
-
-def orderbook_table(
-    columns: pa.Table, unit: Literal["ns", "us"], levels: Literal["typed", "json"]
-) -> pa.Table:
-    """The Parquet table of order book columns: typed levels or their JSON text, both built
-    at decode."""
-    sides = ("bid_levels", "ask_levels") if levels == "typed" else ("bids", "asks")
-    return pa.Table.from_arrays(
-        [
-            event_times(columns, unit),
-            columns.column("symbol"),
-            columns.column(sides[0]),
-            columns.column(sides[1]),
-        ],
-        schema=orderbook_schema(unit, levels),
+        schema=parquet_schema(kind, unit, levels),
     )
 
 
@@ -76,21 +48,15 @@ def write_parquet(
     sink: IO[bytes],
     kind: TopicKind,
     columns: pa.Table,
-    unit: Literal["ns", "us"],
-    levels: Literal["typed", "json"],
+    unit: Unit,
+    levels: LevelsLayout,
     row_group_size: int,
 ) -> int:
     """Encode the rows of `columns` into `sink`, `row_group_size` rows a row group. The table
     is made contiguous first, so the bytes depend on the rows only, never on how the batch
     was chunked (DESIGN rule 4: every writer of a range puts the same bytes)."""
-    contiguous = columns.combine_chunks()
-    if kind is TopicKind.TICK:
-        table = tick_table(contiguous, unit)
-        schema = tick_schema(unit)
-    else:
-        table = orderbook_table(contiguous, unit, levels)
-        schema = orderbook_schema(unit, levels)
-    with pq.ParquetWriter(sink, schema, compression="snappy") as writer:
+    table = parquet_table(kind, columns.combine_chunks(), unit, levels)
+    with pq.ParquetWriter(sink, table.schema, compression="snappy") as writer:
         writer.write_table(table, row_group_size=row_group_size)
     return int(table.num_rows)
 
@@ -111,7 +77,7 @@ def object_key(
     base = prefix.strip("/")
     tag = f"-i{incarnation}" if incarnation else ""
     path = (
-        f"{kind.value}/year={hour:%Y}/month={hour:%m}/day={hour:%d}/hour={hour:%H}/"
+        f"{kind_of(kind).lake_segment}/year={hour:%Y}/month={hour:%m}/day={hour:%d}/hour={hour:%H}/"
         f"{topic}-p{partition}-o{first_offset:020d}{tag}.parquet"
     )
     return f"{base}/{path}" if base else path

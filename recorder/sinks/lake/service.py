@@ -14,15 +14,14 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from recorder.core.batching import Batch, split_by_hour
-from recorder.core.columns import file_columns
+from recorder.core.kinds import FALLBACK, TopicKind
 from recorder.core.offsets import TP, IntentOutcome, intent_outcome
 from recorder.runtime import metrics
 from recorder.runtime.retry import retry_forever
-from recorder.runtime.settings import TopicKind
 from recorder.sinks.driver import Fence, Outcome, Written
 from recorder.sinks.lake.config import LakeConfig
 from recorder.sinks.lake.encoder import Encoder, for_recorded_range
-from recorder.sinks.lake.parquet import object_key, write_parquet
+from recorder.sinks.lake.parquet import batch_columns, object_key, write_parquet
 from recorder.sinks.lake.progress import LakeProgress
 from recorder.sinks.lake.store import StoredProgress
 
@@ -63,7 +62,7 @@ class LakeStore:
             return Written({tp: Outcome.DONE})  # someone else flushed exactly these records
         if outcome is not IntentOutcome.RECORDED:
             return self._fenced(tp, batch, outcome)
-        kind = self.topics.get(tp.topic, TopicKind.TICK)
+        kind = self.topics.get(tp.topic, FALLBACK)
         files = await asyncio.to_thread(self.encode_recorded, tp, kind, batch)
         nbytes = sum(size for _, _, size in files)
         try:
@@ -123,7 +122,7 @@ class LakeStore:
         spilled to disk above the part size."""
         out: Files = []
         spill = self.config.spill_bytes
-        columns = file_columns(kind, encoder.levels)
+        columns = batch_columns(kind, encoder.levels)
         try:
             groups = split_by_hour(batch.table(columns)) if batch.count else []
             for hour, first_offset, part in groups:

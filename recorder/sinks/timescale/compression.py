@@ -1,6 +1,6 @@
 """Native compression of old chunks in `timescaledb` mode (DB_COMPRESS_AFTER_DAYS).
 
-Owns the compression settings of the two hypertables (segmented by symbol, ordered by time, so a
+Owns the compression settings of the kinds' hypertables (segmented by symbol, ordered by time, so a
 symbol's range query reads few compressed batches) and their compression policy, applied at
 start from the settings: the Apache edition and plain PostgreSQL have no compression.
 """
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from recorder.core.kinds import all_kinds
 from recorder.runtime import telemetry
 from recorder.sinks.timescale.migrate import MIGRATION_LOCK_ID
-
-TABLES = ("tick_data", "orderbook")
-
 
 # The settings each table wants, as timescaledb_information.compression_settings shows them:
 # column -> (segmentby_column_index, orderby_asc).
@@ -32,7 +30,7 @@ async def apply_compression(conn: asyncpg.Connection, after_days: int) -> None:
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
-        for table in TABLES:
+        for table in (kind.table for kind in all_kinds()):
             if await _settings(conn, table) != WANTED:
                 await conn.execute(
                     f"""ALTER TABLE {table} SET (timescaledb.compress,

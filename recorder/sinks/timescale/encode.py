@@ -1,7 +1,9 @@
 """PostgreSQL binary COPY streams built from a flush's columns (pure, vectorised: numpy, Arrow).
 
-Owns the wire layout of `COPY ... FROM STDIN (FORMAT binary)` for `tick_data` and `orderbook`:
-no Python tuple or `datetime` per row; every field is written for all rows at once.
+Owns the wire layout of `COPY ... FROM STDIN (FORMAT binary)` of every kind's table: a field's
+encoder is chosen by its column's SQL type (`FIELDS`), the columns are the kind's
+(`recorder.core.kinds`); no Python tuple or `datetime` per row; every field is written for all
+rows at once.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-TICK_COLUMNS: Final = ("time", "symbol", "price", "volume", "change", "change_rate")
-BOOK_COLUMNS: Final = ("time", "symbol", "bids", "asks")
+from recorder.core.kinds import Kind, TopicKind, kind_of
 
 # PGCOPY signature, flags (int32 0) and header extension length (int32 0).
 HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -117,31 +118,31 @@ def _tuples(fields: list[_Fixed | _Text], n: int) -> bytes:
     return bytes(data_buf.slice(int(bounds[0]), int(bounds[1] - bounds[0])).to_pybytes())
 
 
-def _times(table: pa.Table) -> _Fixed:
+def _times(column: pa.Array | pa.ChunkedArray) -> _Fixed:
     # Floor division, as timestamptz's own µs rounding of a datetime built from ns would do.
-    micros = table.column("time_ns").to_numpy() // 1000 - PG_EPOCH_US
+    micros = column.to_numpy() // 1000 - PG_EPOCH_US
     return _Fixed(micros.astype(">i8"))
 
 
-def _tick_fields(table: pa.Table) -> list[_Fixed | _Text]:
-    return [
-        _times(table),
-        _text(table.column("symbol")),
-        _numbers(table.column("price"), ">f8"),
-        _numbers(table.column("volume"), ">i8"),
-        _numbers(table.column("change"), ">f8"),
-        _numbers(table.column("change_rate"), ">f8"),
-    ]
+Field = _Fixed | _Text
+# A field's wire form by its column's SQL type (what the kinds' migrations declare).
+FIELDS: Final[dict[str, Callable[[pa.Array | pa.ChunkedArray], Field]]] = {
+    "timestamptz": _times,  # from ns since the epoch
+    "text": _text,
+    "double precision": lambda column: _numbers(column, ">f8"),
+    "bigint": lambda column: _numbers(column, ">i8"),
+    "jsonb": lambda column: _text(column, JSONB_VERSION),  # from the JSON text
+}
 
 
-def _book_fields(table: pa.Table) -> list[_Fixed | _Text]:
-    # Levels as jsonb from their JSON text, never decoded again.
-    return [
-        _times(table),
-        _text(table.column("symbol")),
-        _text(table.column("bids"), JSONB_VERSION),
-        _text(table.column("asks"), JSONB_VERSION),
-    ]
+def _fields_of(kind: Kind) -> Callable[[pa.Table], list[Field]]:
+    """The encoder of one piece of a kind's rows: a field per table column, from its source."""
+    encoders = [(c.source, FIELDS[c.sql_type]) for c in kind.db_columns]
+
+    def fields(table: pa.Table) -> list[Field]:
+        return [encode_field(table.column(source)) for source, encode_field in encoders]
+
+    return fields
 
 
 # The stream is built this many bytes of rows at a time (estimated from the columns' size):
@@ -149,20 +150,37 @@ def _book_fields(table: pa.Table) -> list[_Fixed | _Text]:
 # by the flush, so a flush of deep order books costs its rows plus a few MiB (MAX_BUFFER_BYTES
 # counts the rows).
 COPY_CHUNK_BYTES: Final = 1 << 20
-COPY_COLUMNS: Final = {
-    "tick": ("time_ns", "symbol", "price", "volume", "change", "change_rate"),
-    "book": ("time_ns", "symbol", "bids", "asks"),
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """How a write gathers one kind's rows before its COPY."""
+
+    # One contiguous table (small fixed-size rows: cheaper to encode and to aggregate into
+    # rollups); False for order books: a copy of every book of the flush (and past 2 GiB of
+    # JSON text, more than a 32-bit-offset string array holds).
+    contiguous: bool
+
+
+# Every kind the database stores, in the order a write COPYs them (each write in one order; a
+# kind's rollups are upserted after every COPY, last in the transaction).
+COPY_PLANS: Final[dict[TopicKind, CopyPlan]] = {
+    TopicKind.ORDERBOOK: CopyPlan(contiguous=False),
+    TopicKind.TICK: CopyPlan(contiguous=True),
 }
 
 
-def copy_chunks(table: pa.Table, kind: str, chunk_bytes: int = COPY_CHUNK_BYTES) -> Iterator[bytes]:
-    """The binary COPY stream of `table`'s rows (`kind` "tick" or "book") in pieces of about
-    `chunk_bytes`: the header, the tuples a slice of rows at a time, the trailer. Only the
+def copy_chunks(
+    table: pa.Table, kind: TopicKind, chunk_bytes: int = COPY_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """The binary COPY stream of `table`'s rows into `kind`'s table (its `db_columns`, in
+    order) in pieces of about `chunk_bytes`: the header, the tuples a slice of rows at a time, the trailer. Only the
     columns the table stores are read, and only a slice at a time is made contiguous (a flush
     of many fetches may hold more text than one 32-bit-offset string array can, and a fetch's
     few rows are too few to encode alone: the per-call cost would dominate)."""
-    fields = _tick_fields if kind == "tick" else _book_fields
-    used = table.select(list(COPY_COLUMNS[kind]))
+    spec = kind_of(kind)
+    fields = _fields_of(spec)
+    used = table.select([c.source for c in spec.db_columns])
     yield HEADER
     group: list[pa.RecordBatch] = []
     size = 0
@@ -188,18 +206,11 @@ def _pieces(table: pa.Table, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
             yield batch.slice(first, step)
 
 
-def _encoded(
-    fields: Callable[[pa.Table], list[_Fixed | _Text]], group: list[pa.RecordBatch]
-) -> bytes:
+def _encoded(fields: Callable[[pa.Table], list[Field]], group: list[pa.RecordBatch]) -> bytes:
     piece = pa.Table.from_batches(group).combine_chunks() if len(group) > 1 else group[0]
     return _tuples(fields(piece), piece.num_rows)
 
 
-def tick_copy(table: pa.Table) -> bytes:
-    """`tick_data` rows (TICK_COLUMNS) from tick columns (recorder.core.columns.TICK_SCHEMA)."""
-    return b"".join(copy_chunks(table, "tick"))
-
-
-def book_copy(table: pa.Table) -> bytes:
-    """`orderbook` rows (BOOK_COLUMNS) from order book columns."""
-    return b"".join(copy_chunks(table, "book"))
+def copy_bytes(table: pa.Table, kind: TopicKind) -> bytes:
+    """The whole binary COPY stream of `table`'s rows into `kind`'s table, at once."""
+    return b"".join(copy_chunks(table, kind))

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from recorder.core.kinds import all_kinds
 from recorder.runtime import telemetry
 from recorder.sinks.timescale.migrate import DbMode
 
-TABLES = ("tick_data", "orderbook")
 SECONDS_PER_DAY = 86_400
 _DAY_PARTITION = re.compile(r"^(?P<parent>[a-z_]+)_p(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})$")
 
@@ -56,7 +56,7 @@ async def apply_retention(
         return []
     keep_from = cutoff_day(now_s, days)
     dropped: list[Dropped] = []
-    for table in TABLES:
+    for table in (kind.table for kind in all_kinds()):
         if mode.hypertables:
             # drop_chunks drops only chunks whose whole range ends before older_than.
             rows = await conn.fetch(

@@ -18,29 +18,29 @@ import pyarrow as pa
 
 from recorder.core.batching import Batch, writer_for
 from recorder.core.columns import offsets_of
+from recorder.core.kinds import FALLBACK, Kind, TopicKind, all_kinds, kind_of
 from recorder.core.offsets import TP, CasOutcome, cas_outcome
 from recorder.core.rollups import ROLLUPS, Bars, bars
 from recorder.kafka.dlq import DeadLetters
 from recorder.runtime import telemetry
 from recorder.runtime.retry import Transient, retry_forever
-from recorder.runtime.settings import TopicKind
 from recorder.sinks.driver import Fence, Outcome, Written
 from recorder.sinks.timescale import progress as progress_rows
 from recorder.sinks.timescale.config import SINK, TimescaleConfig
-from recorder.sinks.timescale.encode import BOOK_COLUMNS, TICK_COLUMNS, copy_chunks
+from recorder.sinks.timescale.encode import COPY_PLANS, copy_chunks
 from recorder.sinks.timescale.migrate import DbMode
-from recorder.sinks.timescale.upkeep import Upkeep, table_of
+from recorder.sinks.timescale.upkeep import Upkeep
 
 WRITE_LOCK_TIMEOUT_MS = 30_000
 
 
-def rollup_bars(ticks: pa.Table) -> dict[str, Bars]:
-    """Every rollup's bars of a flush's tick columns, vectorised."""
-    time_ns = ticks.column("time_ns").to_numpy()
-    symbol = ticks.column("symbol").combine_chunks()
-    price = ticks.column("price").to_numpy()
-    volume = ticks.column("volume").to_numpy()
-    return {view: bars(time_ns, symbol, price, volume, ns) for view, ns in ROLLUPS.items()}
+def rollup_bars(rows: pa.Table, rollups: Mapping[str, int] = ROLLUPS) -> dict[str, Bars]:
+    """Every rollup's bars of a flush's columns (time_ns, symbol, price, volume), vectorised."""
+    time_ns = rows.column("time_ns").to_numpy()
+    symbol = rows.column("symbol").combine_chunks()
+    price = rows.column("price").to_numpy()
+    volume = rows.column("volume").to_numpy()
+    return {view: bars(time_ns, symbol, price, volume, ns) for view, ns in rollups.items()}
 
 
 async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -102,6 +102,9 @@ class TimescaleStore:
         self._on_retry = on_retry
         self.pool: asyncpg.Pool | None = None
 
+    def _kind(self, tp: TP) -> TopicKind:
+        return self._topics.get(tp.topic, FALLBACK)
+
     def lane(self, tp: TP) -> Hashable:
         return writer_for(tp.topic, tp.partition, self._config.writers)
 
@@ -124,15 +127,18 @@ class TimescaleStore:
             self._config.retry_max_backoff_sec,
             self._on_retry,
         )
-        self._upkeep.late_ticks(
-            [
-                batches[tp]
-                for tp, (outcome, _) in outcomes.items()
-                if outcome is CasOutcome.APPLIED
-                and table_of(self._topics.get(tp.topic)) == "tick_data"
-                and batches[tp].count
-            ]
-        )
+        for kind in all_kinds():
+            if kind.rollups:
+                self._upkeep.late_rows(
+                    [
+                        batches[tp]
+                        for tp, (outcome, _) in outcomes.items()
+                        if outcome is CasOutcome.APPLIED
+                        and self._kind(tp) is kind.topic_kind
+                        and batches[tp].count
+                    ],
+                    kind.rollups,
+                )
         written = Written({})
         for tp, (outcome, stored) in outcomes.items():
             if outcome is CasOutcome.FENCED:
@@ -183,37 +189,35 @@ class TimescaleStore:
             await conn.execute(f"SET LOCAL lock_timeout = '{WRITE_LOCK_TIMEOUT_MS}ms'")
             for tp in sorted(batches):
                 outcomes[tp] = await self._cas(conn, tp, batches[tp])
-            ticks: list[pa.Table] = []
-            books: list[pa.Table] = []
+            gathered: dict[TopicKind, list[pa.Table]] = {}
             # Where each row came from, for a dead letter if the database refuses it.
-            tick_from: list[tuple[TP, int]] = []
-            book_from: list[tuple[TP, int]] = []
+            sources: dict[TopicKind, list[tuple[TP, int]]] = {}
             for tp, batch in batches.items():
                 if outcomes[tp][0] is not CasOutcome.APPLIED or not batch.count:
                     continue
-                if table_of(self._topics.get(tp.topic)) == "orderbook":
-                    # Not made contiguous: a copy of every book of the flush (and past 2 GiB
-                    # of JSON text, more than a 32-bit-offset string array holds).
-                    books.append(pa.concat_tables(batch.chunks))
-                    book_from.append((tp, batch.count))
-                else:
-                    ticks.append(batch.table())
-                    tick_from.append((tp, batch.count))
+                kind = self._kind(tp)
+                contiguous = COPY_PLANS[kind].contiguous
+                rows = batch.table() if contiguous else pa.concat_tables(batch.chunks)
+                gathered.setdefault(kind, []).append(rows)
+                sources.setdefault(kind, []).append((tp, batch.count))
             refused = _RowsRefused([], [])
-            if books:
-                rows = _without(pa.concat_tables(books), book_from, skip)
-                await self._copy(conn, "orderbook", BOOK_COLUMNS, rows, book_from, refused)
-            if ticks:
-                tick_table = _without(pa.concat_tables(ticks).combine_chunks(), tick_from, skip)
-                await self._copy(conn, "tick_data", TICK_COLUMNS, tick_table, tick_from, refused)
-                # Last in the transaction: the upsert's row locks on the hot bars are held
-                # from here to the commit only, not during the COPYs (writers serialise there).
-                if (
-                    self._upkeep.mode.recorder_rollups
-                    and tick_table.num_rows
-                    and not refused.positions
-                ):
-                    await self._upsert_rollups(conn, tick_table)
+            rolled: list[tuple[Kind, pa.Table]] = []
+            for kind, plan in COPY_PLANS.items():  # every write COPYs in one order
+                if kind not in gathered:
+                    continue
+                spec = kind_of(kind)
+                joined = pa.concat_tables(gathered[kind])
+                rows = _without(
+                    joined.combine_chunks() if plan.contiguous else joined, sources[kind], skip
+                )
+                await self._copy(conn, spec, rows, sources[kind], refused)
+                if spec.rollups and rows.num_rows:
+                    rolled.append((spec, rows))
+            # Last in the transaction: the upsert's row locks on the hot bars are held from
+            # here to the commit only, not during the COPYs (writers serialise there).
+            if self._upkeep.mode.recorder_rollups and not refused.positions:
+                for spec, rows in rolled:
+                    await self._upsert_rollups(conn, spec, rows)
             if refused.positions:
                 raise refused  # rolls the transaction back; `_write` sends the letters
         return outcomes
@@ -232,8 +236,7 @@ class TimescaleStore:
     async def _copy(
         self,
         conn: asyncpg.Connection,
-        table: str,
-        columns: tuple[str, ...],
+        kind: Kind,
         rows: pa.Table,
         sources: list[tuple[TP, int]],
         refused: _RowsRefused,
@@ -243,32 +246,29 @@ class TimescaleStore:
         with their source position and the database's message."""
         try:
             async with conn.transaction():  # savepoint: a data error must not lose the batch
-                await self._copy_rows(conn, table, columns, rows)
+                await self._copy_rows(conn, kind, rows)
             return
         except asyncpg.DataError as exc:
             bad: dict[int, str] = {}
-            await self._copy_isolating_bad_rows(
-                conn, table, columns, rows, 0, rows.num_rows, bad, str(exc)
-            )
+            await self._copy_isolating_bad_rows(conn, kind, rows, 0, rows.num_rows, bad, str(exc))
         offsets = offsets_of(rows)
         ends = np.cumsum([count for _, count in sources])
         for i in sorted(bad):
             tp = sources[int(np.searchsorted(ends, i, side="right"))][0]
             refused.positions.append((tp.topic, tp.partition, int(offsets[i])))
-            refused.messages.append(f"{table}: the database refused this row: {bad[i]}")
+            refused.messages.append(f"{kind.table}: the database refused this row: {bad[i]}")
 
     @staticmethod
-    async def _copy_rows(
-        conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: pa.Table
-    ) -> None:
-        chunks = copy_chunks(rows, "tick" if table == "tick_data" else "book")
-        await conn.copy_to_table(table, source=_stream(chunks), columns=columns, format="binary")
+    async def _copy_rows(conn: asyncpg.Connection, kind: Kind, rows: pa.Table) -> None:
+        chunks = copy_chunks(rows, kind.topic_kind)
+        await conn.copy_to_table(
+            kind.table, source=_stream(chunks), columns=kind.db_column_names, format="binary"
+        )
 
     async def _copy_isolating_bad_rows(
         self,
         conn: asyncpg.Connection,
-        table: str,
-        columns: tuple[str, ...],
+        kind: Kind,
         rows: pa.Table,
         first: int,
         stop: int,
@@ -284,15 +284,13 @@ class TimescaleStore:
         for lo, hi in ((first, mid), (mid, stop)):
             try:
                 async with conn.transaction():
-                    await self._copy_rows(conn, table, columns, rows.slice(lo, hi - lo))
+                    await self._copy_rows(conn, kind, rows.slice(lo, hi - lo))
             except asyncpg.DataError as exc:
-                await self._copy_isolating_bad_rows(
-                    conn, table, columns, rows, lo, hi, refused, str(exc)
-                )
+                await self._copy_isolating_bad_rows(conn, kind, rows, lo, hi, refused, str(exc))
 
-    async def _upsert_rollups(self, conn: asyncpg.Connection, ticks: pa.Table) -> None:
+    async def _upsert_rollups(self, conn: asyncpg.Connection, kind: Kind, rows: pa.Table) -> None:
         # Times travel as int8 microseconds since the epoch (no datetime per bar).
-        for view, b in rollup_bars(ticks).items():
+        for view, b in rollup_bars(rows, kind.rollups).items():
             await conn.execute(
                 f"""INSERT INTO recorder_{view}_state AS t
                       (bucket, symbol, open, high, low, close, volume, open_time, close_time)

@@ -20,6 +20,7 @@ import numpy as np
 
 from recorder.core.batching import Batch
 from recorder.core.columns import times_of
+from recorder.core.kinds import FALLBACK, TopicKind, all_kinds, kind_of
 from recorder.core.offsets import TP
 from recorder.core.rollups import (
     MIN_RETENTION_DAYS_WITH_POLICIES,
@@ -27,7 +28,6 @@ from recorder.core.rollups import (
     merge_windows,
 )
 from recorder.runtime import telemetry
-from recorder.runtime.settings import TopicKind
 from recorder.sinks.timescale.compression import apply_compression
 from recorder.sinks.timescale.config import SINK, TimescaleConfig
 from recorder.sinks.timescale.migrate import DbMode
@@ -36,11 +36,11 @@ from recorder.sinks.timescale.retention import apply_retention
 NS_PER_DAY = 86_400 * 1_000_000_000
 # Plain mode creates daily partitions ahead of the data on this period (and at start).
 PARTITION_MAINTENANCE_SEC = 3600.0
-TABLES = ("tick_data", "orderbook")
 
 
 def table_of(kind: TopicKind | None) -> str:
-    return "orderbook" if kind is TopicKind.ORDERBOOK else "tick_data"
+    """The database table of a topic's kind (a topic we were not told of: `FALLBACK`'s)."""
+    return kind_of(FALLBACK if kind is None else kind).table
 
 
 async def refresh_buckets(conn: asyncpg.Connection, view: str, start: int, end: int) -> None:
@@ -79,15 +79,18 @@ class Upkeep:
                 "ticks retention already dropped"
             )
 
-    def late_ticks(self, batches: list[Batch]) -> None:
-        """TimescaleDB mode, after a commit: queue the buckets these ticks touched outside the
-        policies' windows for a refresh in the background (batched per aggregate)."""
+    def late_rows(self, batches: list[Batch], rollups: Mapping[str, int]) -> None:
+        """TimescaleDB mode, after a commit: queue the buckets these rows (of a kind with
+        `rollups`) touched outside the policies' windows for a refresh in the background
+        (batched per aggregate)."""
         if self.mode is not DbMode.TIMESCALEDB:
             return
         times = [times_of(chunk) for batch in batches for chunk in batch.chunks]
         if not times:
             return
-        windows = late_windows(np.concatenate(times), time.time_ns(), self._config.retention_days)
+        windows = late_windows(
+            np.concatenate(times), time.time_ns(), self._config.retention_days, rollups
+        )
         if windows:
             self._late = merge_windows(self._late, windows)
             self._late_wake.set()
@@ -153,7 +156,7 @@ class Upkeep:
             return
         today = int(time.time() // 86_400)
         async with pool.acquire() as conn:
-            for table in TABLES:
+            for table in (kind.table for kind in all_kinds()):
                 for day in range(today, today + days + 1):
                     if (table, day) not in self.known_days:
                         await self._ensure(conn, table, day)

@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -428,8 +429,9 @@ def random_delays(n: int, low: float, high: float, seed: int) -> list[float]:
 async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
     """Diagnosis of a failed verify: the Kafka offsets whose records a store lacks, as
     `store topic[partition]` -> [first, last, count]."""
+    from recorder.core.kinds import kind_of
     from recorder.core.records import Limits, RecordError, decode
-    from recorder.runtime.settings import Settings, TopicKind
+    from recorder.runtime.settings import Settings
     from recorder.tools import verify as v
 
     settings = Settings.model_validate({k: v for k, v in env.items() if k in Settings.model_fields})
@@ -438,8 +440,8 @@ async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
             os.environ[key] = env[key]
     kinds = settings.topics()
     records = await v.read_topics(settings, kinds)
-    db_ticks, db_books = await v.database_counters(settings)
-    lake_ticks, lake_books = await v.lake_counters(settings)
+    in_db = await v.database_counters(settings)
+    in_lake = await v.lake_counters(settings)
     wanted: dict[tuple[str, Any], list[tuple[str, int, int]]] = {}
     for topic, msgs in records.items():
         for m in msgs:
@@ -448,14 +450,10 @@ async def missing_offsets(env: dict[str, str]) -> dict[str, list[int]]:
             except RecordError:
                 continue
             where = (topic, m.partition, m.offset)
-            if kinds[topic] is TopicKind.TICK:
-                wanted.setdefault(("db", v.tick_key(r.time_ns // 1000, *r[1:])), []).append(where)
-                wanted.setdefault(("lake", (r.time_ns, *r[1:])), []).append(where)
-            else:
-                levels = (v._levels_key(r.bids), v._levels_key(r.asks))  # type: ignore[union-attr]
-                wanted.setdefault(("db", (r.time_ns // 1000, r.symbol, *levels)), []).append(where)
-                wanted.setdefault(("lake", (r.time_ns, r.symbol, *levels)), []).append(where)
-    found = {"db": db_ticks + db_books, "lake": lake_ticks + lake_books}
+            kind = kind_of(kinds[topic])
+            wanted.setdefault(("db", v.row_key(kind, r.time_ns // 1000, r[1:])), []).append(where)
+            wanted.setdefault(("lake", v.row_key(kind, r.time_ns, r[1:])), []).append(where)
+    found = {"db": sum(in_db.values(), Counter()), "lake": sum(in_lake.values(), Counter())}
     out: dict[str, list[int]] = {}
     for (store, key), places in wanted.items():
         if found[store].get(key, 0) >= len(places):

@@ -6,16 +6,20 @@ Owns the checks that crds/ is accepted, validated and defaulted by the server, n
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator import workload
+from datarecorder_operator.parsing import parse_spec
 
 from tests.fixtures.k8s import K8s
 from tests.integration.k8s.manifests import CRD_NAME, GROUP, PLURAL, VERSION, data_recorder
+from tests.support import examples
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_crd_is_established_with_structural_schema(k8s: K8s) -> None:
@@ -194,6 +198,47 @@ def test_invalid_spec_is_refused_with_the_servers_message(
     assert gone.returncode != 0 and "NotFound" in gone.stderr
 
 
+# The same from examples/invalid: each file the schema or a CEL rule refuses (its first line
+# says which) is refused by the real server, in words that name the field and the reason.
+SERVER_REFUSES = [p for p in examples.INVALID if examples.refused_by(p) != "operator"]
+# How the server words a schema violation (CEL violations carry the rule's own message).
+SCHEMA_WORDS = ("Required value", "Unsupported value", "Invalid value", "should match")
+
+
+@pytest.mark.parametrize("path", SERVER_REFUSES, ids=[p.name for p in SERVER_REFUSES])
+def test_invalid_examples_are_refused_by_the_server_readably(
+    k8s: K8s, k8s_namespace: str, path: Path
+) -> None:
+    manifest = examples.load(path)
+    manifest["metadata"]["namespace"] = k8s_namespace
+    name = manifest["metadata"]["name"]
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    assert code != 0, f"{path.name}: the server accepted it"
+    assert f'The DataRecorder "{name}" is invalid' in stderr
+    assert "spec." in stderr, stderr  # names the field
+    if examples.refused_by(path) == "cel":
+        messages = [rule["message"] for rule in _cel_rules()]
+        assert any(m in stderr for m in messages), f"no CEL rule's message in:\n{stderr}"
+    else:
+        assert any(w in stderr for w in SCHEMA_WORDS), stderr
+    assert len(stderr) < 1000, stderr  # a sentence or two, not a dump
+
+
+def _cel_rules() -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        rules.extend(node.get("x-kubernetes-validations") or [])
+        for sub in (node.get("properties") or {}).values():
+            walk(sub)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"])
+
+    crd = examples.load(ROOT / "crds" / f"{CRD_NAME}.yaml")
+    walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    return rules
+
+
 def test_root_cel_rule_refuses_a_name_unfit_for_children(k8s: K8s, k8s_namespace: str) -> None:
     manifest = data_recorder("r" * 55)  # a valid object name, but 55 > 54 characters
     code, stderr = _create(k8s, k8s_namespace, manifest)
@@ -278,7 +323,7 @@ def test_a_rack_is_accepted_and_its_rendered_env_taken_by_the_server(
     k8s.apply(manifest, k8s_namespace)
     spec = k8s.get_json("datarecorder", "racked", namespace=k8s_namespace)["spec"]
     assert spec["kafka"]["rack"] == rack
-    deployment = rendering.render_deployment(parse_spec("racked", k8s_namespace, spec), 1)
+    deployment = workload.render_deployment(parse_spec("racked", k8s_namespace, spec), 1)
     proc = k8s.kubectl(
         "create",
         "--dry-run=server",

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from datarecorder_operator import rendering
-from datarecorder_operator.spec import PAUSED_ANNOTATION, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import PAUSED_ANNOTATION
 
 from tests.fixtures.k8s import K8s, wait_for
 from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder

@@ -19,9 +19,9 @@ import kopf
 import pytest
 import yaml
 from datarecorder_operator import kube
+from datarecorder_operator.autoscaling import CredentialsUnavailable, _kafka_access
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import SECRET_MARK_ANNOTATION
-from datarecorder_operator.reconcile import CredentialsUnavailable, _kafka_access
-from datarecorder_operator.spec import parse_spec
 
 from tests.fixtures.k8s import K8s, wait_for
 from tests.integration.k8s.manifests import MINIMAL_SPEC, create_tsdb_secret, data_recorder

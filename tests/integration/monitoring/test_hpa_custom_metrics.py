@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from datarecorder_operator.rendering import child_name, render_children
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.naming import child_name
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.rendering import render_children
 
 from tests.fixtures.k8s import K8s
 from tests.integration.k8s.manifests import MINIMAL_SPEC
@@ -144,7 +145,11 @@ async def test_hpa_scales_on_recorder_lag_through_the_adapter(
         prometheus.add_targets(
             unique_name,
             {
-                f"127.0.0.1:{rec.port}": {"job": child_name(spec), "namespace": ns, "pod": pod}
+                f"127.0.0.1:{rec.port}": {
+                    "job": child_name(spec.name, "Deployment"),
+                    "namespace": ns,
+                    "pod": pod,
+                }
                 for pod, rec in recorders.items()
             },
         )
@@ -154,7 +159,7 @@ async def test_hpa_scales_on_recorder_lag_through_the_adapter(
     started = time.monotonic()
 
     def sample() -> tuple[int, float]:
-        deployment = k8s.get_json("deployment", child_name(spec), namespace=ns)
+        deployment = k8s.get_json("deployment", child_name(spec.name, "Deployment"), namespace=ns)
         replicas = deployment["spec"].get("replicas", 0)
         lag = prometheus.value(
             f'sum(datarecorder_lag_records{{namespace="{ns}",sink="timescaledb"}})'
@@ -201,7 +206,7 @@ async def test_hpa_scales_on_recorder_lag_through_the_adapter(
         cond = await asyncio.to_thread(
             poll,
             lambda: (
-                (c := hpa_condition(k8s, ns, child_name(spec), "ScalingActive"))
+                (c := hpa_condition(k8s, ns, child_name(spec.name, "Deployment"), "ScalingActive"))
                 and c["status"] == "False"
                 and c
             ),

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from datarecorder_operator.rendering import child_name, render_children
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.naming import child_name
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.rendering import render_children
 
 from tests.fixtures.k8s import K8s, wait_for
 from tests.integration.k8s.manifests import MINIMAL_SPEC
@@ -129,7 +130,11 @@ def test_scrape_config_and_rule_files_from_the_chart(
     def jobs() -> set[str] | None:
         config = secret_config(k8s, ns)
         found = {j["job_name"] for j in (config or {}).get("scrape_configs", [])}
-        return found if {f"serviceMonitor/{ns}/{child_name(spec)}/0"} <= found else None
+        return (
+            found
+            if {f"serviceMonitor/{ns}/{child_name(spec.name, 'ServiceMonitor')}/0"} <= found
+            else None
+        )
 
     found = wait_for(jobs, timeout=120, what="the scrape config with the recorders' job")
     assert f"serviceMonitor/{ns}/dr-datarecorder-operator/0" in found

@@ -20,7 +20,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from datarecorder_operator.handlers import OperatorConfig, build_registry
+from datarecorder_operator.handlers import OperatorConfig, OperatorMemo, build_registry
 from datarecorder_operator.spec import SECRET_MARK_ANNOTATION
 
 DR_PATH = "/apis/datarecorder.dev/v1alpha1/namespaces/{ns}/datarecorders"
@@ -226,7 +226,7 @@ async def running_operator(
                 clusterwide=True,
                 ready_flag=ready,
                 stop_flag=stop,
-                memo=kopf.Memo(),
+                memo=OperatorMemo(),
             )
         )
         try:

@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 from datarecorder_operator.handlers import OperatorConfig
-from datarecorder_operator.rendering import CONFIG_HASH_ANNOTATION
+from datarecorder_operator.naming import child_name as name_of
+from datarecorder_operator.workload import CONFIG_HASH_ANNOTATION
 
 from tests.integration.operator.emulator import Cluster, running_operator
 from tests.support.recorder_proc import free_port
@@ -42,7 +43,7 @@ def recorder(name: str = "rec", **spec: Any) -> dict[str, Any]:
 
 
 def child_name(kind: str, name: str) -> str:
-    return f"{name}-recorder-config" if kind == "ConfigMap" else f"{name}-recorder"
+    return name_of(name, kind)
 
 
 def condition(dr: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from recorder.core.rollups import ROLLUPS, aggregate
 from recorder.runtime.settings import TopicKind, load_settings
 from recorder.sinks.timescale.compression import apply_compression
 from recorder.sinks.timescale.config import TimescaleConfig
-from recorder.sinks.timescale.encode import tick_copy
+from recorder.sinks.timescale.encode import copy_bytes
 from recorder.sinks.timescale.migrate import DbMode, migrate_explained
 from recorder.sinks.timescale.retention import apply_retention
 from recorder.sinks.timescale.upkeep import Upkeep, refresh_buckets
@@ -43,7 +43,7 @@ async def copy_ticks(conn: Any, ticks: list[TickRow]) -> None:
     """The recorder's own binary COPY stream (recorder.sinks.timescale.encode)."""
 
     async def stream() -> Any:
-        yield tick_copy(from_rows(TopicKind.TICK, list(range(len(ticks))), ticks))
+        yield copy_bytes(from_rows(TopicKind.TICK, list(range(len(ticks))), ticks), TopicKind.TICK)
 
     await conn.copy_to_table("tick_data", source=stream(), columns=COLUMNS, format="binary")
 
@@ -153,7 +153,7 @@ async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any
         # (with the late tick above: the recorder would have queued its buckets too)
         written = [late, *more]
         columns = from_rows(TopicKind.TICK, list(range(len(written))), written)
-        upkeep.late_ticks([Batch(0, len(written), [columns], len(written))])
+        upkeep.late_rows([Batch(0, len(written), [columns], len(written))], ROLLUPS)
         windows = upkeep.take_late()
         assert set(windows) == set(ROLLUPS)
         for view, (start, end) in windows.items():

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import Policy
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator.spec import RecorderSpec
+
+from tests.support.examples import EXAMPLES as EXAMPLES
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_PATH = REPO / "crds" / "datarecorders.datarecorder.dev.yaml"
-EXAMPLES = REPO / "examples"
 K8S_VERSION = "1.37"  # the newest that kubernetes-validate 1.37.0 ships
 # examples/full.yaml names a ServiceAccount it manages (`recorder`): the restricted policy
 # lets it only when listed, as the chart's policy.allowedServiceAccounts would.

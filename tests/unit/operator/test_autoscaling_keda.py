@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 from datarecorder_operator import kube, rendering
 from datarecorder_operator.lag import LagReport, with_activation
-from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.reconcile import reconcile
 from datarecorder_operator.scaler import Stabilizer
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator.spec import SpecError
+from datarecorder_operator.state import ObjectState, OperatorConfig
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
     "kafka": {"brokers": ["k:9092"]},
     "timescaledb": {"host": "db", "passwordSecret": {"name": "tsdb"}},
 }
+
+LOG = logging.getLogger("tests.operator")
 
 
 def hpa_spec(**auto: Any) -> Any:
@@ -60,7 +65,7 @@ async def test_a_paused_resource_is_left_alone_and_says_so() -> None:
 
     # A client that never logged in: any request would raise, so none is made.
     outcome = await reconcile(
-        kube.KubeClient(), body, ObjectState(), OperatorConfig(), events, None, apply=True
+        kube.KubeClient(), body, ObjectState(), OperatorConfig(), events, LOG, apply=True
     )
     assert outcome.error is None and not posted
     assert outcome.status is not None

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from datarecorder_operator import handlers, migration, reconcile, rendering
-from datarecorder_operator.spec import API_VERSION, KIND, SpecError, parse_spec
+from datarecorder_operator import children, handlers, migration, naming, rendering
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import API_VERSION, KIND, SpecError
 
 from tests.unit.operator.helpers import example, example_spec
 
@@ -18,7 +19,7 @@ from tests.unit.operator.helpers import example, example_spec
 @pytest.mark.parametrize("example", ["minimal.yaml", "full.yaml", "hpa.yaml"])
 def test_every_child_is_named_name_recorder(example: str) -> None:
     spec = example_spec(example)
-    base = rendering.child_name(spec)
+    base = naming.child_name(spec.name, "Deployment")
     assert base == f"{spec.name}-recorder"
     for child in rendering.render_children(spec):
         want = f"{base}-config" if child["kind"] == "ConfigMap" else base
@@ -30,13 +31,13 @@ def test_every_child_is_named_name_recorder(example: str) -> None:
 def test_the_longest_name_still_makes_a_valid_service_name() -> None:
     body = example("minimal.yaml")["spec"]
     spec = parse_spec("r" * 54, "md", body)
-    assert len(rendering.child_name(spec)) == 63  # a DNS-1035 label's limit
+    assert len(naming.child_name(spec.name, "Service")) == 63  # a DNS-1035 label's limit
     with pytest.raises(SpecError, match="at most 54"):
         parse_spec("r" * 55, "md", body)
 
 
 def test_deletion_covers_new_and_old_names() -> None:
-    names = {(kind, name) for _, kind, name in reconcile.child_names("rec")}
+    names = {(kind, name) for _, kind, name in children.child_names("rec")}
     assert ("Deployment", "rec-recorder") in names and ("Deployment", "rec") in names
     assert ("ConfigMap", "rec-recorder-config") in names and ("ConfigMap", "rec-config") in names
     assert ("PodDisruptionBudget", "rec") in names and ("ServiceAccount", "rec") in names
@@ -47,8 +48,8 @@ def test_old_pdb_and_hpa_go_first_and_the_workload_before_what_it_uses() -> None
     assert order[:2] == ["PodDisruptionBudget", "HorizontalPodAutoscaler"]
     assert order.index("Deployment") < order.index("ConfigMap")
     assert order.index("Deployment") < order.index("ServiceAccount")
-    assert migration.legacy_name("rec", "ConfigMap") == "rec-config"
-    assert migration.legacy_name("rec", "Service") == "rec"
+    assert naming.child_name("rec", "ConfigMap", legacy=True) == "rec-config"
+    assert naming.child_name("rec", "Service", legacy=True) == "rec"
 
 
 def _deployment(replicas: int, available: int, updated: int, generation: int = 2) -> Any:

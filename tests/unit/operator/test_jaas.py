@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from datarecorder_operator import jaas, rendering
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator import environment, jaas
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
 
 from recorder.kafka.options import client_options, jaas_credentials
 from recorder.runtime.settings import Settings
@@ -71,13 +72,13 @@ def _kafka(**sasl: Any) -> dict[str, Any]:
 
 def test_the_jaas_key_reaches_the_pod_by_reference_only() -> None:
     spec = parse_spec("rec", "md", {**BASE, "kafka": _kafka(jaasConfigKey="sasl.jaas.config")})
-    env = {e["name"]: e for e in rendering.secret_env(spec)}
+    env = {e["name"]: e for e in environment.secret_env(spec)}
     assert env["KAFKA_SASL_JAAS_CONFIG"]["valueFrom"]["secretKeyRef"] == {
         "name": "recorder",
         "key": "sasl.jaas.config",
     }
     assert "KAFKA_SASL_USERNAME" not in env and "KAFKA_SASL_PASSWORD" not in env
-    assert "KAFKA_SASL_JAAS_CONFIG" not in rendering.config_data(spec)
+    assert "KAFKA_SASL_JAAS_CONFIG" not in environment.config_data(spec)
 
 
 def test_a_literal_username_and_a_jaas_key_exclude_each_other() -> None:

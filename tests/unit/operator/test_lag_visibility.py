@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from datarecorder_operator import status
-from datarecorder_operator.reconcile import fallback_replicas
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.autoscaling import fallback_replicas
+from datarecorder_operator.parsing import parse_spec
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",

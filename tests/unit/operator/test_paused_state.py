@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from datarecorder_operator import metrics, rendering, status
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator import environment, metrics, rendering, status
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
@@ -27,11 +28,11 @@ def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_paused_renders_paused_true_and_running_renders_no_such_key() -> None:
-    assert rendering.config_data(spec(state="paused"))["PAUSED"] == "true"
-    assert "PAUSED" not in rendering.config_data(spec())
-    assert "PAUSED" not in rendering.config_data(spec(state="stopped"))
+    assert environment.config_data(spec(state="paused"))["PAUSED"] == "true"
+    assert "PAUSED" not in environment.config_data(spec())
+    assert "PAUSED" not in environment.config_data(spec(state="stopped"))
     # The environment changes, so does the hash on the pod template: the pods roll into it.
-    assert rendering.config_hash(spec(state="paused")) != rendering.config_hash(spec())
+    assert environment.config_hash(spec(state="paused")) != environment.config_hash(spec())
 
 
 def test_paused_keeps_the_pods_and_suspends_autoscaling() -> None:

@@ -14,8 +14,9 @@ from datarecorder_operator.lag import (
     excluding,
     persistent_partitions,
 )
-from datarecorder_operator.rendering import applies_replicas, render_children
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.rendering import render_children
+from datarecorder_operator.replicas import applies_replicas
 
 from tests.unit.operator.helpers import example
 

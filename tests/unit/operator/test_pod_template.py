@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator import environment, workload
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
@@ -35,7 +36,7 @@ SPREAD = {
 
 def pod(**spec: Any) -> dict[str, Any]:
     parsed = parse_spec("rec", "md", {**BASE, **spec})
-    result: dict[str, Any] = rendering.render_deployment(parsed, 1)["spec"]["template"]["spec"]
+    result: dict[str, Any] = workload.render_deployment(parsed, 1)["spec"]["template"]["spec"]
     return result
 
 
@@ -88,11 +89,11 @@ def test_security_contexts_merge_onto_safe_defaults_for_openshift() -> None:
 def test_database_tls_with_a_ca_secret_and_hot_path_switch() -> None:
     db = {**BASE["timescaledb"], "sslMode": "verify-full", "caSecret": {"name": "db-ca"}}
     spec = parse_spec("rec", "md", {**BASE, "timescaledb": {**db, "writeEnabled": False}})
-    data = rendering.config_data(spec)
+    data = environment.config_data(spec)
     assert data["TIMESCALEDB_SSLMODE"] == "verify-full"
     assert data["PGSSLROOTCERT"] == "/etc/datarecorder/db-ca/ca.crt"
     assert data["DB_WRITE_ENABLED"] == "false"
-    got = rendering.render_deployment(spec, 1)["spec"]["template"]["spec"]
+    got = workload.render_deployment(spec, 1)["spec"]["template"]["spec"]
     assert {"name": "db-ca", "secret": {"secretName": "db-ca", "defaultMode": 0o440}} in got[
         "volumes"
     ]
@@ -100,7 +101,7 @@ def test_database_tls_with_a_ca_secret_and_hot_path_switch() -> None:
 
 def test_offset_reset_policy_reaches_the_recorder() -> None:
     spec = parse_spec("rec", "md", {**BASE, "autoscaling": {"offsetResetPolicy": "latest"}})
-    assert rendering.config_data(spec)["KAFKA_AUTO_OFFSET_RESET"] == "latest"
+    assert environment.config_data(spec)["KAFKA_AUTO_OFFSET_RESET"] == "latest"
 
 
 @pytest.mark.parametrize(

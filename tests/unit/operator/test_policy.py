@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from datarecorder_operator import cli, rendering
+from datarecorder_operator import cli, naming, rendering, workload
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import (
     ALLOWED_VOLUME_TYPES,
     PERMISSIVE,
@@ -23,7 +24,7 @@ from datarecorder_operator.policy import (
     key_name_problem,
     secret_marked_for,
 )
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator.spec import SpecError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +55,7 @@ ROOT_SHELL: dict[str, Any] = {
 
 def pod(spec: dict[str, Any], policy: Policy = RESTRICTED) -> dict[str, Any]:
     parsed = parse_spec("rec", "md", spec, policy)
-    result: dict[str, Any] = rendering.render_deployment(parsed, 1)["spec"]["template"]["spec"]
+    result: dict[str, Any] = workload.render_deployment(parsed, 1)["spec"]["template"]["spec"]
     return result
 
 
@@ -390,8 +391,8 @@ def test_every_secret_the_pods_can_read_is_found() -> None:
             "imagePullSecrets": [{"name": "pull"}],
         },
     )
-    deployment = rendering.render_deployment(spec, 1)
-    assert rendering.referenced_secrets(deployment) == (
+    deployment = workload.render_deployment(spec, 1)
+    assert workload.referenced_secrets(deployment) == (
         "env-from", "env-ref", "kafka-ca", "kafka-user", "projected", "s3", "tsdb", "vol",
     )  # fmt: skip
 
@@ -429,7 +430,7 @@ def test_a_network_policy_per_recorder_when_asked() -> None:
     (policy,) = [c for c in rendering.render_children(spec) if c["kind"] == "NetworkPolicy"]
     assert policy["metadata"]["name"] == "rec-recorder"
     body = policy["spec"]
-    assert body["podSelector"] == {"matchLabels": rendering.selector_labels(spec)}
+    assert body["podSelector"] == {"matchLabels": naming.selector_labels(spec)}
     assert body["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": [monitoring]}]
     assert body["policyTypes"] == ["Ingress", "Egress"]
     assert body["egress"] == [rendering.DNS_EGRESS, kafka]

@@ -11,8 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from datarecorder_operator import quantity, rendering
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator import drift, quantity, rendering, workload
+from datarecorder_operator.parsing import parse_spec
 
 from tests.unit.operator.helpers import example_spec
 
@@ -87,14 +87,14 @@ def _canonicalized(manifest: dict[str, Any], path: tuple[str | int, ...], text: 
 def test_drift_ignores_resources_the_server_stored_canonically() -> None:
     raw = {
         "image": "r:1",
-        "kafka": {"brokers": ["k:9092"], "topics": ["t"]},
+        "kafka": {"brokers": ["k:9092"], "topics": ["t.tick"]},
         "timescaledb": {"host": "db", "passwordSecret": {"name": "s"}},
         "resources": {
             "requests": {"cpu": "0.5", "memory": "1024Mi"},
             "limits": {"cpu": "1000m", "memory": "2048Mi"},
         },
     }
-    desired = rendering.render_deployment(parse_spec("r", "ns", raw), 1)
+    desired = workload.render_deployment(parse_spec("r", "ns", raw), 1)
     actual = copy.deepcopy(desired)
     resources = ("spec", "template", "spec", "containers", 0, "resources")
     for kind, res, text in [
@@ -104,10 +104,10 @@ def test_drift_ignores_resources_the_server_stored_canonically() -> None:
         ("limits", "memory", "2Gi"),
     ]:
         _canonicalized(actual, (*resources, kind, res), text)
-    assert not rendering.needs_apply(desired, actual)
+    assert not drift.needs_apply(desired, actual)
 
     _canonicalized(actual, (*resources, "limits", "cpu"), "2")  # a real edit is still drift
-    assert rendering.needs_apply(desired, actual)
+    assert drift.needs_apply(desired, actual)
 
 
 def test_drift_ignores_an_hpa_target_the_server_stored_canonically() -> None:
@@ -117,9 +117,9 @@ def test_drift_ignores_an_hpa_target_the_server_stored_canonically() -> None:
     assert target >= 1000 and target % 1000 == 0  # so "k" is the canonical form below
     actual = copy.deepcopy(desired)
     _canonicalized(actual, target_path, f"{target // 1000}k")
-    assert not rendering.needs_apply(desired, actual)
+    assert not drift.needs_apply(desired, actual)
     _canonicalized(actual, target_path, f"{target // 1000 + 1}k")
-    assert rendering.needs_apply(desired, actual)
+    assert drift.needs_apply(desired, actual)
 
 
 def test_quantities_compare_by_value_only_where_the_server_keeps_quantities() -> None:
@@ -127,4 +127,4 @@ def test_quantities_compare_by_value_only_where_the_server_keeps_quantities() ->
     actual = copy.deepcopy(desired)
     actual["data"]["BATCH_SIZE"] = "1k"  # the recorder reads "1k" as text, not as 1000
     assert desired["data"]["BATCH_SIZE"] == "1000"
-    assert rendering.needs_apply(desired, actual)
+    assert drift.needs_apply(desired, actual)

@@ -11,8 +11,9 @@ from typing import Any
 
 import jsonschema
 import pytest
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
+from datarecorder_operator import environment, workload
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec, SpecError
 
 from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema
@@ -33,7 +34,7 @@ def spec(rack: Any) -> RecorderSpec:
 
 
 def container(s: RecorderSpec) -> dict[str, Any]:
-    (c,) = rendering.render_deployment(s, 1)["spec"]["template"]["spec"]["containers"]
+    (c,) = workload.render_deployment(s, 1)["spec"]["template"]["spec"]["containers"]
     return dict(c)
 
 
@@ -43,14 +44,14 @@ def rack_env(s: RecorderSpec) -> list[dict[str, Any]]:
 
 def test_no_rack_renders_none() -> None:
     s = spec(None)
-    assert "KAFKA_CLIENT_RACK" not in rendering.config_data(s)
+    assert "KAFKA_CLIENT_RACK" not in environment.config_data(s)
     assert rack_env(s) == []
 
 
 @pytest.mark.parametrize("key", [ZONE, "topology.kubernetes.io/region"])
 def test_a_topology_key_reads_the_pods_own_label(key: str) -> None:
     s = spec({"topologyKey": key})
-    assert "KAFKA_CLIENT_RACK" not in rendering.config_data(s)
+    assert "KAFKA_CLIENT_RACK" not in environment.config_data(s)
     assert rack_env(s) == [
         {
             "name": "KAFKA_CLIENT_RACK",
@@ -61,7 +62,7 @@ def test_a_topology_key_reads_the_pods_own_label(key: str) -> None:
 
 def test_a_literal_rack_is_in_the_configmap() -> None:
     s = spec({"id": "eu-west-1a"})
-    data = rendering.config_data(s)
+    data = environment.config_data(s)
     assert data["KAFKA_CLIENT_RACK"] == "eu-west-1a"
     assert rack_env(s) == []
     # and the recorder takes it
@@ -69,7 +70,7 @@ def test_a_literal_rack_is_in_the_configmap() -> None:
 
 
 def test_changing_the_rack_rolls_the_pods() -> None:
-    assert rendering.config_hash(spec({"id": "a"})) != rendering.config_hash(spec({"id": "b"}))
+    assert environment.config_hash(spec({"id": "a"})) != environment.config_hash(spec({"id": "b"}))
 
 
 @pytest.mark.parametrize(

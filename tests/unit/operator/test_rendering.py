@@ -7,12 +7,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from datarecorder_operator import rendering
+from datarecorder_operator import drift, environment, rendering, workload
 from datarecorder_operator.spec import RecorderSpec
 
 from tests.unit.operator.helpers import K8S_VERSION, example_spec
 
-# The recorder's environment contract (recorder/settings): nothing else may be rendered.
+# The recorder's environment contract (recorder/runtime/settings.py): nothing else may be rendered.
 CONFIG_ENV = {
     "KAFKA_BROKERS", "KAFKA_GROUP_ID", "KAFKA_TOPICS", "TIMESCALEDB_HOST", "TIMESCALEDB_PORT",
     "TIMESCALEDB_USER", "TIMESCALEDB_DB", "S3_WRITE_ENABLED", "S3_BUCKET", "S3_REGION",
@@ -110,7 +110,7 @@ def test_minimal_defaults() -> None:
 
 
 def test_secrets_come_only_from_secret_key_refs(spec: RecorderSpec) -> None:
-    container = rendering.render_deployment(spec, 1)["spec"]["template"]["spec"]["containers"][0]
+    container = workload.render_deployment(spec, 1)["spec"]["template"]["spec"]["containers"][0]
     for env in container["env"]:
         assert env["name"] in SECRET_ENV
         assert set(env) == {"name", "valueFrom"}
@@ -120,7 +120,7 @@ def test_secrets_come_only_from_secret_key_refs(spec: RecorderSpec) -> None:
 
 
 def test_full_secret_refs() -> None:
-    container = rendering.render_deployment(example_spec("full.yaml"), 2)["spec"]["template"][
+    container = workload.render_deployment(example_spec("full.yaml"), 2)["spec"]["template"][
         "spec"
     ]["containers"][0]
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
@@ -136,7 +136,7 @@ def test_full_secret_refs() -> None:
 
 
 def test_deployment_is_hardened_and_probed(spec: RecorderSpec) -> None:
-    deployment = rendering.render_deployment(spec, 1)
+    deployment = workload.render_deployment(spec, 1)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["datarecorder", "run"]
@@ -160,30 +160,30 @@ def test_termination_grace_follows_the_shutdown_deadline() -> None:
     spec = example_spec("minimal.yaml")
     assert spec.shutdown_timeout_seconds == 30
     slow = dataclasses.replace(spec, shutdown_timeout_seconds=120)
-    pod = rendering.render_deployment(slow, 1)["spec"]["template"]["spec"]
+    pod = workload.render_deployment(slow, 1)["spec"]["template"]["spec"]
     assert rendering.render_configmap(slow)["data"]["SHUTDOWN_TIMEOUT_SEC"] == "120"
     assert pod["terminationGracePeriodSeconds"] == 135  # the deadline plus room to leave the group
 
 
 def test_config_hash_follows_config_and_secret_refs_only() -> None:
     spec = example_spec("minimal.yaml")
-    base = rendering.config_hash(spec)
-    assert base == rendering.config_hash(example_spec("minimal.yaml"))  # deterministic
+    base = environment.config_hash(spec)
+    assert base == environment.config_hash(example_spec("minimal.yaml"))  # deterministic
     bigger = dataclasses.replace(spec, batching=dataclasses.replace(spec.batching, batch_size=2000))
-    assert rendering.config_hash(bigger) != base
+    assert environment.config_hash(bigger) != base
     other_secret = dataclasses.replace(
         spec,
         timescaledb=dataclasses.replace(
             spec.timescaledb, password=dataclasses.replace(spec.timescaledb.password, key="pw")
         ),
     )
-    assert rendering.config_hash(other_secret) != base
+    assert environment.config_hash(other_secret) != base
     # The image is not config: a new image rolls the pods by itself, without the hash.
-    assert rendering.config_hash(dataclasses.replace(spec, image="x/y:2")) == base
-    annotations = rendering.render_deployment(bigger, 1)["spec"]["template"]["metadata"][
+    assert environment.config_hash(dataclasses.replace(spec, image="x/y:2")) == base
+    annotations = workload.render_deployment(bigger, 1)["spec"]["template"]["metadata"][
         "annotations"
     ]
-    assert annotations[rendering.CONFIG_HASH_ANNOTATION] == rendering.config_hash(bigger)
+    assert annotations[workload.CONFIG_HASH_ANNOTATION] == environment.config_hash(bigger)
 
 
 def test_service_monitor() -> None:
@@ -207,42 +207,40 @@ def test_replicas_follow_the_spec_unless_an_autoscaler_owns_them() -> None:
 
 
 def test_no_apply_when_the_server_only_added_fields() -> None:
-    desired = rendering.stamped(rendering.render_deployment(example_spec("minimal.yaml"), 1))
+    desired = drift.stamped(workload.render_deployment(example_spec("minimal.yaml"), 1))
     actual = {
         **desired,
         "metadata": {**desired["metadata"], "uid": "u", "resourceVersion": "7"},
         "status": {"replicas": 1},
     }
     actual["spec"] = {**desired["spec"], "progressDeadlineSeconds": 600}
-    assert not rendering.needs_apply(desired, actual)
-    assert rendering.needs_apply(desired, None)  # absent: apply creates it
+    assert not drift.needs_apply(desired, actual)
+    assert drift.needs_apply(desired, None)  # absent: apply creates it
 
 
 def test_apply_restores_an_edited_field() -> None:
-    desired = rendering.stamped(rendering.render_configmap(example_spec("minimal.yaml")))
+    desired = drift.stamped(rendering.render_configmap(example_spec("minimal.yaml")))
     actual = {**desired, "data": {**desired["data"], "BATCH_SIZE": "5"}}
-    assert rendering.needs_apply(desired, actual)
+    assert drift.needs_apply(desired, actual)
 
 
 def test_a_field_the_spec_dropped_changes_the_digest() -> None:
     """Everything still rendered is in place, but the last apply carried a nodeSelector: only
     the digest tells, and applying the new rendering makes the server remove it."""
     full = example_spec("full.yaml")
-    before = rendering.stamped(rendering.render_deployment(full, 2))
-    after = rendering.stamped(
-        rendering.render_deployment(dataclasses.replace(full, node_selector={}), 2)
+    before = drift.stamped(workload.render_deployment(full, 2))
+    after = drift.stamped(
+        workload.render_deployment(dataclasses.replace(full, node_selector={}), 2)
     )
     assert "nodeSelector" in before["spec"]["template"]["spec"]
-    assert rendering.needs_apply(after, before)
+    assert drift.needs_apply(after, before)
 
 
 def test_the_digest_ignores_replicas_an_autoscaler_moves() -> None:
     full = example_spec("full.yaml")
-    two = rendering.render_deployment(full, 2)
-    assert rendering.applied_digest(two) == rendering.applied_digest(
-        rendering.render_deployment(full, 5)
-    )
-    assert rendering.applied_digest(rendering.stamped(two)) == rendering.applied_digest(two)
+    two = workload.render_deployment(full, 2)
+    assert drift.applied_digest(two) == drift.applied_digest(workload.render_deployment(full, 5))
+    assert drift.applied_digest(drift.stamped(two)) == drift.applied_digest(two)
 
 
 def test_owner_reference_marks_the_controller() -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from datarecorder_operator import rendering, reset, status
-from datarecorder_operator.spec import RecorderSpec, parse_spec
+from datarecorder_operator import naming, reset, status, workload
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
@@ -117,7 +118,7 @@ def test_the_job_is_the_recorders_pod_running_reset_progress_per_topic() -> None
     parsed = spec(serviceAccount={"annotations": {"eks.amazonaws.com/role-arn": "arn"}})
     job = reset.render_reset_job(parsed, T, "rec-reset-1")
     pod = job["spec"]["template"]["spec"]
-    recorder = rendering.render_deployment(parsed, 1)["spec"]["template"]["spec"]
+    recorder = workload.render_deployment(parsed, 1)["spec"]["template"]["spec"]
     steps = pod["initContainers"] + pod["containers"]
     assert [c["command"] for c in steps] == [
         reset.reset_args("market.tick", T),
@@ -141,7 +142,7 @@ def test_the_job_is_the_recorders_pod_running_reset_progress_per_topic() -> None
     labels = job["spec"]["template"]["metadata"]["labels"]
     # Never selected as a recorder (Service, PDB, the Deployment, the pods the reset waits for).
     assert labels["app.kubernetes.io/component"] == "reset"
-    assert labels != rendering.selector_labels(parsed)
+    assert labels != naming.selector_labels(parsed)
     assert job["spec"]["backoffLimit"] == reset.JOB_BACKOFF_LIMIT
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import SpecError, parse_spec
+from datarecorder_operator import rendering, workload
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
@@ -24,14 +25,14 @@ def test_annotations_make_a_service_account_the_pods_use() -> None:
     (sa,) = [m for m in rendering.render_children(spec) if m["kind"] == "ServiceAccount"]
     assert sa["metadata"]["name"] == "rec-recorder" and sa["metadata"]["annotations"] == GKE
     assert sa["automountServiceAccountToken"] is False
-    deployment = rendering.render_deployment(spec, 1)
+    deployment = workload.render_deployment(spec, 1)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "rec-recorder"
 
 
 def test_without_it_no_service_account_is_made() -> None:
     spec = parse_spec("rec", "md", BASE)
     assert "ServiceAccount" not in [m["kind"] for m in rendering.render_children(spec)]
-    assert rendering.service_account_name(spec) == "default"
+    assert workload.service_account_name(spec) == "default"
 
 
 def test_it_excludes_a_service_account_of_your_own() -> None:

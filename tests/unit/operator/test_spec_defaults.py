@@ -2,7 +2,8 @@
 
 The API server fills the CRD's defaults in; an emulator, `operator render` or an older object
 does not, and then `parse_spec` decides. Both must give the same recorder, and where the spec
-leaves a setting to its default, the recorder's Settings must have that default too.
+leaves a setting to its default, the recorder's Settings must have that default too
+(test_environment_contract.py).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import parse_spec
+from datarecorder_operator.parsing import parse_spec
 
-from recorder.runtime.settings import Settings
 from tests.unit.operator.helpers import cr_schema
 
 MINIMAL: dict[str, Any] = {
@@ -24,11 +23,6 @@ MINIMAL: dict[str, Any] = {
 # Objects whose presence means something (a protocol, a credential): an API server never
 # creates them from defaults, so neither does the walk.
 PRESENCE_MEANS_SOMETHING = {"spec.kafka.tls", "spec.kafka.sasl"}
-# Settings the spec deliberately decides differently from the recorder's own default.
-DIFFERENT_ON_PURPOSE = {
-    "KAFKA_GROUP_ID": "one group per DataRecorder, datarecorder.<namespace>.<name>",
-    "S3_WRITE_ENABLED": "the cold path needs a bucket, which has no default",
-}
 
 
 def with_crd_defaults(value: dict[str, Any], schema: dict[str, Any], path: str) -> dict[str, Any]:
@@ -62,23 +56,3 @@ def test_parse_spec_defaults_equal_the_crds() -> None:
     assert defaulted != MINIMAL  # the walk did fill something in
     assert defaulted["timescaledb"]["database"] == "marketdata"
     assert parse_spec("rec", "md", defaulted) == parse_spec("rec", "md", MINIMAL)
-
-
-def test_defaulted_settings_are_the_recorders_defaults() -> None:
-    data = rendering.config_data(parse_spec("rec", "md", MINIMAL))
-    fields = Settings.model_fields
-    differ = {}
-    for key, value in data.items():
-        if key not in fields or key in DIFFERENT_ON_PURPOSE or key in MINIMAL_ENV:
-            continue
-        default = fields[key].default
-        text = ",".join(default) if isinstance(default, list) else str(default)
-        if isinstance(default, bool):
-            text = "true" if default else "false"
-        if text != value:
-            differ[key] = (value, default)
-    assert not differ, f"the operator's defaults differ from the recorder's: {differ}"
-
-
-# Settings that MINIMAL sets itself, so they are not defaults at all.
-MINIMAL_ENV = {"KAFKA_BROKERS", "TIMESCALEDB_HOST"}

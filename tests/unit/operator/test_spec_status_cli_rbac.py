@@ -9,7 +9,9 @@ import pytest
 import yaml
 from datarecorder_operator import cli, kube, rbac, rendering, status
 from datarecorder_operator.lag import LagReport
-from datarecorder_operator.spec import SpecError, parse_quantity, parse_spec
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SpecError
+from datarecorder_operator.spec_reader import parse_quantity
 
 from tests.unit.operator.helpers import EXAMPLES, EXAMPLES_POLICY, example
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from datarecorder_operator import rendering
-from datarecorder_operator.spec import RecorderSpec, SpecError, parse_spec
+from datarecorder_operator import environment
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import RecorderSpec, SpecError
 
 from recorder.runtime.settings import parse_start_from
 
@@ -38,14 +39,14 @@ def spec(start_from: Any) -> RecorderSpec:
 def test_start_from_renders_the_recorders_start_from(
     start_from: dict[str, Any], rendered: str
 ) -> None:
-    data = rendering.config_data(spec(start_from))
+    data = environment.config_data(spec(start_from))
     assert data["START_FROM"] == rendered
     parse_start_from(data["START_FROM"])  # and the recorder takes it
 
 
 def test_no_start_from_renders_none() -> None:
-    assert "START_FROM" not in rendering.config_data(spec(None))
-    assert "START_FROM" not in rendering.config_data(
+    assert "START_FROM" not in environment.config_data(spec(None))
+    assert "START_FROM" not in environment.config_data(
         parse_spec("rec", "md", {**BASE, "kafka": {"brokers": ["k:9092"]}})
     )
 

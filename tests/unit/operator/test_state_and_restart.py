@@ -8,19 +8,18 @@ and a reconcile pass on an in-memory client (a stopped recorder in mode operator
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from datarecorder_operator import kube, metrics, rendering, status
+from datarecorder_operator import drift, kube, metrics, rendering, status, workload
+from datarecorder_operator import replicas as replica_rules
+from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.policy import PERMISSIVE
-from datarecorder_operator.reconcile import ObjectState, OperatorConfig, reconcile
-from datarecorder_operator.spec import (
-    RESTART_ANNOTATION,
-    RecorderSpec,
-    SpecError,
-    parse_spec,
-)
+from datarecorder_operator.reconcile import reconcile
+from datarecorder_operator.spec import RESTART_ANNOTATION, RecorderSpec, SpecError
+from datarecorder_operator.state import ObjectState, OperatorConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +28,8 @@ BASE: dict[str, Any] = {
     "kafka": {"brokers": ["k:9092"]},
     "timescaledb": {"host": "db", "passwordSecret": {"name": "tsdb"}},
 }
-BEFORE = rendering.REPLICAS_BEFORE_STOP_ANNOTATION
+BEFORE = replica_rules.REPLICAS_BEFORE_STOP_ANNOTATION
+LOG = logging.getLogger("tests.operator")
 
 
 def spec(**fields: Any) -> RecorderSpec:
@@ -96,11 +96,11 @@ def test_running_again_restores_the_replicas_and_the_hpa() -> None:
 
 def test_a_stopped_deployment_is_reapplied_when_scaled_behind_the_operators_back() -> None:
     stopped = spec(state="stopped", autoscaling=hpa())
-    desired = rendering.stamped(by_kind(rendering.render_children(stopped))["Deployment"])
+    desired = drift.stamped(by_kind(rendering.render_children(stopped))["Deployment"])
     actual = copy.deepcopy(desired)
-    assert not rendering.needs_apply(desired, actual)
+    assert not drift.needs_apply(desired, actual)
     actual["spec"]["replicas"] = 3  # an HPA, kubectl scale
-    assert rendering.needs_apply(desired, actual)
+    assert drift.needs_apply(desired, actual)
 
 
 STATES = st.sampled_from(["running", "paused", "stopped"])
@@ -146,7 +146,7 @@ def test_generated_specs_keep_the_state_rules(
     )
     deployment = children["Deployment"]
     got = deployment["spec"].get("replicas")
-    remembered = rendering.replicas_before_stop(deployment)
+    remembered = replica_rules.replicas_before_stop(deployment)
     lo, hi = auto["minReplicas"], auto["maxReplicas"]
     if state == "stopped":
         # Nothing may scale a stopped recorder: 0 replicas, no HPA, whoever owned the field.
@@ -189,33 +189,33 @@ def template_annotations(deployment: Mapping[str, Any]) -> dict[str, str]:
 
 def test_restart_value_goes_on_the_pod_template_and_rolls_once_per_value() -> None:
     parsed = spec()
-    plain = rendering.stamped(rendering.render_deployment(parsed, 1))
+    plain = drift.stamped(workload.render_deployment(parsed, 1))
     assert RESTART_ANNOTATION not in template_annotations(plain)
-    first = rendering.stamped(rendering.render_deployment(parsed, 1, restart="2026-12-07T01"))
+    first = drift.stamped(workload.render_deployment(parsed, 1, restart="2026-12-07T01"))
     assert template_annotations(first)[RESTART_ANNOTATION] == "2026-12-07T01"
-    assert rendering.needs_apply(first, plain)  # a new value: the template changes, pods roll
-    assert not rendering.needs_apply(first, copy.deepcopy(first))  # the same value: nothing
-    second = rendering.stamped(rendering.render_deployment(parsed, 1, restart="again"))
-    assert rendering.needs_apply(second, first)
+    assert drift.needs_apply(first, plain)  # a new value: the template changes, pods roll
+    assert not drift.needs_apply(first, copy.deepcopy(first))  # the same value: nothing
+    second = drift.stamped(workload.render_deployment(parsed, 1, restart="again"))
+    assert drift.needs_apply(second, first)
 
 
 def test_removing_the_annotation_keeps_the_templates_value() -> None:
-    deployment = rendering.render_deployment(spec(), 1, restart="r1")
-    assert rendering.restart_value({RESTART_ANNOTATION: "r2"}, deployment) == "r2"
-    assert rendering.restart_value({}, deployment) == "r1"  # no second roll
-    assert rendering.restart_value(None, None) is None
-    assert rendering.restart_value({RESTART_ANNOTATION: "r1"}, None) == "r1"
+    deployment = workload.render_deployment(spec(), 1, restart="r1")
+    assert workload.restart_value({RESTART_ANNOTATION: "r2"}, deployment) == "r2"
+    assert workload.restart_value({}, deployment) == "r1"  # no second roll
+    assert workload.restart_value(None, None) is None
+    assert workload.restart_value({RESTART_ANNOTATION: "r1"}, None) == "r1"
 
 
 def test_last_restart_is_recorded_once_per_value() -> None:
-    rolled = rendering.render_deployment(spec(), 1, restart="r1")
+    rolled = workload.render_deployment(spec(), 1, restart="r1")
     first = status.last_restart(None, rolled, now="2026-12-07T01:00:00Z")
     assert first == {"value": "r1", "time": "2026-12-07T01:00:00Z"}
     # A later pass, or a restarted operator: the same value keeps its time.
     assert status.last_restart(first, rolled, now="2026-12-07T02:00:00Z") == first
-    assert status.last_restart(first, rendering.render_deployment(spec(), 1), now="x") == first
-    assert status.last_restart(None, rendering.render_deployment(spec(), 1), now="x") is None
-    again = rendering.render_deployment(spec(), 1, restart="r2")
+    assert status.last_restart(first, workload.render_deployment(spec(), 1), now="x") == first
+    assert status.last_restart(None, workload.render_deployment(spec(), 1), now="x") is None
+    again = workload.render_deployment(spec(), 1, restart="r2")
     assert status.last_restart(first, again, now="t2") == {"value": "r2", "time": "t2"}
 
 
@@ -336,11 +336,8 @@ async def test_a_stopped_recorder_in_mode_operator_is_not_scaled_back_up() -> No
     async def events(type_: str, reason: str, message: str) -> None:
         posted.append((type_, reason, message))
 
-    class Log:
-        def info(self, _: str) -> None: ...
-
     stopped = body({"autoscaling": auto, "state": "stopped"})
-    outcome = await reconcile(client, stopped, state, config, events, Log(), apply=True, now=1)
+    outcome = await reconcile(client, stopped, state, config, events, LOG, apply=True, now=1)
     assert outcome.error is None, outcome.error
     stored = client.objects[("Deployment", "rec-recorder")]
     assert stored["spec"]["replicas"] == 0
@@ -355,7 +352,7 @@ async def test_a_stopped_recorder_in_mode_operator_is_not_scaled_back_up() -> No
         state,
         config,
         events,
-        Log(),
+        LOG,
         apply=True,
         now=2,
     )
@@ -387,14 +384,11 @@ async def test_a_new_recorder_with_a_restart_value_records_it_without_an_event()
     async def events(type_: str, reason: str, message: str) -> None:
         posted.append((type_, reason, message))
 
-    class Log:
-        def info(self, _: str) -> None: ...
-
     fresh = body({}, {RESTART_ANNOTATION: "r0"})
-    outcome = await reconcile(client, fresh, state, config, events, Log(), apply=True, now=1)
+    outcome = await reconcile(client, fresh, state, config, events, LOG, apply=True, now=1)
     assert outcome.status is not None and outcome.status["lastRestart"]["value"] == "r0"
     stored = client.objects[("Deployment", "rec-recorder")]
     assert template_annotations(stored)[RESTART_ANNOTATION] == "r0"
     fresh["status"] = outcome.status
-    await reconcile(client, fresh, state, config, events, Log(), apply=True, now=2)
+    await reconcile(client, fresh, state, config, events, LOG, apply=True, now=2)
     assert posted == []

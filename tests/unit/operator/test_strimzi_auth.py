@@ -16,8 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from datarecorder_operator import kafkalag, rendering
-from datarecorder_operator.spec import SecretKey, SpecError, parse_spec
+from datarecorder_operator import environment, kafkalag, workload
+from datarecorder_operator.parsing import parse_spec
+from datarecorder_operator.spec import SecretKey, SpecError
 
 BASE: dict[str, Any] = {
     "image": "ghcr.io/example/datarecorder:0.1.0",
@@ -46,25 +47,25 @@ def spec_with(kafka: dict[str, Any]) -> Any:
 
 def test_scram_user_with_a_literal_name_and_the_cluster_ca_apart() -> None:
     spec = spec_with(STRIMZI_SCRAM)
-    env = {e["name"]: e for e in rendering.secret_env(spec)}
+    env = {e["name"]: e for e in environment.secret_env(spec)}
     assert env["KAFKA_SASL_USERNAME"] == {"name": "KAFKA_SASL_USERNAME", "value": "recorder"}
     assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "recorder",
         "key": "password",
     }
-    data = rendering.config_data(spec)
+    data = environment.config_data(spec)
     assert data["KAFKA_SSL_CA_FILE"] == "/etc/datarecorder/kafka-tls/ca.crt"
     assert "KAFKA_SASL_USERNAME" not in data and "KAFKA_SSL_CERT_FILE" not in data
 
 
 def test_mtls_mounts_the_ca_and_the_user_secret_separately() -> None:
     spec = spec_with(STRIMZI_MTLS)
-    pod = rendering.render_deployment(spec, 1)["spec"]["template"]["spec"]
+    pod = workload.render_deployment(spec, 1)["spec"]["template"]["spec"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secrets == {"kafka-tls": "market-cluster-ca-cert", "kafka-client-tls": "recorder"}
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     assert mounts["kafka-client-tls"]["readOnly"] is True
-    data = rendering.config_data(spec)
+    data = environment.config_data(spec)
     assert data["KAFKA_SSL_CA_FILE"] == "/etc/datarecorder/kafka-tls/ca.crt"
     assert data["KAFKA_SSL_CERT_FILE"] == "/etc/datarecorder/kafka-client-tls/user.crt"
     assert data["KAFKA_SSL_KEY_FILE"] == "/etc/datarecorder/kafka-client-tls/user.key"
@@ -79,8 +80,8 @@ def test_one_secret_for_everything_still_works() -> None:
         "tls": {"secretName": "kafka-tls", "caKey": "ca.pem", "certKey": "c", "keyKey": "k"},
     }
     spec = spec_with(kafka)
-    assert rendering.tls_mounts(spec) == {"kafka-tls": "/etc/datarecorder/kafka-tls"}
-    assert rendering.config_data(spec)["KAFKA_SSL_CERT_FILE"] == "/etc/datarecorder/kafka-tls/c"
+    assert environment.tls_mounts(spec) == {"kafka-tls": "/etc/datarecorder/kafka-tls"}
+    assert environment.config_data(spec)["KAFKA_SSL_CERT_FILE"] == "/etc/datarecorder/kafka-tls/c"
 
 
 def test_a_changed_ca_secret_rolls_the_pods() -> None:
@@ -88,7 +89,9 @@ def test_a_changed_ca_secret_rolls_the_pods() -> None:
         **STRIMZI_MTLS,
         "tls": {**STRIMZI_MTLS["tls"], "certificateAndKey": {"secretName": "u2"}},
     }
-    assert rendering.config_hash(spec_with(STRIMZI_MTLS)) != rendering.config_hash(spec_with(other))
+    assert environment.config_hash(spec_with(STRIMZI_MTLS)) != environment.config_hash(
+        spec_with(other)
+    )
 
 
 @pytest.mark.parametrize(

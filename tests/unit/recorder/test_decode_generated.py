@@ -30,15 +30,14 @@ from recorder.core.columns import (
 )
 from recorder.core.records import FUTURE_SLACK_NS, MIN_TIME_NS, Level, Limits
 from recorder.runtime.settings import TopicKind
-from recorder.sinks.lake.parquet import orderbook_table, tick_table
+from recorder.sinks.lake.parquet import parquet_table
 from recorder.sinks.timescale.encode import (
     HEADER,
     JSONB_VERSION,
     PG_EPOCH_US,
     TRAILER,
-    book_copy,
+    copy_bytes,
     copy_chunks,
-    tick_copy,
 )
 
 LIMITS = Limits(64 * 1024)
@@ -305,22 +304,18 @@ def check(kind: TopicKind, cases: list[Case], first_offset: int = 0) -> None:
     assert expected_rows(kind, fast) == [_bits(cases[i].expected) for i in kept]
     # What the stores are sent is built from these columns: the same bytes from either path.
     # Encoded a few rows at a time (bounded transients), the stream is the same bytes.
-    stream = b"".join(copy_chunks(fast, "tick" if kind is TopicKind.TICK else "book", 97))
-    assert stream == (tick_copy if kind is TopicKind.TICK else book_copy)(slow)
+    stream = b"".join(copy_chunks(fast, kind, 97))
+    assert stream == copy_bytes(slow, kind)
     # And the vectorised stream is the documented layout, written a field at a time.
     assert stream == reference_copy(kind, slow)
     if fast.num_rows > 2:  # a slice of a table (its arrays start at an offset)
         middle = fast.slice(1, fast.num_rows - 2)
-        assert b"".join(copy_chunks(middle, "tick" if kind is TopicKind.TICK else "book")) == (
-            reference_copy(kind, middle)
+        assert b"".join(copy_chunks(middle, kind)) == reference_copy(kind, middle)
+    assert copy_bytes(fast, kind) == copy_bytes(slow, kind)
+    for layout in ("typed", "json"):
+        assert parquet_table(kind, fast, "ns", layout).equals(
+            parquet_table(kind, slow, "ns", layout)
         )
-    if kind is TopicKind.TICK:
-        assert tick_copy(fast) == tick_copy(slow)
-        assert tick_table(fast, "ns").equals(tick_table(slow, "ns"))
-    else:
-        assert book_copy(fast) == book_copy(slow)
-        for layout in ("typed", "json"):
-            assert orderbook_table(fast, "ns", layout).equals(orderbook_table(slow, "ns", layout))
 
 
 @PROFILE
