@@ -24,6 +24,17 @@ HOUR_NS = 3600 * 10**9
 CONFLICTS = "datarecorder_iceberg_commit_conflicts_total"
 
 
+def tables_only(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a recorder of the Iceberg tables alone, committing small batches often."""
+    return {
+        **env,
+        "LAKE_FORMAT": "iceberg",
+        "DB_WRITE_ENABLED": "false",
+        "S3_BATCH_SIZE": "100",
+        "S3_BATCH_TIMEOUT_SEC": "0.2",
+    }
+
+
 def metric(rec: RecorderProcess, name: str) -> float:
     text = http_get(rec.url + "/metrics", 3.0)[1]
     return sum(
@@ -79,15 +90,7 @@ async def test_two_recorders_of_one_group_commit_at_once_exactly(
     race, the loser's is refused whole, re-read, re-checked and retried (counted); the tables
     end up holding every record once."""
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=4, dlq=True)
-    env = recorder_env(
-        database=fresh_database,
-        bucket=fresh_bucket,
-        topics=topics,
-        LAKE_FORMAT="iceberg",
-        DB_WRITE_ENABLED="false",
-        S3_BATCH_SIZE=100,
-        S3_BATCH_TIMEOUT_SEC=0.2,
-    )
+    env = tables_only(recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics))
     first = RecorderProcess(env, tmp_path / "recorder-0.log").start()
     second = RecorderProcess(env, tmp_path / "recorder-1.log").start()
     recs = [first, second]
@@ -141,15 +144,7 @@ async def test_compacting_hours_while_recording_keeps_every_record_once(
     committing into the same hours: a compaction that loses the race is redone, so the tables
     still hold every record once, and the progress stays the log end."""
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=2, dlq=True)
-    env = recorder_env(
-        database=fresh_database,
-        bucket=fresh_bucket,
-        topics=topics,
-        LAKE_FORMAT="iceberg",
-        DB_WRITE_ENABLED="false",
-        S3_BATCH_SIZE=100,
-        S3_BATCH_TIMEOUT_SEC=0.2,
-    )
+    env = tables_only(recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics))
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
     try:
         records = as_sent.corpus((topics[0], topics[1]), 2, ticks=3000, books=300, seed=1)
