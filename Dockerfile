@@ -33,7 +33,8 @@ RUN python -m venv /opt/build \
 COPY . .
 RUN /opt/build/bin/python -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && python -m pip --python /opt/datarecorder/bin/python install --no-deps --no-index /wheels/*.whl \
- && python -m pip --python /opt/datarecorder/bin/python check
+ && python -m pip --python /opt/datarecorder/bin/python check \
+ && rm -rf /opt/datarecorder/lib/python3*/site-packages/recorder/devstack
 
 # --- final: the interpreter and the venv, nothing else --------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -312,7 +312,19 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.CONFIG
         return 0
     if args.command == "demo":
-        from recorder.tools.demo import main as demo_main
+        try:
+            from recorder.tools.demo import main as demo_main
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("recorder.devstack"):
+                raise
+            # The image leaves the dev services out: a recorder pod never starts servers.
+            print(
+                "datarecorder demo: the embedded dev services (recorder.devstack) are not in "
+                "this installation (the container image leaves them out); run the demo from "
+                "a clone of the repository or a `pip install data-recorder`",
+                file=sys.stderr,
+            )
+            return 2
 
         return int(
             demo_main(

@@ -169,6 +169,17 @@ def test_the_builders_commands_run_here_and_make_a_venv_that_runs_the_entrypoint
         ["python", "-c", "import pip"], cwd=tmp_path, env=run_env, capture_output=True, text=True
     )
     assert "No module named 'pip'" in no_pip.stderr
+    # The dev services stay out of the image: nothing a pod runs imports them, and the demo
+    # says where it runs instead of failing on an import.
+    no_devstack = subprocess.run(
+        ["python", "-c", "import recorder.devstack"], cwd=tmp_path, env=run_env, capture_output=True, text=True
+    )  # fmt: skip
+    assert "No module named 'recorder.devstack'" in no_devstack.stderr
+    demo = subprocess.run(
+        [*exec_form(entrypoint), "demo", "--duration", "1"], cwd=tmp_path, env=run_env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert demo.returncode == 2 and "not in this installation" in demo.stderr, demo.stderr
 
 
 def test_final_stage_has_no_compilers(final: Stage) -> None:
