@@ -207,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         help="only dead letters written at or after this RFC 3339 time; earlier ones are "
         "passed over for good",
     )
+    p_lake = sub.add_parser("lake", help="the Iceberg tables of LAKE_FORMAT=iceberg")
+    lake_sub = p_lake.add_subparsers(dest="lake_command", required=True)
+    p_compact = lake_sub.add_parser(
+        "compact",
+        help="replace a closed hour's small data files by one file per table, atomically "
+        "(safe while recorders commit)",
+    )
+    p_compact.add_argument("--env-file")
+    p_compact.add_argument("--hour", required=True, help="the UTC hour, e.g. 2026-11-26T09")
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
     p_demo.add_argument(
         "--duration", type=float, default=60.0, help="seconds of feed (default: 60)"
@@ -292,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.CONFIG
         print(report)
         return 0 if finished else 1
+    if args.command == "lake":
+        from recorder.tools.lake_compact import compact
+
+        assert settings is not None
+        try:
+            print(asyncio.run(compact(settings, args.hour)))
+        except ConfigError as exc:
+            print(f"datarecorder: {exc}", file=sys.stderr)
+            return ExitCode.CONFIG
+        return 0
     if args.command == "demo":
         try:
             from recorder.tools.demo import main as demo_main

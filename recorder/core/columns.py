@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import chain
 from operator import attrgetter
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 import numpy as np
@@ -545,3 +545,12 @@ def offsets_of(table: pa.Table) -> np.ndarray:
 def times_of(table: pa.Table) -> np.ndarray:
     """The event times of the rows, ns since the epoch."""
     return _int64s(table, "time_ns")
+
+
+def event_times(columns: pa.Table, unit: Literal["ns", "us"]) -> pa.Array:
+    """The `time_ns` column as UTC timestamps of `unit`; microseconds are floored (event times
+    are after 1990, so flooring is truncation), as every store that keeps microseconds does."""
+    values = columns.column("time_ns").combine_chunks()
+    if unit == "us":
+        values = pa.array(values.to_numpy() // 1000)
+    return values.view(pa.timestamp(unit, tz="UTC"))

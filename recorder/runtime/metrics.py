@@ -110,6 +110,13 @@ S3_BYTES_UPLOADED = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+ICEBERG_COMMIT_CONFLICTS = Counter(
+    "datarecorder_iceberg_commit_conflicts",
+    "Iceberg commits refused because another writer committed to the table first (the "
+    "progress is read again, checked again and the commit retried), per table.",
+    ["table"],
+    registry=REGISTRY,
+)
 SINK_HEALTHY = Gauge(
     "datarecorder_sink_healthy",
     "1 when a sink's store answers, 0 while it fails (consumer, timescaledb, s3).",

@@ -26,6 +26,8 @@ from botocore.exceptions import (
     NoRegionError,
     ParamValidationError,
 )
+from sqlalchemy.exc import InterfaceError as SqlInterfaceError
+from sqlalchemy.exc import OperationalError as SqlOperationalError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from recorder.core.backoff import Backoff
@@ -59,6 +61,9 @@ PG_TRANSIENT = (
 # since (capped by RETRY_MAX_BACKOFF_SEC), plus up to RETRY_JITTER_SEC drawn at random.
 RETRY_FIRST_BACKOFF_SEC = 0.1
 RETRY_JITTER_SEC = 0.1
+# The Iceberg SQL catalog (SQLAlchemy over psycopg2): a server that cannot be reached, restarts
+# or drops the connection. Refusals (a missing table, a permission) are other classes.
+SQL_TRANSIENT = (SqlOperationalError, SqlInterfaceError)
 # Configuration mistakes: never retried, whatever else they look like.
 NEVER = (NoCredentialsError, NoRegionError, ParamValidationError)
 
@@ -130,7 +135,9 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors worth waiting for; data errors, refusals and misconfiguration are not."""
     if isinstance(exc, NEVER):
         return False
-    if isinstance(exc, (Transient, OSError, TimeoutError, asyncio.TimeoutError, *PG_TRANSIENT)):
+    if isinstance(
+        exc, (Transient, OSError, TimeoutError, asyncio.TimeoutError, *PG_TRANSIENT, *SQL_TRANSIENT)
+    ):
         return True
     if isinstance(exc, (KafkaConnectionError, BotoCoreError)):
         return True

@@ -7,6 +7,7 @@ table is generated from (and tested against) `Settings.model_fields`.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,9 @@ from recorder.core.start_from import START_FROM_FORM as START_FROM_FORM
 from recorder.core.start_from import StartFrom as StartFrom
 from recorder.core.start_from import parse_rfc3339_ms as parse_rfc3339_ms
 from recorder.core.start_from import parse_start_from as parse_start_from
+
+# An Iceberg namespace or table name: one level (a dot would nest namespaces), nothing to quote.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _field(default: Any, description: str, example: str, **kw: Any) -> Any:
@@ -202,6 +206,52 @@ class Settings(BaseSettings):
         le=10_000_000,
     )
 
+    LAKE_FORMAT: Literal["parquet", "iceberg"] = _field(
+        "parquet",
+        "What the cold path writes: `parquet`, hive-partitioned Parquet files with progress "
+        "objects beside them; `iceberg`, Parquet data files committed to the Iceberg tables "
+        "ICEBERG_TICK_TABLE and ICEBERG_ORDERBOOK_TABLE of the catalog ICEBERG_CATALOG_URI, "
+        "with the progress in each snapshot's summary (see docs/iceberg.md).",
+        "iceberg",
+    )
+
+    # --- Iceberg (LAKE_FORMAT=iceberg) -----------------------------------------------------
+    ICEBERG_CATALOG_URI: str = _field(
+        "",
+        "SQLAlchemy URL of the Iceberg SQL catalog's PostgreSQL database (the JDBC catalog's "
+        "tables `iceberg_tables`, `iceberg_namespace_properties`, created when missing), without "
+        "a password (ICEBERG_CATALOG_PASSWORD). Empty: the recorder's own database "
+        "(TIMESCALEDB_HOST/PORT/USER/PASSWORD/DB).",
+        "postgresql+psycopg2://iceberg@catalog-db:5432/iceberg",
+    )
+    ICEBERG_CATALOG_PASSWORD: SecretStr = _field(
+        SecretStr(""),
+        "Password of the catalog database (from a Secret); with an empty ICEBERG_CATALOG_URI "
+        "TIMESCALEDB_PASSWORD is used.",
+        "***",
+    )
+    ICEBERG_CATALOG_NAME: str = _field(
+        "datarecorder",
+        "The catalog's name (the `catalog_name` column of its tables): readers configure their "
+        "catalog under this name to see the tables.",
+        "datarecorder",
+        min_length=1,
+        max_length=255,
+    )
+    ICEBERG_WAREHOUSE: str = _field(
+        "",
+        "Where new tables put their data and metadata. Empty: `s3://<S3_BUCKET>/<S3_PREFIX>` "
+        "(or `file://<LOCAL_LAKE_DIR>` for a local lake).",
+        "s3://market-data/iceberg",
+    )
+    ICEBERG_NAMESPACE: str = _field(
+        "market_data", "Namespace of the recorder's tables.", "market_data", min_length=1
+    )
+    ICEBERG_TICK_TABLE: str = _field("tick", "Table of ticks.", "tick", min_length=1)
+    ICEBERG_ORDERBOOK_TABLE: str = _field(
+        "orderbook", "Table of order books.", "orderbook", min_length=1
+    )
+
     # --- Process ---------------------------------------------------------------------------
     MAX_BUFFER_SIZE: int = _field(
         100_000,
@@ -302,6 +352,17 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} starts or ends with '/'; {expected}")
         if any(unicodedata.category(ch) == "Cc" for ch in value):
             raise ValueError(f"{value!r} contains a control character; {expected}")
+        return value
+
+    @field_validator("ICEBERG_NAMESPACE", "ICEBERG_TICK_TABLE", "ICEBERG_ORDERBOOK_TABLE")
+    @classmethod
+    def _check_identifier(cls, value: str) -> str:
+        # One level each: a dot would nest namespaces, and readers quote nothing else.
+        if not _IDENTIFIER.fullmatch(value):
+            raise ValueError(
+                f"{value!r}: expected an identifier (letters, digits and _, not starting with a "
+                "digit), e.g. market_data"
+            )
         return value
 
     @field_validator("KAFKA_TOPICS")

@@ -462,6 +462,15 @@ BATCH_ADOPTS_RECORDED_RANGE = _event(
     "dropped and exactly the recorded range is flushed (rule 4).",
     ("sink", "topic", "partition", "batch", "stored", "dropped_rows"),
 )
+ICEBERG_COMMIT_CONFLICT = _event(
+    "iceberg_commit_conflict",
+    "info",
+    "Another writer committed to an Iceberg table between this writer's read of the progress "
+    "and its commit: the commit was refused whole; the progress is read again and checked "
+    "again (rule 1), and the commit retried with what still applies.",
+    ("table", "attempt", "partitions"),
+    Update(metrics.ICEBERG_COMMIT_CONFLICTS, "inc", labels=("table",)),
+)
 DB_READ_ONLY = _event(
     "db_read_only",
     "warning",

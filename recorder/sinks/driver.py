@@ -63,6 +63,12 @@ class Written:
     log: dict[str, Any] = field(default_factory=dict)
 
 
+# A lake's flush that failed with an error retrying does not fix (403, disk full) waits this long
+# before its partitions are fed again, doubling per consecutive failure up to the cap.
+FAILED_FILE_BACKOFF_SEC = 1.0
+FAILED_FILE_BACKOFF_MAX_SEC = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """When a store's batches are flushed, and how long a lane waits after a failed flush."""
@@ -70,6 +76,11 @@ class Schedule:
     max_rows: int
     max_age: float
     failed: Backoff
+
+    @classmethod
+    def of_files(cls, max_rows: int, max_age: float) -> Schedule:
+        """The schedule of a store of files (the Parquet lake, the Iceberg tables)."""
+        return cls(max_rows, max_age, Backoff(FAILED_FILE_BACKOFF_SEC, FAILED_FILE_BACKOFF_MAX_SEC))
 
 
 class Store(Protocol):

@@ -8,6 +8,7 @@ per store and kind.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -27,6 +28,8 @@ from recorder.core.records import Limits, RecordError, Row, decode
 from recorder.kafka.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from recorder.kafka.options import client_options
 from recorder.runtime.settings import Settings
+from recorder.sinks.iceberg.catalog import Tables
+from recorder.sinks.iceberg.config import IcebergConfig
 from recorder.sinks.lake.parquet import LAYOUTS
 from recorder.sinks.timescale.config import SINK as DB_SINK
 
@@ -257,7 +260,10 @@ async def database_counters(settings: Settings) -> dict[TopicKind, Counter[Hasha
 
 
 async def lake_tables(settings: Settings) -> dict[TopicKind, Any]:
-    """Every kind's lake files, read as hive-partitioned pyarrow datasets (None: no files)."""
+    """Every kind's lake files, read as hive-partitioned pyarrow datasets (None: no files), or,
+    with LAKE_FORMAT=iceberg, scanned from the Iceberg tables' current snapshots."""
+    if settings.LAKE_FORMAT == "iceberg":
+        return await asyncio.to_thread(iceberg_tables, settings)
     out: dict[TopicKind, Any] = {}
     if settings.LOCAL_LAKE_DIR is not None:
         for kind in all_kinds():
@@ -290,6 +296,37 @@ async def lake_tables(settings: Settings) -> dict[TopicKind, Any]:
     return out
 
 
+def iceberg_tables(settings: Settings) -> dict[TopicKind, Any]:
+    """Each kind's Iceberg table as it is now (None: not created yet); nothing is created."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    tables = Tables(IcebergConfig.of(settings))
+    out: dict[TopicKind, Any] = {}
+    try:
+        for kind in TopicKind:
+            try:
+                out[kind] = tables.load(kind).scan().to_arrow()
+            except NoSuchTableError:
+                out[kind] = None
+    finally:
+        tables.close()
+    return out
+
+
+def lake_scale(settings: Settings) -> int:
+    """The lake's time resolution in ns: Parquet files keep PARQUET_TIMESTAMP_UNIT, Iceberg
+    tables the exact ns (`timestamp_ns`)."""
+    parquet_us = settings.LAKE_FORMAT == "parquet" and settings.PARQUET_TIMESTAMP_UNIT == "us"
+    return 1000 if parquet_us else 1
+
+
+def _times(table: Any, factor: int) -> list[int]:
+    """Event times in ns of a lake table's rows (an Iceberg table's exact `timestamp_ns`)."""
+    if "timestamp_ns" in table.column_names:
+        return [int(t) for t in table.column("timestamp_ns").to_pylist()]
+    return [int(t) * factor for t in table.column("timestamp").cast("int64").to_pylist()]
+
+
 def _ns(value: Any) -> int:
     return int(value.value) if hasattr(value, "value") else int(value)
 
@@ -298,17 +335,17 @@ async def lake_counters(settings: Settings) -> dict[TopicKind, Counter[Hashable]
     """Every row of every kind's lake files, by content (`row_key`, times in nanoseconds)."""
     tables = await lake_tables(settings)
     out: dict[TopicKind, Counter[Hashable]] = {}
-    factor = 1000 if settings.PARQUET_TIMESTAMP_UNIT == "us" else 1
+    factor = lake_scale(settings)
     for kind in all_kinds():
         found: Counter[Hashable] = Counter()
         out[kind.topic_kind] = found
         t = tables.get(kind.topic_kind)
         if t is None:
             continue
-        times = t.column("timestamp").cast("int64").to_pylist()
+        times = _times(t, factor)
         columns = [t.column(c.name).to_pylist() for c in LAYOUTS[kind.topic_kind]]
         for i, ts in enumerate(times):
-            found[row_key(kind, ts * factor, [c[i] for c in columns])] += 1
+            found[row_key(kind, ts, [c[i] for c in columns])] += 1
     return out
 
 
@@ -352,12 +389,13 @@ async def verify(settings: Settings) -> Report:
             stores.append(compare(f"{DB_SINK}.{kind.table}", want, in_db[kind.topic_kind]))
     if settings.S3_WRITE_ENABLED:
         in_lake = await lake_counters(settings)
-        scale = 1000 if settings.PARQUET_TIMESTAMP_UNIT == "us" else 1
+        scale = lake_scale(settings)
+        lake = "iceberg" if settings.LAKE_FORMAT == "iceberg" else "parquet"
         for kind in all_kinds():
             want = Counter(
                 row_key(kind, r.time_ns // scale * scale, r[1:]) for r in rows[kind.topic_kind]
             )
-            stores.append(compare(f"parquet.{kind.lake_segment}", want, in_lake[kind.topic_kind]))
+            stores.append(compare(f"{lake}.{kind.lake_segment}", want, in_lake[kind.topic_kind]))
     # Dead letters are at-least-once: a crash between publishing one and recording progress
     # publishes it again. Count those apart; a missing or unexpected dead letter is a failure.
     dupes = sum(n - 1 for n in dead.values() if n > 1)

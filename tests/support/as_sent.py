@@ -8,9 +8,11 @@ recorder's decoder), and readers of both stores (`recorder.tools.verify`'s, whic
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,8 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaProducer
 
+from recorder.devstack.recorder_proc import RecorderProcess
 from recorder.runtime.settings import Settings, TopicKind
 from recorder.tools.verify import database_counters, lake_counters
 
@@ -215,6 +219,21 @@ def differences(want: Counter[Hashable], got: Counter[Hashable]) -> dict[str, li
     }
 
 
+def wanted(records: Sequence[Sent], tick: str, book: str) -> dict[str, Counter[Hashable]]:
+    """What both stores must hold of every record sent, keyed as `stored` keys them."""
+    return {
+        "db.tick": expected(records, tick, micros=True),
+        "db.book": expected(records, book, micros=True),
+        "lake.tick": expected(records, tick, micros=False),
+        "lake.book": expected(records, book, micros=False),
+    }
+
+
+def log_ends(records: Sequence[Sent]) -> dict[tuple[str, int], int]:
+    """Each partition's log end after `records` were sent to new topics (offsets from 0)."""
+    return dict(Counter((r.topic, r.partition) for r in records))
+
+
 def ticks_wanted(records: Sequence[Sent], tick: str) -> dict[str, Counter[Hashable]]:
     """What both stores must hold of `tick`'s records, keyed as `stored` keys them."""
     return {
@@ -248,3 +267,24 @@ def fault_report(
             }
         )
     return {"ok": True, "stores": stores, "dead_letter_duplicates": 0}
+
+
+async def wait_stored(
+    env: dict[str, str],
+    want: dict[str, Counter[Hashable]],
+    recorders: Sequence[RecorderProcess],
+    limit_s: float = 240,
+) -> None:
+    """Until each store named in `want` holds exactly its rows; fails the test with the
+    differences (and the last recorder's log) after `limit_s`, or when a recorder died."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        got = await stored(env)
+        diff = {k: differences(w, got[k]) for k, w in want.items()}
+        if all(not d["missing"] and not d["unexpected"] for d in diff.values()):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"stores differ from what was sent: {diff}\n{recorders[-1].tail()}")
+        for rec in recorders:
+            assert rec.proc is not None and rec.proc.poll() is None, rec.tail()
+        await asyncio.sleep(1.0)

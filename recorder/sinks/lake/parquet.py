@@ -1,57 +1,25 @@
 """Parquet encoding of a kind's batch columns, and the lake's hive key layout (pure).
 
-Owns the Parquet schemas of the original service (`LAYOUTS`: per kind, its file's columns) and
-the object key of a file:
+Owns the Parquet schemas of the original service (from `recorder.core.layouts.LAYOUTS`, per
+kind its file's columns, shared with the Iceberg tables) and the object key of a file:
 `{prefix}/{kind's lake segment}/year=YYYY/month=MM/day=DD/hour=HH/{topic}-p{P}-o{first offset of the flush range}.parquet`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Final, Literal
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recorder.core.columns import event_times
 from recorder.core.kinds import TopicKind, kind_of
-
-Unit = Literal["ns", "us"]
-LevelsLayout = Literal["typed", "json"]
-
-
-@dataclass(frozen=True, slots=True)
-class ParquetColumn:
-    """One column of a kind's files after `timestamp`: its name, and the batch column it is
-    written from (its type is that column's)."""
-
-    name: str
-    source: str
-    # With PARQUET_ORDERBOOK_LEVELS=json (the original layout): the batch column of its JSON text.
-    json_source: str | None = None
-
-    def source_for(self, levels: LevelsLayout) -> str:
-        return self.json_source if levels == "json" and self.json_source else self.source
-
-
-# Every file starts with `timestamp` (the event time, UTC, in PARQUET_TIMESTAMP_UNIT); then the
-# kind's own columns, as the original service wrote them.
-LAYOUTS: Final[Mapping[TopicKind, tuple[ParquetColumn, ...]]] = {
-    TopicKind.TICK: tuple(
-        ParquetColumn(name, name) for name in ("symbol", "price", "volume", "change", "change_rate")
-    ),
-    TopicKind.ORDERBOOK: (
-        ParquetColumn("symbol", "symbol"),
-        ParquetColumn("bids", "bid_levels", "bids"),
-        ParquetColumn("asks", "ask_levels", "asks"),
-    ),
-}
-
-
-def batch_columns(kind: TopicKind, levels: LevelsLayout) -> list[str]:
-    """The batch columns a file of `kind` is made of (order books: one form of levels)."""
-    return ["offset", "time_ns", *(c.source_for(levels) for c in LAYOUTS[kind])]
+from recorder.core.layouts import LAYOUTS as LAYOUTS
+from recorder.core.layouts import LevelsLayout as LevelsLayout
+from recorder.core.layouts import ParquetColumn as ParquetColumn
+from recorder.core.layouts import Unit as Unit
+from recorder.core.layouts import batch_columns as batch_columns
 
 
 def parquet_schema(kind: TopicKind, unit: Unit, levels: LevelsLayout) -> pa.Schema:
@@ -64,19 +32,12 @@ def parquet_schema(kind: TopicKind, unit: Unit, levels: LevelsLayout) -> pa.Sche
     )
 
 
-def _timestamps(columns: pa.Table, unit: Unit) -> pa.Array:
-    values = columns.column("time_ns").combine_chunks()
-    if unit == "us":  # floor, as the row-at-a-time encoder did (times are after 1990)
-        values = pa.array(values.to_numpy() // 1000)
-    return values.view(pa.timestamp(unit, tz="UTC"))
-
-
 def parquet_table(kind: TopicKind, columns: pa.Table, unit: Unit, levels: LevelsLayout) -> pa.Table:
     """The Parquet table of a kind's batch columns: no row walked (order books' typed levels
     and their JSON text were both built at decode)."""
     return pa.Table.from_arrays(
         [
-            _timestamps(columns, unit),
+            event_times(columns, unit),
             *(columns.column(c.source_for(levels)) for c in LAYOUTS[kind]),
         ],
         schema=parquet_schema(kind, unit, levels),

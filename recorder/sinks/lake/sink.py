@@ -47,7 +47,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TypeVar
 
-from recorder.core.backoff import Backoff
 from recorder.core.offsets import TP
 from recorder.runtime import telemetry
 from recorder.runtime.retry import retry_forever
@@ -62,11 +61,6 @@ from recorder.sinks.lake.service import LakeStore
 from recorder.sinks.lake.store import Lake
 
 T = TypeVar("T")
-
-# A flush that failed with an error retrying does not fix (403, disk full) waits this long
-# before its partition is fed again, doubling per consecutive failure up to the cap.
-FAILED_FLUSH_BACKOFF_SEC = 1.0
-FAILED_FLUSH_BACKOFF_MAX_SEC = 60.0
 
 
 class LakeClaimed(RuntimeError):
@@ -87,11 +81,7 @@ class S3Sink(BufferedSink):
         self._topics = dict(topics)
         self.objects = LakeProgress(config, lake, self._owns, self._changed)
         self.store = LakeStore(config, topics, self.objects, self._on_retry)
-        schedule = Schedule(
-            config.batch_rows,
-            config.batch_age_sec,
-            Backoff(FAILED_FLUSH_BACKOFF_SEC, FAILED_FLUSH_BACKOFF_MAX_SEC),
-        )
+        schedule = Schedule.of_files(config.batch_rows, config.batch_age_sec)
         super().__init__(SINK, self.store, schedule, on_progress, on_resync)
         self.stage = "connecting"  # where start-up is (the shutdown log names it)
 

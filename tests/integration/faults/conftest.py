@@ -1,36 +1,22 @@
 """Fixtures of the fault scenarios: a `deployment` per test on the managed stack.
 
-Owns the wiring of the stack fixtures (topics, database, bucket, environment) into one
-`Deployment`, and its cleanup: every recorder process and feed is ended after the test.
+The wiring of the stack fixtures into one `Deployment`, and its cleanup, is the `deploy`
+fixture of tests/integration/conftest.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
-from tests.integration.faults.harness import BASE_ENV, Deployment
+from tests.fixtures.stack import Stack
+from tests.integration.faults.harness import Deploy, Deployment
 
 PARTITIONS = 6
 
 
 @pytest.fixture
-async def deployment(
-    stack_faults: Stack,
-    kafka_topics: TopicFactory,
-    fresh_database: str,
-    fresh_bucket: str,
-    recorder_env: RecorderEnv,
-    unique_name: str,
-) -> AsyncIterator[Deployment]:
+async def deployment(stack_faults: Stack, deploy: Deploy) -> Deployment:
     """Topics market.tick/market.orderbook (6 partitions each, plus their dead-letter topics),
-    an empty database and bucket, and the environment of a recorder bound to them."""
-    topics = await kafka_topics("market.tick", "market.orderbook", partitions=PARTITIONS, dlq=True)
-    env = recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics, **BASE_ENV)
-    dep = Deployment(unique_name, stack_faults, env, topics, PARTITIONS)
-    try:
-        yield dep
-    finally:
-        dep.stop_all()
+    an empty database and bucket, and the environment of a recorder bound to them, on the
+    managed stack (the scenarios stop and start its services)."""
+    return await deploy(PARTITIONS, on=stack_faults)

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from recorder.devstack.client import REPO
 from recorder.sinks.lake.parquet import progress_key
 from tests.fixtures.stack import Stack
+from tests.support import iceberg
 from tests.support.recorder_proc import RecorderProcess, http_get
 from tests.support.recorder_proc import verify as run_verify
 
@@ -213,7 +214,10 @@ class Deployment:
         return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
 
     async def s3_progress(self) -> TPs | None:
-        """The cold path's progress objects; None while S3 does not answer."""
+        """The cold path's progress objects (the Iceberg tables' snapshot summaries with
+        LAKE_FORMAT=iceberg); None while S3 does not answer."""
+        if self.env.get("LAKE_FORMAT") == "iceberg":
+            return await iceberg.progress(self.env)
         session = aioboto3.Session()
         out: TPs = {}
         try:
@@ -372,9 +376,15 @@ class Deployment:
         )
 
 
+# The `deploy` fixture (tests/integration/conftest.py): `await deploy(partitions, on=stack,
+# **env)` -> a Deployment on fresh topics, database and bucket.
+Deploy = Callable[..., Awaitable[Deployment]]
+
+
 def summary(report: dict[str, Any]) -> dict[str, int]:
     stores = report["stores"]
-    valid = sum(s["expected"] for s in stores if not s["store"].startswith(("dead", "parquet")))
+    lakes = ("dead", "parquet", "iceberg")
+    valid = sum(s["expected"] for s in stores if not s["store"].startswith(lakes))
     return {
         "valid": valid,
         "invalid": sum(s["expected"] for s in stores if s["store"] == "dead_letters"),

@@ -32,22 +32,6 @@ pytestmark = pytest.mark.integration
 NULL_KEY = b"\x00null-key"  # sent through a key serializer that turns it into no key
 
 
-async def _wait_stored(
-    env: dict[str, str], want: dict[str, Any], rec: RecorderProcess, limit_s: float = 180
-) -> dict[str, Any]:
-    """Until both stores hold `want` (or the limit): returns the differences per store."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        got = await as_sent.stored(env)
-        diff = {k: as_sent.differences(w, got[k]) for k, w in want.items()}
-        if all(not d["missing"] and not d["unexpected"] for d in diff.values()):
-            return diff
-        if time.monotonic() > deadline:
-            pytest.fail(f"stores differ from what was sent: {diff}\n{rec.tail()}")
-        assert rec.proc is not None and rec.proc.poll() is None, rec.tail()
-        await asyncio.sleep(1.0)
-
-
 async def test_mixed_timestamp_forms_are_stored_as_sent(
     kafka_topics: Any,
     fresh_database: str,
@@ -67,15 +51,10 @@ async def test_mixed_timestamp_forms_are_stored_as_sent(
     )
     records = as_sent.corpus((topics[0], topics[1]), 3, ticks=6000, books=600)
     await as_sent.send(env["KAFKA_BROKERS"], records)
-    want = {
-        "db.tick": as_sent.expected(records, topics[0], micros=True),
-        "db.book": as_sent.expected(records, topics[1], micros=True),
-        "lake.tick": as_sent.expected(records, topics[0], micros=False),
-        "lake.book": as_sent.expected(records, topics[1], micros=False),
-    }
+    want = as_sent.wanted(records, topics[0], topics[1])
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
     try:
-        await _wait_stored(env, want, rec)
+        await as_sent.wait_stored(env, want, [rec])
     finally:
         rec.terminate()
 
@@ -130,7 +109,7 @@ async def test_aborted_transactions_are_not_recorded_and_markers_leave_no_lag(
     }
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
     try:
-        await _wait_stored(env, want, rec)
+        await as_sent.wait_stored(env, want, [rec])
 
         deadline = time.monotonic() + 60
         lags: dict[str, float | None] = {}
@@ -215,7 +194,7 @@ async def test_dead_letters_carry_what_was_sent(
     }
     rec = RecorderProcess(env, tmp_path / "recorder.log").start()
     try:
-        await _wait_stored(env, want, rec)
+        await as_sent.wait_stored(env, want, [rec])
         letters = await _read_all(env["KAFKA_BROKERS"], topics[0] + ".dlq", len(sent))
         assert rec.proc is not None and rec.proc.poll() is None, rec.tail()
     finally:
