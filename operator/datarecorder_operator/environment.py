@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from datarecorder_operator.spec import RecorderSpec, SecretKey
+from datarecorder_operator.spec import IcebergSpec, RecorderSpec, SecretKey
 
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/datarecorder/kafka-tls"
@@ -49,6 +49,19 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
     if spec.flow_paused:
         # Only while paused: a running recorder's config (and hash) stays as it always was.
         data["PAUSED"] = "true"
+    if spec.s3.enabled and spec.s3.format == "iceberg":
+        # Only for Iceberg: a Parquet lake's config (and hash) stays as it always was.
+        data["LAKE_FORMAT"] = "iceberg"
+        iceberg = spec.s3.iceberg or IcebergSpec()
+        values = {
+            "ICEBERG_CATALOG_URI": iceberg.catalog_uri,
+            "ICEBERG_CATALOG_NAME": iceberg.catalog_name,
+            "ICEBERG_WAREHOUSE": iceberg.warehouse,
+            "ICEBERG_NAMESPACE": iceberg.namespace,
+            "ICEBERG_TICK_TABLE": iceberg.tick_table,
+            "ICEBERG_ORDERBOOK_TABLE": iceberg.orderbook_table,
+        }
+        data.update({name: value for name, value in values.items() if value is not None})
     if spec.kafka.sasl is not None:
         data["KAFKA_SASL_MECHANISM"] = spec.kafka.sasl.mechanism
     tls = spec.kafka.tls
@@ -104,6 +117,10 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
                 spec.s3.secret_access_key.key,
             )
         )
+    iceberg = spec.s3.iceberg
+    if spec.s3.enabled and spec.s3.format == "iceberg" and iceberg and iceberg.catalog_password:
+        password = iceberg.catalog_password
+        refs.append(("ICEBERG_CATALOG_PASSWORD", password.name, password.key))
     literal: list[dict[str, Any]] = []
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl

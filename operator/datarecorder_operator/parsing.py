@@ -17,6 +17,7 @@ from datarecorder_operator.spec import (
     AutoscalingSpec,
     BatchingSpec,
     Fallback,
+    IcebergSpec,
     MonitoringSpec,
     NetworkPolicySpec,
     PDBSpec,
@@ -142,6 +143,45 @@ def _parse_timescaledb(root: Reader) -> TimescaleSpec:
 ENDPOINT_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+")
 
 
+# spec.s3.iceberg's text fields and the recorder's variables they become.
+ICEBERG_FIELDS = {
+    "catalogURI": "ICEBERG_CATALOG_URI",
+    "catalogName": "ICEBERG_CATALOG_NAME",
+    "warehouse": "ICEBERG_WAREHOUSE",
+    "namespace": "ICEBERG_NAMESPACE",
+    "tickTable": "ICEBERG_TICK_TABLE",
+    "orderbookTable": "ICEBERG_ORDERBOOK_TABLE",
+}
+
+
+def _parse_iceberg(raw: Reader) -> IcebergSpec | None:
+    """spec.s3.iceberg: the catalog (its password from a Secret) and the table names; None when
+    it sets nothing (the recorder's defaults)."""
+    if not raw.data:
+        return None
+    texts = {f: raw.text(f) if raw.has(f) else None for f in ICEBERG_FIELDS}
+    uri = texts["catalogURI"] or ""
+    if "://" in uri and ":" in uri.split("://", 1)[1].split("@", 1)[0] and "@" in uri:
+        raise SpecError(
+            "spec.s3.iceberg.catalogURI carries a password: put it in a Secret and name it in "
+            "spec.s3.iceberg.catalogPasswordSecret"
+        )
+    password = (
+        secret_key(raw.sub("catalogPasswordSecret"), "name", "key", "password")
+        if raw.has("catalogPasswordSecret")
+        else None
+    )
+    return IcebergSpec(
+        catalog_uri=texts["catalogURI"],
+        catalog_password=password,
+        catalog_name=texts["catalogName"],
+        warehouse=texts["warehouse"],
+        namespace=texts["namespace"],
+        tick_table=texts["tickTable"],
+        orderbook_table=texts["orderbookTable"],
+    )
+
+
 def _parse_s3(root: Reader) -> S3Spec:
     """spec.s3: the cold path (Parquet on S3)."""
     s3_raw = root.sub("s3")
@@ -169,6 +209,8 @@ def _parse_s3(root: Reader) -> S3Spec:
         batch_timeout_sec=s3_raw.integer("batchTimeoutSeconds", 60, 1, 3600),
         orderbook_levels=s3_raw.text("orderbookLevels", "typed", choices=("typed", "json")),  # type: ignore[arg-type]
         timestamp_unit=s3_raw.text("timestampUnit", "ns", choices=("ns", "us")),  # type: ignore[arg-type]
+        format=s3_raw.text("format", "parquet", choices=("parquet", "iceberg")),  # type: ignore[arg-type]
+        iceberg=_parse_iceberg(s3_raw.sub("iceberg")),
     )
     check_key_name("spec.s3.prefix", s3.prefix)
     if s3.enabled and not s3.bucket:

@@ -121,6 +121,22 @@ class S3Spec:
     batch_timeout_sec: int
     orderbook_levels: Literal["typed", "json"]
     timestamp_unit: Literal["ns", "us"]
+    # LAKE_FORMAT, and the catalog and tables of `iceberg` (None: the recorder's defaults).
+    format: Literal["parquet", "iceberg"] = "parquet"
+    iceberg: IcebergSpec | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class IcebergSpec:
+    """spec.s3.iceberg: fields left out keep the recorder's defaults (None here)."""
+
+    catalog_uri: str | None = None
+    catalog_password: SecretKey | None = None
+    catalog_name: str | None = None
+    warehouse: str | None = None
+    namespace: str | None = None
+    tick_table: str | None = None
+    orderbook_table: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

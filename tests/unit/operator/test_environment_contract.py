@@ -158,6 +158,48 @@ INTEGER_FIELDS = [
 DEFAULTED_FIELDS = [(path, schema) for path, schema in leaves(SPEC_SCHEMA) if "default" in schema]
 
 
+ICEBERG = {
+    "format": "iceberg",
+    "iceberg": {
+        "catalogURI": "postgresql+psycopg2://iceberg@catalog-db:5432/iceberg",
+        "catalogPasswordSecret": {"name": "catalog"},
+        "catalogName": "lake",
+        "warehouse": "s3://lake/warehouse",
+        "namespace": "md",
+        "tickTable": "ticks",
+        "orderbookTable": "books",
+    },
+}
+
+
+def test_an_iceberg_lake_reaches_the_recorder_with_its_password_from_the_secret() -> None:
+    spec = {**BASE, "s3": {**BASE["s3"], **ICEBERG}}
+    env = rendered(spec)
+    got = recorder_settings(env)
+    assert (got.LAKE_FORMAT, got.ICEBERG_CATALOG_URI, got.ICEBERG_CATALOG_NAME) == (
+        "iceberg",
+        "postgresql+psycopg2://iceberg@catalog-db:5432/iceberg",
+        "lake",
+    )
+    assert (got.ICEBERG_WAREHOUSE, got.ICEBERG_NAMESPACE) == ("s3://lake/warehouse", "md")
+    assert (got.ICEBERG_TICK_TABLE, got.ICEBERG_ORDERBOOK_TABLE) == ("ticks", "books")
+    secret_refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in environment.secret_env(parse_spec("rec", "md", spec))
+        if "valueFrom" in e
+    }
+    assert secret_refs["ICEBERG_CATALOG_PASSWORD"] == {"name": "catalog", "key": "password"}
+    # A Parquet lake's environment does not change (no restart of existing recorders).
+    assert "LAKE_FORMAT" not in rendered({**BASE, "s3": {**BASE["s3"], "format": "parquet"}})
+
+
+def test_a_catalog_uri_with_a_password_is_refused() -> None:
+    uri = "postgresql+psycopg2://iceberg:secret@catalog-db/iceberg"
+    spec = {**BASE, "s3": {**BASE["s3"], "format": "iceberg", "iceberg": {"catalogURI": uri}}}
+    with pytest.raises(SpecError, match="catalogPasswordSecret"):
+        parse_spec("rec", "md", spec)
+
+
 def test_every_variable_the_operator_renders_is_a_settings_field() -> None:
     rich = {
         **BASE,
@@ -173,6 +215,7 @@ def test_every_variable_the_operator_renders_is_a_settings_field() -> None:
             **BASE["s3"],
             "endpointURL": "http://minio:9000",
             "credentialsSecret": {"name": "s3"},
+            **ICEBERG,
         },
         "state": "paused",
     }
