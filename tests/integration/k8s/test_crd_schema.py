@@ -266,6 +266,7 @@ def test_defaults_are_filled_in_by_the_server(k8s: K8s, k8s_namespace: str) -> N
         "batchTimeoutSeconds": 60,
         "orderbookLevels": "typed",
         "timestampUnit": "ns",
+        "format": "parquet",
     }
     # Defaults apply only inside objects that exist: absent sections stay absent.
     assert "autoscaling" not in spec and "batching" not in spec and "monitoring" not in spec
@@ -335,3 +336,20 @@ def test_a_rack_is_accepted_and_its_rendered_env_taken_by_the_server(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_iceberg_lake_is_taken_and_a_bad_catalog_uri_refused(
+    k8s: K8s, k8s_namespace: str
+) -> None:
+    iceberg = {
+        "catalogURI": "postgresql+psycopg2://iceberg@catalog-db:5432/iceberg",
+        "catalogPasswordSecret": {"name": "catalog"},
+        "namespace": "market_data",
+    }
+    s3 = {"enabled": True, "bucket": "ticks", "format": "iceberg", "iceberg": iceberg}
+    k8s.apply(data_recorder("lake-table", s3=s3), k8s_namespace)
+    spec = k8s.get_json("datarecorder", "lake-table", namespace=k8s_namespace)["spec"]
+    assert spec["s3"]["iceberg"]["catalogPasswordSecret"] == {"name": "catalog", "key": "password"}
+    bad = {**s3, "iceberg": {"catalogURI": "mysql://root@db/iceberg"}}
+    code, stderr = _create(k8s, k8s_namespace, data_recorder("bad-table", s3=bad))
+    assert code != 0 and "spec.s3.iceberg.catalogURI" in stderr, stderr
