@@ -7,6 +7,9 @@ decode and vectorised checks; a bad record (not JSON, a tombstone, a wrong type,
 range) is taken out of the columns and named by the per-record decoder of
 `recorder.core.records`, so its neighbours stay columnar. Only a batch the columns cannot hold
 exactly (a NUL in a symbol, a Kafka timestamp outside int64 ns) is decoded a record at a time.
+
+Over 400 lines: the fast path of every kind and its exact fall-backs must be read together to
+see that they agree (the generated tests compare them).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Owns the demo's sequence: start Kafka and PostgreSQL (recorder/devstack/services.py), run `datarecorder run`
 as a subprocess with a local Parquet lake, feed it, show progress each second, then flush,
 verify, query both stores and stop everything it started.
+
+Over 400 lines: a script of sequential steps and their printed report, read top to bottom.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ rename), after which OLD's progress objects of the topic are deleted (the lake s
 start while another group holds progress for its topics). The database's progress is not
 scoped by group (`recorder_offsets` has one row per partition, whoever wrote it): it carries
 on as it is, and the report says so.
+
+A little over 400 lines: reading both stores, the group's membership and the log's bounds, and
+the compare-and-set writes of each move read best beside the one plan they serve.
 """
 
 from __future__ import annotations

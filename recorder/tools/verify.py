@@ -4,6 +4,9 @@ Owns the after-incident check: every valid record of the topics must be in its k
 (`tick_data`, `orderbook`, ...) and in the Parquet lake exactly once (compared by content and
 count), and every invalid one in the dead-letter topics. Reports missing and duplicated records
 per store and kind.
+
+A little over 400 lines: the reads of each store (database, Parquet lake, Iceberg tables, dead-
+letter topics) and the one comparison by content belong to one report.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ of the object it expects, so a writer that means to change it passes an `expecte
 
 A little over 400 lines: the two stores sit side by side so that their conditional writes can
 be read against each other.
+
+A little over 400 lines: the S3 and local stores implement one interface side by side, so a
+change to the protocol is made to both in one place.
 """
 
 from __future__ import annotations
