@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.k8s import K8s, wait_for
+from tests.fixtures.stack import Stack, TopicFactory
 from tests.integration.k8s.manifests import create_tsdb_secret, data_recorder
 from tests.integration.k8s.operator_proc import Operator
 
@@ -25,7 +27,7 @@ PARTITIONS = 4
 
 
 @pytest.fixture
-def watched_ns(k8s: K8s, tmp_path: Any) -> Iterator[str]:
+def watched_ns(k8s: K8s, tmp_path: Path) -> Iterator[str]:
     name = f"as-{uuid.uuid4().hex[:8]}"
     k8s.kubectl("create", "namespace", name)
     create_tsdb_secret(k8s, name)
@@ -99,7 +101,7 @@ def _deployment_replicas(k8s: K8s, ns: str, name: str) -> int | None:
 
 
 async def _lagging_recorder(
-    k8s: K8s, stack: Any, kafka_topics: Any, ns: str, name: str
+    k8s: K8s, stack: Stack, kafka_topics: TopicFactory, ns: str, name: str
 ) -> tuple[str, str]:
     """A DataRecorder in operator mode over a fresh 4-partition topic holding RECORDS records."""
     (topic,) = await kafka_topics("market.tick", partitions=PARTITIONS)
@@ -132,7 +134,7 @@ async def _lagging_recorder(
 
 
 async def test_operator_mode_scales_on_kafka_lag(
-    k8s: K8s, stack: Any, kafka_topics: Any, watched_ns: str
+    k8s: K8s, stack: Stack, kafka_topics: TopicFactory, watched_ns: str
 ) -> None:
     topic, group = await _lagging_recorder(k8s, stack, kafka_topics, watched_ns, "auto")
 
@@ -157,7 +159,7 @@ async def test_operator_mode_scales_on_kafka_lag(
 
 
 async def test_operator_mode_scaling_posts_an_event(
-    k8s: K8s, stack: Any, kafka_topics: Any, watched_ns: str
+    k8s: K8s, stack: Stack, kafka_topics: TopicFactory, watched_ns: str
 ) -> None:
     await _lagging_recorder(k8s, stack, kafka_topics, watched_ns, "evented")
 
@@ -277,7 +279,7 @@ def test_hpa_mode_leaves_replicas_to_their_scaler_and_reports_the_metrics_api(
 
 
 async def test_persistent_lag_is_left_out_of_scaling(
-    k8s: K8s, stack: Any, kafka_topics: Any, watched_ns: str
+    k8s: K8s, stack: Stack, kafka_topics: TopicFactory, watched_ns: str
 ) -> None:
     """KEDA's excludePersistentLag on real Kafka: the group committed once and never again, so
     from the second poll on its lag asks for no replicas (the first poll scales up, having

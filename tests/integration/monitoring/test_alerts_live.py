@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.integration.monitoring.prom import Prometheus, poll
 from tests.integration.monitoring.rulefiles import chart_groups
 from tests.support.recorder_proc import RecorderProcess, produce
@@ -56,10 +56,10 @@ async def wait_alert(
 
 async def test_db_outage_and_backlog_fire_then_resolve(
     prometheus: Prometheus,
-    stack_faults: Any,
-    kafka_topics: Any,
+    stack_faults: Stack,
+    kafka_topics: TopicFactory,
     fresh_database: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     unique_name: str,
     tmp_path: Path,
 ) -> None:

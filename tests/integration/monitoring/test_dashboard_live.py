@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, TopicFactory
 from tests.integration.monitoring.prom import Prometheus, poll
 from tests.integration.monitoring.rulefiles import ROOT
 from tests.support.recorder_proc import RecorderProcess, produce
@@ -55,10 +55,10 @@ def variable_queries(job: str, namespace: str) -> list[tuple[str, str]]:
 
 async def test_every_dashboard_panel_returns_data_during_a_drain(
     prometheus: Prometheus,
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     unique_name: str,
     tmp_path: Path,
 ) -> None:

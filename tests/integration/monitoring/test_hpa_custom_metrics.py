@@ -21,6 +21,7 @@ from datarecorder_operator.parsing import parse_spec
 from datarecorder_operator.rendering import render_children
 
 from tests.fixtures.k8s import K8s
+from tests.fixtures.stack import RecorderEnv, TopicFactory
 from tests.integration.k8s.manifests import MINIMAL_SPEC
 from tests.integration.monitoring.prom import Prometheus, poll, run_monitoring
 from tests.support.recorder_proc import RecorderProcess, produce
@@ -95,9 +96,9 @@ async def test_hpa_scales_on_recorder_lag_through_the_adapter(
     k8s: K8s,
     k8s_namespace: str,
     prometheus: Prometheus,
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     unique_name: str,
     tmp_path: Path,
 ) -> None:

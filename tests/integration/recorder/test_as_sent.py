@@ -24,6 +24,7 @@ from recorder.kafka.dlq import (
     HEADER_TOPIC,
 )
 from recorder.runtime.settings import TopicKind
+from tests.fixtures.stack import RecorderEnv, TopicFactory
 from tests.support import as_sent
 from tests.support.recorder_proc import RecorderProcess, http_get
 
@@ -33,10 +34,10 @@ NULL_KEY = b"\x00null-key"  # sent through a key serializer that turns it into n
 
 
 async def test_mixed_timestamp_forms_are_stored_as_sent(
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     tmp_path: Path,
 ) -> None:
     """Before the fix a batch mixing integer ns with absent timestamps went through a float64
@@ -68,10 +69,10 @@ def _lag(rec: RecorderProcess, sink: str) -> float | None:
 
 
 async def test_aborted_transactions_are_not_recorded_and_markers_leave_no_lag(
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     tmp_path: Path,
 ) -> None:
     """100 ticks in an aborted transaction, 100 in a committed one: only the committed ones
@@ -143,10 +144,10 @@ async def _read_all(brokers: str, topic: str, n: int, limit_s: float = 60) -> li
 
 
 async def test_dead_letters_carry_what_was_sent(
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     tmp_path: Path,
 ) -> None:
     """Invalid records with and without keys, tombstones among them, beside valid ones: each

@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, wait_exactly_once
 from tests.support.ticks import NS_PER_DAY, days_ago_ns, send_ticks, wait_for
 
@@ -24,7 +24,11 @@ def partition_of(time_ns: int) -> str:
 
 
 async def test_a_late_record_is_not_blocked_by_a_long_running_reader(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack: Stack,
+    tmp_path: Path,
 ) -> None:
     """A reader's open transaction holds ACCESS SHARE on tick_data; a record for a day without a
     partition must still land (CREATE TABLE ... PARTITION OF waited for ACCESS EXCLUSIVE), and a
@@ -61,7 +65,11 @@ async def test_a_late_record_is_not_blocked_by_a_long_running_reader(
 
 
 async def test_a_partition_dropped_while_known_is_made_again(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack: Stack,
+    tmp_path: Path,
 ) -> None:
     """Another replica's retention (or an operator) drops a day the writer has cached as known;
     the next rows for that day must land instead of failing every flush."""
@@ -93,7 +101,11 @@ async def test_a_partition_dropped_while_known_is_made_again(
 
 
 async def test_a_read_only_server_is_retried_on_fresh_connections(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack_faults: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack_faults: Stack,
+    tmp_path: Path,
 ) -> None:
     """`default_transaction_read_only` for the whole server (what a standby or a demoted primary
     answers: SQLSTATE 25006) while records arrive; once writable again, all land exactly once,

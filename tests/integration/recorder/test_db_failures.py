@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from recorder.sinks.timescale.migrate import migrate
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, produce, wait_exactly_once, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 async def test_writers_creating_the_same_partitions_at_once_all_succeed(
-    fresh_database: str, stack: Any
+    fresh_database: str, stack: Stack
 ) -> None:
     dsn = stack.pg_dsn(fresh_database)
     conn = await asyncpg.connect(dsn)
@@ -49,7 +49,11 @@ async def test_writers_creating_the_same_partitions_at_once_all_succeed(
 
 
 async def test_a_refused_flush_is_retried_from_stored_progress(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack: Stack,
+    tmp_path: Path,
 ) -> None:
     """A column renamed by hand while the recorder runs: flushes fail (not a connection error, so
     the retry loop lets them through), /health says so, and once it is renamed back everything is

@@ -26,6 +26,7 @@ from recorder.runtime.settings import Settings, TopicKind, load_settings
 from recorder.sinks.lake.sink import S3Sink
 from recorder.sinks.lake.store import S3Lake
 from recorder.sinks.timescale.sink import TimescaleSink
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def rows(first: int, n: int, hour_of: Any = None) -> pa.Table:
 
 
 @pytest.fixture(autouse=True)
-def aws_credentials(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def aws_credentials(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sinks run in this process here, and boto reads credentials from its environment."""
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         if key in stack.env:
@@ -93,7 +94,7 @@ class SlowLake(S3Lake):
 
 
 async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
-    fresh_database: str, recorder_env: Any, stack: Any
+    fresh_database: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     s = settings_for(recorder_env(database=fresh_database))
     topics = {TOPIC: TopicKind.TICK}
@@ -135,7 +136,7 @@ async def test_rule1_database_zombie_cannot_commit_behind_new_owner(
         await owner.close()
 
 
-async def _keys(stack: Any, bucket: str) -> dict[str, int]:
+async def _keys(stack: Stack, bucket: str) -> dict[str, int]:
     out: dict[str, int] = {}
     async with aioboto3.Session().client("s3", **stack.s3_client_kwargs()) as s3:
         paginator = s3.get_paginator("list_objects_v2")
@@ -146,7 +147,7 @@ async def _keys(stack: Any, bucket: str) -> dict[str, int]:
 
 
 async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """A crash after uploading [0, 300) but before recording progress leaves files keyed by the
     range's first offset; a replay from 0 with other flush boundaries overwrites them (its first
@@ -207,7 +208,7 @@ async def test_rule2_replay_overwrites_the_leftover_of_a_crash(
 
 
 async def test_rule2_one_unrecorded_upload_per_partition(
-    fresh_bucket: str, recorder_env: Any
+    fresh_bucket: str, recorder_env: RecorderEnv
 ) -> None:
     """Three batches become due while the first upload is still running: the next upload of
     the partition starts only after the previous one's progress is recorded."""
@@ -234,7 +235,7 @@ async def test_rule2_one_unrecorded_upload_per_partition(
 
 
 async def test_rule3_revocation_waits_for_in_flight_work(
-    kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any
+    kafka_topics: TopicFactory, fresh_database: str, fresh_bucket: str, recorder_env: RecorderEnv
 ) -> None:
     """A revocation that arrives while an upload is in flight returns only after that upload
     and its progress are recorded (and the buffered rest flushed)."""
@@ -290,7 +291,7 @@ async def test_rule3_revocation_waits_for_in_flight_work(
 
 
 async def test_large_files_are_uploaded_in_parts(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     import io
 

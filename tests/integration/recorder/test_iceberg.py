@@ -10,11 +10,11 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from recorder.runtime.settings import TopicKind
+from tests.fixtures.stack import RecorderEnv, TopicFactory
 from tests.support import as_sent, iceberg
 from tests.support.recorder_proc import RecorderProcess, http_get, verify
 
@@ -43,7 +43,11 @@ def metric(rec: RecorderProcess, name: str) -> float:
 
 
 async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
-    kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: RecorderEnv,
+    tmp_path: Path,
 ) -> None:
     """Both tables hold every record's every field as sent (exact ns in `timestamp_ns`), the
     database too; each snapshot summary's progress is the log end; files are hour partitions."""
@@ -84,7 +88,11 @@ async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
 
 
 async def test_two_recorders_of_one_group_commit_at_once_exactly(
-    kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: RecorderEnv,
+    tmp_path: Path,
 ) -> None:
     """Two members share the partitions and commit small batches to the same tables: commits
     race, the loser's is refused whole, re-read, re-checked and retried (counted); the tables
@@ -138,7 +146,11 @@ def compact(env: dict[str, str], hour: str) -> str:
 
 
 async def test_compacting_hours_while_recording_keeps_every_record_once(
-    kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: RecorderEnv,
+    tmp_path: Path,
 ) -> None:
     """`lake compact` replaces an hour's many small files by one while a recorder keeps
     committing into the same hours: a compaction that loses the race is redone, so the tables

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, produce, wait_exactly_once, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 async def test_recorder_started_before_kafka_waits_then_records(
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
-    recorder_env: Any,
-    stack_faults: Any,
+    recorder_env: RecorderEnv,
+    stack_faults: Stack,
     tmp_path: Path,
 ) -> None:
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=3)

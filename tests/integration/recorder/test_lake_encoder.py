@@ -22,6 +22,7 @@ from recorder.core.offsets import IntentOutcome
 from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.sink import S3Sink
 from recorder.sinks.lake.store import S3Lake, StoredProgress
+from tests.fixtures.stack import RecorderEnv, Stack
 from tests.integration.recorder.test_exactly_once_rules import (  # noqa: F401 (a fixture)
     TOPIC,
     TPX,
@@ -40,7 +41,7 @@ def two_hours(o: int) -> int:
     return 0 if o % 4 else 1  # rows of two event hours interleaved: two files per range
 
 
-async def parquet_files(stack: Any, bucket: str) -> dict[str, tuple[str, pa.Table]]:
+async def parquet_files(stack: Stack, bucket: str) -> dict[str, tuple[str, pa.Table]]:
     """key -> (ETag, table) of every Parquet file in the bucket."""
     out: dict[str, tuple[str, pa.Table]] = {}
     async with aioboto3.Session().client("s3", **stack.s3_client_kwargs()) as s3:
@@ -69,7 +70,7 @@ def offsets(files: dict[str, tuple[str, pa.Table]]) -> list[int]:
 
 
 async def test_a_range_recorded_under_other_parquet_options_is_completed_with_them(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """A pod with PARQUET_TIMESTAMP_UNIT=us recorded [0, 60) and stalled; the new owner runs
     with ns. The owner writes [0, 60) as the range's recorder would (us), the rest its own way,
@@ -112,7 +113,7 @@ async def test_a_range_recorded_under_other_parquet_options_is_completed_with_th
 
 
 async def test_a_range_recorded_under_another_validation_limit_is_refused_loudly(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """Rows depend on MAX_MESSAGE_BYTES (what is too large becomes a dead letter): a writer with
     another limit than the range's recorder does not write the range; it fails its flush with an
@@ -159,7 +160,7 @@ async def test_a_range_recorded_under_another_validation_limit_is_refused_loudly
 
 
 async def test_a_file_key_names_its_range_not_the_records_that_survived_validation(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """The range [0, 100) whose first record was a dead letter (no row at offset 0): its files
     are keyed by 0, the range's first offset, in both hours — the key a writer whose validation
@@ -179,7 +180,7 @@ async def test_a_file_key_names_its_range_not_the_records_that_survived_validati
 
 
 async def test_a_range_an_older_release_recorded_is_completed_under_its_keys(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """A pending range recorded without an encoder (a pod of a release before it; its files may
     already be in the lake) is completed under that release's keys — the first offset of each

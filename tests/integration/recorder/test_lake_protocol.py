@@ -8,7 +8,6 @@ log exactly once, and a file once written must keep its bytes.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import aioboto3
 import pyarrow.parquet as pq
@@ -19,6 +18,7 @@ from recorder.runtime.settings import TopicKind
 from recorder.sinks.lake.parquet import legacy_progress_key, progress_key
 from recorder.sinks.lake.sink import LakeClaimed, S3Sink
 from recorder.sinks.lake.store import S3Lake
+from tests.fixtures.stack import RecorderEnv, Stack
 from tests.integration.recorder.test_exactly_once_rules import (  # noqa: F401 (a fixture)
     TOPIC,
     TPX,
@@ -31,7 +31,7 @@ from tests.integration.recorder.test_exactly_once_rules import (  # noqa: F401 (
 pytestmark = pytest.mark.integration
 
 
-async def lake_files(stack: Any, bucket: str) -> dict[str, tuple[str, list[int]]]:
+async def lake_files(stack: Stack, bucket: str) -> dict[str, tuple[str, list[int]]]:
     """key -> (ETag, the `volume` column, which the test rows set to their offset)."""
     out: dict[str, tuple[str, list[int]]] = {}
     async with aioboto3.Session().client("s3", **stack.s3_client_kwargs()) as s3:
@@ -56,7 +56,7 @@ def two_hours(o: int) -> int:
 
 
 async def test_zombie_flush_cannot_replace_the_owners_file(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """The issue's reproduction: the owner flushes [0, 100) and records 100; the zombie then
     flushes [0, 60) to the same keys. Before the lake protocol its PUT replaced the owner's
@@ -89,7 +89,7 @@ async def test_zombie_flush_cannot_replace_the_owners_file(
 
 
 async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """The zombie recorded the range [0, 60) and stalled before uploading. The new owner, fed
     [0, 100), must flush exactly [0, 60) first; when the zombie wakes and uploads its files
@@ -131,7 +131,7 @@ async def test_a_recorded_range_is_flushed_exactly_by_every_writer(
 
 
 async def test_progress_is_scoped_by_group_and_a_second_group_is_refused(
-    fresh_bucket: str, recorder_env: Any, stack: Any
+    fresh_bucket: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     """Two deployments on one bucket: the group's own progress objects, the legacy (unscoped)
     progress carried over once, and a second group recording the same topic into the same
@@ -175,7 +175,7 @@ async def test_progress_is_scoped_by_group_and_a_second_group_is_refused(
 
 
 async def test_the_s3_server_honours_conditional_writes(
-    fresh_bucket: str, recorder_env: Any
+    fresh_bucket: str, recorder_env: RecorderEnv
 ) -> None:
     """The start-up check passes on the stack's server (the refusal is a unit test)."""
     s = settings_for(recorder_env(bucket=fresh_bucket), S3_PREFIX="p")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, produce, wait_exactly_once
 
 pytestmark = pytest.mark.integration
 
 
 async def test_local_lake_with_json_levels_and_microseconds(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, tmp_path: Path
+    kafka_topics: TopicFactory, fresh_database: str, recorder_env: RecorderEnv, tmp_path: Path
 ) -> None:
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=4)
     lake = tmp_path / "lake"

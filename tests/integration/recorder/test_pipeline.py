@@ -15,6 +15,7 @@ import pyarrow.dataset as ds
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, produce, verify, wait_exactly_once
 
 pytestmark = pytest.mark.integration
@@ -41,11 +42,11 @@ async def _download_lake(s3_kwargs: dict[str, str], bucket: str, prefix: str, in
 
 
 async def test_exactly_once_in_both_stores_with_dead_letters(
-    kafka_topics: Any,
+    kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
-    recorder_env: Any,
-    stack: Any,
+    recorder_env: RecorderEnv,
+    stack: Stack,
     tmp_path: Path,
 ) -> None:
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=6)
@@ -137,7 +138,11 @@ async def test_exactly_once_in_both_stores_with_dead_letters(
 
 
 async def test_sigterm_halfway_then_restart_records_everything_once(
-    kafka_topics: Any, fresh_database: str, fresh_bucket: str, recorder_env: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: RecorderEnv,
+    tmp_path: Path,
 ) -> None:
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=6)
     env = recorder_env(

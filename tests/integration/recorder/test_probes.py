@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, http_get, produce, wait_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -22,11 +22,11 @@ OUTAGE_SEC = 60.0
 
 
 async def test_liveness_stays_up_while_the_database_is_down(
-    stack_faults: Any,
-    kafka_topics: Any,
+    stack_faults: Stack,
+    kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
-    recorder_env: Any,
+    recorder_env: RecorderEnv,
     tmp_path: Path,
 ) -> None:
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=2)

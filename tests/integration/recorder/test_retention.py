@@ -7,11 +7,11 @@ tests/integration/timescale/, on TimescaleDB's Apache edition (drop_chunks).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess
 from tests.support.ticks import days_ago_ns, send_ticks, wait_for
 
@@ -19,7 +19,11 @@ pytestmark = pytest.mark.integration
 
 
 async def test_retention_drops_old_days_and_keeps_recent_rows_and_rollups(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack: Stack,
+    tmp_path: Path,
 ) -> None:
     (topic,) = await kafka_topics("market.tick", partitions=1)
     env = recorder_env(
@@ -63,7 +67,11 @@ async def test_retention_drops_old_days_and_keeps_recent_rows_and_rollups(
 
 
 async def test_a_detached_day_table_does_not_stall_the_writer(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack: Stack,
+    tmp_path: Path,
 ) -> None:
     """Plain PostgreSQL: a day table detached and not dropped (retention interrupted between
     its DETACH and its DROP, or a DBA) is kept under another name and the day gets a new

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.fixtures.stack import RecorderEnv, Stack, TopicFactory
 from tests.support.recorder_proc import RecorderProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,11 @@ TICKS = [
 
 
 async def test_rollups_and_original_queries(
-    kafka_topics: Any, fresh_database: str, recorder_env: Any, stack: Any, tmp_path: Path
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    recorder_env: RecorderEnv,
+    stack: Stack,
+    tmp_path: Path,
 ) -> None:
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=3)
     env = recorder_env(

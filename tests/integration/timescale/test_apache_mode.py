@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Any
 
 import asyncpg
 import pytest
+
+from tests.fixtures.stack import RecorderEnv, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ def migrate_cli(env: dict[str, str]) -> str:
 
 
 async def test_migrate_chooses_the_apache_mode_and_says_why(
-    fresh_database: str, recorder_env: Any, stack: Any
+    fresh_database: str, recorder_env: RecorderEnv, stack: Stack
 ) -> None:
     env = recorder_env(database=fresh_database)
     first = migrate_cli(env)

@@ -28,6 +28,7 @@ from recorder.sinks.timescale.encode import copy_bytes
 from recorder.sinks.timescale.migrate import DbMode, migrate_explained
 from recorder.sinks.timescale.retention import apply_retention
 from recorder.sinks.timescale.upkeep import Upkeep, refresh_buckets
+from tests.fixtures.stack import Stack
 from tests.integration.recorder.test_rollups import T0, TICKS
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ def expected(ticks: list[TickRow], bucket_ns: int) -> list[tuple[Any, ...]]:
     ]
 
 
-async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Any) -> None:
+async def test_full_edition_migrations_copy_and_continuous_aggregates(stack: Stack) -> None:
     full = stack.on_server("timescaledb-full")
     conn = await asyncpg.connect(full.pg_dsn(), timeout=60)
     try:

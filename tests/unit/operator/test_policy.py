@@ -8,6 +8,7 @@ of the names that reach object keys (the operator's and the recorder's validator
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,7 +90,7 @@ def test_permissive_renders_the_root_shell_as_asked() -> None:
     assert got["serviceAccountName"] == "datarecorder-operator"
 
 
-def test_render_cli_takes_the_policy_flags(tmp_path: Any) -> None:
+def test_render_cli_takes_the_policy_flags(tmp_path: Path) -> None:
     path = tmp_path / "shell.yaml"
     doc = {"apiVersion": "datarecorder.dev/v1alpha1", "kind": "DataRecorder"}
     path.write_text(yaml.safe_dump({**doc, "metadata": {"name": "rec"}, "spec": ROOT_SHELL}))

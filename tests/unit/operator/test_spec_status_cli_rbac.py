@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,7 +167,7 @@ def test_a_steady_lag_writes_no_status() -> None:
     assert moved["lagObservedTime"] == "T3" and status.status_changed(again, moved)
 
 
-def test_render_cli_prints_every_child_of_every_document(tmp_path: Any) -> None:
+def test_render_cli_prints_every_child_of_every_document(tmp_path: Path) -> None:
     both = tmp_path / "both.yaml"
     both.write_text(
         (EXAMPLES / "minimal.yaml").read_text() + "\n---\n" + (EXAMPLES / "full.yaml").read_text()
@@ -183,7 +184,7 @@ def test_render_cli_prints_every_child_of_every_document(tmp_path: Any) -> None:
     assert {d["metadata"]["name"] for d in docs} >= {"recorder-recorder", "krx-recorder-recorder"}
 
 
-def test_render_cli_reports_invalid_specs(tmp_path: Any) -> None:
+def test_render_cli_reports_invalid_specs(tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     path = str(EXAMPLES / "invalid" / "request-above-limit.yaml")
     assert cli.main(["render", "-f", path], stdout=out, stderr=err) == 2

@@ -8,6 +8,7 @@ test_reset_policy.py); these pin the decision tables.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,7 +189,7 @@ def test_progress_objects_of_older_releases_and_corruption_is_named() -> None:
             decode_progress(body, "k")
 
 
-def test_local_lake_rewound_progress_never_repeats_a_token(tmp_path: Any) -> None:
+def test_local_lake_rewound_progress_never_repeats_a_token(tmp_path: Path) -> None:
     """The local lake's tokens, like S3's ETags, differ for every write (the generation): a
     writer holding the token of {0} from before a rewind back to {0} is refused."""
 
