@@ -228,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_demo.add_argument("--summary-json", help="also write the final summary to this JSON file")
     p_demo.add_argument(
+        "--lake",
+        choices=("parquet", "iceberg"),
+        default="parquet",
+        help="the cold path: Parquet files, or Iceberg tables in a SQL catalog on the demo's "
+        "PostgreSQL (default: parquet)",
+    )
+    p_demo.add_argument(
         "--db",
         choices=("postgres", "timescaledb"),
         default="postgres",
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep=args.keep,
                 summary_json=args.summary_json,
                 db=args.db,
+                lake=args.lake,
             )
         )
     parser.error(f"unknown command {args.command}")

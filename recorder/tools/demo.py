@@ -20,13 +20,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -35,6 +33,7 @@ from recorder.devstack.procs import pid_alive
 from recorder.devstack.services import Child, Database, ServiceError
 from recorder.kafka.options import client_options
 from recorder.runtime.settings import Settings
+from recorder.tools.demo_lake import DemoLake, demo_lake
 from recorder.tools.demo_report import Snapshot, consistency, lag_by_sink, progress_line, table
 from recorder.tools.produce import FeedSpec, produce, symbols
 from recorder.tools.verify import verify
@@ -50,34 +49,12 @@ def say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-@dataclass
-class Lake:
-    """Parquet files of the local lake and their row counts (metadata read once per file)."""
-
-    root: Path
-    _rows: dict[tuple[str, float], int] = field(default_factory=dict)
-
-    def scan(self) -> dict[str, tuple[int, int]]:
-        """kind (tick/orderbook) -> (files, rows)."""
-        out: dict[str, tuple[int, int]] = {}
-        for kind in ("tick", "orderbook"):
-            files = rows = 0
-            base = self.root / kind
-            # Hidden files are uploads in progress (written, then renamed into place).
-            for path in base.rglob("[!.]*.parquet") if base.exists() else ():
-                with contextlib.suppress(FileNotFoundError):
-                    key = (str(path), path.stat().st_mtime)
-                    if key not in self._rows:
-                        self._rows[key] = pq.read_metadata(path).num_rows
-                    files += 1
-                    rows += self._rows[key]
-            out[kind] = (files, rows)
-        return out
-
-
-def demo_settings(bootstrap: str, db: Database, lake: Path, http_port: int) -> dict[str, str]:
+def demo_settings(
+    bootstrap: str, db: Database, lake: Path, http_port: int, lake_format: str = "parquet"
+) -> dict[str, str]:
     """The recorder's environment for the demo (everything else keeps its default)."""
     return {
+        "LAKE_FORMAT": lake_format,
         "KAFKA_BROKERS": bootstrap,
         "KAFKA_GROUP_ID": "datarecorder-demo",
         "KAFKA_TOPICS": ",".join(TOPICS),
@@ -109,9 +86,17 @@ def recorder_environ(values: dict[str, str]) -> dict[str, str]:
 
 
 class Demo:
-    def __init__(self, root: Path, duration: float, rate: float, db: str = "postgres") -> None:
+    def __init__(
+        self,
+        root: Path,
+        duration: float,
+        rate: float,
+        db: str = "postgres",
+        lake_format: str = "parquet",
+    ) -> None:
         self.root = root
         self.db = db
+        self.lake_format = lake_format
         self.duration = duration
         self.rate = rate
         self.children: list[Child] = []
@@ -136,7 +121,7 @@ class Demo:
 
         lake_dir = self.root / "lake"
         http_port = services.free_port()
-        values = demo_settings(bootstrap, db, lake_dir, http_port)
+        values = demo_settings(bootstrap, db, lake_dir, http_port, self.lake_format)
         settings = isolated_settings(values)
         recorder = services.spawn(
             "recorder",
@@ -159,7 +144,7 @@ class Demo:
             f"{self.duration:.0f}s; Ctrl-C stops early"
         )
 
-        lake = Lake(lake_dir / settings.S3_PREFIX)
+        lake = demo_lake(settings, lake_dir / settings.S3_PREFIX)
         db_conn = await asyncpg.connect(
             host=db.host, port=db.port, user=db.user, password=db.password, database=db.database
         )
@@ -274,7 +259,7 @@ class Demo:
         watcher: AIOKafkaConsumer,
         tps: list[TopicPartition],
         conn: asyncpg.Connection,
-        lake: Lake,
+        lake: DemoLake,
         http: aiohttp.ClientSession,
         metrics_url: str | None,
     ) -> Snapshot:
@@ -304,7 +289,7 @@ class Demo:
         settings: Settings,
         watcher: AIOKafkaConsumer,
         conn: asyncpg.Connection,
-        lake: Lake,
+        lake: DemoLake,
         final: Snapshot,
         *,
         startup: float,
@@ -360,7 +345,7 @@ class Demo:
                     ("kafka (produced)", produced["market.tick"], produced["market.orderbook"], ""),
                     ("postgresql", final.db_ticks, final.db_books, ""),
                     (
-                        "parquet lake",
+                        lake.label,
                         files["tick"][1],
                         files["orderbook"][1],
                         summary["parquet"]["files"],
@@ -388,7 +373,7 @@ class Demo:
             say(f"PROBLEM: {problem}")
         return summary
 
-    async def _queries(self, conn: asyncpg.Connection, lake: Lake) -> None:
+    async def _queries(self, conn: asyncpg.Connection, lake: DemoLake) -> None:
         queries = [
             (
                 f"latest ticks of {SYMBOL}",
@@ -425,24 +410,11 @@ class Demo:
                 "\n(duckdb is not installed: `pip install -e '.[demo]'` adds it for the lake query)"
             )
             return
-        glob = f"{lake.root}/tick/*/*/*/*/*.parquet"
-        for title, sql in (
-            (
-                "the Parquet lake read by DuckDB (hive partitions year/month/day/hour)",
-                "SELECT symbol, count(*) AS ticks, min(price) AS low, max(price) AS high,\n"
-                "       sum(volume) AS volume\n"
-                f"FROM read_parquet('{glob}', hive_partitioning = true)\n"
-                "GROUP BY symbol ORDER BY symbol LIMIT 5",
-            ),
-            (
-                "rows per hour partition",
-                "SELECT year, month, day, hour, count(*) AS ticks\n"
-                f"FROM read_parquet('{glob}', hive_partitioning = true)\n"
-                "GROUP BY ALL ORDER BY ALL",
-            ),
-        ):
+        for title, sql, tables in await asyncio.to_thread(lake.queries):
             con = duckdb.connect()
             try:
+                for name, arrow in tables.items():
+                    con.register(name, arrow)
                 cur = con.execute(sql)
                 columns = [d[0] for d in cur.description]
                 rows = cur.fetchall()
@@ -485,6 +457,7 @@ def main(
     keep: bool = False,
     summary_json: str | None = None,
     db: str = "postgres",
+    lake: str = "parquet",
 ) -> int:
     """Run the demo; 0 when every store agrees with what was produced."""
     if duration <= 0 or rate <= 0:
@@ -496,7 +469,7 @@ def main(
     root = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
     root.chmod(0o711)  # PostgreSQL runs as an unprivileged user when we are root
     (root / "demo.pid").write_text(str(os.getpid()))
-    demo = Demo(root, duration, rate, db)
+    demo = Demo(root, duration, rate, db, lake)
     summary: dict[str, Any] | None = None
     code = 1
 
