@@ -1,9 +1,8 @@
 """One recorder process: Kafka consumers feeding every enabled sink, exactly once.
 
-Owns the process's life — start-up (the stores, then Kafka), the tasks it runs, the stop and
-the shutdown sequence within its deadline — and wires the coordinator's jobs together
-(`recorder.coordinator`: rebalance, intake, health). It is built by `recorder.app` and knows
-the sinks and sources only by their protocols.
+Owns the process's life (start-up, the tasks it runs, the stop and the shutdown within its
+deadline) and wires the coordinator's jobs (`recorder.coordinator`) to the sinks and sources
+that `recorder.app` built, which it knows only by their protocols.
 """
 
 from __future__ import annotations
@@ -17,16 +16,13 @@ from functools import partial
 from typing import Any
 
 from recorder.coordinator import health
-from recorder.coordinator.health import Health
 from recorder.coordinator.intake import Intake
 from recorder.coordinator.ports import Clock, DeadLetterQueue, Source, SystemClock
 from recorder.coordinator.rebalance import Rebalance
 from recorder.core.backpressure import BufferLimits
-from recorder.core.offsets import SentLetters
 from recorder.core.partitions import PartitionTable
 from recorder.core.shutdown import Outcome, budget, exit_code
 from recorder.runtime import retry, supervise, telemetry
-from recorder.runtime.retry import retry_forever
 from recorder.runtime.settings import Settings
 from recorder.sinks.base import Sink
 
@@ -45,7 +41,7 @@ class Recorder:
         if not sinks:
             raise ValueError("a recorder needs at least one sink")
         self.settings = settings
-        self.health = Health(clock or SystemClock())
+        self.health = health.Health(clock or SystemClock())
         self.dlq = dead_letters
         self.sinks: list[Sink] = list(sinks)
         self.sources: list[Source] = list(sources)
@@ -53,23 +49,13 @@ class Recorder:
         # sinks' progress and resync callbacks write to it (see recorder.app).
         self.partitions = table
         table.paused = settings.PAUSED
-        letters = SentLetters()
-        self.rebalance = Rebalance(settings, self.sinks, self.sources, table, letters, self.health)
-        self.intake = Intake(
-            settings,
-            self.sinks,
-            self.sources,
-            dead_letters,
-            self.rebalance,
-            buffer_limits,
-            self.stop,
-        )
+        self.rebalance = Rebalance(settings, self.sinks, self.sources, table, self.health)
+        self.intake = Intake(self.rebalance, dead_letters, buffer_limits, self.stop)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # The shutdown: when the stop came (the process's monotonic time, which recorder.cli's
-        # hard stop counts too), where start-up was, what the flush and the deadline left.
+        # hard stop counts too), what the flush and the deadline left.
         self._stop_at: float | None = None
-        self._step = "not started"
         self._retries: retry.RetryScope | None = None
         self._flushed: bool | None = None
         self._cut: list[str] = []
@@ -78,30 +64,28 @@ class Recorder:
         # Kafka may come up after the recorder (a cluster starting, a broker restarting): wait
         # for it like for the stores, instead of exiting into a crash loop.
         for sink in self.sinks:
-            self._step = sink.name
+            self.health.step = sink.name
             await sink.start()
-        self._step = "kafka: connecting"
+        self.health.step = "kafka: connecting"
         topics = list(self.settings.topics())
         backoff = self.settings.RETRY_MAX_BACKOFF_SEC
-        await retry_forever("kafka_connect", lambda: self.dlq.start(topics), backoff)
+        await retry.retry_forever("kafka_connect", lambda: self.dlq.start(topics), backoff)
         for source in self.sources:
-            self._step = "kafka: joining the group"  # and loading progress of what it assigns
-            await retry_forever("kafka_join", partial(self.rebalance.join, source), backoff)
+            self.health.step = "kafka: joining the group"  # and loading progress of what it assigns
+            await retry.retry_forever("kafka_join", partial(self.rebalance.join, source), backoff)
         self.health.fetched()  # the wait for Kafka is not a stalled fetch
         self.health.started = True
-        self._step = "running"
+        self.health.step = "running"
         # What start-up built (modules, classes, clients: ~140,000 objects) lives as long as the
         # process; out of the collector's sight, its full collections walk only the data path's
         # objects (they cost ~0.15 s each on this much, a third of a drain's CPU).
         gc.freeze()
-        self._tasks = [
-            asyncio.create_task(self.intake.consume(s), name=f"consume-{s.index}")
-            for s in self.sources
-        ]
-        watch = health.watch(self.health, self.sinks, self.sources, self._fail)
-        self._tasks.append(asyncio.create_task(watch, name="health"))
-        for task in self._tasks:
-            supervise.on_failure(task, self._fail)
+        jobs = {f"consume-{s.index}": self.intake.consume(s) for s in self.sources}
+        jobs["health"] = health.watch(self.health, self.sinks, self.sources, self._fail)
+        for name, job in jobs.items():
+            self._tasks.append(
+                supervise.on_failure(asyncio.create_task(job, name=name), self._fail)
+            )
         sinks, consumers = [s.name for s in self.sinks], len(self.sources)
         telemetry.emit(telemetry.RECORDER_STARTED, topics=topics, sinks=sinks, consumers=consumers)
         if self.settings.PAUSED:
@@ -154,7 +138,7 @@ class Recorder:
     def state(self) -> dict[str, Any]:
         """Where the recorder is, for the shutdown's log (recorder.coordinator.health.report)."""
         waiting = self._retries.waiting_for() if self._retries is not None else {}
-        return health.report(self.health, self._step, waiting, self.sinks, self.partitions)
+        return health.report(self.health, waiting, self.sinks, self.partitions)
 
     async def _abandon_start_up(self, starting: asyncio.Task[None]) -> None:
         """Give start-up up at once: every retry waiting for a store or Kafka (in our tasks or in

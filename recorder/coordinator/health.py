@@ -28,6 +28,7 @@ HEALTH_INTERVAL_SEC = 2.0
 @dataclass
 class Health:
     clock: Clock = field(repr=False)
+    step: str = "not started"  # where start-up is (a store's name, joining Kafka), or "running"
     started: bool = False
     stopping: bool = False
     consumer_error: str | None = None
@@ -86,7 +87,6 @@ def problems(table: PartitionTable, sinks: Sequence[Sink]) -> dict[str, Problem]
 
 def report(
     health: Health,
-    step: str,
     waiting_for: Mapping[str, Any],
     sinks: Sequence[Sink],
     table: PartitionTable,
@@ -94,7 +94,7 @@ def report(
     """Where the recorder is, for the shutdown's log: starting (at which step, waiting for
     which requests) or running (partitions loading their progress, held or halted, sinks
     reporting an outage), and what the buffers hold."""
-    started = health.started
+    started, step = health.started, health.step
     stage = next((getattr(s, "stage", None) for s in sinks if s.name == step), None)
     statuses = Counter(table.status(tp) for tp in table)
     partitions = {

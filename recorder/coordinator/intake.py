@@ -27,7 +27,7 @@ from recorder.core.partitions import PartitionTable
 from recorder.core.records import Limits
 from recorder.kafka.dlq import DeadLetter, DeadLetterRefused
 from recorder.runtime import metrics, telemetry
-from recorder.runtime.settings import Settings, TopicKind
+from recorder.runtime.settings import TopicKind
 from recorder.sinks.base import Sink
 
 COMMIT_INTERVAL_SEC = 0.25
@@ -45,18 +45,15 @@ class Intake:
 
     def __init__(
         self,
-        settings: Settings,
-        sinks: Sequence[Sink],
-        sources: Sequence[Source],
-        dead_letters: DeadLetterQueue,
         rebalance: Rebalance,
+        dead_letters: DeadLetterQueue,
         buffer_limits: BufferLimits,
         stop: Callable[[], None],
     ) -> None:
-        self.settings = settings
+        self.settings = settings = rebalance.settings
         self.topics: dict[str, TopicKind] = settings.topics()
-        self.sinks = sinks
-        self.sources = sources
+        self.sinks: Sequence[Sink] = rebalance.sinks
+        self.sources: Sequence[Source] = rebalance.sources
         self.dlq = dead_letters
         self.rebalance = rebalance
         self.partitions: PartitionTable = rebalance.partitions

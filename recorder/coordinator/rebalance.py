@@ -36,14 +36,14 @@ class Rebalance:
         sinks: Sequence[Sink],
         sources: Sequence[Source],
         table: PartitionTable,
-        letters: SentLetters,
         health: Health,
     ) -> None:
         self.settings = settings
         self.sinks = sinks
         self.sources = sources  # the recorder's own list: a test may add a sibling member
         self.partitions = table
-        self.letters = letters
+        # The dead letters sent from this process (the intake sends them, a halt forgets them).
+        self.letters = SentLetters()
         self.health = health
         self.clock = health.clock
         self.held_retry: asyncio.Task[None] | None = None

@@ -20,10 +20,12 @@ import pyarrow as pa
 import pytest
 
 from recorder.app import enabled_sinks, progress_to
-from recorder.coordinator.health import dead_letter_part
+from recorder.coordinator.health import STALLED_FETCH_SEC, dead_letter_part
 from recorder.coordinator.health import problems as health_problems
+from recorder.coordinator.intake import COMMIT_INTERVAL_SEC
 from recorder.coordinator.ports import RebalanceCallback
-from recorder.core.backpressure import BufferLimits
+from recorder.coordinator.rebalance import HELD_RETRY_MIN_SEC
+from recorder.core.backpressure import DEAD_LETTER_BACKOFF_SEC, BufferLimits
 from recorder.core.commit import committing_sink
 from recorder.core.offsets import TP
 from recorder.core.partitions import PartitionTable, Status
@@ -184,6 +186,7 @@ class FakeSource:
         self.starts: dict[TP, int] = {}  # log starts (retention moves them)
         self.ends: dict[TP, int] = {}  # fetched ends past the last record (transaction markers)
         self.topic_id: str | None = "id-1"  # the topic's current ID (None: an old broker)
+        self.fetches = 0
 
     async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
         self.callbacks = (on_revoked, on_assigned)
@@ -210,6 +213,7 @@ class FakeSource:
         return {tp: batch} if batch else {}
 
     async def fetch(self, timeout_ms: int, max_records: int) -> Mapping[TP, list[Any]]:
+        self.fetches += 1
         for tp in sorted(self.owned - self.paused):
             data = self.take(tp, max_records)
             if data:
@@ -288,6 +292,10 @@ class FakeClock:
         wake = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
         await wake
+
+    def sleepers(self) -> int:
+        """Tasks waiting on this clock now (a task just created has not started its sleep)."""
+        return sum(not wake.done() for _, _, wake in self._sleepers)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -534,6 +542,12 @@ async def test_the_running_loop_commits_and_shutdown_commits_the_rest() -> None:
         await until(lambda: r.source.committed.get(A) == 30, "the loop commits progress")
         r.source.logs[A] += [tick(i) for i in range(30, 45)]
         await until(lambda: db.buffered() == 15, "more records offered")
+        await db.flush_all()
+        rounds = r.source.fetches
+        await until(lambda: r.source.fetches > rounds + 2, "the loop goes round")
+        assert r.source.committed[A] == 30  # at most one commit per COMMIT_INTERVAL_SEC
+        r.clock.advance(COMMIT_INTERVAL_SEC)
+        await until(lambda: r.source.committed[A] == 45, "the next commit is due")
     finally:
         r.recorder.stop()
         await r.recorder.shutdown()
@@ -605,8 +619,10 @@ async def test_progress_of_another_incarnation_of_the_topic_halts_until_reset(
     for sink in r.sinks.values():
         sink.stored[A] = 0
         del sink.ids[A]
-    await r.recorder.rebalance.take_over(r.source, {A})
-    assert r.recorder.partitions.status(A) is Status.READY
+    await until(lambda: r.clock.sleepers() > 0, "the held-partition retry waits")
+    r.clock.advance(HELD_RETRY_MIN_SEC)  # its first round
+    await until(lambda: r.recorder.partitions.status(A) is Status.READY, "the retry takes A")
+    assert A not in r.source.paused
     assert all(sink.ids[A] == "id-2" for sink in r.sinks.values())
 
 
@@ -858,3 +874,41 @@ async def test_a_partition_without_a_position_is_taken_over_or_held_never_crashi
     r.recorder.partitions.assign({A})  # not held any more, still unloadable
     await r.recorder.rebalance.reposition(r.source, {A: None})
     assert r.recorder.partitions.is_held(A)
+
+
+async def test_a_consumer_that_stops_fetching_is_unready_after_the_stall_limit() -> None:
+    from recorder.http import consumer_code
+
+    r = rig({A: log_of(A, 5)})
+    r.recorder.health.started = True
+    r.recorder.health.fetched()
+    r.clock.advance(STALLED_FETCH_SEC - 1)
+    assert consumer_code(r.recorder.health) is None
+    r.clock.advance(1)
+    assert consumer_code(r.recorder.health) == "consumer_not_fetching"
+    r.recorder.health.fetched()
+    assert consumer_code(r.recorder.health) is None
+
+
+async def test_refused_dead_letters_pause_the_partition_until_the_backoff_ends() -> None:
+    """The loop keeps a partition whose dead letters were refused paused while its backoff
+    runs (on the recorder's clock), then fetches it again from its stored progress."""
+    r = rig({A: log_of(A, 10, bad={3}), B: log_of(B, 5)}, s3=False)
+    r.dlq.refuse = "RecordTooLargeError"
+    await r.recorder.start()
+    try:
+        await r.source.rebalance(set(), {A, B})
+        db = r.sinks["timescaledb"]
+        await until(lambda: A in r.source.paused, "A paused for its backoff")
+        await until(lambda: db.buffers.get(B) == list(range(5)), "B goes on meanwhile")
+        rounds = r.source.fetches
+        await until(lambda: r.source.fetches > rounds + 2, "the loop goes round")
+        assert A in r.source.paused and db.buffers[A] == [] and r.dlq.sent == []
+        r.dlq.refuse = None
+        r.clock.advance(DEAD_LETTER_BACKOFF_SEC)
+        await until(lambda: db.buffers[A] == [0, 1, 2, 4, 5, 6, 7, 8, 9], "A fed again")
+        assert [d.offset for d in r.dlq.sent] == [3] and A not in r.source.paused
+        assert dead_letter_part(r.recorder.partitions) == (True, "")
+    finally:
+        r.recorder.stop()
+        await r.recorder.shutdown()
