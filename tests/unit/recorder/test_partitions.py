@@ -174,6 +174,16 @@ def test_the_pause_plan_pauses_a_partition_for_any_reason_and_resumes_the_rest()
     assert table.pause_plan({A, B, C, D}, 0, now=10.0).resume == {A, D}
 
 
+def test_only_owned_partitions_within_their_backoff_are_paused_for_it() -> None:
+    C = TP("t", 2)
+    table = PartitionTable()
+    table.block(A, Blocked(10.0, 1, "x"))
+    table.block(B, Blocked(5.0, 3, "x"))
+    assert table.pause_plan({A, B, C}, 0, now=7.0).pause == {A}
+    assert table.pause_plan({B, C}, 0, now=7.0).pause == set()  # A is not ours any more
+    assert table.pause_plan({A, B}, 0, now=11.0).pause == set()  # retry time: fetch, send again
+
+
 def test_full_buffers_pause_the_members_partitions_but_those_completing_a_range() -> None:
     table = PartitionTable()
     table.assign([A, B], owner=0)
