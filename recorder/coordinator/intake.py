@@ -92,7 +92,7 @@ class Intake:
         try:
             while True:
                 await self.rebalance.apply_resyncs(source)
-                full = self._pause_as_planned(source)
+                full = self._backpressure(source)
                 # getmany also keeps the group membership alive while paused. Its records always
                 # continue from the partition's current position: aiokafka drops fetched data
                 # whose offset no longer matches it (a seek in a rebalance callback or a resync)
@@ -123,7 +123,7 @@ class Intake:
             telemetry.emit(telemetry.CONSUMER_FAILED, exc_info=True)
             self._stop()
 
-    def _pause_as_planned(self, source: Source) -> bool:
+    def _backpressure(self, source: Source) -> bool:
         """Decide whether the member's buffers are full, which partitions complete a pending
         lake range meanwhile, and apply the table's pause plan (every round: a rebalance assigns
         partitions unpaused). Returns whether the buffers are full."""

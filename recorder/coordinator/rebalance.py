@@ -40,7 +40,7 @@ class Rebalance:
     ) -> None:
         self.settings = settings
         self.sinks = sinks
-        self.sources = sources  # the recorder's own list: a test may add a sibling member
+        self.sources = sources  # the recorder's list itself (not a copy): members it adds count
         self.partitions = table
         # The dead letters sent from this process (the intake sends them, a halt forgets them).
         self.letters = SentLetters()
