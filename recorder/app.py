@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from recorder.coordinator.ports import SystemClock
 from recorder.core import backpressure
 from recorder.core.backpressure import BufferLimits
 from recorder.core.commit import commit_offset, committing_sink
@@ -108,4 +109,4 @@ def build_recorder(settings: Settings) -> Recorder:
     sinks = build_sinks(settings, topics, dead_letters, table)
     sources = [KafkaSource(settings, options, i) for i in range(settings.NUM_CONSUMERS)]
     limits = buffer_limits(settings, container_memory_limit())
-    return Recorder(settings, sinks, sources, dead_letters, table, limits)
+    return Recorder(settings, sinks, sources, dead_letters, table, limits, SystemClock())

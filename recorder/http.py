@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from recorder.coordinator.health import Health, dead_letter_part, problems
 from recorder.core.readiness import REASONS, Problem, describe
-from recorder.pipeline import Health, Recorder
+from recorder.pipeline import Recorder
 from recorder.runtime import metrics
 
 # One named part of the pod's readiness: (ok, why not). A new reason for unreadiness is one
@@ -73,20 +74,22 @@ def readiness_parts(recorder: Recorder) -> dict[str, Part]:
         parts[sink.name] = (sink.healthy, Problem("store_unreachable"))
     # Halted or held partitions, dead letters refused, a store's failing writes: each with the
     # pipeline's code (a sink's code replaces the generic one above).
-    for name, problem in recorder.problems().items():
+    for name, problem in problems(recorder.partitions, recorder.sinks).items():
         parts[name] = (False, problem)
     return parts
 
 
 def health_parts(recorder: Recorder) -> dict[str, str | None]:
     parts = {"consumer": consumer_code(recorder.health)}
-    problems = recorder.problems()
+    found = problems(recorder.partitions, recorder.sinks)
     for sink in recorder.sinks:
-        problem = problems.get(sink.name)
+        problem = found.get(sink.name)
         parts[sink.name] = (
             None if sink.healthy else (problem.code if problem is not None else "store_unreachable")
         )
-    parts["dead_letters"] = None if recorder.dead_letter_part()[0] else "dead_letters_refused"
+    parts["dead_letters"] = (
+        None if dead_letter_part(recorder.partitions)[0] else "dead_letters_refused"
+    )
     return parts
 
 

@@ -1,13 +1,12 @@
 """When the consumer stops reading: pure rules over buffer sizes and refused dead letters.
 
-Owns the pause decision (`decide`: the whole consumer on full buffers; `held`: single partitions
-whose dead letters the cluster refused, until their backoff ends) and the cheap estimate of a
-decoded row's bytes.
+Owns the full-buffers decision (`decide`: the whole consumer pauses), the backoff of partitions
+whose dead letters the cluster refused (`block`; the partition table pauses them until it ends)
+and the cheap estimate of a decoded row's bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -16,7 +15,6 @@ import pyarrow as pa
 
 from recorder.core.backoff import Backoff
 from recorder.core.columns import ARROW_RSS_FACTOR
-from recorder.core.offsets import TP
 
 MIB: Final = 1024 * 1024
 # Without a memory limit: enough for ~800,000 ticks or ~1,200 1,000-level books.
@@ -85,11 +83,6 @@ def block(previous: Blocked | None, now: float, reason: str, max_backoff: float)
     failures = 1 if previous is None else previous.failures + 1
     delay = Backoff(DEAD_LETTER_BACKOFF_SEC, max_backoff).delay(failures)
     return Blocked(now + delay, failures, reason)
-
-
-def held(blocked: Mapping[TP, Blocked], owned: Collection[TP], now: float) -> set[TP]:
-    """Owned partitions still waiting out their backoff (paused even when buffers have room)."""
-    return {tp for tp in owned if (b := blocked.get(tp)) is not None and now < b.retry_at}
 
 
 def is_full(records: int, nbytes: int, max_records: int, max_bytes: int) -> bool:

@@ -1,4 +1,5 @@
-"""Offset arithmetic of exactly-once delivery (pure): where to seek, what is fenced, what lags.
+"""Offset arithmetic of exactly-once delivery (pure): where to seek, what is fenced, what lags,
+which dead letters were sent already.
 
 A sink's *progress* for a partition is the next offset it has not yet made durable.
 """
@@ -131,3 +132,33 @@ def vanished_progress(
         if p.get(tp) is None and known.get(name, {}).get(tp.topic, set()) - {tp.partition}:
             return name
     return None
+
+
+def dead_letter_floor(progress: Iterable[int | None], sent: int | None) -> int:
+    """The first offset of a partition whose dead letter may still need sending: one below
+    every sink's progress was sent before that progress was recorded; one below `sent` (the
+    offset after the last letter acknowledged in this process) was sent before a re-read."""
+    recorded = max((p for p in progress if p is not None), default=-1)
+    return recorded if sent is None else max(recorded, sent)
+
+
+class SentLetters:
+    """Per partition: the offset after the last dead letter Kafka acknowledged from this process.
+
+    Kept across revocations: a partition taken over again (a rebalance, a resync) re-reads
+    records whose letters were sent already, and must not send them twice. Forgotten when the
+    partition halts (its log may have been replaced)."""
+
+    def __init__(self) -> None:
+        self._after: dict[TP, int] = {}
+
+    def floor(self, tp: TP, progress: Iterable[int | None]) -> int:
+        """Letters of `tp` at or past this offset are sent; those below it were already."""
+        return dead_letter_floor(progress, self._after.get(tp))
+
+    def acknowledged(self, tp: TP, offset: int) -> None:
+        """Kafka acknowledged the dead letter of the record at `offset`."""
+        self._after[tp] = max(self._after.get(tp, -1), offset + 1)
+
+    def forget(self, tp: TP) -> None:
+        self._after.pop(tp, None)

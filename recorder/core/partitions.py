@@ -1,14 +1,15 @@
 """The partition table (pure): one state per topic-partition this process was ever assigned.
 
-Owns each partition's status, seek epoch, pending commit, hold reason, halt record and
-dead-letter backoff — what `Recorder` once kept in parallel collections that sinks changed
-through callbacks (aiokafka keeps the same in one `TopicPartitionState`). No I/O: the
-coordinator asks the table what to do and does it.
+Owns each partition's status, seek epoch, pending commit, hold reason, halt record, dead-letter
+backoff and every reason it is paused for — what `Recorder` once kept in parallel collections
+that sinks changed through callbacks (aiokafka keeps the same in one `TopicPartitionState`, and
+derives `paused_partitions()` from it). No I/O: the coordinator asks the table what to do
+(`pause_plan`: which partitions to pause and resume) and does it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,9 +62,34 @@ class PartitionState:
     # The group member (NUM_CONSUMERS>1: one of several in this process) the partition was last
     # given to. A member's late revocation may only touch partitions it still owns.
     owner: int | None = None
+    # While its member's buffers are full: the pending lake range [first, end) it is fed on to
+    # complete (pausing it with the rest would wedge the pod: full buffers no flush can empty).
+    completing: tuple[int, int] | None = None
 
 
 HOLDING = frozenset({Status.HELD, Status.HALTED})
+
+
+class Pause(Enum):
+    """Why a partition is not read now; any one reason pauses it."""
+
+    PAUSED = "paused"  # PAUSED=true: the pod keeps its membership, records nothing
+    # Its member's buffers are full (backpressure) and it completes no pending lake range: a
+    # partition fed on to complete a range that can only be flushed whole is not paused for it.
+    FULL = "full"
+    DLQ_BACKOFF = "dlq_backoff"  # its dead letters were refused: until the backoff ends
+    HELD = "held"  # its progress could not be loaded: until the held-partition retry takes it
+    HALTED = "halted"  # its progress does not fit its log: until reset-progress
+
+
+@dataclass(frozen=True, slots=True)
+class PausePlan:
+    """What to tell one consumer: pause these owned partitions, resume the rest it owns (both
+    are idempotent in aiokafka, and a rebalance assigns partitions unpaused, so the whole
+    plan is applied every time rather than a difference from the last one)."""
+
+    pause: frozenset[TP]
+    resume: frozenset[TP]
 
 
 class PartitionTable:
@@ -71,6 +97,8 @@ class PartitionTable:
 
     def __init__(self) -> None:
         self._states: dict[TP, PartitionState] = {}
+        self.paused = False  # PAUSED=true: every partition is paused (set by the coordinator)
+        self._full: set[int] = set()  # members whose buffers are full (backpressure)
 
     def __contains__(self, tp: object) -> bool:
         return tp in self._states
@@ -204,6 +232,61 @@ class PartitionTable:
 
     def halted_at(self, tp: TP) -> HaltedAt | None:
         return self.state(tp).halted_at
+
+    # --- pausing ----------------------------------------------------------------------------
+    def fill(self, member: int, full: bool) -> None:
+        """Member `member`'s buffers are full (or have room again)."""
+        if full:
+            self._full.add(member)
+        else:
+            self._full.discard(member)
+
+    def is_full(self, member: int) -> bool:
+        return member in self._full
+
+    def members_full(self) -> int:
+        return len(self._full)
+
+    def complete(self, owned: Collection[TP], ranges: Mapping[TP, tuple[int, int]]) -> list[TP]:
+        """The owned partitions fed on to complete a pending range are those of `ranges` (none
+        once the member has room); returns those that were not before."""
+        started = []
+        for tp in owned:
+            span = ranges.get(tp)
+            state = self._states.get(tp)
+            if state is None:
+                if span is None:
+                    continue
+                state = self._get(tp)
+            if span is not None and state.completing is None:
+                started.append(tp)
+            state.completing = span
+        return sorted(started)
+
+    def completing(self) -> dict[TP, tuple[int, int]]:
+        return {tp: s.completing for tp, s in self._states.items() if s.completing is not None}
+
+    def reasons(self, tp: TP, member: int, now: float) -> frozenset[Pause]:
+        """Why member `member` must not read `tp` at monotonic time `now` (empty: read it)."""
+        state = self.state(tp)
+        reasons = set()
+        if self.paused:
+            reasons.add(Pause.PAUSED)
+        if member in self._full and state.completing is None:
+            reasons.add(Pause.FULL)
+        if state.blocked is not None and now < state.blocked.retry_at:
+            reasons.add(Pause.DLQ_BACKOFF)
+        if state.status is Status.HELD:
+            reasons.add(Pause.HELD)
+        elif state.status is Status.HALTED:
+            reasons.add(Pause.HALTED)
+        return frozenset(reasons)
+
+    def pause_plan(self, owned: Collection[TP], member: int, now: float) -> PausePlan:
+        """The one pause decision: which of the partitions member `member` owns to pause (those
+        with any reason) and which to resume (the rest)."""
+        paused = frozenset(tp for tp in owned if self.reasons(tp, member, now))
+        return PausePlan(paused, frozenset(owned) - paused)
 
     # --- commits ----------------------------------------------------------------------------
     def progress(self, tp: TP, offset: int) -> None:

@@ -280,7 +280,7 @@ async def test_rule3_revocation_waits_for_in_flight_work(
             async def commit(self, offsets: Any) -> None:
                 return None
 
-        await rec.on_revoked(Source(), {tp})  # type: ignore[arg-type]
+        await rec.rebalance.on_revoked(Source(), {tp})  # type: ignore[arg-type]
         assert lake.running == 0 and lake.uploads == 2
         assert all(sink.buffered() == 0 for sink in rec.sinks)
         assert [await sink.load_progress([tp]) for sink in rec.sinks] == [{tp: 500}, {tp: 500}]

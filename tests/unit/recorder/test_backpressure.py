@@ -25,13 +25,6 @@ def test_backoff_doubles_from_half_a_second_up_to_the_cap() -> None:
     assert delays == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
 
 
-def test_only_partitions_within_their_backoff_are_held() -> None:
-    blocked = {A: bp.Blocked(10.0, 1, "x"), B: bp.Blocked(5.0, 3, "x")}
-    assert bp.held(blocked, {A, B, C}, now=7.0) == {A}
-    assert bp.held(blocked, {B, C}, now=7.0) == set()  # A is not ours any more
-    assert bp.held(blocked, {A, B}, now=11.0) == set()  # retry time: fetch and send again
-
-
 def test_whichever_limit_comes_first() -> None:
     assert bp.is_full(10, 0, 10, 100)
     assert bp.is_full(1, 100, 10, 100)

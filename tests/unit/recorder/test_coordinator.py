@@ -1,5 +1,6 @@
-"""The coordinator (recorder.pipeline.Recorder) over in-memory sinks, source and dead-letter
-queue implementing its protocols: the order of seeks, offers, flushes, commits and revokes.
+"""The coordinator (recorder.pipeline.Recorder and recorder.coordinator) over in-memory sinks,
+source and dead-letter queue implementing its protocols, on a clock the tests drive: the order
+of seeks, offers, flushes, commits, pauses and revokes.
 
 Pure sequencing only; the same paths run on real Kafka, PostgreSQL and S3 in
 tests/integration/recorder and tests/integration/faults (rebalances, zombies, halts, DLQ refusal).
@@ -8,6 +9,8 @@ tests/integration/recorder and tests/integration/faults (rebalances, zombies, ha
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,14 +20,19 @@ import pyarrow as pa
 import pytest
 
 from recorder.app import enabled_sinks, progress_to
-from recorder.core.backpressure import BufferLimits
+from recorder.coordinator.health import STALLED_FETCH_SEC, dead_letter_part
+from recorder.coordinator.health import problems as health_problems
+from recorder.coordinator.intake import COMMIT_INTERVAL_SEC
+from recorder.coordinator.ports import RebalanceCallback
+from recorder.coordinator.rebalance import HELD_RETRY_MIN_SEC
+from recorder.core.backpressure import DEAD_LETTER_BACKOFF_SEC, BufferLimits
 from recorder.core.commit import committing_sink
 from recorder.core.offsets import TP
 from recorder.core.partitions import PartitionTable, Status
 from recorder.core.readiness import Problem
 from recorder.http import health_parts, health_report, readiness_parts, readiness_report
 from recorder.kafka.dlq import DeadLetter, DeadLetterRefused
-from recorder.pipeline import RebalanceCallback, Recorder
+from recorder.pipeline import Recorder
 from recorder.runtime.settings import Settings
 from recorder.sinks.base import NOT_ANSWERING, Health, ProgressCallback, ResyncCallback
 
@@ -178,6 +186,7 @@ class FakeSource:
         self.starts: dict[TP, int] = {}  # log starts (retention moves them)
         self.ends: dict[TP, int] = {}  # fetched ends past the last record (transaction markers)
         self.topic_id: str | None = "id-1"  # the topic's current ID (None: an old broker)
+        self.fetches = 0
 
     async def start(self, on_revoked: RebalanceCallback, on_assigned: RebalanceCallback) -> None:
         self.callbacks = (on_revoked, on_assigned)
@@ -204,6 +213,7 @@ class FakeSource:
         return {tp: batch} if batch else {}
 
     async def fetch(self, timeout_ms: int, max_records: int) -> Mapping[TP, list[Any]]:
+        self.fetches += 1
         for tp in sorted(self.owned - self.paused):
             data = self.take(tp, max_records)
             if data:
@@ -266,6 +276,35 @@ class FakeDeadLetters:
         self.sent.extend(letters)
 
 
+class FakeClock:
+    """The coordinator's clock, moved only by the test: `sleep` returns once `advance` has moved
+    the time past its end (the shutdown's deadline is the process's own, not on this clock)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        wake = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
+        await wake
+
+    def sleepers(self) -> int:
+        """Tasks waiting on this clock now (a task just created has not started its sleep)."""
+        return sum(not wake.done() for _, _, wake in self._sleepers)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            _, _, wake = heapq.heappop(self._sleepers)
+            if not wake.done():
+                wake.set_result(None)
+
+
 @dataclass
 class Rig:
     recorder: Recorder
@@ -273,10 +312,11 @@ class Rig:
     sinks: dict[str, FakeSink]
     dlq: FakeDeadLetters
     events: Events
+    clock: FakeClock
 
     async def fetch_and_handle(self, tp: TP, n: int = 1000) -> None:
         data = self.source.take(tp, n)
-        await self.recorder._handle(self.source, data, self.recorder.partitions.epochs(data))
+        await self.recorder.intake.handle(self.source, data, self.recorder.partitions.epochs(data))
 
 
 def rig(
@@ -308,10 +348,15 @@ def rig(
     }
     source = FakeSource(events, logs)
     dlq = FakeDeadLetters()
-    recorder = Recorder(
-        settings, list(sinks.values()), [source], dlq, table, BufferLimits(100, 10**6)
-    )
-    return Rig(recorder, source, sinks, dlq, events)
+    clock = FakeClock()
+    limits = BufferLimits(100, 10**6)
+    recorder = Recorder(settings, list(sinks.values()), [source], dlq, table, limits, clock)
+    return Rig(recorder, source, sinks, dlq, events, clock)
+
+
+def problems(recorder: Recorder) -> dict[str, Problem]:
+    """What /ready reports besides the consumer and the stores."""
+    return health_problems(recorder.partitions, recorder.sinks)
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:
@@ -330,9 +375,9 @@ def log_of(tp: TP, n: int, bad: Collection[int] = ()) -> list[Message]:
 
 async def test_assignment_seeks_to_the_smallest_progress_and_keeps_each_sinks_own() -> None:
     r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 30}, "s3": {A: None}})
-    await r.source.start(r.recorder.on_revoked, r.recorder.on_assigned)  # type: ignore[arg-type]
+    await r.source.start(r.recorder.rebalance.on_revoked, r.recorder.rebalance.on_assigned)  # type: ignore[arg-type]
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     # The lake had no progress: it starts where the reset policy says (0) and stores that;
     # the database keeps its 30; the consumer resumes at the smaller.
     assert ("s3", "store_start", "0") in r.events
@@ -346,11 +391,11 @@ async def test_assignment_seeks_to_the_smallest_progress_and_keeps_each_sinks_ow
 async def test_revocation_flushes_then_commits_the_hot_path_then_revokes() -> None:
     r = rig({A: log_of(A, 20), B: log_of(B, 20)})
     r.source.owned = {A, B}
-    await r.recorder.on_assigned(r.source, {A, B})
+    await r.recorder.rebalance.on_assigned(r.source, {A, B})
     await r.fetch_and_handle(A)
     await r.fetch_and_handle(B)
     r.events.clear()
-    await r.recorder.on_revoked(r.source, {A})
+    await r.recorder.rebalance.on_revoked(r.source, {A})
     assert r.events == [
         ("timescaledb", "flush", "0", "20"),
         ("s3", "flush", "0", "20"),
@@ -366,13 +411,13 @@ async def test_revocation_flushes_then_commits_the_hot_path_then_revokes() -> No
 async def test_the_lake_drives_commits_only_without_the_database() -> None:
     both = rig({A: log_of(A, 10)})
     both.source.owned = {A}
-    await both.recorder.on_assigned(both.source, {A})
+    await both.recorder.rebalance.on_assigned(both.source, {A})
     await both.fetch_and_handle(A)
     await both.sinks["s3"].flush_all()
     assert both.recorder.partitions.take_commits() == {}  # the lake alone moves nothing
     lake_only = rig({A: log_of(A, 10)}, db=False)
     lake_only.source.owned = {A}
-    await lake_only.recorder.on_assigned(lake_only.source, {A})
+    await lake_only.recorder.rebalance.on_assigned(lake_only.source, {A})
     await lake_only.fetch_and_handle(A)
     await lake_only.sinks["s3"].flush_all()
     assert lake_only.recorder.partitions.take_commits() == {A: 10}
@@ -381,20 +426,20 @@ async def test_the_lake_drives_commits_only_without_the_database() -> None:
 async def test_a_batch_fetched_before_a_rebalance_is_not_offered() -> None:
     r = rig({A: log_of(A, 10)})
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     data = r.source.take(A, 10)
     stale = r.recorder.partitions.epochs(data)
-    await r.recorder.on_revoked(r.source, {A})
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_revoked(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     r.events.clear()
-    await r.recorder._handle(r.source, data, stale)
+    await r.recorder.intake.handle(r.source, data, stale)
     assert not any(e[1] == "offer" for e in r.events)
 
 
 async def test_a_resync_seeks_back_to_the_sinks_progress_before_taking_records() -> None:
     r = rig({A: log_of(A, 40)}, {"timescaledb": {A: 0}, "s3": {A: 0}})
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     await r.fetch_and_handle(A, 10)
     await r.sinks["timescaledb"].flush_all()  # both at 10 after their flushes
     await r.sinks["s3"].flush_all()
@@ -404,7 +449,7 @@ async def test_a_resync_seeks_back_to_the_sinks_progress_before_taking_records()
     await r.fetch_and_handle(A, 10)  # 20..29 arrive from the old position: not offered
     assert r.sinks["s3"].buffers[A] == []
     r.events.clear()
-    await r.recorder._apply_resyncs(r.source)
+    await r.recorder.rebalance.apply_resyncs(r.source)
     assert r.events == [("source", "seek", "0", "10")]
     await r.fetch_and_handle(A, 30)
     assert r.sinks["s3"].buffers[A] == list(range(10, 40))
@@ -420,18 +465,18 @@ async def test_progress_beyond_the_log_end_halts_the_partition_until_revoked(
 ) -> None:
     r = rig({A: log_of(A, 5)}, {"timescaledb": {A: 100}, "s3": {A: 100}})
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     try:
         assert r.recorder.partitions.status(A) is Status.HALTED
         assert A in r.source.paused
-        assert r.recorder.problems()["partitions"] == halted("log_replaced", A)
+        assert problems(r.recorder)["partitions"] == halted("log_replaced", A)
         assert "beyond the log end 5" in capsys.readouterr().out  # the detail: in the log
         assert not any(e[:2] == ("source", "seek") for e in r.events)
     finally:
-        assert r.recorder._held_retry is not None
-        r.recorder._held_retry.cancel()
-    await r.recorder.on_revoked(r.source, {A})
-    assert r.recorder.problems() == {}
+        assert r.recorder.rebalance.held_retry is not None
+        r.recorder.rebalance.held_retry.cancel()
+    await r.recorder.rebalance.on_revoked(r.source, {A})
+    assert problems(r.recorder) == {}
 
 
 async def test_probe_bodies_carry_codes_and_partition_names_never_raw_errors() -> None:
@@ -439,7 +484,7 @@ async def test_probe_bodies_carry_codes_and_partition_names_never_raw_errors() -
     text (host, user, bucket) and a refused dead letter's reason stay out of their bodies."""
     r = rig({A: log_of(A, 10, bad={3}), B: log_of(B, 5)}, {"timescaledb": {B: 100}, "s3": {}})
     r.source.owned = {A, B}
-    await r.recorder.on_assigned(r.source, {A, B})
+    await r.recorder.rebalance.on_assigned(r.source, {A, B})
     try:
         r.dlq.refuse = "RecordTooLargeError at broker-7.internal:9093"
         await r.fetch_and_handle(A)
@@ -450,8 +495,8 @@ async def test_probe_bodies_carry_codes_and_partition_names_never_raw_errors() -
         status, ready = readiness_report(readiness_parts(r.recorder))
         health_status, health = health_report(health_parts(r.recorder))
     finally:
-        assert r.recorder._held_retry is not None
-        r.recorder._held_retry.cancel()
+        assert r.recorder.rebalance.held_retry is not None
+        r.recorder.rebalance.held_retry.cancel()
     assert status == 503 and health_status == 503
     lines = ready.splitlines()
     assert lines[0] == "not ready"
@@ -468,22 +513,22 @@ async def test_probe_bodies_carry_codes_and_partition_names_never_raw_errors() -
 async def test_refused_dead_letters_keep_the_batch_out_and_the_partition_unready() -> None:
     r = rig({A: log_of(A, 10, bad={3})})
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     r.dlq.refuse = "RecordTooLargeError"
     await r.fetch_and_handle(A)
     assert r.sinks["timescaledb"].buffers[A] == []  # nothing past an unsent dead letter
     assert r.recorder.partitions.status(A) is Status.RESYNC
-    ok, why = r.recorder.dead_letter_part()
+    ok, why = dead_letter_part(r.recorder.partitions)
     assert not ok and "RecordTooLargeError" in why
-    assert r.recorder.problems()["dead_letters"] == Problem(
+    assert problems(r.recorder)["dead_letters"] == Problem(
         "dead_letters_refused", ((A.topic, A.partition, None),)
     )
     r.dlq.refuse = None
-    await r.recorder._apply_resyncs(r.source)
+    await r.recorder.rebalance.apply_resyncs(r.source)
     await r.fetch_and_handle(A)
     assert [d.offset for d in r.dlq.sent] == [3]
     assert r.sinks["timescaledb"].buffers[A] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
-    assert r.recorder.dead_letter_part() == (True, "")
+    assert dead_letter_part(r.recorder.partitions) == (True, "")
 
 
 async def test_the_running_loop_commits_and_shutdown_commits_the_rest() -> None:
@@ -497,6 +542,12 @@ async def test_the_running_loop_commits_and_shutdown_commits_the_rest() -> None:
         await until(lambda: r.source.committed.get(A) == 30, "the loop commits progress")
         r.source.logs[A] += [tick(i) for i in range(30, 45)]
         await until(lambda: db.buffered() == 15, "more records offered")
+        await db.flush_all()
+        rounds = r.source.fetches
+        await until(lambda: r.source.fetches > rounds + 2, "the loop goes round")
+        assert r.source.committed[A] == 30  # at most one commit per COMMIT_INTERVAL_SEC
+        r.clock.advance(COMMIT_INTERVAL_SEC)
+        await until(lambda: r.source.committed[A] == 45, "the next commit is due")
     finally:
         r.recorder.stop()
         await r.recorder.shutdown()
@@ -534,14 +585,14 @@ async def test_full_buffers_keep_feeding_a_partition_that_completes_a_recorded_r
     try:
         await r.source.rebalance(set(), {A, B})
         await until(lambda: lake.ends.get(A) == 130, "A fed to its log end past the limit")
-        assert r.recorder.problems().get("buffers") == Problem(
+        assert problems(r.recorder).get("buffers") == Problem(
             "buffers_full_completing_range", ((A.topic, A.partition, None),)
-        ), r.recorder.problems()
+        ), problems(r.recorder)
         assert B in r.source.paused and A not in r.source.paused
         r.source.logs[A] += [tick(i) for i in range(130, 150)]
         await until(lambda: lake.rows.get(A) == list(range(150)), "the range completes")
         await until(lambda: lake.rows.get(B, []) + lake.buffers[B] == list(range(150)), "B too")
-        await until(lambda: "buffers" not in r.recorder.problems(), "ready again")
+        await until(lambda: "buffers" not in problems(r.recorder), "ready again")
     finally:
         r.recorder.stop()
         await r.recorder.shutdown()
@@ -558,9 +609,9 @@ async def test_progress_of_another_incarnation_of_the_topic_halts_until_reset(
         sink.ids[A] = "id-1"
     r.source.topic_id = "id-2"
     r.source.owned, r.source.position[A] = {A}, 0
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     assert r.recorder.partitions.status(A) is Status.HALTED
-    assert r.recorder.problems()["partitions"] == halted("topic_recreated", A)
+    assert problems(r.recorder)["partitions"] == halted("topic_recreated", A)
     reason = capsys.readouterr().out  # the detail: in the log
     assert "topic ID id-1" in reason and "now id-2" in reason and "reset-progress" in reason
     assert not any(e[1] == "seek" for e in r.events)
@@ -568,8 +619,10 @@ async def test_progress_of_another_incarnation_of_the_topic_halts_until_reset(
     for sink in r.sinks.values():
         sink.stored[A] = 0
         del sink.ids[A]
-    await r.recorder._take_over(r.source, {A})
-    assert r.recorder.partitions.status(A) is Status.READY
+    await until(lambda: r.clock.sleepers() > 0, "the held-partition retry waits")
+    r.clock.advance(HELD_RETRY_MIN_SEC)  # its first round
+    await until(lambda: r.recorder.partitions.status(A) is Status.READY, "the retry takes A")
+    assert A not in r.source.paused
     assert all(sink.ids[A] == "id-2" for sink in r.sinks.values())
 
 
@@ -578,14 +631,14 @@ async def test_a_store_learns_the_topic_id_and_an_unknown_one_is_no_halt() -> No
     r.sinks["s3"].ids[A] = "id-1"
     r.source.owned = {A, B}
     r.source.position.update({A: 0, B: 0})
-    await r.recorder.on_assigned(r.source, {A, B})
+    await r.recorder.rebalance.on_assigned(r.source, {A, B})
     assert {r.recorder.partitions.status(tp) for tp in (A, B)} == {Status.READY}
     assert r.sinks["timescaledb"].ids == {A: "id-1", B: "id-1"} == r.sinks["s3"].ids
     r2 = rig({A: log_of(A, 50)}, {"timescaledb": {A: 30}, "s3": {A: 30}})
     r2.sinks["s3"].ids[A] = "id-1"
     r2.source.topic_id = None  # a broker without topic IDs: no check, as before
     r2.source.owned, r2.source.position[A] = {A}, 0
-    await r2.recorder.on_assigned(r2.source, {A})
+    await r2.recorder.rebalance.on_assigned(r2.source, {A})
     assert r2.recorder.partitions.status(A) is Status.READY
 
 
@@ -601,16 +654,16 @@ async def test_a_vanished_progress_object_halts_instead_of_the_reset_policy(
     r = rig(logs, {"timescaledb": {A: 50, B: 40}, "s3": {A: 50, B: None}})
     r.source.owned = {A, B, C}
     r.source.position.update({A: 0, B: 0, C: 0})
-    await r.recorder.on_assigned(r.source, {A, B, C})
+    await r.recorder.rebalance.on_assigned(r.source, {A, B, C})
     assert r.recorder.partitions.status(B) is Status.HALTED
     assert r.recorder.partitions.status(A) is Status.READY
     assert r.recorder.partitions.status(C) is Status.READY
-    assert r.recorder.problems()["partitions"] == halted("progress_vanished", B)
+    assert problems(r.recorder)["partitions"] == halted("progress_vanished", B)
     assert "no progress in s3" in capsys.readouterr().out  # the detail: in the log
     later = rig(logs, {"timescaledb": {A: 50, B: 40}, "s3": {}})
     later.source.owned = {A, B}
     later.source.position.update({A: 0, B: 0})
-    await later.recorder.on_assigned(later.source, {A, B})
+    await later.recorder.rebalance.on_assigned(later.source, {A, B})
     assert {later.recorder.partitions.status(tp) for tp in (A, B)} == {Status.READY}
 
 
@@ -620,7 +673,7 @@ async def test_records_read_again_in_the_same_process_are_not_dead_lettered_twic
     them twice. Letters this process had acknowledged are not sent again."""
     r = rig({A: log_of(A, 10, bad={2, 5})})
     r.source.owned, r.source.position[A] = {A}, 0
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     await r.fetch_and_handle(A)
     assert [d.offset for d in r.dlq.sent] == [2, 5]
     r.source.position[A] = 0  # read again from the stored progress
@@ -648,7 +701,7 @@ async def test_progress_below_the_log_start_resumes_at_the_log_start_and_counts_
     r.source.starts[A] = 25  # retention deleted 0..24 while the pod was down
     before = _lost(A)
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     assert ("source", "seek", "0", "25") in r.events  # the log start, never the log end
     assert _lost(A) - before == 15
     await r.fetch_and_handle(A)
@@ -661,15 +714,15 @@ async def test_a_refused_position_mid_run_goes_on_at_the_log_start_or_halts(
     for mode in ("resume", "halt"):
         r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 0}, "s3": {A: 0}}, on_truncation=mode)
         r.source.owned = {A}
-        await r.recorder.on_assigned(r.source, {A})
+        await r.recorder.rebalance.on_assigned(r.source, {A})
         r.source.starts[A] = 40
         before = _lost(A)
-        await r.recorder._reposition(r.source, {A: 30})
+        await r.recorder.rebalance.reposition(r.source, {A: 30})
         if mode == "resume":
             assert r.source.position[A] == 40 and _lost(A) - before == 10
         else:
             assert r.recorder.partitions.status(A) is Status.HALTED
-            assert r.recorder.problems()["partitions"] == halted("log_truncated", A)
+            assert problems(r.recorder)["partitions"] == halted("log_truncated", A)
             assert "below the log start 40" in capsys.readouterr().out  # in the log
             assert _lost(A) == before
 
@@ -679,10 +732,10 @@ async def test_a_fetch_of_transaction_markers_only_moves_progress_past_them() ->
     batch up to the position lets progress (and the committed offset) pass the marker."""
     r = rig({A: log_of(A, 10)}, {"timescaledb": {A: 0}, "s3": {A: 0}})
     r.source.owned = {A}
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     await r.fetch_and_handle(A)
     r.source.ends[A] = 11  # the marker at offset 10
-    await r.recorder._handle(r.source, {A: []}, r.recorder.partitions.epochs({A: []}))
+    await r.recorder.intake.handle(r.source, {A: []}, r.recorder.partitions.epochs({A: []}))
     await r.sinks["timescaledb"].flush_all()
     assert r.sinks["timescaledb"].stored[A] == 11
 
@@ -763,11 +816,11 @@ async def test_a_late_revocation_spares_partitions_a_sibling_member_now_owns() -
     sibling.index = 1
     r.recorder.sources.append(sibling)
     sibling.owned = {A}
-    await r.recorder.on_assigned(sibling, {A})
+    await r.recorder.rebalance.on_assigned(sibling, {A})
     data = sibling.take(A, 1000)
-    await r.recorder._handle(sibling, data, r.recorder.partitions.epochs(data))
+    await r.recorder.intake.handle(sibling, data, r.recorder.partitions.epochs(data))
     r.events.clear()
-    await r.recorder.on_revoked(r.source, {A})
+    await r.recorder.rebalance.on_revoked(r.source, {A})
     assert r.events == []
     assert r.recorder.partitions.status(A) is Status.READY
     assert r.sinks["timescaledb"].buffers[A] == list(range(20))
@@ -780,28 +833,28 @@ async def test_a_sibling_given_the_partition_during_a_slow_revocation_keeps_it()
     from its old position is not offered."""
     r = rig({A: log_of(A, 20)})
     r.source.owned, r.source.position[A] = {A}, 0
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     await r.fetch_and_handle(A, 5)
     gate = asyncio.Event()
     for sink in r.sinks.values():
         sink.gate = gate
-    revoking = asyncio.create_task(r.recorder.on_revoked(r.source, {A}))
+    revoking = asyncio.create_task(r.recorder.rebalance.on_revoked(r.source, {A}))
     await asyncio.sleep(0)  # the revocation now waits on the flush
     sibling = FakeSource(r.events, r.source.logs)
     sibling.index = 1
     r.recorder.sources.append(sibling)
     sibling.owned = {A}
     sibling.position[A] = 0
-    await r.recorder.on_assigned(sibling, {A})
+    await r.recorder.rebalance.on_assigned(sibling, {A})
     gate.set()
     await revoking
     assert r.recorder.partitions.status(A) is Status.READY
     assert not any(e[1] == "revoke" and "0" in e[2:] for e in r.events)
     stale = {A: [m for m in r.source.logs[A] if m.offset >= 5]}  # member 0's old position
-    await r.recorder._handle(r.source, stale, r.recorder.partitions.epochs(stale))
+    await r.recorder.intake.handle(r.source, stale, r.recorder.partitions.epochs(stale))
     assert r.sinks["timescaledb"].buffers[A] == []
     data = sibling.take(A, 1000)
-    await r.recorder._handle(sibling, data, r.recorder.partitions.epochs(data))
+    await r.recorder.intake.handle(sibling, data, r.recorder.partitions.epochs(data))
     assert r.sinks["timescaledb"].buffers[A] == list(range(5, 20))
 
 
@@ -813,11 +866,49 @@ async def test_a_partition_without_a_position_is_taken_over_or_held_never_crashi
     r = rig({A: log_of(A, 10)}, {"timescaledb": {A: 0}, "s3": {A: 0}})
     r.source.owned = {A}
     r.sinks["s3"].corrupt = "progress object is corrupt"
-    await r.recorder.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
     assert r.recorder.partitions.is_held(A)
     r.events.clear()
-    await r.recorder._reposition(r.source, {A: None})  # held: nothing to do here
+    await r.recorder.rebalance.reposition(r.source, {A: None})  # held: nothing to do here
     assert r.events == []
     r.recorder.partitions.assign({A})  # not held any more, still unloadable
-    await r.recorder._reposition(r.source, {A: None})
+    await r.recorder.rebalance.reposition(r.source, {A: None})
     assert r.recorder.partitions.is_held(A)
+
+
+async def test_a_consumer_that_stops_fetching_is_unready_after_the_stall_limit() -> None:
+    from recorder.http import consumer_code
+
+    r = rig({A: log_of(A, 5)})
+    r.recorder.health.started = True
+    r.recorder.health.fetched()
+    r.clock.advance(STALLED_FETCH_SEC - 1)
+    assert consumer_code(r.recorder.health) is None
+    r.clock.advance(1)
+    assert consumer_code(r.recorder.health) == "consumer_not_fetching"
+    r.recorder.health.fetched()
+    assert consumer_code(r.recorder.health) is None
+
+
+async def test_refused_dead_letters_pause_the_partition_until_the_backoff_ends() -> None:
+    """The loop keeps a partition whose dead letters were refused paused while its backoff
+    runs (on the recorder's clock), then fetches it again from its stored progress."""
+    r = rig({A: log_of(A, 10, bad={3}), B: log_of(B, 5)}, s3=False)
+    r.dlq.refuse = "RecordTooLargeError"
+    await r.recorder.start()
+    try:
+        await r.source.rebalance(set(), {A, B})
+        db = r.sinks["timescaledb"]
+        await until(lambda: A in r.source.paused, "A paused for its backoff")
+        await until(lambda: db.buffers.get(B) == list(range(5)), "B goes on meanwhile")
+        rounds = r.source.fetches
+        await until(lambda: r.source.fetches > rounds + 2, "the loop goes round")
+        assert A in r.source.paused and db.buffers[A] == [] and r.dlq.sent == []
+        r.dlq.refuse = None
+        r.clock.advance(DEAD_LETTER_BACKOFF_SEC)
+        await until(lambda: db.buffers[A] == [0, 1, 2, 4, 5, 6, 7, 8, 9], "A fed again")
+        assert [d.offset for d in r.dlq.sent] == [3] and A not in r.source.paused
+        assert dead_letter_part(r.recorder.partitions) == (True, "")
+    finally:
+        r.recorder.stop()
+        await r.recorder.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from recorder.core.backpressure import Blocked
 from recorder.core.offsets import TP
-from recorder.core.partitions import HaltedAt, PartitionTable, Status
+from recorder.core.partitions import HaltedAt, PartitionTable, Pause, PausePlan, Status
 
 A, B = TP("t", 0), TP("t", 1)
 
@@ -152,3 +152,67 @@ def test_a_partition_never_seen_reads_as_revoked() -> None:
     table = PartitionTable()
     assert table.status(A) is Status.REVOKED and A not in table
     assert not table.takes(A, 0)
+
+
+# --- the pause plan: every reason in the table, one decision ---------------------------------
+def test_the_pause_plan_pauses_a_partition_for_any_reason_and_resumes_the_rest() -> None:
+    C, D = TP("t", 2), TP("t", 3)
+    table = PartitionTable()
+    table.assign([A, B, C, D])
+    for tp in (A, B, C, D):
+        table.seeked(tp)
+    table.hold(B, "cannot load progress")
+    table.halt(C, HaltedAt((9,), 9, 3), "past the log end")
+    table.block(D, Blocked(retry_at=10.0, failures=1, reason="refused"))
+    assert table.reasons(A, 0, now=5.0) == frozenset()
+    assert table.reasons(B, 0, now=5.0) == {Pause.HELD}
+    assert table.reasons(C, 0, now=5.0) == {Pause.HALTED}
+    assert table.reasons(D, 0, now=5.0) == {Pause.DLQ_BACKOFF}
+    plan = table.pause_plan({A, B, C, D}, 0, now=5.0)
+    assert plan == PausePlan(frozenset({B, C, D}), frozenset({A}))
+    # The backoff's end resumes D (its letters are sent again at the next fetch).
+    assert table.pause_plan({A, B, C, D}, 0, now=10.0).resume == {A, D}
+
+
+def test_only_owned_partitions_within_their_backoff_are_paused_for_it() -> None:
+    C = TP("t", 2)
+    table = PartitionTable()
+    table.block(A, Blocked(10.0, 1, "x"))
+    table.block(B, Blocked(5.0, 3, "x"))
+    assert table.pause_plan({A, B, C}, 0, now=7.0).pause == {A}
+    assert table.pause_plan({B, C}, 0, now=7.0).pause == set()  # A is not ours any more
+    assert table.pause_plan({A, B}, 0, now=11.0).pause == set()  # retry time: fetch, send again
+
+
+def test_full_buffers_pause_the_members_partitions_but_those_completing_a_range() -> None:
+    table = PartitionTable()
+    table.assign([A, B], owner=0)
+    table.seeked(A)
+    table.seeked(B)
+    table.fill(0, True)
+    assert table.is_full(0) and not table.is_full(1) and table.members_full() == 1
+    assert table.complete({A, B}, {A: (0, 150)}) == [A]
+    assert table.complete({A, B}, {A: (0, 150)}) == []  # news once
+    assert table.completing() == {A: (0, 150)}
+    plan = table.pause_plan({A, B}, 0, now=0.0)
+    assert plan.pause == {B} and plan.resume == {A}
+    assert table.reasons(B, 0, now=0.0) == {Pause.FULL}
+    assert table.reasons(B, 1, now=0.0) == frozenset()  # another member has room
+    table.hold(A, "x")  # a held partition stays paused even while it completes a range
+    assert table.pause_plan({A, B}, 0, now=0.0).pause == {A, B}
+    table.fill(0, False)
+    table.complete({A, B}, {})
+    assert table.completing() == {} and table.pause_plan({A, B}, 0, now=0.0).pause == {A}
+
+
+def test_paused_by_setting_pauses_everything_and_revocation_forgets_the_range() -> None:
+    table = PartitionTable()
+    table.assign([A, B])
+    table.seeked(A)
+    table.fill(0, True)
+    table.complete({A}, {A: (0, 10)})
+    table.paused = True
+    assert table.pause_plan({A, B}, 0, now=0.0) == PausePlan(frozenset({A, B}), frozenset())
+    assert table.reasons(A, 0, now=0.0) == {Pause.PAUSED}
+    table.revoke([A])
+    assert table.completing() == {}

@@ -91,7 +91,17 @@ def test_every_declared_event_is_logged_somewhere() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["pipeline.py", "kafka/source.py", "kafka/dlq.py", "cli.py", "runtime/supervise.py"]
+    "module",
+    [
+        "pipeline.py",
+        "coordinator/intake.py",
+        "coordinator/rebalance.py",
+        "coordinator/health.py",
+        "kafka/source.py",
+        "kafka/dlq.py",
+        "cli.py",
+        "runtime/supervise.py",
+    ],
 )
 def test_the_coordinator_and_kafka_modules_log_only_through_events(module: str) -> None:
     assert "structlog" not in (PACKAGE / module).read_text(), f"{module} logs around telemetry"
