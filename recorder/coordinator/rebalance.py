@@ -47,6 +47,9 @@ class Rebalance:
         self.health = health
         self.clock = health.clock
         self.held_retry: asyncio.Task[None] | None = None
+        # The lost range last reported per partition: a take-over that starts over (a second
+        # assignment before the first finished) finds the same range and must not count it twice.
+        self.reported_lost: dict[TP, tuple[int, int]] = {}
 
     def pause_as_planned(self, source: Source) -> None:
         """Pause what the table's pause plan says, resume the rest `source` owns."""
@@ -205,7 +208,10 @@ class Rebalance:
 
     def lost(self, tp: TP, position: int, log_start: int) -> None:
         """Records [position, log_start) left the log before any sink wrote them: loud, counted,
-        and the partition goes on at its log start (never at its end)."""
+        and the partition goes on at its log start (never at its end). Once per range."""
+        if self.reported_lost.get(tp) == (position, log_start):
+            return
+        self.reported_lost[tp] = (position, log_start)
         telemetry.emit(
             telemetry.RECORDS_LOST,
             topic=tp.topic,

@@ -708,6 +708,19 @@ async def test_progress_below_the_log_start_resumes_at_the_log_start_and_counts_
     assert r.sinks["timescaledb"].buffers[A] == list(range(25, 50))
 
 
+async def test_a_take_over_that_starts_over_counts_a_lost_range_once() -> None:
+    """A second assignment of the partition before anything moved (a rebalance that starts
+    over) finds the same range below the log start: it is one loss, counted once."""
+    r = rig({A: log_of(A, 50)}, {"timescaledb": {A: 10}, "s3": {A: 10}})
+    r.source.starts[A] = 25
+    before = _lost(A)
+    r.source.owned = {A}
+    await r.recorder.rebalance.on_assigned(r.source, {A})
+    await r.recorder.rebalance.on_revoked(r.source, {A})
+    await r.recorder.rebalance.on_assigned(r.source, {A})
+    assert _lost(A) - before == 15
+
+
 async def test_a_refused_position_mid_run_goes_on_at_the_log_start_or_halts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
