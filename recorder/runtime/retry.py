@@ -11,6 +11,7 @@ that makes every wait give up at shutdown (`RetryScope.abandon`).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -26,8 +27,6 @@ from botocore.exceptions import (
     NoRegionError,
     ParamValidationError,
 )
-from sqlalchemy.exc import InterfaceError as SqlInterfaceError
-from sqlalchemy.exc import OperationalError as SqlOperationalError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from recorder.core.backoff import Backoff
@@ -62,8 +61,10 @@ PG_TRANSIENT = (
 RETRY_FIRST_BACKOFF_SEC = 0.1
 RETRY_JITTER_SEC = 0.1
 # The Iceberg SQL catalog (SQLAlchemy over psycopg2): a server that cannot be reached, restarts
-# or drops the connection. Refusals (a missing table, a permission) are other classes.
-SQL_TRANSIENT = (SqlOperationalError, SqlInterfaceError)
+# or drops the connection. Refusals (a missing table, a permission) are other classes. Looked up
+# in sys.modules, not imported: SQLAlchemy costs a tenth of a second of CPU at every start and
+# only LAKE_FORMAT=iceberg loads it; before it is loaded none of its errors can be raised.
+SQL_TRANSIENT_NAMES = ("OperationalError", "InterfaceError")
 # Configuration mistakes: never retried, whatever else they look like.
 NEVER = (NoCredentialsError, NoRegionError, ParamValidationError)
 
@@ -136,8 +137,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NEVER):
         return False
     if isinstance(
-        exc, (Transient, OSError, TimeoutError, asyncio.TimeoutError, *PG_TRANSIENT, *SQL_TRANSIENT)
-    ):
+        exc, (Transient, OSError, TimeoutError, asyncio.TimeoutError, *PG_TRANSIENT)
+    ) or _sql_transient(exc):
         return True
     if isinstance(exc, (KafkaConnectionError, BotoCoreError)):
         return True
@@ -148,6 +149,13 @@ def is_transient(exc: BaseException) -> bool:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return status >= 500 or code in S3_TRANSIENT_CODES
     return False
+
+
+def _sql_transient(exc: BaseException) -> bool:
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(
+        exc, tuple(getattr(errors, name) for name in SQL_TRANSIENT_NAMES)
+    )
 
 
 async def retry_forever(

@@ -18,7 +18,7 @@ from recorder.core.columns import decode_batch, from_rows
 from recorder.core.records import Limits, RecordError, TickRow, decode
 from recorder.core.rollups import ROLLUPS, aggregate, bars
 from recorder.runtime.settings import TopicKind
-from recorder.sinks.lake.parquet import write_parquet
+from recorder.sinks.lake.parquet import parquet_table, write_parquet
 from recorder.sinks.timescale.encode import HEADER, PG_EPOCH_US, TRAILER, copy_bytes
 from recorder.sinks.timescale.service import rollup_bars
 
@@ -203,6 +203,36 @@ def test_parquet_from_columns_is_the_same_bytes_however_the_batch_was_chunked() 
     back = pq.read_table(io.BytesIO(one.getvalue()))
     assert back.column("price").to_pylist() == [t.price for t in ticks]
     assert pq.ParquetFile(io.BytesIO(one.getvalue())).metadata.num_row_groups == 5
+
+
+@pytest.mark.parametrize("kind", [TopicKind.TICK, TopicKind.ORDERBOOK])
+def test_parquet_dictionary_options_change_the_encoding_never_the_rows(kind: TopicKind) -> None:
+    """`symbol` (what new ranges record) dictionary-encodes the symbol column only; `all` is the
+    encoding releases before the option wrote, byte for byte, so a range they recorded is
+    completed with their bytes (rule 4); both read back as the same rows."""
+    if kind is TopicKind.TICK:
+        table = from_rows(kind, list(range(300)), _ticks(300, 3))
+    else:
+        value = b'{"symbol":"A","timestamp":1764133200000000000,"bids":[{"price":1,"quantity":2}],"asks":[]}'
+        table, _ = decode_batch(kind, [value] * 300, list(range(300)), [KAFKA_MS] * 300, Limits())
+    out = {d: io.BytesIO() for d in ("all", "symbol")}
+    for dictionary, sink in out.items():
+        write_parquet(sink, kind, table, "ns", "typed", 100, dictionary)  # type: ignore[arg-type]
+    before = io.BytesIO()
+    whole = parquet_table(kind, table.combine_chunks(), "ns", "typed")
+    with pq.ParquetWriter(before, whole.schema, compression="snappy") as writer:
+        writer.write_table(whole, row_group_size=100)
+    assert out["all"].getvalue() == before.getvalue()
+    assert pq.read_table(io.BytesIO(out["symbol"].getvalue())).equals(
+        pq.read_table(io.BytesIO(out["all"].getvalue()))
+    )
+    meta = pq.ParquetFile(io.BytesIO(out["symbol"].getvalue())).metadata.row_group(0)
+    with_dictionary = {
+        meta.column(i).path_in_schema
+        for i in range(meta.num_columns)
+        if meta.column(i).has_dictionary_page
+    }
+    assert with_dictionary == {"symbol"}
 
 
 def test_the_benchmarks_decode_and_encode_steps_run_the_recorders_code() -> None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast
 
 from recorder.runtime.settings import Settings
+from recorder.sinks.lake.parquet import Dictionary
 
 Keys = Literal["range", "hour"]
 
@@ -39,6 +40,7 @@ class Encoder:
     row_group_size: int
     max_message_bytes: int
     incarnation: str | None = None
+    dictionary: Dictionary = "all"
 
     @classmethod
     def of(cls, settings: Settings) -> Encoder:
@@ -48,12 +50,15 @@ class Encoder:
             settings.PARQUET_ORDERBOOK_LEVELS,
             settings.PARQUET_ROW_GROUP_SIZE,
             settings.MAX_MESSAGE_BYTES,
+            dictionary="symbol",
         )
 
     def doc(self) -> dict[str, Any]:
         out = asdict(self)
         if self.incarnation is None:
             del out["incarnation"]  # as releases before the field wrote it
+        if self.dictionary == "all":
+            del out["dictionary"]  # likewise
         return out
 
     def of_topic(self, topic_id: str | None) -> Encoder:
@@ -70,6 +75,7 @@ class Encoder:
         keys, unit, levels = doc.get("keys"), doc.get("unit"), doc.get("levels")
         rows, limit = doc.get("row_group_size"), doc.get("max_message_bytes")
         incarnation = doc.get("incarnation")
+        dictionary = doc.get("dictionary", "all")
         if incarnation is not None and not (
             isinstance(incarnation, str) and incarnation.isalnum() and incarnation.isascii()
         ):
@@ -78,6 +84,7 @@ class Encoder:
             keys not in ("range", "hour")
             or unit not in ("ns", "us")
             or levels not in ("typed", "json")
+            or dictionary not in ("all", "symbol")
             or not isinstance(rows, int)
             or isinstance(rows, bool)
             or rows < 1
@@ -93,13 +100,15 @@ class Encoder:
             rows,
             limit,
             incarnation,
+            cast(Dictionary, dictionary),
         )
 
 
 def for_recorded_range(ours: Encoder, recorded: Encoder | None, where: str) -> Encoder:
     """The encoder that writes a recorded range: the recorded one (schema options adopted), our
-    own options with `hour` keys for a range an older release recorded, or EncoderMismatch when
-    the validation limits differ (the range's rows would not be the same)."""
+    own options with `hour` keys and every column dictionary-encoded for a range an older release
+    recorded (as it wrote them), or EncoderMismatch when the validation limits differ (the
+    range's rows would not be the same)."""
     if recorded is None:
         return Encoder("hour", ours.unit, ours.levels, ours.row_group_size, ours.max_message_bytes)
     if recorded.max_message_bytes != ours.max_message_bytes:

@@ -8,7 +8,7 @@ kind its file's columns, shared with the Iceberg tables) and the object key of a
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +20,12 @@ from recorder.core.layouts import LevelsLayout as LevelsLayout
 from recorder.core.layouts import ParquetColumn as ParquetColumn
 from recorder.core.layouts import Unit as Unit
 from recorder.core.layouts import batch_columns as batch_columns
+
+# Which columns Parquet dictionary-encodes: `all` (every column, as releases before the option
+# wrote) or `symbol` (only the symbol: prices, sizes, offsets and times are nearly all distinct,
+# so a dictionary on them is built, found too large and dropped, at the cost of most of the
+# encode's CPU, and gives larger files). Recorded with each range (lake.encoder).
+Dictionary = Literal["all", "symbol"]
 
 
 def parquet_schema(kind: TopicKind, unit: Unit, levels: LevelsLayout) -> pa.Schema:
@@ -51,12 +57,17 @@ def write_parquet(
     unit: Unit,
     levels: LevelsLayout,
     row_group_size: int,
+    dictionary: Dictionary = "symbol",
 ) -> int:
-    """Encode the rows of `columns` into `sink`, `row_group_size` rows a row group. The table
-    is made contiguous first, so the bytes depend on the rows only, never on how the batch
-    was chunked (DESIGN rule 4: every writer of a range puts the same bytes)."""
+    """Encode the rows of `columns` into `sink`, `row_group_size` rows a row group, with the
+    dictionary encoding the range's encoder names. The table is made contiguous first, so the
+    bytes depend on the rows only, never on how the batch was chunked (DESIGN rule 4: every
+    writer of a range puts the same bytes)."""
     table = parquet_table(kind, columns.combine_chunks(), unit, levels)
-    with pq.ParquetWriter(sink, table.schema, compression="snappy") as writer:
+    encoded: bool | list[str] = True if dictionary == "all" else ["symbol"]
+    with pq.ParquetWriter(
+        sink, table.schema, compression="snappy", use_dictionary=encoded
+    ) as writer:
         writer.write_table(table, row_group_size=row_group_size)
     return int(table.num_rows)
 

@@ -142,7 +142,13 @@ class LakeStore:
                 )
                 out.append((key, body, 0))
                 write_parquet(
-                    body, kind, part, encoder.unit, encoder.levels, encoder.row_group_size
+                    body,
+                    kind,
+                    part,
+                    encoder.unit,
+                    encoder.levels,
+                    encoder.row_group_size,
+                    encoder.dictionary,
                 )
                 out[-1] = (key, body, body.tell())
         except BaseException:

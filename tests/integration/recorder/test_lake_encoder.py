@@ -65,6 +65,28 @@ def names(files: dict[str, Any]) -> set[str]:
     }
 
 
+async def dictionary_columns(stack: Stack, bucket: str) -> dict[str, set[str]]:
+    """`h<i>/o<offset>` of each Parquet file -> the columns it dictionary-encodes."""
+    out: dict[str, set[str]] = {}
+    async with aioboto3.Session().client("s3", **stack.s3_client_kwargs()) as s3:
+        listed = await s3.list_objects_v2(Bucket=bucket)
+        for obj in listed.get("Contents", []):
+            if obj["Key"].endswith(".parquet"):
+                res = await s3.get_object(Bucket=bucket, Key=obj["Key"])
+                async with res["Body"] as stream:
+                    meta = pq.ParquetFile(io.BytesIO(await stream.read())).metadata
+                out[obj["Key"]] = {
+                    meta.row_group(0).column(i).path_in_schema
+                    for i in range(meta.num_columns)
+                    if meta.row_group(0).column(i).has_dictionary_page
+                }
+    hours = sorted({k.split("/")[-2] for k in out})
+    return {
+        f"h{hours.index(k.split('/')[-2])}/{k.rsplit('-', 1)[-1].removesuffix('.parquet')}": v
+        for k, v in out.items()
+    }
+
+
 def offsets(files: dict[str, tuple[str, pa.Table]]) -> list[int]:
     return sorted(v for _, t in files.values() for v in t.column("volume").to_pylist())
 
@@ -207,6 +229,15 @@ async def test_a_range_an_older_release_recorded_is_completed_under_its_keys(
             "h0/o00000000000000000001",
             "h0/o00000000000000000060",
             "h1/o00000000000000000060",
+        }
+        # That release's encoding too (every column dictionary-encoded), ours after it.
+        encoded = await dictionary_columns(stack, fresh_bucket)
+        columns = set(next(iter(files.values()))[1].column_names)
+        assert encoded == {
+            "h1/o00000000000000000000": columns,
+            "h0/o00000000000000000001": columns,
+            "h0/o00000000000000000060": {"symbol"},
+            "h1/o00000000000000000060": {"symbol"},
         }
         assert (await sink.load_progress([TPX]))[TPX] == 100
     finally:

@@ -65,6 +65,15 @@ def test_not_waited_for(exc: BaseException) -> None:
     assert not is_transient(exc)
 
 
+def test_the_sql_catalogs_connection_errors_are_waited_for_its_refusals_are_not() -> None:
+    """SQLAlchemy is looked up, not imported, by the retry rule: its errors once it is loaded."""
+    from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+
+    assert is_transient(OperationalError("SELECT 1", {}, ConnectionRefusedError()))
+    assert is_transient(InterfaceError("SELECT 1", {}, ConnectionResetError()))
+    assert not is_transient(IntegrityError("INSERT", {}, ValueError("duplicate")))
+
+
 async def test_retry_forever_retries_transient_and_raises_the_rest() -> None:
     calls: list[int] = []
     failures: list[BaseException] = []
