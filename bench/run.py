@@ -280,6 +280,14 @@ async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: R
         if d.cpu_us_per_record is not None:
             r.cpu_us[f"hot path, {name} alone"] = d.cpu_us_per_record
         keep_cpu(r, f"hot path, {name} alone", d)
+    # The per-core capacity with both stores on, for ticks (the bulk of a market feed).
+    log("recorder: both sinks, ticks alone")
+    d = await sc.drain(
+        stack, parts[0][1], plan.ticks, logs, name="both-tick", S3_BATCH_TIMEOUT_SEC=5
+    )
+    if d.cpu_us_per_record is not None:
+        r.cpu_us["both sinks, ticks alone"] = d.cpu_us_per_record
+    keep_cpu(r, "both sinks, ticks alone", d)
     return hot
 
 
