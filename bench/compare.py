@@ -41,8 +41,12 @@ async def runs(stack: Stack, topics: wl.Topics, ticks: int, books: int, logs: Pa
         ("hot path alone", topics, total, {"s3": False}),
         ("both sinks", topics, total, {"s3": True, "S3_BATCH_TIMEOUT_SEC": 5}),
         ("ticks alone, hot path", wl.Topics(topics.tick, None), ticks, {"s3": False}),
-        ("ticks alone, both sinks", wl.Topics(topics.tick, None), ticks,
-         {"s3": True, "S3_BATCH_TIMEOUT_SEC": 5}),  # fmt: skip
+        (
+            "ticks alone, both sinks",
+            wl.Topics(topics.tick, None),
+            ticks,
+            {"s3": True, "S3_BATCH_TIMEOUT_SEC": 5},
+        ),
     ]
     if topics.book:
         plan.append(("order books alone, hot path", wl.Topics(topics.book, None), books,
