@@ -45,11 +45,12 @@ class Plan:
 
 
 # --quick runs one peer, Benthos (a Go binary that starts in a second); Kafka Connect's JVM,
-# plugin load and the schema re-produce step would double the quick run's time.
+# plugin load and the schema re-produce step would double the quick run's time. Both run the
+# recorder's Iceberg lake (its rows checked against the Parquet lake's in the full run).
 QUICK = Plan(300_000, 2_000, 20_000, 10, outage=False, scaling=False, plots=False,
-             peers=("benthos",))  # fmt: skip
+             peers=("benthos", "iceberg"))  # fmt: skip
 FULL = Plan(2_000_000, 20_000, 20_000, 60, outage=True, scaling=True, plots=True,
-            peers=("benthos", "connect", "benthos-s3"))  # fmt: skip
+            peers=("benthos", "connect", "benthos-s3", "iceberg"))  # fmt: skip
 
 
 def machine() -> str:

@@ -88,6 +88,84 @@ async def recorder_to_s3(
         await wl.drop_database(stack, database)
 
 
+class IcebergTicks:
+    """The recorder's Iceberg tick table as the bench reads it, through the recorder's own
+    catalog code (blocking calls: run them in a thread)."""
+
+    def __init__(self, env: dict[str, str], topic: str) -> None:
+        from recorder.sinks.iceberg.catalog import Tables
+        from recorder.sinks.iceberg.config import IcebergConfig
+
+        self._tables = Tables(IcebergConfig.of(wl.settings_for(env)))
+        self._topic = topic
+
+    def committed(self) -> int:
+        """Records of the topic the table's progress counts (0 before the table exists)."""
+        from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+        from recorder.runtime.settings import TopicKind
+
+        try:
+            table = self._tables.load(TopicKind.TICK)
+        except (NoSuchTableError, NoSuchNamespaceError):
+            return 0
+        offsets = self._tables.progress(table).offsets
+        return sum(n for tp, n in offsets.items() if tp.topic == self._topic)
+
+    def snapshots_and_rows(self) -> tuple[int, tuple[object, ...]]:
+        """(snapshots of the table, (rows, sum of volume) scanned through pyiceberg)."""
+        import pyarrow.compute as pc
+
+        from recorder.runtime.settings import TopicKind
+
+        table = self._tables.load(TopicKind.TICK)
+        scanned = table.scan(selected_fields=("volume",)).to_arrow()
+        volume = int(pc.sum(scanned["volume"]).as_py() or 0)
+        return len(table.snapshots()), (scanned.num_rows, volume)
+
+    def close(self) -> None:
+        self._tables.close()
+
+
+async def recorder_to_iceberg(
+    stack: Stack, topic: str, total: int, logs: Path, limit_s: float
+) -> PeerRun:
+    """The recorder with its database off and the lake as Iceberg tables (SQL catalog on the
+    stack's PostgreSQL, warehouse in a fresh bucket): rows/s, CPU per row, commits/s."""
+    import asyncio
+
+    bucket, database = wl.unique("pibk"), wl.unique("pidb")
+    await wl.create_bucket(stack, bucket)
+    await wl.create_database(stack, database)
+    topics = wl.Topics(topic, None)
+    group = wl.unique("pig")
+    env = wl.recorder_env(
+        stack, topics, database=database, bucket=bucket, group=group,
+        DB_WRITE_ENABLED="false", S3_BATCH_TIMEOUT_SEC=5, LAKE_FORMAT="iceberg",
+    )  # fmt: skip
+    ticks = IcebergTicks(env, topic)
+
+    async def committed() -> int:
+        return await asyncio.to_thread(ticks.committed)
+
+    proc = RecorderProcess(env=env, log_path=logs / "peers-recorder-iceberg.log")
+    proc.start(wait_ready=None)
+    try:
+        assert proc.proc is not None
+        run = await timed_drain(
+            "recorder, Iceberg", "Parquet/S3", committed, lambda: None, total,
+            proc.proc.pid, proc.alive, proc.tail, limit_s, consuming(stack, group),
+            flush_timer_s=5.0,
+        )  # fmt: skip
+        run.commits, run.fingerprint = await asyncio.to_thread(ticks.snapshots_and_rows)
+        return run
+    finally:
+        proc.terminate(60) if proc.alive() else proc.ensure_stopped()
+        ticks.close()
+        await wl.drop_bucket(stack, bucket)
+        await wl.drop_database(stack, database)
+
+
 async def benthos_to_s3(
     stack: Stack, topic: str, total: int, logs: Path, limit_s: float
 ) -> PeerRun:

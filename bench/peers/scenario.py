@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench import workload as wl
 from bench.peers import procs
 from bench.peers.cpu import postmaster_of, server_cpu
-from bench.peers.lake import benthos_to_s3, recorder_to_s3
+from bench.peers.lake import benthos_to_s3, recorder_to_iceberg, recorder_to_s3
 from bench.peers.table import PeerRun
 from bench.peers.window import consuming, timed_drain
 from bench.stack import Stack
@@ -274,8 +274,8 @@ def check_same_rows(runs: list[PeerRun]) -> None:
 async def run_peers(
     stack: Stack, topic: str, total: int, logs: Path, *, peers: list[str], limit_s: float = 1800
 ) -> list[PeerRun]:
-    """The recorder and each of `peers` ("benthos", "connect", "benthos-s3") on the tick
-    topic, in turn."""
+    """The recorder and each of `peers` ("benthos", "connect", "benthos-s3", "iceberg": the
+    recorder's Iceberg lake beside its Parquet lake) on the tick topic, in turn."""
     runs: list[PeerRun] = []
     schema_topic = None
     try:
@@ -299,6 +299,9 @@ async def run_peers(
             runs.append(await recorder_to_s3(stack, topic, total, logs, limit_s))
             _log("peers: Benthos kafka_franz -> parquet_encode -> aws_s3")
             runs.append(await benthos_to_s3(stack, topic, total, logs, limit_s))
+        if "iceberg" in peers:
+            _log("peers: recorder -> Iceberg tables on S3 (ticks only, database off)")
+            runs.append(await recorder_to_iceberg(stack, topic, total, logs, limit_s))
     finally:
         if schema_topic:
             await wl.delete_topics(stack, [schema_topic])

@@ -30,6 +30,8 @@ class PeerRun:
     # window; and the progress curve (seconds, rows), so a peer is compared over the same window.
     window: tuple[float, float] | None = None
     line: list[tuple[float, float]] = field(default_factory=list)
+    # Commits to a table (Iceberg snapshots) over the run; None where the store has none.
+    commits: int | None = None
 
     @property
     def rate(self) -> float | None:
@@ -43,6 +45,7 @@ LABELS = {
     ("Kafka Connect", PG): "Peer: Kafka Connect 4.4 + Debezium JDBC sink 3.5",
     ("recorder", S3): "Recorder → Parquet on S3, ticks only (database off)",
     ("Benthos", S3): "Peer: Benthos 4.27 kafka_franz → parquet_encode → aws_s3",
+    ("recorder, Iceberg", S3): "Recorder → Iceberg tables on S3, ticks only (database off)",
 }
 NOTES = {
     ("recorder", PG): "exactly once, validated, rollups; S3 off",
@@ -53,6 +56,9 @@ NOTES = {
     "S3_BATCH_TIMEOUT_SEC=5",
     ("Benthos", S3): "a snappy file per partition per 10k rows or 5 s, 4 uploads in flight, "
     "timed by its committed offsets; at-least-once, no validation, no partitioned layout",
+    ("recorder, Iceberg", S3): "exactly once (snapshot compare-and-swap in a SQL catalog on the "
+    "same PostgreSQL), validated; a commit per table per 10k rows or 5 s, timed by the "
+    "progress in the snapshots",
 }
 
 
@@ -75,10 +81,17 @@ def peer_rows(runs: list[PeerRun]) -> list[tuple[str, str, str, str]]:
                     "" if same is None else f"{same / base.rate:.2f}x recorder ({lo:.0%}→{hi:.0%})"
                 )
         db = f", PostgreSQL {us_per_row(r.db_cpu, r.rows)}" if r.store == PG else ""
+        commits = (
+            ""
+            if r.commits is None
+            else f"; {r.commits:,} snapshots, {r.commits / r.seconds:.1f} commits/s over the "
+            f"{r.seconds:.1f} s drain"
+        )
         how = (
             f"{r.rows:,} rows, partitions assigned → last durable; CPU/row: process "
             f"{us_per_row(r.cpu, r.rows)}{db}; {NOTES.get((r.label, r.store), '')}; {r.check}"
             + (f"; rate: {r.rate_how}" if r.rate_how else "")
+            + commits
         )
         label = LABELS.get((r.label, r.store), f"{r.label} → {r.store}")
         out.append((label, "—" if r.rate is None else f"{r.rate:,.0f} rec/s", compared, how))
