@@ -146,10 +146,11 @@ def _jvm(java: str, libs: Path, d: Path, *flags: str) -> list[str]:
     return [java, *flags, log4j, "-cp", f"{libs}/*"]
 
 
-def format_storage(java: str, libs: Path, d: Path) -> None:
-    """Format the KRaft storage of the config in `d` (once, before the first start)."""
+def format_storage(java: str, libs: Path, d: Path, cluster: str | None = None) -> None:
+    """Format the KRaft storage of the config in `d` (once, before the first start); the nodes
+    of one cluster share `cluster` (None: a new cluster's id)."""
     argv = _jvm(java, libs, d, "-Xmx256m", "-XX:TieredStopAtLevel=1")  # short-lived: no C2 JIT
-    argv += ["kafka.tools.StorageTool", "format", "-t", cluster_id()]
+    argv += ["kafka.tools.StorageTool", "format", "-t", cluster or cluster_id()]
     argv += ["-c", str(d / "server.properties")]
     res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if res.returncode != 0:
