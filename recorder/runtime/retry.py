@@ -26,6 +26,12 @@ from botocore.exceptions import (
     NoRegionError,
     ParamValidationError,
 )
+from pyiceberg.exceptions import (
+    CommitStateUnknownException,
+    ServerError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+)
 from sqlalchemy.exc import InterfaceError as SqlInterfaceError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -64,6 +70,16 @@ RETRY_JITTER_SEC = 0.1
 # The Iceberg SQL catalog (SQLAlchemy over psycopg2): a server that cannot be reached, restarts
 # or drops the connection. Refusals (a missing table, a permission) are other classes.
 SQL_TRANSIENT = (SqlOperationalError, SqlInterfaceError)
+# An Iceberg REST catalog that is busy or failing (429, 5xx; an unreachable one raises requests'
+# errors, which are OSErrors). A commit answered 500/502/504 may or may not have applied
+# (CommitStateUnknownException): the next attempt reads the table's progress again, which says
+# whether it did. Refusals (400, 401, 403, 404, 409) are other classes.
+REST_TRANSIENT = (
+    ServerError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    CommitStateUnknownException,
+)
 # Configuration mistakes: never retried, whatever else they look like.
 NEVER = (NoCredentialsError, NoRegionError, ParamValidationError)
 
@@ -136,7 +152,16 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NEVER):
         return False
     if isinstance(
-        exc, (Transient, OSError, TimeoutError, asyncio.TimeoutError, *PG_TRANSIENT, *SQL_TRANSIENT)
+        exc,
+        (
+            Transient,
+            OSError,
+            TimeoutError,
+            asyncio.TimeoutError,
+            *PG_TRANSIENT,
+            *SQL_TRANSIENT,
+            *REST_TRANSIENT,
+        ),
     ):
         return True
     if isinstance(exc, (KafkaConnectionError, BotoCoreError)):
