@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -24,6 +25,8 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.update import AssertTableUUID
 from pyiceberg.transforms import HourTransform
+from requests import PreparedRequest, Response, Session
+from requests.adapters import HTTPAdapter
 
 from recorder.runtime.settings import TopicKind
 from recorder.sinks.iceberg import rows
@@ -42,6 +45,33 @@ TABLE_PROPERTIES = {
     "write.metadata.previous-versions-max": "100",
 }
 FIRST_PARTITION_FIELD_ID = 1000
+# A REST catalog connects within this and answers a request within that, or the request fails
+# (an OSError: retried, and a commit whose answer never came is decided by the progress read
+# again). pyiceberg's session has no timeout of its own: a catalog that accepted the connection
+# and went silent would hold a commit forever.
+REST_CONNECT_TIMEOUT_SEC = 10.0
+REST_READ_TIMEOUT_SEC = 60.0
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    """requests' adapter with a default timeout (a request's own timeout wins)."""
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = (REST_CONNECT_TIMEOUT_SEC, REST_READ_TIMEOUT_SEC)
+        return super().send(request, *args, **kwargs)
+
+
+class _RestCatalog(RestCatalog):
+    """pyiceberg's RestCatalog whose HTTP requests time out (its session is made, and asks
+    for the catalog's config, inside the constructor: the adapter goes in there)."""
+
+    def _create_session(self) -> Session:
+        session = super()._create_session()
+        adapter = _TimeoutAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
 
 
 class SchemaMismatch(RuntimeError):
@@ -74,7 +104,7 @@ class Tables:
             if self._config.kind == "rest":
                 # Asks GET /v1/config (and, with a credential, a token) at once: a catalog
                 # that cannot be reached raises here, and is retried like any other outage.
-                self._catalog = RestCatalog(self._config.catalog, **props)
+                self._catalog = _RestCatalog(self._config.catalog, **props)
             else:
                 # Creates the JDBC catalog's tables when missing (pyiceberg's
                 # init_catalog_tables).

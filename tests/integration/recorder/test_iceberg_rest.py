@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pytest
+import requests
 from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.manifest import DataFile
@@ -24,8 +26,10 @@ from recorder.core.batching import Batch
 from recorder.core.columns import from_rows
 from recorder.core.offsets import TP
 from recorder.core.records import TickRow
+from recorder.runtime.retry import is_transient
 from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.driver import Outcome
+from recorder.sinks.iceberg import catalog
 from recorder.sinks.iceberg.catalog import Tables
 from recorder.sinks.iceberg.config import IcebergConfig
 from recorder.sinks.iceberg.progress import TableProgress, with_starts
@@ -143,3 +147,23 @@ async def test_a_zombie_commit_against_an_older_snapshot_is_refused_by_the_rest_
     env = recorder_env(bucket=fresh_bucket, topics=[TOPIC], LAKE_FORMAT="iceberg", **rest_catalog)
     with as_sent.aws_credentials_of(env):
         await asyncio.to_thread(zombie_scenario, as_sent.settings_of(env))
+
+
+def test_a_rest_catalog_that_never_answers_times_out_as_a_transient_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pyiceberg's HTTP session has no timeout: a catalog that accepts the connection and goes
+    silent would hold the store's thread forever. The store's session times out, as an error
+    the retry rule waits for (the next attempt reads the progress again)."""
+    monkeypatch.setattr(catalog, "REST_READ_TIMEOUT_SEC", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        settings = Settings(
+            _env_file=None, ICEBERG_CATALOG_URI=f"http://127.0.0.1:{port}", LAKE_FORMAT="iceberg"
+        )
+        tables = Tables(IcebergConfig.of(settings))
+        with pytest.raises(requests.Timeout) as err:
+            tables.open()  # GET /v1/config, accepted by the backlog, never answered
+        assert is_transient(err.value)
