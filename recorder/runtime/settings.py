@@ -454,7 +454,7 @@ class Settings(BaseSettings):
                     "set ICEBERG_CATALOG_CREDENTIAL (client credentials) or ICEBERG_CATALOG_TOKEN "
                     "(a bearer token), not both"
                 )
-            if any(ch.isspace() for ch in secret) or secret.lower().startswith("bearer"):
+            if any(ch.isspace() for ch in secret):  # "Bearer <token>" pasted whole, or a newline
                 raise ValueError("expected the bearer token alone (no 'Bearer ' prefix, no spaces)")
         return value
 

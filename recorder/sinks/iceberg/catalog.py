@@ -1,9 +1,9 @@
 """The Iceberg catalog as the store sees it: synchronous pyiceberg, called in worker threads.
 
-Owns opening the catalog (pyiceberg's RestCatalog for an HTTP(S) URL, else its SqlCatalog),
-creating the namespace and the tables when missing (partitioned
-by hour(timestamp), snappy Parquet), reading the progress of a table's current branch, writing
-data files, and one commit attempt: a compare-and-swap on the branch's current snapshot, never
+Owns opening the catalog (pyiceberg's RestCatalog for an HTTP(S) URL, its requests timed out,
+else its SqlCatalog), creating the namespace and the tables when missing (partitioned by
+hour(timestamp), snappy Parquet), reading the progress of a table's current branch, writing data
+files, and one commit attempt: a compare-and-swap on the branch's current snapshot, never
 retried by pyiceberg (its retry would rebase a commit checked against an older snapshot).
 """
 
