@@ -20,6 +20,7 @@ if os.environ.get("CI"):
 
 pytest_plugins = [
     "tests.fixtures.stack",
+    "tests.fixtures.iceberg_rest",
     "tests.fixtures.k8s",
 ]
 

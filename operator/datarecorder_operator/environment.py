@@ -118,9 +118,13 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
             )
         )
     iceberg = spec.s3.iceberg
-    if spec.s3.enabled and spec.s3.format == "iceberg" and iceberg and iceberg.catalog_password:
-        password = iceberg.catalog_password
-        refs.append(("ICEBERG_CATALOG_PASSWORD", password.name, password.key))
+    if spec.s3.enabled and spec.s3.format == "iceberg" and iceberg:
+        if iceberg.catalog_password:
+            password = iceberg.catalog_password
+            refs.append(("ICEBERG_CATALOG_PASSWORD", password.name, password.key))
+        if iceberg.catalog_credential:
+            credential = iceberg.catalog_credential
+            refs.append(("ICEBERG_CATALOG_CREDENTIAL", credential.name, credential.key))
     literal: list[dict[str, Any]] = []
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl

@@ -154,13 +154,24 @@ ICEBERG_FIELDS = {
 }
 
 
+def _is_rest(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
 def _parse_iceberg(raw: Reader) -> IcebergSpec | None:
-    """spec.s3.iceberg: the catalog (its password from a Secret) and the table names; None when
-    it sets nothing (the recorder's defaults)."""
+    """spec.s3.iceberg: the catalog (an SQL catalog's password or a REST catalog's client
+    credentials from a Secret) and the table names; None when it sets nothing (the recorder's
+    defaults)."""
     if not raw.data:
         return None
     texts = {f: raw.text(f) if raw.has(f) else None for f in ICEBERG_FIELDS}
     uri = texts["catalogURI"] or ""
+    authority = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else ""
+    if _is_rest(uri) and "@" in authority:
+        raise SpecError(
+            "spec.s3.iceberg.catalogURI carries credentials: a REST catalog's client "
+            "credentials go in a Secret named in spec.s3.iceberg.catalogCredentialSecret"
+        )
     if "://" in uri and ":" in uri.split("://", 1)[1].split("@", 1)[0] and "@" in uri:
         raise SpecError(
             "spec.s3.iceberg.catalogURI carries a password: put it in a Secret and name it in "
@@ -171,9 +182,31 @@ def _parse_iceberg(raw: Reader) -> IcebergSpec | None:
         if raw.has("catalogPasswordSecret")
         else None
     )
+    credential = (
+        secret_key(raw.sub("catalogCredentialSecret"), "name", "key", "credential")
+        if raw.has("catalogCredentialSecret")
+        else None
+    )
+    if credential is not None and not _is_rest(uri):
+        raise SpecError(
+            "spec.s3.iceberg.catalogCredentialSecret is for a REST catalog: set "
+            "spec.s3.iceberg.catalogURI to its http(s):// URL"
+        )
+    warehouse = texts["warehouse"] or ""
+    if warehouse and not _is_rest(uri) and not warehouse.startswith(("s3://", "s3a://")):
+        raise SpecError(
+            f"spec.s3.iceberg.warehouse {warehouse!r}: an SQL catalog's warehouse is an s3:// "
+            "location (a warehouse name is for a REST catalog)"
+        )
+    if password is not None and _is_rest(uri):
+        raise SpecError(
+            "spec.s3.iceberg.catalogPasswordSecret is an SQL catalog's database password; a REST "
+            "catalog (catalogURI http(s)://) takes spec.s3.iceberg.catalogCredentialSecret"
+        )
     return IcebergSpec(
         catalog_uri=texts["catalogURI"],
         catalog_password=password,
+        catalog_credential=credential,
         catalog_name=texts["catalogName"],
         warehouse=texts["warehouse"],
         namespace=texts["namespace"],

@@ -131,7 +131,8 @@ class IcebergSpec:
     """spec.s3.iceberg: fields left out keep the recorder's defaults (None here)."""
 
     catalog_uri: str | None = None
-    catalog_password: SecretKey | None = None
+    catalog_password: SecretKey | None = None  # an SQL catalog's database password
+    catalog_credential: SecretKey | None = None  # a REST catalog's client_id:client_secret
     catalog_name: str | None = None
     warehouse: str | None = None
     namespace: str | None = None

@@ -65,6 +65,17 @@ RETRY_JITTER_SEC = 0.1
 # in sys.modules, not imported: SQLAlchemy costs a tenth of a second of CPU at every start and
 # only LAKE_FORMAT=iceberg loads it; before it is loaded none of its errors can be raised.
 SQL_TRANSIENT_NAMES = ("OperationalError", "InterfaceError")
+# An Iceberg REST catalog that is busy or failing (429, 5xx; an unreachable one raises requests'
+# errors, which are OSErrors). A commit answered 500/502/504 may or may not have applied
+# (CommitStateUnknownException): the next attempt reads the table's progress again, which says
+# whether it did. Refusals (400, 401, 403, 404, 409) are other classes. Looked up like
+# SQLAlchemy's, in pyiceberg.exceptions once pyiceberg is loaded.
+REST_TRANSIENT_NAMES = (
+    "ServerError",
+    "ServiceUnavailableError",
+    "TooManyRequestsError",
+    "CommitStateUnknownException",
+)
 # Configuration mistakes: never retried, whatever else they look like.
 NEVER = (NoCredentialsError, NoRegionError, ParamValidationError)
 
@@ -138,7 +149,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(
         exc, (Transient, OSError, TimeoutError, asyncio.TimeoutError, *PG_TRANSIENT)
-    ) or _sql_transient(exc):
+    ) or _loaded_transient(exc):
         return True
     if isinstance(exc, (KafkaConnectionError, BotoCoreError)):
         return True
@@ -151,11 +162,16 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _sql_transient(exc: BaseException) -> bool:
-    errors = sys.modules.get("sqlalchemy.exc")
-    return errors is not None and isinstance(
-        exc, tuple(getattr(errors, name) for name in SQL_TRANSIENT_NAMES)
-    )
+def _loaded_transient(exc: BaseException) -> bool:
+    """The SQL and REST catalogs' transient errors, from their modules if they are loaded."""
+    for module, names in (
+        ("sqlalchemy.exc", SQL_TRANSIENT_NAMES),
+        ("pyiceberg.exceptions", REST_TRANSIENT_NAMES),
+    ):
+        errors = sys.modules.get(module)
+        if errors is not None and isinstance(exc, tuple(getattr(errors, n) for n in names)):
+            return True
+    return False
 
 
 async def retry_forever(

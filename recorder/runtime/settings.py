@@ -14,8 +14,9 @@ import re
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recorder.core.errors import ConfigError as ConfigError
@@ -29,6 +30,11 @@ from recorder.core.start_from import parse_start_from as parse_start_from
 
 # An Iceberg namespace or table name: one level (a dot would nest namespaces), nothing to quote.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_rest_catalog(uri: str) -> bool:
+    """ICEBERG_CATALOG_URI names a REST catalog (an HTTP(S) URL), not an SQL one."""
+    return uri.strip().lower().startswith(("http://", "https://"))
 
 
 def _field(default: Any, description: str, example: str, **kw: Any) -> Any:
@@ -221,17 +227,45 @@ class Settings(BaseSettings):
     # --- Iceberg (LAKE_FORMAT=iceberg) -----------------------------------------------------
     ICEBERG_CATALOG_URI: str = _field(
         "",
-        "SQLAlchemy URL of the Iceberg SQL catalog's PostgreSQL database (the JDBC catalog's "
-        "tables `iceberg_tables`, `iceberg_namespace_properties`, created when missing), without "
-        "a password (ICEBERG_CATALOG_PASSWORD). Empty: the recorder's own database "
-        "(TIMESCALEDB_HOST/PORT/USER/PASSWORD/DB).",
+        "The Iceberg catalog. A REST catalog's base URL (`http(s)://...`, the part before "
+        "`/v1/`; credentials in ICEBERG_CATALOG_CREDENTIAL or ICEBERG_CATALOG_TOKEN), or the "
+        "SQLAlchemy URL of an SQL catalog's PostgreSQL database (the JDBC catalog's tables "
+        "`iceberg_tables`, `iceberg_namespace_properties`, created when missing) without a "
+        "password (ICEBERG_CATALOG_PASSWORD). Empty: an SQL catalog in the recorder's own "
+        "database (TIMESCALEDB_HOST/PORT/USER/PASSWORD/DB).",
         "postgresql+psycopg2://iceberg@catalog-db:5432/iceberg",
     )
     ICEBERG_CATALOG_PASSWORD: SecretStr = _field(
         SecretStr(""),
-        "Password of the catalog database (from a Secret); with an empty ICEBERG_CATALOG_URI "
-        "TIMESCALEDB_PASSWORD is used.",
+        "Password of the SQL catalog's database (from a Secret); with an empty "
+        "ICEBERG_CATALOG_URI TIMESCALEDB_PASSWORD is used.",
         "***",
+    )
+    ICEBERG_CATALOG_CREDENTIAL: SecretStr = _field(
+        SecretStr(""),
+        "REST catalog only (from a Secret): OAuth2 client credentials `client_id:client_secret`, "
+        "exchanged for a token at ICEBERG_CATALOG_OAUTH2_SERVER_URI (default: the catalog's "
+        "`v1/oauth/tokens`) and refreshed before it expires.",
+        "***",
+    )
+    ICEBERG_CATALOG_TOKEN: SecretStr = _field(
+        SecretStr(""),
+        "REST catalog only (from a Secret): a bearer token sent as is (e.g. a Databricks "
+        "personal access token for Unity Catalog). Set this or ICEBERG_CATALOG_CREDENTIAL.",
+        "***",
+    )
+    ICEBERG_CATALOG_SCOPE: str = _field(
+        "",
+        "REST catalog with ICEBERG_CATALOG_CREDENTIAL: the OAuth2 scope asked for (Polaris: "
+        "`PRINCIPAL_ROLE:ALL`). Empty: pyiceberg's default, `catalog`.",
+        "PRINCIPAL_ROLE:ALL",
+    )
+    ICEBERG_CATALOG_OAUTH2_SERVER_URI: str = _field(
+        "",
+        "REST catalog with ICEBERG_CATALOG_CREDENTIAL: the OAuth2 token endpoint when it is not "
+        "the catalog's own `<ICEBERG_CATALOG_URI>/v1/oauth/tokens` (an external identity "
+        "provider).",
+        "https://idp.example.com/oauth2/token",
     )
     ICEBERG_CATALOG_NAME: str = _field(
         "datarecorder",
@@ -243,8 +277,11 @@ class Settings(BaseSettings):
     )
     ICEBERG_WAREHOUSE: str = _field(
         "",
-        "Where new tables put their data and metadata. Empty: `s3://<S3_BUCKET>/<S3_PREFIX>` "
-        "(or `file://<LOCAL_LAKE_DIR>` for a local lake).",
+        "SQL catalog: where new tables put their data and metadata; empty: "
+        "`s3://<S3_BUCKET>/<S3_PREFIX>` (or `file://<LOCAL_LAKE_DIR>` for a local lake). REST "
+        "catalog: the `warehouse` asked of the catalog (Polaris and Unity: the catalog's name, "
+        "Lakekeeper: the warehouse's name, others: a location); empty: none, the server's "
+        "default.",
         "s3://market-data/iceberg",
     )
     ICEBERG_NAMESPACE: str = _field(
@@ -368,6 +405,59 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("ICEBERG_CATALOG_URI")
+    @classmethod
+    def _check_catalog_uri(cls, value: str) -> str:
+        value = value.strip()
+        if is_rest_catalog(value):
+            parts = urlsplit(value)
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(
+                    "a REST catalog's URL carries no credentials: put them in "
+                    "ICEBERG_CATALOG_CREDENTIAL (client_id:client_secret) or ICEBERG_CATALOG_TOKEN"
+                )
+            if not parts.hostname:
+                raise ValueError("expected a REST catalog's URL, e.g. https://catalog:8181")
+        return value
+
+    @field_validator("ICEBERG_CATALOG_PASSWORD")
+    @classmethod
+    def _check_catalog_password(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        if value.get_secret_value() and is_rest_catalog(info.data.get("ICEBERG_CATALOG_URI", "")):
+            raise ValueError(
+                "is the SQL catalog's database password; a REST catalog (ICEBERG_CATALOG_URI "
+                "http(s)://...) takes ICEBERG_CATALOG_CREDENTIAL or ICEBERG_CATALOG_TOKEN"
+            )
+        return value
+
+    @field_validator("ICEBERG_CATALOG_CREDENTIAL", "ICEBERG_CATALOG_TOKEN")
+    @classmethod
+    def _check_catalog_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret:
+            return value
+        if not is_rest_catalog(info.data.get("ICEBERG_CATALOG_URI", "")):
+            raise ValueError(
+                "is for a REST catalog (ICEBERG_CATALOG_URI=https://...); an SQL catalog's "
+                "database takes ICEBERG_CATALOG_PASSWORD"
+            )
+        if info.field_name == "ICEBERG_CATALOG_CREDENTIAL":
+            client_id, colon, client_secret = secret.partition(":")
+            if not colon or not client_id.strip() or not client_secret.strip():
+                raise ValueError(
+                    "expected client_id:client_secret (the OAuth2 client credentials, both "
+                    "non-empty, separated by ':')"
+                )
+        else:
+            if info.data.get("ICEBERG_CATALOG_CREDENTIAL", SecretStr("")).get_secret_value():
+                raise ValueError(
+                    "set ICEBERG_CATALOG_CREDENTIAL (client credentials) or ICEBERG_CATALOG_TOKEN "
+                    "(a bearer token), not both"
+                )
+            if any(ch.isspace() for ch in secret):  # "Bearer <token>" pasted whole, or a newline
+                raise ValueError("expected the bearer token alone (no 'Bearer ' prefix, no spaces)")
+        return value
+
     @field_validator("KAFKA_TOPICS")
     @classmethod
     def _check_topics(cls, value: list[str]) -> list[str]:
@@ -431,6 +521,8 @@ def load_settings(**overrides: Any) -> Settings:
             field = Settings.model_fields.get(name)
             example = field.examples[0] if field and field.examples else ""
             got = os.environ.get(name, err.get("input"))
+            if field is not None and field.annotation is SecretStr:
+                got = "***"  # a secret's value never reaches a log
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(
                 f"{name}={got!r}: {msg}" + (f" (example: {name}={example})" if example else "")

@@ -1,8 +1,9 @@
 """The Iceberg catalog as the store sees it: synchronous pyiceberg, called in worker threads.
 
-Owns opening the SQL catalog, creating the namespace and the tables when missing (partitioned
-by hour(timestamp), snappy Parquet), reading the progress of a table's current branch, writing
-data files, and one commit attempt: a compare-and-swap on the branch's current snapshot, never
+Owns opening the catalog (pyiceberg's RestCatalog for an HTTP(S) URL, its requests timed out,
+else its SqlCatalog), creating the namespace and the tables when missing (partitioned by
+hour(timestamp), snappy Parquet), reading the progress of a table's current branch, writing data
+files, and one commit attempt: a compare-and-swap on the branch's current snapshot, never
 retried by pyiceberg (its retry would rebase a commit checked against an older snapshot).
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
@@ -22,6 +25,8 @@ from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.update import AssertTableUUID
 from pyiceberg.transforms import HourTransform
+from requests import PreparedRequest, Response, Session
+from requests.adapters import HTTPAdapter
 
 from recorder.runtime.settings import TopicKind
 from recorder.sinks.iceberg import rows
@@ -40,6 +45,33 @@ TABLE_PROPERTIES = {
     "write.metadata.previous-versions-max": "100",
 }
 FIRST_PARTITION_FIELD_ID = 1000
+# A REST catalog connects within this and answers a request within that, or the request fails
+# (an OSError: retried, and a commit whose answer never came is decided by the progress read
+# again). pyiceberg's session has no timeout of its own: a catalog that accepted the connection
+# and went silent would hold a commit forever.
+REST_CONNECT_TIMEOUT_SEC = 10.0
+REST_READ_TIMEOUT_SEC = 60.0
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    """requests' adapter with a default timeout (a request's own timeout wins)."""
+
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = (REST_CONNECT_TIMEOUT_SEC, REST_READ_TIMEOUT_SEC)
+        return super().send(request, *args, **kwargs)
+
+
+class _RestCatalog(RestCatalog):
+    """pyiceberg's RestCatalog whose HTTP requests time out (its session is made, and asks
+    for the catalog's config, inside the constructor: the adapter goes in there)."""
+
+    def _create_session(self) -> Session:
+        session = super()._create_session()
+        adapter = _TimeoutAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
 
 
 class SchemaMismatch(RuntimeError):
@@ -63,13 +95,20 @@ class Tables:
 
     def __init__(self, config: IcebergConfig) -> None:
         self._config = config
-        self._catalog: SqlCatalog | None = None
+        self._catalog: SqlCatalog | RestCatalog | None = None
 
     @property
-    def catalog(self) -> SqlCatalog:
+    def catalog(self) -> SqlCatalog | RestCatalog:
         if self._catalog is None:
-            # Creates the JDBC catalog's tables when missing (pyiceberg's init_catalog_tables).
-            self._catalog = SqlCatalog(self._config.catalog, **self._config.catalog_properties())
+            props = self._config.catalog_properties()
+            if self._config.kind == "rest":
+                # Asks GET /v1/config (and, with a credential, a token) at once: a catalog
+                # that cannot be reached raises here, and is retried like any other outage.
+                self._catalog = _RestCatalog(self._config.catalog, **props)
+            else:
+                # Creates the JDBC catalog's tables when missing (pyiceberg's
+                # init_catalog_tables).
+                self._catalog = SqlCatalog(self._config.catalog, **props)
         return self._catalog
 
     def open(self) -> None:
@@ -97,8 +136,10 @@ class Tables:
         self.catalog.table_exists(self._config.table(TopicKind.TICK))
 
     def close(self) -> None:
-        if self._catalog is not None:
+        if isinstance(self._catalog, SqlCatalog):
             self._catalog.engine.dispose()
+        elif isinstance(self._catalog, RestCatalog):
+            self._catalog._session.close()  # its HTTP connections (pyiceberg has no close)
 
     def name(self, kind: TopicKind) -> str:
         return self._config.table(kind)
@@ -138,9 +179,13 @@ class Tables:
         """Commit what `txn` (begun on `table`) staged, once: CommitFailedException when the
         branch's current snapshot is no longer `table`'s (nothing applied)."""
         # The snapshot producers assert the current snapshot id (AssertRefSnapshotId on main,
-        # the first one staged), and the SQL catalog swaps the metadata location only if it is
-        # still the one loaded. Transaction.commit_transaction would retry on conflict by
-        # rebasing the staged files and summary onto the new snapshot: a double commit.
+        # the first one staged). The SQL catalog checks the requirements against the metadata
+        # it loads and swaps the metadata location only if it is still that one; a REST
+        # catalog gets them in the request (`assert-ref-snapshot-id`, `assert-table-uuid`)
+        # and answers 409 (CommitFailedException) when one fails. Either way one attempt:
+        # Transaction.commit_transaction would retry on conflict by rebasing the staged files
+        # and summary onto the new snapshot, a double commit. (RestCatalog.commit_table's own
+        # retry is only for an expired token: the same request again, the same requirements.)
         requirements = (*txn._requirements, AssertTableUUID(uuid=table.metadata.table_uuid))
         self.catalog.commit_table(table, requirements, txn._updates)
 

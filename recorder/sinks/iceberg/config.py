@@ -1,6 +1,7 @@
 """The Iceberg store's own settings, read from `Settings` once (pure).
 
-Owns `IcebergConfig`: the catalog (name, SQLAlchemy URL with its password, the FileIO's
+Owns `IcebergConfig`: the catalog (name; a REST catalog's URL with its OAuth2 client credentials
+or bearer token, or an SQL catalog's SQLAlchemy URL with its password; the FileIO's
 properties), the warehouse, the namespace and a table per record kind, the consumer group that
 owns the progress, the batch size and age, the retry cap and the order books' level layout.
 """
@@ -11,18 +12,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from recorder.runtime.settings import Settings, TopicKind
+from recorder.runtime.settings import Settings, TopicKind, is_rest_catalog
 
 SINK = "iceberg"
 # The catalog database answers within this or counts as down (psycopg2 would wait minutes).
 CONNECT_TIMEOUT_SEC = 10
+CatalogKind = Literal["sql", "rest"]
 
 
 @dataclass(frozen=True, slots=True)
 class IcebergConfig:
     catalog: str  # ICEBERG_CATALOG_NAME
-    uri: str = field(repr=False)  # holds the password: never logged
-    warehouse: str
+    uri: str = field(repr=False)  # holds the SQL catalog's password: never logged
+    warehouse: str  # REST: the `warehouse` asked of the catalog, "" for none
     namespace: str
     tables: dict[TopicKind, str]
     group: str  # KAFKA_GROUP_ID: the progress in the snapshots belongs to it
@@ -31,13 +33,18 @@ class IcebergConfig:
     retry_max_backoff_sec: float
     levels: Literal["typed", "json"]  # PARQUET_ORDERBOOK_LEVELS
     io: dict[str, str]  # pyiceberg FileIO properties (S3 endpoint, region)
+    kind: CatalogKind = "sql"
+    # The REST catalog's authentication properties (credential or token, scope, token
+    # endpoint): secrets, never logged.
+    auth: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> IcebergConfig:
+        rest = is_rest_catalog(settings.ICEBERG_CATALOG_URI)
         return cls(
             catalog=settings.ICEBERG_CATALOG_NAME,
-            uri=catalog_uri(settings),
-            warehouse=warehouse(settings),
+            uri=settings.ICEBERG_CATALOG_URI if rest else catalog_uri(settings),
+            warehouse=settings.ICEBERG_WAREHOUSE if rest else warehouse(settings),
             namespace=settings.ICEBERG_NAMESPACE,
             tables={
                 TopicKind.TICK: settings.ICEBERG_TICK_TABLE,
@@ -49,6 +56,8 @@ class IcebergConfig:
             retry_max_backoff_sec=settings.RETRY_MAX_BACKOFF_SEC,
             levels=settings.PARQUET_ORDERBOOK_LEVELS,
             io=file_io(settings),
+            kind="rest" if rest else "sql",
+            auth=rest_auth(settings) if rest else {},
         )
 
     def table(self, kind: TopicKind) -> str:
@@ -56,8 +65,21 @@ class IcebergConfig:
         return f"{self.namespace}.{self.tables[kind]}"
 
     def catalog_properties(self) -> dict[str, str]:
-        """The properties of pyiceberg's SqlCatalog (the FileIO's among them)."""
+        """The properties of pyiceberg's SqlCatalog or RestCatalog (the FileIO's among them)."""
+        if self.kind == "rest":
+            props = {"uri": self.uri, **self.auth, **self.io}
+            if self.warehouse:
+                props["warehouse"] = self.warehouse
+            return props
         return {"uri": self.uri, "warehouse": self.warehouse, "pool_pre_ping": "true", **self.io}
+
+    def where(self) -> str:
+        """The catalog for logs (no secret)."""
+        if self.kind == "rest":
+            return f"REST catalog {self.uri}" + (
+                f" warehouse {self.warehouse}" if self.warehouse else ""
+            )
+        return f"catalog {self.catalog!r} at {self.warehouse}"
 
 
 def catalog_uri(settings: Settings) -> str:
@@ -76,6 +98,25 @@ def catalog_uri(settings: Settings) -> str:
         netloc = f"{parts.username}:{quote(password, safe='')}@{host}"
         uri = urlunsplit(parts._replace(netloc=netloc))
     return _with_timeout(uri)
+
+
+def rest_auth(settings: Settings) -> dict[str, str]:
+    """pyiceberg RestCatalog's authentication properties from the settings (validated there:
+    a credential is `client_id:client_secret`, a token is alone)."""
+    props: dict[str, str] = {}
+    credential = settings.ICEBERG_CATALOG_CREDENTIAL.get_secret_value()
+    token = settings.ICEBERG_CATALOG_TOKEN.get_secret_value()
+    if credential:
+        props["credential"] = credential
+        # pyiceberg's default endpoint, said explicitly (it warns when left implicit).
+        props["oauth2-server-uri"] = settings.ICEBERG_CATALOG_OAUTH2_SERVER_URI or (
+            settings.ICEBERG_CATALOG_URI.rstrip("/") + "/v1/oauth/tokens"
+        )
+        if settings.ICEBERG_CATALOG_SCOPE:
+            props["scope"] = settings.ICEBERG_CATALOG_SCOPE
+    elif token:
+        props["token"] = token
+    return props
 
 
 def _with_timeout(uri: str) -> str:

@@ -73,7 +73,7 @@ class IcebergSink(BufferedSink):
         telemetry.emit(
             telemetry.SINK_STARTED,
             sink=SINK,
-            lake=f"iceberg catalog {self._config.catalog!r} at {self._config.warehouse}",
+            lake=f"iceberg {self._config.where()}",
             group=self._config.group,
         )
 

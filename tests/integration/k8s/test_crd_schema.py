@@ -353,3 +353,37 @@ def test_an_iceberg_lake_is_taken_and_a_bad_catalog_uri_refused(
     bad = {**s3, "iceberg": {"catalogURI": "mysql://root@db/iceberg"}}
     code, stderr = _create(k8s, k8s_namespace, data_recorder("bad-table", s3=bad))
     assert code != 0 and "spec.s3.iceberg.catalogURI" in stderr, stderr
+
+
+def test_a_rest_catalog_is_taken_and_credentials_in_its_url_refused(
+    k8s: K8s, k8s_namespace: str
+) -> None:
+    iceberg = {
+        "catalogURI": "https://polaris.example.com:8181/api/catalog",
+        "catalogCredentialSecret": {"name": "polaris"},
+        "warehouse": "market",
+    }
+    s3 = {"enabled": True, "bucket": "ticks", "format": "iceberg", "iceberg": iceberg}
+    k8s.apply(data_recorder("rest-table", s3=s3), k8s_namespace)
+    spec = k8s.get_json("datarecorder", "rest-table", namespace=k8s_namespace)["spec"]
+    assert spec["s3"]["iceberg"]["catalogCredentialSecret"] == {
+        "name": "polaris",
+        "key": "credential",
+    }
+    refused = {
+        "inline": {"catalogURI": "https://id:secret@polaris/api/catalog"},
+        "sql-credential": {
+            "catalogURI": "postgresql://iceberg@db/iceberg",
+            "catalogCredentialSecret": {"name": "c"},
+        },
+        "rest-password": {
+            "catalogURI": "https://polaris/api/catalog",
+            "catalogPasswordSecret": {"name": "c"},
+        },
+        "sql-warehouse-name": {"warehouse": "market"},
+    }
+    for name, bad in refused.items():
+        code, stderr = _create(
+            k8s, k8s_namespace, data_recorder(f"bad-{name}", s3={**s3, "iceberg": bad})
+        )
+        assert code != 0 and "iceberg" in stderr, (name, stderr)

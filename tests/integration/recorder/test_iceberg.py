@@ -1,6 +1,9 @@
-"""LAKE_FORMAT=iceberg on the real stack: the catalog on the stack's PostgreSQL, the warehouse
-on its S3. Every field as sent, the progress in the snapshot summary, hour partitions, and two
-recorders of one group committing to the same tables at once, their conflicts retried.
+"""LAKE_FORMAT=iceberg on the real stack: the catalog on the stack's PostgreSQL (the SQL catalog,
+or Apache Iceberg's REST catalog server on it as its JDBC catalog: `iceberg_catalog`), the
+warehouse on its S3. Every field as sent, the progress in the snapshot summary, hour
+partitions, and two recorders of one group committing to the same tables at once, their
+conflicts retried; on the REST catalog, a commit checked against an older snapshot is refused
+by the server and the writer reads again.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
     kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
+    iceberg_catalog: dict[str, str],
     recorder_env: RecorderEnv,
     tmp_path: Path,
 ) -> None:
@@ -59,6 +63,7 @@ async def test_ticks_and_books_are_committed_as_sent_with_their_progress(
         LAKE_FORMAT="iceberg",
         BATCH_TIMEOUT_MS=200,
         S3_BATCH_TIMEOUT_SEC=1,
+        **iceberg_catalog,
     )
     records = as_sent.corpus((topics[0], topics[1]), 3, ticks=4000, books=400)
     await as_sent.send(env["KAFKA_BROKERS"], records)
@@ -91,6 +96,7 @@ async def test_two_recorders_of_one_group_commit_at_once_exactly(
     kafka_topics: TopicFactory,
     fresh_database: str,
     fresh_bucket: str,
+    iceberg_catalog: dict[str, str],
     recorder_env: RecorderEnv,
     tmp_path: Path,
 ) -> None:
@@ -98,7 +104,9 @@ async def test_two_recorders_of_one_group_commit_at_once_exactly(
     race, the loser's is refused whole, re-read, re-checked and retried (counted); the tables
     end up holding every record once."""
     topics = await kafka_topics("market.tick", "market.orderbook", partitions=4, dlq=True)
-    env = tables_only(recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics))
+    env = tables_only(
+        recorder_env(database=fresh_database, bucket=fresh_bucket, topics=topics, **iceberg_catalog)
+    )
     first = RecorderProcess(env, tmp_path / "recorder-0.log").start()
     second = RecorderProcess(env, tmp_path / "recorder-1.log").start()
     recs = [first, second]

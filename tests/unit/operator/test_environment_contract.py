@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 from unittest import mock
@@ -53,6 +54,8 @@ BASE: dict[str, Any] = {
 # defaults or bounds here; the generated specs below cover them.
 NOT_WALKED = ("kafka.sasl", "kafka.tls", "kafka.startFrom", "kafka.rack", "serviceAccount")
 SECRET_VALUE = "not-a-real-secret"
+# A REST catalog's client credentials have a form of their own: client_id:client_secret.
+CREDENTIAL_VALUE = "not-a-real-client:secret"
 ZONE = "eu-west-1a"  # the pod's copy of its node's zone label
 
 
@@ -63,7 +66,8 @@ def recorder_environment(spec: RecorderSpec) -> dict[str, str]:
     for entry in environment.secret_env(spec) + environment.rack_env(spec):
         source = entry.get("valueFrom") or {}
         if "secretKeyRef" in source:
-            env[entry["name"]] = SECRET_VALUE
+            credential = entry["name"] == "ICEBERG_CATALOG_CREDENTIAL"
+            env[entry["name"]] = CREDENTIAL_VALUE if credential else SECRET_VALUE
         elif "fieldRef" in source:
             env[entry["name"]] = ZONE
         else:
@@ -197,6 +201,63 @@ def test_a_catalog_uri_with_a_password_is_refused() -> None:
     uri = "postgresql+psycopg2://iceberg:secret@catalog-db/iceberg"
     spec = {**BASE, "s3": {**BASE["s3"], "format": "iceberg", "iceberg": {"catalogURI": uri}}}
     with pytest.raises(SpecError, match="catalogPasswordSecret"):
+        parse_spec("rec", "md", spec)
+
+
+REST_ICEBERG = {
+    "format": "iceberg",
+    "iceberg": {
+        "catalogURI": "https://polaris.example.com/api/catalog",
+        "catalogCredentialSecret": {"name": "polaris"},
+        "warehouse": "market",
+    },
+}
+
+
+def test_a_rest_catalog_reaches_the_recorder_with_its_credential_from_the_secret() -> None:
+    spec = {**BASE, "s3": {**BASE["s3"], **REST_ICEBERG}}
+    env = rendered(spec)
+    assert "ICEBERG_CATALOG_CREDENTIAL" not in environment.config_data(
+        parse_spec("rec", "md", spec)
+    )
+    secret_refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in environment.secret_env(parse_spec("rec", "md", spec))
+        if "valueFrom" in e
+    }
+    assert secret_refs["ICEBERG_CATALOG_CREDENTIAL"] == {"name": "polaris", "key": "credential"}
+    assert "ICEBERG_CATALOG_PASSWORD" not in secret_refs
+    # The recorder takes what the operator renders (a stand-in for the Secret's value).
+    got = recorder_settings(env)
+    assert (got.ICEBERG_CATALOG_URI, got.ICEBERG_WAREHOUSE) == (
+        "https://polaris.example.com/api/catalog",
+        "market",
+    )
+    assert got.ICEBERG_CATALOG_CREDENTIAL.get_secret_value() == CREDENTIAL_VALUE
+
+
+@pytest.mark.parametrize(
+    ("iceberg", "says"),
+    [
+        ({"catalogURI": "https://id:secret@polaris/api/catalog"}, "catalogCredentialSecret"),
+        ({"catalogURI": "https://token@polaris/api/catalog"}, "catalogCredentialSecret"),
+        (
+            {"catalogURI": "postgresql://ice@db/cat", "catalogCredentialSecret": {"name": "c"}},
+            "set spec.s3.iceberg.catalogURI to its http",
+        ),
+        ({"catalogCredentialSecret": {"name": "c"}}, "is for a REST catalog"),
+        (
+            {"catalogURI": "https://polaris/api", "catalogPasswordSecret": {"name": "c"}},
+            "takes spec.s3.iceberg.catalogCredentialSecret",
+        ),
+        ({"warehouse": "market"}, "an SQL catalog's warehouse is an s3:// location"),
+    ],
+)
+def test_a_rest_catalog_spec_that_cannot_work_is_refused(
+    iceberg: dict[str, object], says: str
+) -> None:
+    spec = {**BASE, "s3": {**BASE["s3"], "format": "iceberg", "iceberg": iceberg}}
+    with pytest.raises(SpecError, match=re.escape(says)):
         parse_spec("rec", "md", spec)
 
 
@@ -386,6 +447,21 @@ def kafka(draw: st.DrawFn) -> dict[str, Any]:
 KINDS = ("tick", "orderbook")
 
 
+def iceberg_cel(iceberg: dict[str, Any]) -> None:
+    """Drop what the CRD's CEL rules on spec.s3.iceberg refuse (the patterns cannot say it)."""
+    uri = iceberg.get("catalogURI", "")
+    rest = re.match(r"https?://", uri) is not None
+    if re.match(r"https?://[^/]*@", uri):
+        del iceberg["catalogURI"]
+        rest = False
+    if not rest:
+        iceberg.pop("catalogCredentialSecret", None)
+        if not re.match(r"s3a?://", iceberg.get("warehouse", "s3://")):
+            del iceberg["warehouse"]
+    else:
+        iceberg.pop("catalogPasswordSecret", None)
+
+
 @st.composite
 def specs(draw: st.DrawFn) -> dict[str, Any]:
     timescaledb = draw(section(_prop("timescaledb"), skip=("caSecret", "passwordSecret")))
@@ -398,6 +474,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         s3["bucket"] = draw(strings(_prop("s3", "bucket")))
     if ".." in s3.get("prefix", ""):
         del s3["prefix"]  # a CEL rule refuses it
+    iceberg_cel(s3.get("iceberg") or {})
     batching = draw(section(_prop("batching")))
     if batching.get("maxBufferSize", 100_000) < batching.get("batchSize", 1000):
         batching["maxBufferSize"] = batching.get("batchSize", 1000)

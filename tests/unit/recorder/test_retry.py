@@ -12,6 +12,18 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from pyiceberg.exceptions import (
+    BadRequestError,
+    CommitFailedException,
+    CommitStateUnknownException,
+    ForbiddenError,
+    OAuthError,
+    ServerError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
+from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from recorder.runtime.retry import Transient, is_transient, retry_forever
 from recorder.sinks.timescale.service import PartitionMissing
@@ -41,6 +53,13 @@ def s3_error(code: str, status: int) -> ClientError:
         EndpointConnectionError(endpoint_url="http://s3"),
         s3_error("SlowDown", 503),
         s3_error("InternalError", 500),
+        # An Iceberg REST catalog that is down, busy or failing; a commit whose fate is unknown
+        # (the next attempt reads the progress again, which says whether it applied).
+        RequestsConnectionError("connection refused"),
+        ServiceUnavailableError("503"),
+        ServerError("500"),
+        TooManyRequestsError("429"),
+        CommitStateUnknownException("502"),
     ],
     ids=type,
 )
@@ -58,6 +77,12 @@ def test_waited_for(exc: BaseException) -> None:
         NoCredentialsError(),
         s3_error("AccessDenied", 403),
         s3_error("NoSuchBucket", 404),
+        BadRequestError("400"),
+        UnauthorizedError("401"),
+        ForbiddenError("403"),
+        OAuthError("invalid_client"),
+        # A conflict is the store's own loop (re-read, decide again), never a blind retry.
+        CommitFailedException("409"),
     ],
     ids=type,
 )
