@@ -31,7 +31,7 @@ from recorder.core.start_from import parse_start_from as parse_start_from
 # An Iceberg namespace or table name: one level (a dot would nest namespaces), nothing to quote.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # An AWS region name (eu-west-1, us-gov-west-1, cn-north-1, ap-southeast-5).
-AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 # RFC 7628's SASL extension key (`auth` is the token's own) and value (printable, no \x01).
 _EXTENSION_KEY = re.compile(r"[A-Za-z]+")
 _EXTENSION_VALUE = re.compile(r"[\x21-\x7E \t\r\n]+")
@@ -408,7 +408,10 @@ class Settings(BaseSettings):
     def _check_token_endpoint(cls, value: str) -> str:
         value = value.strip()
         if value:
-            parsed = urlsplit(value)
+            try:
+                parsed = urlsplit(value)
+            except ValueError:  # e.g. an unclosed [IPv6] literal
+                parsed = urlsplit("")
             if parsed.scheme not in ("https", "http") or not parsed.hostname:
                 raise ValueError(
                     f"{value!r} is not an http(s) URL; expected e.g. "
@@ -446,7 +449,7 @@ class Settings(BaseSettings):
                         else "",
                     ),
                 )
-                if not value.strip()
+                if not value
             ]
             if missing:
                 raise ValueError(
