@@ -14,7 +14,7 @@ import binascii
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -146,13 +146,19 @@ class CachedTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aioka
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
+        # The last fetch's refusal, until a fetch succeeds (see `login_refused`).
+        self.refused: TokenError | MskIamTokenError | None = None
 
     async def token(self) -> str:
         async with self._lock:
             if self._token is None or self._clock() >= self._refresh_at:
                 fetched_at = self._clock()
-                token = await self._fetch()
-                self._token = token.value
+                try:
+                    token = await self._fetch()
+                except (TokenError, MskIamTokenError) as exc:
+                    self.refused = exc
+                    raise
+                self._token, self.refused = token.value, None
                 self._refresh_at = refresh_due(fetched_at, token.lifetime_sec)
             return self._token
 
@@ -217,6 +223,17 @@ def msk_iam_token(region: str) -> Token:
             f"{type(exc).__name__}"
         ) from None
     return Token(value, expiry_ms / 1000 - time.time())
+
+
+def login_refused(options: Mapping[str, object]) -> Exception | None:
+    """The refusal of the token behind a client's options, if its last fetch was refused.
+
+    At start-up a refusal stops the client's start (aiokafka lets the provider's error through).
+    Later it ends in one of aiokafka's background tasks instead: the coordinator's surfaces at
+    the next fetch, but a fetcher task that died leaves `getmany` answering nothing forever.
+    The source asks this at each fetch, so a revoked secret stops the recorder, named."""
+    provider = options.get("sasl_oauth_token_provider")
+    return provider.refused if isinstance(provider, CachedTokenProvider) else None
 
 
 def token_provider(settings: Settings) -> AbstractTokenProvider | None:

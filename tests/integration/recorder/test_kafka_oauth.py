@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -164,3 +165,40 @@ async def test_short_lived_tokens_are_renewed_and_recording_goes_on(
         oauth.endpoint.lifetime_s = 3600
     # The broker did end sessions whose token expired (else the test proved nothing).
     assert f"Connection at {oauth.broker.sasl} closed" in rec.log_path.read_text()
+
+
+async def test_a_secret_revoked_while_recording_stops_the_recorder_naming_the_refusal(
+    oauth: OAuthKafka,
+    topics: list[str],
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: RecorderEnv,
+    tmp_path: Path,
+) -> None:
+    """A client secret revoked (rotated) under a running recorder: once its token expires the
+    next login is refused, and the recorder exits (its pod restarts, visibly) naming the
+    endpoint's 401, with what it had stored kept; it does not go on silently unready."""
+    env = _env(oauth, recorder_env, fresh_database, fresh_bucket, topics)
+    oauth.endpoint.lifetime_s = SHORT_TOKEN_S
+    secret = oauth.endpoint.client_secret
+    try:
+        rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+        try:
+            records = as_sent.corpus((topics[0], topics[1]), PARTITIONS, ticks=100, books=10)
+            await as_sent.send(oauth.broker.plain, records)
+            want = as_sent.wanted(records, topics[0], topics[1])
+            await as_sent.wait_stored(env, want, [rec])
+            oauth.endpoint.client_secret = "rotated-" + secret
+            try:
+                code = await asyncio.to_thread(rec.wait, 20 * SHORT_TOKEN_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running with a revoked secret: {rec.tail()}")
+            assert code != 0
+        finally:
+            rec.ensure_stopped()
+    finally:
+        oauth.endpoint.lifetime_s = 3600
+        oauth.endpoint.client_secret = secret
+    named = f"OAuth token endpoint {oauth.endpoint.token_url} answered HTTP 401 (invalid_client)"
+    assert named in rec.log_path.read_text(), rec.tail()
+    assert await as_sent.holds_exactly(env, want)

@@ -23,6 +23,7 @@ from recorder.kafka.oauth import (
     TokenEndpointUnavailable,
     TokenError,
     grant_request,
+    login_refused,
     msk_iam_token,
     read_token_response,
 )
@@ -235,9 +236,14 @@ async def test_a_failed_fetch_is_not_cached() -> None:
         return answer
 
     provider = CachedTokenProvider(fetch, clock=FakeClock())
+    options = {"sasl_oauth_token_provider": provider}
     with pytest.raises(TokenError):
         await provider.token()
+    # The refusal is kept for the source to raise (aiokafka may swallow it in a background task).
+    assert isinstance(login_refused(options), TokenError)
     assert await provider.token() == "ok"
+    assert login_refused(options) is None
+    assert login_refused({"sasl_plain_password": "p"}) is None
 
 
 # --- AWS MSK IAM ----------------------------------------------------------------------------
@@ -324,3 +330,21 @@ def test_scram_is_unchanged() -> None:
         )
     )
     assert opts["sasl_mechanism"] == "SCRAM-SHA-512" and "sasl_oauth_token_provider" not in opts
+
+
+async def test_the_source_raises_a_refused_login_instead_of_fetching() -> None:
+    """aiokafka's fetcher task dies on a refused token in a background reconnect (its getmany
+    then answers nothing, for good): the source raises the refusal at its next fetch, so the
+    recorder stops naming it instead of idling with a revoked secret."""
+    from recorder.kafka.source import KafkaSource
+
+    settings = _settings(**OAUTH)
+    opts = client_options(settings)
+    provider = opts["sasl_oauth_token_provider"]
+    provider.refused = TokenError(f"OAuth token endpoint {URL} answered HTTP 401")
+    source = KafkaSource(settings, opts, 0)
+    try:
+        with pytest.raises(TokenError, match="HTTP 401"):
+            await source.fetch(10, 10)
+    finally:
+        await source.consumer.stop()
