@@ -3,7 +3,8 @@ against the JWKS of a token endpoint the test runs (tests/support/oauth_kafka.py
 
 Every record sent is stored as sent; a wrong client secret stops the recorder with the
 endpoint's refusal named, never ready; tokens that live seconds are renewed and recording goes
-on across the broker's closing of expired sessions. (AWS MSK IAM cannot be tried here: no MSK;
+on across the broker's closing of expired sessions; a secret revoked while recording stops the
+recorder, named, with what it stored kept. (AWS MSK IAM cannot be tried here: no MSK;
 its token is checked in tests/unit/recorder/test_kafka_oauth.py.)
 """
 
