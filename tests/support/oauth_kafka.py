@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 from cryptography.hazmat.primitives import hashes
@@ -94,8 +95,6 @@ class TokenEndpoint:
     def _client(self, request: web.Request, form: Any) -> tuple[str, str]:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Basic "):
-            from urllib.parse import unquote_plus
-
             user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
             return unquote_plus(user), unquote_plus(password)
         return str(form.get("client_id", "")), str(form.get("client_secret", ""))
