@@ -31,6 +31,7 @@ from datarecorder_operator.policy import (
 )
 from datarecorder_operator.scaler import Stabilizer
 from datarecorder_operator.spec import (
+    TOKEN_MECHANISMS,
     RecorderSpec,
     SpecError,
 )
@@ -82,13 +83,15 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
                 )
                 raise SpecError(f"{where}: {exc}") from None
         else:
-            username = sasl.username
+            username, secret = sasl.username, sasl.password
+            if username is None or secret is None:  # the token mechanisms: see lag_not_read
+                raise SpecError(f"the operator has no Kafka login for {sasl.mechanism}")
             user = (
                 username
                 if isinstance(username, str)
                 else await secret_value(username.name, username.key)
             )
-            password = await secret_value(sasl.password.name, sasl.password.key)
+            password = await secret_value(secret.name, secret.key)
         access = dataclasses.replace(
             access, sasl_mechanism=sasl.mechanism, sasl_username=user, sasl_password=password
         )
@@ -106,9 +109,29 @@ async def _kafka_access(client: kube.KubeClient, spec: RecorderSpec) -> kafkalag
     return access
 
 
+def lag_not_read(spec: RecorderSpec) -> str | None:
+    """Pure: why the operator does not read this DataRecorder's lag itself, if it does not.
+
+    OAUTHBEARER and AWS_MSK_IAM log in with a token the recorder pods get (from the token
+    endpoint, or signed with the pods' own AWS identity, which the operator's pod does not
+    have): the operator makes no login of its own for them, and the lag is the recorders'
+    `datarecorder_lag_records` (what mode hpa scales on; mode operator is refused)."""
+    sasl = spec.kafka.sasl
+    if sasl is None or sasl.mechanism not in TOKEN_MECHANISMS:
+        return None
+    return (
+        f"the operator does not read the lag with kafka.sasl.mechanism {sasl.mechanism} (the "
+        "token is the recorder pods' own): the recorders' datarecorder_lag_records metric has it"
+    )
+
+
 async def poll_lag(
     client: kube.KubeClient, spec: RecorderSpec, state: ObjectState, config: OperatorConfig
 ) -> None:
+    not_read = lag_not_read(spec)
+    if not_read is not None:  # not a failure: no fallback replicas, no Warning per outage
+        state.lag, state.lag_error, state.lag_failures = None, not_read, 0
+        return
     try:
         access = await _kafka_access(client, spec)
         offsets = await state.lag_reader.read(

@@ -63,7 +63,15 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
         }
         data.update({name: value for name, value in values.items() if value is not None})
     if spec.kafka.sasl is not None:
-        data["KAFKA_SASL_MECHANISM"] = spec.kafka.sasl.mechanism
+        sasl = spec.kafka.sasl
+        data["KAFKA_SASL_MECHANISM"] = sasl.mechanism
+        if sasl.oauthbearer is not None:  # the client secret is a secretKeyRef (secret_env)
+            data["KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"] = sasl.oauthbearer.token_endpoint_url
+            data["KAFKA_SASL_OAUTHBEARER_CLIENT_ID"] = sasl.oauthbearer.client_id
+            if sasl.oauthbearer.scope:
+                data["KAFKA_SASL_OAUTHBEARER_SCOPE"] = sasl.oauthbearer.scope
+        if sasl.aws_region is not None:
+            data["KAFKA_SASL_AWS_REGION"] = sasl.aws_region
     tls = spec.kafka.tls
     if tls is not None:
         data["KAFKA_SSL_CA_FILE"] = f"{TLS_MOUNT}/{tls.ca.key}"
@@ -128,14 +136,17 @@ def secret_env(spec: RecorderSpec) -> list[dict[str, Any]]:
     literal: list[dict[str, Any]] = []
     if spec.kafka.sasl is not None:
         sasl = spec.kafka.sasl
+        if sasl.oauthbearer is not None:
+            secret = sasl.oauthbearer.client_secret
+            refs.append(("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", secret.name, secret.key))
         if sasl.jaas_config is not None:
             jaas = sasl.jaas_config
             refs.append(("KAFKA_SASL_JAAS_CONFIG", jaas.name, jaas.key))
         elif isinstance(sasl.username, SecretKey):
             refs.append(("KAFKA_SASL_USERNAME", sasl.username.name, sasl.username.key))
-        else:  # a user name is no secret (Strimzi's is the KafkaUser's metadata.name)
+        elif sasl.username is not None:  # a user name is no secret (Strimzi's: the KafkaUser's)
             literal.append({"name": "KAFKA_SASL_USERNAME", "value": sasl.username})
-        if sasl.jaas_config is None:
+        if sasl.jaas_config is None and sasl.password is not None:
             refs.append(("KAFKA_SASL_PASSWORD", sasl.password.name, sasl.password.key))
     return literal + [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}

@@ -14,6 +14,7 @@ from datarecorder_operator.parsing_kafka import parse_kafka
 from datarecorder_operator.policy import RESTRICTED, Policy, policy_violations
 from datarecorder_operator.spec import (
     STATES,
+    TOKEN_MECHANISMS,
     AutoscalingSpec,
     BatchingSpec,
     Fallback,
@@ -419,6 +420,15 @@ def parse_spec(
         network_policy=_parse_network_policy(root),
         state=root.text("state", "running", choices=STATES),  # type: ignore[arg-type]
     )
+    sasl = parsed.kafka.sasl
+    auto = parsed.autoscaling
+    if auto.enabled and auto.mode == "operator" and sasl and sasl.mechanism in TOKEN_MECHANISMS:
+        raise SpecError(
+            "spec.autoscaling.mode operator reads the lag with the operator's own Kafka login, "
+            f"and spec.kafka.sasl.mechanism {sasl.mechanism} gives it none (the token is the "
+            "recorder pods' own): use autoscaling.mode hpa, which scales on the recorders' "
+            "lag metrics"
+        )
     violations = policy_violations(root.data, policy)
     if violations:
         raise SpecError(f"refused by policy {policy.mode}: " + "; ".join(violations))

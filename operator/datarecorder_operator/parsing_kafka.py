@@ -9,10 +9,13 @@ import re
 from datetime import datetime
 
 from datarecorder_operator.spec import (
+    PASSWORD_MECHANISMS,
+    TOKEN_MECHANISMS,
     KafkaRack,
     KafkaSASL,
     KafkaSpec,
     KafkaTLS,
+    OAuthBearer,
     SecretKey,
     SpecError,
 )
@@ -24,6 +27,69 @@ POD_TOPOLOGY_LABELS = ("topology.kubernetes.io/zone", "topology.kubernetes.io/re
 RACK_ID = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9._]{0,61}[A-Za-z0-9])?")
 
 
+OAUTHBEARER_FORM = (
+    "expected oauthbearer: {tokenEndpointURL: https://login.example.com/oauth2/token, "
+    "clientId: datarecorder, clientSecretSecret: {name: <Secret>, key: <key>}}"
+)
+# The CRD's patterns: an http(s) URL of a host name or IPv4 address, and an AWS region.
+TOKEN_URL = re.compile(r"https?://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/\S*)?")
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+
+
+def _parse_oauthbearer(raw: Reader) -> OAuthBearer:
+    """spec.kafka.sasl.oauthbearer: the client-credentials grant, its secret from a Secret."""
+    if not raw.data:
+        raise SpecError(
+            f"spec.kafka.sasl.mechanism OAUTHBEARER needs {raw.path}; {OAUTHBEARER_FORM}"
+        )
+    url = raw.text("tokenEndpointURL").strip()
+    if not TOKEN_URL.fullmatch(url):
+        raise SpecError(
+            f"{raw.path}.tokenEndpointURL {url!r} is not an http(s) URL; {OAUTHBEARER_FORM}"
+        )
+    secret = raw.sub("clientSecretSecret")
+    if not secret.data:
+        raise SpecError(f"{secret.path} is required; {OAUTHBEARER_FORM}")
+    key = secret.text("key")
+    return OAuthBearer(
+        token_endpoint_url=url,
+        client_id=raw.text("clientId"),
+        client_secret=SecretKey(secret.text("name"), key),
+        scope=raw.text("scope", ""),
+    )
+
+
+def _parse_token_sasl(raw: Reader, protocol: str, mechanism: str) -> KafkaSASL:
+    """OAUTHBEARER (a token endpoint) or AWS_MSK_IAM (the pod's AWS identity): no password."""
+    allow_plaintext = raw.flag("allowPlaintextPassword", False)
+    if mechanism == "OAUTHBEARER":
+        if protocol == "SASL_PLAINTEXT" and not allow_plaintext:
+            raise SpecError(
+                "spec.kafka.sasl.mechanism OAUTHBEARER over securityProtocol SASL_PLAINTEXT "
+                "sends the bearer token in clear text: use SASL_SSL, or set "
+                "spec.kafka.sasl.allowPlaintextPassword: true"
+            )
+        return KafkaSASL(
+            mechanism=mechanism,
+            username=None,
+            password=None,
+            allow_plaintext_password=allow_plaintext,
+            oauthbearer=_parse_oauthbearer(raw.sub("oauthbearer")),
+        )
+    if protocol != "SASL_SSL":
+        raise SpecError(
+            "spec.kafka.sasl.mechanism AWS_MSK_IAM needs securityProtocol SASL_SSL "
+            "(MSK's IAM listener is TLS only)"
+        )
+    region = raw.opt_text("awsRegion")
+    if region is None or not AWS_REGION.fullmatch(region):
+        raise SpecError(
+            "spec.kafka.sasl.mechanism AWS_MSK_IAM needs spec.kafka.sasl.awsRegion, the MSK "
+            f"cluster's region (e.g. eu-west-1){f', not {region!r}' if region else ''}"
+        )
+    return KafkaSASL(mechanism=mechanism, username=None, password=None, aws_region=region)
+
+
 def _parse_sasl(kafka_raw: Reader, protocol: str) -> KafkaSASL | None:
     """SASL credentials: the password always from a Secret; the username from the same Secret
     (`usernameKey`) or literal (`username`: a Strimzi KafkaUser's Secret has no username key);
@@ -33,6 +99,14 @@ def _parse_sasl(kafka_raw: Reader, protocol: str) -> KafkaSASL | None:
     if not kafka_raw.has("sasl"):
         raise SpecError(f"spec.kafka.sasl is required when securityProtocol is {protocol}")
     raw = kafka_raw.sub("sasl")
+    mechanism = raw.text(
+        "mechanism", "SCRAM-SHA-512", choices=(*PASSWORD_MECHANISMS, *TOKEN_MECHANISMS)
+    )
+    for field, used_by in (("oauthbearer", "OAUTHBEARER"), ("awsRegion", "AWS_MSK_IAM")):
+        if raw.has(field) and mechanism != used_by:
+            raise SpecError(f"spec.kafka.sasl.{field} is only used with mechanism {used_by}")
+    if mechanism in TOKEN_MECHANISMS:
+        return _parse_token_sasl(raw, protocol, mechanism)
     secret = raw.text("secretName")
     literal = raw.opt_text("username")
     jaas_key = raw.opt_text("jaasConfigKey")
@@ -41,9 +115,6 @@ def _parse_sasl(kafka_raw: Reader, protocol: str) -> KafkaSASL | None:
             "spec.kafka.sasl: username and jaasConfigKey exclude each other "
             "(the JAAS config carries the username)"
         )
-    mechanism = raw.text(
-        "mechanism", "SCRAM-SHA-512", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-    )
     allow_plaintext = raw.flag("allowPlaintextPassword", False)
     if mechanism == "PLAIN" and protocol == "SASL_PLAINTEXT" and not allow_plaintext:
         raise SpecError(

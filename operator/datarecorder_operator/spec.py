@@ -54,15 +54,37 @@ class KafkaTLS:
 
 
 @dataclasses.dataclass(frozen=True)
+class OAuthBearer:
+    """SASL OAUTHBEARER's client-credentials grant: the token endpoint, the client id, the
+    client secret in a Secret, the scope asked for (empty: none)."""
+
+    token_endpoint_url: str
+    client_id: str
+    client_secret: SecretKey
+    scope: str = ""
+
+
+# The SASL mechanisms whose login is a username and a password (from secretName).
+PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Those whose login is a token: from a token endpoint, or signed with the pod's AWS identity.
+TOKEN_MECHANISMS = ("OAUTHBEARER", "AWS_MSK_IAM")
+
+
+@dataclasses.dataclass(frozen=True)
 class KafkaSASL:
     mechanism: str
-    username: SecretKey | str  # a Secret key, or the literal name (a Strimzi KafkaUser's)
-    password: SecretKey
+    # PLAIN and SCRAM: a Secret key, or the literal name (a Strimzi KafkaUser's); the password
+    # from a Secret. None for the token mechanisms.
+    username: SecretKey | str | None
+    password: SecretKey | None
     # A Secret key holding a whole `sasl.jaas.config` line (Strimzi's KafkaUser Secret has one);
     # when set, username and password come from it and the fields above are not used.
     jaas_config: SecretKey | None = None
-    # PLAIN over SASL_PLAINTEXT sends the password in clear text: refused unless this is set.
+    # PLAIN (or OAUTHBEARER: the token) over SASL_PLAINTEXT sends the password in clear text:
+    # refused unless this is set.
     allow_plaintext_password: bool = False
+    oauthbearer: OAuthBearer | None = None  # mechanism OAUTHBEARER
+    aws_region: str | None = None  # mechanism AWS_MSK_IAM: the MSK cluster's region
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Keyword arguments for aiokafka clients from settings (pure): brokers, TLS and SASL."""
+"""Keyword arguments for aiokafka clients from settings: brokers, TLS and SASL.
+
+Pure but for the OAUTHBEARER token provider it builds (recorder/kafka/oauth.py), which fetches
+nothing until a client connects; every client of the recorder and its tools gets its options
+here, so every one of them logs in the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import re
 import ssl
 from typing import Any
 
+from recorder.kafka.oauth import token_provider
 from recorder.runtime.settings import Settings
 
 # How long the group waits for members to rejoin a rebalance (aiokafka's rebalance_timeout_ms).
@@ -34,7 +40,14 @@ def client_options(settings: Settings) -> dict[str, Any]:
                 str(settings.KAFKA_SSL_KEY_FILE) if settings.KAFKA_SSL_KEY_FILE else None,
             )
         opts["ssl_context"] = context
-    if settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL"):
+    provider = (
+        token_provider(settings) if settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL") else None
+    )
+    if provider is not None:
+        # OAUTHBEARER on the wire for both: MSK's IAM login is an OAUTHBEARER token too.
+        opts["sasl_mechanism"] = "OAUTHBEARER"
+        opts["sasl_oauth_token_provider"] = provider
+    elif settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL"):
         username = settings.KAFKA_SASL_USERNAME
         password = (
             settings.KAFKA_SASL_PASSWORD.get_secret_value()

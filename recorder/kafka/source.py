@@ -21,6 +21,7 @@ from aiokafka.errors import (
 
 from recorder.core.offsets import TP, PositionLost
 from recorder.core.reset_plan import start_position
+from recorder.kafka.oauth import login_refused
 from recorder.kafka.options import MAX_POLL_INTERVAL_MS, REBALANCE_TIMEOUT_MS, consumer_options
 from recorder.kafka.topic_ids import topic_ids
 from recorder.runtime import telemetry
@@ -158,6 +159,9 @@ class KafkaSource:
         so its progress can move past them too (`fetched_end`): otherwise an idle partition
         after a transaction shows a lag of 1 for good. Raises PositionLost instead of letting
         the consumer reset a position."""
+        revoked = login_refused(self._client_options)
+        if revoked is not None:  # a refused login: aiokafka may have lost its fetcher to it
+            raise revoked
         try:
             data = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except OffsetOutOfRangeError as exc:

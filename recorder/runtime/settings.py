@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recorder.core.errors import ConfigError as ConfigError
@@ -30,6 +37,29 @@ from recorder.core.start_from import parse_start_from as parse_start_from
 
 # An Iceberg namespace or table name: one level (a dot would nest namespaces), nothing to quote.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# An AWS region name (eu-west-1, us-gov-west-1, cn-north-1, ap-southeast-5).
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+# RFC 7628's SASL extension key (`auth` is the token's own) and value (printable, no \x01).
+_EXTENSION_KEY = re.compile(r"[A-Za-z]+")
+_EXTENSION_VALUE = re.compile(r"[\x21-\x7E \t\r\n]+")
+EXTENSIONS_FORM = "expected comma-separated key=value, e.g. logicalCluster=lkc-abc123"
+
+
+def parse_sasl_extensions(value: str) -> dict[str, str]:
+    """`key=value,key=value` → the OAUTHBEARER SASL extensions; ValueError naming the bad one."""
+    out: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, sep, val = item.strip().partition("=")
+        if not sep or not _EXTENSION_KEY.fullmatch(key) or not _EXTENSION_VALUE.fullmatch(val):
+            raise ValueError(
+                f"{item.strip()!r} is not key=value (a key of letters); {EXTENSIONS_FORM}"
+            )
+        if key == "auth":
+            raise ValueError(f"the extension key 'auth' is the token's own; {EXTENSIONS_FORM}")
+        out[key] = val
+    return out
 
 
 def is_rest_catalog(uri: str) -> bool:
@@ -113,8 +143,15 @@ class Settings(BaseSettings):
     KAFKA_SECURITY_PROTOCOL: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _field(
         "PLAINTEXT", "Kafka security protocol.", "SASL_SSL"
     )
-    KAFKA_SASL_MECHANISM: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = _field(
-        "PLAIN", "SASL mechanism when the protocol is SASL_*.", "SCRAM-SHA-512"
+    KAFKA_SASL_MECHANISM: Literal[
+        "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"
+    ] = _field(
+        "PLAIN",
+        "SASL mechanism when the protocol is SASL_*. `OAUTHBEARER`: a token from an OAuth 2.0 "
+        "token endpoint (client credentials, the KAFKA_SASL_OAUTHBEARER_* variables); "
+        "`AWS_MSK_IAM`: Amazon MSK's IAM login (OAUTHBEARER with a token signed by the pod's "
+        "AWS credentials for KAFKA_SASL_AWS_REGION; needs SASL_SSL).",
+        "SCRAM-SHA-512",
     )
     KAFKA_SASL_USERNAME: str | None = _field(None, "SASL user name (from a Secret).", "recorder")
     KAFKA_SASL_PASSWORD: SecretStr | None = _field(None, "SASL password (from a Secret).", "***")
@@ -123,6 +160,47 @@ class Settings(BaseSettings):
         "A whole sasl.jaas.config line (from a Secret, e.g. a Strimzi KafkaUser's); its username "
         "and password are used where KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD are unset.",
         "***",
+    )
+    KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL: str = _field(
+        "",
+        "OAUTHBEARER: the OAuth 2.0 token endpoint the client-credentials grant is posted to "
+        "(Kafka's sasl.oauthbearer.token.endpoint.url); an https:// (or http://) URL.",
+        "https://login.example.com/oauth2/token",
+    )
+    KAFKA_SASL_OAUTHBEARER_CLIENT_ID: str = _field(
+        "",
+        "OAUTHBEARER: the OAuth client id (Kafka's sasl.oauthbearer.client.credentials.client.id).",
+        "datarecorder",
+    )
+    KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET: SecretStr | None = _field(
+        None,
+        "OAUTHBEARER: the OAuth client secret (from a Secret; Kafka's "
+        "sasl.oauthbearer.client.credentials.client.secret).",
+        "***",
+    )
+    KAFKA_SASL_OAUTHBEARER_SCOPE: str = _field(
+        "",
+        "OAUTHBEARER: the scope asked for (Kafka's sasl.oauthbearer.scope); empty: none.",
+        "kafka",
+    )
+    KAFKA_SASL_OAUTHBEARER_CLIENT_AUTH: Literal["basic", "form"] = _field(
+        "basic",
+        "OAUTHBEARER: how the client authenticates to the token endpoint: `basic` (an HTTP "
+        "Basic header, as Kafka's own client does) or `form` (client_id and client_secret in "
+        "the form body, for endpoints that take only that).",
+        "form",
+    )
+    KAFKA_SASL_OAUTHBEARER_EXTENSIONS: str = _field(
+        "",
+        "OAUTHBEARER: SASL extensions sent with the token (RFC 7628; e.g. Confluent Cloud's "
+        "logicalCluster and identityPoolId), as comma-separated key=value; empty: none.",
+        "logicalCluster=lkc-abc123,identityPoolId=pool-xyz",
+    )
+    KAFKA_SASL_AWS_REGION: str = _field(
+        "",
+        "AWS_MSK_IAM: the AWS region of the MSK cluster, which the token is signed for; empty: "
+        "the AWS_REGION variable's (set on EKS by the pod identity webhook).",
+        "eu-west-1",
     )
     KAFKA_CLIENT_RACK: str = _field(
         "",
@@ -368,6 +446,76 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port, got {broker!r}")
         return value
 
+    @field_validator("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL")
+    @classmethod
+    def _check_token_endpoint(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                parsed = urlsplit(value)
+            except ValueError:  # e.g. an unclosed [IPv6] literal
+                parsed = urlsplit("")
+            if parsed.scheme not in ("https", "http") or not parsed.hostname:
+                raise ValueError(
+                    f"{value!r} is not an http(s) URL; expected e.g. "
+                    "https://login.example.com/oauth2/token"
+                )
+        return value
+
+    @field_validator("KAFKA_SASL_OAUTHBEARER_EXTENSIONS")
+    @classmethod
+    def _check_extensions(cls, value: str) -> str:
+        parse_sasl_extensions(value)  # raises a ValueError saying the expected form
+        return value.strip()
+
+    def sasl_extensions(self) -> dict[str, str]:
+        """KAFKA_SASL_OAUTHBEARER_EXTENSIONS as the SASL extensions' key → value."""
+        return parse_sasl_extensions(self.KAFKA_SASL_OAUTHBEARER_EXTENSIONS)
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> Settings:
+        if not self.KAFKA_SECURITY_PROTOCOL.startswith("SASL_"):
+            return self
+        if self.KAFKA_SASL_MECHANISM == "OAUTHBEARER":
+            missing = [
+                name
+                for name, value in (
+                    (
+                        "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+                        self.KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL,
+                    ),
+                    ("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", self.KAFKA_SASL_OAUTHBEARER_CLIENT_ID),
+                    (
+                        "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET",
+                        self.KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET.get_secret_value()
+                        if self.KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET
+                        else "",
+                    ),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"KAFKA_SASL_MECHANISM=OAUTHBEARER needs {', '.join(missing)} (the token "
+                    "endpoint's URL, e.g. https://login.example.com/oauth2/token, and the "
+                    "client id and secret of the client-credentials grant)"
+                )
+        if self.KAFKA_SASL_MECHANISM == "AWS_MSK_IAM":
+            if self.KAFKA_SECURITY_PROTOCOL != "SASL_SSL":
+                raise ValueError(
+                    f"KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+                    f"(got {self.KAFKA_SECURITY_PROTOCOL}; MSK's IAM listener is TLS only)"
+                )
+            region = self.KAFKA_SASL_AWS_REGION.strip() or os.environ.get("AWS_REGION", "").strip()
+            if not AWS_REGION.fullmatch(region):
+                got = f"{region!r} is not a region" if region else "neither is set"
+                raise ValueError(
+                    "KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs the MSK cluster's region in "
+                    f"KAFKA_SASL_AWS_REGION or AWS_REGION ({got}; expected e.g. eu-west-1)"
+                )
+            self.KAFKA_SASL_AWS_REGION = region
+        return self
+
     @field_validator("START_FROM")
     @classmethod
     def _check_start_from(cls, value: str) -> str:
@@ -517,7 +665,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a check across variables: its message names them
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = str(err["loc"][0])
             field = Settings.model_fields.get(name)
             example = field.examples[0] if field and field.examples else ""
             got = os.environ.get(name, err.get("input"))

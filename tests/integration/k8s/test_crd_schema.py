@@ -135,6 +135,80 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["sends the password in clear text", "kafka.sasl.allowPlaintextPassword: true"],
     ),
     (
+        "OAUTHBEARER without its token endpoint and secret (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9092"],
+                "securityProtocol": "SASL_SSL",
+                "sasl": {"mechanism": "OAUTHBEARER", "oauthbearer": {"clientId": "rec"}},
+            }
+        },
+        ["kafka.sasl.mechanism OAUTHBEARER needs kafka.sasl.oauthbearer with tokenEndpointURL"],
+    ),
+    (
+        "OAUTHBEARER token over SASL_PLAINTEXT (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9092"],
+                "securityProtocol": "SASL_PLAINTEXT",
+                "sasl": {
+                    "mechanism": "OAUTHBEARER",
+                    "oauthbearer": {
+                        "tokenEndpointURL": "https://login.example.com/token",
+                        "clientId": "rec",
+                        "clientSecretSecret": {"name": "oauth", "key": "secret"},
+                    },
+                },
+            }
+        },
+        ["sends the bearer token in clear text", "kafka.sasl.allowPlaintextPassword: true"],
+    ),
+    (
+        "AWS_MSK_IAM over SASL_PLAINTEXT (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9092"],
+                "securityProtocol": "SASL_PLAINTEXT",
+                "sasl": {"mechanism": "AWS_MSK_IAM", "awsRegion": "eu-west-1"},
+            }
+        },
+        ["kafka.sasl.mechanism AWS_MSK_IAM needs securityProtocol SASL_SSL"],
+    ),
+    (
+        "AWS_MSK_IAM without a region (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9098"],
+                "securityProtocol": "SASL_SSL",
+                "sasl": {"mechanism": "AWS_MSK_IAM"},
+            }
+        },
+        ["kafka.sasl.mechanism AWS_MSK_IAM needs kafka.sasl.awsRegion"],
+    ),
+    (
+        "SCRAM without its Secret (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9092"],
+                "securityProtocol": "SASL_SSL",
+                "sasl": {"mechanism": "SCRAM-SHA-512"},
+            }
+        },
+        ["kafka.sasl.secretName (the Secret with the password) is required"],
+    ),
+    (
+        "operator scaling with a token login (CEL)",
+        {
+            "kafka": {
+                "brokers": ["k:9098"],
+                "securityProtocol": "SASL_SSL",
+                "sasl": {"mechanism": "AWS_MSK_IAM", "awsRegion": "eu-west-1"},
+            },
+            "autoscaling": {"enabled": True, "mode": "operator"},
+        },
+        ["autoscaling.mode operator reads the lag with the operator's own Kafka login"],
+    ),
+    (
         "consumer group with '..' (CEL)",
         {"kafka": {"brokers": ["k:9092"], "groupId": "a..b"}},
         ["kafka.groupId must not contain '..'"],
@@ -387,3 +461,45 @@ def test_a_rest_catalog_is_taken_and_credentials_in_its_url_refused(
             k8s, k8s_namespace, data_recorder(f"bad-{name}", s3={**s3, "iceberg": bad})
         )
         assert code != 0 and "iceberg" in stderr, (name, stderr)
+
+
+@pytest.mark.parametrize(
+    "sasl",
+    [
+        {
+            "mechanism": "OAUTHBEARER",
+            "oauthbearer": {
+                "tokenEndpointURL": "https://login.example.com/oauth2/token",
+                "clientId": "datarecorder",
+                "clientSecretSecret": {"name": "kafka-oauth", "key": "client-secret"},
+                "scope": "kafka",
+            },
+        },
+        {"mechanism": "AWS_MSK_IAM", "awsRegion": "eu-west-1"},
+    ],
+    ids=["oauthbearer", "aws-msk-iam"],
+)
+def test_token_logins_are_accepted_and_their_deployment_taken_by_the_server(
+    k8s: K8s, k8s_namespace: str, sasl: dict[str, Any]
+) -> None:
+    """No secretName for the token mechanisms; the Deployment the operator renders (the client
+    secret as a secretKeyRef) is one the server accepts."""
+    kafka = {"brokers": ["k:9098"], "securityProtocol": "SASL_SSL", "sasl": sasl}
+    manifest = data_recorder("token", kafka=kafka)
+    code, stderr = _create(k8s, k8s_namespace, manifest)
+    assert code == 0, stderr
+    stored = k8s.get_json("datarecorder", "token", namespace=k8s_namespace)
+    assert stored["spec"]["kafka"]["sasl"]["mechanism"] == sasl["mechanism"]
+    deployment = workload.render_deployment(parse_spec("token", k8s_namespace, stored["spec"]), 1)
+    applied = k8s.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        k8s_namespace,
+        "-f",
+        "-",
+        input=json.dumps(deployment),
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    k8s.kubectl("delete", "datarecorder", "token", "-n", k8s_namespace)

@@ -416,11 +416,26 @@ def kafka(draw: st.DrawFn) -> dict[str, Any]:
     protocol = draw(st.sampled_from(_prop("kafka", "securityProtocol")["enum"]))
     out["securityProtocol"] = protocol
     if protocol.startswith("SASL_"):
-        sasl = draw(section(_prop("kafka", "sasl"), skip=("allowPlaintextPassword",)))
-        sasl["secretName"] = "kafka-user"
+        skip = ("allowPlaintextPassword", "oauthbearer", "awsRegion")
+        sasl = draw(section(_prop("kafka", "sasl"), skip=skip))
+        mechanism = sasl.get("mechanism", "SCRAM-SHA-512")
+        if mechanism == "OAUTHBEARER":
+            oauth = _prop("kafka", "sasl", "oauthbearer")
+            sasl["oauthbearer"] = {
+                "tokenEndpointURL": draw(strings(oauth["properties"]["tokenEndpointURL"])),
+                "clientId": draw(strings(oauth["properties"]["clientId"])),
+                "clientSecretSecret": {"name": "oauth-client", "key": "secret"},
+            }
+            if draw(st.booleans()):
+                sasl["oauthbearer"]["scope"] = draw(strings(oauth["properties"]["scope"]))
+        elif mechanism == "AWS_MSK_IAM":
+            sasl["awsRegion"] = draw(strings(_prop("kafka", "sasl", "awsRegion")))
+            protocol = out["securityProtocol"] = "SASL_SSL"  # a CEL rule: TLS only
+        else:
+            sasl["secretName"] = "kafka-user"
         if "jaasConfigKey" in sasl:
             sasl.pop("username", None)
-        if protocol == "SASL_PLAINTEXT" and sasl.get("mechanism") == "PLAIN":
+        if protocol == "SASL_PLAINTEXT" and mechanism in ("PLAIN", "OAUTHBEARER"):
             sasl["allowPlaintextPassword"] = True
         out["sasl"] = sasl
     if protocol in ("SSL", "SASL_SSL") and draw(st.booleans()):
