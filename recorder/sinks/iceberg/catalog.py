@@ -24,7 +24,7 @@ from pyiceberg.table.update import AssertTableUUID
 from pyiceberg.transforms import HourTransform
 
 from recorder.runtime.settings import TopicKind
-from recorder.sinks.iceberg import rows
+from recorder.sinks.iceberg import rows, wait
 from recorder.sinks.iceberg.config import IcebergConfig
 from recorder.sinks.iceberg.progress import TableProgress, from_summary
 
@@ -68,6 +68,7 @@ class Tables:
     @property
     def catalog(self) -> SqlCatalog:
         if self._catalog is None:
+            wait.install()  # no catalog call waits forever on a silent server
             # Creates the JDBC catalog's tables when missing (pyiceberg's init_catalog_tables).
             self._catalog = SqlCatalog(self._config.catalog, **self._config.catalog_properties())
         return self._catalog

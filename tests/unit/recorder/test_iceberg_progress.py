@@ -8,19 +8,20 @@ tests/integration/faults/test_iceberg_zombie.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.engine import make_url
 
 from recorder.core.columns import TICK_SCHEMA
 from recorder.core.errors import ConfigError
 from recorder.core.offsets import TP, CasOutcome
 from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.iceberg import rows
-from recorder.sinks.iceberg.config import IcebergConfig, catalog_uri
+from recorder.sinks.iceberg.config import LIBPQ_PARAMS, IcebergConfig, catalog_uri
 from recorder.sinks.iceberg.progress import (
     OFFSETS,
     CorruptProgress,
@@ -32,6 +33,7 @@ from recorder.sinks.iceberg.progress import (
     with_topic_ids,
 )
 from recorder.tools.lake_compact import parse_hour
+from recorder.tools.lake_maintain import Listed, Snap, expire_plan, orphans, parse_age
 
 tps = st.builds(TP, st.sampled_from(["market.tick", "a.b-c_d", "x"]), st.integers(0, 5))
 offsets = st.integers(0, 50)
@@ -172,15 +174,20 @@ def test_catalog_uri_takes_its_password_from_the_secret_and_never_shows_it() -> 
         ICEBERG_CATALOG_URI="postgresql+psycopg2://ice@db:5432/cat",
         ICEBERG_CATALOG_PASSWORD="p@ss/word",
     )
-    assert catalog_uri(s) == (
-        "postgresql+psycopg2://ice:p%40ss%2Fword@db:5432/cat?connect_timeout=10"
-    )
+    assert catalog_uri(s) == (f"postgresql+psycopg2://ice:p%40ss%2Fword@db:5432/cat?{LIBPQ_PARAMS}")
     assert "p%40ss" not in repr(IcebergConfig.of(s))
     own = Settings(
         _env_file=None, TIMESCALEDB_USER="rec", TIMESCALEDB_PASSWORD="pw", TIMESCALEDB_DB="md"
     )
-    assert catalog_uri(own) == "postgresql+psycopg2://rec:pw@localhost:5432/md?connect_timeout=10"
+    assert catalog_uri(own) == f"postgresql+psycopg2://rec:pw@localhost:5432/md?{LIBPQ_PARAMS}"
     assert IcebergConfig.of(own).warehouse == "s3://market-data/market-data"
+
+
+def test_the_catalog_connection_is_bounded_by_the_server_and_by_keepalives() -> None:
+    query = make_url(catalog_uri(Settings(_env_file=None))).query
+    assert query["connect_timeout"] == "10"
+    assert query["keepalives"] == "1"
+    assert query["options"] == "-c statement_timeout=30000"
 
 
 def test_lake_compact_takes_an_hour_that_has_ended_and_says_the_form_otherwise() -> None:
@@ -192,3 +199,46 @@ def test_lake_compact_takes_an_hour_that_has_ended_and_says_the_form_otherwise()
     for text in ("2026-11-26T10", "2026-11-26T09:30", "yesterday", "2026-11-26T09:00+05:30"):
         with pytest.raises(ConfigError, match="--hour"):
             parse_hour(text, now)
+
+
+def test_lake_upkeep_ages_take_a_unit_and_say_the_form_otherwise() -> None:
+    assert parse_age("7d", "--older-than") == timedelta(days=7)
+    assert parse_age("36h", "--older-than") == timedelta(hours=36)
+    assert parse_age("90m", "--older-than") == timedelta(minutes=90)
+    assert parse_age("0", "--older-than") == timedelta(0)
+    assert parse_age("1.5w", "--older-than") == timedelta(days=10.5)
+    for text in ("", "7 days", "-1d", "d"):
+        with pytest.raises(ConfigError, match="--older-than"):
+            parse_age(text, "--older-than")
+
+
+def test_expiry_keeps_the_newest_of_the_branch_the_protected_and_the_young() -> None:
+    snaps = [Snap(i, i * 1000) for i in range(1, 11)]
+    lineage = list(range(10, 0, -1))  # newest first
+    # Everything old may go but the current one and what is protected.
+    assert expire_plan(snaps, lineage, {4}, cutoff_ms=10**9, retain_last=1) == {
+        1,
+        2,
+        3,
+        5,
+        6,
+        7,
+        8,
+        9,
+    }
+    # retain_last keeps the newest of the branch whatever their age; the cutoff keeps the young.
+    assert expire_plan(snaps, lineage, set(), cutoff_ms=10**9, retain_last=3) == set(range(1, 8))
+    assert expire_plan(snaps, lineage, set(), cutoff_ms=5000, retain_last=1) == {1, 2, 3, 4}
+    # retain_last below 1 still keeps the current snapshot: it carries the progress.
+    assert 10 not in expire_plan(snaps, lineage, set(), cutoff_ms=10**9, retain_last=0)
+
+
+def test_orphans_are_the_unreferenced_files_older_than_the_cutoff() -> None:
+    listed = [
+        Listed("b/t/data/a.parquet", 100.0, 1),  # referenced
+        Listed("b/t/data/b.parquet", 100.0, 2),  # an old upload nothing committed
+        Listed("b/t/data/c.parquet", 900.0, 3),  # a young upload: perhaps a commit in flight
+        Listed("b/t/metadata/snap-1.avro", 50.0, 4),  # an expired snapshot's manifest list
+    ]
+    found = orphans(listed, {"b/t/data/a.parquet"}, cutoff_s=500.0)
+    assert [f.path for f in found] == ["b/t/data/b.parquet", "b/t/metadata/snap-1.avro"]
