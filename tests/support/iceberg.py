@@ -6,6 +6,8 @@ rows and progress of earlier snapshots (time travel).
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -141,3 +143,17 @@ async def rows_at(env: dict[str, str], kind: TopicKind, snapshot_id: int) -> int
     """The number of rows of `kind`'s table at `snapshot_id` (pyiceberg's time travel)."""
     with as_sent.aws_credentials_of(env):
         return await asyncio.to_thread(_scan_at, env, kind, snapshot_id)
+
+
+def lake(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`datarecorder lake ARGS`."""
+    res = subprocess.run(
+        [sys.executable, "-m", "recorder.cli", "lake", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res

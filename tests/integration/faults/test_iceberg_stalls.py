@@ -25,6 +25,7 @@ from tests.integration.faults.harness import (
     scaled,
 )
 from tests.integration.faults.test_s3_stall_rebalance import s3_server_pid
+from tests.support.iceberg import lake
 from tests.support.recorder_proc import RecorderProcess
 from tests.support.tcp_relay import Relay
 
@@ -81,6 +82,13 @@ async def test_s3_frozen_while_committing_with_a_rebalance(
             os.kill(pid, signal.SIGCONT)
         thawed = time.monotonic()
         assert hot_during > hot_before, "the database stopped recording while S3 was frozen"
+        # The tables' requests gave up on the silent S3 and were retried (none waits forever).
+        retried = [
+            line
+            for line in a.log_path.read_text().splitlines()
+            if '"store_retry"' in line and '"iceberg_' in line
+        ]
+        assert retried, a.tail(40)
         await feed.wait()
         await dep.wait_drained(await dep.end_offsets(), limit_s=240, what="after the stall")
     finally:
@@ -175,6 +183,16 @@ async def test_catalog_hang_times_out_commits_and_a_kill_during_it_loses_nothing
             feed.stop()
         assert a.alive(), a.tail()
         report = await dep.verify_exact()
+    # What the killed member and the refused commits left behind is removable: with no recorder
+    # running, remove-orphans --older-than 0 deletes it, and every record is still there once.
+    dep.terminate(a)
+    cleaned = await asyncio.to_thread(lake, dep.env, "remove-orphans", "--older-than", "0")
+    orphans = sum(
+        int(line.split(": ", 1)[1].split(" ", 1)[0])
+        for line in cleaned.stdout.splitlines()
+        if "orphan files deleted" in line
+    )
+    report = await dep.verify_exact()
     record_result(
         "iceberg catalog hang (relay holds bytes) with a SIGKILL",
         report,
@@ -183,4 +201,5 @@ async def test_catalog_hang_times_out_commits_and_a_kill_during_it_loses_nothing
         catalog_timeouts=timeouts,
         hot_path_during_hang=hot_during - hot_before,
         commit_conflicts=a.log_path.read_text().count('"iceberg_commit_conflict"'),
+        orphans_removed=orphans,
     )

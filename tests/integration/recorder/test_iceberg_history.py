@@ -6,8 +6,6 @@ and DuckDB over its Arrow), and the upkeep commands `datarecorder lake expire-sn
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -118,20 +116,6 @@ async def test_time_travel_reads_exactly_the_records_below_a_snapshots_progress(
 
 
 # --- upkeep -------------------------------------------------------------------------------------
-def lake(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`datarecorder lake ARGS`."""
-    res = subprocess.run(
-        [sys.executable, "-m", "recorder.cli", "lake", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    return res
-
-
 def _files(env: dict[str, str]) -> dict[TopicKind, set[str]]:
     tables = Tables(IcebergConfig.of(as_sent.settings_of(env)))
     try:
@@ -255,12 +239,12 @@ async def test_expire_snapshots_and_remove_orphans_keep_every_record_once(
     planted = await plant_uncommitted(env)
 
     # The default threshold (3 days) protects files that young: nothing is an orphan yet.
-    young = lake(env, "remove-orphans", "--dry-run")
+    young = iceberg.lake(env, "remove-orphans", "--dry-run")
     assert listed_paths(young.stdout) == set(), young.stdout
-    dry = lake(env, "remove-orphans", "--older-than", "0", "--dry-run")
+    dry = iceberg.lake(env, "remove-orphans", "--older-than", "0", "--dry-run")
     assert listed_paths(dry.stdout) == set().union(*planted.values(), refused), dry.stdout
     assert await files_under(env) == {k: before[k] | planted[k] for k in TopicKind}
-    removed = lake(env, "remove-orphans", "--older-than", "0")
+    removed = iceberg.lake(env, "remove-orphans", "--older-than", "0")
     assert '"lake_orphans_removed"' in removed.stdout + removed.stderr
     # Exactly the planted uploads and the refused commits' metadata went.
     assert await files_under(env) == {k: before[k] - refused for k in TopicKind}, removed.stdout
@@ -269,7 +253,7 @@ async def test_expire_snapshots_and_remove_orphans_keep_every_record_once(
     # Expire everything that may go: the current snapshot stays and carries the progress.
     old, current, carries = await snapshots(env, TopicKind.TICK)
     assert len(old) > 2 and carries and current is not None
-    expired = lake(env, "expire-snapshots", "--older-than", "0", "--retain-last", "1")
+    expired = iceberg.lake(env, "expire-snapshots", "--older-than", "0", "--retain-last", "1")
     assert '"lake_snapshots_expired"' in expired.stdout + expired.stderr
     assert f"{len(old) - 1} snapshots expired" in expired.stdout, expired.stdout
     left, still_current, carries = await snapshots(env, TopicKind.TICK)
@@ -287,7 +271,7 @@ async def test_expire_snapshots_and_remove_orphans_keep_every_record_once(
 
     # The expired snapshots' manifest lists are orphans now; nothing the current one reads is.
     expired_files = await files_under(env)
-    again = lake(env, "remove-orphans", "--older-than", "0")
+    again = iceberg.lake(env, "remove-orphans", "--older-than", "0")
     after = await files_under(env)
     for kind in TopicKind:
         assert after[kind] < expired_files[kind], (kind, again.stdout)
