@@ -2,8 +2,8 @@
 tables' upkeep, with defaults that never touch what a recorder relies on.
 
 Owns which snapshots may be expired (older than a threshold, beyond the newest
-`--retain-last` of the current branch, never a branch's or tag's head and never the snapshot
-the recorder's progress is read from) and which files under a table's location are orphans (no
+`--retain-last` of the current branch, never a branch's or tag's head, never the snapshot the
+recorder's progress is read from nor one between it and the current snapshot) and which files under a table's location are orphans (no
 metadata file in the log, no snapshot's manifest list, manifest or manifest entry names them,
 and older than a threshold that keeps a recorder's uploads that are not committed yet).
 
@@ -75,6 +75,16 @@ def expire_plan(
     return {s.id for s in snapshots if s.timestamp_ms < cutoff_ms and s.id not in keep}
 
 
+def protected_ids(lineage: Sequence[int], heads: Iterable[int], carrier: int | None) -> set[int]:
+    """Snapshots never expired (pure): the heads of branches and tags, and the progress's
+    snapshot `carrier` with every snapshot between it and the current one (`lineage`, newest
+    first): the progress is found by walking parents from the current snapshot to it."""
+    out = set(heads)
+    if carrier is not None and carrier in lineage:
+        out |= set(lineage[: lineage.index(carrier) + 1])
+    return out
+
+
 def progress_snapshot(table: Table) -> int | None:
     """The snapshot the recorder's progress is read from: the newest of the current branch
     that carries `datarecorder.offsets` (recorder.sinks.iceberg.catalog.Tables.progress)."""
@@ -104,10 +114,8 @@ def expire_table(
         table = tables.load(kind)
         current = table.current_snapshot()
         lineage = [s.snapshot_id for s in ancestors_of(current, table.metadata)]
-        protected = {ref.snapshot_id for ref in table.metadata.refs.values()}
-        carrier = progress_snapshot(table)
-        if carrier is not None:
-            protected.add(carrier)
+        heads = {ref.snapshot_id for ref in table.metadata.refs.values()}
+        protected = protected_ids(lineage, heads, progress_snapshot(table))
         snaps = [Snap(s.snapshot_id, s.timestamp_ms) for s in table.snapshots()]
         doomed = expire_plan(snaps, lineage, protected, cutoff_ms, retain_last)
         current_id = current.snapshot_id if current is not None else None

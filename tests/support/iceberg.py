@@ -116,7 +116,7 @@ def _history(env: dict[str, str], kind: TopicKind, every: int) -> list[SnapshotR
             )
             arrow = table.scan(snapshot_id=snap.snapshot_id).to_arrow()
             con = table.scan(snapshot_id=snap.snapshot_id).to_duckdb("snap")
-            seen = con.execute("SELECT * FROM snap").to_arrow_table()
+            seen = con.sql("SELECT * FROM snap").to_arrow_table()
             out.append(
                 SnapshotRead(snap.snapshot_id, offsets, counter(kind, arrow), counter(kind, seen))
             )

@@ -207,6 +207,23 @@ async def refused_commits_metadata(env: dict[str, str]) -> set[str]:
         return await asyncio.to_thread(_refused, env)
 
 
+def _rewrite(env: dict[str, str]) -> None:
+    tables = Tables(IcebergConfig.of(as_sent.settings_of(env)))
+    try:
+        for kind in TopicKind:
+            table = tables.load(kind)
+            table.overwrite(table.scan().to_arrow())
+    finally:
+        tables.close()
+
+
+async def rewrite_without_progress(env: dict[str, str]) -> None:
+    """What another writer does: every table's rows rewritten as they are, in a snapshot whose
+    summary carries no progress."""
+    with as_sent.aws_credentials_of(env):
+        await asyncio.to_thread(_rewrite, env)
+
+
 def listed_paths(stdout: str) -> set[str]:
     return {line.strip() for line in stdout.splitlines() if line.startswith("  ")}
 
@@ -277,4 +294,17 @@ async def test_expire_snapshots_and_remove_orphans_keep_every_record_once(
         assert after[kind] < expired_files[kind], (kind, again.stdout)
         gone_files = expired_files[kind] - after[kind]
         assert all("/metadata/snap-" in f for f in gone_files), gone_files  # manifest lists
+    assert await as_sent.holds_exactly(env, lake_want)
+
+    # Another tool commits on top (the same rows rewritten, no progress in its summary): the
+    # snapshot the progress is read from is no longer the current one, and is kept.
+    await rewrite_without_progress(env)
+    on_top, _, carries = await snapshots(env, TopicKind.TICK)
+    assert len(on_top) > 2 and not carries and on_top[0] == current  # overwrite: delete + add
+    kept = iceberg.lake(env, "expire-snapshots", "--older-than", "0", "--retain-last", "1")
+    # The progress is found by walking parents from the current snapshot: the one carrying it
+    # and every one on the way stay, whatever --retain-last says.
+    assert "0 snapshots expired" in kept.stdout, kept.stdout
+    assert (await snapshots(env, TopicKind.TICK))[0] == on_top
+    assert await iceberg.progress(env) == as_sent.log_ends(records)
     assert await as_sent.holds_exactly(env, lake_want)

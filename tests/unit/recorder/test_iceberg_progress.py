@@ -33,7 +33,14 @@ from recorder.sinks.iceberg.progress import (
     with_topic_ids,
 )
 from recorder.tools.lake_compact import parse_hour
-from recorder.tools.lake_maintain import Listed, Snap, expire_plan, orphans, parse_age
+from recorder.tools.lake_maintain import (
+    Listed,
+    Snap,
+    expire_plan,
+    orphans,
+    parse_age,
+    protected_ids,
+)
 
 tps = st.builds(TP, st.sampled_from(["market.tick", "a.b-c_d", "x"]), st.integers(0, 5))
 offsets = st.integers(0, 50)
@@ -242,3 +249,12 @@ def test_orphans_are_the_unreferenced_files_older_than_the_cutoff() -> None:
     ]
     found = orphans(listed, {"b/t/data/a.parquet"}, cutoff_s=500.0)
     assert [f.path for f in found] == ["b/t/data/b.parquet", "b/t/metadata/snap-1.avro"]
+
+
+def test_the_progress_snapshot_and_the_way_to_it_are_never_expired() -> None:
+    lineage = [9, 8, 7, 6, 5]  # 9 current, 7 the newest carrying the progress (8, 9: others')
+    assert protected_ids(lineage, {9, 3}, 7) == {9, 8, 7, 3}
+    assert protected_ids(lineage, {9}, None) == {9}
+    snaps = [Snap(i, 0) for i in range(3, 10)]
+    doomed = expire_plan(snaps, lineage, protected_ids(lineage, {9}, 7), 1, retain_last=1)
+    assert doomed == {3, 4, 5, 6}
