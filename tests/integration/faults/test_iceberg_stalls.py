@@ -100,6 +100,7 @@ async def test_s3_frozen_while_committing_with_a_rebalance(
         report,
         produced=total,
         stalled_s=STALL_S,
+        peak_rss_mib=round(dep.peak_rss_mib(), 1),
         hot_path_during_stall=hot_during - hot_before,
         recovery_s=round(time.monotonic() - thawed, 1),
         commit_conflicts=a.log_path.read_text().count('"iceberg_commit_conflict"'),
@@ -171,9 +172,11 @@ async def test_catalog_hang_times_out_commits_and_a_kill_during_it_loses_nothing
                 timeouts = timed_out(a)
             finally:
                 relay.resume()
+            resumed = time.monotonic()
             assert hot_during > hot_before, "the database stopped recording in the hang"
             await feed.wait()
             await dep.wait_drained(await dep.end_offsets(), limit_s=240, what="after the hang")
+            recovery_s = round(time.monotonic() - resumed, 1)
             await dep.wait_for(
                 "/health healthy again",
                 lambda: "iceberg: healthy" in dep.health(a),
@@ -198,6 +201,8 @@ async def test_catalog_hang_times_out_commits_and_a_kill_during_it_loses_nothing
         report,
         produced=total,
         hung_s=HANG_S,
+        peak_rss_mib=round(dep.peak_rss_mib(), 1),
+        recovery_s=recovery_s,
         catalog_timeouts=timeouts,
         hot_path_during_hang=hot_during - hot_before,
         commit_conflicts=a.log_path.read_text().count('"iceberg_commit_conflict"'),

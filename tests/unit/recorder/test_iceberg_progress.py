@@ -7,20 +7,23 @@ tests/integration/faults/test_iceberg_zombie.py.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+import psycopg2
 import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from psycopg2 import extensions
 from sqlalchemy.engine import make_url
 
 from recorder.core.columns import TICK_SCHEMA
 from recorder.core.errors import ConfigError
 from recorder.core.offsets import TP, CasOutcome
 from recorder.runtime.settings import Settings, TopicKind
-from recorder.sinks.iceberg import rows
+from recorder.sinks.iceberg import rows, wait
 from recorder.sinks.iceberg.config import LIBPQ_PARAMS, IcebergConfig, catalog_uri
 from recorder.sinks.iceberg.progress import (
     OFFSETS,
@@ -258,3 +261,36 @@ def test_the_progress_snapshot_and_the_way_to_it_are_never_expired() -> None:
     snaps = [Snap(i, 0) for i in range(3, 10)]
     doomed = expire_plan(snaps, lineage, protected_ids(lineage, {9}, 7), 1, retain_last=1)
     assert doomed == {3, 4, 5, 6}
+
+
+class _SilentConn:
+    """A psycopg2 connection as the wait callback sees it, whose server never answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.polls = 0
+
+    def poll(self) -> int:
+        self.polls += 1
+        return int(extensions.POLL_READ)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_a_catalog_call_gives_up_when_its_connection_stays_silent() -> None:
+    here, there = socket.socketpair()
+    try:
+        conn = _SilentConn(here)
+        wait.install(0.2)
+        with pytest.raises(psycopg2.OperationalError, match=r"did not answer within 0\.2s"):
+            wait.wait_bounded(conn)
+        there.send(b"x")  # a byte arrives: the wait goes on polling
+        calls = iter([extensions.POLL_READ, extensions.POLL_OK])
+        conn.poll = lambda: int(next(calls))  # type: ignore[method-assign]
+        wait.wait_bounded(conn)
+    finally:
+        wait.install()
+        extensions.set_wait_callback(None)
+        here.close()
+        there.close()
