@@ -6,6 +6,11 @@ recorder to start, must not stop the relay). `hang()` stops forwarding bytes in 
 directions without closing anything, as a frozen server or a black-holed network looks to a
 client: connections stay open, the kernel still accepts what is sent, nothing answers.
 `resume()` forwards again, the bytes held meanwhile first.
+
+`hold_replies_after(marker)` makes the first connection whose client then sends `marker` (say
+the `COMMIT` of a PostgreSQL simple query) keep getting its bytes to the server while the
+server's replies are held: the request is carried out, its answer never arrives (an outcome
+unknown to the client), until `resume()`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ class Relay:
     host: str = "127.0.0.1"
     port: int = 0  # the listening port, once started
     connections: int = 0  # accepted so far
+    held: int = 0  # connections whose replies were held by `hold_replies_after`
+    _trigger: bytes | None = None
+    _replies: set[asyncio.Event] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _flowing: asyncio.Event | None = None
     _stop: asyncio.Event | None = None
@@ -44,7 +52,18 @@ class Relay:
         self._call(lambda: self._event().clear())
 
     def resume(self) -> None:
-        self._call(lambda: self._event().set())
+        def go() -> None:
+            self._event().set()
+            for replies in self._replies:
+                replies.set()
+
+        self._call(go)
+
+    def hold_replies_after(self, marker: bytes) -> None:
+        def arm() -> None:
+            self._trigger = marker
+
+        self._call(arm)
 
     @property
     def hung(self) -> bool:
@@ -81,11 +100,23 @@ class Relay:
     def _run(self) -> None:
         asyncio.run(self._serve())
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        replies: asyncio.Event | None = None,  # set: the server's side, held while clear
+        requests_of: asyncio.Event | None = None,  # set: the client's side, for this event
+    ) -> None:
         flowing = self._event()
         try:
             while data := await reader.read(256 * 1024):
                 await flowing.wait()  # a hang holds the bytes read; nothing is closed
+                if replies is not None:
+                    await replies.wait()
+                if requests_of is not None and self._trigger and self._trigger in data:
+                    self._trigger = None
+                    self.held += 1
+                    requests_of.clear()  # forwarded; what the server answers is held
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -107,11 +138,17 @@ class Relay:
         except OSError:
             cw.close()
             return
+        replies = asyncio.Event()
+        replies.set()
+        self._replies.add(replies)
         try:
-            await asyncio.gather(self._pipe(cr, tw), self._pipe(tr, cw))
+            await asyncio.gather(
+                self._pipe(cr, tw, requests_of=replies), self._pipe(tr, cw, replies=replies)
+            )
         except asyncio.CancelledError:
             pass  # the relay is closing
         finally:
+            self._replies.discard(replies)
             for w in (tw, cw):
                 with contextlib.suppress(Exception):
                     w.close()

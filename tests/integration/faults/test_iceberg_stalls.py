@@ -208,3 +208,57 @@ async def test_catalog_hang_times_out_commits_and_a_kill_during_it_loses_nothing
         commit_conflicts=a.log_path.read_text().count('"iceberg_commit_conflict"'),
         orphans_removed=orphans,
     )
+
+
+def resolved_as_done(rec: RecorderProcess) -> int:
+    """Flushes of the tables' store after a timed-out call that recorded rows without writing
+    a file: the retry read the progress and found its batches committed already (Outcome.DONE:
+    the commit whose answer was lost had applied)."""
+    lines = rec.log_path.read_text().splitlines()
+    first = next((i for i, line in enumerate(lines) if TIMED_OUT in line), len(lines))
+    return sum(
+        1
+        for line in lines[first:]
+        if '"event": "flush"' in line
+        and '"sink": "iceberg"' in line
+        and '"files"' not in line
+        and '"fenced": 0' in line
+    )
+
+
+async def test_a_catalog_commit_carried_out_but_never_answered_is_not_committed_twice(
+    iceberg_deployment: Deployment,
+) -> None:
+    """The catalog carries out a commit (its COMMIT reaches the server) but the answer is held
+    on that connection: the recorder cannot know whether it applied. Its call times out; the
+    retry reads the table's progress, finds its batches there and commits nothing again."""
+    dep = iceberg_deployment
+    total = scaled(30_000)
+    target = (dep.env["TIMESCALEDB_HOST"], int(dep.env["TIMESCALEDB_PORT"]))
+    with Relay(target) as relay:
+        rec = dep.recorder(wait_ready=90, S3_BATCH_SIZE=500, **catalog_through(dep, relay))
+        feed = dep.feed(total, rate=total / 30, invalid_ratio=0.005)
+        try:
+            await dep.wait_consumed(rec, int(total / 30 * 3))  # past the start-up commits
+            relay.hold_replies_after(b"COMMIT")
+            await dep.wait_for("a commit sent, its answer held", lambda: relay.held > 0, 60)
+            await dep.wait_for("its call timed out", lambda: timed_out(rec) > 0, 60)
+            await dep.wait_for(
+                "the retry found the commit applied", lambda: resolved_as_done(rec) > 0, 60
+            )
+            relay.resume()
+            await feed.wait()
+            await dep.wait_drained(await dep.end_offsets(), limit_s=240, what="after the hold")
+        finally:
+            feed.stop()
+            relay.resume()
+        assert rec.alive(), rec.tail()
+        report = await dep.verify_exact()
+    record_result(
+        "iceberg catalog commit applied, answer lost",
+        report,
+        produced=total,
+        peak_rss_mib=round(dep.peak_rss_mib(), 1),
+        catalog_timeouts=timed_out(rec),
+        resolved_as_done=resolved_as_done(rec),
+    )
