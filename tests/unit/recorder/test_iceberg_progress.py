@@ -7,7 +7,9 @@ tests/integration/faults/test_iceberg_zombie.py.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +24,7 @@ from sqlalchemy.engine import make_url
 from recorder.core.columns import TICK_SCHEMA
 from recorder.core.errors import ConfigError
 from recorder.core.offsets import TP, CasOutcome
+from recorder.runtime.retry import Transient
 from recorder.runtime.settings import Settings, TopicKind
 from recorder.sinks.iceberg import rows, wait
 from recorder.sinks.iceberg.config import LIBPQ_PARAMS, IcebergConfig, catalog_uri
@@ -35,6 +38,7 @@ from recorder.sinks.iceberg.progress import (
     with_starts,
     with_topic_ids,
 )
+from recorder.sinks.iceberg.service import IcebergStore
 from recorder.tools.lake_compact import parse_hour
 from recorder.tools.lake_maintain import (
     Listed,
@@ -294,3 +298,34 @@ def test_a_catalog_call_gives_up_when_its_connection_stays_silent() -> None:
         extensions.set_wait_callback(None)
         here.close()
         there.close()
+
+
+async def test_a_probe_of_a_silent_catalog_holds_one_thread_not_one_per_probe() -> None:
+    """The driver's probe times out after PROBE_TIMEOUT_SEC while the catalog call goes on in
+    its thread: the next probes fail at once instead of starting more threads."""
+    release = threading.Event()
+    started: list[int] = []
+
+    class SilentTables:
+        def probe(self) -> None:
+            started.append(1)
+            release.wait(10)
+
+    store = IcebergStore(
+        IcebergConfig.of(Settings(_env_file=None)),
+        {},
+        SilentTables(),  # type: ignore[arg-type]
+        lambda _exc: None,
+    )
+    try:
+        for _ in range(3):
+            with pytest.raises((TimeoutError, Transient)):
+                async with asyncio.timeout(0.2):
+                    await store.probe()
+        assert started == [1]
+    finally:
+        release.set()
+    assert store.probing is not None
+    await store.probing
+    await store.probe()  # answered: the next probe is a new call
+    assert started == [1, 1]
