@@ -116,6 +116,25 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _lake(settings: Settings, args: argparse.Namespace) -> int:
+    """`datarecorder lake compact / expire-snapshots / remove-orphans`."""
+    if args.lake_command == "compact":
+        from recorder.tools.lake_compact import compact
+
+        print(asyncio.run(compact(settings, args.hour)))
+        return 0
+    from recorder.tools import lake_maintain
+
+    if args.lake_command == "expire-snapshots":
+        print(
+            asyncio.run(lake_maintain.expire_snapshots(settings, args.older_than, args.retain_last))
+        )
+        return 0
+    report, ok = asyncio.run(lake_maintain.remove_orphans(settings, args.older_than, args.dry_run))
+    print(report)
+    return 0 if ok else 1
+
+
 async def _produce(settings: Settings, args: argparse.Namespace) -> int:
     from recorder.tools.produce import FeedSpec, produce
 
@@ -216,6 +235,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_compact.add_argument("--env-file")
     p_compact.add_argument("--hour", required=True, help="the UTC hour, e.g. 2026-11-26T09")
+    p_expire = lake_sub.add_parser(
+        "expire-snapshots",
+        help="expire old snapshots of both tables (never the current one, nor the one the "
+        "recorder's progress is read from); deletes no file: see remove-orphans",
+    )
+    p_expire.add_argument("--env-file")
+    p_expire.add_argument(
+        "--older-than",
+        default="7d",
+        help="expire snapshots older than this (7d, 36h, 90m, 30s; default: 7d)",
+    )
+    p_expire.add_argument(
+        "--retain-last",
+        type=int,
+        default=100,
+        help="keep at least this many of the newest snapshots of the current branch, whatever "
+        "their age (default: 100; at least 1)",
+    )
+    p_orphans = lake_sub.add_parser(
+        "remove-orphans",
+        help="delete the files under both tables' locations that no snapshot, manifest or "
+        "metadata file references and that are older than --older-than",
+    )
+    p_orphans.add_argument("--env-file")
+    p_orphans.add_argument(
+        "--older-than",
+        default="3d",
+        help="only files last written before this (default: 3d). A running recorder uploads a "
+        "commit's data files before it commits them: younger files may be a commit in flight, "
+        "so keep this well above the longest commit (0 only while no recorder runs)",
+    )
+    p_orphans.add_argument(
+        "--dry-run", action="store_true", help="list the orphan files, delete nothing"
+    )
     p_demo = sub.add_parser("demo", help="embedded demo: broker, database, lake, feed and recorder")
     p_demo.add_argument(
         "--duration", type=float, default=60.0, help="seconds of feed (default: 60)"
@@ -309,15 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         print(report)
         return 0 if finished else 1
     if args.command == "lake":
-        from recorder.tools.lake_compact import compact
-
         assert settings is not None
         try:
-            print(asyncio.run(compact(settings, args.hour)))
+            return _lake(settings, args)
         except ConfigError as exc:
             print(f"datarecorder: {exc}", file=sys.stderr)
             return ExitCode.CONFIG
-        return 0
     if args.command == "demo":
         try:
             from recorder.tools.demo import main as demo_main

@@ -29,7 +29,7 @@ from requests import PreparedRequest, Response, Session
 from requests.adapters import HTTPAdapter
 
 from recorder.runtime.settings import TopicKind
-from recorder.sinks.iceberg import rows
+from recorder.sinks.iceberg import rows, wait
 from recorder.sinks.iceberg.config import IcebergConfig
 from recorder.sinks.iceberg.progress import TableProgress, from_summary
 
@@ -106,6 +106,7 @@ class Tables:
                 # that cannot be reached raises here, and is retried like any other outage.
                 self._catalog = _RestCatalog(self._config.catalog, **props)
             else:
+                wait.install()  # no catalog call waits forever on a silent server
                 # Creates the JDBC catalog's tables when missing (pyiceberg's
                 # init_catalog_tables).
                 self._catalog = SqlCatalog(self._config.catalog, **props)

@@ -17,6 +17,15 @@ from recorder.runtime.settings import Settings, TopicKind, is_rest_catalog
 SINK = "iceberg"
 # The catalog database answers within this or counts as down (psycopg2 would wait minutes).
 CONNECT_TIMEOUT_SEC = 10
+# The server ends a catalog statement (or a wait for a row lock) after this; TCP keepalives
+# find a peer that is gone. A peer that still acknowledges but never answers (a frozen server)
+# is bounded on the client side: recorder/sinks/iceberg/wait.py.
+STATEMENT_TIMEOUT_MS = 30_000
+LIBPQ_PARAMS = (
+    f"connect_timeout={CONNECT_TIMEOUT_SEC}"
+    "&keepalives=1&keepalives_idle=10&keepalives_interval=5&keepalives_count=3"
+    f"&options=-c%20statement_timeout%3D{STATEMENT_TIMEOUT_MS}"
+)
 CatalogKind = Literal["sql", "rest"]
 
 
@@ -122,7 +131,7 @@ def rest_auth(settings: Settings) -> dict[str, str]:
 def _with_timeout(uri: str) -> str:
     if "connect_timeout=" in uri or not uri.startswith("postgresql"):
         return uri
-    return f"{uri}{'&' if '?' in uri else '?'}connect_timeout={CONNECT_TIMEOUT_SEC}"
+    return f"{uri}{'&' if '?' in uri else '?'}{LIBPQ_PARAMS}"
 
 
 def warehouse(settings: Settings) -> str:

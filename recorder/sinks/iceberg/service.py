@@ -61,6 +61,9 @@ class IcebergStore:
     on_retry: Callable[[BaseException], None]
     # The progress each table held when last read or committed by this writer.
     seen: dict[TopicKind, TableProgress] = field(default_factory=dict)
+    # The health probe's call in its worker thread: a probe that timed out keeps running until
+    # the catalog answers or the silence limit ends it; the next probes do not add threads.
+    probing: asyncio.Future[None] | None = None
 
     def kind(self, tp: TP) -> TopicKind:
         return self.topics.get(tp.topic, TopicKind.TICK)
@@ -72,7 +75,10 @@ class IcebergStore:
         return None  # nothing is recorded before a commit: a batch may end anywhere
 
     async def probe(self) -> None:
-        await asyncio.to_thread(self.tables.probe)
+        if self.probing is not None and not self.probing.done():
+            raise Transient("the previous probe of the catalog has not returned yet")
+        self.probing = asyncio.ensure_future(asyncio.to_thread(self.tables.probe))
+        await asyncio.shield(self.probing)  # a timeout gives up waiting, not the call
 
     async def write(self, batches: dict[TP, Batch]) -> Written:
         kind = self.kind(next(iter(batches)))

@@ -7,20 +7,27 @@ tests/integration/faults/test_iceberg_zombie.py.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import psycopg2
 import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from psycopg2 import extensions
+from sqlalchemy.engine import make_url
 
 from recorder.core.columns import TICK_SCHEMA
 from recorder.core.errors import ConfigError
 from recorder.core.offsets import TP, CasOutcome
+from recorder.runtime.retry import Transient
 from recorder.runtime.settings import Settings, TopicKind
-from recorder.sinks.iceberg import rows
-from recorder.sinks.iceberg.config import IcebergConfig, catalog_uri
+from recorder.sinks.iceberg import rows, wait
+from recorder.sinks.iceberg.config import LIBPQ_PARAMS, IcebergConfig, catalog_uri
 from recorder.sinks.iceberg.progress import (
     OFFSETS,
     CorruptProgress,
@@ -31,7 +38,16 @@ from recorder.sinks.iceberg.progress import (
     with_starts,
     with_topic_ids,
 )
+from recorder.sinks.iceberg.service import IcebergStore
 from recorder.tools.lake_compact import parse_hour
+from recorder.tools.lake_maintain import (
+    Listed,
+    Snap,
+    expire_plan,
+    orphans,
+    parse_age,
+    protected_ids,
+)
 
 tps = st.builds(TP, st.sampled_from(["market.tick", "a.b-c_d", "x"]), st.integers(0, 5))
 offsets = st.integers(0, 50)
@@ -172,15 +188,20 @@ def test_catalog_uri_takes_its_password_from_the_secret_and_never_shows_it() -> 
         ICEBERG_CATALOG_URI="postgresql+psycopg2://ice@db:5432/cat",
         ICEBERG_CATALOG_PASSWORD="p@ss/word",
     )
-    assert catalog_uri(s) == (
-        "postgresql+psycopg2://ice:p%40ss%2Fword@db:5432/cat?connect_timeout=10"
-    )
+    assert catalog_uri(s) == (f"postgresql+psycopg2://ice:p%40ss%2Fword@db:5432/cat?{LIBPQ_PARAMS}")
     assert "p%40ss" not in repr(IcebergConfig.of(s))
     own = Settings(
         _env_file=None, TIMESCALEDB_USER="rec", TIMESCALEDB_PASSWORD="pw", TIMESCALEDB_DB="md"
     )
-    assert catalog_uri(own) == "postgresql+psycopg2://rec:pw@localhost:5432/md?connect_timeout=10"
+    assert catalog_uri(own) == f"postgresql+psycopg2://rec:pw@localhost:5432/md?{LIBPQ_PARAMS}"
     assert IcebergConfig.of(own).warehouse == "s3://market-data/market-data"
+
+
+def test_the_catalog_connection_is_bounded_by_the_server_and_by_keepalives() -> None:
+    query = make_url(catalog_uri(Settings(_env_file=None))).query
+    assert query["connect_timeout"] == "10"
+    assert query["keepalives"] == "1"
+    assert query["options"] == "-c statement_timeout=30000"
 
 
 def test_lake_compact_takes_an_hour_that_has_ended_and_says_the_form_otherwise() -> None:
@@ -192,3 +213,119 @@ def test_lake_compact_takes_an_hour_that_has_ended_and_says_the_form_otherwise()
     for text in ("2026-11-26T10", "2026-11-26T09:30", "yesterday", "2026-11-26T09:00+05:30"):
         with pytest.raises(ConfigError, match="--hour"):
             parse_hour(text, now)
+
+
+def test_lake_upkeep_ages_take_a_unit_and_say_the_form_otherwise() -> None:
+    assert parse_age("7d", "--older-than") == timedelta(days=7)
+    assert parse_age("36h", "--older-than") == timedelta(hours=36)
+    assert parse_age("90m", "--older-than") == timedelta(minutes=90)
+    assert parse_age("0", "--older-than") == timedelta(0)
+    assert parse_age("1.5w", "--older-than") == timedelta(days=10.5)
+    for text in ("", "7 days", "-1d", "d"):
+        with pytest.raises(ConfigError, match="--older-than"):
+            parse_age(text, "--older-than")
+
+
+def test_expiry_keeps_the_newest_of_the_branch_the_protected_and_the_young() -> None:
+    snaps = [Snap(i, i * 1000) for i in range(1, 11)]
+    lineage = list(range(10, 0, -1))  # newest first
+    # Everything old may go but the current one and what is protected.
+    assert expire_plan(snaps, lineage, {4}, cutoff_ms=10**9, retain_last=1) == {
+        1,
+        2,
+        3,
+        5,
+        6,
+        7,
+        8,
+        9,
+    }
+    # retain_last keeps the newest of the branch whatever their age; the cutoff keeps the young.
+    assert expire_plan(snaps, lineage, set(), cutoff_ms=10**9, retain_last=3) == set(range(1, 8))
+    assert expire_plan(snaps, lineage, set(), cutoff_ms=5000, retain_last=1) == {1, 2, 3, 4}
+    # retain_last below 1 still keeps the current snapshot: it carries the progress.
+    assert 10 not in expire_plan(snaps, lineage, set(), cutoff_ms=10**9, retain_last=0)
+
+
+def test_orphans_are_the_unreferenced_files_older_than_the_cutoff() -> None:
+    listed = [
+        Listed("b/t/data/a.parquet", 100.0, 1),  # referenced
+        Listed("b/t/data/b.parquet", 100.0, 2),  # an old upload nothing committed
+        Listed("b/t/data/c.parquet", 900.0, 3),  # a young upload: perhaps a commit in flight
+        Listed("b/t/metadata/snap-1.avro", 50.0, 4),  # an expired snapshot's manifest list
+    ]
+    found = orphans(listed, {"b/t/data/a.parquet"}, cutoff_s=500.0)
+    assert [f.path for f in found] == ["b/t/data/b.parquet", "b/t/metadata/snap-1.avro"]
+
+
+def test_the_progress_snapshot_and_the_way_to_it_are_never_expired() -> None:
+    lineage = [9, 8, 7, 6, 5]  # 9 current, 7 the newest carrying the progress (8, 9: others')
+    assert protected_ids(lineage, {9, 3}, 7) == {9, 8, 7, 3}
+    assert protected_ids(lineage, {9}, None) == {9}
+    snaps = [Snap(i, 0) for i in range(3, 10)]
+    doomed = expire_plan(snaps, lineage, protected_ids(lineage, {9}, 7), 1, retain_last=1)
+    assert doomed == {3, 4, 5, 6}
+
+
+class _SilentConn:
+    """A psycopg2 connection as the wait callback sees it, whose server never answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.polls = 0
+
+    def poll(self) -> int:
+        self.polls += 1
+        return int(extensions.POLL_READ)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_a_catalog_call_gives_up_when_its_connection_stays_silent() -> None:
+    here, there = socket.socketpair()
+    try:
+        conn = _SilentConn(here)
+        wait.install(0.2)
+        with pytest.raises(psycopg2.OperationalError, match=r"did not answer within 0\.2s"):
+            wait.wait_bounded(conn)
+        there.send(b"x")  # a byte arrives: the wait goes on polling
+        calls = iter([extensions.POLL_READ, extensions.POLL_OK])
+        conn.poll = lambda: int(next(calls))  # type: ignore[method-assign]
+        wait.wait_bounded(conn)
+    finally:
+        wait.install()
+        extensions.set_wait_callback(None)
+        here.close()
+        there.close()
+
+
+async def test_a_probe_of_a_silent_catalog_holds_one_thread_not_one_per_probe() -> None:
+    """The driver's probe times out after PROBE_TIMEOUT_SEC while the catalog call goes on in
+    its thread: the next probes fail at once instead of starting more threads."""
+    release = threading.Event()
+    started: list[int] = []
+
+    class SilentTables:
+        def probe(self) -> None:
+            started.append(1)
+            release.wait(10)
+
+    store = IcebergStore(
+        IcebergConfig.of(Settings(_env_file=None)),
+        {},
+        SilentTables(),  # type: ignore[arg-type]
+        lambda _exc: None,
+    )
+    try:
+        for _ in range(3):
+            with pytest.raises((TimeoutError, Transient)):
+                async with asyncio.timeout(0.2):
+                    await store.probe()
+        assert started == [1]
+    finally:
+        release.set()
+    assert store.probing is not None
+    await store.probing
+    await store.probe()  # answered: the next probe is a new call
+    assert started == [1, 1]
