@@ -699,6 +699,14 @@ async def outage_memory(
     stopped = False
     try:
         await asyncio.to_thread(proc.start, wait_ready=120)
+        # PostgreSQL stops once the recorder has taken its partitions over and is consuming:
+        # stopped before, the take-over waits for the database's progress and nothing is
+        # buffered (the scenario would measure a recorder that never started).
+        deadline = time.monotonic() + 120
+        while records_consumed(proc.metrics_text()) < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"outage scenario: nothing consumed; log: {proc.tail()}")
+            await asyncio.sleep(0.2)
         await asyncio.to_thread(stack.stop, "postgres")
         stopped = True
         paused_at = None
