@@ -60,6 +60,9 @@ def config_data(spec: RecorderSpec) -> dict[str, str]:
             "ICEBERG_NAMESPACE": iceberg.namespace,
             "ICEBERG_TICK_TABLE": iceberg.tick_table,
             "ICEBERG_ORDERBOOK_TABLE": iceberg.orderbook_table,
+            "ICEBERG_SYMBOL_BUCKETS": (
+                None if iceberg.symbol_buckets is None else str(iceberg.symbol_buckets)
+            ),
         }
         data.update({name: value for name, value in values.items() if value is not None})
     if spec.kafka.sasl is not None:

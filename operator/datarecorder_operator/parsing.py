@@ -213,6 +213,9 @@ def _parse_iceberg(raw: Reader) -> IcebergSpec | None:
         namespace=texts["namespace"],
         tick_table=texts["tickTable"],
         orderbook_table=texts["orderbookTable"],
+        symbol_buckets=raw.integer("symbolBuckets", 0, 0, 1024)
+        if raw.has("symbolBuckets")
+        else None,
     )
 
 

@@ -160,6 +160,7 @@ class IcebergSpec:
     namespace: str | None = None
     tick_table: str | None = None
     orderbook_table: str | None = None
+    symbol_buckets: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

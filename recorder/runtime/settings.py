@@ -369,6 +369,15 @@ class Settings(BaseSettings):
     ICEBERG_ORDERBOOK_TABLE: str = _field(
         "orderbook", "Table of order books.", "orderbook", min_length=1
     )
+    ICEBERG_SYMBOL_BUCKETS: int = _field(
+        0,
+        "Tables the recorder creates are partitioned by bucket(N, symbol) as well as "
+        "hour(timestamp), so a reader filtering on a symbol skips the other buckets' files; 0: "
+        "by hour only. Tables that exist keep their partitioning.",
+        "16",
+        ge=0,
+        le=1024,
+    )
 
     # --- Process ---------------------------------------------------------------------------
     MAX_BUFFER_SIZE: int = _field(

@@ -2,7 +2,7 @@
 
 Owns opening the catalog (pyiceberg's RestCatalog for an HTTP(S) URL, its requests timed out,
 else its SqlCatalog), creating the namespace and the tables when missing (partitioned by
-hour(timestamp), snappy Parquet), reading the progress of a table's current branch, writing data
+hour(timestamp), and by bucket(N, symbol) with ICEBERG_SYMBOL_BUCKETS; snappy Parquet), reading the progress of a table's current branch, writing data
 files, and one commit attempt: a compare-and-swap on the branch's current snapshot, never
 retried by pyiceberg (its retry would rebase a commit checked against an older snapshot).
 """
@@ -24,7 +24,7 @@ from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import ancestors_of
 from pyiceberg.table.update import AssertTableUUID
-from pyiceberg.transforms import HourTransform
+from pyiceberg.transforms import BucketTransform, HourTransform
 from requests import PreparedRequest, Response, Session
 from requests.adapters import HTTPAdapter
 
@@ -83,11 +83,21 @@ def table_schema(kind: TopicKind, levels: rows.Levels) -> Schema:
     return assign_fresh_schema_ids(converted)
 
 
-def hourly(schema: Schema) -> PartitionSpec:
+def partitioning(schema: Schema, symbol_buckets: int = 0) -> PartitionSpec:
+    """hour(timestamp), and bucket(symbol_buckets, symbol) after it when asked for."""
     source = schema.find_field(rows.PARTITION_SOURCE).field_id
-    return PartitionSpec(
-        PartitionField(source, FIRST_PARTITION_FIELD_ID, HourTransform(), "timestamp_hour")
-    )
+    fields = [PartitionField(source, FIRST_PARTITION_FIELD_ID, HourTransform(), "timestamp_hour")]
+    if symbol_buckets:
+        symbol = schema.find_field("symbol").field_id
+        fields.append(
+            PartitionField(
+                symbol,
+                FIRST_PARTITION_FIELD_ID + 1,
+                BucketTransform(symbol_buckets),
+                "symbol_bucket",
+            )
+        )
+    return PartitionSpec(*fields)
 
 
 class Tables:
@@ -121,7 +131,7 @@ class Tables:
             table = catalog.create_table_if_not_exists(
                 self._config.table(kind),
                 schema,
-                partition_spec=hourly(schema),
+                partition_spec=partitioning(schema, self._config.symbol_buckets),
                 properties=TABLE_PROPERTIES,
             )
             have = [f.name for f in table.schema().fields]

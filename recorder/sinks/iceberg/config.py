@@ -41,6 +41,7 @@ class IcebergConfig:
     batch_age_sec: float  # S3_BATCH_TIMEOUT_SEC
     retry_max_backoff_sec: float
     levels: Literal["typed", "json"]  # PARQUET_ORDERBOOK_LEVELS
+    symbol_buckets: int  # ICEBERG_SYMBOL_BUCKETS: 0, partitioned by hour only
     io: dict[str, str]  # pyiceberg FileIO properties (S3 endpoint, region)
     kind: CatalogKind = "sql"
     # The REST catalog's authentication properties (credential or token, scope, token
@@ -64,6 +65,7 @@ class IcebergConfig:
             batch_age_sec=settings.S3_BATCH_TIMEOUT_SEC,
             retry_max_backoff_sec=settings.RETRY_MAX_BACKOFF_SEC,
             levels=settings.PARQUET_ORDERBOOK_LEVELS,
+            symbol_buckets=settings.ICEBERG_SYMBOL_BUCKETS,
             io=file_io(settings),
             kind="rest" if rest else "sql",
             auth=rest_auth(settings) if rest else {},

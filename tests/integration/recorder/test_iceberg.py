@@ -212,3 +212,59 @@ async def test_compacting_hours_while_recording_keeps_every_record_once(
         assert sum(len(f) for f in after["files"].values()) <= first, reports
     finally:
         rec.terminate()
+
+
+def _partitioning_and_file_buckets(env: dict[str, str]) -> tuple[str, list[tuple[int, set[int]]]]:
+    """The tick table's partition spec, and per data file the bucket its partition names and
+    the buckets of its rows' symbols (Iceberg's own bucket function over the rows read back)."""
+    import pyarrow.parquet as pq
+    from pyiceberg.transforms import BucketTransform
+    from pyiceberg.types import StringType
+
+    from recorder.sinks.iceberg.catalog import Tables
+    from recorder.sinks.iceberg.config import IcebergConfig
+
+    bucket = BucketTransform(4).transform(StringType())
+    tables = Tables(IcebergConfig.of(as_sent.settings_of(env)))
+    try:
+        table = tables.load(TopicKind.TICK)
+        out: list[tuple[int, set[int]]] = []
+        for task in table.scan().plan_files():
+            with table.io.new_input(task.file.file_path).open() as f:
+                symbols = pq.read_table(f, columns=["symbol"]).column("symbol").to_pylist()
+            out.append((int(task.file.partition[1]), {int(bucket(s) or 0) for s in symbols}))
+        return str(table.spec()), out
+    finally:
+        tables.close()
+
+
+async def test_symbol_buckets_partition_new_tables_by_symbol_as_well(
+    kafka_topics: TopicFactory,
+    fresh_database: str,
+    fresh_bucket: str,
+    recorder_env: RecorderEnv,
+    tmp_path: Path,
+) -> None:
+    """ICEBERG_SYMBOL_BUCKETS=4: the tables are partitioned by hour and bucket(4, symbol),
+    every data file holds the rows of one bucket (the one its partition names), and every
+    record is there as sent."""
+    topics = await kafka_topics("market.tick", "market.orderbook", partitions=2, dlq=True)
+    env = tables_only(
+        recorder_env(
+            database=fresh_database, bucket=fresh_bucket, topics=topics, ICEBERG_SYMBOL_BUCKETS=4
+        )
+    )
+    records = as_sent.corpus((topics[0], topics[1]), 2, ticks=1500, books=150, seed=3)
+    await as_sent.send(env["KAFKA_BROKERS"], records)
+    want = {k: v for k, v in as_sent.wanted(records, topics[0], topics[1]).items() if "lake" in k}
+    rec = RecorderProcess(env, tmp_path / "recorder.log").start()
+    try:
+        await as_sent.wait_stored(env, want, [rec])
+    finally:
+        rec.terminate()
+    with as_sent.aws_credentials_of(env):
+        spec, files = await asyncio.to_thread(_partitioning_and_file_buckets, env)
+    assert "hour(" in spec and "bucket[4](" in spec, spec
+    assert len({own for own, _ in files}) > 1, files  # the rows went to several buckets
+    for own, rows_buckets in files:
+        assert rows_buckets == {own}, files

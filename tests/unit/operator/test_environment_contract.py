@@ -116,6 +116,8 @@ def with_value(path: str, value: Any) -> dict[str, Any]:
         auto["minReplicas"] = 1
     if path.startswith("autoscaling.fallback."):
         auto["fallback"].setdefault("replicas", 1)
+    if path.startswith("s3.iceberg."):  # the tables' settings apply to an Iceberg lake
+        spec["s3"].update(enabled=True, format="iceberg")
     return spec
 
 
@@ -172,6 +174,7 @@ ICEBERG = {
         "namespace": "md",
         "tickTable": "ticks",
         "orderbookTable": "books",
+        "symbolBuckets": 16,
     },
 }
 
@@ -187,6 +190,7 @@ def test_an_iceberg_lake_reaches_the_recorder_with_its_password_from_the_secret(
     )
     assert (got.ICEBERG_WAREHOUSE, got.ICEBERG_NAMESPACE) == ("s3://lake/warehouse", "md")
     assert (got.ICEBERG_TICK_TABLE, got.ICEBERG_ORDERBOOK_TABLE) == ("ticks", "books")
+    assert got.ICEBERG_SYMBOL_BUCKETS == 16
     secret_refs = {
         e["name"]: e["valueFrom"]["secretKeyRef"]
         for e in environment.secret_env(parse_spec("rec", "md", spec))
