@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from recorder.devstack import maven
 from recorder.devstack.procs import (
     CACHE,
     JAVA_HINT,
@@ -44,47 +44,20 @@ HEAP = "384m"
 
 
 def built() -> bool:
-    return (JARS / ".complete").exists()
+    return maven.complete(JARS)
 
 
 def build() -> Path:
     """Resolve the server's jars into the cache (a no-op when there; one builder at a time)."""
     if built():
         return JARS
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise ServiceError(
-            f"the Iceberg REST catalog {VERSION} is not in {JARS} and Maven (mvn), which "
-            f"fetches it once from Maven Central, is not installed (`{JAVA_HINT}`)"
-        )
     HOME.mkdir(parents=True, exist_ok=True)
     with locked(HOME / "build.lock"):
-        if built():
-            return JARS
-        log(f"resolving the Iceberg REST catalog {VERSION} jars with Maven (once) into {JARS}")
-        partial = HOME / "lib.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        argv = [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-Diceberg.version={VERSION}",
-            f"-DoutputDirectory={partial}",
-            f"-Dmaven.repo.local={CACHE / 'm2'}",
-        ]
-        res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if res.returncode != 0:
-            raise ServiceError(
-                f"Maven could not fetch the Iceberg REST catalog {VERSION}:\n"
-                f"{res.stdout[-3000:]}{res.stderr[-3000:]}"
-            )
-        (partial / ".complete").write_text(VERSION)
-        shutil.rmtree(JARS, ignore_errors=True)
-        partial.rename(JARS)
-    return JARS
+        if not built():
+            log(f"resolving the Iceberg REST catalog {VERSION} jars with Maven (once) into {JARS}")
+        return maven.copy_dependencies(
+            POM, JARS, {"iceberg.version": VERSION}, "the Iceberg REST catalog", VERSION
+        )
 
 
 def java_binary() -> str:

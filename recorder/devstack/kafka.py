@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from recorder.devstack import maven
 from recorder.devstack.procs import CACHE, JAVA_HINT, ServiceError
 
 VERSION = os.environ.get("DATARECORDER_KAFKA_VERSION", "4.4.0")
@@ -60,36 +61,9 @@ def check_java_version(java: str, version_output: str) -> str:
 
 def jars(say: Callable[[str], None]) -> Path:
     """The broker's classpath directory in the cache, resolved by Maven on first use only."""
-    if (JARS / ".complete").exists():
-        return JARS
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise ServiceError(
-            f"Apache Kafka {VERSION} is not in {JARS} and Maven (mvn), which fetches it once "
-            f"from Maven Central, is not installed (`{JAVA_HINT}`)"
-        )
-    say(f"resolving Apache Kafka {VERSION} jars with Maven (once) into {JARS}")
-    partial = JARS.with_name("libs.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    argv = [
-        mvn,
-        "-q",
-        "-B",
-        "-f",
-        str(POM),
-        "dependency:copy-dependencies",
-        f"-Dkafka.version={VERSION}",
-        f"-DoutputDirectory={partial}",
-        # Maven's own repository in our cache too, so the cache dir is all there is.
-        f"-Dmaven.repo.local={CACHE / 'm2'}",
-    ]
-    res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        raise ServiceError(f"Maven could not fetch Kafka {VERSION}:\n{res.stdout}{res.stderr}")
-    (partial / ".complete").write_text(VERSION)
-    shutil.rmtree(JARS, ignore_errors=True)
-    partial.rename(JARS)
-    return JARS
+    if not maven.complete(JARS):
+        say(f"resolving Apache Kafka {VERSION} jars with Maven (once) into {JARS}")
+    return maven.copy_dependencies(POM, JARS, {"kafka.version": VERSION}, "Apache Kafka", VERSION)
 
 
 def cluster_id() -> str:
