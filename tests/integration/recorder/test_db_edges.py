@@ -125,6 +125,11 @@ async def test_a_read_only_server_is_retried_on_fresh_connections(
         return '"partitions_assigned"' in rec.tail(400)
 
     await wait_for(assigned, 60, "the recorder took its partitions", rec.tail)
+    # A first tick recorded: the take-over's own writes (starts, topic IDs) are done, so the
+    # read-only server is met by the writer (under load a take-over could still be storing
+    # when the log already said "partitions_assigned", and met it there instead).
+    await send_ticks(stack.kafka_bootstrap, topics[0], [days_ago_ns(0) - 1])
+    wait_exactly_once(env, rec, timeout=60)
     admin = await asyncpg.connect(stack.pg_dsn())
     read_only_since = 0.0
     try:
