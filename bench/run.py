@@ -26,6 +26,8 @@ from bench import workload as wl  # noqa: E402
 from bench.peers.scenario import run_peers  # noqa: E402
 from bench.report import Rate, Results, drain_rate, render, same_way, tail_bound  # noqa: E402
 from bench.stack import Stack, acquire  # noqa: E402
+from recorder.core.backpressure import DEFAULT_BUFFER_BYTES  # noqa: E402
+from recorder.runtime.settings import Settings  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +177,9 @@ async def measure(
             o = await sc.outage_memory(stack, topics, logs)
             r.rss_outage = o.peak_rss
             r.outage_note = (
-                f"backlog of {total:,}; DB buffer {o.buffered:,} records at MAX_BUFFER_SIZE="
-                f"100,000, consumer {'paused' if o.paused else 'NOT paused'}, "
+                f"backlog of {total:,}; DB buffer {o.buffered:,} records (limits: MAX_BUFFER_SIZE="
+                f"{DEFAULT_BUFFER_RECORDS:,}, MAX_BUFFER_BYTES {DEFAULT_BUFFER_BYTES >> 20} MiB "
+                f"derived without a memory limit), consumer {'paused' if o.paused else 'NOT paused'}, "
                 f"{'resumed' if o.resumed else 'did NOT resume'} when PostgreSQL returned"
             )
             if not (o.paused and o.resumed):
@@ -204,6 +207,7 @@ async def measure(
     return r, lines
 
 
+DEFAULT_BUFFER_RECORDS: int = Settings.model_fields["MAX_BUFFER_SIZE"].default
 # The recorder's defaults the drains keep (recorder/runtime/settings.py), and the bench's lake timer.
 BATCH_ROWS, BATCH_TIMEOUT_S = 1000, 1.0
 FILE_ROWS, FILE_TIMEOUT_S = 10_000, 5.0

@@ -261,7 +261,7 @@ def _parse_batching(root: Reader) -> BatchingSpec:
     batching = BatchingSpec(
         batch_size=batch_raw.integer("batchSize", 1000, 1, 1_000_000),
         batch_timeout_ms=batch_raw.integer("batchTimeoutMs", 1000, 1, 600_000),
-        max_buffer_size=batch_raw.integer("maxBufferSize", 100_000, 1, 100_000_000),
+        max_buffer_size=batch_raw.integer("maxBufferSize", 500_000, 1, 100_000_000),
         num_consumers=batch_raw.integer("numConsumers", 1, 1, 64),
     )
     if batching.max_buffer_size < batching.batch_size:

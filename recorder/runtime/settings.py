@@ -380,10 +380,14 @@ class Settings(BaseSettings):
     )
 
     # --- Process ---------------------------------------------------------------------------
+    # A count limit well above S3_BATCH_SIZE x partitions (240,000 by default): at 100,000 both
+    # sinks ran stop-and-go (the lake's open files filled the buffers, everything flushed at
+    # once, the consumer waited). Memory is bounded by MAX_BUFFER_BYTES, which binds first for
+    # anything larger than a tick.
     MAX_BUFFER_SIZE: int = _field(
-        100_000,
+        500_000,
         "Buffered records (all sinks) at which consumption pauses.",
-        "100000",
+        "500000",
         ge=1,
         le=100_000_000,
     )

@@ -1,6 +1,6 @@
 """Fault scenario: 1,000-level order books at default settings under a 1 GiB memory limit.
 
-MAX_BUFFER_SIZE alone (100,000 records) lets ~20 GiB of decoded books in; the byte limit
+MAX_BUFFER_SIZE alone (500,000 records) lets ~100 GiB of decoded books in; the byte limit
 derived from a 1 GiB container limit must keep the recorder's peak RSS under 1 GiB while it
 drains a backlog of them, and every record must still land exactly once.
 """

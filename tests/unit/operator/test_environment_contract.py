@@ -107,7 +107,7 @@ def with_value(path: str, value: Any) -> dict[str, Any]:
     node[last] = value
     batching, auto = spec.get("batching", {}), spec.get("autoscaling", {})
     if path == "batching.batchSize":  # a buffer holds one batch at least
-        batching["maxBufferSize"] = max(value, 100_000)
+        batching["maxBufferSize"] = max(value, 500_000)
     if path == "batching.maxBufferSize":
         batching["batchSize"] = max(1, min(value, 1000))
     if path == "autoscaling.minReplicas":
@@ -495,7 +495,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         del s3["prefix"]  # a CEL rule refuses it
     iceberg_cel(s3.get("iceberg") or {})
     batching = draw(section(_prop("batching")))
-    if batching.get("maxBufferSize", 100_000) < batching.get("batchSize", 1000):
+    if batching.get("maxBufferSize", 500_000) < batching.get("batchSize", 1000):
         batching["maxBufferSize"] = batching.get("batchSize", 1000)
     spec: dict[str, Any] = {
         "image": IMAGE,

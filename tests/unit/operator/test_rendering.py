@@ -102,7 +102,7 @@ def test_minimal_defaults() -> None:
     assert data["S3_WRITE_ENABLED"] == "false"
     assert data["BATCH_SIZE"] == "1000"
     assert data["BATCH_TIMEOUT_MS"] == "1000"
-    assert data["MAX_BUFFER_SIZE"] == "100000"
+    assert data["MAX_BUFFER_SIZE"] == "500000"
     assert data["DB_WRITE_WORKERS"] == "4"
     assert data["NUM_CONSUMERS"] == "1"
     assert data["LOG_LEVEL"] == "INFO"

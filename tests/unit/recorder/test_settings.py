@@ -25,7 +25,7 @@ def test_defaults_of_the_original_service() -> None:
         10000,
         60,
     )
-    assert (s.NUM_CONSUMERS, s.DB_WRITE_WORKERS, s.MAX_BUFFER_SIZE) == (1, 4, 100_000)
+    assert (s.NUM_CONSUMERS, s.DB_WRITE_WORKERS, s.MAX_BUFFER_SIZE) == (1, 4, 500_000)
     assert s.S3_WRITE_ENABLED is True
     assert s.topics() == {"market.tick": TopicKind.TICK, "market.orderbook": TopicKind.ORDERBOOK}
 
