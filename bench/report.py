@@ -174,6 +174,9 @@ class Results:
     recorder_db_only: float | None = None
     recorder_db_only_how: str = ""
     cpu_us: dict[str, float] = field(default_factory=dict)
+    # Every drain's CPU per record behind a cpu_us entry that is the median of repeated drains
+    # (on a shared VM one drain moves by 10-30 %).
+    cpu_us_runs: dict[str, list[float]] = field(default_factory=dict)
     cores: dict[str, float] = field(default_factory=dict)
     # Cores the whole machine kept busy over each drain's (and pipe's: "pipe hot", "pipe
     # both") window, of `cpus`: whether the shared cores were the limit.
@@ -224,6 +227,14 @@ def mib(value: int | None) -> str:
 
 def ms(value: float) -> str:
     return f"{value:,.0f} ms"
+
+
+def repeated(runs: list[float] | None) -> str:
+    """How a median CPU figure was taken: its drains and their spread."""
+    if not runs or len(runs) < 2:
+        return ""
+    each = ", ".join(f"{us:.2f}" for us in runs)
+    return f"; median of {len(runs)} drains ({each} µs; spread {max(runs) / min(runs) - 1:.0%})"
 
 
 def _ratio(value: float | None, of: float | None, unit: str = "x") -> str:
@@ -326,6 +337,7 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
                 f"≈ {1e6 / us:,.0f} rec/s per core",
                 "recorder process user+system CPU from its first record to every store done "
                 "÷ records (servers apart): per-core capacity where the servers run elsewhere"
+                + repeated(r.cpu_us_runs.get(name))
                 + busy(name),
             )
             for name, us in r.cpu_us.items()
