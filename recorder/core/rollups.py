@@ -123,38 +123,52 @@ class Bars:
 
 def bars(time_ns: np.ndarray, symbol: pa.Array, price: np.ndarray, volume: np.ndarray,
          bucket_ns: int) -> Bars:  # fmt: skip
-    """`aggregate` over columns: one stable sort by (symbol, bucket, time), then each group's
-    first row is its open (earliest time, first of equal times in input order, as `aggregate`)
-    and its last row its close (latest time, last of equal times)."""
+    """`aggregate` over columns, for one bucket width (`bars_by_width` for several)."""
+    return bars_by_width(time_ns, symbol, price, volume, {"": bucket_ns})[""]
+
+
+def bars_by_width(time_ns: np.ndarray, symbol: pa.Array, price: np.ndarray, volume: np.ndarray,
+                  widths: Mapping[str, int]) -> dict[str, Bars]:  # fmt: skip
+    """`aggregate` over columns for every named bucket width, from one stable sort by (symbol,
+    time): a bucket is a function of the time that never decreases with it, so that order is
+    also (symbol, bucket, time) for every width. Each group's first row is its open (earliest
+    time, first of equal times in input order, as `aggregate`) and its last row its close
+    (latest time, last of equal times)."""
     if len(time_ns) == 0:
         none = np.empty(0, np.int64)
         nothing = np.empty(0, np.float64)
-        return Bars(none, pa.array([], pa.string()), nothing, nothing, nothing, nothing,
-                    none, none, none)  # fmt: skip
+        empty = Bars(none, pa.array([], pa.string()), nothing, nothing, nothing, nothing,
+                     none, none, none)  # fmt: skip
+        return dict.fromkeys(widths, empty)
     encoded = pc.dictionary_encode(symbol).combine_chunks() if isinstance(
         symbol, pa.ChunkedArray) else pc.dictionary_encode(symbol)  # fmt: skip
     names = encoded.dictionary
     # Codes in the symbols' sort order, so groups come out sorted by symbol text.
+    by_text = pc.sort_indices(names).to_numpy()
     rank = np.empty(len(names), np.int64)
-    rank[pc.sort_indices(names).to_numpy()] = np.arange(len(names))
+    rank[by_text] = np.arange(len(names))
     codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    buckets = time_ns - time_ns % bucket_ns
-    order = np.lexsort((time_ns, buckets, codes))  # last key first; lexsort is stable
-    c, b, t = codes[order], buckets[order], time_ns[order]
+    order = np.lexsort((time_ns, codes))  # last key first; lexsort is stable
+    c, t = codes[order], time_ns[order]
     p, v = price[order], volume[order]
-    starts = np.flatnonzero(np.r_[True, (c[1:] != c[:-1]) | (b[1:] != b[:-1])])
-    ends = np.r_[starts[1:], len(order)] - 1
-    return Bars(
-        bucket_ns=b[starts],
-        symbol=names.take(pa.array(pc.sort_indices(names).to_numpy()[c[starts]])),
-        open=p[starts],
-        high=np.maximum.reduceat(p, starts),
-        low=np.minimum.reduceat(p, starts),
-        close=p[ends],
-        volume=np.add.reduceat(v, starts),
-        open_ns=t[starts],
-        close_ns=t[ends],
-    )
+    new_symbol = np.r_[True, c[1:] != c[:-1]]
+    out: dict[str, Bars] = {}
+    for view, width in widths.items():
+        b = t - t % width
+        starts = np.flatnonzero(new_symbol | np.r_[True, b[1:] != b[:-1]])
+        ends = np.r_[starts[1:], len(order)] - 1
+        out[view] = Bars(
+            bucket_ns=b[starts],
+            symbol=names.take(pa.array(by_text[c[starts]])),
+            open=p[starts],
+            high=np.maximum.reduceat(p, starts),
+            low=np.minimum.reduceat(p, starts),
+            close=p[ends],
+            volume=np.add.reduceat(v, starts),
+            open_ns=t[starts],
+            close_ns=t[ends],
+        )
+    return out
 
 
 # TimescaleDB mode: each continuous aggregate's refresh policy covers [now - start, now - end)

@@ -20,7 +20,7 @@ from recorder.core.batching import Batch, writer_for
 from recorder.core.columns import offsets_of
 from recorder.core.kinds import FALLBACK, Kind, TopicKind, all_kinds, kind_of
 from recorder.core.offsets import TP, CasOutcome, cas_outcome
-from recorder.core.rollups import ROLLUPS, Bars, bars
+from recorder.core.rollups import ROLLUPS, Bars, bars_by_width
 from recorder.kafka.dlq import DeadLetters
 from recorder.runtime import telemetry
 from recorder.runtime.retry import Transient, retry_forever
@@ -40,7 +40,7 @@ def rollup_bars(rows: pa.Table, rollups: Mapping[str, int] = ROLLUPS) -> dict[st
     symbol = rows.column("symbol").combine_chunks()
     price = rows.column("price").to_numpy()
     volume = rows.column("volume").to_numpy()
-    return {view: bars(time_ns, symbol, price, volume, ns) for view, ns in rollups.items()}
+    return bars_by_width(time_ns, symbol, price, volume, rollups)
 
 
 async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
