@@ -30,7 +30,7 @@ MAX_KAFKA_MS: Final = (INT64_MAX - FUTURE_SLACK_NS) // 1_000_000
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
 
-class _TickWire(msgspec.Struct, forbid_unknown_fields=False, gc=False):
+class TickWire(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     symbol: Symbol
     price: float
     volume: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
@@ -47,7 +47,7 @@ class Level(msgspec.Struct, array_like=False, gc=False):
 Levels = Annotated[list[Level], msgspec.Meta(max_length=MAX_LEVELS)]
 
 
-class _OrderBookWire(msgspec.Struct, forbid_unknown_fields=False, gc=False):
+class OrderBookWire(msgspec.Struct, forbid_unknown_fields=False, gc=False):
     symbol: Symbol
     bids: Levels
     asks: Levels
@@ -86,8 +86,8 @@ class Limits:
     max_message_bytes: int = 1_048_576
 
 
-TICK_DECODER: Final = msgspec.json.Decoder(_TickWire)
-BOOK_DECODER: Final = msgspec.json.Decoder(_OrderBookWire)
+TICK_DECODER: Final = msgspec.json.Decoder(TickWire)
+BOOK_DECODER: Final = msgspec.json.Decoder(OrderBookWire)
 _RFC3339: Final = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
 )
