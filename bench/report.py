@@ -181,6 +181,11 @@ class Results:
     # Cores the whole machine kept busy over each drain's (and pipe's: "pipe hot", "pipe
     # both") window, of `cpus`: whether the shared cores were the limit.
     machine_cores: dict[str, float] = field(default_factory=dict)
+    # Names whose cores and machine_cores are over a part of the drain (the rate's steady-state
+    # window), not its whole window: which part.
+    busy_window: dict[str, str] = field(default_factory=dict)
+    # Names whose rate is a steady-state one too short (under a second) to read the CPU over.
+    busy_unknown: set[str] = field(default_factory=set)
     cpus: int = 2
 
     @property
@@ -250,12 +255,17 @@ BUSY_CORES = 0.85
 MACHINE_FULL = 0.9
 
 
-def limit(cores: float | None, machine: float | None = None, cpus: int = 2) -> str:
-    """What limits a run, from how busy its process and the machine were over its window."""
+def limit(
+    cores: float | None, machine: float | None = None, cpus: int = 2, stretch: str = ""
+) -> str:
+    """What limits a run, from how busy its process and the machine were over its window
+    (`stretch`: which part of it, when not the whole)."""
     if cores is None:
         return "limit: not known (no CPU figure)"
-    seen = f"process {cores:.2f} cores busy" + (
-        "" if machine is None else f", machine {machine:.2f} of {cpus}"
+    seen = (
+        f"process {cores:.2f} cores busy"
+        + ("" if machine is None else f", machine {machine:.2f} of {cpus}")
+        + (f", {stretch}" if stretch else "")
     )
     if cores >= BUSY_CORES:
         return f"limit: its own CPU, one event loop ({seen})"
@@ -277,15 +287,30 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
     """(measurement, result, compared with, how and what limits it) for every figure."""
     n = f"{r.ticks:,} ticks + {r.books:,} order books"
 
+    def stretch(name: str) -> str:
+        return r.busy_window.get(name, "from its first record to every store done")
+
     def lim(name: str) -> str:
-        return limit(r.cores.get(name), r.machine_cores.get(name), r.cpus)
+        if name in r.busy_unknown:
+            cores, machine = r.cores.get(name), r.machine_cores.get(name)
+            seen = (
+                ""
+                if cores is None
+                else f"; whole window: process {cores:.2f} cores busy"
+                + ("" if machine is None else f", machine {machine:.2f} of {r.cpus}")
+            )
+            return (
+                "limit: not known: the rate's window is too short to read the CPU over (the "
+                f"whole window counts the flush timer's idle tail{seen})"
+            )
+        return limit(r.cores.get(name), r.machine_cores.get(name), r.cpus, stretch(name))
 
     def busy(name: str) -> str:
         if name not in r.cores:
             return ""
         machine = r.machine_cores.get(name)
         of = "" if machine is None else f", the machine {machine:.2f} of {r.cpus}"
-        return f"; over that window the process kept {r.cores[name]:.2f} cores busy{of}"
+        return f"; {stretch(name)} the process kept {r.cores[name]:.2f} cores busy{of}"
 
     def pipe_cpu(name: str, us: float | None) -> str:
         whole = r.pipe_whole.get(name)

@@ -137,7 +137,10 @@ async def measure(
         r.recorder_s3, r.recorder_s3_how = lake.value, lake.how
         if drain.cpu_us_per_record is not None:
             r.cpu_us["both sinks"] = drain.cpu_us_per_record
-        keep_cpu(r, "both sinks", drain)
+        slow = slower(db, lake)
+        keep_cpu(
+            r, "both sinks", drain, slow, drain.db_timeline if slow is db else drain.s3_timeline
+        )
         r.startup_s, r.verified, r.rss_drain = drain.startup_seconds, drain.verified, drain.peak_rss
         lines |= {
             "recorder → PostgreSQL": drain.db_timeline,
@@ -227,12 +230,39 @@ def lake_rate(d: sc.DrainResult, plan: Plan) -> Rate:
     return checked(d, drain_rate(d.records, d.s3_seconds, d.s3_timeline, FILE_TIMEOUT_S, tail))
 
 
-def keep_cpu(r: Results, name: str, d: sc.DrainResult) -> None:
-    """How busy the recorder and the machine were over a drain: what limited it."""
-    if d.cores is not None:
-        r.cores[name] = d.cores
-    if d.machine_cores is not None:
-        r.machine_cores[name] = d.machine_cores
+def keep_cpu(
+    r: Results,
+    name: str,
+    d: sc.DrainResult,
+    rate: Rate | None = None,
+    line: sc.Timeline | None = None,
+) -> None:
+    """How busy the recorder and the machine were over a drain: what limited it. With a
+    steady-state `rate` (and the store's progress `line` it was read from), over that rate's
+    own window: the whole window ends with partial batches idly waiting a flush timer."""
+    cores, machine = d.cores, d.machine_cores
+    if rate is not None and rate.window is not None and line:
+        times = window_times(line, d.records, rate.window)
+        busy = d.busy_between(*times) if times is not None else None
+        if busy is not None:
+            cores, machine = busy
+            r.busy_window[name] = f"over the rate's window ({way(rate)})"
+        else:  # the whole window's figure would count the timer's idle tail as waiting
+            r.busy_unknown.add(name)
+    if cores is not None:
+        r.cores[name] = cores
+    if machine is not None:
+        r.machine_cores[name] = machine
+
+
+def window_times(
+    line: sc.Timeline, records: int, window: tuple[float, float]
+) -> tuple[float, float] | None:
+    """When a progress curve first reached each share of `records` in `window`."""
+    lo, hi = window
+    start = next((t for t, v in line if v >= lo * records), None)
+    end = next((t for t, v in line if v >= hi * records), None)
+    return None if start is None or end is None else (start, end)
 
 
 def checked(d: sc.DrainResult, rate: Rate) -> Rate:
@@ -249,7 +279,7 @@ def scaled(r: Results, name: str, d: sc.DrainResult, plan: Plan) -> None:
     if d.ready_spread > 0.05:
         how += f"; the second process was ready {d.ready_spread:.1f} s after the first"
     r.scaling_how[name] = how
-    keep_cpu(r, f"scaling {name}", d)
+    keep_cpu(r, f"scaling {name}", d, rate, d.db_timeline)
     if rate.value is not None:
         r.scaling[name] = rate.value
 
@@ -278,7 +308,7 @@ async def hot_path(stack: Stack, topics: wl.Topics, plan: Plan, logs: Path, r: R
     r.recorder_db_only, r.recorder_db_only_how = hot.value, hot.how
     if d.cpu_us_per_record is not None:
         r.cpu_us["hot path"] = d.cpu_us_per_record
-    keep_cpu(r, "hot path", d)
+    keep_cpu(r, "hot path", d, hot, d.db_timeline)
     ticks = wl.Topics(topics.tick, None)
     parts: list[tuple[str, wl.Topics, int, dict[str, object]]] = [
         ("hot path, ticks alone", ticks, plan.ticks, {"s3": False})

@@ -61,6 +61,21 @@ class DrainResult:
     # machine's cores were busy over it (every process: recorder, servers, other jobs).
     cpu_wall: float = 0.0
     machine_cores: float | None = None
+    # (seconds since the first record, the machine's busy CPU seconds, the recorder processes'
+    # CPU seconds), sampled through the drain: busy figures over a rate's own window
+    # (`busy_between`), since the whole window ends with partial batches idly waiting a flush
+    # timer (5 s for the lake), which would read as "the recorder waits".
+    cpu_line: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def busy_between(self, start: float, end: float) -> tuple[float, float] | None:
+        """(recorder cores, machine cores) busy between two times of the drain (seconds since
+        its first record); None when the samples cannot tell (under a second apart)."""
+        inside = [c for c in self.cpu_line if start <= c[0] <= end]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1.0:
+            return None
+        first, last = inside[0], inside[-1]
+        span = last[0] - first[0]
+        return (last[2] - first[2]) / span, (last[1] - first[1]) / span
 
     @property
     def cores(self) -> float | None:
@@ -258,6 +273,7 @@ async def drain(
             cpu_seconds=cpu_done,
             cpu_wall=c1[0] - c0[0],
             machine_cores=busy,
+            cpu_line=[(t - t0, m, c) for t, m, c in cpu_line if t >= c0[0]],
             durable_at_start=max(before[-1:] + before_lake[-1:], default=0),
             ready_spread=max(t for t, _ in readies) - min(t for t, _ in readies),
         )

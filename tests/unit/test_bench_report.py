@@ -71,14 +71,16 @@ def test_every_row_has_the_same_columns_and_says_what_limits_the_drains() -> Non
     r = Results(mode="full", ticks=10, books=1, recorder_db=80.0, recorder_db_only=90.0)
     r.cpu_us["hot path"], r.cores["hot path"] = 4.0, 0.95
     r.cores["both sinks"], r.machine_cores["both sinks"] = 0.5, 1.95
+    r.busy_window["both sinks"] = "over the rate's window (steady state 10%→90% of its records)"
     r.scaling["DB_WRITE_WORKERS=1"] = 50.0
     r.scaling_how |= {"DB_WRITE_WORKERS=1": "whole drain", "2 processes x 4 writers": "not m"}
     table = [line for line in render(r).splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1
     text = "\n".join(table)
-    assert "limit: its own CPU, one event loop (process 0.95 cores busy)" in text
+    assert "limit: its own CPU, one event loop (process 0.95 cores busy, from its first" in text
     assert "limit: the shared cores, all busy with it, the servers and other jobs" in text
-    assert "cores busy, machine 1.95 of 2)" in text
+    # Busy figures taken while records flowed say so (the flush timers' idle tail is apart).
+    assert "machine 1.95 of 2, over the rate's window (steady state 10%→90%" in text
     assert "4.00 µs" in text and "≈ 250,000 rec/s per core" in text
     # A scaling run that could not be measured is listed, without a rate.
     row = next(line for line in table if "2 processes x 4 writers" in line)
@@ -182,3 +184,28 @@ def test_the_first_record_is_read_from_the_recorders_consumed_counter() -> None:
     )
     assert records_consumed(text) == 12.0
     assert records_consumed("") == 0.0
+
+
+def test_busy_figures_follow_the_rates_window_not_the_idle_tail() -> None:
+    from bench.report import Rate
+    from bench.run import keep_cpu
+    from bench.scenarios import DrainResult
+
+    # 10 s of records at 0.9 cores, then 5 s idle waiting a flush timer.
+    line = [(t / 10, t / 10 * 1.8, t / 10 * 0.9 if t <= 100 else 9.0) for t in range(151)]
+    d = DrainResult(
+        records=1000, db_seconds=15.0, s3_seconds=None, startup_seconds=0.0, peak_rss=0,
+        cpu_seconds=9.0, cpu_wall=15.0, machine_cores=1.2, cpu_line=line,
+    )  # fmt: skip
+    progress = [(t / 10, min(1000.0, t * 10.0)) for t in range(151)]
+    r = Results(mode="full", ticks=10, books=1)
+    keep_cpu(r, "whole", d)
+    keep_cpu(r, "steady", d, Rate(100.0, "steady", window=(0.1, 0.9)), progress)
+    assert round(r.cores["whole"], 2) == 0.6
+    assert round(r.cores["steady"], 2) == 0.9 and round(r.machine_cores["steady"], 2) == 1.8
+    assert "steady" in r.busy_window and "whole" not in r.busy_window
+    # A steady-state window too short to read: the limit is not known, not "it waits".
+    keep_cpu(r, "short", d, Rate(100.0, "steady", window=(0.1, 0.15)), progress)
+    r.recorder_db_only, r.recorder_db_only_how = 100.0, "steady state"
+    r.cores["hot path"], r.busy_unknown = r.cores.pop("short"), {"hot path"}
+    assert "limit: not known: the rate's window is too short" in render(r)
