@@ -241,8 +241,12 @@ def keep_cpu(
     steady-state `rate` (and the store's progress `line` it was read from), over that rate's
     own window: the whole window ends with partial batches idly waiting a flush timer."""
     cores, machine = d.cores, d.machine_cores
-    if rate is not None and rate.window is not None and line:
-        times = window_times(line, d.records, rate.window)
+    if rate is not None and rate.value is not None and line:
+        # A whole-drain rate ends when its own store is done (with both sinks, the other
+        # store may still be waiting its timer for seconds).
+        times = window_times(line, d.records, rate.window or (0.0, 1.0))
+        if times is not None and rate.window is None:
+            times = (0.0, times[1])
         busy = d.busy_between(*times) if times is not None else None
         if busy is not None:
             cores, machine = busy

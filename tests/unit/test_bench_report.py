@@ -204,6 +204,9 @@ def test_busy_figures_follow_the_rates_window_not_the_idle_tail() -> None:
     assert round(r.cores["whole"], 2) == 0.6
     assert round(r.cores["steady"], 2) == 0.9 and round(r.machine_cores["steady"], 2) == 1.8
     assert "steady" in r.busy_window and "whole" not in r.busy_window
+    # A whole-drain rate whose store was done at 10 s: up to then, not to the other store's end.
+    keep_cpu(r, "own store", d, Rate(100.0, "whole"), progress[:101])
+    assert round(r.cores["own store"], 2) == 0.9
     # A steady-state window too short to read: the limit is not known, not "it waits".
     keep_cpu(r, "short", d, Rate(100.0, "steady", window=(0.1, 0.15)), progress)
     r.recorder_db_only, r.recorder_db_only_how = 100.0, "steady state"
