@@ -255,6 +255,12 @@ BUSY_CORES = 0.85
 MACHINE_FULL = 0.9
 
 
+def busy_cores(cores: float, machine: float | None, cpus: int) -> str:
+    return f"process {cores:.2f} cores busy" + (
+        "" if machine is None else f", machine {machine:.2f} of {cpus}"
+    )
+
+
 def limit(
     cores: float | None, machine: float | None = None, cpus: int = 2, stretch: str = ""
 ) -> str:
@@ -262,11 +268,7 @@ def limit(
     (`stretch`: which part of it, when not the whole)."""
     if cores is None:
         return "limit: not known (no CPU figure)"
-    seen = (
-        f"process {cores:.2f} cores busy"
-        + ("" if machine is None else f", machine {machine:.2f} of {cpus}")
-        + (f", {stretch}" if stretch else "")
-    )
+    seen = busy_cores(cores, machine, cpus) + (f", {stretch}" if stretch else "")
     if cores >= BUSY_CORES:
         return f"limit: its own CPU, one event loop ({seen})"
     if machine is not None and machine >= MACHINE_FULL * cpus:
@@ -292,12 +294,11 @@ def rows(r: Results) -> list[tuple[str, str, str, str]]:
 
     def lim(name: str) -> str:
         if name in r.busy_unknown:
-            cores, machine = r.cores.get(name), r.machine_cores.get(name)
+            cores = r.cores.get(name)
             seen = (
                 ""
                 if cores is None
-                else f"; whole window: process {cores:.2f} cores busy"
-                + ("" if machine is None else f", machine {machine:.2f} of {r.cpus}")
+                else f"; whole window: {busy_cores(cores, r.machine_cores.get(name), r.cpus)}"
             )
             return (
                 "limit: not known: the rate's window is too short to read the CPU over (the "

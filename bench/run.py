@@ -237,9 +237,9 @@ def keep_cpu(
     rate: Rate | None = None,
     line: sc.Timeline | None = None,
 ) -> None:
-    """How busy the recorder and the machine were over a drain: what limited it. With a
-    steady-state `rate` (and the store's progress `line` it was read from), over that rate's
-    own window: the whole window ends with partial batches idly waiting a flush timer."""
+    """How busy the recorder and the machine were over a drain: what limited it. With the
+    row's `rate` (and the store's progress `line` it was read from), over that rate's own
+    window: the drain's whole window ends with partial batches idly waiting a flush timer."""
     cores, machine = d.cores, d.machine_cores
     if rate is not None and rate.value is not None and line:
         # A whole-drain rate ends when its own store is done (with both sinks, the other
